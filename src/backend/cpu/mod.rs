@@ -1,0 +1,233 @@
+//! The plain-Rust backend: the spec every GPU kernel is tested against, and the CPU fallback.
+
+pub mod gossip;
+pub mod heads;
+pub mod layers;
+pub mod net;
+pub mod optim;
+pub mod real;
+
+use super::{ActOutput, AgentLearnStats, Backend, BackendSpec, Segment};
+use crate::error::{Error, Result};
+use crate::model::{ParamLayout, OBS_BYTES};
+use heads::{a2c_loss_backward, nstep_returns, sample_action, LossCoefs};
+use net::{Activations, BackwardScratch};
+use optim::RmsProp;
+use rayon::prelude::*;
+
+/// Per-agent working memory for a learn step.
+#[derive(Default)]
+struct AgentWork {
+    acts: Activations<f32>,
+    scratch: BackwardScratch<f32>,
+    returns: Vec<f32>,
+    dlogits: Vec<f32>,
+    dvalues: Vec<f32>,
+}
+
+pub struct CpuBackend {
+    spec: BackendSpec,
+    layout: ParamLayout,
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    square_avg: Vec<f32>,
+    work: Vec<AgentWork>,
+    act_work: Vec<Activations<f32>>,
+    pool: rayon::ThreadPool,
+}
+
+impl CpuBackend {
+    /// `initial` is one agent's parameters (copied to every agent) or the whole arena.
+    pub fn new(spec: BackendSpec, initial: &[f32], threads: usize) -> Result<Self> {
+        let layout = spec.net.layout();
+        let p = layout.total;
+        let params = if initial.len() == p {
+            initial.repeat(spec.agents)
+        } else if initial.len() == p * spec.agents {
+            initial.to_vec()
+        } else {
+            return Err(Error::Shape(format!(
+                "initial parameters: {} values, expected {p} (one agent) or {} (all agents)",
+                initial.len(),
+                p * spec.agents
+            )));
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("gala-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Backend(format!("cannot start the CPU thread pool: {e}")))?;
+        let n = spec.agents;
+        Ok(CpuBackend {
+            grads: vec![0.0; p * n],
+            square_avg: vec![0.0; p * n],
+            params,
+            layout,
+            work: (0..n).map(|_| AgentWork::default()).collect(),
+            act_work: (0..n).map(|_| Activations::default()).collect(),
+            pool,
+            spec,
+        })
+    }
+
+    fn check_arena(&self, what: &str, len: usize) -> Result<()> {
+        let want = self.layout.total * self.spec.agents;
+        if len != want {
+            return Err(Error::Shape(format!("{what}: {len} values, expected {want} ([agents][P])")));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn spec(&self) -> &BackendSpec {
+        &self.spec
+    }
+
+    fn act(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
+        let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
+        if obs.len() != agents * envs * OBS_BYTES {
+            return Err(Error::Shape(format!("act: {} observation bytes, expected {}", obs.len(), agents * envs * OBS_BYTES)));
+        }
+        let (spec, layout, params, seed) = (&self.spec, &self.layout, &self.params, self.spec.seed);
+        let p = layout.total;
+        let a_n = spec.net.actions;
+        out.actions.resize(agents * envs, 0);
+        out.values.resize(agents * envs, 0.0);
+        out.log_probs.resize(agents * envs, 0.0);
+        let act_work = &mut self.act_work;
+        self.pool.install(|| {
+            act_work
+                .par_iter_mut()
+                .zip(out.actions.par_chunks_mut(envs))
+                .zip(out.values.par_chunks_mut(envs))
+                .zip(out.log_probs.par_chunks_mut(envs))
+                .enumerate()
+                .for_each(|(r, (((acts, actions), values), log_probs))| {
+                    let frames = &obs[r * envs * OBS_BYTES..(r + 1) * envs * OBS_BYTES];
+                    net::forward(&spec.net, layout, &params[r * p..(r + 1) * p], frames, acts);
+                    for e in 0..envs {
+                        let (a, lp) =
+                            sample_action(&acts.logits[e * a_n..(e + 1) * a_n], seed, r as u32, e as u32, step, greedy);
+                        actions[e] = a;
+                        log_probs[e] = lp;
+                        values[e] = acts.values[e];
+                    }
+                });
+        });
+        Ok(())
+    }
+
+    fn learn(&mut self, seg: &Segment) -> Result<Vec<AgentLearnStats>> {
+        seg.check(&self.spec)?;
+        let spec = &self.spec;
+        let layout = &self.layout;
+        let p = layout.total;
+        let (n, envs) = (spec.segment_samples(), spec.envs_per_agent);
+        let coefs = LossCoefs { value: spec.hyper.value_coef, entropy: spec.hyper.entropy_coef };
+        let gamma = spec.hyper.gamma;
+        let params = &self.params;
+        let work = &mut self.work;
+        let grads = &mut self.grads;
+        let terms: Vec<heads::LossTerms> = self.pool.install(|| {
+            work.par_iter_mut()
+                .zip(grads.par_chunks_mut(p))
+                .enumerate()
+                .map(|(r, (w, g))| {
+                    let rows = r * n..(r + 1) * n;
+                    w.returns.resize(n, 0.0);
+                    nstep_returns(
+                        &seg.rewards[rows.clone()],
+                        &seg.dones[rows.clone()],
+                        &seg.bootstrap_values[r * envs..(r + 1) * envs],
+                        gamma,
+                        &mut w.returns,
+                    );
+                    let theta = &params[r * p..(r + 1) * p];
+                    net::forward(&spec.net, layout, theta, &seg.obs[rows.start * OBS_BYTES..rows.end * OBS_BYTES], &mut w.acts);
+                    w.dlogits.resize(n * spec.net.actions, 0.0);
+                    w.dvalues.resize(n, 0.0);
+                    let t = a2c_loss_backward(
+                        &w.acts.logits,
+                        &w.acts.values,
+                        &seg.actions[rows.clone()],
+                        &w.returns,
+                        seg.behaviour_log_probs.map(|b| &b[rows.clone()]),
+                        coefs,
+                        &mut w.dlogits,
+                        &mut w.dvalues,
+                    );
+                    net::backward(&spec.net, layout, theta, &w.acts, &w.dlogits, &w.dvalues, g, &mut w.scratch);
+                    t
+                })
+                .collect()
+        });
+        for (r, t) in terms.iter().enumerate() {
+            let total = t.total(coefs);
+            if !total.is_finite() {
+                return Err(Error::NonFinite(format!(
+                    "agent {r}: loss is {total} (value loss {}, policy loss {}, entropy {}); parameters left unchanged",
+                    t.value_loss, t.policy_loss, t.entropy
+                )));
+            }
+        }
+        let opt = RmsProp { lr: spec.hyper.lr, alpha: spec.hyper.rms_alpha, eps: spec.hyper.rms_eps };
+        let (agents, max_norm) = (spec.agents, spec.hyper.max_grad_norm);
+        let (params, grads, sq) = (&mut self.params, &mut self.grads, &mut self.square_avg);
+        let norms = self.pool.install(|| optim::clip_and_rmsprop(params, grads, sq, agents, max_norm, opt));
+        for (r, nrm) in norms.iter().enumerate() {
+            if !nrm.is_finite() {
+                return Err(Error::NonFinite(format!("agent {r}: gradient norm is {nrm}")));
+            }
+        }
+        Ok(terms
+            .iter()
+            .zip(&norms)
+            .map(|(t, &grad_norm)| AgentLearnStats {
+                value_loss: t.value_loss,
+                policy_loss: t.policy_loss,
+                entropy: t.entropy,
+                grad_norm,
+            })
+            .collect())
+    }
+
+    fn mix(&mut self, in_peers: &[Vec<usize>]) -> Result<()> {
+        let agents = self.spec.agents;
+        if in_peers.len() != agents || in_peers.iter().flatten().any(|&s| s >= agents) {
+            return Err(Error::Shape(format!("mix: peer lists must name agents 0..{agents}, got {in_peers:?}")));
+        }
+        let params = &mut self.params;
+        self.pool.install(|| gossip::mix(params, agents, in_peers));
+        Ok(())
+    }
+
+    fn consensus_distance(&mut self) -> Result<f64> {
+        let (params, agents) = (&self.params, self.spec.agents);
+        Ok(self.pool.install(|| gossip::consensus_distance(params, agents)))
+    }
+
+    fn read_params(&mut self) -> Result<Vec<f32>> {
+        Ok(self.params.clone())
+    }
+
+    fn write_params(&mut self, params: &[f32]) -> Result<()> {
+        self.check_arena("write_params", params.len())?;
+        self.params.copy_from_slice(params);
+        Ok(())
+    }
+
+    fn read_optimizer_state(&mut self) -> Result<Vec<f32>> {
+        Ok(self.square_avg.clone())
+    }
+
+    fn write_optimizer_state(&mut self, square_avg: &[f32]) -> Result<()> {
+        self.check_arena("write_optimizer_state", square_avg.len())?;
+        self.square_avg.copy_from_slice(square_avg);
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! The Backend trait: everything the trainer asks of a compute device, for all agents at once.
+//!
+//! A backend owns the parameter arena [agents][P] (and the gradients and RMSprop state beside
+//! it). The trainer hands it observations and rollouts as host slices and gets back actions and
+//! scalar metrics; parameters only cross to the host when asked for (checkpoints, fingerprints).
+//!
+//! Layouts (all row-major, agent-major):
+//!   act:   obs [agents][envs][4][84][84] uint8 → actions, values, log-probs [agents][envs]
+//!   learn: obs [agents][n_steps][envs][4][84][84], actions/rewards/dones [agents][n_steps][envs],
+//!          bootstrap values [agents][envs]
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::model::{NetSpec, OBS_BYTES};
+use serde::{Deserialize, Serialize};
+
+/// Which compute backend to run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// cuda when a usable GPU is found, otherwise cpu.
+    Auto,
+    /// The plain-Rust reference implementation.
+    Cpu,
+    /// The CUDA kernels run on the CPU under the project's simulator.
+    Sim,
+    /// The CUDA kernels on a GPU.
+    Cuda,
+}
+
+/// The learner's hyper-parameters (DESIGN.md defaults in `Config`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LearnerHyper {
+    pub gamma: f32,
+    pub lr: f32,
+    pub rms_alpha: f32,
+    pub rms_eps: f32,
+    pub entropy_coef: f64,
+    pub value_coef: f64,
+    pub max_grad_norm: f64,
+}
+
+/// What a backend is built for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendSpec {
+    pub net: NetSpec,
+    pub agents: usize,
+    pub envs_per_agent: usize,
+    pub n_steps: usize,
+    /// Keys the action sampler (and nothing else inside the backend).
+    pub seed: u64,
+    pub hyper: LearnerHyper,
+}
+
+impl BackendSpec {
+    pub fn param_count(&self) -> usize {
+        self.net.layout().total
+    }
+    /// Observations in one `act` batch (all agents).
+    pub fn act_batch(&self) -> usize {
+        self.agents * self.envs_per_agent
+    }
+    /// Samples one agent learns from per update.
+    pub fn segment_samples(&self) -> usize {
+        self.n_steps * self.envs_per_agent
+    }
+}
+
+/// Output of `act`, reused across calls. All [agents][envs].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActOutput {
+    pub actions: Vec<u32>,
+    pub values: Vec<f32>,
+    pub log_probs: Vec<f32>,
+}
+
+/// One n-step segment for every agent (layouts in the module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct Segment<'a> {
+    pub obs: &'a [u8],
+    pub actions: &'a [u32],
+    /// Rewards as learned from (already sign-clipped where the preset says so).
+    pub rewards: &'a [f32],
+    /// 1.0 where the (training) episode ended with that step.
+    pub dones: &'a [f32],
+    /// V(s_T) of the observation after the segment, by the parameters that acted.
+    pub bootstrap_values: &'a [f32],
+    /// log μ(a|s) of the behaviour policy when it differs from the learner's (pipelining);
+    /// None means on-policy (ratio exactly 1).
+    pub behaviour_log_probs: Option<&'a [f32]>,
+}
+
+impl Segment<'_> {
+    /// Checks every buffer against the spec; a mismatch is a caller bug reported as an error.
+    pub fn check(&self, spec: &BackendSpec) -> Result<()> {
+        let n = spec.agents * spec.segment_samples();
+        let want = [
+            ("obs", self.obs.len(), n * OBS_BYTES),
+            ("actions", self.actions.len(), n),
+            ("rewards", self.rewards.len(), n),
+            ("dones", self.dones.len(), n),
+            ("bootstrap_values", self.bootstrap_values.len(), spec.act_batch()),
+        ];
+        for (what, got, expect) in want {
+            if got != expect {
+                return Err(crate::Error::Shape(format!("segment {what}: {got} elements, expected {expect}")));
+            }
+        }
+        if let Some(b) = self.behaviour_log_probs {
+            if b.len() != n {
+                return Err(crate::Error::Shape(format!("segment behaviour_log_probs: {} elements, expected {n}", b.len())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-agent statistics of one update.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AgentLearnStats {
+    pub value_loss: f64,
+    pub policy_loss: f64,
+    pub entropy: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// Everything a compute device does for the trainer. Implementations: `cpu::CpuBackend`
+/// (reference), and the GPU backend over a `Device` (cuda or the simulator).
+pub trait Backend: Send {
+    /// "cpu", "sim" or "cuda".
+    fn name(&self) -> &'static str;
+    fn spec(&self) -> &BackendSpec;
+    /// Forward the current observations of every agent's envs and sample actions with the
+    /// counter-based RNG at (seed, agent, env, `step`); `greedy` takes the argmax instead.
+    fn act(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput) -> Result<()>;
+    /// n-step returns, forward + backward over the segment, per-agent clipping and one RMSprop
+    /// step, for every agent.
+    fn learn(&mut self, segment: &Segment) -> Result<Vec<AgentLearnStats>>;
+    /// One lock-step gossip round: agent r mixes in the parameters of `in_peers[r]`.
+    fn mix(&mut self, in_peers: &[Vec<usize>]) -> Result<()>;
+    /// max_r ‖θ_r − θ̄‖ / ‖θ̄‖.
+    fn consensus_distance(&mut self) -> Result<f64>;
+    /// All agents' parameters [agents][P].
+    fn read_params(&mut self) -> Result<Vec<f32>>;
+    fn write_params(&mut self, params: &[f32]) -> Result<()>;
+    /// All agents' RMSprop square averages [agents][P].
+    fn read_optimizer_state(&mut self) -> Result<Vec<f32>>;
+    fn write_optimizer_state(&mut self, square_avg: &[f32]) -> Result<()>;
+}
+
+/// Builds the backend `kind` asks for; `Auto` resolves to cuda when a usable GPU is present.
+/// Returns the backend and, for `Auto`, the reason for the choice.
+pub fn create(kind: BackendKind, spec: BackendSpec, initial: &[f32], threads: usize) -> Result<(Box<dyn Backend>, String)> {
+    match kind {
+        BackendKind::Cpu => Ok((Box::new(cpu::CpuBackend::new(spec, initial, threads)?), "cpu (requested)".into())),
+        BackendKind::Auto => {
+            let why = match crate::gpu_probe() {
+                Ok(name) => format!("cpu: a GPU was found ({name}) but the CUDA backend is not built yet"),
+                Err(reason) => format!("cpu: no usable GPU ({reason})"),
+            };
+            Ok((Box::new(cpu::CpuBackend::new(spec, initial, threads)?), why))
+        }
+        BackendKind::Sim | BackendKind::Cuda => Err(crate::Error::Unsupported(format!(
+            "backend `{}` is not available in this build yet (the CUDA kernels land with the kernel issues); use --backend cpu",
+            match kind {
+                BackendKind::Sim => "sim",
+                _ => "cuda",
+            }
+        ))),
+    }
+}

@@ -1,0 +1,209 @@
+//! A vector of environments with 4-frame stacking, written in place into one contiguous
+//! observation buffer [E][4][84][84] (ready for a single upload to a device).
+//!
+//! Stacking follows baselines' VecFrameStack as GALA uses it: the newest frame is the last
+//! channel; on any `done` (including a lost life) the stack is zeroed and the first frame of the
+//! next episode is written into the last channel. Finished episodes reset automatically.
+
+use super::{Environment, GameEnd, FRAME_BYTES};
+use crate::error::{Error, Result};
+use crate::model::{FRAME_STACK, OBS_BYTES};
+
+/// A full game that ended, with the index of the environment that played it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FinishedGame {
+    pub env: usize,
+    pub end: GameEnd,
+}
+
+pub struct VecEnv {
+    envs: Vec<Box<dyn Environment>>,
+    threads: usize,
+    obs: Vec<u8>,
+    rewards: Vec<f32>,
+    dones: Vec<f32>,
+    finished: Vec<FinishedGame>,
+    /// One scratch frame per environment (the step's raw output before stacking).
+    frames: Vec<u8>,
+}
+
+struct Slot<'a> {
+    env: &'a mut Box<dyn Environment>,
+    obs: &'a mut [u8],
+    frame: &'a mut [u8],
+    reward: &'a mut f32,
+    done: &'a mut f32,
+}
+
+impl VecEnv {
+    pub fn new(envs: Vec<Box<dyn Environment>>, threads: usize) -> Result<Self> {
+        let Some(first) = envs.first() else {
+            return Err(Error::Config("a vector environment needs at least one environment".into()));
+        };
+        let actions = first.num_actions();
+        if envs.iter().any(|e| e.num_actions() != actions) {
+            return Err(Error::Env("all environments of a vector env must have the same action count".into()));
+        }
+        let n = envs.len();
+        let mut v = VecEnv {
+            envs,
+            threads: threads.max(1),
+            obs: vec![0; n * OBS_BYTES],
+            rewards: vec![0.0; n],
+            dones: vec![0.0; n],
+            finished: Vec::new(),
+            frames: vec![0; n * FRAME_BYTES],
+        };
+        v.reset_all();
+        Ok(v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.envs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.envs.is_empty()
+    }
+
+    pub fn num_actions(&self) -> usize {
+        self.envs[0].num_actions()
+    }
+
+    pub fn frames_per_step(&self) -> u64 {
+        self.envs[0].frames_per_step()
+    }
+
+    /// Current observations [E][4][84][84].
+    pub fn observations(&self) -> &[u8] {
+        &self.obs
+    }
+
+    /// Unclipped rewards of the last step [E].
+    pub fn rewards(&self) -> &[f32] {
+        &self.rewards
+    }
+
+    /// 1.0 where the last step ended a training episode [E].
+    pub fn dones(&self) -> &[f32] {
+        &self.dones
+    }
+
+    /// Games finished since the last call, in environment order within each step.
+    pub fn drain_finished(&mut self) -> Vec<FinishedGame> {
+        std::mem::take(&mut self.finished)
+    }
+
+    fn reset_all(&mut self) {
+        for ((env, obs), frame) in self.envs.iter_mut().zip(self.obs.chunks_mut(OBS_BYTES)).zip(self.frames.chunks_mut(FRAME_BYTES)) {
+            env.reset(frame);
+            obs.fill(0);
+            obs[(FRAME_STACK - 1) * FRAME_BYTES..].copy_from_slice(frame);
+        }
+    }
+
+    /// Steps every environment with its action; afterwards `observations`, `rewards`, `dones`
+    /// describe the new state (episodes that ended were reset and their stack zeroed).
+    pub fn step(&mut self, actions: &[u32]) -> Result<()> {
+        let n = self.envs.len();
+        if actions.len() != n {
+            return Err(Error::Shape(format!("VecEnv::step: {} actions for {n} environments", actions.len())));
+        }
+        let k = self.num_actions() as u32;
+        if let Some(&bad) = actions.iter().find(|&&a| a >= k) {
+            return Err(Error::Env(format!("action {bad} out of range: the game has {k} actions")));
+        }
+        let mut slots: Vec<Slot> = self
+            .envs
+            .iter_mut()
+            .zip(self.obs.chunks_mut(OBS_BYTES))
+            .zip(self.frames.chunks_mut(FRAME_BYTES))
+            .zip(self.rewards.iter_mut())
+            .zip(self.dones.iter_mut())
+            .map(|((((env, obs), frame), reward), done)| Slot { env, obs, frame, reward, done })
+            .collect();
+        let step_slots = |slots: &mut [Slot], actions: &[u32]| -> Vec<Option<GameEnd>> {
+            slots.iter_mut().zip(actions).map(|(s, &a)| step_one(s, a)).collect()
+        };
+        let ends: Vec<Option<GameEnd>> = if self.threads == 1 || n == 1 {
+            step_slots(&mut slots, actions)
+        } else {
+            let per = n.div_ceil(self.threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = slots
+                    .chunks_mut(per)
+                    .zip(actions.chunks(per))
+                    .map(|(s, a)| scope.spawn(move || step_slots(s, a)))
+                    .collect();
+                handles.into_iter().flat_map(|h| h.join().expect("environment worker panicked")).collect()
+            })
+        };
+        for (env, end) in ends.into_iter().enumerate() {
+            if let Some(end) = end {
+                self.finished.push(FinishedGame { env, end });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One environment's step, frame stacking and auto-reset.
+fn step_one(s: &mut Slot, action: u32) -> Option<GameEnd> {
+    let out = s.env.step(action, s.frame);
+    *s.reward = out.reward;
+    *s.done = if out.done { 1.0 } else { 0.0 };
+    if out.done {
+        s.env.reset(s.frame);
+        s.obs.fill(0);
+    } else {
+        s.obs.copy_within(FRAME_BYTES.., 0);
+    }
+    s.obs[(FRAME_STACK - 1) * FRAME_BYTES..].copy_from_slice(s.frame);
+    out.game_over
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::catch::Catch;
+
+    fn catch_vec(n: usize, threads: usize, seed: u64) -> VecEnv {
+        VecEnv::new((0..n).map(|i| Box::new(Catch::new(seed, i as u64)) as Box<dyn Environment>).collect(), threads).unwrap()
+    }
+
+    #[test]
+    fn stack_shifts_and_zeroes_on_done() {
+        let mut v = catch_vec(3, 1, 4);
+        let last = |v: &VecEnv, e: usize, c: usize| v.observations()[e * OBS_BYTES + c * FRAME_BYTES..][..FRAME_BYTES].to_vec();
+        assert!(v.observations()[..3 * FRAME_BYTES].iter().all(|&p| p == 0), "initial stack starts zeroed");
+        let before = last(&v, 0, 3);
+        v.step(&[0, 0, 0]).unwrap();
+        assert_eq!(last(&v, 0, 2), before, "previous newest frame moves down one channel");
+        for _ in 0..8 {
+            v.step(&[0, 0, 0]).unwrap();
+        }
+        assert_eq!(v.dones(), &[1.0, 1.0, 1.0], "catch episodes last 9 steps");
+        assert!(v.observations()[..3 * FRAME_BYTES].iter().all(|&p| p == 0), "stack zeroed on done");
+        assert_eq!(v.drain_finished().len(), 3);
+    }
+
+    #[test]
+    fn threads_do_not_change_results() {
+        let mut a = catch_vec(5, 1, 8);
+        let mut b = catch_vec(5, 2, 8);
+        for t in 0..30u32 {
+            let acts: Vec<u32> = (0..5).map(|i| (t + i) % 3).collect();
+            a.step(&acts).unwrap();
+            b.step(&acts).unwrap();
+            assert_eq!(a.observations(), b.observations());
+            assert_eq!(a.rewards(), b.rewards());
+        }
+    }
+
+    #[test]
+    fn bad_actions_are_errors() {
+        let mut v = catch_vec(2, 1, 0);
+        assert!(v.step(&[0]).is_err());
+        assert!(v.step(&[0, 7]).is_err());
+    }
+}
