@@ -9,8 +9,8 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     /// A buffer handed to the library has the wrong size.
     #[error("shape mismatch: {0}")]
     Shape(String),
@@ -30,7 +30,7 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), cause: source }
     }
 }
 

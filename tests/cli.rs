@@ -1,0 +1,87 @@
+//! The command line: bad input fails cleanly on one line; a short catch run learns.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn gala(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gala-gpu")).args(args).output().expect("run gala-gpu")
+}
+
+/// Exits non-zero with a single stderr line containing `needle`, and no panic.
+fn fails_with(args: &[&str], needle: &str) {
+    let out = gala(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got {stderr:?}");
+    assert!(lines[0].contains(needle), "{args:?}: {:?} does not name `{needle}`", lines[0]);
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "agents = 2\nlearning_rate = 0.1\n").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let out = dir.path().to_str().unwrap();
+    fails_with(&["train", "--config", cfg, "--out", out], "learning_rate");
+    fails_with(&["train", "--lr", "-0.001", "--out", out], "lr");
+    fails_with(&["train", "--agents", "0", "--out", out], "agents");
+    fails_with(&["train", "--preset", "atari2600", "--out", out], "atari2600");
+    fails_with(&["train", "--net", "resnet", "--out", out], "resnet");
+    fails_with(&["train", "--game", "zork", "--out", out], "zork");
+    fails_with(&["train", "--agents", "4", "--peers", "4", "--out", out], "peers");
+    fails_with(&["train", "--config", "/nonexistent/x.toml"], "/nonexistent/x.toml");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count(), 0, "no run folder for a failed start");
+}
+
+#[test]
+fn unwritable_output_fails_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    fails_with(&["train", "--out", file.to_str().unwrap(), "--frames", "100000000"], "not-a-dir");
+}
+
+#[test]
+fn info_runs_without_a_gpu() {
+    let out = gala(&["info"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("gpu:"), "{text}");
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `train --game catch --agents 4` learns: a random policy scores about −0.6; after 48,000 frames
+/// the mean over the last 100 games must be at least 0.8 (seen: ≥ 0.9 by 30,000 frames).
+#[test]
+fn catch_is_learned_within_the_frame_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gala(&[
+        "train", "--game", "catch", "--agents", "4", "--envs-per-agent", "4", "--lr", "1.4e-3", "--frames", "48000",
+        "--seed", "1", "--backend", "cpu", "--out", dir.path().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "training failed: {stderr}");
+    let run = Path::new(String::from_utf8_lossy(&out.stdout).trim()).to_path_buf();
+    assert!(run.starts_with(dir.path()));
+    let name = run.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with("catch__gala__1__"), "run folder name {name}");
+    let summary = read_json(&run.join("summary.json"));
+    for key in ["frames", "updates", "episodes", "mean_return_100", "consensus_distance", "sps", "wall_seconds", "backend", "params_sha256"] {
+        assert!(summary.get(key).is_some(), "summary.json lacks {key}");
+    }
+    assert_eq!(summary["frames"], 48000);
+    assert_eq!(summary["backend"], "cpu");
+    let ret = summary["mean_return_100"].as_f64().unwrap();
+    assert!(ret >= 0.8, "catch not learned: mean return over the last 100 games {ret} < 0.8\n{stderr}");
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("agents = 4") && config.contains("game = \"catch\""), "{config}");
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert!(metrics.starts_with("frames,updates,episodes,mean_return_100,consensus_distance"));
+    assert!(metrics.lines().count() > 10);
+}
