@@ -67,7 +67,7 @@ impl CudaDevice {
         let mut functions = HashMap::new();
         for source in KERNEL_SOURCES {
             let compiled = nvrtc::compile(source, &arch)?;
-            let ptx = String::from_utf8_lossy(&compiled.ptx).trim_end_matches('\0').to_string();
+            let ptx = compiled.ptx.ok_or_else(|| Error::Backend(format!("NVRTC returned no PTX for kernels/{}", source.file)))?;
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
                 .map_err(|e| driver_err(&format!("loading the PTX of kernels/{}", source.file), e))?;

@@ -38,14 +38,16 @@ fn require() -> Result<()> {
     }
 }
 
-/// The result of compiling one source: PTX plus NVRTC's log (warnings land there even when the
-/// compile succeeds).
+/// The result of compiling one source: PTX (for a virtual `compute_XY` target; None for a real
+/// `sm_XY` target, which NVRTC compiles to a cubin) plus NVRTC's log (warnings land there even
+/// when the compile succeeds).
 pub struct Compiled {
-    pub ptx: Vec<u8>,
+    pub ptx: Option<String>,
     pub log: String,
 }
 
-/// The options every kernel is compiled with, for virtual architecture `compute_XY`.
+/// The options every kernel is compiled with (NVRTC has no -Werror: warnings are reported in
+/// the log of a successful compile, which the NVRTC test requires to be empty), for virtual architecture `compute_XY`.
 pub fn options(arch: &str) -> Vec<String> {
     vec![
         format!("--gpu-architecture={arch}"),
@@ -54,12 +56,11 @@ pub fn options(arch: &str) -> Vec<String> {
         "--prec-div=true".into(),
         "--prec-sqrt=true".into(),
         "--ftz=false".into(),
-        // Fail on any warning: a warning in a kernel is a bug we want to see in CI.
-        "--Werror=all-warnings".into(),
     ]
 }
 
-/// Compiles `source` for `arch` (e.g. "compute_90"). An error carries NVRTC's log.
+/// Compiles `source` for `arch` ("compute_90" for PTX, "sm_90" to check the full compile to
+/// machine code). An error carries NVRTC's log.
 pub fn compile(source: &KernelSource, arch: &str) -> Result<Compiled> {
     require()?;
     let src = CString::new(source.text)
@@ -79,9 +80,13 @@ pub fn compile(source: &KernelSource, arch: &str) -> Result<Compiled> {
             "NVRTC failed to compile kernels/{} for {arch} ({e:?}) with options {opts:?}:\n{log}",
             source.file
         ))),
-        // SAFETY: the program compiled; get_ptx copies the PTX out.
+        Ok(()) if !arch.starts_with("compute_") => Ok(Compiled { ptx: None, log }),
+        // SAFETY: the program compiled; get_ptx copies the NUL-terminated PTX out.
         Ok(()) => unsafe { result::get_ptx(prog) }
-            .map(|ptx| Compiled { ptx: ptx.iter().map(|&c| c as u8).collect(), log })
+            .map(|ptx| {
+                let bytes: Vec<u8> = ptx.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+                Compiled { ptx: Some(String::from_utf8_lossy(&bytes).into_owned()), log }
+            })
             .map_err(|e| Error::Backend(format!("nvrtcGetPTX for kernels/{}: {e:?}", source.file))),
     };
     // SAFETY: `prog` is live and not used afterwards.
