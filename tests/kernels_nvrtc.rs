@@ -45,22 +45,22 @@ fn every_kernel_compiles_under_nvrtc_for_sm90_without_warnings() {
     assert!(failures.is_empty(), "NVRTC problems:\n{}", failures.join("\n\n"));
 }
 
-/// The check really does fail on a warning (so a clean run means something).
+/// NVRTC reports warnings in the log of a successful compile, which the test above requires to be
+/// empty: show that a warning really lands there (so a clean run means something).
 #[test]
-fn nvrtc_check_rejects_a_warning() {
+fn nvrtc_log_reports_warnings() {
     if !nvrtc::available() {
-        println!("SKIPPED nvrtc_check_rejects_a_warning: libnvrtc not found");
+        println!("SKIPPED nvrtc_log_reports_warnings: libnvrtc not found");
         return;
     }
     let bad = gala_gpu::device::KernelSource {
         file: "warning_probe.cu",
         text: "extern \"C\" __global__ void probe(float* x) { int unused = 3; x[0] = 1.0f; }\n\
-               __device__ int f(int a) { if (a) return 1; }\n",
+               __device__ int f(int a) { if (a) return 1; }\n\
+               __global__ void g(int* y) { y[0] = f(y[1]); }\n",
     };
-    let outcome = nvrtc::compile(&bad, "compute_90");
-    let flagged = match outcome {
-        Err(e) => e.to_string().contains("warning") || e.to_string().contains("error"),
-        Ok(c) => !c.log.is_empty(),
-    };
-    assert!(flagged, "a kernel with warnings must not pass silently");
+    // The probe compiles (a warning is not an error for NVRTC), so only the log shows it.
+    let compiled = nvrtc::compile(&bad, "compute_90").expect("the probe is valid CUDA");
+    println!("NVRTC log of the probe:\n{}", compiled.log);
+    assert!(compiled.log.contains("warning"), "a kernel with warnings must leave them in the log");
 }
