@@ -5,6 +5,7 @@
 //!   2. `$OUT_DIR/kernels_generated.rs`: the kernel sources (for NVRTC at run time), every
 //!      kernel's parameter list (so launches are checked before they reach a device), and the
 //!      table kernel name -> simulator shim.
+//!
 //! Adding a kernel therefore needs no hand-written glue: write it in a .cu file and rebuild.
 
 use std::fmt::Write as _;

@@ -313,6 +313,17 @@ fn sim_detects_missing_barrier_and_runs_warp_ops() {
 }
 
 #[test]
+fn sim_reports_a_deadlock_instead_of_hanging() {
+    let dev = SimDevice::new();
+    let out = dev.alloc_zeros::<f32>(32).unwrap();
+    let cfg = LaunchConfig { grid: (1, 1, 1), block: (32, 1, 1), shared_mem_bytes: 0 };
+    let err = dev.launch(dev.default_stream(), "selftest_divergent_barrier", cfg, &[KernelArg::buf(&out)]).unwrap_err();
+    assert!(err.to_string().contains("deadlock"), "{err}");
+    // The device stays usable after a failed launch.
+    check_selftests(&dev, true);
+}
+
+#[test]
 fn sim_optimizer_matches_cpu() {
     let dev = check_optimizer(SimDevice::new());
     check_optimizer_launchers(&dev);

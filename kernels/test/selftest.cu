@@ -8,6 +8,9 @@
 // selftest_warp_ops: per warp, out[w] = sum of in over the warp by __shfl_down_sync, and
 //   counts[w] = popcount of __ballot_sync(in > 0). Shapes: in [32*warps], out [warps] f32,
 //   counts [warps] u32; grid of blocks of 64 threads (2 warps).
+// selftest_divergent_barrier: half a warp waits at __syncthreads while the other half waits at
+//   a shuffle (undefined behaviour on a GPU; never launched there): the simulator must report a
+//   deadlock as an error instead of hanging. Shapes: out [32] f32; one block of 32 threads.
 
 #define SELFTEST_BLOCK 128
 
@@ -39,4 +42,14 @@ extern "C" __global__ void selftest_warp_ops(const float* __restrict__ in, float
         out[i / 32] = v;
         counts[i / 32] = __popc(positive);
     }
+}
+
+extern "C" __global__ void selftest_divergent_barrier(float* __restrict__ out) {
+    float v = (float)threadIdx.x;
+    if (threadIdx.x < 16) {
+        __syncthreads();
+    } else {
+        v = __shfl_xor_sync(0xffffffffu, v, 1);
+    }
+    out[threadIdx.x] = v;
 }
