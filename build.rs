@@ -27,6 +27,12 @@ struct Kernel {
 }
 
 fn main() {
+    // Other build steps (e.g. linking the Atari emulator) go beside this call.
+    build_cuda_simulator_and_kernel_tables();
+}
+
+/// Everything kernels/ needs at build time (see the module docs).
+fn build_cuda_simulator_and_kernel_tables() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let kernels_dir = root.join("kernels");
