@@ -9,6 +9,7 @@
 pub mod algo;
 pub mod backend;
 pub mod config;
+pub mod device;
 pub mod env;
 pub mod error;
 pub mod model;

@@ -10,6 +10,7 @@
 //!          bootstrap values [agents][envs]
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::error::Result;
 use crate::model::{NetSpec, OBS_BYTES};

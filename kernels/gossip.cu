@@ -1,0 +1,93 @@
+// Gossip mixing and the consensus distance on the parameter arena [agents][P]; the CPU twin is
+// src/backend/cpu/gossip.rs.
+//
+// Mixing (GALA's gpu_gossip_buffer.py): receiver r with in-peers S_r (k = |S_r|) computes
+//   th_r <- th_r/(k+1) + sum_{s in S_r} th_s/(k+1)
+// reading every th from `snapshot`, a copy of the arena taken before the round (the launcher
+// copies it device-to-device), so no agent sees a half-mixed peer. k = 0 leaves th_r unchanged.
+// Shapes: snapshot, params [agents][P] f32; in-peers in CSR form: peer_offsets [agents+1],
+//         peers [peer_offsets[agents]] (agent indices, summed in list order).
+// Grid: (chunks, agents) blocks of GOSSIP_BLOCK threads, grid-stride over P.
+//
+// Consensus distance: max_r ||th_r - mean||_2 / ||mean||_2, mean over agents (f64 throughout).
+//   consensus_partials: block (c, q) sums, over its elements i, (th_q[i] - mean[i])^2 for q < agents
+//                       and mean[i]^2 for q = agents -> partials [agents+1][chunks] f64.
+//   consensus_finish:   one thread sums each row of partials in chunk order and writes the ratio
+//                       (0 for < 2 agents or all-equal agents, +inf for mean 0 with spread).
+// Accumulation contract: deterministic, no atomics; each element's mean is recomputed per q (the
+// metric is logged occasionally, so O(agents^2 P) reads buy a kernel with no per-agent limit).
+
+#define GOSSIP_BLOCK 256
+
+extern "C" __global__ void __launch_bounds__(GOSSIP_BLOCK) gossip_mix(
+    const float* __restrict__ snapshot, float* __restrict__ params, const unsigned int* __restrict__ peer_offsets,
+    const unsigned int* __restrict__ peers, unsigned int param_count, unsigned int chunks) {
+    const unsigned int agent = blockIdx.y;
+    const unsigned int begin = peer_offsets[agent], end = peer_offsets[agent + 1];
+    if (begin == end) return;
+    const float w = 1.0f / ((float)(end - begin) + 1.0f);
+    const unsigned long long base = (unsigned long long)agent * param_count;
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < param_count; i += chunks * blockDim.x) {
+        float acc = snapshot[base + i] * w;
+        for (unsigned int j = begin; j < end; ++j) acc += snapshot[(unsigned long long)peers[j] * param_count + i] * w;
+        params[base + i] = acc;
+    }
+}
+
+__device__ __forceinline__ double gossip_block_sum(double v, double* warp_sums) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        const unsigned int warps = blockDim.x >> 5;
+        v = lane < warps ? warp_sums[lane] : 0.0;
+        for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+extern "C" __global__ void __launch_bounds__(GOSSIP_BLOCK) consensus_partials(
+    const float* __restrict__ params, double* __restrict__ partials, unsigned int agents, unsigned int param_count,
+    unsigned int chunks) {
+    __shared__ double warp_sums[32];
+    const unsigned int q = blockIdx.y;
+    double acc = 0.0;
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < param_count; i += chunks * blockDim.x) {
+        double sum = 0.0;
+        for (unsigned int r = 0; r < agents; ++r) sum += (double)params[(unsigned long long)r * param_count + i];
+        const double mean = sum / (double)agents;
+        if (q == agents) {
+            acc += mean * mean;
+        } else {
+            const double x = (double)params[(unsigned long long)q * param_count + i] - mean;
+            acc += x * x;
+        }
+    }
+    acc = gossip_block_sum(acc, warp_sums);
+    if (threadIdx.x == 0) partials[(unsigned long long)q * chunks + blockIdx.x] = acc;
+}
+
+extern "C" __global__ void consensus_finish(const double* __restrict__ partials, double* __restrict__ result,
+                                            unsigned int agents, unsigned int chunks) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    if (agents < 2) {
+        result[0] = 0.0;
+        return;
+    }
+    double mean_sq = 0.0;
+    for (unsigned int c = 0; c < chunks; ++c) mean_sq += partials[(unsigned long long)agents * chunks + c];
+    double max_dev = 0.0;
+    for (unsigned int r = 0; r < agents; ++r) {
+        double dev = 0.0;
+        for (unsigned int c = 0; c < chunks; ++c) dev += partials[(unsigned long long)r * chunks + c];
+        dev = sqrt(dev);
+        if (dev > max_dev) max_dev = dev;
+    }
+    const double mean_norm = sqrt(mean_sq);
+    if (mean_norm == 0.0) {
+        result[0] = max_dev == 0.0 ? 0.0 : __longlong_as_double(0x7ff0000000000000LL);
+        return;
+    }
+    result[0] = max_dev / mean_norm;
+}

@@ -1,0 +1,79 @@
+// Per-agent gradient clipping and RMSprop on the arena [agents][P], PyTorch semantics
+// (torch.nn.utils.clip_grad_norm_ then torch.optim.RMSprop, not centered, no momentum); the CPU
+// twin is src/backend/cpu/optim.rs.
+//
+// For each agent r with gradient g_r = grads[r][0..P):
+//   n_r = ||g_r||_2                              (pass 1 + start of pass 2, f64 accumulation)
+//   c_r = min(1, max_norm / (n_r + 1e-6))
+//   g   <- c_r * g                               (written back: the clipped gradient)
+//   v   <- alpha * v + (1 - alpha) * g^2
+//   th  <- th - lr * g / (sqrt(v) + eps)
+//
+// Shapes: params, grads, square_avg [agents][P] f32; partials [agents][chunks] f64;
+//         norms [agents] f64 (the pre-clip norm).
+// Grid: (chunks, agents) blocks of OPTIM_BLOCK threads for both passes; block (c, r) handles the
+//       elements i = c*OPTIM_BLOCK + t + k*chunks*OPTIM_BLOCK of agent r.
+// Accumulation contract: deterministic, no atomics. Pass 1 writes one f64 partial sum of squares
+// per (agent, chunk) through a fixed shuffle tree; pass 2 sums an agent's partials in chunk order
+// (every block recomputes the same sum, so no third launch is needed). The result depends on P
+// and `chunks` only, which the launcher derives from P alone.
+
+#define OPTIM_BLOCK 256
+
+// Sum of `v` over the block (blockDim.x a multiple of 32, at most 1024), valid in thread 0.
+// Fixed order: a butterfly within each warp, then warp 0 combines the warp sums.
+__device__ __forceinline__ double optim_block_sum(double v, double* warp_sums) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        const unsigned int warps = blockDim.x >> 5;
+        v = lane < warps ? warp_sums[lane] : 0.0;
+        for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+// Pass 1: partials[r][c] = sum of g^2 over block (c, r)'s elements.
+extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_sumsq_partials(
+    const float* __restrict__ grads, double* __restrict__ partials, unsigned int param_count,
+    unsigned int chunks) {
+    __shared__ double warp_sums[32];
+    const unsigned int agent = blockIdx.y, chunk = blockIdx.x;
+    const float* g = grads + (unsigned long long)agent * param_count;
+    double acc = 0.0;
+    for (unsigned int i = chunk * blockDim.x + threadIdx.x; i < param_count; i += chunks * blockDim.x) {
+        const double x = (double)g[i];
+        acc += x * x;
+    }
+    acc = optim_block_sum(acc, warp_sums);
+    if (threadIdx.x == 0) partials[(unsigned long long)agent * chunks + chunk] = acc;
+}
+
+// Pass 2: the agent's norm from its partials, then clip + RMSprop on block (c, r)'s elements.
+extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_clip_rmsprop(
+    float* __restrict__ params, float* __restrict__ grads, float* __restrict__ square_avg,
+    const double* __restrict__ partials, double* __restrict__ norms, unsigned int param_count,
+    unsigned int chunks, double max_norm, float lr, float alpha, float eps) {
+    __shared__ float clip_coef;
+    const unsigned int agent = blockIdx.y, chunk = blockIdx.x;
+    if (threadIdx.x == 0) {
+        double sum = 0.0;
+        for (unsigned int c = 0; c < chunks; ++c) sum += partials[(unsigned long long)agent * chunks + c];
+        const double norm = sqrt(sum);
+        const double coef = max_norm / (norm + 1e-6);
+        clip_coef = (float)(coef < 1.0 ? coef : 1.0);
+        if (chunk == 0) norms[agent] = norm;
+    }
+    __syncthreads();
+    const float coef = clip_coef;
+    const unsigned long long base = (unsigned long long)agent * param_count;
+    for (unsigned int i = chunk * blockDim.x + threadIdx.x; i < param_count; i += chunks * blockDim.x) {
+        const float g = grads[base + i] * coef;
+        grads[base + i] = g;
+        const float v = alpha * square_avg[base + i] + (1.0f - alpha) * g * g;
+        square_avg[base + i] = v;
+        params[base + i] -= lr * g / (sqrtf(v) + eps);
+    }
+}

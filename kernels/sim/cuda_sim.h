@@ -1,0 +1,236 @@
+// The CUDA simulator's view of the CUDA language: this header is included (by the shims that
+// build.rs generates) in front of an unchanged kernels/*.cu file, so that the host C++ compiler
+// builds the very same kernel text and the kernels can run on the CPU with no GPU.
+//
+// Execution model (implemented in sim_runtime.cpp):
+//   * the blocks of a grid are spread over host threads; each block runs to completion on ONE
+//     host thread before that thread takes the next block;
+//   * the threads of a block are cooperative fibers on that host thread; a fiber runs until it
+//     reaches a barrier (__syncthreads, or a warp-level exchange: shuffles, ballots, __syncwarp)
+//     or finishes, and the scheduler then picks the next fiber in a shuffled order, so a kernel
+//     that reads shared memory before another thread's write (a missing barrier) sees a stale
+//     value and gives a wrong answer instead of passing by luck;
+//   * `__shared__` is `static thread_local`: all fibers of a block live on one host thread, so
+//     they share it, and blocks on the same host thread run one after another, like blocks
+//     reusing an SM's shared memory on a GPU (stale contents included).
+// Supported: threadIdx/blockIdx/blockDim/gridDim, __syncthreads, static __shared__ arrays,
+// __shfl_{xor,down,up,}_sync, __ballot_sync/__any_sync/__all_sync, __syncwarp, atomics on
+// int/unsigned/unsigned long long/float/double, and the math intrinsics used by the kernels.
+// Not supported (yet): `extern __shared__` dynamic shared memory, cooperative groups, textures.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#define __CUDA_SIM__ 1
+#define __global__
+#define __device__ inline
+#define __host__
+#define __forceinline__ __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __restrict__ __restrict
+#define __shared__ static thread_local
+#define __constant__ static
+#define __launch_bounds__(...)
+
+struct uint3 {
+    unsigned int x, y, z;
+};
+struct dim3 {
+    unsigned int x, y, z;
+};
+
+namespace gala_sim {
+
+// What a fiber (one simulated CUDA thread) knows about itself; the runtime keeps the rest.
+struct ThreadState {
+    uint3 thread_idx;
+    unsigned int lane;
+    unsigned int lanes_in_warp;
+    // 32 exchange slots of this thread's warp (shuffles, ballots).
+    unsigned long long* warp_slots;
+};
+
+// `__thread` (not C++ thread_local): plain TLS without dynamic-initialisation wrappers.
+extern __thread ThreadState* current_thread;
+extern __thread uint3 current_block_idx;
+extern __thread dim3 current_block_dim;
+extern __thread dim3 current_grid_dim;
+
+// Yield until every live thread of the block has arrived (fibers that finished count as arrived).
+void block_barrier();
+// Yield until every live lane of this thread's warp has arrived.
+void warp_barrier();
+
+template <class T>
+inline unsigned long long to_bits(T v) {
+    static_assert(sizeof(T) <= 8, "the simulator exchanges at most 8 bytes per lane");
+    unsigned long long bits = 0;
+    memcpy(&bits, &v, sizeof(T));
+    return bits;
+}
+template <class T>
+inline T from_bits(unsigned long long bits) {
+    T v;
+    memcpy(&v, &bits, sizeof(T));
+    return v;
+}
+
+// Every lane publishes `v`, then reads the value of lane `src` (its own when `src` is not a lane
+// of the warp), then waits again so that no lane overwrites its slot before all have read.
+template <class T>
+inline T exchange(T v, unsigned int src) {
+    ThreadState* t = current_thread;
+    t->warp_slots[t->lane] = to_bits(v);
+    warp_barrier();
+    unsigned long long bits = src < t->lanes_in_warp ? t->warp_slots[src] : t->warp_slots[t->lane];
+    warp_barrier();
+    return from_bits<T>(bits);
+}
+
+}  // namespace gala_sim
+
+#define threadIdx (::gala_sim::current_thread->thread_idx)
+#define blockIdx (::gala_sim::current_block_idx)
+#define blockDim (::gala_sim::current_block_dim)
+#define gridDim (::gala_sim::current_grid_dim)
+#define warpSize 32
+
+inline void __syncthreads() { gala_sim::block_barrier(); }
+inline void __syncwarp(unsigned int = 0xffffffffu) { gala_sim::warp_barrier(); }
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+// ---- warp shuffles and votes (the mask is taken as "all live lanes", as the kernels use it) ----
+template <class T>
+inline T __shfl_sync(unsigned int, T v, int src_lane, int width = 32) {
+    unsigned int lane = gala_sim::current_thread->lane;
+    unsigned int src = (lane / width) * width + ((unsigned int)src_lane % width);
+    return gala_sim::exchange(v, src);
+}
+template <class T>
+inline T __shfl_xor_sync(unsigned int, T v, int lane_mask, int width = 32) {
+    unsigned int lane = gala_sim::current_thread->lane;
+    unsigned int src = lane ^ (unsigned int)lane_mask;
+    if (src / width != lane / width) src = lane;
+    return gala_sim::exchange(v, src);
+}
+template <class T>
+inline T __shfl_down_sync(unsigned int, T v, unsigned int delta, int width = 32) {
+    unsigned int lane = gala_sim::current_thread->lane;
+    unsigned int src = (lane % width) + delta < (unsigned int)width ? lane + delta : lane;
+    return gala_sim::exchange(v, src);
+}
+template <class T>
+inline T __shfl_up_sync(unsigned int, T v, unsigned int delta, int width = 32) {
+    unsigned int lane = gala_sim::current_thread->lane;
+    unsigned int src = (lane % width) >= delta ? lane - delta : lane;
+    return gala_sim::exchange(v, src);
+}
+inline unsigned int __ballot_sync(unsigned int mask, int predicate) {
+    gala_sim::ThreadState* t = gala_sim::current_thread;
+    t->warp_slots[t->lane] = predicate ? 1u : 0u;
+    gala_sim::warp_barrier();
+    unsigned int bits = 0;
+    for (unsigned int l = 0; l < t->lanes_in_warp; ++l)
+        if (t->warp_slots[l]) bits |= 1u << l;
+    gala_sim::warp_barrier();
+    return bits & mask;
+}
+inline int __any_sync(unsigned int mask, int predicate) { return __ballot_sync(mask, predicate) != 0; }
+inline int __all_sync(unsigned int mask, int predicate) {
+    unsigned int live = gala_sim::current_thread->lanes_in_warp;
+    unsigned int all = live == 32 ? 0xffffffffu : ((1u << live) - 1u);
+    return __ballot_sync(mask, predicate) == (all & mask);
+}
+inline unsigned int __activemask() {
+    unsigned int live = gala_sim::current_thread->lanes_in_warp;
+    return live == 32 ? 0xffffffffu : ((1u << live) - 1u);
+}
+
+// ---- atomics: blocks run on several host threads, so these are real atomics ----
+#define GALA_SIM_INT_ATOMICS(T)                                                                    \
+    inline T atomicAdd(T* a, T v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }           \
+    inline T atomicSub(T* a, T v) { return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST); }           \
+    inline T atomicAnd(T* a, T v) { return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST); }           \
+    inline T atomicOr(T* a, T v) { return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST); }             \
+    inline T atomicXor(T* a, T v) { return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST); }           \
+    inline T atomicExch(T* a, T v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }         \
+    inline T atomicCAS(T* a, T expected, T desired) {                                              \
+        __atomic_compare_exchange_n(a, &expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST); \
+        return expected;                                                                           \
+    }                                                                                              \
+    inline T atomicMax(T* a, T v) {                                                                \
+        T old = __atomic_load_n(a, __ATOMIC_SEQ_CST);                                              \
+        while (old < v && !__atomic_compare_exchange_n(a, &old, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {} \
+        return old;                                                                                \
+    }                                                                                              \
+    inline T atomicMin(T* a, T v) {                                                                \
+        T old = __atomic_load_n(a, __ATOMIC_SEQ_CST);                                              \
+        while (old > v && !__atomic_compare_exchange_n(a, &old, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {} \
+        return old;                                                                                \
+    }
+GALA_SIM_INT_ATOMICS(int)
+GALA_SIM_INT_ATOMICS(unsigned int)
+GALA_SIM_INT_ATOMICS(unsigned long long)
+#undef GALA_SIM_INT_ATOMICS
+
+template <class F, class U>
+inline F gala_sim_atomic_add_float(F* a, F v) {
+    U* bits = reinterpret_cast<U*>(a);
+    U old = __atomic_load_n(bits, __ATOMIC_SEQ_CST);
+    for (;;) {
+        F cur;
+        memcpy(&cur, &old, sizeof(F));
+        F next = cur + v;
+        U next_bits;
+        memcpy(&next_bits, &next, sizeof(F));
+        if (__atomic_compare_exchange_n(bits, &old, next_bits, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) return cur;
+    }
+}
+inline float atomicAdd(float* a, float v) { return gala_sim_atomic_add_float<float, unsigned int>(a, v); }
+inline double atomicAdd(double* a, double v) { return gala_sim_atomic_add_float<double, unsigned long long>(a, v); }
+
+// ---- math and bit intrinsics ----
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __powf(float x, float y) { return powf(x, y); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __fsqrt_rn(float x) { return sqrtf(x); }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+inline float __int_as_float(int x) { return gala_sim::from_bits<float>((unsigned int)x); }
+inline int __float_as_int(float x) { return (int)(unsigned int)gala_sim::to_bits(x); }
+inline float __uint_as_float(unsigned int x) { return gala_sim::from_bits<float>(x); }
+inline unsigned int __float_as_uint(float x) { return (unsigned int)gala_sim::to_bits(x); }
+inline long long __double_as_longlong(double x) { return (long long)gala_sim::to_bits(x); }
+inline double __longlong_as_double(long long x) { return gala_sim::from_bits<double>((unsigned long long)x); }
+inline unsigned int __umulhi(unsigned int a, unsigned int b) {
+    return (unsigned int)(((unsigned long long)a * (unsigned long long)b) >> 32);
+}
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+    return (unsigned long long)(((unsigned __int128)a * (unsigned __int128)b) >> 64);
+}
+inline int __popc(unsigned int x) { return __builtin_popcount(x); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned int)x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+template <class T>
+inline T __ldg(const T* p) { return *p; }
+
+// CUDA's device-side min/max overloads (host C++ has only std::min/std::max).
+#define GALA_SIM_MINMAX(T)                                  \
+    inline T min(T a, T b) { return a < b ? a : b; }        \
+    inline T max(T a, T b) { return a > b ? a : b; }
+GALA_SIM_MINMAX(int)
+GALA_SIM_MINMAX(unsigned int)
+GALA_SIM_MINMAX(long long)
+GALA_SIM_MINMAX(unsigned long long)
+#undef GALA_SIM_MINMAX
+inline float min(float a, float b) { return fminf(a, b); }
+inline float max(float a, float b) { return fmaxf(a, b); }
+inline double min(double a, double b) { return fmin(a, b); }
+inline double max(double a, double b) { return fmax(a, b); }

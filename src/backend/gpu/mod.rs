@@ -1,0 +1,184 @@
+//! The GPU backend: kernel launchers (one per kernel, `launch`) and the device-resident
+//! parameter arena they operate on, generic over a [`Device`] (the CUDA driver or the
+//! simulator).
+//!
+//! This covers the optimizer step, gossip mixing, the consensus distance, n-step returns and
+//! action sampling; the network forward/backward kernels (and with them the full `Backend`
+//! implementation) come with a later issue.
+
+pub mod launch;
+
+use crate::backend::cpu::optim::RmsProp;
+use crate::device::{Device, DeviceBuffer, Stream};
+use crate::error::{Error, Result};
+
+/// All agents' parameters, gradients and RMSprop state, [agents][P] each, in device memory,
+/// plus the scratch buffers of the fused optimizer, gossip and consensus launches.
+pub struct GpuArena<D: Device> {
+    device: D,
+    stream: Stream,
+    agents: usize,
+    param_count: usize,
+    params: DeviceBuffer<f32>,
+    grads: DeviceBuffer<f32>,
+    square_avg: DeviceBuffer<f32>,
+    /// Pre-round copy of `params` that gossip reads, so no agent sees a half-mixed peer.
+    snapshot: DeviceBuffer<f32>,
+    norm_partials: DeviceBuffer<f64>,
+    norms: DeviceBuffer<f64>,
+    consensus_partials: DeviceBuffer<f64>,
+    consensus_result: DeviceBuffer<f64>,
+}
+
+impl<D: Device> GpuArena<D> {
+    /// An arena for `agents` agents of `param_count` parameters, all starting from `initial`
+    /// ([agents][P]); gradients and RMSprop state start at zero.
+    pub fn new(device: D, agents: usize, param_count: usize, initial: &[f32]) -> Result<Self> {
+        if agents == 0 || param_count == 0 {
+            return Err(Error::Shape(format!("GpuArena: {agents} agents of {param_count} parameters")));
+        }
+        let n = agents * param_count;
+        if initial.len() != n {
+            return Err(Error::Shape(format!("GpuArena: initial parameters hold {}, expected {n}", initial.len())));
+        }
+        let stream = device.default_stream();
+        let optim_chunks = launch::optim_chunks(param_count) as usize;
+        let gossip_chunks = launch::gossip_chunks(param_count) as usize;
+        let mut arena = GpuArena {
+            params: device.alloc_zeros(n)?,
+            grads: device.alloc_zeros(n)?,
+            square_avg: device.alloc_zeros(n)?,
+            snapshot: device.alloc_zeros(n)?,
+            norm_partials: device.alloc_zeros(agents * optim_chunks)?,
+            norms: device.alloc_zeros(agents)?,
+            consensus_partials: device.alloc_zeros((agents + 1) * gossip_chunks)?,
+            consensus_result: device.alloc_zeros(1)?,
+            device,
+            stream,
+            agents,
+            param_count,
+        };
+        arena.write_params(initial)?;
+        Ok(arena)
+    }
+
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+    /// Frees the arena and gives the device back.
+    pub fn into_device(self) -> D {
+        self.device
+    }
+    pub fn agents(&self) -> usize {
+        self.agents
+    }
+    pub fn param_count(&self) -> usize {
+        self.param_count
+    }
+
+    fn read(&self, buf: &DeviceBuffer<f32>) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; buf.len()];
+        self.device.download(self.stream, buf, 0, &mut out)?;
+        Ok(out)
+    }
+
+    fn check_arena(&self, what: &str, len: usize) -> Result<()> {
+        let n = self.agents * self.param_count;
+        if len == n {
+            Ok(())
+        } else {
+            Err(Error::Shape(format!("{what}: {len} elements, expected {n} ([agents][P])")))
+        }
+    }
+
+    /// All agents' parameters [agents][P].
+    pub fn read_params(&self) -> Result<Vec<f32>> {
+        self.read(&self.params)
+    }
+    pub fn write_params(&mut self, params: &[f32]) -> Result<()> {
+        self.check_arena("write_params", params.len())?;
+        self.device.upload(self.stream, params, &mut self.params, 0)
+    }
+    /// The gradients [agents][P] (after `clip_and_rmsprop`: the clipped ones).
+    pub fn read_grads(&self) -> Result<Vec<f32>> {
+        self.read(&self.grads)
+    }
+    /// Sets the gradients; until the backward kernels land, tests and callers provide them.
+    pub fn write_grads(&mut self, grads: &[f32]) -> Result<()> {
+        self.check_arena("write_grads", grads.len())?;
+        self.device.upload(self.stream, grads, &mut self.grads, 0)
+    }
+    /// RMSprop square averages [agents][P].
+    pub fn read_optimizer_state(&self) -> Result<Vec<f32>> {
+        self.read(&self.square_avg)
+    }
+    pub fn write_optimizer_state(&mut self, square_avg: &[f32]) -> Result<()> {
+        self.check_arena("write_optimizer_state", square_avg.len())?;
+        self.device.upload(self.stream, square_avg, &mut self.square_avg, 0)
+    }
+
+    /// Per-agent clipping to `max_norm` and one RMSprop step for every agent (two launches);
+    /// returns each agent's pre-clip gradient norm.
+    pub fn clip_and_rmsprop(&mut self, max_norm: f64, opt: RmsProp) -> Result<Vec<f64>> {
+        let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.param_count);
+        launch::optim_sumsq_partials(dev, s, &self.grads, &mut self.norm_partials, a, p)?;
+        launch::optim_clip_rmsprop(
+            dev,
+            s,
+            &mut self.params,
+            &mut self.grads,
+            &mut self.square_avg,
+            &self.norm_partials,
+            &mut self.norms,
+            a,
+            p,
+            max_norm,
+            opt,
+        )?;
+        let mut norms = vec![0f64; a];
+        dev.download(s, &self.norms, 0, &mut norms)?;
+        Ok(norms)
+    }
+
+    /// One lock-step gossip round: agent r mixes in the parameters of `in_peers[r]`.
+    pub fn mix(&mut self, in_peers: &[Vec<usize>]) -> Result<()> {
+        if in_peers.len() != self.agents {
+            return Err(Error::Shape(format!("mix: {} peer lists for {} agents", in_peers.len(), self.agents)));
+        }
+        let mut offsets = Vec::with_capacity(self.agents + 1);
+        let mut flat = Vec::new();
+        offsets.push(0u32);
+        for (r, list) in in_peers.iter().enumerate() {
+            for &s in list {
+                if s >= self.agents {
+                    return Err(Error::Shape(format!("mix: agent {r} lists peer {s}, but there are {} agents", self.agents)));
+                }
+                flat.push(s as u32);
+            }
+            offsets.push(flat.len() as u32);
+        }
+        if flat.is_empty() {
+            return Ok(());
+        }
+        let dev = &self.device;
+        let mut offsets_dev = dev.alloc_zeros::<u32>(offsets.len())?;
+        let mut peers_dev = dev.alloc_zeros::<u32>(flat.len())?;
+        dev.upload(self.stream, &offsets, &mut offsets_dev, 0)?;
+        dev.upload(self.stream, &flat, &mut peers_dev, 0)?;
+        let n = self.params.len();
+        dev.copy(self.stream, &self.params, 0, &mut self.snapshot, 0, n)?;
+        launch::gossip_mix(dev, self.stream, &self.snapshot, &mut self.params, &offsets_dev, &peers_dev, self.agents, self.param_count)?;
+        // The peer tables are freed on return; make sure the launch that reads them is done.
+        dev.synchronize(self.stream)
+    }
+
+    /// max_r ‖θ_r − θ̄‖ / ‖θ̄‖ over the agents' parameters.
+    pub fn consensus_distance(&mut self) -> Result<f64> {
+        let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.param_count);
+        launch::consensus_partials(dev, s, &self.params, &mut self.consensus_partials, a, p)?;
+        launch::consensus_finish(dev, s, &self.consensus_partials, &mut self.consensus_result, a, p)?;
+        let mut out = [0f64];
+        dev.download(s, &self.consensus_result, 0, &mut out)?;
+        Ok(out[0])
+    }
+}

@@ -1,0 +1,245 @@
+//! The CUDA device: cudarc 0.19's driver API, with every kernels/*.cu compiled once by NVRTC
+//! for the GPU's architecture when the device is opened (the module store).
+//!
+//! Opening fails with an error (never a panic) when there is no driver library, no GPU, or no
+//! libnvrtc; a kernel that does not compile fails with NVRTC's log.
+
+use super::{
+    check_launch, check_range, nvrtc, DeviceBuffer, DeviceElem, DeviceId, Event, KernelArg, LaunchConfig, Stream,
+    KERNEL_SOURCES,
+};
+use crate::error::{Error, Result};
+use cudarc::driver::{result as cu, sys, CudaContext, CudaEvent, CudaFunction, CudaStream, PushKernelArg};
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+fn driver_err(what: &str, e: cu::DriverError) -> Error {
+    Error::Backend(format!("CUDA {what} failed: {e:?}"))
+}
+
+/// A device allocation, freed on drop.
+struct CudaStorage {
+    ptr: sys::CUdeviceptr,
+    ctx: Arc<CudaContext>,
+}
+
+impl Drop for CudaStorage {
+    fn drop(&mut self) {
+        // Errors cannot be returned from drop; the context keeps them for the next check.
+        self.ctx.record_err(self.ctx.bind_to_thread());
+        // SAFETY: allocated by malloc_sync in this context and freed only here.
+        self.ctx.record_err(unsafe { cu::free_sync(self.ptr) });
+    }
+}
+
+/// A GPU driven through the CUDA driver API.
+pub struct CudaDevice {
+    id: DeviceId,
+    ctx: Arc<CudaContext>,
+    streams: Mutex<Vec<Arc<CudaStream>>>,
+    functions: HashMap<&'static str, CudaFunction>,
+    name: String,
+    arch: String,
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal` and compiles every kernel for it.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        // SAFETY: only tries to dlopen the driver library and drops the handle.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::Backend(
+                "the CUDA driver library (libcuda.so) was not found; install an NVIDIA driver, or use --backend sim/cpu".into(),
+            ));
+        }
+        if !nvrtc::available() {
+            return Err(Error::Backend(format!(
+                "the NVRTC library (libnvrtc.so) is needed to compile the kernels; {}",
+                nvrtc::INSTALL_HINT
+            )));
+        }
+        let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
+            .map_err(|_| Error::Backend("the CUDA driver could not be initialised".into()))?
+            .map_err(|e| Error::Backend(format!("no CUDA device {ordinal} could be opened: {e:?}")))?;
+        let name = ctx.name().map_err(|e| driver_err("cuDeviceGetName", e))?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| driver_err("compute capability query", e))?;
+        let arch = format!("compute_{major}{minor}");
+        let mut functions = HashMap::new();
+        for source in KERNEL_SOURCES {
+            let compiled = nvrtc::compile(source, &arch)?;
+            let ptx = compiled.ptx.ok_or_else(|| Error::Backend(format!("NVRTC returned no PTX for kernels/{}", source.file)))?;
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+                .map_err(|e| driver_err(&format!("loading the PTX of kernels/{}", source.file), e))?;
+            for sig in super::KERNEL_SIGNATURES.iter().filter(|k| k.file == source.file) {
+                let f = module.load_function(sig.name).map_err(|e| driver_err(&format!("cuModuleGetFunction({})", sig.name), e))?;
+                functions.insert(sig.name, f);
+            }
+        }
+        let default = ctx.default_stream();
+        Ok(CudaDevice { id: DeviceId::fresh(), ctx, streams: Mutex::new(vec![default]), functions, name, arch })
+    }
+
+    fn stream(&self, s: Stream) -> Result<Arc<CudaStream>> {
+        if s.owner != self.id {
+            return Err(Error::Backend("stream belongs to another device".into()));
+        }
+        let streams = self.streams.lock().map_err(|_| Error::Backend("stream table poisoned".into()))?;
+        streams.get(s.index).cloned().ok_or_else(|| Error::Backend(format!("no stream {}", s.index)))
+    }
+
+    fn check_buffer<T: DeviceElem>(&self, b: &DeviceBuffer<T>) -> Result<()> {
+        if b.owner != self.id {
+            return Err(Error::Backend("buffer belongs to another device".into()));
+        }
+        Ok(())
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the context", e))
+    }
+}
+
+fn byte_offset<T>(elements: usize) -> u64 {
+    (elements * std::mem::size_of::<T>()) as u64
+}
+
+impl super::Device for CudaDevice {
+    fn kind(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn describe(&self) -> String {
+        format!("{} ({})", self.name, self.arch)
+    }
+
+    fn alloc_zeros<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        self.bind()?;
+        let bytes = (len * std::mem::size_of::<T>()).max(1);
+        // SAFETY: plain allocation and memset of the fresh allocation.
+        let ptr = unsafe { cu::malloc_sync(bytes) }.map_err(|e| driver_err(&format!("allocating {bytes} bytes"), e))?;
+        let storage = CudaStorage { ptr, ctx: self.ctx.clone() };
+        unsafe { cu::memset_d8_sync(ptr, 0, bytes) }.map_err(|e| driver_err("memset", e))?;
+        Ok(DeviceBuffer { ptr, len, owner: self.id, _storage: Box::new(storage), _elem: PhantomData })
+    }
+
+    fn upload<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {
+        let s = self.stream(stream)?;
+        self.check_buffer(dst)?;
+        check_range("upload", offset, src.len(), dst.len)?;
+        self.bind()?;
+        // SAFETY: destination range in bounds (checked); we synchronise before `src` is released.
+        unsafe { cu::memcpy_htod_async(dst.ptr + byte_offset::<T>(offset), src, s.cu_stream()) }
+            .map_err(|e| driver_err("host-to-device copy", e))?;
+        s.synchronize().map_err(|e| driver_err("stream synchronize", e))
+    }
+
+    fn download<T: DeviceElem>(&self, stream: Stream, src: &DeviceBuffer<T>, offset: usize, dst: &mut [T]) -> Result<()> {
+        let s = self.stream(stream)?;
+        self.check_buffer(src)?;
+        check_range("download", offset, dst.len(), src.len)?;
+        self.bind()?;
+        // SAFETY: source range in bounds (checked); we synchronise before `dst` is read.
+        unsafe { cu::memcpy_dtoh_async(dst, src.ptr + byte_offset::<T>(offset), s.cu_stream()) }
+            .map_err(|e| driver_err("device-to-host copy", e))?;
+        s.synchronize().map_err(|e| driver_err("stream synchronize", e))
+    }
+
+    fn copy<T: DeviceElem>(
+        &self, stream: Stream, src: &DeviceBuffer<T>, src_offset: usize, dst: &mut DeviceBuffer<T>, dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        let s = self.stream(stream)?;
+        self.check_buffer(src)?;
+        self.check_buffer(dst)?;
+        check_range("copy source", src_offset, len, src.len)?;
+        check_range("copy destination", dst_offset, len, dst.len)?;
+        self.bind()?;
+        // SAFETY: both ranges in bounds; the buffers outlive the stream work (they are freed
+        // with a synchronous cuMemFree, which waits for the device).
+        unsafe {
+            cu::memcpy_dtod_async(
+                dst.ptr + byte_offset::<T>(dst_offset),
+                src.ptr + byte_offset::<T>(src_offset),
+                len * std::mem::size_of::<T>(),
+                s.cu_stream(),
+            )
+        }
+        .map_err(|e| driver_err("device-to-device copy", e))
+    }
+
+    fn launch(&self, stream: Stream, name: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        check_launch(self.id, name, &config, args)?;
+        let s = self.stream(stream)?;
+        let f = self
+            .functions
+            .get(name)
+            .ok_or_else(|| Error::Backend(format!("kernel `{name}` is not in the module store")))?;
+        let mut builder = s.launch_builder(f);
+        for arg in args {
+            match arg {
+                KernelArg::Buffer { ptr, .. } => builder.arg(ptr),
+                KernelArg::U32(v) => builder.arg(v),
+                KernelArg::I32(v) => builder.arg(v),
+                KernelArg::U64(v) => builder.arg(v),
+                KernelArg::F32(v) => builder.arg(v),
+                KernelArg::F64(v) => builder.arg(v),
+            };
+        }
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: config.grid,
+            block_dim: config.block,
+            shared_mem_bytes: config.shared_mem_bytes,
+        };
+        // SAFETY: the arguments match the kernel's parameter list (checked above) and every
+        // buffer is a live allocation of this device.
+        unsafe { builder.launch(cfg) }.map_err(|e| driver_err(&format!("launch of `{name}`"), e))?;
+        Ok(())
+    }
+
+    fn default_stream(&self) -> Stream {
+        Stream { index: 0, owner: self.id }
+    }
+
+    fn new_stream(&self) -> Result<Stream> {
+        let s = self.ctx.new_stream().map_err(|e| driver_err("stream creation", e))?;
+        let mut streams = self.streams.lock().map_err(|_| Error::Backend("stream table poisoned".into()))?;
+        streams.push(s);
+        Ok(Stream { index: streams.len() - 1, owner: self.id })
+    }
+
+    fn record_event(&self, stream: Stream) -> Result<Event> {
+        let s = self.stream(stream)?;
+        let e = s.record_event(None).map_err(|e| driver_err("event record", e))?;
+        Ok(Event { owner: self.id, inner: Some(Box::new(e)) })
+    }
+
+    fn event_done(&self, event: &Event) -> Result<bool> {
+        let e = self.cuda_event(event)?;
+        e.try_is_complete().map_err(|e| driver_err("event query", e))
+    }
+
+    fn stream_wait_event(&self, stream: Stream, event: &Event) -> Result<()> {
+        let s = self.stream(stream)?;
+        s.wait(self.cuda_event(event)?).map_err(|e| driver_err("stream wait", e))
+    }
+
+    fn synchronize(&self, stream: Stream) -> Result<()> {
+        let s = self.stream(stream)?;
+        s.synchronize().map_err(|e| driver_err("stream synchronize", e))?;
+        self.ctx.check_err().map_err(|e| driver_err("an earlier asynchronous operation", e))
+    }
+}
+
+impl CudaDevice {
+    fn cuda_event<'a>(&self, event: &'a Event) -> Result<&'a CudaEvent> {
+        if event.owner != self.id {
+            return Err(Error::Backend("event belongs to another device".into()));
+        }
+        event
+            .inner
+            .as_ref()
+            .and_then(|b| b.downcast_ref::<CudaEvent>())
+            .ok_or_else(|| Error::Backend("not a CUDA event".into()))
+    }
+}

@@ -1,0 +1,394 @@
+//! The kernels of kernels/*.cu against their CPU references (src/backend/cpu), written once and
+//! run on every device available: always under the CUDA simulator, and on a real GPU when one
+//! is present (otherwise that test prints why it was skipped; GALA_REQUIRE_GPU=1 makes a
+//! missing GPU a failure).
+//!
+//! Every launch writes into outputs poisoned with NaN (or u32::MAX) first, so a kernel that
+//! skips an element cannot pass on stale correct values. Tolerances, per comparison:
+//!   * optimizer: params/grads/square_avg |got − want| ≤ 1e-5·|want| + 1e-7 (f32; FMA on a GPU);
+//!     norms relative 1e-9 (f64 sums in another order);
+//!   * gossip mixing: ≤ 1e-6·|want| + 1e-7; consensus distance relative 1e-9 (f64);
+//!   * returns: ≤ 1e-5·|want| + 1e-6;
+//!   * sampling: the simulator must match exactly (same libm as the CPU); on a GPU, whose expf
+//!     differs by a few ulp, an action may differ only where u·S lies within 1e-5·S of a
+//!     cumulative sum (the documented boundary), log-probs ≤ 1e-5 absolute.
+
+use gala_gpu::backend::cpu::{gossip, heads, optim};
+use gala_gpu::backend::gpu::{launch, GpuArena};
+use gala_gpu::device::cuda::CudaDevice;
+use gala_gpu::device::sim::SimDevice;
+use gala_gpu::device::{Device, DeviceBuffer, DeviceElem, KernelArg, LaunchConfig};
+use gala_gpu::rng::{action_uniform, PhiloxStream, Purpose};
+
+/// Parameter counts: 1, and sizes that do not divide the block size (256) or chunk counts.
+const SIZES: [usize; 4] = [1, 1000, 4099, 100_003];
+
+fn normals(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = PhiloxStream::new(seed, 0, Purpose::Init);
+    (0..n).map(|_| s.next_normal() as f32 * scale).collect()
+}
+
+fn upload<D: Device, T: DeviceElem>(dev: &D, host: &[T]) -> DeviceBuffer<T> {
+    let mut b = dev.alloc_zeros(host.len()).unwrap();
+    dev.upload(dev.default_stream(), host, &mut b, 0).unwrap();
+    b
+}
+
+fn poisoned<D: Device, T: DeviceElem>(dev: &D, len: usize, poison: T) -> DeviceBuffer<T> {
+    upload(dev, &vec![poison; len])
+}
+
+fn download<D: Device, T: DeviceElem + Default>(dev: &D, b: &DeviceBuffer<T>) -> Vec<T> {
+    let mut out = vec![T::default(); b.len()];
+    dev.download(dev.default_stream(), b, 0, &mut out).unwrap();
+    out
+}
+
+#[track_caller]
+fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= rel * w.abs() + abs, "{what}[{i}]: got {g}, want {w} (rel {rel}, abs {abs})");
+    }
+}
+
+#[track_caller]
+fn assert_rel_f64(what: &str, got: f64, want: f64, rel: f64) {
+    assert!(got == want || (got - want).abs() <= rel * want.abs(), "{what}: got {got}, want {want} (relative tolerance {rel})");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The comparisons, generic over the device.
+// ---------------------------------------------------------------------------------------------
+
+/// Two clip + RMSprop steps through `GpuArena` for every size and 1, 2, 5 agents.
+fn check_optimizer<D: Device>(dev: D) -> D {
+    let mut dev = Some(dev);
+    let opt = optim::RmsProp { lr: 7e-4, alpha: 0.99, eps: 1e-5 };
+    for (case, &p) in SIZES.iter().enumerate() {
+        for agents in [1usize, 2, 5] {
+            let n = agents * p;
+            let params0 = normals(n, 10 + case as u64, 1.0);
+            let mut arena = GpuArena::new(dev.take().unwrap(), agents, p, &params0).unwrap();
+            let (mut th, mut v) = (params0.clone(), vec![0f32; n]);
+            for step in 0..2u64 {
+                let mut g = normals(n, 100 + step * 7 + case as u64, 1.0);
+                // Agent r's gradient norm is about 0.09·3.3^r: agents 0 and 1 are not clipped
+                // (max norm 0.5), the others are.
+                for (r, chunk) in g.chunks_mut(p).enumerate() {
+                    let scale = 0.09 * (10f32 / 3.0).powi(r as i32) / (p as f32).sqrt();
+                    chunk.iter_mut().for_each(|x| *x *= scale);
+                }
+                arena.write_grads(&g).unwrap();
+                let norms = arena.clip_and_rmsprop(0.5, opt).unwrap();
+                let want_norms = optim::clip_and_rmsprop(&mut th, &mut g, &mut v, agents, 0.5, opt);
+                let ctx = format!("optimizer P={p} agents={agents} step={step}");
+                for (r, (&a, &b)) in norms.iter().zip(&want_norms).enumerate() {
+                    assert_rel_f64(&format!("{ctx} norm[{r}]"), a, b, 1e-9);
+                }
+                assert_close(&format!("{ctx} grads"), &arena.read_grads().unwrap(), &g, 1e-5, 1e-7);
+                assert_close(&format!("{ctx} square_avg"), &arena.read_optimizer_state().unwrap(), &v, 1e-5, 1e-7);
+                assert_close(&format!("{ctx} params"), &arena.read_params().unwrap(), &th, 1e-5, 1e-7);
+            }
+            dev = Some(arena.into_device());
+        }
+    }
+    dev.unwrap()
+}
+
+/// The optimizer launchers directly, with NaN-poisoned partials and norms, and a precondition.
+fn check_optimizer_launchers<D: Device>(dev: &D) {
+    let (agents, p) = (3usize, 4099usize);
+    let s = dev.default_stream();
+    let g = normals(agents * p, 5, 0.01);
+    let grads = upload(dev, &g);
+    let chunks = launch::optim_chunks(p) as usize;
+    let mut partials = poisoned(dev, agents * chunks, f64::NAN);
+    launch::optim_sumsq_partials(dev, s, &grads, &mut partials, agents, p).unwrap();
+    let got = download(dev, &partials);
+    assert!(got.iter().all(|x| x.is_finite()), "every partial must be written");
+    for r in 0..agents {
+        let sum: f64 = got[r * chunks..(r + 1) * chunks].iter().sum();
+        assert_rel_f64("sum of partials", sum.sqrt(), optim::grad_norm(&g[r * p..(r + 1) * p]), 1e-9);
+    }
+    let mut params = poisoned(dev, agents * p, 0f32);
+    let mut grads = grads;
+    let mut v = poisoned(dev, agents * p, 0f32);
+    let mut norms = poisoned(dev, agents, f64::NAN);
+    let opt = optim::RmsProp { lr: 1e-3, alpha: 0.99, eps: 1e-5 };
+    launch::optim_clip_rmsprop(dev, s, &mut params, &mut grads, &mut v, &partials, &mut norms, agents, p, 0.5, opt)
+        .unwrap();
+    assert!(download(dev, &norms).iter().all(|x| x.is_finite()), "every norm must be written");
+    // A wrong size is an error naming the buffer, not a device fault.
+    let mut short = poisoned(dev, agents * chunks - 1, 0f64);
+    let err = launch::optim_sumsq_partials(dev, s, &grads, &mut short, agents, p).unwrap_err();
+    assert!(err.to_string().contains("partials"), "{err}");
+}
+
+/// Ring, all-to-all and uneven peer lists for every size and 1..=5 agents, with the consensus
+/// distance after each round.
+fn check_gossip<D: Device>(dev: D) -> D {
+    let mut dev = Some(dev);
+    for (case, &p) in SIZES.iter().enumerate() {
+        for agents in 1usize..=5 {
+            let ring: Vec<Vec<usize>> = (0..agents).map(|r| vec![(r + agents - 1) % agents]).collect();
+            let all: Vec<Vec<usize>> = (0..agents).map(|r| (0..agents).filter(|&s| s != r).collect()).collect();
+            // Uneven lists, including an agent that receives nothing this round.
+            let uneven: Vec<Vec<usize>> = (0..agents).map(|r| (0..r).rev().collect()).collect();
+            let params0 = normals(agents * p, 40 + case as u64 * 5 + agents as u64, 1.0);
+            let mut arena = GpuArena::new(dev.take().unwrap(), agents, p, &params0).unwrap();
+            let mut want = params0.clone();
+            for (name, peers) in [("ring", &ring), ("all", &all), ("uneven", &uneven)] {
+                arena.mix(peers).unwrap();
+                gossip::mix(&mut want, agents, peers);
+                let ctx = format!("gossip {name} P={p} agents={agents}");
+                assert_close(&ctx, &arena.read_params().unwrap(), &want, 1e-6, 1e-7);
+                let d = arena.consensus_distance().unwrap();
+                assert_rel_f64(&format!("{ctx} consensus"), d, gossip::consensus_distance(&want, agents), 1e-9);
+            }
+            dev = Some(arena.into_device());
+        }
+    }
+    let dev = dev.unwrap();
+    // Identical agents: distance exactly 0, written into a poisoned result.
+    let (agents, p) = (3usize, 1000usize);
+    let same: Vec<f32> = normals(p, 3, 1.0).repeat(agents);
+    let s = dev.default_stream();
+    let params = upload(&dev, &same);
+    let chunks = launch::gossip_chunks(p) as usize;
+    let mut partials = poisoned(&dev, (agents + 1) * chunks, f64::NAN);
+    let mut result = poisoned(&dev, 1, f64::NAN);
+    launch::consensus_partials(&dev, s, &params, &mut partials, agents, p).unwrap();
+    launch::consensus_finish(&dev, s, &partials, &mut result, agents, p).unwrap();
+    assert_eq!(download(&dev, &result)[0], 0.0);
+    dev
+}
+
+fn check_returns<D: Device>(dev: &D) {
+    let s = dev.default_stream();
+    for agents in 1usize..=5 {
+        for (steps, envs) in [(1usize, 1usize), (5, 16), (20, 3), (5, 129)] {
+            let n = agents * steps * envs;
+            let seed = (agents * 1000 + steps * 10 + envs) as u64;
+            let rewards = normals(n, seed, 1.0);
+            let mut coin = PhiloxStream::new(seed, 1, Purpose::EnvStep);
+            let dones: Vec<f32> = (0..n).map(|_| if coin.below(5) == 0 { 1.0 } else { 0.0 }).collect();
+            let bootstrap = normals(agents * envs, seed + 1, 3.0);
+            let gamma = 0.99f32;
+            let mut want = vec![0f32; n];
+            for r in 0..agents {
+                let seg = r * steps * envs..(r + 1) * steps * envs;
+                heads::nstep_returns(
+                    &rewards[seg.clone()],
+                    &dones[seg.clone()],
+                    &bootstrap[r * envs..(r + 1) * envs],
+                    gamma,
+                    &mut want[seg],
+                );
+            }
+            let (rw, dn, bs) = (upload(dev, &rewards), upload(dev, &dones), upload(dev, &bootstrap));
+            let mut out = poisoned(dev, n, f32::NAN);
+            launch::nstep_returns(dev, s, &rw, &dn, &bs, &mut out, agents, steps, envs, gamma).unwrap();
+            let got = download(dev, &out);
+            assert_close(&format!("returns agents={agents} steps={steps} envs={envs}"), &got, &want, 1e-5, 1e-6);
+        }
+    }
+}
+
+/// The smallest distance between u·S and a cumulative sum, relative to S: where this is tiny,
+/// a few ulp of expf decide the action (the documented boundary for GPU comparisons).
+fn sampling_margin(logits: &[f32], u: f32) -> f32 {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&z| (z - m).exp()).sum();
+    let target = u * sum;
+    let mut acc = 0f32;
+    let mut margin = f32::INFINITY;
+    for &z in logits {
+        acc += (z - m).exp();
+        margin = margin.min((target - acc).abs() / sum);
+    }
+    margin
+}
+
+fn check_sampling<D: Device>(dev: &D, exact: bool) {
+    let s = dev.default_stream();
+    let mut boundary_cases = 0usize;
+    for (agents, envs, num_actions) in [(1usize, 1usize, 1usize), (2, 16, 6), (5, 33, 18), (3, 200, 2), (4, 64, 4)] {
+        let rows = agents * envs;
+        let logits = normals(rows * num_actions, (agents * 100 + num_actions) as u64, 2.0);
+        let logits_dev = upload(dev, &logits);
+        // Seeds and steps with high bits set (step ≥ 2^32 uses the counter's top word).
+        for (seed, step, greedy) in [(7u64, 0u64, false), (7, 12_345, false), (u64::MAX - 3, (5u64 << 32) + 9, false), (1, 3, true)]
+        {
+            let mut act = poisoned(dev, rows, u32::MAX);
+            let mut lp = poisoned(dev, rows, f32::NAN);
+            launch::sample_actions(dev, s, &logits_dev, &mut act, &mut lp, agents, envs, num_actions, seed, step, greedy)
+                .unwrap();
+            let (got_a, got_lp) = (download(dev, &act), download(dev, &lp));
+            for row in 0..rows {
+                let (r, e) = ((row / envs) as u32, (row % envs) as u32);
+                let z = &logits[row * num_actions..(row + 1) * num_actions];
+                let (want_a, want_lp) = heads::sample_action(z, seed, r, e, step, greedy);
+                let ctx = format!("sample agents={agents} envs={envs} A={num_actions} seed={seed} step={step} greedy={greedy} row={row}");
+                if got_a[row] != want_a {
+                    let margin = sampling_margin(z, action_uniform(seed, r, e, step));
+                    assert!(!exact && !greedy && margin < 1e-5, "{ctx}: action {} vs {want_a} (margin {margin})", got_a[row]);
+                    boundary_cases += 1;
+                    continue;
+                }
+                if exact {
+                    assert_eq!(got_lp[row].to_bits(), want_lp.to_bits(), "{ctx}: log-prob {} vs {want_lp}", got_lp[row]);
+                } else {
+                    assert!((got_lp[row] - want_lp).abs() <= 1e-5, "{ctx}: log-prob {} vs {want_lp}", got_lp[row]);
+                }
+            }
+        }
+    }
+    if boundary_cases > 0 {
+        println!("sampling: {boundary_cases} actions differed at a documented rounding boundary");
+    }
+}
+
+/// The simulator's own kernels: barrier (correct and deliberately broken), shuffles, ballots.
+fn check_selftests<D: Device>(dev: &D, expect_race_detected: bool) {
+    let s = dev.default_stream();
+    let n = 1000usize; // 8 blocks of 128, the last one partial
+    let input: Vec<f32> = (0..n).map(|i| i as f32 + 0.5).collect();
+    let want: Vec<f32> = (0..n)
+        .map(|i| {
+            let j = i / 128 * 128 + 127 - i % 128;
+            if j < n {
+                input[j]
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let inp = upload(dev, &input);
+    let grid = LaunchConfig { grid: (n.div_ceil(128) as u32, 1, 1), block: (128, 1, 1), shared_mem_bytes: 0 };
+    let args = |out: &DeviceBuffer<f32>| [KernelArg::buf(&inp), KernelArg::buf(out), KernelArg::U32(n as u32)];
+    let out = poisoned(dev, n, f32::NAN);
+    dev.launch(s, "selftest_reverse_with_barrier", grid, &args(&out)).unwrap();
+    assert_eq!(download(dev, &out), want, "the correct kernel (with __syncthreads) must pass");
+    if expect_race_detected {
+        let out = poisoned(dev, n, f32::NAN);
+        dev.launch(s, "selftest_reverse_missing_barrier", grid, &args(&out)).unwrap();
+        let got = download(dev, &out);
+        let wrong = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+        assert!(wrong > 0, "the simulator must expose the missing __syncthreads as a wrong result");
+        println!("missing-barrier kernel: {wrong} of {n} outputs wrong under the simulator (as intended)");
+    }
+    // Warp shuffles and ballots.
+    let warps = 6usize;
+    let vals = normals(32 * warps, 77, 1.0);
+    let inp = upload(dev, &vals);
+    let sums = poisoned(dev, warps, f32::NAN);
+    let counts = poisoned(dev, warps, u32::MAX);
+    let cfg = LaunchConfig { grid: (warps as u32 / 2, 1, 1), block: (64, 1, 1), shared_mem_bytes: 0 };
+    dev.launch(s, "selftest_warp_ops", cfg, &[KernelArg::buf(&inp), KernelArg::buf(&sums), KernelArg::buf(&counts)]).unwrap();
+    let (got_sums, got_counts) = (download(dev, &sums), download(dev, &counts));
+    for w in 0..warps {
+        let lane_vals = &vals[w * 32..(w + 1) * 32];
+        // The __shfl_down tree: offsets 16, 8, 4, 2, 1.
+        let mut tree = lane_vals.to_vec();
+        let mut off = 16;
+        while off > 0 {
+            for l in 0..off {
+                tree[l] += tree[l + off];
+            }
+            off /= 2;
+        }
+        assert!((got_sums[w] - tree[0]).abs() <= 1e-5 * tree[0].abs().max(1.0), "warp {w} sum {} vs {}", got_sums[w], tree[0]);
+        assert_eq!(got_counts[w], lane_vals.iter().filter(|&&x| x > 0.0).count() as u32, "warp {w} ballot");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulator: always.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn sim_detects_missing_barrier_and_runs_warp_ops() {
+    check_selftests(&SimDevice::new(), true);
+}
+
+#[test]
+fn sim_reports_a_deadlock_instead_of_hanging() {
+    let dev = SimDevice::new();
+    let out = dev.alloc_zeros::<f32>(32).unwrap();
+    let cfg = LaunchConfig { grid: (1, 1, 1), block: (32, 1, 1), shared_mem_bytes: 0 };
+    let err = dev.launch(dev.default_stream(), "selftest_divergent_barrier", cfg, &[KernelArg::buf(&out)]).unwrap_err();
+    assert!(err.to_string().contains("deadlock"), "{err}");
+    // The device stays usable after a failed launch.
+    check_selftests(&dev, true);
+}
+
+#[test]
+fn sim_optimizer_matches_cpu() {
+    let dev = check_optimizer(SimDevice::new());
+    check_optimizer_launchers(&dev);
+}
+
+#[test]
+fn sim_gossip_and_consensus_match_cpu() {
+    check_gossip(SimDevice::new());
+}
+
+#[test]
+fn sim_returns_match_cpu() {
+    check_returns(&SimDevice::new());
+}
+
+#[test]
+fn sim_sampling_matches_cpu_exactly() {
+    check_sampling(&SimDevice::new(), true);
+}
+
+#[test]
+fn launches_are_checked_against_kernel_signatures() {
+    let dev = SimDevice::new();
+    let s = dev.default_stream();
+    let cfg = LaunchConfig { grid: (1, 1, 1), block: (32, 1, 1), shared_mem_bytes: 0 };
+    let d = dev.alloc_zeros::<f64>(4).unwrap();
+    let f = dev.alloc_zeros::<f32>(4).unwrap();
+    let k = "selftest_reverse_with_barrier";
+    // A double* buffer where the kernel takes float*.
+    let err = dev.launch(s, k, cfg, &[KernelArg::buf(&d), KernelArg::buf(&f), KernelArg::U32(4)]).unwrap_err();
+    assert!(err.to_string().contains("argument 0"), "{err}");
+    let err = dev.launch(s, k, cfg, &[KernelArg::buf(&f), KernelArg::buf(&f)]).unwrap_err();
+    assert!(err.to_string().contains("takes 3 arguments"), "{err}");
+    let err = dev.launch(s, k, cfg, &[KernelArg::buf(&f), KernelArg::buf(&f), KernelArg::F32(4.0)]).unwrap_err();
+    assert!(err.to_string().contains("argument 2"), "{err}");
+    let err = dev.launch(s, "no_such_kernel", cfg, &[]).unwrap_err();
+    assert!(err.to_string().contains("no kernel named"), "{err}");
+    // A buffer of another device.
+    let other = SimDevice::new();
+    let g = other.alloc_zeros::<f32>(4).unwrap();
+    let err = dev.launch(s, k, cfg, &[KernelArg::buf(&g), KernelArg::buf(&f), KernelArg::U32(4)]).unwrap_err();
+    assert!(err.to_string().contains("another device"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real GPU: when one is present.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn cuda_kernels_match_cpu_when_a_gpu_is_present() {
+    let dev = match CudaDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            if std::env::var_os("GALA_REQUIRE_GPU").is_some() {
+                panic!("GALA_REQUIRE_GPU is set but no CUDA device could be opened: {e}");
+            }
+            println!("SKIPPED cuda_kernels_match_cpu_when_a_gpu_is_present: {e}");
+            return;
+        }
+    };
+    println!("running the kernel comparisons on {}", dev.describe());
+    check_selftests(&dev, false);
+    check_returns(&dev);
+    check_sampling(&dev, false);
+    let dev = check_optimizer(dev);
+    check_optimizer_launchers(&dev);
+    check_gossip(dev);
+}
