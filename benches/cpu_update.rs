@@ -15,7 +15,7 @@ use gala_gpu::rng::{PhiloxStream, Purpose};
 fn bench_cpu(c: &mut Criterion) {
     let (envs, steps, actions) = (16usize, 5usize, 6usize);
     let net = NetSpec::new(NetPreset::Gala, actions);
-    let spec = BackendSpec { net: net.clone(), agents: 1, envs_per_agent: envs, n_steps: steps, seed: 1, hyper: Config::default().hyper() };
+    let spec = BackendSpec { net: net.clone(), agents: 1, agent_offset: 0, envs_per_agent: envs, n_steps: steps, seed: 1, hyper: Config::default().hyper() };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut backend = CpuBackend::new(spec, &init_params(&net, 1), threads).unwrap();
     let n = envs * steps;

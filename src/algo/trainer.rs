@@ -72,7 +72,7 @@ impl Trainer {
         let env_threads = if game == GameId::Catch { 1 } else { threads };
         let venv = env::make_vec_env(&settings, agents * envs, env_threads)?;
         let net = NetSpec::new(config.net, venv.num_actions());
-        let spec = BackendSpec { net: net.clone(), agents, envs_per_agent: envs, n_steps: config.n_steps, seed: config.seed, hyper: config.hyper() };
+        let spec = BackendSpec { net: net.clone(), agents, agent_offset: 0, envs_per_agent: envs, n_steps: config.n_steps, seed: config.seed, hyper: config.hyper() };
         let initial = init_params(&net, config.seed);
         let (backend, backend_choice) = backend::create(config.backend, spec, &initial, threads)?;
         let graph = if config.gossips() { Some(GossipGraph::new(config.topology, agents, config.peers)?) } else { None };

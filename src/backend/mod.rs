@@ -47,6 +47,10 @@ pub struct LearnerHyper {
 pub struct BackendSpec {
     pub net: NetSpec,
     pub agents: usize,
+    /// Global index of this backend's first agent: the action sampler is keyed by global agent
+    /// ids, so one agent on its own backend (asynchronous gossip) samples exactly as it would
+    /// inside a batched backend.
+    pub agent_offset: usize,
     pub envs_per_agent: usize,
     pub n_steps: usize,
     /// Keys the action sampler (and nothing else inside the backend).
@@ -141,6 +145,18 @@ pub trait Backend: Send {
     fn learn(&mut self, segment: &Segment) -> Result<Vec<AgentLearnStats>>;
     /// One lock-step gossip round: agent r mixes in the parameters of `in_peers[r]`.
     fn mix(&mut self, in_peers: &[Vec<usize>]) -> Result<()>;
+    /// Mixes messages from other backends' agents into local agent `agent` with uniform weight
+    /// 1/(m+1) for m messages: θ ← θ/(m+1) + Σ msg/(m+1) (the same arithmetic as `mix`).
+    /// Used by asynchronous gossip, where every agent has a backend of its own.
+    fn mix_messages(&mut self, agent: usize, messages: &[&[f32]]) -> Result<()> {
+        let mut params = self.read_params()?;
+        let p = self.spec().param_count();
+        if agent >= self.spec().agents || messages.iter().any(|m| m.len() != p) {
+            return Err(crate::Error::Shape(format!("mix_messages: agent {agent} or message sizes (expected {p}) out of range")));
+        }
+        cpu::gossip::mix_one(&mut params[agent * p..(agent + 1) * p], messages);
+        self.write_params(&params)
+    }
     /// max_r ‖θ_r − θ̄‖ / ‖θ̄‖.
     fn consensus_distance(&mut self) -> Result<f64>;
     /// All agents' parameters [agents][P].

@@ -15,19 +15,26 @@ pub fn mix(params: &mut [f32], agents: usize, in_peers: &[Vec<usize>]) {
     assert_eq!(in_peers.len(), agents, "mix: one peer list per agent");
     let snapshot = params.to_vec();
     params.par_chunks_mut(p).enumerate().for_each(|(r, theta)| {
-        let peers = &in_peers[r];
-        if peers.is_empty() {
-            return;
-        }
-        let w = 1.0 / (peers.len() as f32 + 1.0);
-        for (i, t) in theta.iter_mut().enumerate() {
-            let mut acc = *t * w;
-            for &s in peers {
-                acc += snapshot[s * p + i] * w;
-            }
-            *t = acc;
-        }
+        let messages: Vec<&[f32]> = in_peers[r].iter().map(|&s| &snapshot[s * p..(s + 1) * p]).collect();
+        mix_one(theta, &messages);
     });
+}
+
+/// θ ← θ·w + Σ_m msg_m·w with w = 1/(len+1), accumulated in message order. The single
+/// definition of the mixing arithmetic, shared by lock-step and asynchronous gossip so the two
+/// agree bit for bit.
+pub fn mix_one(theta: &mut [f32], messages: &[&[f32]]) {
+    if messages.is_empty() {
+        return;
+    }
+    let w = 1.0 / (messages.len() as f32 + 1.0);
+    for (i, t) in theta.iter_mut().enumerate() {
+        let mut acc = *t * w;
+        for m in messages {
+            acc += m[i] * w;
+        }
+        *t = acc;
+    }
 }
 
 /// max_r ‖θ_r − θ̄‖ / ‖θ̄‖ (0 for a single agent or identical agents).

@@ -94,6 +94,7 @@ impl Backend for CpuBackend {
             return Err(Error::Shape(format!("act: {} observation bytes, expected {}", obs.len(), agents * envs * OBS_BYTES)));
         }
         let (spec, layout, params, seed) = (&self.spec, &self.layout, &self.params, self.spec.seed);
+        let agent_offset = spec.agent_offset;
         let p = layout.total;
         let a_n = spec.net.actions;
         out.actions.resize(agents * envs, 0);
@@ -112,7 +113,7 @@ impl Backend for CpuBackend {
                     net::forward(&spec.net, layout, &params[r * p..(r + 1) * p], frames, acts);
                     for e in 0..envs {
                         let (a, lp) =
-                            sample_action(&acts.logits[e * a_n..(e + 1) * a_n], seed, r as u32, e as u32, step, greedy);
+                            sample_action(&acts.logits[e * a_n..(e + 1) * a_n], seed, (agent_offset + r) as u32, e as u32, step, greedy);
                         actions[e] = a;
                         log_probs[e] = lp;
                         values[e] = acts.values[e];
@@ -203,6 +204,15 @@ impl Backend for CpuBackend {
         }
         let params = &mut self.params;
         self.pool.install(|| gossip::mix(params, agents, in_peers));
+        Ok(())
+    }
+
+    fn mix_messages(&mut self, agent: usize, messages: &[&[f32]]) -> Result<()> {
+        let p = self.layout.total;
+        if agent >= self.spec.agents || messages.iter().any(|m| m.len() != p) {
+            return Err(Error::Shape(format!("mix_messages: agent {agent} or message sizes (expected {p}) out of range")));
+        }
+        gossip::mix_one(&mut self.params[agent * p..(agent + 1) * p], messages);
         Ok(())
     }
 
