@@ -9,6 +9,7 @@
 pub mod atari;
 pub mod bench;
 pub mod catch;
+pub mod cli;
 pub mod vec_env;
 
 use crate::error::{Error, Result};
