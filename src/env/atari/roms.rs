@@ -316,10 +316,11 @@ pub fn install() -> Result<InstallReport> {
 fn download_and_install(download: &Path, dir: &Path) -> Result<InstallReport> {
     let python = std::env::var("GALA_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let args = pip_command(download);
+    let manual_dest = std::env::temp_dir().join("ale-py-wheel");
     let manual = format!(
-        "`{python} {}` then `gala-gpu roms install --wheel {}/ale_py-{ALE_PY_VERSION}-*.whl` (or unzip its ale_py/roms/*.bin into {} yourself)",
-        args.join(" "),
-        download.display(),
+        "`python3 {}` on any machine with pip and PyPI access, then `gala-gpu roms install --wheel {}/ale_py-{ALE_PY_VERSION}-*.whl` (or unzip its ale_py/roms/*.bin and md5.json into {} yourself)",
+        pip_command(&manual_dest).join(" "),
+        manual_dest.display(),
         dir.display()
     );
     let output = Command::new(&python).args(&args).output().map_err(|e| {
