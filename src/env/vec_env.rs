@@ -133,10 +133,7 @@ impl VecEnv {
             return Err(Error::Env(format!("action {bad} out of range: the game has {k} actions")));
         }
         let VecEnv { envs, pool, obs, rewards, dones, ends, frames, finished, .. } = self;
-        let work = |((((((env, obs), frame), reward), done), end), &action): (
-            (((((&mut Box<dyn Environment>, &mut [u8]), &mut [u8]), &mut f32), &mut f32), &mut Option<GameEnd>),
-            &u32,
-        )| {
+        let work = |((((((env, obs), frame), reward), done), end), &action): (Lane, &u32)| {
             *end = step_one(env.as_mut(), action, obs, frame, reward, done);
         };
         match pool {
@@ -168,6 +165,10 @@ impl VecEnv {
         Ok(())
     }
 }
+
+/// One environment's slots of the buffers, as the zipped iterators above yield them.
+type Lane<'a> =
+    (((((&'a mut Box<dyn Environment>, &'a mut [u8]), &'a mut [u8]), &'a mut f32), &'a mut f32), &'a mut Option<GameEnd>);
 
 /// One environment's step, frame stacking and auto-reset.
 fn step_one(

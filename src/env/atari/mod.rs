@@ -6,6 +6,14 @@
 //! (the real game score) → EpisodicLife → FireReset → WarpFrame (grey, 84×84 area resize).
 //! Frame stacking is the [`crate::env::VecEnv`]'s job; reward clipping is the trainer's.
 //!
+//! What the agent sees: `StepOutcome.reward` is the unclipped sum over the step's 4 frames;
+//! `done` marks a lost life (with episodic life) or the end of the game; `game_over` carries the
+//! game's real score — every reward since the emulator reset, over all lives, including those
+//! earned during no-op and FIRE reset steps the agent never chose, as baselines' Monitor counts
+//! — and its length in 4-frame steps (Monitor's `l`, which also counts those reset steps).
+//! A game cut off by the frame cap counts as over. One baselines difference remains: a game
+//! ending inside the FIRE steps of a reset (only possible through the frame cap) is not reported.
+//!
 //! Grey levels come from ALE's `getScreenGrayscale` (palette luminance 0.2989 R + 0.587 G +
 //! 0.114 B, rounded), and the max-pool is taken over the two grey frames, as Gymnasium's
 //! `AtariPreprocessing` and ale-py's `AtariVectorEnv` do. Baselines instead max-pools the RGB
