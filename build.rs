@@ -1,4 +1,4 @@
-//! Build script: turns kernels/*.cu (and kernels/test/*.cu) into
+//! Build script: links ALE's C++ runtime, and turns kernels/*.cu (and kernels/test/*.cu) into
 //!   1. the CUDA simulator: each file is compiled by the host C++ compiler against
 //!      kernels/sim/cuda_sim.h, with a generated C++ shim per `extern "C" __global__` kernel that
 //!      unpacks cuLaunchKernel-style `void** args`;
@@ -27,8 +27,17 @@ struct Kernel {
 }
 
 fn main() {
-    // Other build steps (e.g. linking the Atari emulator) go beside this call.
+    link_ale_runtime();
     build_cuda_simulator_and_kernel_tables();
+}
+
+/// Link lines for the ALE C++ library that `ale-sys` builds with cmake: ale-sys 0.1.2 links the
+/// static libale but not the C++ runtime or zlib it depends on, so the final link of every binary
+/// and test would fail with undefined `std::` and `gz*` symbols without these two lines.
+fn link_ale_runtime() {
+    println!("cargo:rustc-link-lib=stdc++");
+    println!("cargo:rustc-link-lib=z");
+    println!("cargo:rerun-if-changed=build.rs");
 }
 
 /// Everything kernels/ needs at build time (see the module docs).

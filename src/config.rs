@@ -47,7 +47,8 @@ pub struct Config {
     pub game: String,
     pub rom: Option<PathBuf>,
     pub backend: BackendKind,
-    /// Budget in raw emulator frames (agent steps × 4 on Atari, agent steps on catch).
+    /// Budget in raw emulator frames (agent steps × 4 on Atari, agent steps on catch);
+    /// 0 = the game's default (`resolve_game_defaults`).
     pub frames: u64,
     pub seed: u64,
     /// Worker threads for the CPU backend and the environments; 0 = all cores.
@@ -82,10 +83,10 @@ impl Default for Config {
             pipeline: false,
             net: NetPreset::Gala,
             preset: EnvPreset::Gala,
-            game: "catch".into(),
+            game: "pong".into(),
             rom: None,
             backend: BackendKind::Auto,
-            frames: 1_000_000,
+            frames: 0,
             seed: 1,
             threads: 0,
             out: PathBuf::from("runs"),
@@ -155,6 +156,18 @@ impl Config {
         }
     }
 
+    /// Fills in settings whose default depends on the game: the frame budget is 40M frames for
+    /// Atari (10M agent steps, the A2C reference's `num_env_steps`) and 200k for `catch`.
+    pub fn resolve_game_defaults(&mut self) -> Result<()> {
+        if self.frames == 0 {
+            self.frames = match GameId::parse(&self.game).map_err(|e| Error::Config(format!("invalid `game`: {e}")))? {
+                GameId::Catch => 200_000,
+                GameId::Atari(_) => 40_000_000,
+            };
+        }
+        Ok(())
+    }
+
     /// Checks every value; the first problem is reported naming the setting.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, why: String| Err(Error::Config(format!("invalid `{key}`: {why}")));
@@ -183,9 +196,6 @@ impl Config {
             if v == 0 {
                 return bad(key, "must be at least 1, got 0".into());
             }
-        }
-        if self.frames == 0 {
-            return bad("frames", "must be at least 1, got 0".into());
         }
         if self.metrics_every == 0 {
             return bad("metrics_every", "must be at least 1, got 0".into());

@@ -25,8 +25,20 @@ struct Cli {
 enum Command {
     /// Train agents; writes a run folder under --out.
     Train(TrainArgs),
+    /// Atari ROMs: install (the pinned ale-py wheel from PyPI, via pip) or list.
+    #[command(subcommand)]
+    Roms(gala_gpu::env::cli::RomsCommand),
+    /// Throughput benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Version, backends, and whether a usable GPU is present.
     Info,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Vector-environment throughput with random actions (agent steps/s and raw frames/s).
+    Env(gala_gpu::env::cli::BenchEnvArgs),
 }
 
 /// Flags override the config file, which overrides the defaults.
@@ -125,12 +137,17 @@ impl TrainArgs {
         set!(preset, game, algo, agents, envs_per_agent, n_steps, lr, gamma, entropy_coef, value_coef,
              max_grad_norm, rms_alpha, rms_eps, topology, peers, sync_freq, net, backend, frames, seed,
              threads, out, save_every, metrics_every);
-        if self.rom.is_some() {
-            c.rom = self.rom.clone();
+        if let Some(rom) = &self.rom {
+            c.rom = Some(rom.clone());
+            // `--rom PATH` alone: the ROM's md5 says which game it is.
+            if self.game.is_none() {
+                c.game = gala_gpu::env::GameId::from_rom(rom)?.canonical().to_string();
+            }
         }
         if self.pipeline {
             c.pipeline = true;
         }
+        c.resolve_game_defaults()?;
         c.validate()?;
         Ok(c)
     }
@@ -271,6 +288,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Train(args) => train(args),
+        Command::Roms(cmd) => gala_gpu::env::cli::run_roms(&cmd).map_err(Into::into),
+        Command::Bench(BenchCommand::Env(args)) => gala_gpu::env::cli::run_bench_env(&args).map_err(Into::into),
         Command::Info => info(),
     };
     match result {

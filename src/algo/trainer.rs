@@ -63,10 +63,13 @@ pub struct Trainer {
 impl Trainer {
     /// Validates the config and builds environments, network and backend.
     pub fn new(config: &Config) -> Result<Trainer> {
+        let mut config = config.clone();
+        config.resolve_game_defaults()?;
         config.validate()?;
+        let config = &config;
         let (agents, envs) = config.learner_layout();
         let game = GameId::parse(&config.game)?;
-        let settings = EnvSettings { game: game.clone(), preset: config.preset, seed: config.seed };
+        let settings = EnvSettings { game: game.clone(), preset: config.preset, seed: config.seed, rom: config.rom.clone() };
         let threads = config.resolved_threads();
         // The built-in game steps in microseconds: threads would cost more than they save.
         let env_threads = if game == GameId::Catch { 1 } else { threads };

@@ -6,7 +6,10 @@
 //! its implementation; the [`VecEnv`] only stacks frames, resets finished episodes and keeps
 //! score statistics, identically for every game.
 
+pub mod atari;
+pub mod bench;
 pub mod catch;
+pub mod cli;
 pub mod vec_env;
 
 use crate::error::{Error, Result};
@@ -66,23 +69,37 @@ pub enum EnvPreset {
 pub enum GameId {
     /// The built-in pixel game (no ROM needed).
     Catch,
+    /// An Atari game by its canonical ALE ROM name (`pong`, `space_invaders`).
+    Atari(String),
 }
 
 impl GameId {
-    /// Resolves a game name loosely (case-insensitive).
+    /// Resolves a game name loosely: `catch`, or an Atari game as `pong`, `Pong`,
+    /// `PongNoFrameskip-v4`, `ALE/Pong-v5`, `space_invaders`, `SpaceInvaders`. Does not need the
+    /// ROM to be installed (that is checked when the environment is built).
     pub fn parse(name: &str) -> Result<GameId> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "catch" => Ok(GameId::Catch),
-            other => Err(Error::Config(format!(
-                "unknown game `{other}`: this build knows `catch` (the built-in game); Atari games need ROM support"
+        if name.trim().eq_ignore_ascii_case("catch") {
+            return Ok(GameId::Catch);
+        }
+        match atari::roms::canonical_name(name) {
+            Some(game) => Ok(GameId::Atari(game.to_string())),
+            None => Err(Error::Config(format!(
+                "unknown game `{}`: use `catch` (the built-in game) or an Atari game ALE 0.6 supports, e.g. `pong`, `breakout`, `SpaceInvadersNoFrameskip-v4` (`gala-gpu roms list` shows the installed ones)",
+                name.trim()
             ))),
         }
     }
 
+    /// The game a ROM file holds, identified by its md5 (for `--rom PATH` without `--game`).
+    pub fn from_rom(path: &std::path::Path) -> Result<GameId> {
+        Ok(GameId::Atari(atari::roms::identify(path)?.game.to_string()))
+    }
+
     /// The canonical name used in run-folder names.
-    pub fn canonical(&self) -> &'static str {
+    pub fn canonical(&self) -> &str {
         match self {
             GameId::Catch => "catch",
+            GameId::Atari(name) => name,
         }
     }
 }
@@ -93,17 +110,41 @@ pub struct EnvSettings {
     pub game: GameId,
     pub preset: EnvPreset,
     pub seed: u64,
+    /// `--rom PATH`: the ROM file to load instead of the installed one (Atari only; its md5
+    /// must be that of `game`).
+    pub rom: Option<std::path::PathBuf>,
+}
+
+impl EnvSettings {
+    pub fn new(game: GameId, preset: EnvPreset, seed: u64) -> Self {
+        EnvSettings { game, preset, seed, rom: None }
+    }
 }
 
 /// Builds environment number `index` (its randomness is keyed by (seed, index)).
 pub fn make_env(settings: &EnvSettings, index: usize) -> Result<Box<dyn Environment>> {
-    match settings.game {
+    match &settings.game {
         GameId::Catch => Ok(Box::new(catch::Catch::new(settings.seed, index as u64))),
+        GameId::Atari(game) => {
+            let rom = atari::resolve_rom(game, settings.rom.as_deref())?;
+            let config = atari::AtariConfig::for_preset(settings.preset, game);
+            Ok(Box::new(atari::AtariEnv::new(&rom, config, settings.seed, index as u64)?))
+        }
     }
 }
 
 /// Builds `count` environments stepped by `threads` worker threads.
 pub fn make_vec_env(settings: &EnvSettings, count: usize, threads: usize) -> Result<VecEnv> {
-    let envs = (0..count).map(|i| make_env(settings, i)).collect::<Result<Vec<_>>>()?;
+    let envs: Vec<Box<dyn Environment>> = match &settings.game {
+        GameId::Catch => (0..count).map(|i| make_env(settings, i)).collect::<Result<_>>()?,
+        // The ROM is resolved and hashed once, not once per environment.
+        GameId::Atari(game) => {
+            let rom = atari::resolve_rom(game, settings.rom.as_deref())?;
+            let config = atari::AtariConfig::for_preset(settings.preset, game);
+            (0..count)
+                .map(|i| Ok(Box::new(atari::AtariEnv::new(&rom, config.clone(), settings.seed, i as u64)?) as Box<dyn Environment>))
+                .collect::<Result<_>>()?
+        }
+    };
     VecEnv::new(envs, threads)
 }

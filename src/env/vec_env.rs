@@ -8,6 +8,7 @@
 use super::{Environment, GameEnd, FRAME_BYTES};
 use crate::error::{Error, Result};
 use crate::model::{FRAME_STACK, OBS_BYTES};
+use rayon::prelude::*;
 
 /// A full game that ended, with the index of the environment that played it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -16,23 +17,22 @@ pub struct FinishedGame {
     pub end: GameEnd,
 }
 
+/// Environments are stepped by a persistent pool of worker threads (rayon, private to this
+/// vector env), not threads spawned per step; each environment only touches its own slots of
+/// the buffers, so results do not depend on the thread count or on which thread ran what.
 pub struct VecEnv {
     envs: Vec<Box<dyn Environment>>,
     threads: usize,
+    /// `None` when one thread is asked for: the caller's thread steps everything.
+    pool: Option<rayon::ThreadPool>,
     obs: Vec<u8>,
     rewards: Vec<f32>,
     dones: Vec<f32>,
+    /// Game ends of the last step, per environment (preallocated: no allocation per step).
+    ends: Vec<Option<GameEnd>>,
     finished: Vec<FinishedGame>,
     /// One scratch frame per environment (the step's raw output before stacking).
     frames: Vec<u8>,
-}
-
-struct Slot<'a> {
-    env: &'a mut Box<dyn Environment>,
-    obs: &'a mut [u8],
-    frame: &'a mut [u8],
-    reward: &'a mut f32,
-    done: &'a mut f32,
 }
 
 impl VecEnv {
@@ -45,9 +45,23 @@ impl VecEnv {
             return Err(Error::Env("all environments of a vector env must have the same action count".into()));
         }
         let n = envs.len();
+        let threads = threads.max(1).min(n);
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("gala-env-{i}"))
+                    .build()
+                    .map_err(|e| Error::Env(format!("cannot start {threads} environment threads: {e}; lower --threads")))?,
+            )
+        } else {
+            None
+        };
         let mut v = VecEnv {
             envs,
-            threads: threads.max(1),
+            threads,
+            pool,
+            ends: vec![None; n],
             obs: vec![0; n * OBS_BYTES],
             rewards: vec![0.0; n],
             dones: vec![0.0; n],
@@ -68,6 +82,11 @@ impl VecEnv {
 
     pub fn num_actions(&self) -> usize {
         self.envs[0].num_actions()
+    }
+
+    /// Worker threads stepping the environments (1: the caller's thread).
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     pub fn frames_per_step(&self) -> u64 {
@@ -113,52 +132,63 @@ impl VecEnv {
         if let Some(&bad) = actions.iter().find(|&&a| a >= k) {
             return Err(Error::Env(format!("action {bad} out of range: the game has {k} actions")));
         }
-        let mut slots: Vec<Slot> = self
-            .envs
-            .iter_mut()
-            .zip(self.obs.chunks_mut(OBS_BYTES))
-            .zip(self.frames.chunks_mut(FRAME_BYTES))
-            .zip(self.rewards.iter_mut())
-            .zip(self.dones.iter_mut())
-            .map(|((((env, obs), frame), reward), done)| Slot { env, obs, frame, reward, done })
-            .collect();
-        let step_slots = |slots: &mut [Slot], actions: &[u32]| -> Vec<Option<GameEnd>> {
-            slots.iter_mut().zip(actions).map(|(s, &a)| step_one(s, a)).collect()
+        let VecEnv { envs, pool, obs, rewards, dones, ends, frames, finished, .. } = self;
+        let work = |((((((env, obs), frame), reward), done), end), &action): (Lane, &u32)| {
+            *end = step_one(env.as_mut(), action, obs, frame, reward, done);
         };
-        let ends: Vec<Option<GameEnd>> = if self.threads == 1 || n == 1 {
-            step_slots(&mut slots, actions)
-        } else {
-            let per = n.div_ceil(self.threads);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = slots
-                    .chunks_mut(per)
-                    .zip(actions.chunks(per))
-                    .map(|(s, a)| scope.spawn(move || step_slots(s, a)))
-                    .collect();
-                handles.into_iter().flat_map(|h| h.join().expect("environment worker panicked")).collect()
-            })
-        };
-        for (env, end) in ends.into_iter().enumerate() {
-            if let Some(end) = end {
-                self.finished.push(FinishedGame { env, end });
+        match pool {
+            Some(pool) => pool.install(|| {
+                envs.par_iter_mut()
+                    .zip(obs.par_chunks_mut(OBS_BYTES))
+                    .zip(frames.par_chunks_mut(FRAME_BYTES))
+                    .zip(rewards.par_iter_mut())
+                    .zip(dones.par_iter_mut())
+                    .zip(ends.par_iter_mut())
+                    .zip(actions.par_iter())
+                    .for_each(work)
+            }),
+            None => envs
+                .iter_mut()
+                .zip(obs.chunks_mut(OBS_BYTES))
+                .zip(frames.chunks_mut(FRAME_BYTES))
+                .zip(rewards.iter_mut())
+                .zip(dones.iter_mut())
+                .zip(ends.iter_mut())
+                .zip(actions.iter())
+                .for_each(work),
+        }
+        for (env, end) in ends.iter().enumerate() {
+            if let Some(end) = *end {
+                finished.push(FinishedGame { env, end });
             }
         }
         Ok(())
     }
 }
 
+/// One environment's slots of the buffers, as the zipped iterators above yield them.
+type Lane<'a> =
+    (((((&'a mut Box<dyn Environment>, &'a mut [u8]), &'a mut [u8]), &'a mut f32), &'a mut f32), &'a mut Option<GameEnd>);
+
 /// One environment's step, frame stacking and auto-reset.
-fn step_one(s: &mut Slot, action: u32) -> Option<GameEnd> {
-    let out = s.env.step(action, s.frame);
-    *s.reward = out.reward;
-    *s.done = if out.done { 1.0 } else { 0.0 };
+fn step_one(
+    env: &mut dyn Environment,
+    action: u32,
+    obs: &mut [u8],
+    frame: &mut [u8],
+    reward: &mut f32,
+    done: &mut f32,
+) -> Option<GameEnd> {
+    let out = env.step(action, frame);
+    *reward = out.reward;
+    *done = if out.done { 1.0 } else { 0.0 };
     if out.done {
-        s.env.reset(s.frame);
-        s.obs.fill(0);
+        env.reset(frame);
+        obs.fill(0);
     } else {
-        s.obs.copy_within(FRAME_BYTES.., 0);
+        obs.copy_within(FRAME_BYTES.., 0);
     }
-    s.obs[(FRAME_STACK - 1) * FRAME_BYTES..].copy_from_slice(s.frame);
+    obs[(FRAME_STACK - 1) * FRAME_BYTES..].copy_from_slice(frame);
     out.game_over
 }
 

@@ -1,0 +1,148 @@
+//! A safe owner of one ALE 0.6 emulator (through `ale-sys`). All unsafe code of the Atari
+//! environment is in this file: the handle is created only from a verified ROM, used only
+//! through `&mut self`, and freed on drop.
+
+use super::roms::VerifiedRom;
+use crate::error::{Error, Result};
+use std::ffi::CString;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+
+/// ALE action codes used by the preprocessing (the rest come from the minimal action set).
+pub const NOOP: i32 = 0;
+pub const FIRE: i32 = 1;
+
+/// ALE 0.6 keeps process-wide state that is touched while an emulator is created (the logger
+/// mode, Stella's lazily built lookup tables): creation is serialised, stepping is not.
+static CREATE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Settings fixed when the emulator is created (ALE reads them in `loadROM`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AleOptions {
+    /// Seed of ALE's own generator (sticky actions); must be in 1..=i32::MAX because ALE 0.6
+    /// reads 0 as "seed from the wall clock".
+    pub seed: i32,
+    /// Probability that the previous action is repeated instead of the new one, per frame.
+    pub repeat_action_probability: f32,
+}
+
+pub struct Ale {
+    handle: NonNull<ale_sys::ALEInterface>,
+    minimal_actions: Vec<i32>,
+    width: usize,
+    height: usize,
+}
+
+// SAFETY: an ALEInterface owns all its emulator state (its own OSystem, RNG and screen); ALE
+// keeps no thread affinity, and `Ale` is only used through `&mut self`, so moving it to another
+// thread is sound. Global state is only touched at creation, which is serialised above.
+unsafe impl Send for Ale {}
+
+impl Ale {
+    /// Creates an emulator running `rom`. The ROM was verified by md5 and is named
+    /// `<game>.bin`, so ALE's `loadROM` cannot hit one of its `exit(1)` paths.
+    pub fn new(rom: &VerifiedRom, options: AleOptions) -> Result<Ale> {
+        if options.seed <= 0 {
+            return Err(Error::Config(format!("ALE seed must be in 1..=2^31-1, got {}", options.seed)));
+        }
+        if !(0.0..=1.0).contains(&options.repeat_action_probability) {
+            return Err(Error::Config(format!(
+                "repeat_action_probability must be in [0, 1], got {}",
+                options.repeat_action_probability
+            )));
+        }
+        // Re-check right before loading: ALE exits the process if the file vanished.
+        if !rom.path.is_file() {
+            return Err(Error::Env(format!("ROM {} disappeared; reinstall with `gala-gpu roms install`", rom.path.display())));
+        }
+        let path = rom.path.to_str().and_then(|s| CString::new(s).ok()).ok_or_else(|| {
+            Error::Env(format!("ROM path {} is not valid UTF-8 without NUL bytes; set GALA_ROM_DIR to a plain path", rom.path.display()))
+        })?;
+        let _guard = CREATE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: plain FFI calls on a freshly created, non-null handle; the key strings are
+        // NUL-terminated literals, the path a valid CString that outlives the call.
+        unsafe {
+            ale_sys::setLoggerMode(2); // errors only: no banner or per-ROM chatter on stdout
+            let handle = NonNull::new(ale_sys::ALE_new())
+                .ok_or_else(|| Error::Env("ALE_new returned null (out of memory?)".into()))?;
+            let ale = |h: NonNull<ale_sys::ALEInterface>| h.as_ptr();
+            ale_sys::setInt(ale(handle), c"random_seed".as_ptr(), options.seed);
+            ale_sys::setFloat(ale(handle), c"repeat_action_probability".as_ptr(), options.repeat_action_probability);
+            // Our own wrapper repeats actions; ALE steps one frame per act().
+            ale_sys::setInt(ale(handle), c"frame_skip".as_ptr(), 1);
+            ale_sys::setBool(ale(handle), c"color_averaging".as_ptr(), false);
+            ale_sys::loadROM(ale(handle), path.as_ptr());
+            let n = ale_sys::getMinimalActionSize(ale(handle)).max(0) as usize;
+            let mut minimal_actions = vec![0i32; n];
+            ale_sys::getMinimalActionSet(ale(handle), minimal_actions.as_mut_ptr());
+            let width = ale_sys::getScreenWidth(ale(handle)).max(0) as usize;
+            let height = ale_sys::getScreenHeight(ale(handle)).max(0) as usize;
+            let me = Ale { handle, minimal_actions, width, height };
+            if n == 0 || width == 0 || height == 0 {
+                return Err(Error::Env(format!(
+                    "ALE loaded {} but reports {n} actions and a {width}x{height} screen",
+                    rom.path.display()
+                )));
+            }
+            Ok(me)
+        }
+    }
+
+    fn ptr(&mut self) -> *mut ale_sys::ALEInterface {
+        self.handle.as_ptr()
+    }
+
+    /// The game's minimal action set as ALE action codes.
+    pub fn minimal_actions(&self) -> &[i32] {
+        &self.minimal_actions
+    }
+
+    pub fn screen_width(&self) -> usize {
+        self.width
+    }
+
+    pub fn screen_height(&self) -> usize {
+        self.height
+    }
+
+    /// Emulates one frame with ALE action code `action`; returns the frame's reward.
+    #[inline]
+    pub fn act(&mut self, action: i32) -> i32 {
+        // SAFETY: valid handle; ALE ignores illegal action codes (maps them to NOOP), and
+        // callers only pass codes from the minimal action set or NOOP/FIRE.
+        unsafe { ale_sys::act(self.ptr(), action) }
+    }
+
+    #[inline]
+    pub fn game_over(&mut self) -> bool {
+        // SAFETY: valid handle.
+        unsafe { ale_sys::game_over(self.ptr()) }
+    }
+
+    #[inline]
+    pub fn lives(&mut self) -> i32 {
+        // SAFETY: valid handle.
+        unsafe { ale_sys::lives(self.ptr()) }
+    }
+
+    pub fn reset_game(&mut self) {
+        // SAFETY: valid handle.
+        unsafe { ale_sys::reset_game(self.ptr()) }
+    }
+
+    /// Writes the current screen in ALE's grayscale palette into `out` [height·width].
+    #[inline]
+    pub fn grayscale_into(&mut self, out: &mut [u8]) {
+        assert_eq!(out.len(), self.width * self.height, "grayscale buffer size");
+        // SAFETY: valid handle; `out` holds exactly width·height bytes, which is what
+        // ALE's getScreenGrayscale writes.
+        unsafe { ale_sys::getScreenGrayscale(self.ptr(), out.as_mut_ptr()) }
+    }
+}
+
+impl Drop for Ale {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from ALE_new and is deleted exactly once.
+        unsafe { ale_sys::ALE_del(self.handle.as_ptr()) }
+    }
+}

@@ -1,0 +1,310 @@
+//! Atari 2600 games through ALE 0.6 with the DeepMind/baselines preprocessing.
+//!
+//! One [`AtariEnv`] reproduces the wrapper stack GALA's code puts on `XNoFrameskip-v4`
+//! (baselines `atari_wrappers.py`, in this order): TimeLimit (a cap in raw frames) → NoopReset
+//! (1–30 no-ops) → MaxAndSkip (repeat 4, sum rewards, max of the last two raw frames) → Monitor
+//! (the real game score) → EpisodicLife → FireReset → WarpFrame (grey, 84×84 area resize).
+//! Frame stacking is the [`crate::env::VecEnv`]'s job; reward clipping is the trainer's.
+//!
+//! What the agent sees: `StepOutcome.reward` is the unclipped sum over the step's 4 frames;
+//! `done` marks a lost life (with episodic life) or the end of the game; `game_over` carries the
+//! game's real score — every reward since the emulator reset, over all lives, including those
+//! earned during no-op and FIRE reset steps the agent never chose, as baselines' Monitor counts
+//! — and its length in 4-frame steps (Monitor's `l`, which also counts those reset steps).
+//! A game cut off by the frame cap counts as over. One baselines difference remains: a game
+//! ending inside the FIRE steps of a reset (only possible through the frame cap) is not reported.
+//!
+//! Grey levels come from ALE's `getScreenGrayscale` (palette luminance 0.2989 R + 0.587 G +
+//! 0.114 B, rounded), and the max-pool is taken over the two grey frames, as Gymnasium's
+//! `AtariPreprocessing` and ale-py's `AtariVectorEnv` do. Baselines instead max-pools the RGB
+//! frames and converts with OpenCV's fixed-point weights; that differs only where two flickering
+//! sprites of different colours overlap, or by one grey level of rounding, and reading one byte
+//! per pixel (on two of every four frames) instead of three keeps the emulator the bottleneck.
+
+pub mod ale;
+pub mod preprocess;
+pub mod roms;
+
+use super::{EnvPreset, Environment, GameEnd, StepOutcome, FRAME_BYTES};
+use crate::error::{Error, Result};
+use crate::model::FRAME_HW;
+use crate::rng::{PhiloxStream, Purpose};
+use ale::{Ale, AleOptions, FIRE, NOOP};
+use preprocess::{max_into, AreaResize};
+use roms::VerifiedRom;
+
+/// Agent steps: every action is repeated for this many emulator frames.
+pub const FRAME_SKIP: u32 = 4;
+
+/// The resolved Atari settings of a run (printed and stored with it).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AtariConfig {
+    /// Random no-ops on a real reset: a uniform count in 1..=noop_max (0: none).
+    pub noop_max: u32,
+    /// A lost life ends the training episode (the emulator resets only at game over).
+    pub episodic_life: bool,
+    /// Press FIRE (action 1, then action 2) after every reset, for games whose minimal action
+    /// set has FIRE at index 1 (baselines' FireResetEnv condition).
+    pub fire_reset: bool,
+    /// ALE's sticky actions: per frame, the previous action repeats with this probability.
+    pub repeat_action_probability: f32,
+    /// A game is cut off (and counted as over) after this many raw frames; 0: never.
+    pub max_episode_frames: u64,
+}
+
+impl AtariConfig {
+    /// The settings of a preset for a game (`space_invaders` has gym's 300k-frame TimeLimit).
+    ///
+    /// - `gala`: `XNoFrameskip-v4` + baselines wrappers, as the GALA code trains: 30 no-ops,
+    ///   episodic life, fire reset, no sticky actions, gym's TimeLimit of 100,000 × the v4
+    ///   frameskip (400k raw frames, 300k for SpaceInvaders).
+    /// - `machado`: Machado et al. 2018: sticky actions 0.25, no episodic life, a 108,000-frame
+    ///   cap, and neither no-op starts nor fire reset (sticky actions supply the randomness;
+    ///   like `ALE/X-v5`).
+    /// - `dqn`: the DQN protocol with baselines' training wrappers: 30 no-ops, episodic life,
+    ///   fire reset, no sticky actions, a 108,000-frame (30-minute) cap.
+    pub fn for_preset(preset: EnvPreset, game: &str) -> AtariConfig {
+        match preset {
+            EnvPreset::Gala => AtariConfig {
+                noop_max: 30,
+                episodic_life: true,
+                fire_reset: true,
+                repeat_action_probability: 0.0,
+                max_episode_frames: if game == "space_invaders" { 300_000 } else { 400_000 },
+            },
+            EnvPreset::Machado => AtariConfig {
+                noop_max: 0,
+                episodic_life: false,
+                fire_reset: false,
+                repeat_action_probability: 0.25,
+                max_episode_frames: 108_000,
+            },
+            EnvPreset::Dqn => AtariConfig {
+                noop_max: 30,
+                episodic_life: true,
+                fire_reset: true,
+                repeat_action_probability: 0.0,
+                max_episode_frames: 108_000,
+            },
+        }
+    }
+}
+
+/// An ALE game with the preprocessing above; env `index` of a run seeded `seed` draws all its
+/// randomness (no-op counts, ALE's sticky-action seed) from Philox keyed by (seed, index).
+pub struct AtariEnv {
+    ale: Ale,
+    config: AtariConfig,
+    rng: PhiloxStream,
+    /// ALE codes of the minimal action set (the policy's action i is `actions[i]`).
+    actions: Vec<i32>,
+    fire: bool,
+    /// The last two raw grey screens, kept across steps as baselines' MaxAndSkip keeps its
+    /// buffer (a game that ends on the first or second frame of a step pools stale frames).
+    raw: [Vec<u8>; 2],
+    pooled: Vec<u8>,
+    resize: AreaResize,
+    /// Lives at the end of the last step (EpisodicLife's counter).
+    lives: i32,
+    /// The last step ended the real game (or hit the frame cap): next reset is a real reset.
+    real_done: bool,
+    /// Raw frames since the last real reset (the TimeLimit counter).
+    game_frames: u64,
+    /// Unclipped score and 4-frame steps since the last real reset (Monitor's counters).
+    game_score: f64,
+    game_steps: u64,
+}
+
+/// Outcome of one 4-frame step below the episodic-life layer.
+struct SkipOutcome {
+    reward: f64,
+    /// Game over or frame cap.
+    real_done: bool,
+}
+
+impl AtariEnv {
+    pub fn new(rom: &VerifiedRom, config: AtariConfig, seed: u64, index: u64) -> Result<AtariEnv> {
+        let mut rng = PhiloxStream::new(seed, index, Purpose::EnvReset);
+        // ALE's generator (sticky actions) gets its own seed from the env's stream; ALE reads 0
+        // as "use the clock", so map into 1..=i32::MAX.
+        let ale_seed = (rng.next_u32() % (i32::MAX as u32)) as i32 + 1;
+        let ale = Ale::new(rom, AleOptions { seed: ale_seed, repeat_action_probability: config.repeat_action_probability })?;
+        let actions = ale.minimal_actions().to_vec();
+        let fire = config.fire_reset && actions.len() >= 3 && actions[1] == FIRE;
+        let (h, w) = (ale.screen_height(), ale.screen_width());
+        let resize = AreaResize::new(h, w, FRAME_HW, FRAME_HW)?;
+        Ok(AtariEnv {
+            ale,
+            config,
+            rng,
+            actions,
+            fire,
+            raw: [vec![0; h * w], vec![0; h * w]],
+            pooled: vec![0; h * w],
+            resize,
+            lives: 0,
+            real_done: true,
+            game_frames: 0,
+            game_score: 0.0,
+            game_steps: 0,
+        })
+    }
+
+    pub fn config(&self) -> &AtariConfig {
+        &self.config
+    }
+
+    /// The ALE action codes behind the policy's actions.
+    pub fn action_codes(&self) -> &[i32] {
+        &self.actions
+    }
+
+    /// One raw frame under the TimeLimit: returns (reward, real game over or cap).
+    #[inline]
+    fn frame(&mut self, code: i32) -> (i32, bool) {
+        let r = self.ale.act(code);
+        self.game_frames += 1;
+        let capped = self.config.max_episode_frames > 0 && self.game_frames >= self.config.max_episode_frames;
+        (r, self.ale.game_over() || capped)
+    }
+
+    /// MaxAndSkip + Monitor: repeat `code` for 4 frames, grab the grey screens of the last two,
+    /// leave their max in `pooled`.
+    fn skip_step(&mut self, code: i32) -> SkipOutcome {
+        let mut reward = 0i64;
+        let mut done = false;
+        for i in 0..FRAME_SKIP {
+            let (r, d) = self.frame(code);
+            reward += r as i64;
+            if i + 2 >= FRAME_SKIP {
+                let slot = (i + 2 - FRAME_SKIP) as usize;
+                self.ale.grayscale_into(&mut self.raw[slot]);
+            }
+            if d {
+                done = true;
+                break;
+            }
+        }
+        max_into(&self.raw[0], &self.raw[1], &mut self.pooled);
+        self.game_score += reward as f64;
+        self.game_steps += 1;
+        SkipOutcome { reward: reward as f64, real_done: done }
+    }
+
+    /// EpisodicLife.step on top of `skip_step`: (reward, training done, real done).
+    fn life_step(&mut self, code: i32) -> (f64, bool, bool) {
+        let out = self.skip_step(code);
+        self.real_done = out.real_done;
+        let lives = self.ale.lives();
+        let life_lost = self.config.episodic_life && lives < self.lives && lives > 0;
+        self.lives = lives;
+        (out.reward, out.real_done || life_lost, out.real_done)
+    }
+
+    /// TimeLimit.reset + NoopReset.reset: a real emulator reset and 1..=noop_max no-ops; leaves
+    /// the last raw screen in `pooled` (baselines' reset observation is a single raw frame).
+    fn real_reset(&mut self) {
+        self.ale.reset_game();
+        self.game_frames = 0;
+        self.game_score = 0.0;
+        self.game_steps = 0;
+        let noops = if self.config.noop_max > 0 { self.rng.below(self.config.noop_max) + 1 } else { 0 };
+        for _ in 0..noops {
+            let (r, done) = self.frame(NOOP);
+            self.game_score += r as f64;
+            if done {
+                // NoopReset resets again when a no-op ends the game.
+                self.ale.reset_game();
+                self.game_frames = 0;
+                self.game_score = 0.0;
+            }
+        }
+        self.ale.grayscale_into(&mut self.pooled);
+    }
+
+    /// EpisodicLife.reset: a real reset after a game over, else one no-op step from the
+    /// lost-life state.
+    fn life_reset(&mut self) {
+        if self.real_done {
+            self.real_reset();
+            self.real_done = false;
+        } else {
+            self.skip_step(NOOP);
+            // A game that ends during this no-op step is handled by the next real reset.
+            self.real_done = self.ale.game_over() || self.capped();
+        }
+        self.lives = self.ale.lives();
+    }
+
+    fn capped(&self) -> bool {
+        self.config.max_episode_frames > 0 && self.game_frames >= self.config.max_episode_frames
+    }
+
+    /// FireReset.reset over EpisodicLife: reset, then FIRE (action 1) and action 2, resetting
+    /// again if either ends the episode.
+    fn full_reset(&mut self) {
+        self.life_reset();
+        if self.fire {
+            for action in [1usize, 2] {
+                let (_, done, _) = self.life_step(self.actions[action]);
+                if done {
+                    self.life_reset();
+                }
+            }
+        }
+    }
+}
+
+impl Environment for AtariEnv {
+    fn num_actions(&self) -> usize {
+        self.actions.len()
+    }
+
+    fn frames_per_step(&self) -> u64 {
+        FRAME_SKIP as u64
+    }
+
+    fn reset(&mut self, frame: &mut [u8]) {
+        self.full_reset();
+        self.resize.apply(&self.pooled, frame);
+    }
+
+    fn step(&mut self, action: u32, frame: &mut [u8]) -> StepOutcome {
+        debug_assert_eq!(frame.len(), FRAME_BYTES);
+        // VecEnv checks the range; an out-of-range action here would be a caller bug, and NOOP
+        // is the harmless answer (ALE itself maps illegal codes to NOOP).
+        let code = self.actions.get(action as usize).copied().unwrap_or(NOOP);
+        let (reward, done, real_done) = self.life_step(code);
+        self.resize.apply(&self.pooled, frame);
+        let game_over = real_done.then_some(GameEnd { score: self.game_score, steps: self.game_steps });
+        StepOutcome { reward: reward as f32, done, game_over }
+    }
+}
+
+/// Resolves the ROM for a game: `rom` if given (it must be that game's ROM), else the installed
+/// one. When nothing is installed and `rom` is not given, installs the ROMs first (saying so on
+/// stderr), or fails with the command to run.
+pub fn resolve_rom(game: &str, rom: Option<&std::path::Path>) -> Result<VerifiedRom> {
+    if let Some(path) = rom {
+        let v = roms::identify(path)?;
+        if v.game != game {
+            return Err(Error::Config(format!(
+                "--rom {} is the ROM of `{}`, but the game is `{game}`; drop --game or pass the matching ROM",
+                path.display(),
+                v.game
+            )));
+        }
+        return Ok(v);
+    }
+    if !roms::any_installed() {
+        let dir = roms::rom_dir()?;
+        eprintln!(
+            "gala-gpu: no Atari ROMs in {}; installing them from the ale-py {} wheel on PyPI (pip download)…",
+            dir.display(),
+            roms::ALE_PY_VERSION
+        );
+        let report = roms::install()?;
+        eprintln!("gala-gpu: installed {} ROMs ({} playable) into {}", report.roms, report.playable, report.dir.display());
+    }
+    roms::find_installed(game)
+}
