@@ -2,7 +2,7 @@
 # GPU needed) and puts it on LD_LIBRARY_PATH, so the NVRTC test (tests/kernels_nvrtc.rs) runs.
 # Source it from .ci/run:   . .ci/install-nvrtc.sh
 # (sourced, not executed, so the LD_LIBRARY_PATH export reaches the caller's cargo test).
-python3 -m pip install --quiet --disable-pip-version-check 'nvidia-cuda-nvrtc==13.0.*' || {
+PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check 'nvidia-cuda-nvrtc==13.0.*' || {
     echo "install-nvrtc: pip install nvidia-cuda-nvrtc==13.0.* failed" >&2
     return 1 2>/dev/null || exit 1
 }

@@ -85,3 +85,22 @@ fn catch_is_learned_within_the_frame_budget() {
     assert!(metrics.starts_with("frames,updates,episodes,mean_return_100,consensus_distance"));
     assert!(metrics.lines().count() > 10);
 }
+
+/// A short Atari run completes and writes its run folder (ROMs are provisioned by .ci/run or by
+/// the trainer itself).
+#[test]
+fn short_pong_run_writes_its_run_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gala(&[
+        "train", "--game", "PongNoFrameskip-v4", "--agents", "2", "--envs-per-agent", "2", "--frames", "400",
+        "--backend", "cpu", "--out", dir.path().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "training failed: {stderr}");
+    let run = Path::new(String::from_utf8_lossy(&out.stdout).trim()).to_path_buf();
+    assert!(run.file_name().unwrap().to_str().unwrap().starts_with("pong__gala__1__"), "{}", run.display());
+    let summary = read_json(&run.join("summary.json"));
+    assert_eq!(summary["frames"], 400, "5 updates of 2 agents x 2 envs x 5 steps x 4 frames");
+    assert_eq!(summary["updates"], 5);
+    assert!(run.join("config.toml").exists() && run.join("metrics.csv").exists());
+}

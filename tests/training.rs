@@ -14,6 +14,7 @@ fn small_config(seed: u64) -> Config {
         n_steps: 5,
         frames: 2 * 3 * 5 * 4, // 4 updates
         seed,
+        game: "catch".into(),
         backend: BackendKind::Cpu,
         threads: 2,
         ..Config::default()
