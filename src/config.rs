@@ -39,6 +39,11 @@ pub struct Config {
     pub peers: usize,
     /// Unmixed rounds allowed before a receiver blocks; 0 = lock-step gossip.
     pub sync_freq: u64,
+    /// Run every agent on its own thread with its own backend (implied by sync_freq > 0);
+    /// with sync_freq = 0 this is lock-step gossip, bit-identical to the batched trainer.
+    pub agent_threads: bool,
+    /// Seconds a blocked gossip wait may last before the run stops naming the silent peer.
+    pub gossip_timeout: f64,
     /// Overlap rollouts with learning (HTS-RL).
     pub pipeline: bool,
     pub net: NetPreset,
@@ -80,6 +85,8 @@ impl Default for Config {
             topology: Topology::Ring,
             peers: 1,
             sync_freq: 0,
+            agent_threads: false,
+            gossip_timeout: 600.0,
             pipeline: false,
             net: NetPreset::Gala,
             preset: EnvPreset::Gala,
@@ -133,6 +140,11 @@ impl Config {
     /// Whether agents gossip at all.
     pub fn gossips(&self) -> bool {
         self.algo == Algo::Gala && self.agents > 1
+    }
+
+    /// Whether agents run on their own threads (asynchronous gossip, or lock-step on threads).
+    pub fn asynchronous(&self) -> bool {
+        self.gossips() && (self.agent_threads || self.sync_freq > 0)
     }
 
     pub fn hyper(&self) -> LearnerHyper {
@@ -204,11 +216,14 @@ impl Config {
             crate::algo::topology::GossipGraph::new(self.topology, self.agents, self.peers)
                 .map_err(|e| Error::Config(format!("invalid `peers`/`topology`: {e}")))?;
         }
-        if self.sync_freq != 0 {
-            return bad("sync_freq", format!(
-                "{}: asynchronous gossip is not implemented in this build yet; use 0 (lock-step gossip)",
-                self.sync_freq
-            ));
+        if (self.sync_freq > 0 || self.agent_threads) && !self.gossips() {
+            return bad(
+                if self.sync_freq > 0 { "sync_freq" } else { "agent_threads" },
+                "asynchronous gossip needs `algo = gala` with at least 2 agents".into(),
+            );
+        }
+        if !(self.gossip_timeout.is_finite() && self.gossip_timeout > 0.0) {
+            return bad("gossip_timeout", format!("must be a finite number of seconds > 0, got {}", self.gossip_timeout));
         }
         if self.pipeline {
             return bad("pipeline", "rollout/learning pipelining is not implemented in this build yet; leave it off".into());

@@ -88,9 +88,15 @@ struct TrainArgs {
     /// Peers per gossip round.
     #[arg(long)]
     peers: Option<usize>,
-    /// Unmixed rounds before a receiver blocks (0 = lock-step).
+    /// Unmixed rounds before a receiver blocks (0 = lock-step); > 0 runs agents on threads.
     #[arg(long)]
     sync_freq: Option<u64>,
+    /// Every agent on its own thread and backend, even with lock-step gossip.
+    #[arg(long)]
+    agent_threads: bool,
+    /// Seconds a blocked gossip wait may last before the run stops naming the silent peer.
+    #[arg(long, value_name = "SECONDS")]
+    gossip_timeout: Option<f64>,
     /// Overlap rollouts with learning (HTS-RL).
     #[arg(long)]
     pipeline: bool,
@@ -136,7 +142,10 @@ impl TrainArgs {
         }
         set!(preset, game, algo, agents, envs_per_agent, n_steps, lr, gamma, entropy_coef, value_coef,
              max_grad_norm, rms_alpha, rms_eps, topology, peers, sync_freq, net, backend, frames, seed,
-             threads, out, save_every, metrics_every);
+             threads, out, save_every, metrics_every, gossip_timeout);
+        if self.agent_threads {
+            c.agent_threads = true;
+        }
         if let Some(rom) = &self.rom {
             c.rom = Some(rom.clone());
             // `--rom PATH` alone: the ROM's md5 says which game it is.
@@ -216,11 +225,20 @@ fn train(args: TrainArgs) -> Result<()> {
     if !args.quiet {
         eprintln!("resolved configuration:\n{}", config_toml.trim_end());
     }
-    let mut trainer = Trainer::new(&config)?;
-    if !args.quiet {
-        eprintln!("backend: {}", trainer.backend_choice());
-        eprintln!("run folder: {}", run.path().display());
-    }
+    let mut trainer = if config.asynchronous() {
+        if !args.quiet {
+            eprintln!("gossip: asynchronous, every agent on its own thread (sync_freq {})", config.sync_freq);
+            eprintln!("run folder: {}", run.path().display());
+        }
+        None
+    } else {
+        let trainer = Trainer::new(&config)?;
+        if !args.quiet {
+            eprintln!("backend: {}", trainer.backend_choice());
+            eprintln!("run folder: {}", run.path().display());
+        }
+        Some(trainer)
+    };
     let mut progress = if args.quiet {
         Progress::Quiet
     } else if std::io::stderr().is_terminal() {
@@ -234,7 +252,10 @@ fn train(args: TrainArgs) -> Result<()> {
     } else {
         Progress::Lines { every: Duration::from_secs(5), last: None, pending: None }
     };
-    let summary = trainer.train(Some(&mut run), &mut progress)?;
+    let summary = match trainer.as_mut() {
+        Some(trainer) => trainer.train(Some(&mut run), &mut progress)?,
+        None => gala_gpu::algo::async_gossip::train_async(&config, Some(&mut run), &mut progress)?,
+    };
     progress.finish();
     if !args.quiet {
         eprintln!(

@@ -1,5 +1,6 @@
 //! The algorithm above the backend: GALA's gossip graphs and the training loop.
 
+pub mod async_gossip;
 pub mod topology;
 pub mod trainer;
 

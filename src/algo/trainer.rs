@@ -56,29 +56,67 @@ pub struct Trainer {
     step: u64,
     updates: u64,
     episodes: u64,
-    recent_scores: VecDeque<f64>,
+    recent_games: VecDeque<GameRecord>,
     last_stats: Vec<AgentLearnStats>,
+    agent_offset: usize,
+}
+
+/// A finished game: when (the env's agent-step counter), where (global env index), its score.
+/// Sorting by (step, env) orders games the same way however agents were scheduled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GameRecord {
+    pub step: u64,
+    pub env: usize,
+    pub score: f64,
+}
+
+/// Mean score of the last `RECENT_GAMES` games of `games` in (step, env) order.
+pub fn mean_of_last_games(games: &mut Vec<GameRecord>) -> Option<f64> {
+    games.sort_by(|a, b| (a.step, a.env).cmp(&(b.step, b.env)));
+    let last = &games[games.len().saturating_sub(RECENT_GAMES)..];
+    (!last.is_empty()).then(|| last.iter().map(|g| g.score).sum::<f64>() / last.len() as f64)
 }
 
 impl Trainer {
     /// Validates the config and builds environments, network and backend.
     pub fn new(config: &Config) -> Result<Trainer> {
+        Self::build(config, None)
+    }
+
+    /// Agent `agent` of a run on its own — its share of the simulators (same global env
+    /// indices, so the same randomness), its own backend sampling with its global agent id, and
+    /// no gossip: the asynchronous runner gossips between such trainers.
+    pub fn for_agent(config: &Config, agent: usize, threads: usize) -> Result<Trainer> {
+        Self::build(config, Some((agent, threads)))
+    }
+
+    fn build(config: &Config, only: Option<(usize, usize)>) -> Result<Trainer> {
         let mut config = config.clone();
         config.resolve_game_defaults()?;
         config.validate()?;
         let config = &config;
-        let (agents, envs) = config.learner_layout();
+        let (all_agents, envs) = config.learner_layout();
+        let (agents, agent_offset) = match only {
+            Some((agent, _)) if agent < all_agents => (1, agent),
+            Some((agent, _)) => return Err(crate::Error::Config(format!("agent {agent} out of range for {all_agents} agents"))),
+            None => (all_agents, 0),
+        };
         let game = GameId::parse(&config.game)?;
         let settings = EnvSettings { game: game.clone(), preset: config.preset, seed: config.seed, rom: config.rom.clone() };
-        let threads = config.resolved_threads();
+        let threads = only.map_or_else(|| config.resolved_threads(), |(_, t)| t.max(1));
         // The built-in game steps in microseconds: threads would cost more than they save.
         let env_threads = if game == GameId::Catch { 1 } else { threads };
-        let venv = env::make_vec_env(&settings, agents * envs, env_threads)?;
+        let first_env = agent_offset * envs;
+        let venv = env::make_vec_env_range(&settings, first_env..first_env + agents * envs, env_threads)?;
         let net = NetSpec::new(config.net, venv.num_actions());
-        let spec = BackendSpec { net: net.clone(), agents, agent_offset: 0, envs_per_agent: envs, n_steps: config.n_steps, seed: config.seed, hyper: config.hyper() };
+        let spec = BackendSpec { net: net.clone(), agents, agent_offset, envs_per_agent: envs, n_steps: config.n_steps, seed: config.seed, hyper: config.hyper() };
         let initial = init_params(&net, config.seed);
         let (backend, backend_choice) = backend::create(config.backend, spec, &initial, threads)?;
-        let graph = if config.gossips() { Some(GossipGraph::new(config.topology, agents, config.peers)?) } else { None };
+        let graph = if config.gossips() && only.is_none() {
+            Some(GossipGraph::new(config.topology, agents, config.peers)?)
+        } else {
+            None
+        };
         let n = agents * config.n_steps * envs;
         Ok(Trainer {
             config: config.clone(),
@@ -99,7 +137,8 @@ impl Trainer {
             step: 0,
             updates: 0,
             episodes: 0,
-            recent_scores: VecDeque::with_capacity(RECENT_GAMES),
+            recent_games: VecDeque::with_capacity(RECENT_GAMES),
+            agent_offset,
             last_stats: Vec::new(),
         })
     }
@@ -136,11 +175,16 @@ impl Trainer {
     }
 
     pub fn mean_return_100(&self) -> Option<f64> {
-        if self.recent_scores.is_empty() {
+        if self.recent_games.is_empty() {
             None
         } else {
-            Some(self.recent_scores.iter().sum::<f64>() / self.recent_scores.len() as f64)
+            Some(self.recent_games.iter().map(|g| g.score).sum::<f64>() / self.recent_games.len() as f64)
         }
+    }
+
+    /// The last (up to 100) finished games.
+    pub fn recent_games(&self) -> impl Iterator<Item = &GameRecord> {
+        self.recent_games.iter()
     }
 
     pub fn last_stats(&self) -> &[AgentLearnStats] {
@@ -171,10 +215,11 @@ impl Trainer {
             }
             for game in self.venv.drain_finished() {
                 self.episodes += 1;
-                if self.recent_scores.len() == RECENT_GAMES {
-                    self.recent_scores.pop_front();
+                if self.recent_games.len() == RECENT_GAMES {
+                    self.recent_games.pop_front();
                 }
-                self.recent_scores.push_back(game.end.score);
+                let env = self.agent_offset * self.envs + game.env;
+                self.recent_games.push_back(GameRecord { step: self.step, env, score: game.end.score });
             }
             self.step += 1;
         }

@@ -135,13 +135,19 @@ pub fn make_env(settings: &EnvSettings, index: usize) -> Result<Box<dyn Environm
 
 /// Builds `count` environments stepped by `threads` worker threads.
 pub fn make_vec_env(settings: &EnvSettings, count: usize, threads: usize) -> Result<VecEnv> {
+    make_vec_env_range(settings, 0..count, threads)
+}
+
+/// Builds the environments with global indices `indices` (an agent's share of a run's
+/// simulators: each keeps the randomness it has in the whole run, keyed by (seed, index)).
+pub fn make_vec_env_range(settings: &EnvSettings, indices: std::ops::Range<usize>, threads: usize) -> Result<VecEnv> {
     let envs: Vec<Box<dyn Environment>> = match &settings.game {
-        GameId::Catch => (0..count).map(|i| make_env(settings, i)).collect::<Result<_>>()?,
+        GameId::Catch => indices.map(|i| make_env(settings, i)).collect::<Result<_>>()?,
         // The ROM is resolved and hashed once, not once per environment.
         GameId::Atari(game) => {
             let rom = atari::resolve_rom(game, settings.rom.as_deref())?;
             let config = atari::AtariConfig::for_preset(settings.preset, game);
-            (0..count)
+            indices
                 .map(|i| Ok(Box::new(atari::AtariEnv::new(&rom, config.clone(), settings.seed, i as u64)?) as Box<dyn Environment>))
                 .collect::<Result<_>>()?
         }
