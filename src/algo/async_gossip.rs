@@ -75,6 +75,18 @@ pub struct AgentCounters {
     pub blocked_waits: AtomicU64,
     /// Rounds since the last mix.
     pub staleness: AtomicU64,
+    pub episodes: AtomicU64,
+    /// The agent's parameters, last loss terms and recent games, published every
+    /// `metrics_every` rounds for the consensus distance and metrics over time.
+    pub snapshot: Mutex<Option<AgentSnapshot>>,
+}
+
+/// What an agent publishes for the metrics.
+#[derive(Clone, Debug)]
+pub struct AgentSnapshot {
+    pub params: Vec<f32>,
+    pub stats: crate::backend::AgentLearnStats,
+    pub games: Vec<GameRecord>,
 }
 
 struct Gossip {
@@ -324,6 +336,15 @@ fn agent_loop(
             gossip.receive(agent, round, &mut trainer, counters)?;
             counters.rounds.store(round + 1, Ordering::Relaxed);
             counters.frames.store(trainer.frames(), Ordering::Relaxed);
+            counters.episodes.store(trainer.episodes(), Ordering::Relaxed);
+            if (round + 1) % config.metrics_every == 0 {
+                let snapshot = AgentSnapshot {
+                    params: trainer.backend_mut().read_params()?,
+                    stats: trainer.last_stats().first().copied().unwrap_or_default(),
+                    games: trainer.recent_games().copied().collect(),
+                };
+                *counters.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+            }
         }
         Ok(())
     };
@@ -399,6 +420,34 @@ pub fn run_async(config: &Config, hooks: &AsyncHooks, counters: &[AgentCounters]
     Ok(AsyncOutcome { agents: outcomes, events, wall_seconds: started.elapsed().as_secs_f64(), backend })
 }
 
+/// A metrics row from the agents' latest snapshots (consensus distance once all have published).
+fn metrics_from_snapshots(counters: &[AgentCounters], frames: u64, wall: f64) -> MetricsRow {
+    let snaps: Vec<Option<AgentSnapshot>> = counters.iter().map(|c| c.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
+    let published: Vec<&AgentSnapshot> = snaps.iter().flatten().collect();
+    let n = published.len().max(1) as f64;
+    let mean = |f: fn(&AgentSnapshot) -> f64| published.iter().map(|s| f(s)).sum::<f64>() / n;
+    let consensus_distance = if published.len() == counters.len() {
+        let arena: Vec<f32> = published.iter().flat_map(|s| s.params.iter().copied()).collect();
+        crate::backend::cpu::gossip::consensus_distance(&arena, counters.len())
+    } else {
+        0.0
+    };
+    let mut games: Vec<GameRecord> = published.iter().flat_map(|s| s.games.iter().copied()).collect();
+    MetricsRow {
+        frames,
+        updates: counters.iter().map(|c| c.rounds.load(Ordering::Relaxed)).min().unwrap_or(0),
+        episodes: counters.iter().map(|c| c.episodes.load(Ordering::Relaxed)).sum(),
+        mean_return_100: mean_of_last_games(&mut games),
+        consensus_distance,
+        value_loss: mean(|s| s.stats.value_loss),
+        policy_loss: mean(|s| s.stats.policy_loss),
+        entropy: mean(|s| s.stats.entropy),
+        grad_norm: mean(|s| s.stats.grad_norm),
+        sps: frames as f64 / wall.max(1e-9),
+        wall_seconds: wall,
+    }
+}
+
 /// `train` in asynchronous mode: runs the agents, reports progress from their counters, writes
 /// the audit log and per-agent statistics to the run folder, and returns the summary.
 pub fn train_async(config: &Config, mut run: Option<&mut RunDir>, progress: &mut dyn ProgressSink) -> Result<Summary> {
@@ -432,19 +481,18 @@ pub fn train_async(config: &Config, mut run: Option<&mut RunDir>, progress: &mut
                         c.blocked_waits.load(Ordering::Relaxed)
                     );
                 }
-                let row = MetricsRow {
-                    frames,
-                    updates: counters.iter().map(|c| c.rounds.load(Ordering::Relaxed)).min().unwrap_or(0),
-                    sps: frames as f64 / wall.max(1e-9),
-                    wall_seconds: wall,
-                    ..MetricsRow::default()
-                };
+                let row = metrics_from_snapshots(&counters, frames, wall);
+                if let Some(run) = run.as_deref_mut() {
+                    run.append_metrics(&row)?;
+                }
                 progress.report(&row);
             }
         }
         worker.join().map_err(|_| Error::Backend("the asynchronous runner panicked".into()))?
     })?;
     if let Some(run) = run.as_deref_mut() {
+        let frames: u64 = counters.iter().map(|c| c.frames.load(Ordering::Relaxed)).sum();
+        run.append_metrics(&metrics_from_snapshots(&counters, frames, started.elapsed().as_secs_f64()))?;
         let mut events = String::from("agent,round,seconds,event,peers\n");
         for e in &outcome.events {
             let peers: Vec<String> = e.peers.iter().map(|p| p.to_string()).collect();
