@@ -390,7 +390,14 @@ impl Trainer {
             (Some(_), None) => "no checkpoint had been saved yet (use --save-every to keep some)".into(),
             (None, _) => "nothing was saved (no run folder)".into(),
         };
-        let at = format!("update {} (agent step {}, frame {})", self.updates, self.step, self.frames());
+        // The failing update's rollout was collected but not learned from: name its frames.
+        let at = format!(
+            "update {} (0-based; rollout of frames {}–{}, agent steps to {})",
+            self.updates,
+            self.frames().saturating_sub(self.frames_per_update()),
+            self.frames(),
+            self.step
+        );
         match e {
             Error::NonFinite(m) => Error::NonFinite(format!("{m} at {at}; training stopped; {kept}; lower --lr or check the rewards, then resume")),
             other => Error::Backend(format!("{other} at {at}; training stopped; {kept}")),
