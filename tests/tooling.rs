@@ -346,7 +346,7 @@ fn ctrl_c_saves_a_checkpoint_that_resumes_exactly() {
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("checkpoint saved") && stderr.contains("--resume"), "{stderr}");
     let ck = Checkpoint::load(&run).unwrap();
-    assert!(ck.frames >= FRAMES_PER_UPDATE && ck.frames % FRAMES_PER_UPDATE == 0, "{}", ck.frames);
+    assert!(ck.frames >= FRAMES_PER_UPDATE && ck.frames.is_multiple_of(FRAMES_PER_UPDATE), "{}", ck.frames);
     assert!(!run.join("summary.json").exists());
 
     // Resume to two updates past the interruption; compare with a straight run.

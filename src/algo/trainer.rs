@@ -413,7 +413,7 @@ impl Trainer {
         let started = Instant::now();
         self.interrupted = false;
         let save_every = self.config.save_every;
-        let next_save = |frames: u64| if save_every > 0 { (frames / save_every + 1) * save_every } else { u64::MAX };
+        let next_save = |frames: u64| frames.checked_div(save_every).map_or(u64::MAX, |n| (n + 1) * save_every);
         let mut save_at = next_save(self.frames());
         while self.frames() < self.config.frames {
             if self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
