@@ -4,17 +4,22 @@
 //! The pieces, bottom up: [`model`] (network shape, parameter arena, init), [`backend`] (the
 //! [`backend::Backend`] trait and its implementations), [`env`] (environments, frame stacking,
 //! vector env), [`algo`] (gossip topology, the trainer), [`config`] (every setting), [`run`]
-//! (run folders, metrics, summaries).
+//! (run folders, metrics, summaries), [`checkpoint`] (safetensors checkpoints and resume),
+//! [`tfevents`] (TensorBoard), [`eval`] (evaluation, GIFs, reference scores), [`plot`] (SVG curves).
 
 pub mod algo;
 pub mod backend;
+pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod env;
 pub mod error;
+pub mod eval;
 pub mod model;
+pub mod plot;
 pub mod rng;
 pub mod run;
+pub mod tfevents;
 
 pub use error::{Error, Result};
 

@@ -12,7 +12,12 @@ use gala_gpu::run::{MetricsRow, RunDir};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Set when a training run stopped on Ctrl-C (after saving its checkpoint): exit code 130.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Parser)]
 #[command(name = "gala-gpu", version, about = "Train GALA-A2C agents (gossip-based actor-learners) batched on one device")]
@@ -31,6 +36,10 @@ enum Command {
     /// Throughput benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Play full games with a trained policy; prints mean, median and human-normalized score.
+    Eval(EvalArgs),
+    /// Write the learning curve of a run as an SVG (each agent and the mean).
+    Plot(PlotArgs),
     /// Version, backends, and whether a usable GPU is present.
     Info,
 }
@@ -39,6 +48,41 @@ enum Command {
 enum BenchCommand {
     /// Vector-environment throughput with random actions (agent steps/s and raw frames/s).
     Env(gala_gpu::env::cli::BenchEnvArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A run folder or a checkpoint file (.safetensors).
+    #[arg(value_name = "RUN_DIR|CHECKPOINT")]
+    source: PathBuf,
+    /// Full games to play.
+    #[arg(long, default_value_t = 10)]
+    episodes: usize,
+    /// Take the most likely action instead of sampling.
+    #[arg(long)]
+    greedy: bool,
+    /// Save the first game as an animated GIF.
+    #[arg(long, value_name = "FILE")]
+    gif: Option<PathBuf>,
+    /// Which agent's parameters play.
+    #[arg(long, default_value_t = 0)]
+    agent: usize,
+    /// Seed of the evaluation games (default: the run's seed + 1000003).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// The run folder.
+    #[arg(value_name = "RUN_DIR")]
+    run: PathBuf,
+    /// Output file (default RUN_DIR/learning_curve.svg).
+    #[arg(long, value_name = "FILE.svg")]
+    out: Option<PathBuf>,
 }
 
 /// Flags override the config file, which overrides the defaults.
@@ -115,7 +159,7 @@ struct TrainArgs {
     /// Parent folder for run folders.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Continue the run in this folder.
+    /// Continue the run in this folder from its checkpoint (with --frames: the new total budget).
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
     /// Checkpoint every this many frames.
@@ -130,6 +174,36 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The saved run's configuration with the few settings a resume may change.
+    fn resolve_resume(&self, saved: &Config) -> Result<Config> {
+        let mut fixed: Vec<&str> = Vec::new();
+        macro_rules! fixed {
+            ($($field:ident),*) => {$(
+                if self.$field.is_some() { fixed.push(stringify!($field)); }
+            )*};
+        }
+        fixed!(config, preset, game, rom, algo, agents, envs_per_agent, n_steps, lr, gamma, entropy_coef, value_coef,
+               max_grad_norm, rms_alpha, rms_eps, topology, peers, sync_freq, net, backend, seed, out);
+        if self.pipeline {
+            fixed.push("pipeline");
+        }
+        if !fixed.is_empty() {
+            bail!(
+                "--resume continues the saved configuration; it cannot change {} (only --frames, --save-every, --metrics-every and --threads may be given)",
+                fixed.iter().map(|f| format!("--{}", f.replace('_', "-"))).collect::<Vec<_>>().join(", ")
+            );
+        }
+        let mut c = saved.clone();
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(v) = &self.$field { c.$field = v.clone(); }
+            )*};
+        }
+        set!(frames, threads, save_every, metrics_every);
+        c.validate()?;
+        Ok(c)
+    }
+
     fn resolve(&self) -> Result<Config> {
         let mut c = match &self.config {
             Some(path) => Config::from_toml_file(path)?,
@@ -211,28 +285,76 @@ impl Progress {
     }
 }
 
+/// First Ctrl-C: stop after the current update, save a checkpoint, exit 130. Second: abort.
+fn install_ctrl_c(flag: Arc<AtomicBool>) -> Result<()> {
+    let presses = AtomicUsize::new(0);
+    ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!("\ninterrupt: finishing this update and saving a checkpoint (Ctrl-C again aborts at once)");
+            flag.store(true, Ordering::SeqCst);
+        } else {
+            // Checkpoints are written to a temporary file and renamed, so aborting mid-save
+            // still leaves the previous checkpoint whole.
+            eprintln!("aborted");
+            std::process::exit(130);
+        }
+    })
+    .context("cannot install the Ctrl-C handler")
+}
+
 fn train(args: TrainArgs) -> Result<()> {
-    if args.resume.is_some() {
-        bail!("--resume is not available in this build yet (checkpoints arrive with the run-folder issue)");
-    }
-    let config = args.resolve()?;
+    let resumed = match &args.resume {
+        Some(dir) => {
+            let ck = gala_gpu::checkpoint::Checkpoint::load(dir).context("cannot resume")?;
+            Some((dir.clone(), ck))
+        }
+        None => None,
+    };
+    let config = match &resumed {
+        Some((_, ck)) => args.resolve_resume(&ck.config)?,
+        None => args.resolve()?,
+    };
     let config_toml = config.to_toml();
     let game = gala_gpu::env::GameId::parse(&config.game)?;
     let algo = format!("{:?}", config.algo).to_lowercase();
     // The run folder first: an unwritable --out fails before anything expensive starts.
-    let mut run = RunDir::create(&config.out, game.canonical(), &algo, config.seed, &config_toml)
-        .context("cannot create the run folder")?;
+    let mut run = match &resumed {
+        Some((dir, ck)) => RunDir::resume(dir, ck.frames, &config_toml).context("cannot reopen the run folder")?,
+        None => RunDir::create(&config.out, game.canonical(), &algo, config.seed, &config_toml).context("cannot create the run folder")?,
+    };
     if !args.quiet {
         eprintln!("resolved configuration:\n{}", config_toml.trim_end());
     }
+    if resumed.is_some() && config.asynchronous() {
+        bail!("--resume of an asynchronous-gossip run is not supported yet (its checkpoints would need the mailboxes)");
+    }
     let mut trainer = if config.asynchronous() {
         if !args.quiet {
-            eprintln!("gossip: asynchronous, every agent on its own thread (sync_freq {})", config.sync_freq);
+            eprintln!("gossip: asynchronous, every agent on its own thread (sync_freq {}); Ctrl-C aborts without a checkpoint", config.sync_freq);
             eprintln!("run folder: {}", run.path().display());
         }
         None
     } else {
-        let trainer = Trainer::new(&config)?;
+        let mut trainer = match &resumed {
+            Some((_, ck)) => {
+                let (trainer, exact) = Trainer::from_checkpoint(ck, &config)?;
+                if !args.quiet {
+                    eprintln!("resuming at frame {} (update {}) from {}", ck.frames, ck.updates, run.checkpoint_path().display());
+                }
+                if !exact {
+                    eprintln!("warning: this game cannot save its state; its games restart, so the resumed run is not bit-exact");
+                }
+                trainer
+            }
+            None => Trainer::new(&config)?,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        install_ctrl_c(stop.clone())?;
+        trainer.set_stop_flag(stop);
+        // Test hook (tests/tooling.rs): a NaN in the loss of this update.
+        if let Ok(at) = std::env::var("GALA_GPU_DEBUG_NAN_AT_UPDATE") {
+            trainer.set_debug_nan_at_update(Some(at.parse().context("GALA_GPU_DEBUG_NAN_AT_UPDATE must be an update number")?));
+        }
         if !args.quiet {
             eprintln!("backend: {}", trainer.backend_choice());
             eprintln!("run folder: {}", run.path().display());
@@ -248,6 +370,7 @@ fn train(args: TrainArgs) -> Result<()> {
                 .expect("valid template")
                 .progress_chars("=> "),
         );
+        bar.set_position(trainer.as_ref().map_or(0, Trainer::frames));
         Progress::Bar(bar)
     } else {
         Progress::Lines { every: Duration::from_secs(5), last: None, pending: None }
@@ -257,7 +380,16 @@ fn train(args: TrainArgs) -> Result<()> {
         None => gala_gpu::algo::async_gossip::train_async(&config, Some(&mut run), &mut progress)?,
     };
     progress.finish();
-    if !args.quiet {
+    if trainer.as_ref().is_some_and(|t| t.was_interrupted()) {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        eprintln!(
+            "interrupted at frame {} (update {}); checkpoint saved to {}; continue with: gala-gpu train --resume {}",
+            summary.frames,
+            summary.updates,
+            run.checkpoint_path().display(),
+            run.path().display()
+        );
+    } else if !args.quiet {
         eprintln!(
             "done: {} frames, {} updates, {} games, mean return (last 100) {}, {:.0} frames/s; params sha256 {}",
             summary.frames,
@@ -269,6 +401,30 @@ fn train(args: TrainArgs) -> Result<()> {
         );
     }
     println!("{}", run.path().display());
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let threads = if args.threads > 0 { args.threads } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) };
+    let report = gala_gpu::eval::evaluate(&gala_gpu::eval::EvalOptions {
+        source: args.source,
+        episodes: args.episodes,
+        greedy: args.greedy,
+        gif: args.gif.clone(),
+        agent: args.agent,
+        seed: args.seed,
+        threads,
+    })?;
+    println!("{}", report.describe());
+    if let Some(gif) = args.gif {
+        eprintln!("first game ({} frames) written to {}", report.frames_in_gif, gif.display());
+    }
+    Ok(())
+}
+
+fn plot(args: PlotArgs) -> Result<()> {
+    let path = gala_gpu::plot::plot_run(&args.run, args.out.as_deref())?;
+    println!("{}", path.display());
     Ok(())
 }
 
@@ -311,9 +467,12 @@ fn main() -> ExitCode {
         Command::Train(args) => train(args),
         Command::Roms(cmd) => gala_gpu::env::cli::run_roms(&cmd).map_err(Into::into),
         Command::Bench(BenchCommand::Env(args)) => gala_gpu::env::cli::run_bench_env(&args).map_err(Into::into),
+        Command::Eval(args) => eval(args),
+        Command::Plot(args) => plot(args),
         Command::Info => info(),
     };
     match result {
+        Ok(()) if INTERRUPTED.load(Ordering::SeqCst) => ExitCode::from(130),
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&format!("{e:#}")));

@@ -51,7 +51,12 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         let mut f = File::create(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        // The rename itself is durable only once the folder's entry is synced.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);
@@ -104,10 +109,56 @@ impl MetricsRow {
     }
 }
 
+/// metrics_agents.csv: one row per agent per metrics.csv row (long format, so any agent count
+/// fits one header).
+pub const AGENT_METRICS_HEADER: &str = "frames,updates,agent,episodes,mean_return_100,value_loss,policy_loss,entropy,grad_norm";
+
+/// One agent's part of a metrics row.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AgentMetricsRow {
+    pub agent: usize,
+    /// Games this agent's envs finished so far.
+    pub episodes: u64,
+    /// Mean unclipped score of this agent's last 100 games.
+    pub mean_return_100: Option<f64>,
+    pub value_loss: f64,
+    pub policy_loss: f64,
+    pub entropy: f64,
+    pub grad_norm: f64,
+}
+
 /// An open run folder.
 pub struct RunDir {
     path: PathBuf,
     metrics: File,
+    agent_metrics: File,
+    events: crate::tfevents::EventWriter,
+}
+
+/// Opens `path` for appending, creating it with `header` if it does not exist.
+fn open_csv(path: &Path, header: &str) -> Result<File> {
+    let existed = path.exists();
+    let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+    if !existed {
+        writeln!(f, "{header}").map_err(|e| Error::io(path, e))?;
+    }
+    Ok(f)
+}
+
+/// Keeps the header and the rows at or below `frames` (the first column): after a resume from
+/// a checkpoint, rows logged after it would otherwise appear twice.
+fn truncate_csv_after(path: &Path, frames: u64) -> Result<()> {
+    let Ok(text) = fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, l)| *i == 0 || l.split(',').next().and_then(|f| f.parse::<u64>().ok()).is_some_and(|f| f <= frames))
+        .map(|(_, l)| l)
+        .collect();
+    if kept.len() != text.lines().count() {
+        write_atomic(path, format!("{}\n", kept.join("\n")).as_bytes())?;
+    }
+    Ok(())
 }
 
 impl RunDir {
@@ -134,7 +185,66 @@ impl RunDir {
         let metrics_path = path.join("metrics.csv");
         let mut metrics = OpenOptions::new().create_new(true).write(true).open(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
         writeln!(metrics, "{METRICS_HEADER}").map_err(|e| Error::io(&metrics_path, e))?;
-        Ok(RunDir { path, metrics })
+        let agent_metrics = open_csv(&path.join("metrics_agents.csv"), AGENT_METRICS_HEADER)?;
+        let events = crate::tfevents::EventWriter::create(&path)?;
+        Ok(RunDir { path, metrics, agent_metrics, events })
+    }
+
+    /// Reopens an existing run folder to continue it from a checkpoint taken at `frames`:
+    /// rewrites config.toml (the budget may have changed), drops metric rows logged after the
+    /// checkpoint, and starts a new TensorBoard event file.
+    pub fn resume(path: &Path, frames: u64, config_toml: &str) -> Result<RunDir> {
+        if !path.is_dir() {
+            return Err(Error::Config(format!("--resume {}: not a run folder", path.display())));
+        }
+        write_atomic(&path.join("config.toml"), config_toml.as_bytes())?;
+        let metrics_path = path.join("metrics.csv");
+        let agents_path = path.join("metrics_agents.csv");
+        truncate_csv_after(&metrics_path, frames)?;
+        truncate_csv_after(&agents_path, frames)?;
+        let metrics = open_csv(&metrics_path, METRICS_HEADER)?;
+        let agent_metrics = open_csv(&agents_path, AGENT_METRICS_HEADER)?;
+        let events = crate::tfevents::EventWriter::create(path)?;
+        Ok(RunDir { path: path.to_path_buf(), metrics, agent_metrics, events })
+    }
+
+    /// Where this run's checkpoint lives.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.path.join(crate::checkpoint::CHECKPOINT_FILE)
+    }
+
+    /// metrics_agents.csv rows and one TensorBoard event with the mean and per-agent scalars.
+    pub fn append_agent_metrics(&mut self, row: &MetricsRow, agents: &[AgentMetricsRow]) -> Result<()> {
+        let path = self.path.join("metrics_agents.csv");
+        let mut text = String::new();
+        for a in agents {
+            let ret = a.mean_return_100.map(|r| format!("{r:.4}")).unwrap_or_default();
+            text.push_str(&format!(
+                "{},{},{},{},{ret},{:.6},{:.6},{:.6},{:.6}\n",
+                row.frames, row.updates, a.agent, a.episodes, a.value_loss, a.policy_loss, a.entropy, a.grad_norm
+            ));
+        }
+        self.agent_metrics.write_all(text.as_bytes()).and_then(|_| self.agent_metrics.flush()).map_err(|e| Error::io(&path, e))?;
+        let mut scalars: Vec<(String, f64)> = vec![
+            ("charts/episodic_return".into(), row.mean_return_100.unwrap_or(f64::NAN)),
+            ("charts/SPS".into(), row.sps),
+            ("charts/frames".into(), row.frames as f64),
+            ("charts/episodes".into(), row.episodes as f64),
+            ("losses/value_loss".into(), row.value_loss),
+            ("losses/policy_loss".into(), row.policy_loss),
+            ("losses/entropy".into(), row.entropy),
+            ("losses/grad_norm".into(), row.grad_norm),
+            ("gossip/consensus_distance".into(), row.consensus_distance),
+        ];
+        for a in agents {
+            let r = a.agent;
+            scalars.push((format!("agent{r}/episodic_return"), a.mean_return_100.unwrap_or(f64::NAN)));
+            scalars.push((format!("agent{r}/value_loss"), a.value_loss));
+            scalars.push((format!("agent{r}/policy_loss"), a.policy_loss));
+            scalars.push((format!("agent{r}/entropy"), a.entropy));
+            scalars.push((format!("agent{r}/grad_norm"), a.grad_norm));
+        }
+        self.events.scalars(row.frames, &scalars)
     }
 
     pub fn path(&self) -> &Path {

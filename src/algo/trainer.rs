@@ -7,15 +7,20 @@
 //!   4. gossip: each agent mixes in its in-peers' parameters (skipped for a2c / one agent).
 //! Everything that decides the result is a function of the seed: environment randomness is keyed
 //! by (seed, env), action sampling by (seed, agent, env, step). Wall-clock time is only reported.
+//! That is also why a checkpoint (parameters, RMSprop state, the step counter, the environments'
+//! states and frame stacks) resumes bit for bit: nothing else carries over between updates.
 
 use super::topology::GossipGraph;
 use crate::backend::{self, ActOutput, AgentLearnStats, Backend, BackendSpec, Segment};
 use crate::config::Config;
 use crate::env::{self, EnvSettings, GameId, VecEnv, FRAME_BYTES};
-use crate::error::Result;
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
 use crate::model::{init_params, NetSpec, OBS_BYTES};
-use crate::run::{params_sha256, MetricsRow, RunDir, Summary};
+use crate::run::{params_sha256, AgentMetricsRow, MetricsRow, RunDir, Summary};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Finished games kept for `mean_return_100`.
@@ -59,6 +64,18 @@ pub struct Trainer {
     recent_games: VecDeque<GameRecord>,
     last_stats: Vec<AgentLearnStats>,
     agent_offset: usize,
+    /// Finished games and the last 100 scores, per agent (env index / envs_per_agent).
+    agent_episodes: Vec<u64>,
+    agent_recent: Vec<VecDeque<f64>>,
+    /// Wall-clock seconds spent in earlier sessions of this run (resume), for SPS.
+    wall_before: f64,
+    /// Set from outside (Ctrl-C) to stop after the current update with a checkpoint.
+    stop: Option<Arc<AtomicBool>>,
+    interrupted: bool,
+    /// Test hook: poison the last agent's rewards in this update (see `set_debug_nan_at_update`).
+    debug_nan_at_update: Option<u64>,
+    /// Frames at which the checkpoint on disk was taken, if any.
+    last_checkpoint: Option<u64>,
 }
 
 /// A finished game: when (the env's agent-step counter), where (global env index), its score.
@@ -140,7 +157,125 @@ impl Trainer {
             recent_games: VecDeque::with_capacity(RECENT_GAMES),
             agent_offset,
             last_stats: Vec::new(),
+            agent_episodes: vec![0; agents],
+            agent_recent: vec![VecDeque::with_capacity(RECENT_GAMES); agents],
+            wall_before: 0.0,
+            stop: None,
+            interrupted: false,
+            debug_nan_at_update: None,
+            last_checkpoint: None,
         })
+    }
+
+    /// Rebuilds a trainer from a checkpoint with `config` (the checkpoint's own, possibly with a
+    /// new frame budget or thread count); continues bit for bit when the checkpoint holds the
+    /// environments' states. Returns the trainer and whether the resume is exact.
+    pub fn from_checkpoint(checkpoint: &Checkpoint, config: &Config) -> Result<(Trainer, bool)> {
+        let mut t = Trainer::new(config)?;
+        let exact = t.restore(checkpoint)?;
+        Ok((t, exact))
+    }
+
+    /// Loads a checkpoint's state into this trainer (built from the same config).
+    pub fn restore(&mut self, ck: &Checkpoint) -> Result<bool> {
+        let actions = self.venv.num_actions();
+        if (ck.agents, ck.envs_per_agent, ck.actions) != (self.agents, self.envs, actions) || ck.config.net != self.config.net {
+            return Err(Error::Config(format!(
+                "the checkpoint holds {} agents × {} envs with {} actions ({:?} net) but this run has {} × {} with {actions} ({:?}); resume with the checkpoint's own configuration",
+                ck.agents, ck.envs_per_agent, ck.actions, ck.config.net, self.agents, self.envs, self.config.net
+            )));
+        }
+        self.backend.write_params(&ck.params)?;
+        self.backend.write_optimizer_state(&ck.square_avg)?;
+        let exact = match &ck.env_states {
+            Some(states) => {
+                self.venv.restore(states, &ck.observations)?;
+                true
+            }
+            None => false,
+        };
+        self.step = ck.step;
+        self.updates = ck.updates;
+        self.episodes = ck.episodes;
+        self.recent_games = ck.recent_games.iter().copied().collect();
+        self.agent_episodes = ck.agent_episodes.clone();
+        self.agent_recent = ck.agent_recent_scores.iter().map(|v| v.iter().copied().collect()).collect();
+        self.agent_recent.resize(self.agents, VecDeque::new());
+        self.wall_before = ck.wall_seconds;
+        self.last_checkpoint = Some(ck.frames);
+        Ok(exact)
+    }
+
+    /// Everything needed to continue this run (see `checkpoint` module docs).
+    pub fn checkpoint(&mut self, wall_seconds: f64) -> Result<Checkpoint> {
+        // Games that cannot save their state still get their parameters checkpointed.
+        let env_states = match self.venv.save_states() {
+            Ok(s) => Some(s),
+            Err(Error::Unsupported(_)) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Checkpoint {
+            config: self.config.clone(),
+            actions: self.venv.num_actions(),
+            agents: self.agents,
+            envs_per_agent: self.envs,
+            params: self.backend.read_params()?,
+            square_avg: self.backend.read_optimizer_state()?,
+            step: self.step,
+            updates: self.updates,
+            episodes: self.episodes,
+            frames: self.frames(),
+            wall_seconds,
+            recent_games: self.recent_games.iter().copied().collect(),
+            agent_episodes: self.agent_episodes.clone(),
+            agent_recent_scores: self.agent_recent.iter().map(|d| d.iter().copied().collect()).collect(),
+            observations: self.venv.observations().to_vec(),
+            env_states,
+        })
+    }
+
+    /// `train` stops after the update in progress (with a checkpoint) once `flag` is set.
+    pub fn set_stop_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.stop = Some(flag);
+    }
+
+    /// Whether the last `train` call stopped early because the stop flag was set.
+    pub fn was_interrupted(&self) -> bool {
+        self.interrupted
+    }
+
+    /// Test hook (the CLI reads it from `GALA_GPU_DEBUG_NAN_AT_UPDATE`): in update number `at`
+    /// (0-based) the last agent's first reward is NaN, so its loss is NaN — a real non-finite
+    /// failure travelling the real path. Never set in normal runs.
+    pub fn set_debug_nan_at_update(&mut self, at: Option<u64>) {
+        self.debug_nan_at_update = at;
+    }
+
+    /// Per-agent game counts and mean score over each agent's last 100 games.
+    pub fn agent_returns(&self) -> Vec<(u64, Option<f64>)> {
+        self.agent_episodes
+            .iter()
+            .zip(&self.agent_recent)
+            .map(|(&n, d)| (n, if d.is_empty() { None } else { Some(d.iter().sum::<f64>() / d.len() as f64) }))
+            .collect()
+    }
+
+    /// Fails naming the agent, tensor and element when any parameter is NaN or infinite.
+    pub fn check_params_finite(&mut self) -> Result<()> {
+        let params = self.backend.read_params()?;
+        let layout = self.backend.spec().net.layout();
+        let p = layout.total;
+        if let Some(i) = params.iter().position(|x| !x.is_finite()) {
+            let (agent, off) = (i / p, i % p);
+            let t = layout.tensors.iter().find(|t| t.range().contains(&off)).expect("layout covers the arena");
+            return Err(Error::NonFinite(format!(
+                "agent {agent}: parameter tensor `{}` element {} is {}",
+                t.name,
+                off - t.offset,
+                params[i]
+            )));
+        }
+        Ok(())
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -215,15 +350,18 @@ impl Trainer {
             }
             for game in self.venv.drain_finished() {
                 self.episodes += 1;
-                if self.recent_games.len() == RECENT_GAMES {
-                    self.recent_games.pop_front();
-                }
                 let env = self.agent_offset * self.envs + game.env;
-                self.recent_games.push_back(GameRecord { step: self.step, env, score: game.end.score });
+                push_recent(&mut self.recent_games, GameRecord { step: self.step, env, score: game.end.score });
+                let agent = game.env / envs;
+                self.agent_episodes[agent] += 1;
+                push_recent(&mut self.agent_recent[agent], game.end.score);
             }
             self.step += 1;
         }
         self.backend.act(self.venv.observations(), self.step, false, &mut self.bootstrap)?;
+        if self.debug_nan_at_update == Some(self.updates) {
+            self.rewards[(agents - 1) * steps * envs] = f32::NAN;
+        }
         let segment = Segment {
             obs: &self.obs,
             actions: &self.actions,
@@ -233,6 +371,8 @@ impl Trainer {
             behaviour_log_probs: None,
         };
         self.last_stats = self.backend.learn(&segment)?;
+        // Checked before gossip, so the agent that went non-finite is the one named.
+        self.check_params_finite()?;
         if let Some(graph) = &self.graph {
             self.backend.mix(&graph.in_peers(self.updates))?;
         }
@@ -245,10 +385,29 @@ impl Trainer {
         Ok(params_sha256(&self.backend.read_params()?))
     }
 
+    fn agent_metrics(&self) -> Vec<AgentMetricsRow> {
+        self.agent_returns()
+            .into_iter()
+            .enumerate()
+            .map(|(agent, (episodes, ret))| {
+                let s = self.last_stats.get(agent).copied().unwrap_or_default();
+                AgentMetricsRow {
+                    agent,
+                    episodes,
+                    mean_return_100: ret,
+                    value_loss: s.value_loss,
+                    policy_loss: s.policy_loss,
+                    entropy: s.entropy,
+                    grad_norm: s.grad_norm,
+                }
+            })
+            .collect()
+    }
+
     fn metrics_row(&mut self, started: Instant) -> Result<MetricsRow> {
         let n = self.last_stats.len().max(1) as f64;
         let mean = |f: fn(&AgentLearnStats) -> f64| self.last_stats.iter().map(f).sum::<f64>() / n;
-        let wall = started.elapsed().as_secs_f64();
+        let wall = self.wall_before + started.elapsed().as_secs_f64();
         Ok(MetricsRow {
             frames: self.frames(),
             updates: self.updates,
@@ -264,22 +423,76 @@ impl Trainer {
         })
     }
 
+    /// Saves a checkpoint into the run folder (durably; the previous one survives a failure).
+    fn save_checkpoint(&mut self, run: &RunDir, started: Instant) -> Result<()> {
+        let wall = self.wall_before + started.elapsed().as_secs_f64();
+        self.checkpoint(wall)?.save(&run.checkpoint_path())?;
+        self.last_checkpoint = Some(self.frames());
+        Ok(())
+    }
+
+    /// Adds to a failure where training stopped and what is kept on disk.
+    fn failure(&self, e: Error, run: Option<&RunDir>) -> Error {
+        let kept = match (run, self.last_checkpoint) {
+            (Some(run), Some(f)) => format!("the last good checkpoint (frame {f}) is kept in {}", run.checkpoint_path().display()),
+            (Some(_), None) => "no checkpoint had been saved yet (use --save-every to keep some)".into(),
+            (None, _) => "nothing was saved (no run folder)".into(),
+        };
+        // The failing update's rollout was collected but not learned from: name its frames.
+        let at = format!(
+            "update {} (0-based; rollout of frames {}–{}, agent steps to {})",
+            self.updates,
+            self.frames().saturating_sub(self.frames_per_update()),
+            self.frames(),
+            self.step
+        );
+        match e {
+            Error::NonFinite(m) => Error::NonFinite(format!("{m} at {at}; training stopped; {kept}; lower --lr or check the rewards, then resume")),
+            other => Error::Backend(format!("{other} at {at}; training stopped; {kept}")),
+        }
+    }
+
     /// Trains until the frame budget is spent, writing metrics rows to `run` (if any) and
     /// reporting to `progress`; returns the summary (also written to the run folder).
+    /// With a run folder, a checkpoint is saved every `save_every` frames, at the end and when
+    /// the stop flag is set (then `was_interrupted` is true and no summary.json is written).
+    /// A failed update (e.g. a non-finite loss) stops training, leaving the last checkpoint.
     pub fn train(&mut self, mut run: Option<&mut RunDir>, progress: &mut dyn ProgressSink) -> Result<Summary> {
         let started = Instant::now();
+        self.interrupted = false;
+        let save_every = self.config.save_every;
+        let next_save = |frames: u64| frames.checked_div(save_every).map_or(u64::MAX, |n| (n + 1) * save_every);
+        let mut save_at = next_save(self.frames());
         while self.frames() < self.config.frames {
-            self.update()?;
+            if self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                self.interrupted = true;
+                break;
+            }
+            if let Err(e) = self.update() {
+                return Err(self.failure(e, run.as_deref()));
+            }
             progress.tick(self.frames());
             if self.updates % self.config.metrics_every == 0 || self.frames() >= self.config.frames {
                 let row = self.metrics_row(started)?;
                 if let Some(run) = run.as_deref_mut() {
                     run.append_metrics(&row)?;
+                    run.append_agent_metrics(&row, &self.agent_metrics())?;
                 }
                 progress.report(&row);
             }
+            if self.frames() >= save_at {
+                if let Some(run) = run.as_deref() {
+                    if self.frames() < self.config.frames {
+                        self.save_checkpoint(run, started)?;
+                    }
+                }
+                save_at = next_save(self.frames());
+            }
         }
-        let wall = started.elapsed().as_secs_f64();
+        let wall = self.wall_before + started.elapsed().as_secs_f64();
+        if let Some(run) = run.as_deref() {
+            self.save_checkpoint(run, started)?;
+        }
         let summary = Summary {
             game: GameId::parse(&self.config.game)?.canonical().to_string(),
             algo: format!("{:?}", self.config.algo).to_lowercase(),
@@ -297,10 +510,19 @@ impl Trainer {
             params_sha256: self.params_sha256()?,
         };
         if let Some(run) = run {
-            run.write_summary(&summary)?;
+            if !self.interrupted {
+                run.write_summary(&summary)?;
+            }
         }
         Ok(summary)
     }
+}
+
+fn push_recent<T>(recent: &mut VecDeque<T>, item: T) {
+    if recent.len() == RECENT_GAMES {
+        recent.pop_front();
+    }
+    recent.push_back(item);
 }
 
 /// sign(r): the DeepMind reward clipping used for learning.

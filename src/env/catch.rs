@@ -8,6 +8,7 @@
 //! One game = one episode of 9 steps; a random policy scores about −0.6, a perfect one +1.
 
 use super::{Environment, GameEnd, StepOutcome, FRAME_BYTES};
+use crate::error::{Error, Result};
 use crate::model::FRAME_HW;
 use crate::rng::{PhiloxStream, Purpose};
 
@@ -19,6 +20,8 @@ const CELL_W: usize = 16;
 const MARGIN: usize = (FRAME_HW - ROWS * CELL_H) / 2;
 const BALL: u8 = 255;
 const PADDLE: u8 = 160;
+const STATE_TAG: &[u8] = b"catch1";
+const STATE_LEN: usize = 6 + 4 + 1 + 3 * 4 + 8;
 
 pub struct Catch {
     rng: PhiloxStream,
@@ -65,6 +68,40 @@ impl Environment for Catch {
         self.render(frame);
     }
 
+    /// `b"catch1"`, then u32 LE RNG block index, u8 words used, and u32 LE ball row, ball
+    /// column, paddle column, u64 LE steps. The RNG's key and stream are fixed by (seed, index),
+    /// which the checkpoint's config supplies when the game is rebuilt.
+    fn save_state(&self) -> Result<Vec<u8>> {
+        let (index, used) = self.rng.position();
+        let mut out = Vec::with_capacity(STATE_LEN);
+        out.extend_from_slice(STATE_TAG);
+        out.extend_from_slice(&index.to_le_bytes());
+        out.push(used as u8);
+        for v in [self.ball_row, self.ball_col, self.paddle_col] {
+            out.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+        out.extend_from_slice(&self.steps.to_le_bytes());
+        Ok(out)
+    }
+
+    fn load_state(&mut self, state: &[u8]) -> Result<()> {
+        let bad = |why: &str| Err(Error::Env(format!("catch: saved state rejected ({why}); the checkpoint is not from this game or build")));
+        if state.len() != STATE_LEN || !state.starts_with(STATE_TAG) {
+            return bad(&format!("{} bytes, expected {STATE_LEN} starting with {:?}", state.len(), "catch1"));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(state[i..i + 4].try_into().expect("4 bytes"));
+        let t = STATE_TAG.len();
+        let (index, used) = (u32_at(t), state[t + 4] as usize);
+        let (row, col, paddle) = (u32_at(t + 5) as usize, u32_at(t + 9) as usize, u32_at(t + 13) as usize);
+        let steps = u64::from_le_bytes(state[t + 17..t + 25].try_into().expect("8 bytes"));
+        if used > 4 || row >= ROWS || col >= COLS || paddle >= COLS {
+            return bad("values out of range");
+        }
+        self.rng.resume_at((index, used));
+        (self.ball_row, self.ball_col, self.paddle_col, self.steps) = (row, col, paddle, steps);
+        Ok(())
+    }
+
     fn step(&mut self, action: u32, frame: &mut [u8]) -> StepOutcome {
         match action {
             1 => self.paddle_col = self.paddle_col.saturating_sub(1),
@@ -107,6 +144,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn saved_state_continues_identically() {
+        let mut a = Catch::new(3, 1);
+        let mut frame = vec![0u8; FRAME_BYTES];
+        a.reset(&mut frame);
+        for t in 0..13u32 {
+            if a.step(t % 3, &mut frame).done {
+                a.reset(&mut frame);
+            }
+        }
+        let state = a.save_state().unwrap();
+        let mut b = Catch::new(3, 1);
+        b.load_state(&state).unwrap();
+        let mut fb = vec![0u8; FRAME_BYTES];
+        for t in 0..40u32 {
+            let (oa, ob) = (a.step(t % 3, &mut frame), b.step(t % 3, &mut fb));
+            assert_eq!(oa, ob);
+            assert_eq!(frame, fb);
+            if oa.done {
+                a.reset(&mut frame);
+                b.reset(&mut fb);
+                assert_eq!(frame, fb, "the RNG position was restored");
+            }
+        }
+        assert!(b.load_state(&state[..10]).is_err());
+        assert!(b.load_state(b"pong00000000000000000000000000").is_err());
     }
 
     #[test]

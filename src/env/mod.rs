@@ -50,6 +50,15 @@ pub trait Environment: Send {
     fn reset(&mut self, frame: &mut [u8]);
     /// Take one agent step and write the resulting frame.
     fn step(&mut self, action: u32, frame: &mut [u8]) -> StepOutcome;
+    /// Everything needed to continue this game bit for bit (position, RNG counters, score so
+    /// far), as opaque bytes for a checkpoint. Games that cannot do this say so.
+    fn save_state(&self) -> Result<Vec<u8>> {
+        Err(Error::Unsupported("this environment cannot save its state, so runs on it cannot be checkpointed".into()))
+    }
+    /// Restores what `save_state` produced (from the same game and build).
+    fn load_state(&mut self, _state: &[u8]) -> Result<()> {
+        Err(Error::Unsupported("this environment cannot restore a saved state, so runs on it cannot be resumed".into()))
+    }
 }
 
 /// Atari preprocessing presets (DESIGN.md; implemented by the ALE environment).

@@ -113,6 +113,30 @@ impl VecEnv {
         std::mem::take(&mut self.finished)
     }
 
+    /// Every environment's saved state (for checkpoints; the frame stacks are `observations`).
+    pub fn save_states(&self) -> Result<Vec<Vec<u8>>> {
+        self.envs.iter().map(|e| e.save_state()).collect()
+    }
+
+    /// Puts back what `save_states` and `observations` held, so stepping continues bit for bit.
+    pub fn restore(&mut self, states: &[Vec<u8>], observations: &[u8]) -> Result<()> {
+        if states.len() != self.envs.len() || observations.len() != self.obs.len() {
+            return Err(Error::Shape(format!(
+                "restoring {} environment states and {} observation bytes into a vector env of {} ({} bytes)",
+                states.len(),
+                observations.len(),
+                self.envs.len(),
+                self.obs.len()
+            )));
+        }
+        for (i, (env, state)) in self.envs.iter_mut().zip(states).enumerate() {
+            env.load_state(state).map_err(|e| Error::Env(format!("environment {i}: {e}")))?;
+        }
+        self.obs.copy_from_slice(observations);
+        self.finished.clear();
+        Ok(())
+    }
+
     fn reset_all(&mut self) {
         for ((env, obs), frame) in self.envs.iter_mut().zip(self.obs.chunks_mut(OBS_BYTES)).zip(self.frames.chunks_mut(FRAME_BYTES)) {
             env.reset(frame);

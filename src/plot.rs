@@ -1,0 +1,119 @@
+//! `gala-gpu plot RUN_DIR`: the learning curve (mean return over the last 100 games vs frames,
+//! for every agent and their mean) as an SVG, from metrics.csv and metrics_agents.csv.
+//! plotters' SVG backend emits `<text>` elements, so no font library is needed.
+
+use crate::error::{Error, Result};
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// (frames, value) points of one curve.
+type Curve = Vec<(f64, f64)>;
+
+fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or("").split(',').map(str::to_string).collect();
+    let rows = lines.filter(|l| !l.trim().is_empty()).map(|l| l.split(',').map(str::to_string).collect()).collect();
+    Ok((header, rows))
+}
+
+fn column(header: &[String], name: &str, path: &Path) -> Result<usize> {
+    header.iter().position(|h| h == name).ok_or_else(|| Error::Config(format!("{}: no `{name}` column; is this a gala-gpu run folder?", path.display())))
+}
+
+/// Mean curve and one curve per agent (agents with no finished game yet have no points).
+pub fn learning_curves(run: &Path) -> Result<(Curve, Vec<Curve>)> {
+    let mpath = run.join("metrics.csv");
+    let (h, rows) = read_csv(&mpath)?;
+    let (fc, rc) = (column(&h, "frames", &mpath)?, column(&h, "mean_return_100", &mpath)?);
+    let point = |row: &[String], f: usize, r: usize| -> Option<(f64, f64)> { Some((row.get(f)?.parse().ok()?, row.get(r)?.parse().ok()?)) };
+    let mean: Curve = rows.iter().filter_map(|r| point(r, fc, rc)).collect();
+    let mut agents: Vec<Curve> = Vec::new();
+    let apath = run.join("metrics_agents.csv");
+    if apath.exists() {
+        let (h, rows) = read_csv(&apath)?;
+        let (fc, ac, rc) = (column(&h, "frames", &apath)?, column(&h, "agent", &apath)?, column(&h, "mean_return_100", &apath)?);
+        for row in &rows {
+            let Some(agent) = row.get(ac).and_then(|a| a.parse::<usize>().ok()) else { continue };
+            if let Some(p) = point(row, fc, rc) {
+                if agents.len() <= agent {
+                    agents.resize(agent + 1, Vec::new());
+                }
+                agents[agent].push(p);
+            }
+        }
+    }
+    Ok((mean, agents))
+}
+
+/// Renders the SVG text.
+pub fn render_svg(title: &str, mean: &Curve, agents: &[Curve]) -> Result<String> {
+    let all = mean.iter().chain(agents.iter().flatten());
+    let (mut x1, mut y0, mut y1) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in all {
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if !y0.is_finite() {
+        (y0, y1) = (-1.0, 1.0);
+    }
+    let pad = ((y1 - y0) * 0.05).max(0.05);
+    let mut svg = String::new();
+    let draw_err = |e: String| Error::Config(format!("cannot draw the plot: {e}"));
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 540)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| draw_err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..x1, (y0 - pad)..(y1 + pad))
+            .map_err(|e| draw_err(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc("frames")
+            .y_desc("mean return (last 100 games)")
+            .draw()
+            .map_err(|e| draw_err(e.to_string()))?;
+        for (r, curve) in agents.iter().enumerate() {
+            let color = Palette99::pick(r).mix(0.5);
+            chart
+                .draw_series(LineSeries::new(curve.iter().copied(), color.stroke_width(1)))
+                .map_err(|e| draw_err(e.to_string()))?
+                .label(format!("agent {r}"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .draw_series(LineSeries::new(mean.iter().copied(), BLACK.stroke_width(3)))
+            .map_err(|e| draw_err(e.to_string()))?
+            .label("all agents")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|e| draw_err(e.to_string()))?;
+        root.present().map_err(|e| draw_err(e.to_string()))?;
+    }
+    Ok(svg)
+}
+
+/// Writes `out` (default `RUN_DIR/learning_curve.svg`) and returns its path.
+pub fn plot_run(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
+    let (mean, agents) = learning_curves(run)?;
+    if mean.is_empty() && agents.iter().all(Vec::is_empty) {
+        return Err(Error::Config(format!(
+            "{}: no finished games logged yet, so there is no return to plot; train longer (or lower --metrics-every)",
+            run.display()
+        )));
+    }
+    let title = run.file_name().and_then(|n| n.to_str()).unwrap_or("learning curve").to_string();
+    let svg = render_svg(&title, &mean, &agents)?;
+    let path = out.map(Path::to_path_buf).unwrap_or_else(|| run.join("learning_curve.svg"));
+    crate::run::write_atomic(&path, svg.as_bytes())?;
+    Ok(path)
+}

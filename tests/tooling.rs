@@ -1,0 +1,401 @@
+//! Run-folder tooling: TensorBoard files, checkpoints and bit-exact resume, Ctrl-C, eval, plot,
+//! and failing cleanly (corrupt checkpoints, NaN, failed saves).
+
+use gala_gpu::algo::{NoProgress, Trainer};
+use gala_gpu::backend::BackendKind;
+use gala_gpu::checkpoint::Checkpoint;
+use gala_gpu::config::Config;
+use gala_gpu::run::RunDir;
+use gala_gpu::tfevents::EventWriter;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// 2 agents × 3 envs × 5 steps on catch: 30 frames per update.
+const FRAMES_PER_UPDATE: u64 = 30;
+
+fn small_config(seed: u64, updates: u64) -> Config {
+    Config {
+        agents: 2,
+        envs_per_agent: 3,
+        n_steps: 5,
+        frames: FRAMES_PER_UPDATE * updates,
+        seed,
+        backend: BackendKind::Cpu,
+        threads: 2,
+        metrics_every: 1,
+        ..Config::default()
+    }
+}
+
+fn gala(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gala-gpu")).args(args).envs(env.iter().copied()).output().expect("run gala-gpu")
+}
+
+fn only_run_folder(out: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(out).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    assert_eq!(dirs.len(), 1, "expected one run folder in {}: {dirs:?}", out.display());
+    dirs[0].clone()
+}
+
+fn summary_sha(run: &Path) -> String {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    v["params_sha256"].as_str().unwrap().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A TFRecord / protobuf reader written from the format specification, independent of the
+// writer: records are `u64 len | masked crc(len) | data | masked crc(data)`, and protobuf fields
+// are (varint key = field << 3 | wire type) followed by the value.
+
+fn mask(crc: u32) -> u32 {
+    crc.rotate_right(15).wrapping_add(0xa282ead8)
+}
+
+fn read_records(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let header = bytes.get(i..i + 12).ok_or("truncated record header")?;
+        let len = u64::from_le_bytes(header[..8].try_into().unwrap()) as usize;
+        let len_crc = u32::from_le_bytes(header[8..12].try_into().unwrap());
+        if mask(crc32c::crc32c(&header[..8])) != len_crc {
+            return Err(format!("length CRC mismatch at byte {i}"));
+        }
+        let data = bytes.get(i + 12..i + 12 + len).ok_or("truncated record data")?;
+        let crc = u32::from_le_bytes(bytes.get(i + 12 + len..i + 16 + len).ok_or("truncated data CRC")?.try_into().unwrap());
+        if mask(crc32c::crc32c(data)) != crc {
+            return Err(format!("data CRC mismatch at byte {i}"));
+        }
+        out.push(data.to_vec());
+        i += 16 + len;
+    }
+    Ok(out)
+}
+
+fn varint(b: &[u8], i: &mut usize) -> u64 {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = b[*i];
+        *i += 1;
+        v |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    v
+}
+
+/// (field number, raw value bytes or varint) of one protobuf message.
+enum Field {
+    Varint(u64),
+    Fixed64([u8; 8]),
+    Fixed32([u8; 4]),
+    Bytes(Vec<u8>),
+}
+
+fn fields(b: &[u8]) -> Vec<(u64, Field)> {
+    let mut i = 0;
+    let mut out = Vec::new();
+    while i < b.len() {
+        let key = varint(b, &mut i);
+        let f = match key & 7 {
+            0 => Field::Varint(varint(b, &mut i)),
+            1 => {
+                i += 8;
+                Field::Fixed64(b[i - 8..i].try_into().unwrap())
+            }
+            2 => {
+                let n = varint(b, &mut i) as usize;
+                i += n;
+                Field::Bytes(b[i - n..i].to_vec())
+            }
+            5 => {
+                i += 4;
+                Field::Fixed32(b[i - 4..i].try_into().unwrap())
+            }
+            w => panic!("unexpected wire type {w}"),
+        };
+        out.push((key >> 3, f));
+    }
+    out
+}
+
+/// Decodes an Event: (step, file_version, [(tag, simple_value)]).
+fn decode_event(b: &[u8]) -> (i64, Option<String>, Vec<(String, f32)>) {
+    let (mut step, mut version, mut values) = (0i64, None, Vec::new());
+    for (n, f) in fields(b) {
+        match (n, f) {
+            (1, Field::Fixed64(w)) => assert!(f64::from_le_bytes(w) > 1.5e9, "wall_time is Unix seconds"),
+            (2, Field::Varint(v)) => step = v as i64,
+            (3, Field::Bytes(s)) => version = Some(String::from_utf8(s).unwrap()),
+            (5, Field::Bytes(summary)) => {
+                for (vn, vf) in fields(&summary) {
+                    let (1, Field::Bytes(value)) = (vn, vf) else { panic!("Summary has only `value` (1)") };
+                    let (mut tag, mut x) = (String::new(), f32::NAN);
+                    for (k, f) in fields(&value) {
+                        match (k, f) {
+                            (1, Field::Bytes(t)) => tag = String::from_utf8(t).unwrap(),
+                            (2, Field::Fixed32(w)) => x = f32::from_le_bytes(w),
+                            _ => panic!("unexpected Summary.Value field {k}"),
+                        }
+                    }
+                    values.push((tag, x));
+                }
+            }
+            (n, _) => panic!("unexpected Event field {n}"),
+        }
+    }
+    (step, version, values)
+}
+
+#[test]
+fn tfevents_round_trip_with_valid_crcs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = EventWriter::create(dir.path()).unwrap();
+    w.scalars(30, &[("charts/SPS".into(), 1234.5), ("losses/entropy".into(), 1.0986), ("skipped".into(), f64::NAN)]).unwrap();
+    w.scalars(60, &[("agent1/episodic_return".into(), -0.25)]).unwrap();
+    let name = w.path().file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.starts_with("events.out.tfevents."), "{name}");
+    let bytes = std::fs::read(w.path()).unwrap();
+    let records = read_records(&bytes).unwrap();
+    assert_eq!(records.len(), 3);
+    let events: Vec<_> = records.iter().map(|r| decode_event(r)).collect();
+    assert_eq!(events[0].1.as_deref(), Some("brain.Event:2"));
+    assert_eq!(events[1].0, 30);
+    assert_eq!(events[1].2, vec![("charts/SPS".to_string(), 1234.5f32), ("losses/entropy".to_string(), 1.0986f32)]);
+    assert_eq!(events[2], (60, None, vec![("agent1/episodic_return".to_string(), -0.25f32)]));
+    // A flipped bit anywhere is caught by one of the two CRCs.
+    for at in [3usize, 10, 20, bytes.len() - 2] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x10;
+        assert!(read_records(&bad).is_err(), "corruption at byte {at} not detected");
+    }
+}
+
+/// Trains `updates` updates with a run folder under `out`; returns the folder.
+fn train_in_folder(config: &Config, out: &Path) -> PathBuf {
+    let mut run = RunDir::create(out, "catch", "gala", config.seed, &config.to_toml()).unwrap();
+    let mut t = Trainer::new(config).unwrap();
+    t.train(Some(&mut run), &mut NoProgress).unwrap();
+    run.path().to_path_buf()
+}
+
+#[test]
+fn resume_is_bit_exact_and_the_run_folder_is_complete() {
+    let k = 3;
+    let mut straight = Trainer::new(&small_config(5, 2 * k)).unwrap();
+    let want = straight.train(None, &mut NoProgress).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = train_in_folder(&small_config(5, k), dir.path());
+    let ck = Checkpoint::load(&run).unwrap();
+    assert_eq!((ck.frames, ck.updates, ck.step), (k * FRAMES_PER_UPDATE, k, k * 5));
+    assert!(ck.env_states.is_some(), "catch saves its state");
+    let config = Config { frames: 2 * k * FRAMES_PER_UPDATE, ..ck.config.clone() };
+    let (mut resumed, exact) = Trainer::from_checkpoint(&ck, &config).unwrap();
+    assert!(exact);
+    let mut folder = RunDir::resume(&run, ck.frames, &config.to_toml()).unwrap();
+    let got = resumed.train(Some(&mut folder), &mut NoProgress).unwrap();
+    assert_eq!(got.params_sha256, want.params_sha256, "K + resume + K updates differ from 2K straight");
+    assert_eq!((got.updates, got.episodes, got.frames), (want.updates, want.episodes, want.frames));
+    assert_eq!(got.mean_return_100, want.mean_return_100);
+    assert_eq!(summary_sha(&run), want.params_sha256);
+    assert_eq!(resumed.agent_returns(), straight.agent_returns(), "per-agent episode statistics carried over");
+
+    // metrics.csv keeps its header and has one row per update, none duplicated by the resume.
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert!(metrics.starts_with(gala_gpu::run::METRICS_HEADER));
+    assert_eq!(metrics.lines().count() as u64, 1 + 2 * k);
+    let agents = std::fs::read_to_string(run.join("metrics_agents.csv")).unwrap();
+    assert_eq!(agents.lines().count() as u64, 1 + 2 * k * 2, "one row per agent per update");
+    // Two sessions, two TensorBoard files, each a valid record stream with per-agent tags.
+    let events: Vec<PathBuf> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."))
+        .collect();
+    assert_eq!(events.len(), 2);
+    let mut tags = std::collections::BTreeSet::new();
+    for e in &events {
+        for r in read_records(&std::fs::read(e).unwrap()).unwrap() {
+            tags.extend(decode_event(&r).2.into_iter().map(|(t, _)| t));
+        }
+    }
+    for t in ["charts/SPS", "charts/episodic_return", "losses/value_loss", "losses/entropy", "losses/grad_norm", "gossip/consensus_distance", "agent0/episodic_return", "agent1/entropy"] {
+        assert!(tags.contains(t), "no `{t}` scalar in {tags:?}");
+    }
+}
+
+#[test]
+fn corrupt_or_truncated_checkpoints_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train_in_folder(&small_config(2, 1), dir.path());
+    let good = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("empty", Vec::new()),
+        ("flipped payload byte", {
+            let mut b = good.clone();
+            let at = 8 + header_len + (good.len() - 8 - header_len) / 3;
+            b[at] ^= 1;
+            b
+        }),
+        ("flipped header byte", {
+            let mut b = good.clone();
+            b[8 + header_len / 2] ^= 0x20;
+            b
+        }),
+    ];
+    for (what, bytes) in cases {
+        let path = dir.path().join(format!("{}.safetensors", what.replace(' ', "_")));
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Checkpoint::load(&path).unwrap_err().to_string();
+        assert!(e.contains("refused") && e.contains(path.to_str().unwrap()), "{what}: {e}");
+        // The CLI says the same on one line and does not panic.
+        let out = gala(&["eval", path.to_str().unwrap(), "--episodes", "1"], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && !stderr.contains("panicked"), "{what}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{what}: {stderr}");
+        assert!(stderr.contains("refused"), "{what}: {stderr}");
+    }
+    assert!(Checkpoint::from_bytes(&good, Path::new("ok")).is_ok());
+}
+
+#[test]
+fn a_failed_save_keeps_the_previous_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(&small_config(3, 2)).unwrap();
+    t.update().unwrap();
+    let path = dir.path().join("checkpoint.safetensors");
+    let first = t.checkpoint(1.0).unwrap();
+    first.save(&path).unwrap();
+    t.update().unwrap();
+    // A folder where the temporary file goes makes the write fail (even for root).
+    std::fs::create_dir(dir.path().join("checkpoint.safetensors.tmp")).unwrap();
+    let e = t.checkpoint(2.0).unwrap().save(&path).unwrap_err().to_string();
+    assert!(e.contains("not saved") && e.contains("previous checkpoint there is intact"), "{e}");
+    assert_eq!(Checkpoint::load(&path).unwrap(), first, "the previous checkpoint must be untouched");
+}
+
+#[test]
+fn non_finite_parameters_name_agent_and_tensor() {
+    let mut t = Trainer::new(&small_config(4, 1)).unwrap();
+    let b = t.backend_mut();
+    let layout = b.spec().net.layout();
+    let mut params = b.read_params().unwrap();
+    let fc_bias = layout.tensors.iter().find(|t| t.name == "fc.bias").unwrap();
+    params[layout.total + fc_bias.offset + 7] = f32::INFINITY;
+    b.write_params(&params).unwrap();
+    let e = t.check_params_finite().unwrap_err().to_string();
+    assert!(e.contains("agent 1") && e.contains("`fc.bias` element 7") && e.contains("inf"), "{e}");
+}
+
+#[test]
+fn nan_in_the_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gala(
+        &[
+            "train", "--game", "catch", "--agents", "2", "--envs-per-agent", "3", "--n-steps", "5", "--frames", "600", "--backend", "cpu",
+            "--threads", "2", "--save-every", "60", "-q", "--out", dir.path().to_str().unwrap(),
+        ],
+        &[("GALA_GPU_DEBUG_NAN_AT_UPDATE", "4")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    for needle in ["non-finite", "agent 1", "loss is NaN", "update 4", "last good checkpoint (frame 120)"] {
+        assert!(stderr.contains(needle), "`{needle}` missing from {stderr}");
+    }
+    let run = only_run_folder(dir.path());
+    let ck = Checkpoint::load(&run).unwrap();
+    assert_eq!((ck.frames, ck.updates), (120, 4));
+    assert!(ck.params.iter().all(|x| x.is_finite()));
+    assert!(!run.join("summary.json").exists(), "a failed run writes no summary");
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_gala-gpu"))
+        .args([
+            "train", "--game", "catch", "--agents", "2", "--envs-per-agent", "3", "--n-steps", "5", "--frames", "100000000", "--backend",
+            "cpu", "--threads", "2", "--seed", "9", "--save-every", "30", "-q", "--out",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first periodic checkpoint shows the handler is installed and training is under way.
+    let started = Instant::now();
+    let run = loop {
+        let found = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.join("checkpoint.safetensors").exists());
+        if let Some(run) = found {
+            break run;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("checkpoint saved") && stderr.contains("--resume"), "{stderr}");
+    let ck = Checkpoint::load(&run).unwrap();
+    assert!(ck.frames >= FRAMES_PER_UPDATE && ck.frames.is_multiple_of(FRAMES_PER_UPDATE), "{}", ck.frames);
+    assert!(!run.join("summary.json").exists());
+
+    // Resume to two updates past the interruption; compare with a straight run.
+    let total = ck.frames + 2 * FRAMES_PER_UPDATE;
+    let out = gala(&["train", "--resume", run.to_str().unwrap(), "--frames", &total.to_string(), "-q"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), run.to_str().unwrap());
+    let straight = Trainer::new(&Config { frames: total, ..ck.config.clone() }).unwrap().train(None, &mut NoProgress).unwrap();
+    assert_eq!(summary_sha(&run), straight.params_sha256, "interrupt + resume is not bit-exact");
+
+    // Flags that would change the run are refused on resume, on one line.
+    let out = gala(&["train", "--resume", run.to_str().unwrap(), "--lr", "0.1"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.trim().lines().count() == 1 && stderr.contains("--lr"), "{stderr}");
+}
+
+#[test]
+fn eval_gif_and_plot_on_the_built_in_game() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train_in_folder(&small_config(6, 8), dir.path());
+    let gif = dir.path().join("game.gif");
+    let out = gala(&["eval", run.to_str().unwrap(), "--episodes", "7", "--greedy", "--gif", gif.to_str().unwrap(), "--threads", "1"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("7 games") && stdout.contains("mean") && stdout.contains("median") && stdout.contains("raw scores"), "{stdout}");
+    // catch scores are ±1 per game: the mean of 7 is k/7 for an odd k.
+    let mean: f64 = stdout.split("mean ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!((-1.0..=1.0).contains(&mean) && ((mean * 7.0).round() as i64) % 2 != 0, "{mean}");
+    let bytes = std::fs::read(&gif).unwrap();
+    assert!(bytes.starts_with(b"GIF89a"), "not a GIF");
+    assert_eq!(u16::from_le_bytes([bytes[6], bytes[7]]), 168, "84×84 frames drawn at 2×");
+    assert_eq!(*bytes.last().unwrap(), 0x3b, "GIF trailer");
+
+    let out = gala(&["plot", run.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let svg_path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(svg_path, run.join("learning_curve.svg"));
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let texts: Vec<&str> = doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).collect();
+    assert!(texts.iter().any(|t| t.contains("agent 1")) && texts.iter().any(|t| t.contains("frames")), "{texts:?}");
+    let lines = doc.descendants().filter(|n| n.has_tag_name("polyline") || n.has_tag_name("path")).count();
+    assert!(lines >= 3, "expected a curve per agent and the mean, found {lines}");
+}
+
+#[test]
+fn resume_of_a_missing_folder_is_one_line() {
+    let out = gala(&["train", "--resume", "/nonexistent/run"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.trim().lines().count() == 1 && stderr.contains("/nonexistent/run"), "{stderr}");
+}
