@@ -21,6 +21,7 @@ fn small_config(seed: u64, updates: u64) -> Config {
         n_steps: 5,
         frames: FRAMES_PER_UPDATE * updates,
         seed,
+        game: "catch".into(),
         backend: BackendKind::Cpu,
         threads: 2,
         metrics_every: 1,
