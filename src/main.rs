@@ -236,7 +236,7 @@ fn train(args: TrainArgs) -> Result<()> {
 
 fn info() -> Result<()> {
     println!("gala-gpu {}", env!("CARGO_PKG_VERSION"));
-    println!("backends: cpu (built in); sim and cuda: not in this build yet");
+    println!("backends: cpu (reference), sim (the CUDA kernels on the CPU), cuda (needs a GPU and libnvrtc)");
     match gala_gpu::gpu_probe() {
         Ok(name) => println!("gpu: {name}"),
         Err(why) => println!("gpu: none ({why})"),
