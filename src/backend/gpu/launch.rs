@@ -270,6 +270,8 @@ pub const CONV_TILE_N: u32 = 64;
 pub const CONV_THREADS: u32 = 128;
 /// Threads per block of conv_col2im and conv_grad_sum_chunks (CONV_REDUCE_BLOCK).
 pub const CONV_REDUCE_BLOCK: u32 = 256;
+/// Elements of dx per thread of conv_col2im (a grid-stride loop; the result does not depend on it).
+pub const CONV_COL2IM_PER_THREAD: usize = 4;
 /// Samples per partial sum of a conv layer's weight gradient. Fixed (not derived from the
 /// batch), so a gradient depends on the samples only; 4 is the CPU reference's chunk too.
 pub const CONV_FILTER_SAMPLES_PER_CHUNK: usize = 4;
@@ -433,7 +435,7 @@ pub fn conv_col2im<D: Device>(
     let y = grid_dim(K, "agents", agents)?;
     ensure_len(K, "dcols", dcols, agents * n * shape.patch_len() * shape.out_pixels())?;
     ensure_len(K, "dx", dx, agents * n * shape.in_len())?;
-    let blocks = (n * shape.in_len()).div_ceil(CONV_REDUCE_BLOCK as usize) as u32;
+    let blocks = (n * shape.in_len()).div_ceil(CONV_REDUCE_BLOCK as usize * CONV_COL2IM_PER_THREAD) as u32;
     let config = LaunchConfig { grid: (blocks, y, 1), block: (CONV_REDUCE_BLOCK, 1, 1), shared_mem_bytes: 0 };
     dev.launch(
         stream,
