@@ -8,6 +8,7 @@
 
 pub mod algo;
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod device;
 pub mod env;

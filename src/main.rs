@@ -25,8 +25,77 @@ struct Cli {
 enum Command {
     /// Train agents; writes a run folder under --out.
     Train(TrainArgs),
+    /// Throughput measurements.
+    Bench(BenchArgs),
     /// Version, backends, and whether a usable GPU is present.
     Info,
+}
+
+/// `gala-gpu bench <what>`.
+#[derive(Args)]
+struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// The learner alone (returns, forward + backward, clip, RMSprop for every agent) on synthetic frames.
+    Learner(LearnerBenchArgs),
+}
+
+#[derive(Args)]
+struct LearnerBenchArgs {
+    #[arg(long, default_value_t = 8)]
+    agents: usize,
+    #[arg(long, default_value_t = 16)]
+    envs_per_agent: usize,
+    #[arg(long, default_value_t = 5)]
+    n_steps: usize,
+    #[arg(long, value_enum, default_value_t = NetPreset::Gala)]
+    net: NetPreset,
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    backend: BackendKind,
+    /// Timed updates (default: 2 on sim, 10 on cpu, 100 on cuda).
+    #[arg(long)]
+    updates: Option<usize>,
+    /// Host threads for the cpu backend (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// One JSON object on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    match args.what {
+        BenchWhat::Learner(a) => {
+            let threads = if a.threads > 0 { a.threads } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) };
+            let updates = a.updates.unwrap_or(match a.backend {
+                BackendKind::Sim => 2,
+                BackendKind::Cpu => 10,
+                BackendKind::Cuda => 100,
+                BackendKind::Auto => if gala_gpu::gpu_probe().is_ok() { 100 } else { 10 },
+            });
+            let opts = gala_gpu::bench::LearnerBenchOptions {
+                agents: a.agents,
+                envs_per_agent: a.envs_per_agent,
+                n_steps: a.n_steps,
+                net: a.net,
+                actions: 6,
+                backend: a.backend,
+                updates,
+                threads,
+            };
+            let report = gala_gpu::bench::bench_learner(&opts)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Flags override the config file, which overrides the defaults.
@@ -271,6 +340,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Train(args) => train(args),
+        Command::Bench(args) => bench(args),
         Command::Info => info(),
     };
     match result {
