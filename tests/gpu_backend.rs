@@ -162,7 +162,8 @@ fn compare_with_cpu<D: Device>(dev: D, spec: BackendSpec, updates: usize, behavi
         let gp = gpu.read_params().unwrap();
         let p = gp.len() / spec.agents;
         let mut per_agent: Vec<f64> = (0..spec.agents).map(|r| rel_diff(&gp[r * p..(r + 1) * p], &cpu_params[r * p..(r + 1) * p]).0).collect();
-        println!("{ctx}: per-agent drift after {updates} updates: {per_agent:.2e?}");
+        let shown: Vec<String> = per_agent.iter().map(|v| format!("{v:.2e}")).collect();
+        println!("{ctx}: per-agent drift after {updates} updates: {}", shown.join(", "));
         per_agent.sort_by(f64::total_cmp);
         let median = per_agent[(per_agent.len() - 1) / 2];
         assert!(median <= 1e-5, "{ctx}: median agent drifted {median} after {updates} updates ({per_agent:?})");
