@@ -2,11 +2,13 @@
 // in src/backend/cpu/heads.rs and the random numbers are `rng::action_uniform` (src/rng.rs).
 //
 //   m = max_j z_j,  S = sum_j exp(z_j - m)
-//   u = Philox4x32-10(counter = (agent, env, lo32(step), hi32(step) << 8 | PURPOSE_ACTION),
+//   u = Philox4x32-10(counter = (agent_offset + agent, env, lo32(step), hi32(step) << 8 | PURPOSE_ACTION),
 //                     key = (lo32(seed), hi32(seed)))[0] >> 8, scaled by 2^-24 (exact in f32)
 //   action = smallest a with u*S < sum_{j<=a} exp(z_j - m)  (A-1 if none: rounding guard)
 //   greedy: the first argmax;   log_prob = z_action - m - log(S)
 //
+// `agent_offset` makes the counter use global agent ids, so an agent on a backend of its own
+// (asynchronous gossip) samples exactly as it would inside a batched backend.
 // Shapes: logits [agents][envs][A] f32; actions [agents][envs] u32; log_probs [agents][envs] f32.
 // Grid: one thread per (agent, env), SAMPLE_BLOCK threads per block. The sums run sequentially
 // over j in the CPU twin's order. The CPU and the simulator use the same libm, so they agree
@@ -36,8 +38,8 @@ __device__ __forceinline__ unsigned int philox4x32_10_first(unsigned int c0, uns
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK) sample_actions(
     const float* __restrict__ logits, unsigned int* __restrict__ actions, float* __restrict__ log_probs,
-    unsigned int agents, unsigned int envs, unsigned int num_actions, unsigned long long seed,
-    unsigned long long step, unsigned int greedy) {
+    unsigned int agents, unsigned int agent_offset, unsigned int envs, unsigned int num_actions,
+    unsigned long long seed, unsigned long long step, unsigned int greedy) {
     const unsigned int row_index = blockIdx.x * blockDim.x + threadIdx.x;
     if (row_index >= agents * envs) return;
     const unsigned int agent = row_index / envs, env = row_index % envs;
@@ -55,7 +57,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK) sample_actions(
             }
         }
     } else {
-        const unsigned int bits = philox4x32_10_first(agent, env, (unsigned int)step,
+        const unsigned int bits = philox4x32_10_first(agent_offset + agent, env, (unsigned int)step,
                                                       ((unsigned int)(step >> 32)) << 8 | PURPOSE_ACTION,
                                                       (unsigned int)seed, (unsigned int)(seed >> 32));
         const float target = (float)(bits >> 8) * (1.0f / 16777216.0f) * sum;

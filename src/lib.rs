@@ -9,6 +9,7 @@
 
 pub mod algo;
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod device;

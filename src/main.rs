@@ -48,6 +48,8 @@ enum Command {
 enum BenchCommand {
     /// Vector-environment throughput with random actions (agent steps/s and raw frames/s).
     Env(gala_gpu::env::cli::BenchEnvArgs),
+    /// The learner alone (returns, forward + backward, clip, RMSprop for every agent) on synthetic frames.
+    Learner(LearnerBenchArgs),
 }
 
 #[derive(Args)]
@@ -83,6 +85,60 @@ struct PlotArgs {
     /// Output file (default RUN_DIR/learning_curve.svg).
     #[arg(long, value_name = "FILE.svg")]
     out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct LearnerBenchArgs {
+    #[arg(long, default_value_t = 8)]
+    agents: usize,
+    #[arg(long, default_value_t = 16)]
+    envs_per_agent: usize,
+    #[arg(long, default_value_t = 5)]
+    n_steps: usize,
+    #[arg(long, value_enum, default_value_t = NetPreset::Gala)]
+    net: NetPreset,
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    backend: BackendKind,
+    /// Timed updates (default: 2 on sim, 10 on cpu, 100 on cuda).
+    #[arg(long)]
+    updates: Option<usize>,
+    /// Host threads for the cpu backend (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// One JSON object on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn bench_learner(a: LearnerBenchArgs) -> Result<()> {
+    {
+        {
+            let threads = if a.threads > 0 { a.threads } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) };
+            let updates = a.updates.unwrap_or(match a.backend {
+                BackendKind::Sim => 2,
+                BackendKind::Cpu => 10,
+                BackendKind::Cuda => 100,
+                BackendKind::Auto => if gala_gpu::gpu_probe().is_ok() { 100 } else { 10 },
+            });
+            let opts = gala_gpu::bench::LearnerBenchOptions {
+                agents: a.agents,
+                envs_per_agent: a.envs_per_agent,
+                n_steps: a.n_steps,
+                net: a.net,
+                actions: 6,
+                backend: a.backend,
+                updates,
+                threads,
+            };
+            let report = gala_gpu::bench::bench_learner(&opts)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Flags override the config file, which overrides the defaults.
@@ -430,7 +486,7 @@ fn plot(args: PlotArgs) -> Result<()> {
 
 fn info() -> Result<()> {
     println!("gala-gpu {}", env!("CARGO_PKG_VERSION"));
-    println!("backends: cpu (built in); sim and cuda: not in this build yet");
+    println!("backends: cpu (reference), sim (the CUDA kernels on the CPU), cuda (needs a GPU and libnvrtc)");
     match gala_gpu::gpu_probe() {
         Ok(name) => println!("gpu: {name}"),
         Err(why) => println!("gpu: none ({why})"),
@@ -469,6 +525,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Env(args)) => gala_gpu::env::cli::run_bench_env(&args).map_err(Into::into),
         Command::Eval(args) => eval(args),
         Command::Plot(args) => plot(args),
+        Command::Bench(BenchCommand::Learner(args)) => bench_learner(args),
         Command::Info => info(),
     };
     match result {

@@ -222,11 +222,13 @@ fn check_sampling<D: Device>(dev: &D, exact: bool) {
         {
             let mut act = poisoned(dev, rows, u32::MAX);
             let mut lp = poisoned(dev, rows, f32::NAN);
-            launch::sample_actions(dev, s, &logits_dev, &mut act, &mut lp, agents, envs, num_actions, seed, step, greedy)
+            // A backend's first agent need not be agent 0 (asynchronous gossip): global ids key the RNG.
+            let agent_offset = agents % 3;
+            launch::sample_actions(dev, s, &logits_dev, &mut act, &mut lp, agents, agent_offset, envs, num_actions, seed, step, greedy)
                 .unwrap();
             let (got_a, got_lp) = (download(dev, &act), download(dev, &lp));
             for row in 0..rows {
-                let (r, e) = ((row / envs) as u32, (row % envs) as u32);
+                let (r, e) = ((row / envs + agent_offset) as u32, (row % envs) as u32);
                 let z = &logits[row * num_actions..(row + 1) * num_actions];
                 let (want_a, want_lp) = heads::sample_action(z, seed, r, e, step, greedy);
                 let ctx = format!("sample agents={agents} envs={envs} A={num_actions} seed={seed} step={step} greedy={greedy} row={row}");

@@ -167,24 +167,34 @@ pub trait Backend: Send {
     fn write_optimizer_state(&mut self, square_avg: &[f32]) -> Result<()>;
 }
 
-/// Builds the backend `kind` asks for; `Auto` resolves to cuda when a usable GPU is present.
-/// Returns the backend and, for `Auto`, the reason for the choice.
+/// Builds the backend `kind` asks for; `Auto` resolves to cuda when a usable GPU is present,
+/// else cpu. Returns the backend and a line saying which one was picked and why.
 pub fn create(kind: BackendKind, spec: BackendSpec, initial: &[f32], threads: usize) -> Result<(Box<dyn Backend>, String)> {
+    use crate::device::{cuda::CudaDevice, sim::SimDevice};
     match kind {
         BackendKind::Cpu => Ok((Box::new(cpu::CpuBackend::new(spec, initial, threads)?), "cpu (requested)".into())),
+        BackendKind::Sim => {
+            let dev = SimDevice::new();
+            let why = format!("sim (requested): {}", crate::device::Device::describe(&dev));
+            Ok((Box::new(gpu::GpuBackend::new(dev, spec, initial)?), why))
+        }
+        BackendKind::Cuda => {
+            let dev = CudaDevice::new(0)?;
+            let why = format!("cuda (requested): {}", crate::device::Device::describe(&dev));
+            Ok((Box::new(gpu::GpuBackend::new(dev, spec, initial)?), why))
+        }
         BackendKind::Auto => {
             let why = match crate::gpu_probe() {
-                Ok(name) => format!("cpu: a GPU was found ({name}) but the CUDA backend is not built yet"),
+                Ok(name) => match CudaDevice::new(0) {
+                    Ok(dev) => {
+                        let why = format!("cuda: a usable GPU was found ({})", crate::device::Device::describe(&dev));
+                        return Ok((Box::new(gpu::GpuBackend::new(dev, spec, initial)?), why));
+                    }
+                    Err(e) => format!("cpu: a GPU was found ({name}) but the CUDA device could not be set up: {e}"),
+                },
                 Err(reason) => format!("cpu: no usable GPU ({reason})"),
             };
             Ok((Box::new(cpu::CpuBackend::new(spec, initial, threads)?), why))
         }
-        BackendKind::Sim | BackendKind::Cuda => Err(crate::Error::Unsupported(format!(
-            "backend `{}` is not available in this build yet (the CUDA kernels land with the kernel issues); use --backend cpu",
-            match kind {
-                BackendKind::Sim => "sim",
-                _ => "cuda",
-            }
-        ))),
     }
 }

@@ -155,6 +155,8 @@ impl super::Device for SimDevice {
         let grid = [config.grid.0, config.grid.1, config.grid.2];
         let block = [config.block.0, config.block.1, config.block.2];
         let mut err = [0 as c_char; 512];
+        // GALA_SIM_PROFILE=1 prints every launch's wall time (to find what makes tests slow).
+        let started = std::env::var_os("GALA_SIM_PROFILE").map(|_| std::time::Instant::now());
         // SAFETY: the arguments match the kernel's parameter list (checked above) and every
         // buffer argument is a live allocation of this device; the launch returns when done.
         let rc = unsafe {
@@ -168,6 +170,9 @@ impl super::Device for SimDevice {
                 err.len() as std::ffi::c_ulong,
             )
         };
+        if let Some(t) = started {
+            eprintln!("sim launch {name} grid {:?} block {:?}: {:.1} ms", config.grid, config.block, t.elapsed().as_secs_f64() * 1e3);
+        }
         if rc != 0 {
             // SAFETY: the runtime wrote a NUL-terminated message into `err`.
             let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();

@@ -5,6 +5,7 @@
 use crate::backend::cpu::optim::RmsProp;
 use crate::device::{Device, DeviceBuffer, DeviceElem, KernelArg, LaunchConfig, Stream};
 use crate::error::{Error, Result};
+use crate::model::ConvShape;
 
 /// Threads per block of kernels/optim.cu (OPTIM_BLOCK).
 pub const OPTIM_BLOCK: u32 = 256;
@@ -226,14 +227,14 @@ pub fn nstep_returns<D: Device>(
 #[allow(clippy::too_many_arguments)]
 pub fn sample_actions<D: Device>(
     dev: &D, stream: Stream, logits: &DeviceBuffer<f32>, actions: &mut DeviceBuffer<u32>,
-    log_probs: &mut DeviceBuffer<f32>, agents: usize, envs: usize, num_actions: usize, seed: u64, step: u64,
-    greedy: bool,
+    log_probs: &mut DeviceBuffer<f32>, agents: usize, agent_offset: usize, envs: usize, num_actions: usize, seed: u64,
+    step: u64, greedy: bool,
 ) -> Result<()> {
     const K: &str = "sample_actions";
     let rows = agents * envs;
     ensure(rows > 0 && num_actions > 0, || format!("{K}: empty batch ({agents} agents, {envs} envs, {num_actions} actions)"))?;
     ensure_u32_index(K, rows, SAMPLE_BLOCK)?;
-    ensure(agents <= u32::MAX as usize && num_actions <= u32::MAX as usize, || format!("{K}: sizes exceed 32 bits"))?;
+    ensure(agents + agent_offset <= u32::MAX as usize && num_actions <= u32::MAX as usize, || format!("{K}: sizes exceed 32 bits"))?;
     ensure_len(K, "logits", logits, rows * num_actions)?;
     ensure_len(K, "actions", actions, rows)?;
     ensure_len(K, "log_probs", log_probs, rows)?;
@@ -248,6 +249,7 @@ pub fn sample_actions<D: Device>(
             KernelArg::buf(actions),
             KernelArg::buf(log_probs),
             KernelArg::U32(agents as u32),
+            KernelArg::U32(agent_offset as u32),
             KernelArg::U32(envs as u32),
             KernelArg::U32(num_actions as u32),
             KernelArg::U64(seed),
@@ -255,4 +257,479 @@ pub fn sample_actions<D: Device>(
             KernelArg::U32(greedy as u32),
         ],
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The network: kernels/conv.cu (convolution and, as its 1x1 case, fully connected) and
+// kernels/heads.cu (policy/value heads with the fused A2C loss).
+// ---------------------------------------------------------------------------------------------
+
+/// Output tile of the conv GEMM kernels: rows (CONV_TILE_M), columns (CONV_TILE_N).
+pub const CONV_TILE_M: u32 = 32;
+pub const CONV_TILE_N: u32 = 64;
+/// Threads per block of the conv GEMM kernels (CONV_THREADS: 4x4 outputs per thread).
+pub const CONV_THREADS: u32 = 128;
+/// Threads per block of conv_col2im and conv_grad_sum_chunks (CONV_REDUCE_BLOCK).
+pub const CONV_REDUCE_BLOCK: u32 = 256;
+/// Elements of dx per thread of conv_col2im (a grid-stride loop; the result does not depend on it).
+pub const CONV_COL2IM_PER_THREAD: usize = 4;
+/// Samples per partial sum of a conv layer's weight gradient. Fixed (not derived from the
+/// batch), so a gradient depends on the samples only; 4 is the CPU reference's chunk too.
+pub const CONV_FILTER_SAMPLES_PER_CHUNK: usize = 4;
+/// Samples per block of the heads kernels (HEADS_ROWS), threads per block (HEADS_THREADS), and
+/// the most outputs (actions + 1) the heads kernels hold in shared memory (HEADS_MAX_OUT).
+pub const HEADS_ROWS: u32 = 8;
+pub const HEADS_THREADS: u32 = 128;
+pub const HEADS_MAX_OUT: usize = 32;
+/// Largest grid.y / grid.z.
+const MAX_GRID_YZ: u64 = 65_535;
+
+/// Element types a conv layer reads as input: uint8 frames (conv1, ÷255 fused into the loads)
+/// or f32 activations; each names its kernels.
+pub trait ConvInput: DeviceElem {
+    const FORWARD: &'static str;
+    const BACKWARD_FILTER: &'static str;
+}
+impl ConvInput for u8 {
+    const FORWARD: &'static str = "conv_forward_u8";
+    const BACKWARD_FILTER: &'static str = "conv_backward_filter_u8";
+}
+impl ConvInput for f32 {
+    const FORWARD: &'static str = "conv_forward_f32";
+    const BACKWARD_FILTER: &'static str = "conv_backward_filter_f32";
+}
+
+/// Where one layer's weight and bias sit in every agent's parameter slice of the arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerParams {
+    pub param_count: usize,
+    pub w_off: usize,
+    pub b_off: usize,
+}
+
+impl LayerParams {
+    /// Weight and bias views `w`, `b` of `layout` (tensor indices, see `model::tensor`).
+    pub fn of(layout: &crate::model::ParamLayout, w: usize, b: usize) -> Self {
+        LayerParams { param_count: layout.total, w_off: layout.tensors[w].offset, b_off: layout.tensors[b].offset }
+    }
+}
+
+/// A fully connected layer as the 1x1 convolution the conv kernels run it as.
+pub fn linear_shape(in_features: usize, out_features: usize) -> ConvShape {
+    ConvShape::new(in_features, out_features, 1, 1, 1)
+}
+
+fn u32_of(kernel: &str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Shape(format!("{kernel}: {what} = {v} exceeds 32 bits")))
+}
+
+fn grid_dim(kernel: &str, what: &str, v: usize) -> Result<u32> {
+    ensure(v >= 1 && (v as u64) <= MAX_GRID_YZ, || format!("{kernel}: {what} = {v}; 1..={MAX_GRID_YZ} supported"))?;
+    Ok(v as u32)
+}
+
+/// The shape arguments every conv kernel takes, checked: per-agent element counts must fit the
+/// kernels' 32-bit index arithmetic (agent offsets are 64-bit).
+fn conv_shape_args(kernel: &str, s: &ConvShape, n: usize) -> Result<[KernelArg; 6]> {
+    ensure(s.kernel >= 1 && s.stride >= 1 && s.in_hw >= s.kernel && s.out_hw == (s.in_hw - s.kernel) / s.stride + 1, || {
+        format!("{kernel}: inconsistent conv shape {s:?}")
+    })?;
+    ensure(n >= 1, || format!("{kernel}: empty batch"))?;
+    for (what, v) in [
+        ("N*Cin*H*W", n as u64 * s.in_len() as u64),
+        ("N*Cout*P", n as u64 * s.out_len() as u64),
+        ("N*R*P", n as u64 * s.patch_len() as u64 * s.out_pixels() as u64),
+    ] {
+        ensure(v < u32::MAX as u64 / 2, || format!("{kernel}: {what} = {v} per agent exceeds the kernels' 32-bit indexing"))?;
+    }
+    Ok([
+        KernelArg::U32(s.in_channels as u32),
+        KernelArg::U32(s.out_channels as u32),
+        KernelArg::U32(s.kernel as u32),
+        KernelArg::U32(s.stride as u32),
+        KernelArg::U32(s.in_hw as u32),
+        KernelArg::U32(s.out_hw as u32),
+    ])
+}
+
+fn check_layer_params(kernel: &str, s: &ConvShape, lp: &LayerParams, params: &DeviceBuffer<f32>, agents: usize) -> Result<()> {
+    ensure_len(kernel, "params", params, agents * lp.param_count)?;
+    ensure(lp.w_off + s.out_channels * s.patch_len() <= lp.param_count && lp.b_off + s.out_channels <= lp.param_count, || {
+        format!("{kernel}: weight/bias at {}/{} do not fit {} parameters", lp.w_off, lp.b_off, lp.param_count)
+    })?;
+    u32_of(kernel, "param_count", lp.param_count)?;
+    Ok(())
+}
+
+/// Convolution (or 1x1 = fully connected) forward for every agent, ReLU fused when `relu`:
+/// x [agents][n][Cin][H][H] (u8 frames or f32), params [agents][P], y [agents][n][Cout][Ho][Ho].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_forward<D: Device, In: ConvInput>(
+    dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<In>, params: &DeviceBuffer<f32>,
+    y: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
+) -> Result<()> {
+    let k = In::FORWARD;
+    let geom = conv_shape_args(k, shape, n)?;
+    let z = grid_dim(k, "agents", agents)?;
+    check_layer_params(k, shape, &lp, params, agents)?;
+    ensure_len(k, "x", x, agents * n * shape.in_len())?;
+    ensure_len(k, "y", y, agents * n * shape.out_len())?;
+    let cols = n * shape.out_pixels();
+    let grid = (
+        cols.div_ceil(CONV_TILE_N as usize) as u32,
+        grid_dim(k, "row tiles", shape.out_channels.div_ceil(CONV_TILE_M as usize))?,
+        z,
+    );
+    let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let mut args = vec![KernelArg::buf(x), KernelArg::buf(params), KernelArg::buf(y)];
+    args.extend(geom);
+    args.extend([
+        KernelArg::U32(n as u32),
+        KernelArg::U32(lp.param_count as u32),
+        KernelArg::U32(lp.w_off as u32),
+        KernelArg::U32(lp.b_off as u32),
+        KernelArg::U32(relu as u32),
+    ]);
+    dev.launch(stream, k, config, &args)
+}
+
+/// Backward-data GEMM: dcols [agents][n][R][P] = wᵀ·g with g = dy masked by y > 0 when `relu`
+/// (dy, y [agents][n][Cout][Ho][Ho]). For a 1x1 layer (`shape.kernel == 1 && in_hw == 1`) dcols
+/// is dx [agents][n][Cin] and no col2im is needed.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_backward_data<D: Device>(
+    dev: &D, stream: Stream, shape: &ConvShape, dy: &DeviceBuffer<f32>, y: &DeviceBuffer<f32>,
+    params: &DeviceBuffer<f32>, dcols: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
+) -> Result<()> {
+    const K: &str = "conv_backward_data";
+    let geom = conv_shape_args(K, shape, n)?;
+    let z = grid_dim(K, "agents", agents)?;
+    check_layer_params(K, shape, &lp, params, agents)?;
+    ensure_len(K, "dy", dy, agents * n * shape.out_len())?;
+    ensure_len(K, "y", y, agents * n * shape.out_len())?;
+    ensure_len(K, "dcols", dcols, agents * n * shape.patch_len() * shape.out_pixels())?;
+    let cols = n * shape.out_pixels();
+    let grid = (
+        cols.div_ceil(CONV_TILE_N as usize) as u32,
+        grid_dim(K, "row tiles", shape.patch_len().div_ceil(CONV_TILE_M as usize))?,
+        z,
+    );
+    let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let mut args = vec![KernelArg::buf(dy), KernelArg::buf(y), KernelArg::buf(params), KernelArg::buf(dcols)];
+    args.extend(geom);
+    args.extend([
+        KernelArg::U32(n as u32),
+        KernelArg::U32(lp.param_count as u32),
+        KernelArg::U32(lp.w_off as u32),
+        KernelArg::U32(relu as u32),
+    ]);
+    dev.launch(stream, K, config, &args)
+}
+
+/// col2im: dx [agents][n][Cin][H][H] from dcols [agents][n][R][P] (a gather; no atomics).
+pub fn conv_col2im<D: Device>(
+    dev: &D, stream: Stream, shape: &ConvShape, dcols: &DeviceBuffer<f32>, dx: &mut DeviceBuffer<f32>, agents: usize,
+    n: usize,
+) -> Result<()> {
+    const K: &str = "conv_col2im";
+    conv_shape_args(K, shape, n)?;
+    let y = grid_dim(K, "agents", agents)?;
+    ensure_len(K, "dcols", dcols, agents * n * shape.patch_len() * shape.out_pixels())?;
+    ensure_len(K, "dx", dx, agents * n * shape.in_len())?;
+    let blocks = (n * shape.in_len()).div_ceil(CONV_REDUCE_BLOCK as usize * CONV_COL2IM_PER_THREAD) as u32;
+    let config = LaunchConfig { grid: (blocks, y, 1), block: (CONV_REDUCE_BLOCK, 1, 1), shared_mem_bytes: 0 };
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[
+            KernelArg::buf(dcols),
+            KernelArg::buf(dx),
+            KernelArg::U32(shape.in_channels as u32),
+            KernelArg::U32(shape.kernel as u32),
+            KernelArg::U32(shape.stride as u32),
+            KernelArg::U32(shape.in_hw as u32),
+            KernelArg::U32(shape.out_hw as u32),
+            KernelArg::U32(n as u32),
+        ],
+    )
+}
+
+/// Chunks of `samples_per_chunk` samples covering a batch of `n`.
+pub fn filter_chunks(n: usize, samples_per_chunk: usize) -> usize {
+    n.div_ceil(samples_per_chunk.max(1))
+}
+
+/// Elements of one layer's gradient (weight then bias, as laid out in the arena).
+pub fn filter_grad_len(shape: &ConvShape) -> usize {
+    shape.out_channels * shape.patch_len() + shape.out_channels
+}
+
+/// Where conv_backward_filter writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterTarget {
+    /// Straight into the gradient arena [agents][P] at the layer's offsets (one chunk only).
+    Grads(LayerParams),
+    /// Partials [agents][chunks][filter_grad_len], summed by `conv_grad_sum_chunks`.
+    Partials,
+}
+
+/// Backward-filter: dw[o][r] = Σ_j g[o][j]·col[r][j], db[o] = Σ_j g[o][j] per chunk of
+/// `samples_per_chunk` samples (g = dy masked by y > 0 when `relu`).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_backward_filter<D: Device, In: ConvInput>(
+    dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<In>, dy: &DeviceBuffer<f32>, y: &DeviceBuffer<f32>,
+    out: &mut DeviceBuffer<f32>, agents: usize, n: usize, samples_per_chunk: usize, target: FilterTarget, relu: bool,
+) -> Result<()> {
+    let k = In::BACKWARD_FILTER;
+    let geom = conv_shape_args(k, shape, n)?;
+    ensure(samples_per_chunk >= 1, || format!("{k}: samples_per_chunk must be at least 1"))?;
+    let chunks = filter_chunks(n, samples_per_chunk);
+    let len = filter_grad_len(shape);
+    ensure_len(k, "x", x, agents * n * shape.in_len())?;
+    ensure_len(k, "dy", dy, agents * n * shape.out_len())?;
+    ensure_len(k, "y", y, agents * n * shape.out_len())?;
+    let (agent_stride, chunk_stride, out_off) = match target {
+        FilterTarget::Grads(lp) => {
+            ensure(chunks == 1, || format!("{k}: writing straight into the gradients needs one chunk, got {chunks}"))?;
+            ensure(lp.b_off == lp.w_off + shape.out_channels * shape.patch_len(), || {
+                format!("{k}: the bias must follow the weight in the parameter layout")
+            })?;
+            ensure_len(k, "grads", out, agents * lp.param_count)?;
+            ensure(lp.w_off + len <= lp.param_count, || format!("{k}: layer gradient does not fit the arena"))?;
+            (lp.param_count as u64, 0u32, lp.w_off as u32)
+        }
+        FilterTarget::Partials => {
+            ensure_len(k, "partials", out, agents * chunks * len)?;
+            ((chunks * len) as u64, u32_of(k, "partial length", len)?, 0u32)
+        }
+    };
+    let z = grid_dim(k, "agents*chunks", agents * chunks)?;
+    let grid = (
+        shape.patch_len().div_ceil(CONV_TILE_N as usize) as u32,
+        grid_dim(k, "row tiles", shape.out_channels.div_ceil(CONV_TILE_M as usize))?,
+        z,
+    );
+    let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let mut args = vec![KernelArg::buf(x), KernelArg::buf(dy), KernelArg::buf(y), KernelArg::buf(out)];
+    args.extend(geom);
+    args.extend([
+        KernelArg::U32(n as u32),
+        KernelArg::U32(samples_per_chunk as u32),
+        KernelArg::U32(chunks as u32),
+        KernelArg::U64(agent_stride),
+        KernelArg::U32(chunk_stride),
+        KernelArg::U32(out_off),
+        KernelArg::U32(relu as u32),
+    ]);
+    dev.launch(stream, k, config, &args)
+}
+
+/// Second pass of backward-filter: grads[a][lp.w_off ..][i] = Σ_c partials[a][c][i] in chunk order.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_grad_sum_chunks<D: Device>(
+    dev: &D, stream: Stream, shape: &ConvShape, partials: &DeviceBuffer<f32>, grads: &mut DeviceBuffer<f32>,
+    agents: usize, chunks: usize, lp: LayerParams,
+) -> Result<()> {
+    const K: &str = "conv_grad_sum_chunks";
+    let len = filter_grad_len(shape);
+    let y = grid_dim(K, "agents", agents)?;
+    ensure(chunks >= 1, || format!("{K}: no chunks"))?;
+    ensure_len(K, "partials", partials, agents * chunks * len)?;
+    ensure_len(K, "grads", grads, agents * lp.param_count)?;
+    ensure(lp.w_off + len <= lp.param_count, || format!("{K}: layer gradient does not fit the arena"))?;
+    let config = LaunchConfig {
+        grid: (len.div_ceil(CONV_REDUCE_BLOCK as usize) as u32, y, 1),
+        block: (CONV_REDUCE_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[
+            KernelArg::buf(partials),
+            KernelArg::buf(grads),
+            KernelArg::U32(u32_of(K, "len", len)?),
+            KernelArg::U32(chunks as u32),
+            KernelArg::U32(u32_of(K, "param_count", lp.param_count)?),
+            KernelArg::U32(lp.w_off as u32),
+        ],
+    )
+}
+
+/// Where the heads' tensors sit in every agent's parameter slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadsParams {
+    pub param_count: usize,
+    pub hidden: usize,
+    pub actions: usize,
+    pub actor_w: usize,
+    pub actor_b: usize,
+    pub critic_w: usize,
+    pub critic_b: usize,
+}
+
+impl HeadsParams {
+    pub fn of(spec: &crate::model::NetSpec, layout: &crate::model::ParamLayout) -> Self {
+        use crate::model::tensor;
+        let off = |i: usize| layout.tensors[i].offset;
+        HeadsParams {
+            param_count: layout.total,
+            hidden: spec.hidden,
+            actions: spec.actions,
+            actor_w: off(tensor::ACTOR_W),
+            actor_b: off(tensor::ACTOR_B),
+            critic_w: off(tensor::CRITIC_W),
+            critic_b: off(tensor::CRITIC_B),
+        }
+    }
+    fn check(&self, kernel: &str, params: &DeviceBuffer<f32>, agents: usize, n: usize) -> Result<Vec<KernelArg>> {
+        ensure(n >= 1, || format!("{kernel}: empty batch"))?;
+        ensure((1..HEADS_MAX_OUT).contains(&self.actions), || {
+            format!("{kernel}: {} actions; the heads kernels support 1..={}", self.actions, HEADS_MAX_OUT - 1)
+        })?;
+        ensure_len(kernel, "params", params, agents * self.param_count)?;
+        let h = self.hidden;
+        ensure(
+            self.actor_w + self.actions * h <= self.param_count
+                && self.actor_b + self.actions <= self.param_count
+                && self.critic_w + h <= self.param_count
+                && self.critic_b < self.param_count,
+            || format!("{kernel}: head tensors do not fit {} parameters", self.param_count),
+        )?;
+        ensure((n as u64) * (h as u64) < u32::MAX as u64 / 2, || format!("{kernel}: batch too large for 32-bit indexing"))?;
+        Ok(vec![
+            KernelArg::U32(n as u32),
+            KernelArg::U32(u32_of(kernel, "hidden", h)?),
+            KernelArg::U32(self.actions as u32),
+            KernelArg::U32(u32_of(kernel, "param_count", self.param_count)?),
+            KernelArg::U32(self.actor_w as u32),
+            KernelArg::U32(self.actor_b as u32),
+            KernelArg::U32(self.critic_w as u32),
+            KernelArg::U32(self.critic_b as u32),
+        ])
+    }
+}
+
+/// Acting: logits [agents][n][A] and values [agents][n] from hidden [agents][n][H].
+#[allow(clippy::too_many_arguments)]
+pub fn heads_forward<D: Device>(
+    dev: &D, stream: Stream, hidden: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>, logits: &mut DeviceBuffer<f32>,
+    values: &mut DeviceBuffer<f32>, agents: usize, n: usize, hp: HeadsParams,
+) -> Result<()> {
+    const K: &str = "heads_forward";
+    let y = grid_dim(K, "agents", agents)?;
+    let tail = hp.check(K, params, agents, n)?;
+    ensure_len(K, "hidden", hidden, agents * n * hp.hidden)?;
+    ensure_len(K, "logits", logits, agents * n * hp.actions)?;
+    ensure_len(K, "values", values, agents * n)?;
+    let config = LaunchConfig {
+        grid: (n.div_ceil(HEADS_ROWS as usize) as u32, y, 1),
+        block: (HEADS_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut args = vec![KernelArg::buf(hidden), KernelArg::buf(params), KernelArg::buf(logits), KernelArg::buf(values)];
+    args.extend(tail);
+    dev.launch(stream, K, config, &args)
+}
+
+/// The buffers of the fused A2C loss, all [agents][n] (dlogits [agents][n][A], terms [agents][n][3]).
+pub struct HeadsLossBuffers<'a> {
+    pub actions: &'a DeviceBuffer<u32>,
+    pub returns: &'a DeviceBuffer<f32>,
+    /// log μ(a|s) for the truncated ratio min(1, π/μ); None: on-policy (ratio 1).
+    pub behaviour_log_probs: Option<&'a DeviceBuffer<f32>>,
+    pub dlogits: &'a mut DeviceBuffer<f32>,
+    pub dvalues: &'a mut DeviceBuffer<f32>,
+    pub terms: &'a mut DeviceBuffer<f32>,
+}
+
+/// Learning: logits, values, the per-sample loss terms and ∂L/∂logits, ∂L/∂values (see
+/// kernels/heads.cu). Actions must be < A (the backend checks them on the host).
+#[allow(clippy::too_many_arguments)]
+pub fn heads_forward_loss<D: Device>(
+    dev: &D, stream: Stream, hidden: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>, logits: &mut DeviceBuffer<f32>,
+    values: &mut DeviceBuffer<f32>, loss: HeadsLossBuffers, agents: usize, n: usize, hp: HeadsParams, value_coef: f32,
+    entropy_coef: f32,
+) -> Result<()> {
+    const K: &str = "heads_forward_loss";
+    let y = grid_dim(K, "agents", agents)?;
+    let tail = hp.check(K, params, agents, n)?;
+    let rows = agents * n;
+    ensure_len(K, "hidden", hidden, rows * hp.hidden)?;
+    ensure_len(K, "logits", logits, rows * hp.actions)?;
+    ensure_len(K, "values", values, rows)?;
+    ensure_len(K, "actions", loss.actions, rows)?;
+    ensure_len(K, "returns", loss.returns, rows)?;
+    if let Some(b) = loss.behaviour_log_probs {
+        ensure_len(K, "behaviour_log_probs", b, rows)?;
+    }
+    ensure_len(K, "dlogits", loss.dlogits, rows * hp.actions)?;
+    ensure_len(K, "dvalues", loss.dvalues, rows)?;
+    ensure_len(K, "terms", loss.terms, rows * 3)?;
+    let config = LaunchConfig {
+        grid: (n.div_ceil(HEADS_ROWS as usize) as u32, y, 1),
+        block: (HEADS_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut args = vec![
+        KernelArg::buf(hidden),
+        KernelArg::buf(params),
+        KernelArg::buf(logits),
+        KernelArg::buf(values),
+        KernelArg::buf(loss.actions),
+        KernelArg::buf(loss.returns),
+        // Unread without a behaviour policy; any float buffer satisfies the signature.
+        KernelArg::buf(loss.behaviour_log_probs.unwrap_or(loss.returns)),
+        KernelArg::buf(loss.dlogits),
+        KernelArg::buf(loss.dvalues),
+        KernelArg::buf(loss.terms),
+    ];
+    args.extend(tail);
+    args.extend([
+        KernelArg::U32(loss.behaviour_log_probs.is_some() as u32),
+        KernelArg::F32(value_coef),
+        KernelArg::F32(entropy_coef),
+    ]);
+    dev.launch(stream, K, config, &args)
+}
+
+/// The heads' backward: actor/critic weight and bias gradients into the arena, ∂L/∂hidden
+/// [agents][n][H] (unmasked; the fc layer's backward masks it), and per-agent sums of the loss
+/// terms stats [agents][3] (f64).
+#[allow(clippy::too_many_arguments)]
+pub fn heads_backward<D: Device>(
+    dev: &D, stream: Stream, hidden: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>, dlogits: &DeviceBuffer<f32>,
+    dvalues: &DeviceBuffer<f32>, terms: &DeviceBuffer<f32>, dhidden: &mut DeviceBuffer<f32>,
+    grads: &mut DeviceBuffer<f32>, stats: &mut DeviceBuffer<f64>, agents: usize, n: usize, hp: HeadsParams,
+) -> Result<()> {
+    const K: &str = "heads_backward";
+    let y = grid_dim(K, "agents", agents)?;
+    let tail = hp.check(K, params, agents, n)?;
+    let rows = agents * n;
+    ensure_len(K, "hidden", hidden, rows * hp.hidden)?;
+    ensure_len(K, "dlogits", dlogits, rows * hp.actions)?;
+    ensure_len(K, "dvalues", dvalues, rows)?;
+    ensure_len(K, "terms", terms, rows * 3)?;
+    ensure_len(K, "dhidden", dhidden, rows * hp.hidden)?;
+    ensure_len(K, "grads", grads, agents * hp.param_count)?;
+    ensure_len(K, "stats", stats, agents * 3)?;
+    let config = LaunchConfig {
+        grid: (hp.hidden.div_ceil(HEADS_THREADS as usize).max(1) as u32, y, 1),
+        block: (HEADS_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut args = vec![
+        KernelArg::buf(hidden),
+        KernelArg::buf(params),
+        KernelArg::buf(dlogits),
+        KernelArg::buf(dvalues),
+        KernelArg::buf(terms),
+        KernelArg::buf(dhidden),
+        KernelArg::buf(grads),
+        KernelArg::buf(stats),
+    ];
+    args.extend(tail);
+    dev.launch(stream, K, config, &args)
 }

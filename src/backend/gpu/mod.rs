@@ -2,11 +2,14 @@
 //! parameter arena they operate on, generic over a [`Device`] (the CUDA driver or the
 //! simulator).
 //!
-//! This covers the optimizer step, gossip mixing, the consensus distance, n-step returns and
-//! action sampling; the network forward/backward kernels (and with them the full `Backend`
-//! implementation) come with a later issue.
+//! `GpuArena` holds the parameters, gradients and optimizer state and runs the optimizer step,
+//! gossip mixing and the consensus distance; `GpuBackend` (backend.rs) adds the network's
+//! forward/backward kernels and implements the `Backend` trait on top of it.
 
+mod backend;
 pub mod launch;
+
+pub use backend::{CountingDevice, GpuBackend};
 
 use crate::backend::cpu::optim::RmsProp;
 use crate::device::{Device, DeviceBuffer, Stream};
@@ -89,6 +92,15 @@ impl<D: Device> GpuArena<D> {
         } else {
             Err(Error::Shape(format!("{what}: {len} elements, expected {n} ([agents][P])")))
         }
+    }
+
+    /// The device, the arena's stream, the parameters and the gradients, borrowed together so
+    /// that the network's backward kernels can read the one and write the other.
+    pub(crate) fn params_and_grads(&mut self) -> (&D, Stream, &DeviceBuffer<f32>, &mut DeviceBuffer<f32>) {
+        (&self.device, self.stream, &self.params, &mut self.grads)
+    }
+    pub(crate) fn stream(&self) -> Stream {
+        self.stream
     }
 
     /// All agents' parameters [agents][P].

@@ -1,0 +1,470 @@
+//! The GPU backend: the `Backend` trait over any `Device` (the CUDA driver or the simulator).
+//!
+//! Everything lives on the device for the backend's lifetime: parameters, gradients, RMSprop
+//! state (in the `GpuArena`), every activation and gradient of the network for the acting batch
+//! and the learning batch, and the scratch of the two-pass weight-gradient reductions. During
+//! training only observations, actions, rewards, dones, bootstrap values (and behaviour
+//! log-probs) go up; only actions, values, log-probs and per-agent loss/norm metrics come down.
+//!
+//! One update (`learn`) is 21 launches whatever the number of agents (every kernel has an agent
+//! dimension in its grid): returns 1, forward 4 (conv1-3, fc), heads 2 (forward+loss,
+//! backward), fc backward 2, conv3 and conv2 backward 4 each (filter, chunk sum, data GEMM,
+//! col2im), conv1 backward 2 (no input gradient), clip + RMSprop 2. `act` is 6 launches
+//! (forward 4, heads, sampling). `launch_count` reports the running total.
+
+use super::launch::{self, FilterTarget, HeadsLossBuffers, HeadsParams, LayerParams};
+use super::GpuArena;
+use crate::backend::cpu::heads::LossTerms;
+use crate::backend::cpu::optim::RmsProp;
+use crate::backend::{ActOutput, AgentLearnStats, Backend, BackendSpec, Segment};
+use crate::device::{Device, DeviceBuffer, DeviceElem, Event, KernelArg, LaunchConfig, Stream};
+use crate::error::{Error, Result};
+use crate::model::{tensor, ConvShape, ParamLayout, OBS_BYTES};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A device that counts the kernel launches going through it (for launches-per-update reports).
+pub struct CountingDevice<D: Device> {
+    inner: D,
+    launches: AtomicU64,
+}
+
+impl<D: Device> CountingDevice<D> {
+    pub fn new(inner: D) -> Self {
+        CountingDevice { inner, launches: AtomicU64::new(0) }
+    }
+    pub fn launches(&self) -> u64 {
+        self.launches.load(Ordering::Relaxed)
+    }
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+}
+
+impl<D: Device> Device for CountingDevice<D> {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn alloc_zeros<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        self.inner.alloc_zeros(len)
+    }
+    fn upload<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {
+        self.inner.upload(stream, src, dst, offset)
+    }
+    fn download<T: DeviceElem>(&self, stream: Stream, src: &DeviceBuffer<T>, offset: usize, dst: &mut [T]) -> Result<()> {
+        self.inner.download(stream, src, offset, dst)
+    }
+    fn copy<T: DeviceElem>(
+        &self, stream: Stream, src: &DeviceBuffer<T>, src_offset: usize, dst: &mut DeviceBuffer<T>, dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.inner.copy(stream, src, src_offset, dst, dst_offset, len)
+    }
+    fn launch(&self, stream: Stream, name: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        self.launches.fetch_add(1, Ordering::Relaxed);
+        self.inner.launch(stream, name, config, args)
+    }
+    fn default_stream(&self) -> Stream {
+        self.inner.default_stream()
+    }
+    fn new_stream(&self) -> Result<Stream> {
+        self.inner.new_stream()
+    }
+    fn record_event(&self, stream: Stream) -> Result<Event> {
+        self.inner.record_event(stream)
+    }
+    fn event_done(&self, event: &Event) -> Result<bool> {
+        self.inner.event_done(event)
+    }
+    fn stream_wait_event(&self, stream: Stream, event: &Event) -> Result<()> {
+        self.inner.stream_wait_event(stream, event)
+    }
+    fn synchronize(&self, stream: Stream) -> Result<()> {
+        self.inner.synchronize(stream)
+    }
+}
+
+/// The network's forward activations for a batch of `n` observations per agent.
+struct Forward {
+    n: usize,
+    obs: DeviceBuffer<u8>,
+    /// post-ReLU conv outputs [agents][n][C][H][W]
+    conv: [DeviceBuffer<f32>; 3],
+    /// post-ReLU fc output [agents][n][hidden]
+    hidden: DeviceBuffer<f32>,
+    logits: DeviceBuffer<f32>,
+    values: DeviceBuffer<f32>,
+}
+
+impl Forward {
+    fn new<D: Device>(dev: &D, spec: &BackendSpec, n: usize) -> Result<Self> {
+        let (a, net) = (spec.agents, &spec.net);
+        Ok(Forward {
+            n,
+            obs: dev.alloc_zeros(a * n * OBS_BYTES)?,
+            conv: [
+                dev.alloc_zeros(a * n * net.convs[0].out_len())?,
+                dev.alloc_zeros(a * n * net.convs[1].out_len())?,
+                dev.alloc_zeros(a * n * net.convs[2].out_len())?,
+            ],
+            hidden: dev.alloc_zeros(a * n * net.hidden)?,
+            logits: dev.alloc_zeros(a * n * net.actions)?,
+            values: dev.alloc_zeros(a * n)?,
+        })
+    }
+}
+
+/// Everything `learn` needs beyond the forward activations.
+struct LearnScratch {
+    actions: DeviceBuffer<u32>,
+    rewards: DeviceBuffer<f32>,
+    dones: DeviceBuffer<f32>,
+    bootstrap: DeviceBuffer<f32>,
+    behaviour: DeviceBuffer<f32>,
+    returns: DeviceBuffer<f32>,
+    dlogits: DeviceBuffer<f32>,
+    dvalues: DeviceBuffer<f32>,
+    terms: DeviceBuffer<f32>,
+    stats: DeviceBuffer<f64>,
+    dhidden: DeviceBuffer<f32>,
+    /// ∂L/∂(post-ReLU conv output) per layer (always Some; Option so layers can be split).
+    dconv: [Option<DeviceBuffer<f32>>; 3],
+    /// Backward-data GEMM output of conv2/conv3 before col2im, [agents][n][R][P] per layer.
+    dcols: [Option<DeviceBuffer<f32>>; 3],
+    /// Per-chunk weight-gradient partials per conv layer, [agents][chunks][Cout*R + Cout].
+    partials: [DeviceBuffer<f32>; 3],
+}
+
+/// The GPU backend over device `D`.
+pub struct GpuBackend<D: Device> {
+    arena: GpuArena<CountingDevice<D>>,
+    spec: BackendSpec,
+    layout: ParamLayout,
+    convs: [LayerParams; 3],
+    fc: LayerParams,
+    fc_shape: ConvShape,
+    heads: HeadsParams,
+    act_fwd: Forward,
+    act_actions: DeviceBuffer<u32>,
+    act_log_probs: DeviceBuffer<f32>,
+    learn_fwd: Forward,
+    learn: LearnScratch,
+}
+
+/// Length of conv layer `c`'s weight-gradient partials for a learning batch of `n` per agent.
+fn partials_len(spec: &BackendSpec, c: &ConvShape, n: usize) -> usize {
+    spec.agents * launch::filter_chunks(n, launch::CONV_FILTER_SAMPLES_PER_CHUNK) * launch::filter_grad_len(c)
+}
+
+impl<D: Device> GpuBackend<D> {
+    /// `initial` is one agent's parameters (copied to every agent) or the whole arena.
+    pub fn new(device: D, spec: BackendSpec, initial: &[f32]) -> Result<Self> {
+        let layout = spec.net.layout();
+        let p = layout.total;
+        let arena_init = if initial.len() == p {
+            initial.repeat(spec.agents)
+        } else if initial.len() == p * spec.agents {
+            initial.to_vec()
+        } else {
+            return Err(Error::Shape(format!(
+                "initial parameters: {} values, expected {p} (one agent) or {} (all agents)",
+                initial.len(),
+                p * spec.agents
+            )));
+        };
+        if spec.agents == 0 || spec.envs_per_agent == 0 || spec.n_steps == 0 {
+            return Err(Error::Shape(format!(
+                "GPU backend: {} agents x {} envs x {} steps; all must be at least 1",
+                spec.agents, spec.envs_per_agent, spec.n_steps
+            )));
+        }
+        if spec.net.actions + 1 > launch::HEADS_MAX_OUT {
+            return Err(Error::Unsupported(format!(
+                "GPU backend: {} actions; the heads kernels support at most {}",
+                spec.net.actions,
+                launch::HEADS_MAX_OUT - 1
+            )));
+        }
+        let arena = GpuArena::new(CountingDevice::new(device), spec.agents, p, &arena_init)?;
+        let dev = arena.device();
+        let (a, n) = (spec.agents, spec.segment_samples());
+        let net = &spec.net;
+        let fc_shape = launch::linear_shape(net.flat_features(), net.hidden);
+        let dcols_len = |c: &ConvShape| a * n * c.patch_len() * c.out_pixels();
+        let learn = LearnScratch {
+            actions: dev.alloc_zeros(a * n)?,
+            rewards: dev.alloc_zeros(a * n)?,
+            dones: dev.alloc_zeros(a * n)?,
+            bootstrap: dev.alloc_zeros(a * spec.envs_per_agent)?,
+            behaviour: dev.alloc_zeros(a * n)?,
+            returns: dev.alloc_zeros(a * n)?,
+            dlogits: dev.alloc_zeros(a * n * net.actions)?,
+            dvalues: dev.alloc_zeros(a * n)?,
+            terms: dev.alloc_zeros(a * n * 3)?,
+            stats: dev.alloc_zeros(a * 3)?,
+            dhidden: dev.alloc_zeros(a * n * net.hidden)?,
+            dconv: [
+                Some(dev.alloc_zeros(a * n * net.convs[0].out_len())?),
+                Some(dev.alloc_zeros(a * n * net.convs[1].out_len())?),
+                Some(dev.alloc_zeros(a * n * net.convs[2].out_len())?),
+            ],
+            dcols: [None, Some(dev.alloc_zeros(dcols_len(&net.convs[1]))?), Some(dev.alloc_zeros(dcols_len(&net.convs[2]))?)],
+            partials: [
+                dev.alloc_zeros(partials_len(&spec, &net.convs[0], n))?,
+                dev.alloc_zeros(partials_len(&spec, &net.convs[1], n))?,
+                dev.alloc_zeros(partials_len(&spec, &net.convs[2], n))?,
+            ],
+        };
+        let act_fwd = Forward::new(dev, &spec, spec.envs_per_agent)?;
+        let learn_fwd = Forward::new(dev, &spec, n)?;
+        let act_actions = dev.alloc_zeros(a * spec.envs_per_agent)?;
+        let act_log_probs = dev.alloc_zeros(a * spec.envs_per_agent)?;
+        Ok(GpuBackend {
+            convs: [0, 1, 2].map(|l| LayerParams::of(&layout, tensor::CONV_W[l], tensor::CONV_B[l])),
+            fc: LayerParams::of(&layout, tensor::FC_W, tensor::FC_B),
+            heads: HeadsParams::of(net, &layout),
+            fc_shape,
+            act_fwd,
+            act_actions,
+            act_log_probs,
+            learn_fwd,
+            learn,
+            arena,
+            layout,
+            spec,
+        })
+    }
+
+    /// Kernel launches so far (every launch of every method).
+    pub fn launch_count(&self) -> u64 {
+        self.arena.device().launches()
+    }
+
+    /// What runs the kernels.
+    pub fn device_description(&self) -> String {
+        self.arena.device().describe()
+    }
+
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// The gradients [agents][P] of the last `learn` (after clipping).
+    pub fn read_grads(&self) -> Result<Vec<f32>> {
+        self.arena.read_grads()
+    }
+
+    /// Forward of `fwd.obs` (already uploaded) through the trunk and the heads' linear part.
+    fn forward(arena: &mut GpuArena<CountingDevice<D>>, spec: &BackendSpec, convs: &[LayerParams; 3], fc: LayerParams,
+               fc_shape: &ConvShape, heads: Option<HeadsParams>, fwd: &mut Forward) -> Result<()> {
+        let (dev, s, params, _) = arena.params_and_grads();
+        let (a, n, net) = (spec.agents, fwd.n, &spec.net);
+        let [c1, c2, c3] = &mut fwd.conv;
+        launch::conv_forward(dev, s, &net.convs[0], &fwd.obs, params, c1, a, n, convs[0], true)?;
+        launch::conv_forward(dev, s, &net.convs[1], c1, params, c2, a, n, convs[1], true)?;
+        launch::conv_forward(dev, s, &net.convs[2], c2, params, c3, a, n, convs[2], true)?;
+        launch::conv_forward(dev, s, fc_shape, c3, params, &mut fwd.hidden, a, n, fc, true)?;
+        if let Some(hp) = heads {
+            launch::heads_forward(dev, s, &fwd.hidden, params, &mut fwd.logits, &mut fwd.values, a, n, hp)?;
+        }
+        Ok(())
+    }
+
+    /// Backward of one conv layer `l`: weight/bias gradients into the arena (two passes), and
+    /// for l > 0 the gradient w.r.t. the layer's input into `dconv[l-1]`.
+    fn conv_backward(&mut self, l: usize) -> Result<()> {
+        let (a, n) = (self.spec.agents, self.learn_fwd.n);
+        let shape = self.spec.net.convs[l];
+        let lp = self.convs[l];
+        let fwd = &self.learn_fwd;
+        let sc = &mut self.learn;
+        let (dev, s, params, grads) = self.arena.params_and_grads();
+        let (lower, upper) = sc.dconv.split_at_mut(l);
+        let dy = upper[0].as_ref().expect("dconv of every layer exists");
+        let y = &fwd.conv[l];
+        let per_chunk = launch::CONV_FILTER_SAMPLES_PER_CHUNK;
+        let chunks = launch::filter_chunks(n, per_chunk);
+        let partials = &mut sc.partials[l];
+        if l == 0 {
+            launch::conv_backward_filter(dev, s, &shape, &fwd.obs, dy, y, partials, a, n, per_chunk, FilterTarget::Partials, true)?;
+        } else {
+            launch::conv_backward_filter(dev, s, &shape, &fwd.conv[l - 1], dy, y, partials, a, n, per_chunk, FilterTarget::Partials, true)?;
+        }
+        launch::conv_grad_sum_chunks(dev, s, &shape, partials, grads, a, chunks, lp)?;
+        if l > 0 {
+            let dcols = sc.dcols[l].as_mut().expect("dcols of layers 1 and 2 exist");
+            launch::conv_backward_data(dev, s, &shape, dy, y, params, dcols, a, n, lp, true)?;
+            let dx = lower[l - 1].as_mut().expect("dconv of every layer exists");
+            launch::conv_col2im(dev, s, &shape, dcols, dx, a, n)?;
+        }
+        Ok(())
+    }
+}
+
+impl<D: Device> Backend for GpuBackend<D> {
+    fn name(&self) -> &'static str {
+        self.arena.device().kind()
+    }
+
+    fn spec(&self) -> &BackendSpec {
+        &self.spec
+    }
+
+    fn act(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
+        let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
+        if obs.len() != agents * envs * OBS_BYTES {
+            return Err(Error::Shape(format!("act: {} observation bytes, expected {}", obs.len(), agents * envs * OBS_BYTES)));
+        }
+        let s = self.arena.stream();
+        self.arena.device().upload(s, obs, &mut self.act_fwd.obs, 0)?;
+        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, Some(self.heads), &mut self.act_fwd)?;
+        let dev = self.arena.device();
+        let f = &self.act_fwd;
+        launch::sample_actions(
+            dev,
+            s,
+            &f.logits,
+            &mut self.act_actions,
+            &mut self.act_log_probs,
+            agents,
+            self.spec.agent_offset,
+            envs,
+            self.spec.net.actions,
+            self.spec.seed,
+            step,
+            greedy,
+        )?;
+        let rows = agents * envs;
+        out.actions.resize(rows, 0);
+        out.values.resize(rows, 0.0);
+        out.log_probs.resize(rows, 0.0);
+        dev.download(s, &self.act_actions, 0, &mut out.actions)?;
+        dev.download(s, &f.values, 0, &mut out.values)?;
+        dev.download(s, &self.act_log_probs, 0, &mut out.log_probs)?;
+        Ok(())
+    }
+
+    fn learn(&mut self, seg: &Segment) -> Result<Vec<AgentLearnStats>> {
+        seg.check(&self.spec)?;
+        let num_actions = self.spec.net.actions;
+        if let Some((i, a)) = seg.actions.iter().enumerate().find(|(_, &a)| a as usize >= num_actions) {
+            return Err(Error::Shape(format!("segment action {a} at index {i} is out of range for {num_actions} actions")));
+        }
+        let (agents, envs, n) = (self.spec.agents, self.spec.envs_per_agent, self.spec.segment_samples());
+        let hyper = self.spec.hyper;
+        let s = self.arena.stream();
+        {
+            let dev = self.arena.device();
+            let sc = &mut self.learn;
+            dev.upload(s, seg.obs, &mut self.learn_fwd.obs, 0)?;
+            dev.upload(s, seg.actions, &mut sc.actions, 0)?;
+            dev.upload(s, seg.rewards, &mut sc.rewards, 0)?;
+            dev.upload(s, seg.dones, &mut sc.dones, 0)?;
+            dev.upload(s, seg.bootstrap_values, &mut sc.bootstrap, 0)?;
+            if let Some(b) = seg.behaviour_log_probs {
+                dev.upload(s, b, &mut sc.behaviour, 0)?;
+            }
+            launch::nstep_returns(dev, s, &sc.rewards, &sc.dones, &sc.bootstrap, &mut sc.returns, agents, self.spec.n_steps, envs, hyper.gamma)?;
+        }
+        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, None, &mut self.learn_fwd)?;
+        {
+            let (dev, s, params, grads) = self.arena.params_and_grads();
+            let f = &mut self.learn_fwd;
+            let sc = &mut self.learn;
+            let loss = HeadsLossBuffers {
+                actions: &sc.actions,
+                returns: &sc.returns,
+                behaviour_log_probs: seg.behaviour_log_probs.map(|_| &sc.behaviour),
+                dlogits: &mut sc.dlogits,
+                dvalues: &mut sc.dvalues,
+                terms: &mut sc.terms,
+            };
+            launch::heads_forward_loss(
+                dev, s, &f.hidden, params, &mut f.logits, &mut f.values, loss, agents, n, self.heads,
+                hyper.value_coef as f32, hyper.entropy_coef as f32,
+            )?;
+            launch::heads_backward(
+                dev, s, &f.hidden, params, &sc.dlogits, &sc.dvalues, &sc.terms, &mut sc.dhidden, grads, &mut sc.stats,
+                agents, n, self.heads,
+            )?;
+        }
+        // The loss terms come down before the optimizer runs, so a non-finite loss leaves the
+        // parameters unchanged (as the CPU backend does).
+        let mut sums = vec![0f64; agents * 3];
+        self.arena.device().download(s, &self.learn.stats, 0, &mut sums)?;
+        let nf = n as f64;
+        let coefs = crate::backend::cpu::heads::LossCoefs { value: hyper.value_coef, entropy: hyper.entropy_coef };
+        let terms: Vec<LossTerms> = sums
+            .chunks(3)
+            .map(|t| LossTerms { value_loss: t[0] / nf, policy_loss: -t[1] / nf, entropy: t[2] / nf })
+            .collect();
+        for (r, t) in terms.iter().enumerate() {
+            let total = t.total(coefs);
+            if !total.is_finite() {
+                return Err(Error::NonFinite(format!(
+                    "agent {r}: loss is {total} (value loss {}, policy loss {}, entropy {}); parameters left unchanged",
+                    t.value_loss, t.policy_loss, t.entropy
+                )));
+            }
+        }
+        {
+            let (dev, s, params, grads) = self.arena.params_and_grads();
+            let f = &self.learn_fwd;
+            let sc = &mut self.learn;
+            let dconv3 = sc.dconv[2].as_mut().expect("dconv3 exists");
+            // fc: one chunk (its batch sum is one block's ascending loop) straight into the arena.
+            launch::conv_backward_filter(dev, s, &self.fc_shape, &f.conv[2], &sc.dhidden, &f.hidden, grads, agents, n, n, FilterTarget::Grads(self.fc), true)?;
+            launch::conv_backward_data(dev, s, &self.fc_shape, &sc.dhidden, &f.hidden, params, dconv3, agents, n, self.fc, true)?;
+        }
+        for l in (0..3).rev() {
+            self.conv_backward(l)?;
+        }
+        let opt = RmsProp { lr: hyper.lr, alpha: hyper.rms_alpha, eps: hyper.rms_eps };
+        let norms = self.arena.clip_and_rmsprop(hyper.max_grad_norm, opt)?;
+        for (r, nrm) in norms.iter().enumerate() {
+            if !nrm.is_finite() {
+                return Err(Error::NonFinite(format!("agent {r}: gradient norm is {nrm}")));
+            }
+        }
+        Ok(terms
+            .iter()
+            .zip(&norms)
+            .map(|(t, &grad_norm)| AgentLearnStats {
+                value_loss: t.value_loss,
+                policy_loss: t.policy_loss,
+                entropy: t.entropy,
+                grad_norm,
+            })
+            .collect())
+    }
+
+    fn mix(&mut self, in_peers: &[Vec<usize>]) -> Result<()> {
+        let agents = self.spec.agents;
+        if in_peers.len() != agents || in_peers.iter().flatten().any(|&s| s >= agents) {
+            return Err(Error::Shape(format!("mix: peer lists must name agents 0..{agents}, got {in_peers:?}")));
+        }
+        self.arena.mix(in_peers)
+    }
+
+    fn consensus_distance(&mut self) -> Result<f64> {
+        self.arena.consensus_distance()
+    }
+
+    fn read_params(&mut self) -> Result<Vec<f32>> {
+        self.arena.read_params()
+    }
+
+    fn write_params(&mut self, params: &[f32]) -> Result<()> {
+        self.arena.write_params(params)
+    }
+
+    fn read_optimizer_state(&mut self) -> Result<Vec<f32>> {
+        self.arena.read_optimizer_state()
+    }
+
+    fn write_optimizer_state(&mut self, square_avg: &[f32]) -> Result<()> {
+        self.arena.write_optimizer_state(square_avg)
+    }
+}

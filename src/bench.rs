@@ -1,0 +1,165 @@
+//! `gala-gpu bench learner`: the learner alone (n-step returns, forward + backward over the
+//! segment, clipping, RMSprop, for every agent) on synthetic frames, timed on any backend.
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::gpu::GpuBackend;
+use crate::backend::{Backend, BackendKind, BackendSpec, Segment};
+use crate::config::Config;
+use crate::device::{cuda::CudaDevice, sim::SimDevice};
+use crate::error::{Error, Result};
+use crate::model::{init_params, NetPreset, NetSpec, OBS_BYTES};
+use crate::rng::{PhiloxStream, Purpose};
+use serde::Serialize;
+use std::time::Instant;
+
+/// Raw emulator frames per agent step on Atari (DESIGN.md: every action repeats 4 frames).
+pub const ATARI_FRAME_SKIP: usize = 4;
+
+/// What to time.
+#[derive(Clone, Debug)]
+pub struct LearnerBenchOptions {
+    pub agents: usize,
+    pub envs_per_agent: usize,
+    pub n_steps: usize,
+    pub net: NetPreset,
+    /// Size of the action space (6: Pong's minimal set; the GALA parameter count).
+    pub actions: usize,
+    pub backend: BackendKind,
+    /// Timed updates (after one untimed warm-up update).
+    pub updates: usize,
+    /// Host threads of the CPU backend.
+    pub threads: usize,
+}
+
+/// The measurement. Raw frames count agent steps × 4 (the Atari frame skip).
+#[derive(Clone, Debug, Serialize)]
+pub struct LearnerBenchReport {
+    pub backend: String,
+    pub device: String,
+    pub net: String,
+    pub agents: usize,
+    pub envs_per_agent: usize,
+    pub n_steps: usize,
+    pub updates: usize,
+    pub seconds: f64,
+    pub updates_per_s: f64,
+    pub agent_steps_per_s: f64,
+    pub raw_frames_per_s: f64,
+    /// Kernel launches per update (GPU backends; None on the CPU).
+    pub launches_per_update: Option<u64>,
+}
+
+impl std::fmt::Display for LearnerBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "bench learner: {} ({})", self.backend, self.device)?;
+        writeln!(
+            f,
+            "  net {} | {} agents x {} envs x {} steps = {} samples per update",
+            self.net,
+            self.agents,
+            self.envs_per_agent,
+            self.n_steps,
+            self.agents * self.envs_per_agent * self.n_steps
+        )?;
+        writeln!(f, "  {} updates in {:.3} s: {:.2} updates/s", self.updates, self.seconds, self.updates_per_s)?;
+        writeln!(f, "  learner raw frames/s: {:.0} (agent steps/s {:.0}, x{ATARI_FRAME_SKIP} frame skip)", self.raw_frames_per_s, self.agent_steps_per_s)?;
+        match self.launches_per_update {
+            Some(n) => write!(f, "  kernel launches per update: {n}"),
+            None => write!(f, "  kernel launches per update: - (cpu backend)"),
+        }
+    }
+}
+
+/// One synthetic segment for every agent (frames with sparse bright pixels, random actions,
+/// rewards and episode ends), fixed by `seed`.
+fn synthetic_segment(spec: &BackendSpec, seed: u64) -> (Vec<u8>, Vec<u32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = spec.agents * spec.segment_samples();
+    let mut rng = PhiloxStream::new(seed, 0, Purpose::EnvStep);
+    let obs = (0..n * OBS_BYTES).map(|_| if rng.below(8) == 0 { rng.below(256) as u8 } else { 0 }).collect();
+    let actions = (0..n).map(|_| rng.below(spec.net.actions as u32)).collect();
+    let rewards = (0..n).map(|_| [0.0, 0.0, 1.0, -1.0][rng.below(4) as usize]).collect();
+    let dones = (0..n).map(|_| if rng.below(50) == 0 { 1.0 } else { 0.0 }).collect();
+    let bootstrap = (0..spec.act_batch()).map(|_| rng.next_normal() as f32 * 0.1).collect();
+    (obs, actions, rewards, dones, bootstrap)
+}
+
+fn time_updates(backend: &mut dyn Backend, spec: &BackendSpec, updates: usize, launches: &dyn Fn(&dyn Backend) -> Option<u64>) -> Result<(f64, Option<u64>)> {
+    let (obs, actions, rewards, dones, bootstrap) = synthetic_segment(spec, 1);
+    let seg = Segment { obs: &obs, actions: &actions, rewards: &rewards, dones: &dones, bootstrap_values: &bootstrap, behaviour_log_probs: None };
+    backend.learn(&seg)?; // warm-up: first-touch allocations, module loading
+    let before = launches(backend);
+    let t = Instant::now();
+    for _ in 0..updates {
+        backend.learn(&seg)?;
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    let per_update = match (before, launches(backend)) {
+        (Some(a), Some(b)) => Some((b - a) / updates as u64),
+        _ => None,
+    };
+    Ok((seconds, per_update))
+}
+
+/// Times `updates` learner updates on synthetic frames (see `LearnerBenchOptions`).
+pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
+    if opts.updates == 0 {
+        return Err(Error::Config("bench learner: --updates must be at least 1".into()));
+    }
+    let spec = BackendSpec {
+        net: NetSpec::new(opts.net, opts.actions),
+        agents: opts.agents,
+        agent_offset: 0,
+        envs_per_agent: opts.envs_per_agent,
+        n_steps: opts.n_steps,
+        seed: 1,
+        hyper: Config::default().hyper(),
+    };
+    if spec.agents == 0 || spec.envs_per_agent == 0 || spec.n_steps == 0 {
+        return Err(Error::Config("bench learner: --agents, --envs-per-agent and --n-steps must be at least 1".into()));
+    }
+    let initial = init_params(&spec.net, 1);
+    let kind = match opts.backend {
+        BackendKind::Auto => if crate::gpu_probe().is_ok() { BackendKind::Cuda } else { BackendKind::Cpu },
+        k => k,
+    };
+    fn gpu_run<D: crate::device::Device>(dev: D, spec: &BackendSpec, initial: &[f32], updates: usize) -> Result<(String, String, f64, Option<u64>)> {
+        let mut b = GpuBackend::new(dev, spec.clone(), initial)?;
+        let device = b.device_description();
+        let name = b.name().to_string();
+        // Launch counts need the concrete type: count around the timed loop by hand.
+        let (obs, actions, rewards, dones, bootstrap) = synthetic_segment(spec, 1);
+        let seg = Segment { obs: &obs, actions: &actions, rewards: &rewards, dones: &dones, bootstrap_values: &bootstrap, behaviour_log_probs: None };
+        b.learn(&seg)?;
+        let before = b.launch_count();
+        let t = Instant::now();
+        for _ in 0..updates {
+            b.learn(&seg)?;
+        }
+        let seconds = t.elapsed().as_secs_f64();
+        Ok((name, device, seconds, Some((b.launch_count() - before) / updates as u64)))
+    }
+    let (backend, device, seconds, launches_per_update) = match kind {
+        BackendKind::Cpu => {
+            let mut b = CpuBackend::new(spec.clone(), &initial, opts.threads.max(1))?;
+            let (s, l) = time_updates(&mut b, &spec, opts.updates, &|_| None)?;
+            ("cpu".to_string(), format!("{} host threads", opts.threads.max(1)), s, l)
+        }
+        BackendKind::Sim => gpu_run(SimDevice::new(), &spec, &initial, opts.updates)?,
+        BackendKind::Cuda | BackendKind::Auto => gpu_run(CudaDevice::new(0)?, &spec, &initial, opts.updates)?,
+    };
+    let steps = (spec.agents * spec.segment_samples() * opts.updates) as f64;
+    Ok(LearnerBenchReport {
+        backend,
+        device,
+        net: format!("{:?}", opts.net).to_lowercase(),
+        agents: spec.agents,
+        envs_per_agent: spec.envs_per_agent,
+        n_steps: spec.n_steps,
+        updates: opts.updates,
+        seconds,
+        updates_per_s: opts.updates as f64 / seconds,
+        agent_steps_per_s: steps / seconds,
+        raw_frames_per_s: steps * ATARI_FRAME_SKIP as f64 / seconds,
+        launches_per_update,
+    })
+}

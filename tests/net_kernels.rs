@@ -1,0 +1,380 @@
+//! The network kernels (kernels/conv.cu, kernels/heads.cu) against their CPU references
+//! (src/backend/cpu/layers.rs, heads.rs), each launch on its own, on random inputs: always under
+//! the CUDA simulator, and on a real GPU when one is present (otherwise skipped with the reason
+//! printed; GALA_REQUIRE_GPU=1 makes a missing GPU a failure).
+//!
+//! Shapes: both presets' conv1-3 and fc layers, plus ragged ones (channel counts, batch sizes
+//! and patch lengths that are not multiples of the 32x64 tile or the 4-sample gradient chunk),
+//! several agents per launch, each agent with its own weights. Every output buffer is poisoned
+//! with NaN first; the parameter/gradient arena's padding must still be NaN afterwards (nothing
+//! written outside the layer).
+//!
+//! Tolerances (fp32, summation order differs from the CPU's GEMM):
+//!   relative error ‖out − ref‖/‖ref‖ ≤ 1e-5 and max |out − ref| ≤ 1e-5 · max |ref|, per tensor;
+//!   the fused loss part of the heads is compared on identical logits/values: bit-exact under the
+//!   simulator (same libm, same operation order, no FMA contraction), 1e-5 relative on a GPU.
+
+use gala_gpu::backend::cpu::heads::{a2c_loss_backward, LossCoefs};
+use gala_gpu::backend::cpu::layers::{conv2d_backward, conv2d_forward, linear_backward, linear_forward};
+use gala_gpu::backend::gpu::launch::{self, ConvInput, FilterTarget, HeadsLossBuffers, HeadsParams, LayerParams};
+use gala_gpu::device::cuda::CudaDevice;
+use gala_gpu::device::sim::SimDevice;
+use gala_gpu::device::{Device, DeviceBuffer, DeviceElem};
+use gala_gpu::model::ConvShape;
+use gala_gpu::rng::{PhiloxStream, Purpose};
+
+fn normals(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = PhiloxStream::new(seed, 0, Purpose::Init);
+    (0..n).map(|_| s.next_normal() as f32 * scale).collect()
+}
+
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = PhiloxStream::new(seed, 1, Purpose::Init);
+    (0..n).map(|_| s.below(256) as u8).collect()
+}
+
+fn upload<D: Device, T: DeviceElem>(dev: &D, host: &[T]) -> DeviceBuffer<T> {
+    let mut b = dev.alloc_zeros(host.len()).unwrap();
+    dev.upload(dev.default_stream(), host, &mut b, 0).unwrap();
+    b
+}
+
+fn poisoned<D: Device>(dev: &D, len: usize) -> DeviceBuffer<f32> {
+    upload(dev, &vec![f32::NAN; len])
+}
+
+fn download<D: Device, T: DeviceElem + Default>(dev: &D, b: &DeviceBuffer<T>) -> Vec<T> {
+    let mut out = vec![T::default(); b.len()];
+    dev.download(dev.default_stream(), b, 0, &mut out).unwrap();
+    out
+}
+
+#[track_caller]
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let (mut d2, mut r2, mut max_abs, mut max_ref) = (0f64, 0f64, 0f64, 0f64);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}[{i}] = {g} (not written, or non-finite)");
+        let d = (g as f64 - w as f64).abs();
+        d2 += d * d;
+        r2 += (w as f64) * (w as f64);
+        max_abs = max_abs.max(d);
+        max_ref = max_ref.max((w as f64).abs());
+    }
+    let rel = if r2 > 0.0 { (d2 / r2).sqrt() } else { d2.sqrt() };
+    assert!(rel <= 1e-5, "{what}: relative error {rel:.3e} > 1e-5 (max abs {max_abs:.3e})");
+    assert!(max_abs <= 1e-5 * max_ref.max(1e-30), "{what}: max abs error {max_abs:.3e} > 1e-5 * {max_ref:.3e}");
+}
+
+/// A layer's place in a synthetic parameter arena: padding before, between and after, so a
+/// kernel writing outside the layer is caught.
+fn layer_params(shape: &ConvShape) -> LayerParams {
+    let w_len = shape.out_channels * shape.patch_len();
+    LayerParams { param_count: 3 + w_len + shape.out_channels + 5, w_off: 3, b_off: 3 + w_len }
+}
+
+fn is_linear(s: &ConvShape) -> bool {
+    s.kernel == 1 && s.in_hw == 1
+}
+
+/// Input values as the CPU reference sees them (bytes ÷ 255 for uint8 frames).
+trait TestInput: ConvInput + Copy {
+    fn random(n: usize, seed: u64) -> Vec<Self>;
+    fn to_f32(v: &[Self]) -> Vec<f32>;
+}
+impl TestInput for u8 {
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        bytes(n, seed)
+    }
+    fn to_f32(v: &[u8]) -> Vec<f32> {
+        let scale = (1.0f64 / 255.0) as f32;
+        v.iter().map(|&b| b as f32 * scale).collect()
+    }
+}
+impl TestInput for f32 {
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        normals(n, seed, 1.0)
+    }
+    fn to_f32(v: &[f32]) -> Vec<f32> {
+        v.to_vec()
+    }
+}
+
+struct LayerRun {
+    y: Vec<f32>,
+    grads: Vec<f32>,
+    dx: Option<Vec<f32>>,
+}
+
+/// Forward, backward-filter (+ chunk sum) and backward-data (+ col2im) of one layer on `dev`.
+fn run_layer<D: Device, In: TestInput>(
+    dev: &D, shape: &ConvShape, lp: LayerParams, x: &[In], params: &[f32], dy: &[f32], agents: usize, n: usize,
+    direct_filter: bool,
+) -> LayerRun {
+    let s = dev.default_stream();
+    let x_dev = upload(dev, x);
+    let params_dev = upload(dev, params);
+    let mut y_dev = poisoned(dev, agents * n * shape.out_len());
+    launch::conv_forward(dev, s, shape, &x_dev, &params_dev, &mut y_dev, agents, n, lp, true).unwrap();
+    let dy_dev = upload(dev, dy);
+    let mut grads_dev = poisoned(dev, agents * lp.param_count);
+    if direct_filter {
+        launch::conv_backward_filter(dev, s, shape, &x_dev, &dy_dev, &y_dev, &mut grads_dev, agents, n, n, FilterTarget::Grads(lp), true)
+            .unwrap();
+    } else {
+        let per = launch::CONV_FILTER_SAMPLES_PER_CHUNK;
+        let chunks = launch::filter_chunks(n, per);
+        let mut partials = poisoned(dev, agents * chunks * launch::filter_grad_len(shape));
+        launch::conv_backward_filter(dev, s, shape, &x_dev, &dy_dev, &y_dev, &mut partials, agents, n, per, FilterTarget::Partials, true)
+            .unwrap();
+        launch::conv_grad_sum_chunks(dev, s, shape, &partials, &mut grads_dev, agents, chunks, lp).unwrap();
+    }
+    let mut dcols = poisoned(dev, agents * n * shape.patch_len() * shape.out_pixels());
+    launch::conv_backward_data(dev, s, shape, &dy_dev, &y_dev, &params_dev, &mut dcols, agents, n, lp, true).unwrap();
+    let dx = if is_linear(shape) {
+        download(dev, &dcols)
+    } else {
+        let mut dx_dev = poisoned(dev, agents * n * shape.in_len());
+        launch::conv_col2im(dev, s, shape, &dcols, &mut dx_dev, agents, n).unwrap();
+        download(dev, &dx_dev)
+    };
+    LayerRun { y: download(dev, &y_dev), grads: download(dev, &grads_dev), dx: Some(dx) }
+}
+
+fn check_layer<D: Device, In: TestInput>(dev: &D, name: &str, shape: ConvShape, agents: usize, n: usize, seed: u64) {
+    let lp = layer_params(&shape);
+    let p = lp.param_count;
+    let x: Vec<In> = In::random(agents * n * shape.in_len(), seed);
+    // Every agent its own weights; a positive bias mean so that some ReLUs are on, some off.
+    let mut params = vec![f32::NAN; agents * p];
+    let fan_in = shape.patch_len() as f32;
+    for a in 0..agents {
+        let w = normals(shape.out_channels * shape.patch_len(), seed * 31 + a as u64, 1.0 / fan_in.sqrt());
+        params[a * p + lp.w_off..a * p + lp.b_off].copy_from_slice(&w);
+        let b = normals(shape.out_channels, seed * 37 + a as u64, 0.1);
+        params[a * p + lp.b_off..a * p + lp.b_off + shape.out_channels].copy_from_slice(&b);
+    }
+    let dy = normals(agents * n * shape.out_len(), seed + 7, 1.0);
+    let linear = is_linear(&shape);
+    for direct in if linear { vec![false, true] } else { vec![false] } {
+        if direct && n > 0 && launch::filter_chunks(n, n) != 1 {
+            continue;
+        }
+        let got = run_layer(dev, &shape, lp, &x, &params, &dy, agents, n, direct);
+        let xf = In::to_f32(&x);
+        let ctx = format!("{name} {shape:?} agents={agents} n={n} direct_filter={direct} on {}", dev.kind());
+        for a in 0..agents {
+            let th = &params[a * p..(a + 1) * p];
+            let (w, b) = (&th[lp.w_off..lp.b_off], &th[lp.b_off..lp.b_off + shape.out_channels]);
+            let xs = &xf[a * n * shape.in_len()..(a + 1) * n * shape.in_len()];
+            let mut y = vec![0f32; n * shape.out_len()];
+            let mut dya = dy[a * n * shape.out_len()..(a + 1) * n * shape.out_len()].to_vec();
+            let mut dw = vec![0f32; w.len()];
+            let mut db = vec![0f32; b.len()];
+            let mut dx = vec![0f32; xs.len()];
+            if linear {
+                linear_forward(xs, w, b, &mut y, true);
+                linear_backward(xs, w, &y, &mut dya, true, &mut dw, &mut db, Some(&mut dx));
+            } else {
+                conv2d_forward(&shape, xs, w, b, &mut y, true);
+                conv2d_backward(&shape, xs, w, &y, &mut dya, true, &mut dw, &mut db, Some(&mut dx));
+            }
+            let on = y.iter().filter(|&&v| v > 0.0).count();
+            assert!(on > 0 && on < y.len(), "{ctx}: the test needs both active and inactive ReLUs");
+            assert_close(&format!("{ctx} agent {a} y"), &got.y[a * y.len()..(a + 1) * y.len()], &y);
+            let g = &got.grads[a * p..(a + 1) * p];
+            assert_close(&format!("{ctx} agent {a} dw"), &g[lp.w_off..lp.b_off], &dw);
+            assert_close(&format!("{ctx} agent {a} db"), &g[lp.b_off..lp.b_off + b.len()], &db);
+            let outside = g[..lp.w_off].iter().chain(&g[lp.b_off + b.len()..]).filter(|v| !v.is_nan()).count();
+            assert_eq!(outside, 0, "{ctx}: agent {a}: {outside} gradient elements outside the layer were written");
+            if let Some(gdx) = &got.dx {
+                assert_close(&format!("{ctx} agent {a} dx"), &gdx[a * dx.len()..(a + 1) * dx.len()], &dx);
+            }
+        }
+        // Batch composition: agent 0 alone gives bit-identical results to agent 0 in the batch.
+        if agents > 1 {
+            let alone = run_layer(dev, &shape, lp, &x[..n * shape.in_len()], &params[..p], &dy[..n * shape.out_len()], 1, n, direct);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&alone.y), bits(&got.y[..alone.y.len()]), "{ctx}: forward depends on the other agents");
+            assert_eq!(bits(&alone.grads), bits(&got.grads[..p]), "{ctx}: gradients depend on the other agents");
+        }
+    }
+}
+
+fn check_all_layers<D: Device>(dev: &D) {
+    let lin = launch::linear_shape;
+    // Both presets' layers (conv1 reads uint8 frames).
+    check_layer::<D, u8>(dev, "conv1", ConvShape::new(4, 32, 8, 4, 84), 2, 3, 1);
+    check_layer::<D, f32>(dev, "conv2", ConvShape::new(32, 64, 4, 2, 20), 2, 5, 2);
+    check_layer::<D, f32>(dev, "gala conv3", ConvShape::new(64, 32, 3, 1, 9), 3, 2, 3);
+    check_layer::<D, f32>(dev, "nature conv3", ConvShape::new(64, 64, 3, 1, 9), 1, 6, 4);
+    check_layer::<D, f32>(dev, "gala fc", lin(32 * 49, 512), 2, 5, 5);
+    check_layer::<D, f32>(dev, "nature fc", lin(64 * 49, 512), 1, 3, 6);
+    // Ragged: nothing a multiple of the tiles or of the 4-sample chunk.
+    check_layer::<D, f32>(dev, "ragged conv", ConvShape::new(3, 5, 3, 2, 11), 3, 7, 7);
+    check_layer::<D, f32>(dev, "ragged conv", ConvShape::new(7, 33, 2, 1, 6), 2, 1, 8);
+    check_layer::<D, u8>(dev, "ragged u8 conv", ConvShape::new(2, 9, 5, 3, 17), 2, 9, 9);
+    check_layer::<D, f32>(dev, "ragged fc", lin(37, 45), 3, 9, 10);
+    check_layer::<D, f32>(dev, "ragged fc", lin(65, 97), 1, 70, 11);
+}
+
+/// The fused heads: forward + loss, then backward, against linear_forward, a2c_loss_backward and
+/// linear_backward.
+fn check_heads<D: Device>(dev: &D, exact_loss: bool) {
+    let s = dev.default_stream();
+    for (case, &(agents, n, num_actions, hidden, behaviour)) in
+        [(1usize, 1usize, 1usize, 512usize, false), (2, 5, 6, 512, true), (3, 40, 18, 512, false), (2, 9, 31, 70, true), (1, 80, 4, 129, false)]
+            .iter()
+            .enumerate()
+    {
+        let seed = 100 + case as u64;
+        let hp = HeadsParams {
+            param_count: 2 + num_actions * hidden + num_actions + hidden + 1 + 3,
+            hidden,
+            actions: num_actions,
+            actor_w: 2,
+            actor_b: 2 + num_actions * hidden,
+            critic_w: 2 + num_actions * hidden + num_actions,
+            critic_b: 2 + num_actions * hidden + num_actions + hidden,
+        };
+        let p = hp.param_count;
+        let mut params = vec![f32::NAN; agents * p];
+        for a in 0..agents {
+            let th = &mut params[a * p..(a + 1) * p];
+            th[hp.actor_w..hp.critic_b + 1].copy_from_slice(&normals(hp.critic_b + 1 - hp.actor_w, seed * 7 + a as u64, 0.1));
+        }
+        let rows = agents * n;
+        let h: Vec<f32> = normals(rows * hidden, seed, 1.0).into_iter().map(|v| v.max(0.0)).collect();
+        let mut rng = PhiloxStream::new(seed, 2, Purpose::EnvStep);
+        let actions: Vec<u32> = (0..rows).map(|_| rng.below(num_actions as u32)).collect();
+        let returns = normals(rows, seed + 1, 1.0);
+        let mu: Vec<f32> = normals(rows, seed + 2, 0.5).iter().map(|v| v - (num_actions as f32).ln()).collect();
+        let coefs = LossCoefs { value: 0.5, entropy: 0.01 };
+        let ctx = format!("heads agents={agents} n={n} A={num_actions} H={hidden} behaviour={behaviour} on {}", dev.kind());
+
+        let (h_dev, params_dev) = (upload(dev, &h), upload(dev, &params));
+        let (act_dev, ret_dev, mu_dev) = (upload(dev, &actions), upload(dev, &returns), upload(dev, &mu));
+        // Acting path first: logits and values only.
+        let (mut logits_dev, mut values_dev) = (poisoned(dev, rows * num_actions), poisoned(dev, rows));
+        launch::heads_forward(dev, s, &h_dev, &params_dev, &mut logits_dev, &mut values_dev, agents, n, hp).unwrap();
+        let (act_logits, act_values) = (download(dev, &logits_dev), download(dev, &values_dev));
+        let (mut logits_dev, mut values_dev) = (poisoned(dev, rows * num_actions), poisoned(dev, rows));
+        let (mut dl_dev, mut dv_dev, mut terms_dev) = (poisoned(dev, rows * num_actions), poisoned(dev, rows), poisoned(dev, rows * 3));
+        let loss = HeadsLossBuffers {
+            actions: &act_dev,
+            returns: &ret_dev,
+            behaviour_log_probs: if behaviour { Some(&mu_dev) } else { None },
+            dlogits: &mut dl_dev,
+            dvalues: &mut dv_dev,
+            terms: &mut terms_dev,
+        };
+        launch::heads_forward_loss(dev, s, &h_dev, &params_dev, &mut logits_dev, &mut values_dev, loss, agents, n, hp, 0.5, 0.01)
+            .unwrap();
+        let (logits, values) = (download(dev, &logits_dev), download(dev, &values_dev));
+        assert_eq!(act_logits, logits, "{ctx}: acting and learning logits differ");
+        assert_eq!(act_values, values, "{ctx}: acting and learning values differ");
+        let (dl, dv, terms) = (download(dev, &dl_dev), download(dev, &dv_dev), download(dev, &terms_dev));
+        let mut dh_dev = poisoned(dev, rows * hidden);
+        let mut grads_dev = poisoned(dev, agents * p);
+        let mut stats_dev = upload(dev, &vec![f64::NAN; agents * 3]);
+        launch::heads_backward(dev, s, &h_dev, &params_dev, &dl_dev, &dv_dev, &terms_dev, &mut dh_dev, &mut grads_dev, &mut stats_dev, agents, n, hp)
+            .unwrap();
+        let (dh, grads, stats) = (download(dev, &dh_dev), download(dev, &grads_dev), download(dev, &stats_dev));
+
+        for a in 0..agents {
+            let th = &params[a * p..(a + 1) * p];
+            let (aw, ab) = (&th[hp.actor_w..hp.actor_b], &th[hp.actor_b..hp.critic_w]);
+            let (cw, cb) = (&th[hp.critic_w..hp.critic_b], &th[hp.critic_b..hp.critic_b + 1]);
+            let ha = &h[a * n * hidden..(a + 1) * n * hidden];
+            let (mut z, mut v) = (vec![0f32; n * num_actions], vec![0f32; n]);
+            linear_forward(ha, aw, ab, &mut z, false);
+            linear_forward(ha, cw, cb, &mut v, false);
+            let rng_a = a * n..(a + 1) * n;
+            assert_close(&format!("{ctx} agent {a} logits"), &logits[a * n * num_actions..(a + 1) * n * num_actions], &z);
+            assert_close(&format!("{ctx} agent {a} values"), &values[rng_a.clone()], &v);
+            // The loss on the kernel's own logits/values: the same arithmetic as heads.rs.
+            let (gz, gv) = (&logits[a * n * num_actions..(a + 1) * n * num_actions], &values[rng_a.clone()]);
+            let (mut want_dl, mut want_dv) = (vec![0f32; n * num_actions], vec![0f32; n]);
+            let t = a2c_loss_backward(
+                gz, gv, &actions[rng_a.clone()], &returns[rng_a.clone()],
+                if behaviour { Some(&mu[rng_a.clone()]) } else { None }, coefs, &mut want_dl, &mut want_dv,
+            );
+            let got_dl = &dl[a * n * num_actions..(a + 1) * n * num_actions];
+            if exact_loss {
+                assert_eq!(got_dl, &want_dl[..], "{ctx} agent {a}: dlogits must match heads.rs bit for bit");
+                assert_eq!(&dv[rng_a.clone()], &want_dv[..], "{ctx} agent {a}: dvalues must match bit for bit");
+            } else {
+                assert_close(&format!("{ctx} agent {a} dlogits"), got_dl, &want_dl);
+                assert_close(&format!("{ctx} agent {a} dvalues"), &dv[rng_a.clone()], &want_dv);
+            }
+            let st = &stats[a * 3..a * 3 + 3];
+            let nf = n as f64;
+            for (what, got, want) in [("value loss", st[0] / nf, t.value_loss), ("policy loss", -st[1] / nf, t.policy_loss), ("entropy", st[2] / nf, t.entropy)] {
+                let tol = if exact_loss { 1e-12 } else { 1e-5 };
+                assert!((got - want).abs() <= tol * want.abs().max(1e-3), "{ctx} agent {a} {what}: got {got}, want {want}");
+            }
+            assert!(terms[a * n * 3..(a + 1) * n * 3].iter().all(|x| x.is_finite()), "{ctx}: every loss term written");
+            // Backward of both heads on the kernel's dlogits/dvalues.
+            let (mut gaw, mut gab, mut dh_a) = (vec![0f32; aw.len()], vec![0f32; num_actions], vec![0f32; n * hidden]);
+            let (mut gcw, mut gcb, mut dh_c) = (vec![0f32; hidden], vec![0f32; 1], vec![0f32; n * hidden]);
+            let mut dlc = got_dl.to_vec();
+            linear_backward(ha, aw, &z, &mut dlc, false, &mut gaw, &mut gab, Some(&mut dh_a));
+            let mut dvc = dv[rng_a.clone()].to_vec();
+            linear_backward(ha, cw, &v, &mut dvc, false, &mut gcw, &mut gcb, Some(&mut dh_c));
+            let want_dh: Vec<f32> = dh_a.iter().zip(&dh_c).map(|(x, y)| x + y).collect();
+            let g = &grads[a * p..(a + 1) * p];
+            assert_close(&format!("{ctx} agent {a} d actor.weight"), &g[hp.actor_w..hp.actor_b], &gaw);
+            assert_close(&format!("{ctx} agent {a} d actor.bias"), &g[hp.actor_b..hp.critic_w], &gab);
+            assert_close(&format!("{ctx} agent {a} d critic.weight"), &g[hp.critic_w..hp.critic_b], &gcw);
+            assert_close(&format!("{ctx} agent {a} d critic.bias"), &g[hp.critic_b..hp.critic_b + 1], &gcb);
+            assert!(g[..hp.actor_w].iter().chain(&g[hp.critic_b + 1..]).all(|v| v.is_nan()), "{ctx}: wrote outside the heads");
+            assert_close(&format!("{ctx} agent {a} d hidden"), &dh[a * n * hidden..(a + 1) * n * hidden], &want_dh);
+        }
+    }
+}
+
+#[test]
+fn sim_conv_and_fc_kernels_match_cpu() {
+    check_all_layers(&SimDevice::new());
+}
+
+#[test]
+fn sim_heads_kernels_match_cpu() {
+    check_heads(&SimDevice::new(), true);
+}
+
+#[test]
+fn launchers_reject_bad_sizes() {
+    let dev = SimDevice::new();
+    let s = dev.default_stream();
+    let shape = ConvShape::new(3, 5, 3, 2, 11);
+    let lp = layer_params(&shape);
+    let x = dev.alloc_zeros::<f32>(2 * shape.in_len()).unwrap();
+    let params = dev.alloc_zeros::<f32>(lp.param_count).unwrap();
+    let mut y = dev.alloc_zeros::<f32>(2 * shape.out_len() - 1).unwrap();
+    let err = launch::conv_forward(&dev, s, &shape, &x, &params, &mut y, 1, 2, lp, true).unwrap_err();
+    assert!(err.to_string().contains("`y`"), "{err}");
+    // Writing straight into the gradients needs a single chunk.
+    let dy = dev.alloc_zeros::<f32>(4 * shape.out_len()).unwrap();
+    let x4 = dev.alloc_zeros::<f32>(4 * shape.in_len()).unwrap();
+    let mut grads = dev.alloc_zeros::<f32>(lp.param_count).unwrap();
+    let err = launch::conv_backward_filter(&dev, s, &shape, &x4, &dy, &dy, &mut grads, 1, 4, 2, FilterTarget::Grads(lp), true).unwrap_err();
+    assert!(err.to_string().contains("one chunk"), "{err}");
+}
+
+#[test]
+fn cuda_network_kernels_match_cpu_when_a_gpu_is_present() {
+    let dev = match CudaDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            if std::env::var_os("GALA_REQUIRE_GPU").is_some() {
+                panic!("GALA_REQUIRE_GPU is set but no CUDA device could be opened: {e}");
+            }
+            println!("SKIPPED cuda_network_kernels_match_cpu_when_a_gpu_is_present: {e}");
+            return;
+        }
+    };
+    println!("running the network kernel comparisons on {}", dev.describe());
+    check_all_layers(&dev);
+    check_heads(&dev, false);
+}
