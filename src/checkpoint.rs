@@ -118,6 +118,90 @@ fn layout_of(config: &Config, actions: usize) -> ParamLayout {
     NetSpec::new(config.net, actions).layout()
 }
 
+/// Agent `agent`'s tensor `tensor` (a `ParamLayout` name such as `conv1.weight`): the one place
+/// the PyTorch naming of parameters is spelled, shared by checkpoints and parameter files.
+pub fn param_name(agent: usize, tensor: &str) -> String {
+    format!("agent{agent}.{tensor}")
+}
+
+/// RMSprop's `square_avg` for the parameter `param_name(agent, tensor)`.
+pub fn square_avg_name(agent: usize, tensor: &str) -> String {
+    format!("optim.{}.square_avg", param_name(agent, tensor))
+}
+
+/// Adds one tensor per (agent, layout tensor) of the arena [agents][P], named by `name`.
+fn insert_arena(tensors: &mut BTreeMap<String, Owned>, layout: &ParamLayout, agents: usize, arena: &[f32], name: fn(usize, &str) -> String) {
+    let p = layout.total;
+    for r in 0..agents {
+        for t in &layout.tensors {
+            let range = r * p + t.offset..r * p + t.offset + t.len;
+            tensors.insert(name(r, t.name), Owned { dtype: Dtype::F32, shape: t.shape.clone(), data: f32_bytes(&arena[range]) });
+        }
+    }
+}
+
+/// Reads the arena [agents][P] back from tensors named by `name`; the error says which tensor
+/// is missing or has the wrong dtype or shape.
+fn extract_arena(
+    tensors: &HashMap<&str, &safetensors::tensor::TensorView>,
+    layout: &ParamLayout,
+    agents: usize,
+    name: fn(usize, &str) -> String,
+) -> std::result::Result<Vec<f32>, String> {
+    let p = layout.total;
+    let mut arena = vec![0f32; agents * p];
+    for r in 0..agents {
+        for t in &layout.tensors {
+            let key = name(r, t.name);
+            let view = tensors.get(key.as_str()).ok_or_else(|| format!("tensor `{key}` is missing"))?;
+            if view.dtype() != Dtype::F32 || view.shape() != t.shape.as_slice() {
+                return Err(format!("tensor `{key}` is {} {:?}, expected F32 {:?}", view.dtype(), view.shape(), t.shape));
+            }
+            let dst = &mut arena[r * p + t.offset..r * p + t.offset + t.len];
+            for (d, c) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
+                *d = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+            }
+        }
+    }
+    Ok(arena)
+}
+
+const PARAMS_FORMAT: &str = "gala-gpu params 1";
+
+/// Serialises the parameters of `agents` agents ([agents][P] for `net`) as a safetensors file
+/// holding only the `agent{r}.{name}` tensors of a checkpoint (same names, shapes and bytes),
+/// so PyTorch loads it the same way; the metadata records the shape it was written for.
+pub fn params_to_bytes(net: &NetSpec, agents: usize, params: &[f32]) -> Result<Vec<u8>> {
+    let layout = net.layout();
+    if params.len() != agents * layout.total {
+        return Err(Error::Shape(format!("parameters: {} values, expected {} ([{agents}][{}])", params.len(), agents * layout.total, layout.total)));
+    }
+    let mut tensors = BTreeMap::new();
+    insert_arena(&mut tensors, &layout, agents, params, param_name);
+    let meta: HashMap<String, String> = [
+        ("format", PARAMS_FORMAT.to_string()),
+        ("net", format!("{:?}", net.preset).to_lowercase()),
+        ("actions", net.actions.to_string()),
+        ("agents", agents.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    safetensors::serialize(tensors.iter().map(|(k, t)| (k.clone(), t)), Some(meta))
+        .map_err(|e| Error::Backend(format!("parameters could not be serialised: {e}")))
+}
+
+/// Reads [agents][P] parameters for `net` from a parameter file (`params_to_bytes`) or from a
+/// full checkpoint — both name them `agent{r}.{name}`. `origin` names the source in errors.
+pub fn params_from_bytes(bytes: &[u8], net: &NetSpec, agents: usize, origin: &str) -> Result<Vec<f32>> {
+    let refuse = |why: String| Error::Config(format!("parameters from {origin} refused: {why}"));
+    let st = SafeTensors::deserialize(bytes).map_err(|e| refuse(format!("not a valid safetensors file ({e})")))?;
+    let views = st.tensors();
+    let tensors: HashMap<&str, &safetensors::tensor::TensorView> = views.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    extract_arena(&tensors, &net.layout(), agents, param_name)
+        .map_err(|why| refuse(format!("{why} (the file must hold {agents} agents of a {:?} net with {} actions)", net.preset, net.actions)))
+}
+
 impl Checkpoint {
     /// Serialises to the bytes of a safetensors file.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
@@ -133,15 +217,9 @@ impl Checkpoint {
             )));
         }
         let mut tensors: BTreeMap<String, Owned> = BTreeMap::new();
+        insert_arena(&mut tensors, &layout, self.agents, &self.params, param_name);
+        insert_arena(&mut tensors, &layout, self.agents, &self.square_avg, square_avg_name);
         for r in 0..self.agents {
-            for t in &layout.tensors {
-                let range = r * p + t.offset..r * p + t.offset + t.len;
-                tensors.insert(format!("agent{r}.{}", t.name), Owned { dtype: Dtype::F32, shape: t.shape.clone(), data: f32_bytes(&self.params[range.clone()]) });
-                tensors.insert(
-                    format!("optim.agent{r}.{}.square_avg", t.name),
-                    Owned { dtype: Dtype::F32, shape: t.shape.clone(), data: f32_bytes(&self.square_avg[range]) },
-                );
-            }
             let scores = self.agent_recent_scores.get(r).map(Vec::as_slice).unwrap_or(&[]);
             tensors.insert(format!("stats.agent{r}.recent_scores"), Owned { dtype: Dtype::F64, shape: vec![scores.len()], data: f64_bytes(scores) });
         }
@@ -216,25 +294,10 @@ impl Checkpoint {
             }
             Ok(t.data())
         };
-        let f32s = |b: &[u8]| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect::<Vec<f32>>();
         let f64s = |b: &[u8]| b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect::<Vec<f64>>();
         let layout = layout_of(&config, actions);
-        let p = layout.total;
-        let mut params = vec![0f32; agents * p];
-        let mut square_avg = vec![0f32; agents * p];
-        for r in 0..agents {
-            for t in &layout.tensors {
-                let range = r * p + t.offset..r * p + t.offset + t.len;
-                for (prefix, suffix, dst) in [("", "", &mut params), ("optim.", ".square_avg", &mut square_avg)] {
-                    let name = format!("{prefix}agent{r}.{}{suffix}", t.name);
-                    let v = f32s(tensor(&name, Dtype::F32)?);
-                    if v.len() != t.len || tensors[name.as_str()].shape() != t.shape.as_slice() {
-                        return Err(refuse(format!("tensor `{name}` has shape {:?}, expected {:?}", tensors[name.as_str()].shape(), t.shape)));
-                    }
-                    dst[range.clone()].copy_from_slice(&v);
-                }
-            }
-        }
+        let params = extract_arena(&tensors, &layout, agents, param_name).map_err(refuse)?;
+        let square_avg = extract_arena(&tensors, &layout, agents, square_avg_name).map_err(refuse)?;
         let envs = agents * envs_per_agent;
         let observations = tensor("env.observations", Dtype::U8)?.to_vec();
         if observations.len() != envs * crate::model::OBS_BYTES {

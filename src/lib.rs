@@ -6,13 +6,18 @@
 //! vector env), [`algo`] (gossip topology, the trainer), [`config`] (every setting), [`run`]
 //! (run folders, metrics, summaries), [`checkpoint`] (safetensors checkpoints and resume),
 //! [`tfevents`] (TensorBoard), [`eval`] (evaluation, GIFs, reference scores), [`plot`] (SVG curves).
+//!
+//! To link the engine as a backend under your own environments: [`engine::Engine`] (Rust) or
+//! the C ABI of [`capi`] (header `include/gala_gpu.h`, library `libgala_gpu.so`).
 
 pub mod algo;
 pub mod backend;
 pub mod bench;
+pub mod capi;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
+pub mod engine;
 pub mod env;
 pub mod error;
 pub mod eval;

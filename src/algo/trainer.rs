@@ -10,13 +10,13 @@
 //! That is also why a checkpoint (parameters, RMSprop state, the step counter, the environments'
 //! states and frame stacks) resumes bit for bit: nothing else carries over between updates.
 
-use super::topology::GossipGraph;
-use crate::backend::{self, ActOutput, AgentLearnStats, Backend, BackendSpec, Segment};
+use crate::backend::{ActOutput, AgentLearnStats, Backend, Segment};
 use crate::config::Config;
 use crate::env::{self, EnvSettings, GameId, VecEnv, FRAME_BYTES};
 use crate::checkpoint::Checkpoint;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::model::{init_params, NetSpec, OBS_BYTES};
+use crate::model::OBS_BYTES;
 use crate::run::{params_sha256, AgentMetricsRow, MetricsRow, RunDir, Summary};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,10 +42,10 @@ impl ProgressSink for NoProgress {
 
 pub struct Trainer {
     config: Config,
-    backend: Box<dyn Backend>,
-    backend_choice: String,
+    /// The batched learners and the gossip schedule (the public engine API; its round counter
+    /// is kept equal to `updates`).
+    engine: Engine,
     venv: VecEnv,
-    graph: Option<GossipGraph>,
     agents: usize,
     envs: usize,
     n_steps: usize,
@@ -125,23 +125,13 @@ impl Trainer {
         let env_threads = if game == GameId::Catch { 1 } else { threads };
         let first_env = agent_offset * envs;
         let venv = env::make_vec_env_range(&settings, first_env..first_env + agents * envs, env_threads)?;
-        let net = NetSpec::new(config.net, venv.num_actions());
-        let spec = BackendSpec { net: net.clone(), agents, agent_offset, envs_per_agent: envs, n_steps: config.n_steps, seed: config.seed, hyper: config.hyper() };
-        let initial = init_params(&net, config.seed);
-        let (backend, backend_choice) = backend::create(config.backend, spec, &initial, threads)?;
-        let graph = if config.gossips() && only.is_none() {
-            Some(GossipGraph::new(config.topology, agents, config.peers)?)
-        } else {
-            None
-        };
+        let engine = Engine::build(config, venv.num_actions(), only)?;
         let n = agents * config.n_steps * envs;
         Ok(Trainer {
             config: config.clone(),
             frames_per_step: venv.frames_per_step(),
-            backend,
-            backend_choice,
+            engine,
             venv,
-            graph,
             agents,
             envs,
             n_steps: config.n_steps,
@@ -185,8 +175,9 @@ impl Trainer {
                 ck.agents, ck.envs_per_agent, ck.actions, ck.config.net, self.agents, self.envs, self.config.net
             )));
         }
-        self.backend.write_params(&ck.params)?;
-        self.backend.write_optimizer_state(&ck.square_avg)?;
+        self.engine.write_params(&ck.params)?;
+        self.engine.write_optimizer_state(&ck.square_avg)?;
+        self.engine.set_round(ck.updates);
         let exact = match &ck.env_states {
             Some(states) => {
                 self.venv.restore(states, &ck.observations)?;
@@ -219,8 +210,8 @@ impl Trainer {
             actions: self.venv.num_actions(),
             agents: self.agents,
             envs_per_agent: self.envs,
-            params: self.backend.read_params()?,
-            square_avg: self.backend.read_optimizer_state()?,
+            params: self.engine.read_params()?,
+            square_avg: self.engine.read_optimizer_state()?,
             step: self.step,
             updates: self.updates,
             episodes: self.episodes,
@@ -262,33 +253,25 @@ impl Trainer {
 
     /// Fails naming the agent, tensor and element when any parameter is NaN or infinite.
     pub fn check_params_finite(&mut self) -> Result<()> {
-        let params = self.backend.read_params()?;
-        let layout = self.backend.spec().net.layout();
-        let p = layout.total;
-        if let Some(i) = params.iter().position(|x| !x.is_finite()) {
-            let (agent, off) = (i / p, i % p);
-            let t = layout.tensors.iter().find(|t| t.range().contains(&off)).expect("layout covers the arena");
-            return Err(Error::NonFinite(format!(
-                "agent {agent}: parameter tensor `{}` element {} is {}",
-                t.name,
-                off - t.offset,
-                params[i]
-            )));
-        }
-        Ok(())
+        self.engine.check_params_finite()
     }
 
     pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
+        self.engine.backend_name()
     }
 
     /// Why this backend was chosen (for `--backend auto`).
     pub fn backend_choice(&self) -> &str {
-        &self.backend_choice
+        self.engine.backend_choice()
     }
 
     pub fn backend_mut(&mut self) -> &mut dyn Backend {
-        self.backend.as_mut()
+        self.engine.backend_mut()
+    }
+
+    /// The engine the trainer drives.
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
     }
 
     /// Raw emulator frames consumed so far (all envs).
@@ -331,7 +314,7 @@ impl Trainer {
         let (agents, envs, steps) = (self.agents, self.envs, self.n_steps);
         let clip = self.config.clip_rewards;
         for t in 0..steps {
-            self.backend.act(self.venv.observations(), self.step, false, &mut self.act_out)?;
+            self.engine.act(self.venv.observations(), self.step, false, &mut self.act_out)?;
             let obs_now = self.venv.observations();
             for a in 0..agents {
                 let dst = ((a * steps + t) * envs) * OBS_BYTES;
@@ -358,7 +341,7 @@ impl Trainer {
             }
             self.step += 1;
         }
-        self.backend.act(self.venv.observations(), self.step, false, &mut self.bootstrap)?;
+        self.engine.act(self.venv.observations(), self.step, false, &mut self.bootstrap)?;
         if self.debug_nan_at_update == Some(self.updates) {
             self.rewards[(agents - 1) * steps * envs] = f32::NAN;
         }
@@ -370,19 +353,17 @@ impl Trainer {
             bootstrap_values: &self.bootstrap.values,
             behaviour_log_probs: None,
         };
-        self.last_stats = self.backend.learn(&segment)?;
+        self.last_stats = self.engine.learn(&segment)?;
         // Checked before gossip, so the agent that went non-finite is the one named.
         self.check_params_finite()?;
-        if let Some(graph) = &self.graph {
-            self.backend.mix(&graph.in_peers(self.updates))?;
-        }
+        self.engine.gossip()?;
         self.updates += 1;
         Ok(())
     }
 
     /// SHA-256 of all agents' parameters.
     pub fn params_sha256(&mut self) -> Result<String> {
-        Ok(params_sha256(&self.backend.read_params()?))
+        Ok(params_sha256(&self.engine.read_params()?))
     }
 
     fn agent_metrics(&self) -> Vec<AgentMetricsRow> {
@@ -413,7 +394,7 @@ impl Trainer {
             updates: self.updates,
             episodes: self.episodes,
             mean_return_100: self.mean_return_100(),
-            consensus_distance: self.backend.consensus_distance()?,
+            consensus_distance: self.engine.consensus_distance()?,
             value_loss: mean(|s| s.value_loss),
             policy_loss: mean(|s| s.policy_loss),
             entropy: mean(|s| s.entropy),
@@ -503,10 +484,10 @@ impl Trainer {
             updates: self.updates,
             episodes: self.episodes,
             mean_return_100: self.mean_return_100(),
-            consensus_distance: self.backend.consensus_distance()?,
+            consensus_distance: self.engine.consensus_distance()?,
             sps: self.frames() as f64 / wall.max(1e-9),
             wall_seconds: wall,
-            backend: self.backend.name().to_string(),
+            backend: self.engine.backend_name().to_string(),
             params_sha256: self.params_sha256()?,
         };
         if let Some(run) = run {

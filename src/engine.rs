@@ -1,0 +1,298 @@
+//! The engine as a low-level backend: N GALA A2C actor-learners on one device, driven by a
+//! caller that owns the environments.
+//!
+//! [`Engine`] is what [`crate::algo::trainer::Trainer`] itself runs on (the trainer is one
+//! client of this API: it steps the built-in environments and calls `act`, `learn` and
+//! `gossip`), and what the C ABI in [`crate::capi`] wraps for other languages.
+//!
+//! One update, as the trainer does it (layouts in [`crate::backend`]):
+//! 1. for t in 0..n_steps: [`Engine::act`] on the current frame stacks `[agents][envs][4][84][84]`
+//!    at RNG step `step`, step every environment with the sampled actions, record
+//!    observation/action/reward/done, `step += 1`;
+//! 2. [`Engine::act`] on the frame stacks after the segment (same `step` as the next update's
+//!    first act) for the bootstrap values V(s_T);
+//! 3. [`Engine::learn`] with the segment: n-step returns, A2C loss, per-agent clipping, RMSprop;
+//! 4. [`Engine::gossip`]: one lock-step round on the configured topology.
+//!
+//! Everything that decides the result is a function of the config's seed and the data passed
+//! in: actions are sampled from a counter-based RNG keyed by (seed, agent, env, step).
+//!
+//! ```no_run
+//! use gala_gpu::{config::Config, engine::Engine, backend::ActOutput};
+//! # fn main() -> gala_gpu::Result<()> {
+//! let config = Config { agents: 4, envs_per_agent: 4, lr: 1.4e-3, ..Config::default() };
+//! let mut engine = Engine::new(&config, 3)?; // 3 actions: the caller's game decides
+//! let obs = vec![0u8; engine.obs_bytes_per_act()];
+//! let mut out = ActOutput::default();
+//! engine.act(&obs, 0, false, &mut out)?; // out.actions: [agents][envs]
+//! # Ok(()) }
+//! ```
+//! `examples/engine_catch.rs` is a complete training loop.
+
+use crate::algo::topology::GossipGraph;
+use crate::backend::{self, ActOutput, AgentLearnStats, Backend, BackendSpec, Segment};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::model::{init_params, NetSpec, OBS_BYTES};
+use std::path::Path;
+
+/// N actor-learners batched on one backend, with the gossip schedule of the config.
+pub struct Engine {
+    config: Config,
+    backend: Box<dyn Backend>,
+    backend_choice: String,
+    graph: Option<GossipGraph>,
+    /// Gossip rounds done (the exponential graph's peers rotate with it).
+    round: u64,
+}
+
+impl Engine {
+    /// Builds an engine for the learners of `config` (`agents` × `envs_per_agent`, or for
+    /// `algo = a2c` one learner with all simulators; see [`Config::learner_layout`]) with a policy
+    /// head of `actions` logits, on `config.backend`. All agents start from the same parameters,
+    /// initialised from `config.seed`. Settings about environments (`game`, `frames`, …) are
+    /// validated but otherwise unused: the caller owns the environments.
+    pub fn new(config: &Config, actions: usize) -> Result<Engine> {
+        Self::build(config, actions, None)
+    }
+
+    /// Agent `agent` of `config`'s learners alone, on a backend of its own with `threads` worker
+    /// threads, sampling with its global agent id and never gossiping (the asynchronous runner
+    /// gossips between such engines).
+    pub fn for_agent(config: &Config, actions: usize, agent: usize, threads: usize) -> Result<Engine> {
+        Self::build(config, actions, Some((agent, threads)))
+    }
+
+    pub(crate) fn build(config: &Config, actions: usize, only: Option<(usize, usize)>) -> Result<Engine> {
+        config.validate()?;
+        if actions == 0 {
+            return Err(Error::Config("the policy needs at least 1 action, got 0".into()));
+        }
+        let (all_agents, envs) = config.learner_layout();
+        let (agents, agent_offset) = match only {
+            Some((agent, _)) if agent < all_agents => (1, agent),
+            Some((agent, _)) => return Err(Error::Config(format!("agent {agent} out of range for {all_agents} agents"))),
+            None => (all_agents, 0),
+        };
+        let threads = only.map_or_else(|| config.resolved_threads(), |(_, t)| t.max(1));
+        let net = NetSpec::new(config.net, actions);
+        let spec = BackendSpec { net: net.clone(), agents, agent_offset, envs_per_agent: envs, n_steps: config.n_steps, seed: config.seed, hyper: config.hyper() };
+        let initial = init_params(&net, config.seed);
+        let (backend, backend_choice) = backend::create(config.backend, spec, &initial, threads)?;
+        let graph = if config.gossips() && only.is_none() { Some(GossipGraph::new(config.topology, agents, config.peers)?) } else { None };
+        Ok(Engine { config: config.clone(), backend, backend_choice, graph, round: 0 })
+    }
+
+    /// The config the engine was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Shapes: agents, envs per agent, n_steps, the network (action count, parameter count).
+    pub fn spec(&self) -> &BackendSpec {
+        self.backend.spec()
+    }
+
+    /// Learners on this engine.
+    pub fn agents(&self) -> usize {
+        self.spec().agents
+    }
+
+    /// Environments each learner acts in.
+    pub fn envs_per_agent(&self) -> usize {
+        self.spec().envs_per_agent
+    }
+
+    /// Steps per learning segment.
+    pub fn n_steps(&self) -> usize {
+        self.spec().n_steps
+    }
+
+    /// The policy head's width.
+    pub fn actions(&self) -> usize {
+        self.spec().net.actions
+    }
+
+    /// Parameters per agent (P).
+    pub fn param_count(&self) -> usize {
+        self.spec().param_count()
+    }
+
+    /// Bytes of the observations one `act` takes: agents × envs × 4 × 84 × 84.
+    pub fn obs_bytes_per_act(&self) -> usize {
+        self.spec().act_batch() * OBS_BYTES
+    }
+
+    /// "cpu", "sim" or "cuda".
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Why this backend was chosen (for `backend = auto`).
+    pub fn backend_choice(&self) -> &str {
+        &self.backend_choice
+    }
+
+    /// The backend itself, for tests and tools that need more than this API.
+    pub fn backend_mut(&mut self) -> &mut dyn Backend {
+        self.backend.as_mut()
+    }
+
+    /// Forwards every agent's frame stacks `obs` ([agents][envs][4][84][84] uint8) and writes
+    /// actions, V(s) and log π(a|s) ([agents][envs]) into `out`. Actions are sampled with the
+    /// counter-based RNG at (seed, agent, env, `step`) — pass the number of agent steps taken
+    /// so far — or, with `greedy`, are the argmax of the policy.
+    pub fn act(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
+        let want = self.obs_bytes_per_act();
+        if obs.len() != want {
+            return Err(Error::Shape(format!("act: {} observation bytes, expected {want} ([{}][{}][4][84][84])", obs.len(), self.agents(), self.envs_per_agent())));
+        }
+        self.backend.act(obs, step, greedy, out)
+    }
+
+    /// One A2C update of every agent from `segment` (layouts in [`crate::backend`]; sizes are
+    /// checked first, so a wrong size changes nothing). Returns per-agent losses and norms.
+    pub fn learn(&mut self, segment: &Segment) -> Result<Vec<AgentLearnStats>> {
+        segment.check(self.spec())?;
+        self.backend.learn(segment)
+    }
+
+    /// One lock-step gossip round on the configured topology (agent r mixes in the parameters
+    /// of its in-peers of this round), then advances the round counter. Without gossip
+    /// (`algo = a2c`, one agent, or a single-agent engine) only the counter advances.
+    pub fn gossip(&mut self) -> Result<()> {
+        if let Some(graph) = &self.graph {
+            self.backend.mix(&graph.in_peers(self.round))?;
+        }
+        self.round += 1;
+        Ok(())
+    }
+
+    /// Gossip rounds done so far.
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    /// Sets the round counter (when continuing a run: the round is the update count).
+    pub fn set_round(&mut self, round: u64) {
+        self.round = round;
+    }
+
+    /// The ε-ball metric: max_r ‖θ_r − θ̄‖ / ‖θ̄‖.
+    pub fn consensus_distance(&mut self) -> Result<f64> {
+        self.backend.consensus_distance()
+    }
+
+    /// All agents' parameters [agents][P] in `ParamLayout` order.
+    pub fn read_params(&mut self) -> Result<Vec<f32>> {
+        self.backend.read_params()
+    }
+
+    /// Replaces all agents' parameters ([agents][P]).
+    pub fn write_params(&mut self, params: &[f32]) -> Result<()> {
+        let want = self.agents() * self.param_count();
+        if params.len() != want {
+            return Err(Error::Shape(format!("write_params: {} values, expected {want}", params.len())));
+        }
+        self.backend.write_params(params)
+    }
+
+    /// All agents' RMSprop square averages [agents][P].
+    pub fn read_optimizer_state(&mut self) -> Result<Vec<f32>> {
+        self.backend.read_optimizer_state()
+    }
+
+    /// Replaces all agents' RMSprop square averages ([agents][P]).
+    pub fn write_optimizer_state(&mut self, square_avg: &[f32]) -> Result<()> {
+        let want = self.agents() * self.param_count();
+        if square_avg.len() != want {
+            return Err(Error::Shape(format!("write_optimizer_state: {} values, expected {want}", square_avg.len())));
+        }
+        self.backend.write_optimizer_state(square_avg)
+    }
+
+    /// SHA-256 of all agents' parameters (little-endian f32, agent order): the `params_sha256`
+    /// of run summaries.
+    pub fn params_sha256(&mut self) -> Result<String> {
+        Ok(crate::run::params_sha256(&self.read_params()?))
+    }
+
+    /// Fails naming the agent, tensor and element when any parameter is NaN or infinite.
+    pub fn check_params_finite(&mut self) -> Result<()> {
+        let params = self.backend.read_params()?;
+        let layout = self.spec().net.layout();
+        let p = layout.total;
+        if let Some(i) = params.iter().position(|x| !x.is_finite()) {
+            let (agent, off) = (i / p, i % p);
+            let t = layout.tensors.iter().find(|t| t.range().contains(&off)).expect("layout covers the arena");
+            return Err(Error::NonFinite(format!("agent {agent}: parameter tensor `{}` element {} is {}", t.name, off - t.offset, params[i])));
+        }
+        Ok(())
+    }
+
+    /// The parameters as a safetensors file's bytes, one tensor per agent and PyTorch name
+    /// (`agent0.conv1.weight` is [32, 4, 8, 8]), exactly as checkpoints name them.
+    pub fn export_params(&mut self) -> Result<Vec<u8>> {
+        let params = self.read_params()?;
+        crate::checkpoint::params_to_bytes(&self.spec().net, self.agents(), &params)
+    }
+
+    /// Loads parameters from `export_params` bytes or a checkpoint file's bytes (the
+    /// `agent{r}.*` tensors must match this engine's agents and network).
+    pub fn import_params(&mut self, bytes: &[u8]) -> Result<()> {
+        let params = crate::checkpoint::params_from_bytes(bytes, &self.spec().net, self.agents(), "the given bytes")?;
+        self.backend.write_params(&params)
+    }
+
+    /// `export_params` written to `path` (atomically: a failure leaves any old file intact).
+    pub fn save_params(&mut self, path: &Path) -> Result<()> {
+        crate::run::write_atomic(path, &self.export_params()?)
+    }
+
+    /// `import_params` from a parameter file or a checkpoint (a run folder means its checkpoint).
+    pub fn load_params(&mut self, path: &Path) -> Result<()> {
+        let file = crate::checkpoint::resolve_path(path);
+        let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+        let params = crate::checkpoint::params_from_bytes(&bytes, &self.spec().net, self.agents(), &file.display().to_string())?;
+        self.backend.write_params(&params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendKind;
+
+    fn small() -> Config {
+        Config { agents: 2, envs_per_agent: 1, n_steps: 2, backend: BackendKind::Cpu, threads: 1, ..Config::default() }
+    }
+
+    #[test]
+    fn params_roundtrip_through_the_checkpoint_names() {
+        let mut e = Engine::new(&small(), 3).unwrap();
+        let mut params = e.read_params().unwrap();
+        params[7] = 0.25;
+        e.write_params(&params).unwrap();
+        let bytes = e.export_params().unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("agent1.conv1.weight").unwrap().shape(), &[32, 4, 8, 8]);
+        assert_eq!(st.tensor("agent0.actor.weight").unwrap().shape(), &[3, 512]);
+        let mut f = Engine::new(&Config { seed: 9, ..small() }, 3).unwrap();
+        assert_ne!(f.params_sha256().unwrap(), e.params_sha256().unwrap());
+        f.import_params(&bytes).unwrap();
+        assert_eq!(f.read_params().unwrap(), params);
+        // A file for another network is refused, naming the tensor.
+        let mut g = Engine::new(&small(), 6).unwrap();
+        let err = g.import_params(&bytes).unwrap_err().to_string();
+        assert!(err.contains("agent0.actor.weight"), "{err}");
+    }
+
+    #[test]
+    fn wrong_sizes_are_shape_errors() {
+        let mut e = Engine::new(&small(), 3).unwrap();
+        let err = e.act(&[0u8; 10], 0, false, &mut ActOutput::default()).unwrap_err();
+        assert!(matches!(err, Error::Shape(_)), "{err}");
+        assert!(matches!(e.write_params(&[0.0; 3]).unwrap_err(), Error::Shape(_)));
+        assert!(matches!(Engine::new(&small(), 0).err().unwrap(), Error::Config(_)));
+    }
+}
