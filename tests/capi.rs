@@ -150,7 +150,7 @@ fn act(engine: *mut GalaEngine, obs: Option<&[u8]>, actions_len: usize) -> GalaS
 
 #[test]
 fn create_reports_config_errors() {
-    let mut engine = 1usize as *mut GalaEngine;
+    let mut engine = std::ptr::dangling_mut::<GalaEngine>();
     let bad = CString::new("agents = 2\nlearning_rate = 0.1\n").unwrap();
     // SAFETY: valid C string and out pointer.
     assert_eq!(unsafe { gala_engine_create(bad.as_ptr(), 3, &mut engine) }, GalaStatus::GalaErrConfig);
@@ -202,7 +202,7 @@ fn a_failure_inside_the_engine_poisons_the_handle() {
     let mut rewards = vec![1f32; s];
     rewards[s - 1] = f32::NAN;
     let dones = vec![0f32; s];
-    let boot = vec![0f32; 2];
+    let boot = [0f32; 2];
     let mut stats = vec![GalaLearnStats::default(); 2];
     // SAFETY: each pointer is valid for the length passed with it.
     let status = unsafe {
