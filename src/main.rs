@@ -384,6 +384,9 @@ fn train(args: TrainArgs) -> Result<()> {
     if resumed.is_some() && config.asynchronous() {
         bail!("--resume of an asynchronous-gossip run is not supported yet (its checkpoints would need the mailboxes)");
     }
+    if resumed.is_some() && config.pipeline {
+        bail!("--resume of a pipelined run is not supported yet (its checkpoints would need the in-flight segment and the actor's parameters)");
+    }
     let mut trainer = if config.asynchronous() {
         if !args.quiet {
             eprintln!("gossip: asynchronous, every agent on its own thread (sync_freq {}); Ctrl-C aborts without a checkpoint", config.sync_freq);
