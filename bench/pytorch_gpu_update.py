@@ -25,26 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, stack_module_state, vmap
 
-
-class Policy(nn.Module):
-    """Same names and layouts as gala-gpu's parameter arena."""
-
-    def __init__(self, actions=6, c3=32):
-        super().__init__()
-        self.conv1 = nn.Conv2d(4, 32, 8, stride=4)
-        self.conv2 = nn.Conv2d(32, 64, 4, stride=2)
-        self.conv3 = nn.Conv2d(64, c3, 3, stride=1)
-        self.fc = nn.Linear(c3 * 7 * 7, 512)
-        self.actor = nn.Linear(512, actions)
-        self.critic = nn.Linear(512, 1)
-
-    def forward(self, frames):
-        x = frames.float() / 255.0
-        x = F.relu(self.conv1(x))
-        x = F.relu(self.conv2(x))
-        x = F.relu(self.conv3(x))
-        h = F.relu(self.fc(x.flatten(1)))
-        return self.actor(h), self.critic(h).squeeze(1)
+# The module with gala-gpu's parameter names and layouts, shared with the CPU bench.
+from pytorch_cpu_update import Policy
 
 
 def nstep_returns(rewards, dones, bootstrap, gamma=0.99):

@@ -163,3 +163,105 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         launches_per_update,
     })
 }
+
+/// `gala-gpu bench e2e`: the whole training loop (simulators, acting, learning, gossip) against
+/// pure emulation of the same environments on the same threads.
+#[derive(Clone, Debug, Serialize)]
+pub struct E2eBenchReport {
+    pub game: String,
+    pub backend: String,
+    pub agents: usize,
+    pub envs_per_agent: usize,
+    pub n_steps: usize,
+    pub threads: usize,
+    pub pipeline: bool,
+    pub updates: u64,
+    pub wall_seconds: f64,
+    /// Raw emulator frames per second of training.
+    pub frames_per_sec: f64,
+    pub agent_steps_per_sec: f64,
+    /// The same vector env stepped with random actions and nothing else, same threads.
+    pub emulation_frames_per_sec: f64,
+    /// `frames_per_sec / emulation_frames_per_sec`.
+    pub fraction_of_emulation: f64,
+    /// Where the time went (seconds over the timed updates; phases overlap when pipelined).
+    pub phases: crate::algo::trainer::PhaseSeconds,
+    /// Fraction of wall time the learner (the device, on cuda) was busy learning and mixing.
+    pub learner_busy_fraction: f64,
+}
+
+impl std::fmt::Display for E2eBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = &self.phases;
+        write!(
+            f,
+            "bench e2e: {} on {} ({} agents × {} envs × {} steps, {} threads{}): {} updates in {:.2} s\n  \
+             {:.0} raw frames/s, {:.0} agent steps/s; pure emulation {:.0} frames/s: {:.0}% of it\n  \
+             time: act {:.2} s, env {:.2} s, learn {:.2} s, mix {:.2} s{}; learner busy {:.0}% of the wall time",
+            self.game, self.backend, self.agents, self.envs_per_agent, self.n_steps, self.threads,
+            if self.pipeline { ", pipelined" } else { "" }, self.updates, self.wall_seconds, self.frames_per_sec,
+            self.agent_steps_per_sec, self.emulation_frames_per_sec, self.fraction_of_emulation * 100.0, p.act, p.env, p.learn, p.mix,
+            if self.pipeline { format!(" (overlapped sections {:.2} s)", p.overlapped) } else { String::new() },
+            self.learner_busy_fraction * 100.0
+        )
+    }
+}
+
+/// Times `updates` training updates of `config` (after one warm-up update), then the pure
+/// emulation rate of the same environments on the same threads.
+pub fn bench_e2e(config: &Config, updates: u64) -> Result<E2eBenchReport> {
+    if updates == 0 {
+        return Err(Error::Config("bench e2e: --updates must be at least 1".into()));
+    }
+    let mut config = config.clone();
+    // The budget never ends the loop here: the benchmark counts updates itself.
+    config.frames = u64::MAX;
+    let mut trainer = crate::algo::Trainer::new(&config)?;
+    trainer.update()?;
+    let (frames0, phases0) = (trainer.frames(), trainer.phase_seconds());
+    let started = Instant::now();
+    for _ in 0..updates {
+        trainer.update()?;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let frames = trainer.frames() - frames0;
+    let p1 = trainer.phase_seconds();
+    let phases = crate::algo::trainer::PhaseSeconds {
+        act: p1.act - phases0.act,
+        env: p1.env - phases0.env,
+        learn: p1.learn - phases0.learn,
+        mix: p1.mix - phases0.mix,
+        overlapped: p1.overlapped - phases0.overlapped,
+    };
+    let backend = trainer.backend_name().to_string();
+    drop(trainer);
+    let (agents, envs) = config.learner_layout();
+    let threads = config.resolved_threads();
+    let game = crate::env::GameId::parse(&config.game)?;
+    let frames_per_step = frames as f64 / (updates as f64 * (config.n_steps * agents * envs) as f64);
+    let mut env_opts = crate::env::bench::EnvBenchOptions::new(game.clone(), agents * envs, threads);
+    env_opts.rom = config.rom.clone();
+    env_opts.preset = config.preset;
+    env_opts.seed = config.seed;
+    env_opts.steps = (updates * config.n_steps as u64).clamp(50, 2_000);
+    env_opts.raw_frames = 0;
+    let emulation = crate::env::bench::bench_env(&env_opts)?;
+    let fps = frames as f64 / wall;
+    Ok(E2eBenchReport {
+        game: game.canonical().to_string(),
+        backend,
+        agents,
+        envs_per_agent: envs,
+        n_steps: config.n_steps,
+        threads,
+        pipeline: config.pipeline,
+        updates,
+        wall_seconds: wall,
+        frames_per_sec: fps,
+        agent_steps_per_sec: fps / frames_per_step,
+        emulation_frames_per_sec: emulation.frames_per_sec,
+        fraction_of_emulation: fps / emulation.frames_per_sec,
+        learner_busy_fraction: ((phases.learn + phases.mix) / wall).min(1.0),
+        phases,
+    })
+}

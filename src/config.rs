@@ -225,8 +225,8 @@ impl Config {
         if !(self.gossip_timeout.is_finite() && self.gossip_timeout > 0.0) {
             return bad("gossip_timeout", format!("must be a finite number of seconds > 0, got {}", self.gossip_timeout));
         }
-        if self.pipeline {
-            return bad("pipeline", "rollout/learning pipelining is not implemented in this build yet; leave it off".into());
+        if self.pipeline && self.asynchronous() {
+            return bad("pipeline", "pipelining overlaps the batched trainer's rollouts and updates; it cannot be combined with asynchronous gossip (sync_freq > 0 or agent_threads)".into());
         }
         GameId::parse(&self.game).map_err(|e| Error::Config(format!("invalid `game`: {e}")))?;
         Ok(())

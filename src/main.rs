@@ -50,6 +50,32 @@ enum BenchCommand {
     Env(gala_gpu::env::cli::BenchEnvArgs),
     /// The learner alone (returns, forward + backward, clip, RMSprop for every agent) on synthetic frames.
     Learner(LearnerBenchArgs),
+    /// The whole training loop against pure emulation of the same envs on the same threads.
+    E2e(E2eBenchArgs),
+}
+
+/// Training settings as for `train` (same flags), plus how many updates to time.
+#[derive(Args)]
+struct E2eBenchArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Timed updates (after one warm-up update).
+    #[arg(long, default_value_t = 20)]
+    updates: u64,
+    /// One JSON object on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn bench_e2e(a: E2eBenchArgs) -> Result<()> {
+    let config = a.train.resolve()?;
+    let report = gala_gpu::bench::bench_e2e(&config, a.updates)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -384,6 +410,9 @@ fn train(args: TrainArgs) -> Result<()> {
     if resumed.is_some() && config.asynchronous() {
         bail!("--resume of an asynchronous-gossip run is not supported yet (its checkpoints would need the mailboxes)");
     }
+    if resumed.is_some() && config.pipeline {
+        bail!("--resume of a pipelined run is not supported yet (its checkpoints would need the in-flight segment and the actor's parameters)");
+    }
     let mut trainer = if config.asynchronous() {
         if !args.quiet {
             eprintln!("gossip: asynchronous, every agent on its own thread (sync_freq {}); Ctrl-C aborts without a checkpoint", config.sync_freq);
@@ -526,6 +555,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval(args),
         Command::Plot(args) => plot(args),
         Command::Bench(BenchCommand::Learner(args)) => bench_learner(args),
+        Command::Bench(BenchCommand::E2e(args)) => bench_e2e(args),
         Command::Info => info(),
     };
     match result {

@@ -104,3 +104,23 @@ fn short_pong_run_writes_its_run_folder() {
     assert_eq!(summary["updates"], 5);
     assert!(run.join("config.toml").exists() && run.join("metrics.csv").exists());
 }
+
+#[test]
+fn bench_e2e_reports_rates_and_the_fraction_of_emulation() {
+    for pipeline in [false, true] {
+        let mut args = vec!["bench", "e2e", "--game", "catch", "--agents", "2", "--envs-per-agent", "2", "--updates", "2", "--backend", "cpu", "--json"];
+        if pipeline {
+            args.push("--pipeline");
+        }
+        let out = gala(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["pipeline"], pipeline);
+        assert_eq!(report["updates"], 2);
+        for key in ["frames_per_sec", "agent_steps_per_sec", "emulation_frames_per_sec", "fraction_of_emulation", "learner_busy_fraction"] {
+            let v = report[key].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+        }
+        assert!(report["phases"]["learn"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -5,6 +5,16 @@
 //!   2. V(s_T) for the bootstrap, by the same parameters that acted;
 //!   3. backend.learn: n-step returns, A2C loss, backward, per-agent clip, RMSprop;
 //!   4. gossip: each agent mixes in its in-peers' parameters (skipped for a2c / one agent).
+//!
+//! Pipelined (`--pipeline`, HTS-RL): a second backend instance, the actor, holds the behaviour
+//! parameters. While the learner learns from segment s (θ_s → θ_{s+1}), the actor collects
+//! segment s+1 with θ_s on another thread, into the other half of a double buffer; then the actor
+//! takes θ_{s+1}. So every segment after the first is exactly one update old when it is learned
+//! from, always: the behaviour log-probs are stored with the rollout and the policy-gradient term
+//! is weighted by the truncated ratio min(1, π_θ(a|s)/μ(a|s)) (IMPALA's ρ̄ = 1), and V(s_T) for
+//! the bootstrap comes from the behaviour parameters, like the values HTS-RL stores with its
+//! rollouts. The two threads share no state, so pipelined runs are as deterministic as plain ones.
+//!
 //! Everything that decides the result is a function of the seed: environment randomness is keyed
 //! by (seed, env), action sampling by (seed, agent, env, step). Wall-clock time is only reported.
 //! That is also why a checkpoint (parameters, RMSprop state, the step counter, the environments'
@@ -12,7 +22,7 @@
 
 use crate::backend::{ActOutput, AgentLearnStats, Backend, Segment};
 use crate::config::Config;
-use crate::env::{self, EnvSettings, GameId, VecEnv, FRAME_BYTES};
+use crate::env::{self, EnvSettings, FinishedGame, GameId, VecEnv, FRAME_BYTES};
 use crate::checkpoint::Checkpoint;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -50,13 +60,16 @@ pub struct Trainer {
     envs: usize,
     n_steps: usize,
     frames_per_step: u64,
-    // Rollout storage, [agents][n_steps][envs](…).
-    obs: Vec<u8>,
-    actions: Vec<u32>,
-    rewards: Vec<f32>,
-    dones: Vec<f32>,
+    /// The segment being learned from (and, unpipelined, the one being collected).
+    rollout: Rollout,
+    /// Pipelined: the behaviour-policy backend, and the segment it collects meanwhile.
+    actor: Option<Engine>,
+    next: Rollout,
+    /// Pipelined: `rollout` holds a collected segment not learned from yet.
+    pending: bool,
     act_out: ActOutput,
-    bootstrap: ActOutput,
+    /// Wall-clock seconds per phase, for `bench e2e` (phases overlap when pipelined).
+    phase_seconds: PhaseSeconds,
     /// Agent steps taken by every env so far (the RNG step counter).
     step: u64,
     updates: u64,
@@ -76,6 +89,131 @@ pub struct Trainer {
     debug_nan_at_update: Option<u64>,
     /// Frames at which the checkpoint on disk was taken, if any.
     last_checkpoint: Option<u64>,
+}
+
+/// Wall-clock time spent in each phase of training (seconds, summed over updates).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PhaseSeconds {
+    /// Forward passes and sampling while collecting (incl. the bootstrap values).
+    pub act: f64,
+    /// Stepping the environments (and copying observations into the rollout).
+    pub env: f64,
+    /// Returns, forward + backward, clip, RMSprop.
+    pub learn: f64,
+    /// Gossip mixing (and, pipelined, handing the new parameters to the actor).
+    pub mix: f64,
+    /// Pipelined: wall time of the overlapped collect ‖ learn sections.
+    pub overlapped: f64,
+}
+
+/// One n-step segment of every agent, [agents][n_steps][envs](…).
+#[derive(Default)]
+struct Rollout {
+    obs: Vec<u8>,
+    actions: Vec<u32>,
+    rewards: Vec<f32>,
+    dones: Vec<f32>,
+    /// log μ(a|s) of the parameters that acted.
+    log_probs: Vec<f32>,
+    /// V(s_T) after the segment, by the parameters that acted.
+    bootstrap: ActOutput,
+    /// Collected by parameters older than the learner's when it learns from it (pipelined,
+    /// overlapped): the loss then applies the truncated importance ratio.
+    stale: bool,
+}
+
+impl Rollout {
+    fn new(samples: usize) -> Self {
+        Rollout {
+            obs: vec![0; samples * OBS_BYTES],
+            actions: vec![0; samples],
+            rewards: vec![0.0; samples],
+            dones: vec![0.0; samples],
+            log_probs: vec![0.0; samples],
+            bootstrap: ActOutput::default(),
+            stale: false,
+        }
+    }
+
+    fn segment(&self) -> Segment<'_> {
+        let off_policy = self.stale;
+        Segment {
+            obs: &self.obs,
+            actions: &self.actions,
+            rewards: &self.rewards,
+            dones: &self.dones,
+            bootstrap_values: &self.bootstrap.values,
+            behaviour_log_probs: off_policy.then_some(&self.log_probs[..]),
+        }
+    }
+}
+
+/// The shape of a rollout and how to fill it.
+#[derive(Clone, Copy)]
+struct CollectPlan {
+    agents: usize,
+    envs: usize,
+    steps: usize,
+    clip_rewards: bool,
+    /// The RNG step counter of the segment's first step.
+    first_step: u64,
+}
+
+/// Acts for `plan.steps` steps in every env with `actor`, filling `ro` (and V(s_T)); returns the
+/// games that finished, each with the step counter at which it did, and the seconds spent
+/// (acting, stepping environments).
+fn collect_segment(
+    venv: &mut VecEnv, actor: &mut Engine, ro: &mut Rollout, act_out: &mut ActOutput, plan: CollectPlan,
+) -> Result<(Vec<(u64, FinishedGame)>, f64, f64)> {
+    let CollectPlan { agents, envs, steps, clip_rewards, first_step } = plan;
+    let (mut act_s, mut env_s) = (0.0, 0.0);
+    let mut finished = Vec::new();
+    for t in 0..steps {
+        let step = first_step + t as u64;
+        let t0 = Instant::now();
+        actor.act(venv.observations(), step, false, act_out)?;
+        let t1 = Instant::now();
+        let obs_now = venv.observations();
+        for a in 0..agents {
+            let dst = ((a * steps + t) * envs) * OBS_BYTES;
+            ro.obs[dst..dst + envs * OBS_BYTES].copy_from_slice(&obs_now[a * envs * OBS_BYTES..(a + 1) * envs * OBS_BYTES]);
+            let row = (a * steps + t) * envs;
+            ro.actions[row..row + envs].copy_from_slice(&act_out.actions[a * envs..(a + 1) * envs]);
+            ro.log_probs[row..row + envs].copy_from_slice(&act_out.log_probs[a * envs..(a + 1) * envs]);
+        }
+        venv.step(&act_out.actions)?;
+        for a in 0..agents {
+            let row = (a * steps + t) * envs;
+            for e in 0..envs {
+                let r = venv.rewards()[a * envs + e];
+                ro.rewards[row + e] = if clip_rewards { clip_reward(r) } else { r };
+                ro.dones[row + e] = venv.dones()[a * envs + e];
+            }
+        }
+        finished.extend(venv.drain_finished().into_iter().map(|g| (step, g)));
+        act_s += (t1 - t0).as_secs_f64();
+        env_s += t1.elapsed().as_secs_f64();
+    }
+    let t0 = Instant::now();
+    actor.act(venv.observations(), first_step + steps as u64, false, &mut ro.bootstrap)?;
+    act_s += t0.elapsed().as_secs_f64();
+    Ok((finished, act_s, env_s))
+}
+
+/// Learns from `ro` (optionally poisoned by the NaN test hook), checks the parameters, and runs
+/// the engine's next gossip round; returns the per-agent statistics and the seconds (learn, mix).
+fn learn_and_mix(engine: &mut Engine, ro: &mut Rollout, poison: bool) -> Result<(Vec<AgentLearnStats>, f64, f64)> {
+    if poison {
+        let last = ro.rewards.len() - ro.rewards.len() / engine.agents();
+        ro.rewards[last] = f32::NAN;
+    }
+    let t0 = Instant::now();
+    let stats = engine.learn(&ro.segment())?;
+    // Checked before gossip, so the agent that went non-finite is the one named.
+    engine.check_params_finite()?;
+    let t1 = Instant::now();
+    engine.gossip()?;
+    Ok((stats, (t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64()))
 }
 
 /// A finished game: when (the env's agent-step counter), where (global env index), its score.
@@ -126,6 +264,9 @@ impl Trainer {
         let first_env = agent_offset * envs;
         let venv = env::make_vec_env_range(&settings, first_env..first_env + agents * envs, env_threads)?;
         let engine = Engine::build(config, venv.num_actions(), only)?;
+        // Pipelined: the behaviour policy gets an engine of its own (same initial parameters), so
+        // acting never waits for (or races with) the learner's update of the same parameters.
+        let actor = if config.pipeline && only.is_none() { Some(Engine::build(config, venv.num_actions(), only)?) } else { None };
         let n = agents * config.n_steps * envs;
         Ok(Trainer {
             config: config.clone(),
@@ -135,12 +276,12 @@ impl Trainer {
             agents,
             envs,
             n_steps: config.n_steps,
-            obs: vec![0; n * OBS_BYTES],
-            actions: vec![0; n],
-            rewards: vec![0.0; n],
-            dones: vec![0.0; n],
+            rollout: Rollout::new(n),
+            next: if actor.is_some() { Rollout::new(n) } else { Rollout::default() },
+            actor,
+            pending: false,
             act_out: ActOutput::default(),
-            bootstrap: ActOutput::default(),
+            phase_seconds: PhaseSeconds::default(),
             step: 0,
             updates: 0,
             episodes: 0,
@@ -309,54 +450,100 @@ impl Trainer {
         &self.last_stats
     }
 
+    /// Seconds spent per phase so far.
+    pub fn phase_seconds(&self) -> PhaseSeconds {
+        self.phase_seconds
+    }
+
+    /// Whether the frame budget is spent and every collected segment has been learned from.
+    pub fn done(&self) -> bool {
+        self.frames() >= self.config.frames && !self.pending
+    }
+
+    fn plan(&self) -> CollectPlan {
+        CollectPlan { agents: self.agents, envs: self.envs, steps: self.n_steps, clip_rewards: self.config.clip_rewards, first_step: self.step }
+    }
+
+    /// Books the games a collected segment finished and advances the step counter.
+    fn record_collection(&mut self, finished: Vec<(u64, FinishedGame)>, act_s: f64, env_s: f64) {
+        for (step, game) in finished {
+            self.episodes += 1;
+            let env = self.agent_offset * self.envs + game.env;
+            push_recent(&mut self.recent_games, GameRecord { step, env, score: game.end.score });
+            let agent = game.env / self.envs;
+            self.agent_episodes[agent] += 1;
+            push_recent(&mut self.agent_recent[agent], game.end.score);
+        }
+        self.step += self.n_steps as u64;
+        self.phase_seconds.act += act_s;
+        self.phase_seconds.env += env_s;
+    }
+
     /// One update for every agent (module docs).
     pub fn update(&mut self) -> Result<()> {
-        let (agents, envs, steps) = (self.agents, self.envs, self.n_steps);
-        let clip = self.config.clip_rewards;
-        for t in 0..steps {
-            self.engine.act(self.venv.observations(), self.step, false, &mut self.act_out)?;
-            let obs_now = self.venv.observations();
-            for a in 0..agents {
-                let dst = ((a * steps + t) * envs) * OBS_BYTES;
-                self.obs[dst..dst + envs * OBS_BYTES].copy_from_slice(&obs_now[a * envs * OBS_BYTES..(a + 1) * envs * OBS_BYTES]);
-                let row = (a * steps + t) * envs;
-                self.actions[row..row + envs].copy_from_slice(&self.act_out.actions[a * envs..(a + 1) * envs]);
-            }
-            self.venv.step(&self.act_out.actions)?;
-            for a in 0..agents {
-                let row = (a * steps + t) * envs;
-                for e in 0..envs {
-                    let r = self.venv.rewards()[a * envs + e];
-                    self.rewards[row + e] = if clip { clip_reward(r) } else { r };
-                    self.dones[row + e] = self.venv.dones()[a * envs + e];
-                }
-            }
-            for game in self.venv.drain_finished() {
-                self.episodes += 1;
-                let env = self.agent_offset * self.envs + game.env;
-                push_recent(&mut self.recent_games, GameRecord { step: self.step, env, score: game.end.score });
-                let agent = game.env / envs;
-                self.agent_episodes[agent] += 1;
-                push_recent(&mut self.agent_recent[agent], game.end.score);
-            }
-            self.step += 1;
+        if self.actor.is_some() {
+            return self.update_pipelined();
         }
-        self.engine.act(self.venv.observations(), self.step, false, &mut self.bootstrap)?;
-        if self.debug_nan_at_update == Some(self.updates) {
-            self.rewards[(agents - 1) * steps * envs] = f32::NAN;
+        let plan = self.plan();
+        let (finished, act_s, env_s) = collect_segment(&mut self.venv, &mut self.engine, &mut self.rollout, &mut self.act_out, plan)?;
+        self.record_collection(finished, act_s, env_s);
+        let poison = self.debug_nan_at_update == Some(self.updates);
+        let (stats, learn_s, mix_s) = learn_and_mix(&mut self.engine, &mut self.rollout, poison)?;
+        self.last_stats = stats;
+        self.phase_seconds.learn += learn_s;
+        self.phase_seconds.mix += mix_s;
+        self.updates += 1;
+        Ok(())
+    }
+
+    /// Pipelined update: learn from the pending segment while the actor collects the next one.
+    fn update_pipelined(&mut self) -> Result<()> {
+        if !self.pending {
+            // The first segment (and the first after a drained budget): nothing to overlap with.
+            let plan = self.plan();
+            let actor = self.actor.as_mut().expect("pipelined trainer has an actor");
+            let (finished, act_s, env_s) = collect_segment(&mut self.venv, actor, &mut self.rollout, &mut self.act_out, plan)?;
+            self.record_collection(finished, act_s, env_s);
+            // Collected by the learner's current parameters: on-policy, plain A2C.
+            self.rollout.stale = false;
+            self.pending = true;
         }
-        let segment = Segment {
-            obs: &self.obs,
-            actions: &self.actions,
-            rewards: &self.rewards,
-            dones: &self.dones,
-            bootstrap_values: &self.bootstrap.values,
-            behaviour_log_probs: None,
+        let collect_next = self.frames() < self.config.frames;
+        let plan = self.plan();
+        let poison = self.debug_nan_at_update == Some(self.updates);
+        let started = Instant::now();
+        let (learned, collected) = {
+            let Trainer { engine, actor, venv, rollout, next, act_out, .. } = self;
+            let actor = actor.as_mut().expect("pipelined trainer has an actor");
+            std::thread::scope(|scope| {
+                let collector = collect_next.then(|| scope.spawn(|| collect_segment(venv, actor, next, act_out, plan)));
+                let learned = learn_and_mix(engine, rollout, poison);
+                let collected = collector
+                    .map(|h| h.join().unwrap_or_else(|_| Err(Error::Backend("the rollout collector thread panicked".into()))));
+                (learned, collected)
+            })
         };
-        self.last_stats = self.engine.learn(&segment)?;
-        // Checked before gossip, so the agent that went non-finite is the one named.
-        self.check_params_finite()?;
-        self.engine.gossip()?;
+        self.phase_seconds.overlapped += started.elapsed().as_secs_f64();
+        let (stats, learn_s, mix_s) = learned?;
+        self.last_stats = stats;
+        self.phase_seconds.learn += learn_s;
+        self.phase_seconds.mix += mix_s;
+        match collected {
+            Some(result) => {
+                let (finished, act_s, env_s) = result?;
+                self.record_collection(finished, act_s, env_s);
+                std::mem::swap(&mut self.rollout, &mut self.next);
+                // Collected by θ_s while the learner made θ_{s+1}: one update old.
+                self.rollout.stale = true;
+            }
+            None => self.pending = false,
+        }
+        // The next segment is collected with the parameters just learned (one update old when
+        // it is learned from).
+        let t0 = Instant::now();
+        let params = self.engine.read_params()?;
+        self.actor.as_mut().expect("pipelined trainer has an actor").write_params(&params)?;
+        self.phase_seconds.mix += t0.elapsed().as_secs_f64();
         self.updates += 1;
         Ok(())
     }
@@ -444,7 +631,7 @@ impl Trainer {
         let save_every = self.config.save_every;
         let next_save = |frames: u64| frames.checked_div(save_every).map_or(u64::MAX, |n| (n + 1) * save_every);
         let mut save_at = next_save(self.frames());
-        while self.frames() < self.config.frames {
+        while !self.done() {
             if self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
                 self.interrupted = true;
                 break;
@@ -453,7 +640,7 @@ impl Trainer {
                 return Err(self.failure(e, run.as_deref()));
             }
             progress.tick(self.frames());
-            if self.updates % self.config.metrics_every == 0 || self.frames() >= self.config.frames {
+            if self.updates % self.config.metrics_every == 0 || self.done() {
                 let row = self.metrics_row(started)?;
                 if let Some(run) = run.as_deref_mut() {
                     run.append_metrics(&row)?;

@@ -131,6 +131,42 @@ pub struct AgentLearnStats {
     pub grad_norm: f64,
 }
 
+/// Refuses a non-finite loss before any parameter changes, naming the agent and the terms.
+/// Shared by every backend, so they fail the same way.
+pub fn check_losses_finite(terms: &[cpu::heads::LossTerms], coefs: cpu::heads::LossCoefs) -> Result<()> {
+    for (r, t) in terms.iter().enumerate() {
+        let total = t.total(coefs);
+        if !total.is_finite() {
+            return Err(crate::Error::NonFinite(format!(
+                "agent {r}: loss is {total} (value loss {}, policy loss {}, entropy {}); parameters left unchanged",
+                t.value_loss, t.policy_loss, t.entropy
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Per-agent statistics of an update from its loss terms and pre-clip gradient norms (refusing
+/// a non-finite norm, naming the agent).
+pub fn learn_stats(terms: &[cpu::heads::LossTerms], norms: &[f64]) -> Result<Vec<AgentLearnStats>> {
+    if let Some((r, nrm)) = norms.iter().enumerate().find(|(_, n)| !n.is_finite()) {
+        return Err(crate::Error::NonFinite(format!("agent {r}: gradient norm is {nrm}")));
+    }
+    Ok(terms
+        .iter()
+        .zip(norms)
+        .map(|(t, &grad_norm)| AgentLearnStats { value_loss: t.value_loss, policy_loss: t.policy_loss, entropy: t.entropy, grad_norm })
+        .collect())
+}
+
+/// Checks a gossip round's peer lists: one per agent, naming agents that exist.
+pub fn check_peer_lists(in_peers: &[Vec<usize>], agents: usize) -> Result<()> {
+    if in_peers.len() != agents || in_peers.iter().flatten().any(|&s| s >= agents) {
+        return Err(crate::Error::Shape(format!("mix: peer lists must name agents 0..{agents}, got {in_peers:?}")));
+    }
+    Ok(())
+}
+
 /// Everything a compute device does for the trainer. Implementations: `cpu::CpuBackend`
 /// (reference), and the GPU backend over a `Device` (cuda or the simulator).
 pub trait Backend: Send {

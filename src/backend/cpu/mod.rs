@@ -167,41 +167,17 @@ impl Backend for CpuBackend {
                 })
                 .collect()
         });
-        for (r, t) in terms.iter().enumerate() {
-            let total = t.total(coefs);
-            if !total.is_finite() {
-                return Err(Error::NonFinite(format!(
-                    "agent {r}: loss is {total} (value loss {}, policy loss {}, entropy {}); parameters left unchanged",
-                    t.value_loss, t.policy_loss, t.entropy
-                )));
-            }
-        }
+        super::check_losses_finite(&terms, coefs)?;
         let opt = RmsProp { lr: spec.hyper.lr, alpha: spec.hyper.rms_alpha, eps: spec.hyper.rms_eps };
         let (agents, max_norm) = (spec.agents, spec.hyper.max_grad_norm);
         let (params, grads, sq) = (&mut self.params, &mut self.grads, &mut self.square_avg);
         let norms = self.pool.install(|| optim::clip_and_rmsprop(params, grads, sq, agents, max_norm, opt));
-        for (r, nrm) in norms.iter().enumerate() {
-            if !nrm.is_finite() {
-                return Err(Error::NonFinite(format!("agent {r}: gradient norm is {nrm}")));
-            }
-        }
-        Ok(terms
-            .iter()
-            .zip(&norms)
-            .map(|(t, &grad_norm)| AgentLearnStats {
-                value_loss: t.value_loss,
-                policy_loss: t.policy_loss,
-                entropy: t.entropy,
-                grad_norm,
-            })
-            .collect())
+        super::learn_stats(&terms, &norms)
     }
 
     fn mix(&mut self, in_peers: &[Vec<usize>]) -> Result<()> {
         let agents = self.spec.agents;
-        if in_peers.len() != agents || in_peers.iter().flatten().any(|&s| s >= agents) {
-            return Err(Error::Shape(format!("mix: peer lists must name agents 0..{agents}, got {in_peers:?}")));
-        }
+        super::check_peer_lists(in_peers, agents)?;
         let params = &mut self.params;
         self.pool.install(|| gossip::mix(params, agents, in_peers));
         Ok(())

@@ -400,15 +400,7 @@ impl<D: Device> Backend for GpuBackend<D> {
             .chunks(3)
             .map(|t| LossTerms { value_loss: t[0] / nf, policy_loss: -t[1] / nf, entropy: t[2] / nf })
             .collect();
-        for (r, t) in terms.iter().enumerate() {
-            let total = t.total(coefs);
-            if !total.is_finite() {
-                return Err(Error::NonFinite(format!(
-                    "agent {r}: loss is {total} (value loss {}, policy loss {}, entropy {}); parameters left unchanged",
-                    t.value_loss, t.policy_loss, t.entropy
-                )));
-            }
-        }
+        crate::backend::check_losses_finite(&terms, coefs)?;
         {
             let (dev, s, params, grads) = self.arena.params_and_grads();
             let f = &self.learn_fwd;
@@ -423,28 +415,12 @@ impl<D: Device> Backend for GpuBackend<D> {
         }
         let opt = RmsProp { lr: hyper.lr, alpha: hyper.rms_alpha, eps: hyper.rms_eps };
         let norms = self.arena.clip_and_rmsprop(hyper.max_grad_norm, opt)?;
-        for (r, nrm) in norms.iter().enumerate() {
-            if !nrm.is_finite() {
-                return Err(Error::NonFinite(format!("agent {r}: gradient norm is {nrm}")));
-            }
-        }
-        Ok(terms
-            .iter()
-            .zip(&norms)
-            .map(|(t, &grad_norm)| AgentLearnStats {
-                value_loss: t.value_loss,
-                policy_loss: t.policy_loss,
-                entropy: t.entropy,
-                grad_norm,
-            })
-            .collect())
+        crate::backend::learn_stats(&terms, &norms)
     }
 
     fn mix(&mut self, in_peers: &[Vec<usize>]) -> Result<()> {
         let agents = self.spec.agents;
-        if in_peers.len() != agents || in_peers.iter().flatten().any(|&s| s >= agents) {
-            return Err(Error::Shape(format!("mix: peer lists must name agents 0..{agents}, got {in_peers:?}")));
-        }
+        crate::backend::check_peer_lists(in_peers, agents)?;
         self.arena.mix(in_peers)
     }
 
