@@ -135,7 +135,10 @@ enum GalaStatus gala_engine_act(struct GalaEngine *engine,
 // `obs` [agents][n_steps][envs][4][84][84] uint8 (S·28224 bytes), `actions` [agents][n_steps][envs]
 // (S), `rewards` (S, as learned from — clip them yourself if you want clipping), `dones` (S, 1.0
 // where the episode ended with that step, else 0.0), `bootstrap_values` [agents][envs]: V of the
-// observation after the segment (`values` of a `gala_engine_act` on it). `stats` may be NULL;
+// observation after the segment (`values` of a `gala_engine_act` on it).
+// `behaviour_log_probs` (S) is NULL for on-policy data (plain A2C); when the segment was
+// collected by older parameters (pipelining), pass the `log_probs` the acting policy reported
+// and the policy-gradient term is weighted by min(1, π(a|s)/μ(a|s)). `stats` may be NULL;
 // otherwise it receives one `GalaLearnStats` per agent (`stats_len` = agents). A NaN or
 // infinite parameter after the update is `GALA_ERR_NON_FINITE` and poisons the engine.
 //
@@ -152,6 +155,8 @@ enum GalaStatus gala_engine_learn(struct GalaEngine *engine,
                                   size_t dones_len,
                                   const float *bootstrap_values,
                                   size_t bootstrap_values_len,
+                                  const float *behaviour_log_probs,
+                                  size_t behaviour_log_probs_len,
                                   struct GalaLearnStats *stats,
                                   size_t stats_len);
 

@@ -386,7 +386,10 @@ pub unsafe extern "C" fn gala_engine_act(
 /// `obs` [agents][n_steps][envs][4][84][84] uint8 (S·28224 bytes), `actions` [agents][n_steps][envs]
 /// (S), `rewards` (S, as learned from — clip them yourself if you want clipping), `dones` (S, 1.0
 /// where the episode ended with that step, else 0.0), `bootstrap_values` [agents][envs]: V of the
-/// observation after the segment (`values` of a `gala_engine_act` on it). `stats` may be NULL;
+/// observation after the segment (`values` of a `gala_engine_act` on it).
+/// `behaviour_log_probs` (S) is NULL for on-policy data (plain A2C); when the segment was
+/// collected by older parameters (pipelining), pass the `log_probs` the acting policy reported
+/// and the policy-gradient term is weighted by min(1, π(a|s)/μ(a|s)). `stats` may be NULL;
 /// otherwise it receives one `GalaLearnStats` per agent (`stats_len` = agents). A NaN or
 /// infinite parameter after the update is `GALA_ERR_NON_FINITE` and poisons the engine.
 ///
@@ -405,6 +408,8 @@ pub unsafe extern "C" fn gala_engine_learn(
     dones_len: usize,
     bootstrap_values: *const f32,
     bootstrap_values_len: usize,
+    behaviour_log_probs: *const f32,
+    behaviour_log_probs_len: usize,
     stats: *mut GalaLearnStats,
     stats_len: usize,
 ) -> GalaStatus {
@@ -420,7 +425,11 @@ pub unsafe extern "C" fn gala_engine_learn(
                 rewards: unsafe { input("rewards", rewards, rewards_len, s, shape) }?,
                 dones: unsafe { input("dones", dones, dones_len, s, shape) }?,
                 bootstrap_values: unsafe { input("bootstrap_values", bootstrap_values, bootstrap_values_len, agents * envs, "agents × envs_per_agent") }?,
-                behaviour_log_probs: None,
+                behaviour_log_probs: if behaviour_log_probs.is_null() {
+                    None
+                } else {
+                    Some(unsafe { input("behaviour_log_probs", behaviour_log_probs, behaviour_log_probs_len, s, shape) }?)
+                },
             };
             let stats = if stats.is_null() { None } else { Some(unsafe { output("stats", stats, stats_len, agents, "agents") }?) };
             if let Some(&bad) = segment.actions.iter().find(|&&a| a as usize >= e.actions()) {

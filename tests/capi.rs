@@ -185,7 +185,7 @@ fn wrong_sizes_and_null_pointers_leave_the_engine_usable() {
     let (acts, rewards) = (vec![0u32; 4], vec![0f32; 4]);
     // SAFETY: each pointer is valid for its length; obs is deliberately too short.
     let status = unsafe {
-        gala_engine_learn(engine, obs.as_ptr(), obs.len(), acts.as_ptr(), 4, rewards.as_ptr(), 4, rewards.as_ptr(), 4, rewards.as_ptr(), 2, std::ptr::null_mut(), 0)
+        gala_engine_learn(engine, obs.as_ptr(), obs.len(), acts.as_ptr(), 4, rewards.as_ptr(), 4, rewards.as_ptr(), 4, rewards.as_ptr(), 2, std::ptr::null(), 0, std::ptr::null_mut(), 0)
     };
     assert_eq!(status, GalaStatus::GalaErrSize);
     assert!(last_error().contains("`obs` holds 56448 elements, expected 112896"), "{}", last_error());
@@ -206,7 +206,7 @@ fn a_failure_inside_the_engine_poisons_the_handle() {
     let mut stats = vec![GalaLearnStats::default(); 2];
     // SAFETY: each pointer is valid for the length passed with it.
     let status = unsafe {
-        gala_engine_learn(engine, obs.as_ptr(), obs.len(), acts.as_ptr(), s, rewards.as_ptr(), s, dones.as_ptr(), s, boot.as_ptr(), 2, stats.as_mut_ptr(), 2)
+        gala_engine_learn(engine, obs.as_ptr(), obs.len(), acts.as_ptr(), s, rewards.as_ptr(), s, dones.as_ptr(), s, boot.as_ptr(), 2, std::ptr::null(), 0, stats.as_mut_ptr(), 2)
     };
     assert_eq!(status, GalaStatus::GalaErrNonFinite, "{}", last_error());
     let first = last_error();
@@ -280,4 +280,59 @@ fn params_export_and_import_through_the_c_abi() {
     for e in [a, b, other] {
         assert_eq!(gala_engine_free(e), GalaStatus::GalaOk);
     }
+}
+
+/// The C ABI and the Rust `Engine` are one path: the same data through either gives the same
+/// actions, values and parameters (off-policy segment with behaviour log-probs included).
+#[test]
+fn c_abi_and_rust_engine_agree() {
+    use gala_gpu::backend::{ActOutput, Segment};
+    use gala_gpu::engine::Engine;
+    let toml = "agents = 2\nenvs_per_agent = 1\nn_steps = 2\nbackend = \"cpu\"\nthreads = 1\nseed = 5\n";
+    let mut rust = Engine::new(&Config::from_toml_str(toml, Path::new("t")).unwrap(), 3).unwrap();
+    let config = CString::new(toml).unwrap();
+    let mut c = std::ptr::null_mut();
+    // SAFETY: valid C string and out pointer.
+    assert_eq!(unsafe { gala_engine_create(config.as_ptr(), 3, &mut c) }, GalaStatus::GalaOk);
+    let (n, s) = (2, 4);
+    let obs: Vec<u8> = (0..s * OBS).map(|i| (i * 31 % 251) as u8).collect();
+    let mut out = ActOutput::default();
+    rust.act(&obs[..n * OBS], 3, false, &mut out).unwrap();
+    let (mut actions, mut values, mut log_probs) = (vec![0u32; n], vec![0f32; n], vec![0f32; n]);
+    // SAFETY: every buffer is valid for the length passed.
+    let status = unsafe {
+        gala_engine_act(c, obs.as_ptr(), n * OBS, 3, 0, actions.as_mut_ptr(), n, values.as_mut_ptr(), n, log_probs.as_mut_ptr(), n)
+    };
+    assert_eq!(status, GalaStatus::GalaOk, "{}", last_error());
+    assert_eq!((actions, values, log_probs), (out.actions.clone(), out.values.clone(), out.log_probs.clone()));
+    let acts = vec![0u32, 2, 1, 1];
+    let rewards = vec![1.0f32, 0.0, -1.0, 0.5];
+    let dones = vec![0.0f32, 1.0, 0.0, 0.0];
+    let behaviour = vec![-1.2f32, -0.9, -1.0, -1.5];
+    let segment = Segment { obs: &obs, actions: &acts, rewards: &rewards, dones: &dones, bootstrap_values: &out.values, behaviour_log_probs: Some(&behaviour) };
+    rust.learn(&segment).unwrap();
+    rust.gossip().unwrap();
+    // SAFETY: every buffer is valid for the length passed.
+    unsafe {
+        let wrong = gala_engine_learn(
+            c, obs.as_ptr(), obs.len(), acts.as_ptr(), s, rewards.as_ptr(), s, dones.as_ptr(), s, out.values.as_ptr(), n,
+            behaviour.as_ptr(), s - 1, std::ptr::null_mut(), 0,
+        );
+        assert_eq!(wrong, GalaStatus::GalaErrSize);
+        assert!(last_error().contains("`behaviour_log_probs` holds 3 elements, expected 4"), "{}", last_error());
+        let status = gala_engine_learn(
+            c, obs.as_ptr(), obs.len(), acts.as_ptr(), s, rewards.as_ptr(), s, dones.as_ptr(), s, out.values.as_ptr(), n,
+            behaviour.as_ptr(), s, std::ptr::null_mut(), 0,
+        );
+        assert_eq!(status, GalaStatus::GalaOk, "{}", last_error());
+    }
+    assert_eq!(gala_engine_gossip(c), GalaStatus::GalaOk);
+    let mut sha = [0 as std::ffi::c_char; 65];
+    // SAFETY: `sha` holds the 65 bytes passed.
+    assert_eq!(unsafe { gala_engine_params_sha256(c, sha.as_mut_ptr(), sha.len()) }, GalaStatus::GalaOk);
+    // SAFETY: the call wrote a NUL-terminated string.
+    let sha = unsafe { CStr::from_ptr(sha.as_ptr()) }.to_str().unwrap().to_string();
+    assert_eq!(sha, rust.params_sha256().unwrap());
+    assert_ne!(sha, Engine::new(&Config::from_toml_str(toml, Path::new("t")).unwrap(), 3).unwrap().params_sha256().unwrap());
+    assert_eq!(gala_engine_free(c), GalaStatus::GalaOk);
 }

@@ -116,7 +116,7 @@ int main(int argc, char **argv) {
         /* V(s_T) for the bootstrap, at the step the next segment starts with. */
         CHECK(gala_engine_act(engine, obs, n * info.obs_bytes, t_step, 0, actions, n, bootstrap, n, NULL, 0));
         CHECK(gala_engine_learn(engine, seg_obs, s * info.obs_bytes, seg_actions, s, rewards, s, dones, s,
-                                bootstrap, n, stats, agents));
+                                bootstrap, n, NULL, 0, stats, agents));
         CHECK(gala_engine_gossip(engine));
         size_t k = finished < RECENT ? finished : RECENT;
         mean = 0.0;

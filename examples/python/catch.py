@@ -42,7 +42,7 @@ def load(path):
         "gala_engine_free": (C.c_int, [p]),
         "gala_engine_info": (C.c_int, [p, C.POINTER(EngineInfo)]),
         "gala_engine_act": (C.c_int, [p, p, C.c_size_t, C.c_uint64, C.c_int, p, C.c_size_t, p, C.c_size_t, p, C.c_size_t]),
-        "gala_engine_learn": (C.c_int, [p, p, C.c_size_t, p, C.c_size_t, p, C.c_size_t, p, C.c_size_t, p, C.c_size_t, p, C.c_size_t]),
+        "gala_engine_learn": (C.c_int, [p] + [p, C.c_size_t] * 7),
         "gala_engine_gossip": (C.c_int, [p]),
         "gala_engine_consensus_distance": (C.c_int, [p, C.POINTER(C.c_double)]),
     }
@@ -140,7 +140,7 @@ def main():
         # V(s_T) for the bootstrap, at the step the next segment starts with.
         check(lib, lib.gala_engine_act(engine, obs_c, len(obs), t_step, 0, actions, n, bootstrap, n, None, 0), "act")
         check(lib, lib.gala_engine_learn(engine, seg_obs_c, len(seg_obs), seg_actions, s, rewards, s, dones, s,
-                                         bootstrap, n, stats, agents), "learn")
+                                         bootstrap, n, None, 0, stats, agents), "learn")
         check(lib, lib.gala_engine_gossip(engine), "gossip")
         mean = sum(recent) / len(recent) if recent else -1.0
         if (u + 1) % 50 == 0 or u + 1 == updates:
