@@ -109,8 +109,8 @@ enum GalaStatus gala_engine_free(struct GalaEngine *engine);
 // `out` points to a writable `GalaEngineInfo`.
 enum GalaStatus gala_engine_info(const struct GalaEngine *engine, struct GalaEngineInfo *out);
 
-// Acts for every agent's environments. `obs`: frame stacks [agents][envs][4][84][84] uint8
-// (`obs_len` = agents·envs·28224 bytes). Writes [agents][envs] actions, and — where the
+// Acts for every agent's environments. `obs`: frame stacks `[agents][envs][4][84][84]` uint8
+// (`obs_len` = agents·envs·28224 bytes). Writes `[agents][envs]` actions, and — where the
 // pointer is not NULL — V(s) into `values` and log π(a|s) into `log_probs` (a NULL output's
 // length is ignored). Actions are sampled with the RNG at (seed, agent, env, `step`); pass the
 // number of agent steps taken so far (the bootstrap act after a segment uses the same step as
@@ -132,9 +132,9 @@ enum GalaStatus gala_engine_act(struct GalaEngine *engine,
                                 size_t log_probs_len);
 
 // One A2C update of every agent from a segment of `n_steps` steps (S = agents·n_steps·envs):
-// `obs` [agents][n_steps][envs][4][84][84] uint8 (S·28224 bytes), `actions` [agents][n_steps][envs]
+// `obs` `[agents][n_steps][envs][4][84][84]` uint8 (S·28224 bytes), `actions` `[agents][n_steps][envs]`
 // (S), `rewards` (S, as learned from — clip them yourself if you want clipping), `dones` (S, 1.0
-// where the episode ended with that step, else 0.0), `bootstrap_values` [agents][envs]: V of the
+// where the episode ended with that step, else 0.0), `bootstrap_values` `[agents][envs]`: V of the
 // observation after the segment (`values` of a `gala_engine_act` on it).
 // `behaviour_log_probs` (S) is NULL for on-policy data (plain A2C); when the segment was
 // collected by older parameters (pipelining), pass the `log_probs` the acting policy reported
@@ -177,14 +177,14 @@ enum GalaStatus gala_engine_consensus_distance(struct GalaEngine *engine, double
 // `out` points to `out_len` writable bytes.
 enum GalaStatus gala_engine_params_sha256(struct GalaEngine *engine, char *out, size_t out_len);
 
-// Copies all agents' parameters [agents][P] into `out` (`out_len` = agents·param_count), in
+// Copies all agents' parameters `[agents][P]` into `out` (`out_len` = agents·param_count), in
 // the PyTorch layouts and order of `conv1.weight`, `conv1.bias`, …, `critic.bias`.
 //
 // # Safety
 // `out` points to `out_len` writable floats.
 enum GalaStatus gala_engine_read_params(struct GalaEngine *engine, float *out, size_t out_len);
 
-// Replaces all agents' parameters from `params` [agents][P] (`params_len` = agents·param_count).
+// Replaces all agents' parameters from `params` `[agents][P]` (`params_len` = agents·param_count).
 //
 // # Safety
 // `params` points to `params_len` readable floats.

@@ -255,9 +255,8 @@ unsafe fn c_str<'a>(name: &str, ptr: *const c_char) -> Result<&'a str, Failure> 
 /// why. The string belongs to the library and stays valid until this thread's next `gala_*` call.
 #[no_mangle]
 pub extern "C" fn gala_last_error() -> *const c_char {
-    // Reading a thread-local cannot fail or panic short of TLS teardown, which a caller
-    // cannot reach while calling us.
-    LAST_ERROR.with(|e| e.borrow().as_ptr())
+    // Only fails during thread teardown; then a static empty string is the honest answer.
+    catch_unwind(|| LAST_ERROR.with(|e| e.borrow().as_ptr())).unwrap_or(c"".as_ptr())
 }
 
 /// Creates an engine. `config_toml` holds settings in the format of `gala-gpu train --config`
@@ -335,8 +334,8 @@ pub unsafe extern "C" fn gala_engine_info(engine: *const GalaEngine, out: *mut G
     })
 }
 
-/// Acts for every agent's environments. `obs`: frame stacks [agents][envs][4][84][84] uint8
-/// (`obs_len` = agents·envs·28224 bytes). Writes [agents][envs] actions, and — where the
+/// Acts for every agent's environments. `obs`: frame stacks `[agents][envs][4][84][84]` uint8
+/// (`obs_len` = agents·envs·28224 bytes). Writes `[agents][envs]` actions, and — where the
 /// pointer is not NULL — V(s) into `values` and log π(a|s) into `log_probs` (a NULL output's
 /// length is ignored). Actions are sampled with the RNG at (seed, agent, env, `step`); pass the
 /// number of agent steps taken so far (the bootstrap act after a segment uses the same step as
@@ -383,9 +382,9 @@ pub unsafe extern "C" fn gala_engine_act(
 }
 
 /// One A2C update of every agent from a segment of `n_steps` steps (S = agents·n_steps·envs):
-/// `obs` [agents][n_steps][envs][4][84][84] uint8 (S·28224 bytes), `actions` [agents][n_steps][envs]
+/// `obs` `[agents][n_steps][envs][4][84][84]` uint8 (S·28224 bytes), `actions` `[agents][n_steps][envs]`
 /// (S), `rewards` (S, as learned from — clip them yourself if you want clipping), `dones` (S, 1.0
-/// where the episode ended with that step, else 0.0), `bootstrap_values` [agents][envs]: V of the
+/// where the episode ended with that step, else 0.0), `bootstrap_values` `[agents][envs]`: V of the
 /// observation after the segment (`values` of a `gala_engine_act` on it).
 /// `behaviour_log_probs` (S) is NULL for on-policy data (plain A2C); when the segment was
 /// collected by older parameters (pipelining), pass the `log_probs` the acting policy reported
@@ -495,7 +494,7 @@ pub unsafe extern "C" fn gala_engine_params_sha256(engine: *mut GalaEngine, out:
     })
 }
 
-/// Copies all agents' parameters [agents][P] into `out` (`out_len` = agents·param_count), in
+/// Copies all agents' parameters `[agents][P]` into `out` (`out_len` = agents·param_count), in
 /// the PyTorch layouts and order of `conv1.weight`, `conv1.bias`, …, `critic.bias`.
 ///
 /// # Safety
@@ -513,7 +512,7 @@ pub unsafe extern "C" fn gala_engine_read_params(engine: *mut GalaEngine, out: *
     })
 }
 
-/// Replaces all agents' parameters from `params` [agents][P] (`params_len` = agents·param_count).
+/// Replaces all agents' parameters from `params` `[agents][P]` (`params_len` = agents·param_count).
 ///
 /// # Safety
 /// `params` points to `params_len` readable floats.

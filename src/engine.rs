@@ -138,8 +138,8 @@ impl Engine {
         self.backend.as_mut()
     }
 
-    /// Forwards every agent's frame stacks `obs` ([agents][envs][4][84][84] uint8) and writes
-    /// actions, V(s) and log π(a|s) ([agents][envs]) into `out`. Actions are sampled with the
+    /// Forwards every agent's frame stacks `obs` (`[agents][envs][4][84][84]` uint8) and writes
+    /// actions, V(s) and log π(a|s) (`[agents][envs]`) into `out`. Actions are sampled with the
     /// counter-based RNG at (seed, agent, env, `step`) — pass the number of agent steps taken
     /// so far — or, with `greedy`, are the argmax of the policy.
     pub fn act(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
@@ -183,12 +183,12 @@ impl Engine {
         self.backend.consensus_distance()
     }
 
-    /// All agents' parameters [agents][P] in `ParamLayout` order.
+    /// All agents' parameters `[agents][P]` in `ParamLayout` order.
     pub fn read_params(&mut self) -> Result<Vec<f32>> {
         self.backend.read_params()
     }
 
-    /// Replaces all agents' parameters ([agents][P]).
+    /// Replaces all agents' parameters (`[agents][P]`).
     pub fn write_params(&mut self, params: &[f32]) -> Result<()> {
         let want = self.agents() * self.param_count();
         if params.len() != want {
@@ -197,12 +197,12 @@ impl Engine {
         self.backend.write_params(params)
     }
 
-    /// All agents' RMSprop square averages [agents][P].
+    /// All agents' RMSprop square averages `[agents][P]`.
     pub fn read_optimizer_state(&mut self) -> Result<Vec<f32>> {
         self.backend.read_optimizer_state()
     }
 
-    /// Replaces all agents' RMSprop square averages ([agents][P]).
+    /// Replaces all agents' RMSprop square averages (`[agents][P]`).
     pub fn write_optimizer_state(&mut self, square_avg: &[f32]) -> Result<()> {
         let want = self.agents() * self.param_count();
         if square_avg.len() != want {
@@ -231,7 +231,7 @@ impl Engine {
     }
 
     /// The parameters as a safetensors file's bytes, one tensor per agent and PyTorch name
-    /// (`agent0.conv1.weight` is [32, 4, 8, 8]), exactly as checkpoints name them.
+    /// (`agent0.conv1.weight` is `[32, 4, 8, 8]`), exactly as checkpoints name them.
     pub fn export_params(&mut self) -> Result<Vec<u8>> {
         let params = self.read_params()?;
         crate::checkpoint::params_to_bytes(&self.spec().net, self.agents(), &params)
