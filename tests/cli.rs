@@ -132,6 +132,6 @@ fn cuda_without_a_gpu_is_one_clear_line_and_leaves_no_run_folder() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    fails_with(&["train", "--game", "catch", "--backend", "cuda", "--out", dir.path().to_str().unwrap()], "NVIDIA driver");
+    fails_with(&["train", "-q", "--game", "catch", "--backend", "cuda", "--out", dir.path().to_str().unwrap()], "NVIDIA driver");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the run that never started left a folder");
 }
