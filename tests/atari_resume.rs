@@ -225,3 +225,31 @@ fn episodic_life_can_be_overridden() {
     config.preset = EnvPreset::Gala;
     assert_eq!(gala_gpu::eval::env_settings(&config, 3).unwrap().episodic_life, Some(false));
 }
+
+#[test]
+fn eval_plays_a_whole_breakout_game_from_a_checkpoint() {
+    // Breakout rather than Pong: a random policy's game is a few hundred steps, not thousands,
+    // and it has lives, so the game only ends if a lost life does not end the evaluation.
+    settings("breakout", EnvPreset::Gala, 0);
+    let started = Instant::now();
+    let config = Config { game: "breakout".into(), ..pong_config(1, 80) };
+    let mut t = Trainer::new(&config).unwrap();
+    t.train(None, &mut NoProgress).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("breakout.safetensors");
+    t.checkpoint(0.0).unwrap().save(&path).unwrap();
+    let opts = gala_gpu::eval::EvalOptions {
+        source: path,
+        episodes: 1,
+        greedy: false,
+        gif: None,
+        agent: 1,
+        seed: None,
+        threads: 2,
+    };
+    let report = gala_gpu::eval::evaluate(&opts).unwrap();
+    assert_eq!(report.scores.len(), 1);
+    assert!(report.scores[0] >= 0.0 && report.scores[0].fract() == 0.0, "a Breakout score: {}", report.scores[0]);
+    assert!(report.describe().contains("human-normalized"), "{}", report.describe());
+    eprintln!("eval_plays_a_whole_breakout_game_from_a_checkpoint: {:.1} s", started.elapsed().as_secs_f64());
+}
