@@ -226,30 +226,33 @@ fn episodic_life_can_be_overridden() {
     assert_eq!(gala_gpu::eval::env_settings(&config, 3).unwrap().episodic_life, Some(false));
 }
 
-#[test]
-fn eval_plays_a_whole_breakout_game_from_a_checkpoint() {
-    // Breakout rather than Pong: a random policy's game is a few hundred steps, not thousands,
-    // and it has lives, so the game only ends if a lost life does not end the evaluation.
-    settings("breakout", EnvPreset::Gala, 0);
-    let started = Instant::now();
-    let config = Config { game: "breakout".into(), ..pong_config(1, 80) };
+/// Trains one tiny update on `game`, saves a checkpoint and evaluates one game with it.
+fn evaluate_one_game(game: &str, dir: &std::path::Path) -> gala_gpu::eval::EvalReport {
+    settings(game, EnvPreset::Gala, 0);
+    let config = Config { game: game.into(), ..pong_config(1, 80) };
     let mut t = Trainer::new(&config).unwrap();
     t.train(None, &mut NoProgress).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("breakout.safetensors");
+    let path = dir.join(format!("{game}.safetensors"));
     t.checkpoint(0.0).unwrap().save(&path).unwrap();
-    let opts = gala_gpu::eval::EvalOptions {
-        source: path,
-        episodes: 1,
-        greedy: false,
-        gif: None,
-        agent: 1,
-        seed: None,
-        threads: 2,
-    };
-    let report = gala_gpu::eval::evaluate(&opts).unwrap();
+    let opts = gala_gpu::eval::EvalOptions { source: path, episodes: 1, greedy: false, gif: None, agent: 1, seed: None, threads: 2 };
+    gala_gpu::eval::evaluate(&opts).unwrap()
+}
+
+#[test]
+fn eval_plays_whole_games_from_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    // Breakout has lives: its game only ends (and is scored) if a lost life does not end the
+    // evaluation episode; FIRE to serve again is the policy's to press.
+    let started = Instant::now();
+    let report = evaluate_one_game("breakout", dir.path());
     assert_eq!(report.scores.len(), 1);
     assert!(report.scores[0] >= 0.0 && report.scores[0].fract() == 0.0, "a Breakout score: {}", report.scores[0]);
     assert!(report.describe().contains("human-normalized"), "{}", report.describe());
-    eprintln!("eval_plays_a_whole_breakout_game_from_a_checkpoint: {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!("eval, one Breakout game: {:.1} s", started.elapsed().as_secs_f64());
+    // Pong: a game to 21 points (a near-random policy loses about 21 to 0).
+    let started = Instant::now();
+    let report = evaluate_one_game("pong", dir.path());
+    let score = report.scores[0];
+    assert!((-21.0..=21.0).contains(&score) && score.fract() == 0.0 && score != 0.0, "a Pong score: {score}");
+    eprintln!("eval, one Pong game: {:.1} s", started.elapsed().as_secs_f64());
 }
