@@ -156,6 +156,10 @@ fn damaged_states_are_refused_and_the_env_keeps_playing() {
         assert!(ale.restore_system_state(bad).is_err(), "{} bytes accepted", bad.len());
     }
     ale.restore_system_state(&good).unwrap();
+    let pong_rom = roms::find_installed("pong").unwrap();
+    let pong_state = Ale::new(&pong_rom, AleOptions { seed: 5, repeat_action_probability: 0.0 }).unwrap().save_system_state().unwrap();
+    let err = ale.restore_system_state(&pong_state).unwrap_err().to_string();
+    assert!(err.contains(&pong_rom.md5.to_ascii_lowercase()), "names the other ROM: {err}");
 }
 
 /// 2 agents × 2 envs × 5 steps on Pong.

@@ -30,6 +30,8 @@ pub struct AleOptions {
 pub struct Ale {
     handle: NonNull<ale_sys::ALEInterface>,
     minimal_actions: Vec<i32>,
+    /// The ROM's md5 (lower-case hex), which ALE writes at the start of every saved state.
+    md5: String,
     width: usize,
     height: usize,
 }
@@ -78,7 +80,7 @@ impl Ale {
             ale_sys::getMinimalActionSet(ale(handle), minimal_actions.as_mut_ptr());
             let width = ale_sys::getScreenWidth(ale(handle)).max(0) as usize;
             let height = ale_sys::getScreenHeight(ale(handle)).max(0) as usize;
-            let me = Ale { handle, minimal_actions, width, height };
+            let me = Ale { handle, minimal_actions, md5: rom.md5.to_ascii_lowercase(), width, height };
             if n == 0 || width == 0 || height == 0 {
                 return Err(Error::Env(format!(
                     "ALE loaded {} but reports {n} actions and a {width}x{height} screen",
@@ -169,7 +171,7 @@ impl Ale {
     /// and its md5 check fails silently, so the bytes are checked for the exact layout ALE
     /// writes before ALE sees them; callers check which game they came from.
     pub fn restore_system_state(&mut self, bytes: &[u8]) -> Result<()> {
-        check_encoded_system_state(bytes)?;
+        check_encoded_system_state(bytes, &self.md5)?;
         // SAFETY: valid handle; the bytes have the exact structure `decodeState` and
         // `restoreSystemState` read (checked above), so neither reads past its input nor hits
         // a throwing path; the decoded object is freed exactly once by `OwnedState`.
@@ -208,10 +210,12 @@ impl Drop for OwnedState {
 /// ALE's `Serializer` writes a bool as one of two 32-bit patterns.
 const ALE_TRUE: u32 = 0xfab1_fab2;
 
-/// Checks that `bytes` has the layout of an encoded system `ALEState`: six i32 (paddles, frame
-/// numbers, mode, difficulty), the emulator blob (i32 length + bytes, starting with the
-/// "system state included" bool), then two i32 (paddle limits), and nothing else.
-fn check_encoded_system_state(bytes: &[u8]) -> Result<()> {
+/// Checks that `bytes` has the layout of an encoded system `ALEState` of the ROM with `md5`: six
+/// i32 (paddles, frame numbers, mode, difficulty), the emulator blob (i32 length + bytes,
+/// starting with the "system state included" bool and the ROM's md5 as a string), then two i32
+/// (paddle limits), and nothing else. (ALE skips a state of another ROM silently and then
+/// misreads the rest, which can throw.)
+fn check_encoded_system_state(bytes: &[u8], md5: &str) -> Result<()> {
     let bad = |why: &str| Err(Error::Env(format!("ALE state rejected ({why}); it was not saved by this emulator build")));
     let u32_at = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
     let Some(blob_len) = u32_at(24) else { return bad("too short") };
@@ -221,6 +225,11 @@ fn check_encoded_system_state(bytes: &[u8]) -> Result<()> {
     }
     if u32_at(28) != Some(ALE_TRUE) {
         return bad("no system part");
+    }
+    let saved_md5 = u32_at(32).and_then(|n| bytes.get(36..36 + (n as usize).min(64)));
+    if saved_md5 != Some(md5.as_bytes()) {
+        let saved = saved_md5.map(String::from_utf8_lossy).unwrap_or_default();
+        return bad(&format!("it is a state of the ROM with md5 {saved}, this emulator runs {md5}"));
     }
     Ok(())
 }
