@@ -50,9 +50,8 @@ pub const FRAME_SKIP: u32 = 4;
 /// u32 payload length; payload = u8 game-name length + name, u32 screen height, u32 width,
 /// i32 lives, u8 real_done, u64 game_frames, f64 game_score, u64 game_steps, u64 seed and u64
 /// index keying the env's Philox streams, u32 + u8 no-op stream position, u32 + u8 sticky stream
-/// position, i32 previous emulated action, the two raw
-/// grey screens (height·width bytes each), u32 length + ALE's encoded system state; then a
-/// u64 FNV-1a checksum of everything before it.
+/// position, i32 previous emulated action, the two raw grey screens (height·width bytes each),
+/// u32 length + ALE's encoded system state; then a u64 FNV-1a checksum of everything before it.
 const STATE_MAGIC: &[u8; 16] = b"gala-atari-state";
 const STATE_VERSION: u32 = 1;
 
