@@ -2,8 +2,9 @@
 //! human-normalized score (HNS = (score − random) / (human − random)).
 //!
 //! Scores are whole-game, unclipped scores (`GameEnd::score`: summed over every life), which is
-//! what Atari papers report; the frame stack still follows the training preprocessing so the
-//! network sees what it was trained on. Each of E parallel games plays a fixed quota of games
+//! what Atari papers report. Games are played without episodic life (a lost life does not end
+//! the episode or zero the frame stack); the rest of the preprocessing is the training one, so
+//! the network sees what it was trained on. Each of E parallel games plays a fixed quota of games
 //! (quotas summing to `episodes`), so short games are not over-represented the way "first N
 //! games to finish" would over-represent them.
 
@@ -153,6 +154,20 @@ impl EvalReport {
     }
 }
 
+/// The games evaluation plays for a run's config: its game, preset and ROM with evaluation's
+/// `seed`, and whole games (DESIGN: no episodic life) — a lost life is an ordinary step, as
+/// baselines evaluates with `episode_life=False`: the frame stack is not zeroed mid-game, and
+/// FIRE is pressed for the policy only at the real reset.
+pub fn env_settings(config: &crate::config::Config, seed: u64) -> Result<EnvSettings> {
+    Ok(EnvSettings {
+        game: GameId::parse(&config.game)?,
+        preset: config.preset,
+        seed,
+        rom: config.rom.clone(),
+        episodic_life: Some(false),
+    })
+}
+
 /// Plays `episodes` full games with agent `agent` of a checkpoint.
 pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
     if opts.episodes == 0 {
@@ -162,9 +177,9 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
     let params = ck.agent_params(opts.agent).ok_or_else(|| {
         Error::Config(format!("--agent {}: the checkpoint holds agents 0..{}", opts.agent, ck.agents))
     })?;
-    let game = GameId::parse(&ck.config.game)?;
     let seed = opts.seed.unwrap_or(ck.config.seed.wrapping_add(1_000_003));
-    let settings = EnvSettings { game: game.clone(), preset: ck.config.preset, seed, rom: ck.config.rom.clone() };
+    let settings = env_settings(&ck.config, seed)?;
+    let game = settings.game.clone();
     let envs = opts.episodes.min(16);
     let threads = opts.threads.max(1);
     let env_threads = if game == GameId::Catch { 1 } else { threads };

@@ -431,7 +431,13 @@ fn train(args: TrainArgs) -> Result<()> {
                 }
                 trainer
             }
-            None => Trainer::new(&config)?,
+            None => match Trainer::new(&config) {
+                Ok(t) => t,
+                Err(e) => {
+                    run.discard();
+                    return Err(e.into());
+                }
+            },
         };
         let stop = Arc::new(AtomicBool::new(false));
         install_ctrl_c(stop.clone())?;

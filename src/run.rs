@@ -251,6 +251,14 @@ impl RunDir {
         &self.path
     }
 
+    /// Removes a run folder this process just created when the run could not even start (no
+    /// environment, no backend): it would hold nothing but a config, and a folder of a run that
+    /// never happened only confuses. Best effort; never used on a resumed run.
+    pub fn discard(self) {
+        let RunDir { path, .. } = self;
+        let _ = fs::remove_dir_all(&path);
+    }
+
     pub fn append_metrics(&mut self, row: &MetricsRow) -> Result<()> {
         writeln!(self.metrics, "{}", row.csv())
             .and_then(|_| self.metrics.flush())

@@ -124,3 +124,14 @@ fn bench_e2e_reports_rates_and_the_fraction_of_emulation() {
         assert!(report["phases"]["learn"].as_f64().unwrap() > 0.0);
     }
 }
+
+#[test]
+fn cuda_without_a_gpu_is_one_clear_line_and_leaves_no_run_folder() {
+    if let Ok(name) = gala_gpu::gpu_probe() {
+        eprintln!("SKIPPED: a GPU is present ({name}); this test is about machines without one");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    fails_with(&["train", "-q", "--game", "catch", "--backend", "cuda", "--out", dir.path().to_str().unwrap()], "NVIDIA driver");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the run that never started left a folder");
+}

@@ -257,7 +257,7 @@ impl Trainer {
             None => (all_agents, 0),
         };
         let game = GameId::parse(&config.game)?;
-        let settings = EnvSettings { game: game.clone(), preset: config.preset, seed: config.seed, rom: config.rom.clone() };
+        let settings = EnvSettings { game: game.clone(), preset: config.preset, seed: config.seed, rom: config.rom.clone(), episodic_life: None };
         let threads = only.map_or_else(|| config.resolved_threads(), |(_, t)| t.max(1));
         // The built-in game steps in microseconds: threads would cost more than they save.
         let env_threads = if game == GameId::Catch { 1 } else { threads };

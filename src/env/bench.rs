@@ -85,7 +85,7 @@ pub fn bench_env(o: &EnvBenchOptions) -> Result<EnvBenchReport> {
         (GameId::Atari(game), n) if n > 0 => Some(raw_ale_rates(game, o.rom.as_deref(), n)?),
         _ => None,
     };
-    let settings = EnvSettings { game: o.game.clone(), preset: o.preset, seed: o.seed, rom: o.rom.clone() };
+    let settings = EnvSettings { game: o.game.clone(), preset: o.preset, seed: o.seed, rom: o.rom.clone(), episodic_life: None };
     let mut venv = make_vec_env(&settings, o.envs, o.threads)?;
     let k = venv.num_actions() as u32;
     let mut rng = PhiloxStream::new(o.seed, u64::MAX, Purpose::Action);

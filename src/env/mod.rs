@@ -122,11 +122,25 @@ pub struct EnvSettings {
     /// `--rom PATH`: the ROM file to load instead of the installed one (Atari only; its md5
     /// must be that of `game`).
     pub rom: Option<std::path::PathBuf>,
+    /// Overrides the preset's episodic life (Atari only): `Some(false)` makes a lost life an
+    /// ordinary step, as evaluation needs to play whole games; `None` keeps the preset's choice.
+    pub episodic_life: Option<bool>,
 }
 
 impl EnvSettings {
     pub fn new(game: GameId, preset: EnvPreset, seed: u64) -> Self {
-        EnvSettings { game, preset, seed, rom: None }
+        EnvSettings { game, preset, seed, rom: None, episodic_life: None }
+    }
+}
+
+impl EnvSettings {
+    /// The Atari preprocessing these settings ask for: the preset's, with the overrides applied.
+    pub fn atari_config(&self, game: &str) -> atari::AtariConfig {
+        let mut config = atari::AtariConfig::for_preset(self.preset, game);
+        if let Some(on) = self.episodic_life {
+            config.episodic_life = on;
+        }
+        config
     }
 }
 
@@ -136,7 +150,7 @@ pub fn make_env(settings: &EnvSettings, index: usize) -> Result<Box<dyn Environm
         GameId::Catch => Ok(Box::new(catch::Catch::new(settings.seed, index as u64))),
         GameId::Atari(game) => {
             let rom = atari::resolve_rom(game, settings.rom.as_deref())?;
-            let config = atari::AtariConfig::for_preset(settings.preset, game);
+            let config = settings.atari_config(game);
             Ok(Box::new(atari::AtariEnv::new(&rom, config, settings.seed, index as u64)?))
         }
     }
@@ -155,7 +169,7 @@ pub fn make_vec_env_range(settings: &EnvSettings, indices: std::ops::Range<usize
         // The ROM is resolved and hashed once, not once per environment.
         GameId::Atari(game) => {
             let rom = atari::resolve_rom(game, settings.rom.as_deref())?;
-            let config = atari::AtariConfig::for_preset(settings.preset, game);
+            let config = settings.atari_config(game);
             indices
                 .map(|i| Ok(Box::new(atari::AtariEnv::new(&rom, config.clone(), settings.seed, i as u64)?) as Box<dyn Environment>))
                 .collect::<Result<_>>()?

@@ -19,7 +19,8 @@ static CREATE_LOCK: Mutex<()> = Mutex::new(());
 /// Settings fixed when the emulator is created (ALE reads them in `loadROM`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AleOptions {
-    /// Seed of ALE's own generator (sticky actions); must be in 1..=i32::MAX because ALE 0.6
+    /// Seed of ALE's own generator (ALE's sticky actions; `AtariEnv` does its own and passes
+    /// probability 0 here); must be in 1..=i32::MAX because ALE 0.6
     /// reads 0 as "seed from the wall clock".
     pub seed: i32,
     /// Probability that the previous action is repeated instead of the new one, per frame.
@@ -29,6 +30,8 @@ pub struct AleOptions {
 pub struct Ale {
     handle: NonNull<ale_sys::ALEInterface>,
     minimal_actions: Vec<i32>,
+    /// The ROM's md5 (lower-case hex), which ALE writes at the start of every saved state.
+    md5: String,
     width: usize,
     height: usize,
 }
@@ -77,7 +80,7 @@ impl Ale {
             ale_sys::getMinimalActionSet(ale(handle), minimal_actions.as_mut_ptr());
             let width = ale_sys::getScreenWidth(ale(handle)).max(0) as usize;
             let height = ale_sys::getScreenHeight(ale(handle)).max(0) as usize;
-            let me = Ale { handle, minimal_actions, width, height };
+            let me = Ale { handle, minimal_actions, md5: rom.md5.to_ascii_lowercase(), width, height };
             if n == 0 || width == 0 || height == 0 {
                 return Err(Error::Env(format!(
                     "ALE loaded {} but reports {n} actions and a {width}x{height} screen",
@@ -138,6 +141,46 @@ impl Ale {
         // ALE's getScreenGrayscale writes.
         unsafe { ale_sys::getScreenGrayscale(self.ptr(), out.as_mut_ptr()) }
     }
+
+    /// The emulator's complete state as bytes: ALE's `cloneSystemState` (console RAM, CPU, TIA
+    /// and cartridge registers, the game's score/lives bookkeeping, the frame counters and ALE's
+    /// own Mersenne-Twister, which the "system" variant adds over `cloneState`), serialised by
+    /// ALE's `encodeState`. Not included (ALE keeps them outside `ALEState`): the previous
+    /// sticky action (`AtariEnv` does sticky actions itself for that reason) and the TIA's frame
+    /// buffers, which the next emulated frame redraws.
+    pub fn save_system_state(&self) -> Result<Vec<u8>> {
+        // SAFETY: valid handle. Saving only reads the emulator (ALE's C API takes a mutable
+        // pointer regardless), and `Ale` is not `Sync`, so no other thread uses it meanwhile.
+        // `cloneSystemState` returns a fresh heap object that `OwnedState`
+        // frees exactly once. `encodeState` is given a buffer of exactly the length
+        // `encodeStateLen` reports, so it never reaches its throwing "buffer too small" path.
+        unsafe {
+            let state = OwnedState::new(ale_sys::cloneSystemState(self.handle.as_ptr()))?;
+            let len = ale_sys::encodeStateLen(state.0.as_ptr());
+            if len <= 0 {
+                return Err(Error::Env(format!("ALE encoded its state as {len} bytes")));
+            }
+            let mut out = vec![0u8; len as usize];
+            ale_sys::encodeState(state.0.as_ptr(), out.as_mut_ptr().cast(), len);
+            Ok(out)
+        }
+    }
+
+    /// Restores what `save_system_state` produced. ALE itself cannot report a bad state: its
+    /// deserialiser throws C++ exceptions (which would abort the process at the FFI boundary)
+    /// and its md5 check fails silently, so the bytes are checked for the exact layout ALE
+    /// writes before ALE sees them; callers check which game they came from.
+    pub fn restore_system_state(&mut self, bytes: &[u8]) -> Result<()> {
+        check_encoded_system_state(bytes, &self.md5)?;
+        // SAFETY: valid handle; the bytes have the exact structure `decodeState` and
+        // `restoreSystemState` read (checked above), so neither reads past its input nor hits
+        // a throwing path; the decoded object is freed exactly once by `OwnedState`.
+        unsafe {
+            let state = OwnedState::new(ale_sys::decodeState(bytes.as_ptr().cast(), bytes.len() as i32))?;
+            ale_sys::restoreSystemState(self.ptr(), state.0.as_ptr());
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Ale {
@@ -145,4 +188,48 @@ impl Drop for Ale {
         // SAFETY: the handle came from ALE_new and is deleted exactly once.
         unsafe { ale_sys::ALE_del(self.handle.as_ptr()) }
     }
+}
+
+/// An `ALEState` allocated by the C wrapper, deleted on drop.
+struct OwnedState(NonNull<ale_sys::ALEState>);
+
+impl OwnedState {
+    fn new(ptr: *mut ale_sys::ALEState) -> Result<OwnedState> {
+        NonNull::new(ptr).map(OwnedState).ok_or_else(|| Error::Env("ALE returned no state object (out of memory?)".into()))
+    }
+}
+
+impl Drop for OwnedState {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from cloneSystemState/decodeState (`new ALEState`) and is
+        // deleted exactly once.
+        unsafe { ale_sys::deleteState(self.0.as_ptr()) }
+    }
+}
+
+/// ALE's `Serializer` writes a bool as one of two 32-bit patterns.
+const ALE_TRUE: u32 = 0xfab1_fab2;
+
+/// Checks that `bytes` has the layout of an encoded system `ALEState` of the ROM with `md5`: six
+/// i32 (paddles, frame numbers, mode, difficulty), the emulator blob (i32 length + bytes,
+/// starting with the "system state included" bool and the ROM's md5 as a string), then two i32
+/// (paddle limits), and nothing else. (ALE skips a state of another ROM silently and then
+/// misreads the rest, which can throw.)
+fn check_encoded_system_state(bytes: &[u8], md5: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::Env(format!("ALE state rejected ({why}); it was not saved by this emulator build")));
+    let u32_at = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    let Some(blob_len) = u32_at(24) else { return bad("too short") };
+    let blob_len = blob_len as usize;
+    if blob_len > i32::MAX as usize || bytes.len() != 28 + blob_len + 8 {
+        return bad(&format!("{} bytes, but its emulator part claims {blob_len}", bytes.len()));
+    }
+    if u32_at(28) != Some(ALE_TRUE) {
+        return bad("no system part");
+    }
+    let saved_md5 = u32_at(32).and_then(|n| bytes.get(36..36 + (n as usize).min(64)));
+    if saved_md5 != Some(md5.as_bytes()) {
+        let saved = saved_md5.map(String::from_utf8_lossy).unwrap_or_default();
+        return bad(&format!("it is a state of the ROM with md5 {saved}, this emulator runs {md5}"));
+    }
+    Ok(())
 }

@@ -14,6 +14,16 @@
 //! A game cut off by the frame cap counts as over. One baselines difference remains: a game
 //! ending inside the FIRE steps of a reset (only possible through the frame cap) is not reported.
 //!
+//! Sticky actions are done here rather than inside ALE (which gets repeat_action_probability 0):
+//! same semantics as ALE's — per raw frame, with probability p the previously emulated action
+//! is repeated instead of the new one; a reset forgets it — but with the draws from this env's
+//! own Philox stream, because ALE keeps its "previous action" outside the state it can save, so
+//! a restored game could not otherwise continue bit for bit.
+//!
+//! [`AtariEnv::save_state`] writes everything that influences the future (the emulator's system
+//! state plus every wrapper counter and buffer) in a small versioned format with a checksum; see
+//! `STATE_MAGIC` below.
+//!
 //! Grey levels come from ALE's `getScreenGrayscale` (palette luminance 0.2989 R + 0.587 G +
 //! 0.114 B, rounded), and the max-pool is taken over the two grey frames, as Gymnasium's
 //! `AtariPreprocessing` and ale-py's `AtariVectorEnv` do. Baselines instead max-pools the RGB
@@ -35,6 +45,15 @@ use roms::VerifiedRom;
 
 /// Agent steps: every action is repeated for this many emulator frames.
 pub const FRAME_SKIP: u32 = 4;
+
+/// Saved-state header: magic, then a u32 LE format version. Version 1 layout (all LE):
+/// u32 payload length; payload = u8 game-name length + name, u32 screen height, u32 width,
+/// i32 lives, u8 real_done, u64 game_frames, f64 game_score, u64 game_steps, u64 seed and u64
+/// index keying the env's Philox streams, u32 + u8 no-op stream position, u32 + u8 sticky stream
+/// position, i32 previous emulated action, the two raw grey screens (height·width bytes each),
+/// u32 length + ALE's encoded system state; then a u64 FNV-1a checksum of everything before it.
+const STATE_MAGIC: &[u8; 16] = b"gala-atari-state";
+const STATE_VERSION: u32 = 1;
 
 /// The resolved Atari settings of a run (printed and stored with it).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -91,11 +110,24 @@ impl AtariConfig {
 }
 
 /// An ALE game with the preprocessing above; env `index` of a run seeded `seed` draws all its
-/// randomness (no-op counts, ALE's sticky-action seed) from Philox keyed by (seed, index).
+/// randomness (no-op counts, sticky-action draws, the seed of ALE's own generator) from Philox
+/// keyed by (seed, index).
 pub struct AtariEnv {
     ale: Ale,
+    /// The canonical game name (a saved state only loads into the same game).
+    game: &'static str,
     config: AtariConfig,
+    /// (seed, index) that key the Philox streams below; saved with the state so that a state
+    /// carries its whole random future, whichever env it is loaded into.
+    stream_id: (u64, u64),
     rng: PhiloxStream,
+    /// Sticky-action draws (one u32 per raw frame while p > 0).
+    sticky_rng: PhiloxStream,
+    /// A raw u32 draw below this repeats the previous action: ceil(p·2^32), so that
+    /// `x < threshold` ⇔ `x/2^32 < p`, ALE's own test on its uniform double.
+    sticky_threshold: u64,
+    /// The ALE action emulated on the last raw frame (ALE's `m_player_a_action`).
+    prev_code: i32,
     /// ALE codes of the minimal action set (the policy's action i is `actions[i]`).
     actions: Vec<i32>,
     fire: bool,
@@ -124,19 +156,29 @@ struct SkipOutcome {
 
 impl AtariEnv {
     pub fn new(rom: &VerifiedRom, config: AtariConfig, seed: u64, index: u64) -> Result<AtariEnv> {
+        let p = config.repeat_action_probability;
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Error::Config(format!("repeat_action_probability must be in [0, 1], got {p}")));
+        }
         let mut rng = PhiloxStream::new(seed, index, Purpose::EnvReset);
-        // ALE's generator (sticky actions) gets its own seed from the env's stream; ALE reads 0
-        // as "use the clock", so map into 1..=i32::MAX.
+        // ALE's own generator gets a seed from the env's stream (ALE reads 0 as "use the
+        // clock", so map into 1..=i32::MAX). It no longer drives sticky actions (see the module
+        // docs), but the draw keeps the no-op counts of existing seeds unchanged.
         let ale_seed = (rng.next_u32() % (i32::MAX as u32)) as i32 + 1;
-        let ale = Ale::new(rom, AleOptions { seed: ale_seed, repeat_action_probability: config.repeat_action_probability })?;
+        let ale = Ale::new(rom, AleOptions { seed: ale_seed, repeat_action_probability: 0.0 })?;
         let actions = ale.minimal_actions().to_vec();
         let fire = config.fire_reset && actions.len() >= 3 && actions[1] == FIRE;
         let (h, w) = (ale.screen_height(), ale.screen_width());
         let resize = AreaResize::new(h, w, FRAME_HW, FRAME_HW)?;
         Ok(AtariEnv {
             ale,
+            game: rom.game,
             config,
+            stream_id: (seed, index),
             rng,
+            sticky_rng: PhiloxStream::new(seed, index, Purpose::EnvStep),
+            sticky_threshold: (p as f64 * 4_294_967_296.0).ceil() as u64,
+            prev_code: NOOP,
             actions,
             fire,
             raw: [vec![0; h * w], vec![0; h * w]],
@@ -162,7 +204,11 @@ impl AtariEnv {
     /// One raw frame under the TimeLimit: returns (reward, real game over or cap).
     #[inline]
     fn frame(&mut self, code: i32) -> (i32, bool) {
-        let r = self.ale.act(code);
+        // Sticky actions (ALE's rule, our draws): keep the previous action with probability p.
+        if self.sticky_threshold == 0 || (self.sticky_rng.next_u32() as u64) >= self.sticky_threshold {
+            self.prev_code = code;
+        }
+        let r = self.ale.act(self.prev_code);
         self.game_frames += 1;
         let capped = self.config.max_episode_frames > 0 && self.game_frames >= self.config.max_episode_frames;
         (r, self.ale.game_over() || capped)
@@ -204,7 +250,7 @@ impl AtariEnv {
     /// TimeLimit.reset + NoopReset.reset: a real emulator reset and 1..=noop_max no-ops; leaves
     /// the last raw screen in `pooled` (baselines' reset observation is a single raw frame).
     fn real_reset(&mut self) {
-        self.ale.reset_game();
+        self.reset_emulator();
         self.game_frames = 0;
         self.game_score = 0.0;
         self.game_steps = 0;
@@ -214,7 +260,7 @@ impl AtariEnv {
             self.game_score += r as f64;
             if done {
                 // NoopReset resets again when a no-op ends the game.
-                self.ale.reset_game();
+                self.reset_emulator();
                 self.game_frames = 0;
                 self.game_score = 0.0;
             }
@@ -234,6 +280,12 @@ impl AtariEnv {
             self.real_done = self.ale.game_over() || self.capped();
         }
         self.lives = self.ale.lives();
+    }
+
+    /// ALE's reset, which also forgets the previous action ("soft reset" sets it to NOOP).
+    fn reset_emulator(&mut self) {
+        self.ale.reset_game();
+        self.prev_code = NOOP;
     }
 
     fn capped(&self) -> bool {
@@ -278,6 +330,157 @@ impl Environment for AtariEnv {
         self.resize.apply(&self.pooled, frame);
         let game_over = real_done.then_some(GameEnd { score: self.game_score, steps: self.game_steps });
         StepOutcome { reward: reward as f32, done, game_over }
+    }
+
+    /// See `STATE_MAGIC` for the layout. The max-pooled screen is not saved: `step` and `reset`
+    /// always rewrite it before reading it. The Philox streams are saved as (seed, index) and
+    /// their positions.
+    fn save_state(&self) -> Result<Vec<u8>> {
+        let ale_state = self.ale.save_system_state()?;
+        let mut p = Vec::with_capacity(64 + 2 * self.raw[0].len() + ale_state.len());
+        p.push(self.game.len() as u8);
+        p.extend_from_slice(self.game.as_bytes());
+        p.extend_from_slice(&(self.ale.screen_height() as u32).to_le_bytes());
+        p.extend_from_slice(&(self.ale.screen_width() as u32).to_le_bytes());
+        p.extend_from_slice(&self.lives.to_le_bytes());
+        p.push(self.real_done as u8);
+        p.extend_from_slice(&self.game_frames.to_le_bytes());
+        p.extend_from_slice(&self.game_score.to_le_bytes());
+        p.extend_from_slice(&self.game_steps.to_le_bytes());
+        p.extend_from_slice(&self.stream_id.0.to_le_bytes());
+        p.extend_from_slice(&self.stream_id.1.to_le_bytes());
+        for rng in [&self.rng, &self.sticky_rng] {
+            let (index, used) = rng.position();
+            p.extend_from_slice(&index.to_le_bytes());
+            p.push(used as u8);
+        }
+        p.extend_from_slice(&self.prev_code.to_le_bytes());
+        p.extend_from_slice(&self.raw[0]);
+        p.extend_from_slice(&self.raw[1]);
+        p.extend_from_slice(&(ale_state.len() as u32).to_le_bytes());
+        p.extend_from_slice(&ale_state);
+
+        let mut out = Vec::with_capacity(STATE_MAGIC.len() + 8 + p.len() + 8);
+        out.extend_from_slice(STATE_MAGIC);
+        out.extend_from_slice(&STATE_VERSION.to_le_bytes());
+        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        out.extend_from_slice(&p);
+        out.extend_from_slice(&fnv1a64(&out).to_le_bytes());
+        Ok(out)
+    }
+
+    /// Checks magic, version, length, checksum, game and screen size, and every value's range
+    /// before changing anything, so a refused state leaves the env as it was.
+    fn load_state(&mut self, state: &[u8]) -> Result<()> {
+        let game = self.game;
+        let bad = |why: String| {
+            Error::Env(format!(
+                "{game}: saved Atari state rejected ({why}); the checkpoint is damaged or not from this game and build — resume from another checkpoint or start the run afresh"
+            ))
+        };
+        let header = STATE_MAGIC.len() + 8;
+        if state.len() < header + 8 || &state[..STATE_MAGIC.len()] != STATE_MAGIC {
+            return Err(bad(format!("{} bytes without the {:?} header", state.len(), std::str::from_utf8(STATE_MAGIC).unwrap_or(""))));
+        }
+        let mut r = Reader { bytes: state, at: STATE_MAGIC.len() };
+        let version = r.u32().ok_or_else(|| bad("truncated".into()))?;
+        if version != STATE_VERSION {
+            return Err(bad(format!("format version {version}, this build reads version {STATE_VERSION}")));
+        }
+        let len = r.u32().ok_or_else(|| bad("truncated".into()))? as usize;
+        if state.len() != header + len + 8 {
+            return Err(bad(format!("{} bytes, but the header says {}", state.len(), header + len + 8)));
+        }
+        let (body, sum) = state.split_at(header + len);
+        if fnv1a64(body).to_le_bytes() != sum {
+            return Err(bad("checksum mismatch".into()));
+        }
+        let truncated = || bad("fields run past the end".into());
+        let name_len = r.u8().ok_or_else(truncated)? as usize;
+        let name = r.take(name_len).ok_or_else(truncated)?;
+        if name != self.game.as_bytes() {
+            return Err(bad(format!("it is a state of `{}`", String::from_utf8_lossy(name))));
+        }
+        let (h, w) = (r.u32().ok_or_else(truncated)? as usize, r.u32().ok_or_else(truncated)? as usize);
+        if (h, w) != (self.ale.screen_height(), self.ale.screen_width()) {
+            return Err(bad(format!("a {h}x{w} screen, this emulator has {}x{}", self.ale.screen_height(), self.ale.screen_width())));
+        }
+        let lives = r.u32().ok_or_else(truncated)? as i32;
+        let real_done = match r.u8().ok_or_else(truncated)? {
+            0 => false,
+            1 => true,
+            v => return Err(bad(format!("real_done flag {v}"))),
+        };
+        let game_frames = r.u64().ok_or_else(truncated)?;
+        let game_score = f64::from_bits(r.u64().ok_or_else(truncated)?);
+        let game_steps = r.u64().ok_or_else(truncated)?;
+        let stream_id = (r.u64().ok_or_else(truncated)?, r.u64().ok_or_else(truncated)?);
+        let mut positions = [(0u32, 0usize); 2];
+        for pos in &mut positions {
+            *pos = (r.u32().ok_or_else(truncated)?, r.u8().ok_or_else(truncated)? as usize);
+            if pos.1 > 4 {
+                return Err(bad(format!("random stream position {pos:?}")));
+            }
+        }
+        let prev_code = r.u32().ok_or_else(truncated)? as i32;
+        if prev_code != NOOP && !self.actions.contains(&prev_code) {
+            return Err(bad(format!("previous action {prev_code} is not one of this game's")));
+        }
+        let raw0 = r.take(h * w).ok_or_else(truncated)?;
+        let raw1 = r.take(h * w).ok_or_else(truncated)?;
+        let ale_len = r.u32().ok_or_else(truncated)? as usize;
+        let ale_state = r.take(ale_len).ok_or_else(truncated)?;
+        if r.at != body.len() {
+            return Err(bad(format!("{} unread bytes", body.len() - r.at)));
+        }
+        if !game_score.is_finite() {
+            return Err(bad(format!("game score {game_score}")));
+        }
+        // The emulator last: it validates its own part, and nothing else fails after it.
+        self.ale.restore_system_state(ale_state).map_err(|e| bad(e.to_string()))?;
+        self.lives = lives;
+        self.real_done = real_done;
+        self.game_frames = game_frames;
+        self.game_score = game_score;
+        self.game_steps = game_steps;
+        self.stream_id = stream_id;
+        self.rng = PhiloxStream::new(stream_id.0, stream_id.1, Purpose::EnvReset);
+        self.rng.resume_at(positions[0]);
+        self.sticky_rng = PhiloxStream::new(stream_id.0, stream_id.1, Purpose::EnvStep);
+        self.sticky_rng.resume_at(positions[1]);
+        self.prev_code = prev_code;
+        self.raw[0].copy_from_slice(raw0);
+        self.raw[1].copy_from_slice(raw1);
+        Ok(())
+    }
+}
+
+/// FNV-1a, 64-bit: catches damaged state bytes before ALE (which cannot report errors) reads
+/// them. Not a defence against deliberately forged states.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Little-endian field reader over a saved state; `None` past the end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
 }
 
