@@ -66,6 +66,23 @@ impl BackendSpec {
     pub fn act_batch(&self) -> usize {
         self.agents * self.envs_per_agent
     }
+    /// The initial arena [agents][P] from one agent's parameters (copied to every agent: GALA's
+    /// identical start) or from the whole arena.
+    pub fn initial_arena(&self, initial: &[f32]) -> Result<Vec<f32>> {
+        let p = self.param_count();
+        if initial.len() == p {
+            Ok(initial.repeat(self.agents))
+        } else if initial.len() == p * self.agents {
+            Ok(initial.to_vec())
+        } else {
+            Err(crate::Error::Shape(format!(
+                "initial parameters: {} values, expected {p} (one agent) or {} (all agents)",
+                initial.len(),
+                p * self.agents
+            )))
+        }
+    }
+
     /// Samples one agent learns from per update.
     pub fn segment_samples(&self) -> usize {
         self.n_steps * self.envs_per_agent

@@ -41,17 +41,7 @@ impl CpuBackend {
     pub fn new(spec: BackendSpec, initial: &[f32], threads: usize) -> Result<Self> {
         let layout = spec.net.layout();
         let p = layout.total;
-        let params = if initial.len() == p {
-            initial.repeat(spec.agents)
-        } else if initial.len() == p * spec.agents {
-            initial.to_vec()
-        } else {
-            return Err(Error::Shape(format!(
-                "initial parameters: {} values, expected {p} (one agent) or {} (all agents)",
-                initial.len(),
-                p * spec.agents
-            )));
-        };
+        let params = spec.initial_arena(initial)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("gala-cpu-{i}"))

@@ -163,17 +163,7 @@ impl<D: Device> GpuBackend<D> {
     pub fn new(device: D, spec: BackendSpec, initial: &[f32]) -> Result<Self> {
         let layout = spec.net.layout();
         let p = layout.total;
-        let arena_init = if initial.len() == p {
-            initial.repeat(spec.agents)
-        } else if initial.len() == p * spec.agents {
-            initial.to_vec()
-        } else {
-            return Err(Error::Shape(format!(
-                "initial parameters: {} values, expected {p} (one agent) or {} (all agents)",
-                initial.len(),
-                p * spec.agents
-            )));
-        };
+        let arena_init = spec.initial_arena(initial)?;
         if spec.agents == 0 || spec.envs_per_agent == 0 || spec.n_steps == 0 {
             return Err(Error::Shape(format!(
                 "GPU backend: {} agents x {} envs x {} steps; all must be at least 1",
