@@ -83,6 +83,15 @@ impl BackendSpec {
         }
     }
 
+    /// Checks the size of an `act` batch: [agents][envs][4][84][84] bytes.
+    pub fn check_act_obs(&self, len: usize) -> Result<()> {
+        let want = self.act_batch() * OBS_BYTES;
+        if len != want {
+            return Err(crate::Error::Shape(format!("act: {len} observation bytes, expected {want}")));
+        }
+        Ok(())
+    }
+
     /// Samples one agent learns from per update.
     pub fn segment_samples(&self) -> usize {
         self.n_steps * self.envs_per_agent

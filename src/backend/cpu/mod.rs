@@ -79,10 +79,8 @@ impl Backend for CpuBackend {
     }
 
     fn act(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
+        self.spec.check_act_obs(obs.len())?;
         let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
-        if obs.len() != agents * envs * OBS_BYTES {
-            return Err(Error::Shape(format!("act: {} observation bytes, expected {}", obs.len(), agents * envs * OBS_BYTES)));
-        }
         let (spec, layout, params, seed) = (&self.spec, &self.layout, &self.params, self.spec.seed);
         let agent_offset = spec.agent_offset;
         let p = layout.total;

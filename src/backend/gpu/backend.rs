@@ -303,10 +303,8 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 
     fn act(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
+        self.spec.check_act_obs(obs.len())?;
         let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
-        if obs.len() != agents * envs * OBS_BYTES {
-            return Err(Error::Shape(format!("act: {} observation bytes, expected {}", obs.len(), agents * envs * OBS_BYTES)));
-        }
         let s = self.arena.stream();
         self.arena.device().upload(s, obs, &mut self.act_fwd.obs, 0)?;
         Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, Some(self.heads), &mut self.act_fwd)?;
