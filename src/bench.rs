@@ -186,8 +186,15 @@ pub struct E2eBenchReport {
     pub fraction_of_emulation: f64,
     /// Where the time went (seconds over the timed updates; phases overlap when pipelined).
     pub phases: crate::algo::trainer::PhaseSeconds,
-    /// Fraction of wall time the learner (the device, on cuda) was busy learning and mixing.
+    /// Fraction of wall time the learner's host thread spent learning and mixing.
     pub learner_busy_fraction: f64,
+    /// GPU backends: the fraction of wall time the device was busy with the learner engine's
+    /// work (acting too, unpipelined), from timed events on its stream: the span of each call's
+    /// device work, so gaps the host leaves between launches inside a call count as busy.
+    pub learner_device_busy_fraction: Option<f64>,
+    /// Pipelined GPU runs: the same for the actor engine's stream. The two streams may run at
+    /// the same time, so the sum can exceed 1.
+    pub actor_device_busy_fraction: Option<f64>,
 }
 
 impl std::fmt::Display for E2eBenchReport {
@@ -203,7 +210,13 @@ impl std::fmt::Display for E2eBenchReport {
             self.agent_steps_per_sec, self.emulation_frames_per_sec, self.fraction_of_emulation * 100.0, p.act, p.env, p.learn, p.mix,
             if self.pipeline { format!(" (overlapped sections {:.2} s)", p.overlapped) } else { String::new() },
             self.learner_busy_fraction * 100.0
-        )
+        )?;
+        let pct = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.0}%", x * 100.0));
+        match (self.learner_device_busy_fraction, self.actor_device_busy_fraction) {
+            (None, _) => Ok(()),
+            (l, None) => write!(f, "\n  device busy {} of the wall time", pct(l)),
+            (l, a) => write!(f, "\n  device busy: learner stream {}, actor stream {} of the wall time", pct(l), pct(a)),
+        }
     }
 }
 
@@ -218,7 +231,7 @@ pub fn bench_e2e(config: &Config, updates: u64) -> Result<E2eBenchReport> {
     config.frames = u64::MAX;
     let mut trainer = crate::algo::Trainer::new(&config)?;
     trainer.update()?;
-    let (frames0, phases0) = (trainer.frames(), trainer.phase_seconds());
+    let (frames0, phases0, device0) = (trainer.frames(), trainer.phase_seconds(), trainer.device_seconds());
     let started = Instant::now();
     for _ in 0..updates {
         trainer.update()?;
@@ -226,6 +239,8 @@ pub fn bench_e2e(config: &Config, updates: u64) -> Result<E2eBenchReport> {
     let wall = started.elapsed().as_secs_f64();
     let frames = trainer.frames() - frames0;
     let p1 = trainer.phase_seconds();
+    let device1 = trainer.device_seconds();
+    let busy = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / wall);
     let phases = crate::algo::trainer::PhaseSeconds {
         act: p1.act - phases0.act,
         env: p1.env - phases0.env,
@@ -262,6 +277,8 @@ pub fn bench_e2e(config: &Config, updates: u64) -> Result<E2eBenchReport> {
         emulation_frames_per_sec: emulation.frames_per_sec,
         fraction_of_emulation: fps / emulation.frames_per_sec,
         learner_busy_fraction: ((phases.learn + phases.mix) / wall).min(1.0),
+        learner_device_busy_fraction: busy(device0.0, device1.0),
+        actor_device_busy_fraction: busy(device0.1, device1.1),
         phases,
     })
 }

@@ -133,6 +133,12 @@ impl Engine {
         &self.backend_choice
     }
 
+    /// Device seconds spent in this engine's act/learn/gossip calls so far (timed events on the
+    /// backend's stream); None on the CPU backend.
+    pub fn device_seconds(&self) -> Option<f64> {
+        self.backend.device_seconds()
+    }
+
     /// The backend itself, for tests and tools that need more than this API.
     pub fn backend_mut(&mut self) -> &mut dyn Backend {
         self.backend.as_mut()

@@ -122,6 +122,26 @@ fn bench_e2e_reports_rates_and_the_fraction_of_emulation() {
             assert!(v.is_finite() && v > 0.0, "{key} = {v}");
         }
         assert!(report["phases"]["learn"].as_f64().unwrap() > 0.0);
+        assert!(report["learner_device_busy_fraction"].is_null(), "the cpu backend has no device");
+    }
+}
+
+#[test]
+fn bench_e2e_on_a_device_backend_reports_how_busy_the_device_was() {
+    for pipeline in [false, true] {
+        let mut args = vec!["bench", "e2e", "--game", "catch", "--agents", "2", "--envs-per-agent", "2", "--n-steps", "2", "--updates", "2", "--backend", "sim", "--json"];
+        if pipeline {
+            args.push("--pipeline");
+        }
+        let out = gala(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let learner = report["learner_device_busy_fraction"].as_f64().expect("a device backend reports its busy fraction");
+        assert!(learner > 0.0 && learner <= 1.0, "learner device busy {learner}");
+        match report["actor_device_busy_fraction"].as_f64() {
+            Some(actor) => assert!(pipeline && actor > 0.0 && actor <= 1.0, "actor device busy {actor} (pipeline {pipeline})"),
+            None => assert!(!pipeline, "a pipelined run reports the actor's stream too"),
+        }
     }
 }
 

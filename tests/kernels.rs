@@ -252,6 +252,40 @@ fn check_sampling<D: Device>(dev: &D, exact: bool) {
 }
 
 /// The simulator's own kernels: barrier (correct and deliberately broken), shuffles, ballots.
+/// Streams and events: work on a second stream ordered after the first by `stream_wait_event`
+/// sees the first stream's result; timed events measure a non-negative span that covers the
+/// work between them; an event made without timing is refused by `elapsed_seconds`.
+fn check_streams_and_events<D: Device>(dev: &D) {
+    let (a, b) = (dev.new_stream().unwrap(), dev.new_stream().unwrap());
+    assert_ne!(a, b);
+    let n = 777usize; // ragged: 6 blocks of 128, the last one partial
+    let input: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 3.0).collect();
+    let inp = upload(dev, &input);
+    let mut mid = dev.alloc_zeros::<f32>(n).unwrap();
+    let out = poisoned(dev, n, f32::NAN);
+    let grid = LaunchConfig { grid: (n.div_ceil(128) as u32, 1, 1), block: (128, 1, 1), shared_mem_bytes: 0 };
+    let start = dev.record_timed_event(a).unwrap();
+    dev.copy(a, &inp, 0, &mut mid, 0, n).unwrap();
+    let copied = dev.record_event(a).unwrap();
+    let end = dev.record_timed_event(a).unwrap();
+    // b reads `mid` only after a's copy, without the host waiting.
+    dev.stream_wait_event(b, &copied).unwrap();
+    dev.launch(b, "selftest_reverse_with_barrier", grid, &[KernelArg::buf(&mid), KernelArg::buf(&out), KernelArg::U32(n as u32)]).unwrap();
+    dev.synchronize(b).unwrap();
+    assert!(dev.event_done(&copied).unwrap(), "an event before work the host waited for is done");
+    let want: Vec<f32> = (0..n)
+        .map(|i| {
+            let j = i / 128 * 128 + 127 - i % 128;
+            if j < n { input[j] } else { 0.0 }
+        })
+        .collect();
+    assert_eq!(download(dev, &out), want);
+    let span = dev.elapsed_seconds(&start, &end).unwrap();
+    assert!((0.0..10.0).contains(&span), "timed span {span} s");
+    let err = dev.elapsed_seconds(&start, &copied).unwrap_err();
+    assert!(err.to_string().contains("record_timed_event"), "{err}");
+}
+
 fn check_selftests<D: Device>(dev: &D, expect_race_detected: bool) {
     let s = dev.default_stream();
     let n = 1000usize; // 8 blocks of 128, the last one partial
@@ -347,6 +381,11 @@ fn sim_sampling_matches_cpu_exactly() {
 }
 
 #[test]
+fn sim_streams_and_events_order_work_and_time_it() {
+    check_streams_and_events(&SimDevice::new());
+}
+
+#[test]
 fn launches_are_checked_against_kernel_signatures() {
     let dev = SimDevice::new();
     let s = dev.default_stream();
@@ -388,6 +427,7 @@ fn cuda_kernels_match_cpu_when_a_gpu_is_present() {
     };
     println!("running the kernel comparisons on {}", dev.describe());
     check_selftests(&dev, false);
+    check_streams_and_events(&dev);
     check_returns(&dev);
     check_sampling(&dev, false);
     let dev = check_optimizer(dev);

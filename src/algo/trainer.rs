@@ -450,6 +450,12 @@ impl Trainer {
         &self.last_stats
     }
 
+    /// Device seconds so far of the learner's engine and (pipelined) of the actor's engine;
+    /// None on the CPU backend (see `Backend::device_seconds`).
+    pub fn device_seconds(&self) -> (Option<f64>, Option<f64>) {
+        (self.engine.device_seconds(), self.actor.as_ref().and_then(Engine::device_seconds))
+    }
+
     /// Seconds spent per phase so far.
     pub fn phase_seconds(&self) -> PhaseSeconds {
         self.phase_seconds

@@ -219,6 +219,12 @@ pub trait Backend: Send {
         cpu::gossip::mix_one(&mut params[agent * p..(agent + 1) * p], messages);
         self.write_params(&params)
     }
+    /// Device time spent on this backend's act/learn/mix calls so far, measured by timed events
+    /// on its stream (the span from each call's first to its last device operation); None when
+    /// there is no device (the CPU backend). `bench e2e` divides it by the wall time.
+    fn device_seconds(&self) -> Option<f64> {
+        None
+    }
     /// max_r ‖θ_r − θ̄‖ / ‖θ̄‖.
     fn consensus_distance(&mut self) -> Result<f64>;
     /// All agents' parameters [agents][P].

@@ -214,6 +214,20 @@ impl super::Device for CudaDevice {
         Ok(Event { owner: self.id, inner: Some(Box::new(e)) })
     }
 
+    fn record_timed_event(&self, stream: Stream) -> Result<Event> {
+        let s = self.stream(stream)?;
+        let e = s.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| driver_err("timed event record", e))?;
+        Ok(Event { owner: self.id, inner: Some(Box::new(e)) })
+    }
+
+    fn elapsed_seconds(&self, start: &Event, end: &Event) -> Result<f64> {
+        let (a, b) = (self.cuda_event(start)?, self.cuda_event(end)?);
+        // cuEventElapsedTime: milliseconds, about 0.5 µs resolution; fails for events created
+        // without timing (record_event), which is reported as an error here.
+        let ms = a.elapsed_ms(b).map_err(|e| driver_err("event elapsed time (events need record_timed_event)", e))?;
+        Ok(f64::from(ms) / 1e3)
+    }
+
     fn event_done(&self, event: &Event) -> Result<bool> {
         let e = self.cuda_event(event)?;
         e.try_is_complete().map_err(|e| driver_err("event query", e))

@@ -227,6 +227,12 @@ pub trait Device: Send + Sync {
     fn new_stream(&self) -> Result<Stream>;
     /// Marks the current end of `stream`'s work.
     fn record_event(&self, stream: Stream) -> Result<Event>;
+    /// Like `record_event`, but the event also records when the device reached it, for
+    /// `elapsed_seconds` (CUDA creates synchronisation-only events without timing, which are
+    /// cheaper, so timing is asked for explicitly).
+    fn record_timed_event(&self, stream: Stream) -> Result<Event>;
+    /// Device time between two timed events of this device (blocks until `end` has completed).
+    fn elapsed_seconds(&self, start: &Event, end: &Event) -> Result<f64>;
     /// Whether the work before `event` has finished (never blocks).
     fn event_done(&self, event: &Event) -> Result<bool>;
     /// Makes later work on `stream` wait for `event` (without blocking the host).

@@ -194,6 +194,26 @@ impl super::Device for SimDevice {
         Ok(Event { owner: self.id, inner: None })
     }
 
+    fn record_timed_event(&self, stream: Stream) -> Result<Event> {
+        self.check_stream(stream)?;
+        // Simulated work is done when its call returns, so the host clock is the device clock.
+        Ok(Event { owner: self.id, inner: Some(Box::new(std::time::Instant::now())) })
+    }
+
+    fn elapsed_seconds(&self, start: &Event, end: &Event) -> Result<f64> {
+        let instant = |e: &Event| -> Result<std::time::Instant> {
+            if e.owner != self.id {
+                return Err(Error::Backend("event belongs to another device".into()));
+            }
+            e.inner
+                .as_ref()
+                .and_then(|b| b.downcast_ref::<std::time::Instant>())
+                .copied()
+                .ok_or_else(|| Error::Backend("elapsed_seconds needs events from record_timed_event".into()))
+        };
+        Ok(instant(end)?.saturating_duration_since(instant(start)?).as_secs_f64())
+    }
+
     fn event_done(&self, event: &Event) -> Result<bool> {
         if event.owner != self.id {
             return Err(Error::Backend("event belongs to another device".into()));

@@ -75,6 +75,12 @@ impl<D: Device> Device for CountingDevice<D> {
     fn record_event(&self, stream: Stream) -> Result<Event> {
         self.inner.record_event(stream)
     }
+    fn record_timed_event(&self, stream: Stream) -> Result<Event> {
+        self.inner.record_timed_event(stream)
+    }
+    fn elapsed_seconds(&self, start: &Event, end: &Event) -> Result<f64> {
+        self.inner.elapsed_seconds(start, end)
+    }
     fn event_done(&self, event: &Event) -> Result<bool> {
         self.inner.event_done(event)
     }
@@ -151,6 +157,9 @@ pub struct GpuBackend<D: Device> {
     act_log_probs: DeviceBuffer<f32>,
     learn_fwd: Forward,
     learn: LearnScratch,
+    /// Device seconds between the first and the last operation of every act/learn/mix so far
+    /// (timed events on the backend's stream), for the GPU-busy fraction of `bench e2e`.
+    device_seconds: f64,
 }
 
 /// Length of conv layer `c`'s weight-gradient partials for a learning batch of `n` per agent.
@@ -224,12 +233,27 @@ impl<D: Device> GpuBackend<D> {
             arena,
             layout,
             spec,
+            device_seconds: 0.0,
         })
     }
 
     /// Kernel launches so far (every launch of every method).
     pub fn launch_count(&self) -> u64 {
         self.arena.device().launches()
+    }
+
+    /// Marks the start of a timed section on the backend's stream (see `device_seconds`).
+    fn begin_timed(&self) -> Result<Event> {
+        self.arena.device().record_timed_event(self.arena.stream())
+    }
+
+    /// Ends a timed section begun with `begin_timed`: adds the device time between the two
+    /// events. Called after the section's results came down, so it never adds a wait.
+    fn end_timed(&mut self, start: Event) -> Result<()> {
+        let dev = self.arena.device();
+        let end = dev.record_timed_event(self.arena.stream())?;
+        self.device_seconds += dev.elapsed_seconds(&start, &end)?;
+        Ok(())
     }
 
     /// What runs the kernels.
@@ -306,6 +330,7 @@ impl<D: Device> Backend for GpuBackend<D> {
         self.spec.check_act_obs(obs.len())?;
         let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
         let s = self.arena.stream();
+        let timed = self.begin_timed()?;
         self.arena.device().upload(s, obs, &mut self.act_fwd.obs, 0)?;
         Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, Some(self.heads), &mut self.act_fwd)?;
         let dev = self.arena.device();
@@ -331,7 +356,7 @@ impl<D: Device> Backend for GpuBackend<D> {
         dev.download(s, &self.act_actions, 0, &mut out.actions)?;
         dev.download(s, &f.values, 0, &mut out.values)?;
         dev.download(s, &self.act_log_probs, 0, &mut out.log_probs)?;
-        Ok(())
+        self.end_timed(timed)
     }
 
     fn learn(&mut self, seg: &Segment) -> Result<Vec<AgentLearnStats>> {
@@ -343,6 +368,7 @@ impl<D: Device> Backend for GpuBackend<D> {
         let (agents, envs, n) = (self.spec.agents, self.spec.envs_per_agent, self.spec.segment_samples());
         let hyper = self.spec.hyper;
         let s = self.arena.stream();
+        let timed = self.begin_timed()?;
         {
             let dev = self.arena.device();
             let sc = &mut self.learn;
@@ -403,13 +429,20 @@ impl<D: Device> Backend for GpuBackend<D> {
         }
         let opt = RmsProp { lr: hyper.lr, alpha: hyper.rms_alpha, eps: hyper.rms_eps };
         let norms = self.arena.clip_and_rmsprop(hyper.max_grad_norm, opt)?;
+        self.end_timed(timed)?;
         crate::backend::learn_stats(&terms, &norms)
     }
 
     fn mix(&mut self, in_peers: &[Vec<usize>]) -> Result<()> {
         let agents = self.spec.agents;
         crate::backend::check_peer_lists(in_peers, agents)?;
-        self.arena.mix(in_peers)
+        let timed = self.begin_timed()?;
+        self.arena.mix(in_peers)?;
+        self.end_timed(timed)
+    }
+
+    fn device_seconds(&self) -> Option<f64> {
+        Some(self.device_seconds)
     }
 
     fn consensus_distance(&mut self) -> Result<f64> {
