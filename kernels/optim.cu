@@ -11,6 +11,11 @@
 //
 // Shapes: params, grads, square_avg [agents][P] f32; partials [agents][chunks] f64;
 //         norms [agents] f64 (the pre-clip norm).
+//
+// optim_find_nonfinite (the trainer's after-update safety check, so the arena need not come to
+// the host): first[r][c] = the smallest index i among block (c, r)'s elements with params[r][i]
+// NaN or infinite, or 0xffffffff when there is none; same grid as the optimizer. The host takes
+// the minimum over an agent's chunks. Integer minimum: exact whatever the order.
 // Grid: (chunks, agents) blocks of OPTIM_BLOCK threads for both passes; block (c, r) handles the
 //       elements i = c*OPTIM_BLOCK + t + k*chunks*OPTIM_BLOCK of agent r.
 // Accumulation contract: deterministic, no atomics. Pass 1 writes one f64 partial sum of squares
@@ -76,4 +81,37 @@ extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_clip_rmsprop(
         square_avg[base + i] = v;
         params[base + i] -= lr * g / (sqrtf(v) + eps);
     }
+}
+
+// Minimum of `v` over the block (blockDim.x a multiple of 32, at most 1024), valid in thread 0.
+__device__ __forceinline__ unsigned int optim_block_min(unsigned int v, unsigned int* warp_mins) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (lane == 0) warp_mins[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        const unsigned int warps = blockDim.x >> 5;
+        v = lane < warps ? warp_mins[lane] : 0xffffffffu;
+        for (int offset = 16; offset > 0; offset >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    }
+    return v;
+}
+
+// first[r][c] = smallest non-finite index of block (c, r)'s elements, or 0xffffffff.
+extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_find_nonfinite(
+    const float* __restrict__ params, unsigned int* __restrict__ first, unsigned int param_count,
+    unsigned int chunks) {
+    __shared__ unsigned int warp_mins[32];
+    const unsigned int agent = blockIdx.y, chunk = blockIdx.x;
+    const float* th = params + (unsigned long long)agent * param_count;
+    unsigned int found = 0xffffffffu;
+    // Ascending per thread, so the first hit is this thread's smallest: stop there.
+    for (unsigned int i = chunk * blockDim.x + threadIdx.x; i < param_count; i += chunks * blockDim.x) {
+        if (!isfinite(th[i])) {
+            found = i;
+            break;
+        }
+    }
+    found = optim_block_min(found, warp_mins);
+    if (threadIdx.x == 0) first[(unsigned long long)agent * chunks + chunk] = found;
 }

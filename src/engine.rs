@@ -225,13 +225,12 @@ impl Engine {
 
     /// Fails naming the agent, tensor and element when any parameter is NaN or infinite.
     pub fn check_params_finite(&mut self) -> Result<()> {
-        let params = self.backend.read_params()?;
-        let layout = self.spec().net.layout();
-        let p = layout.total;
-        if let Some(i) = params.iter().position(|x| !x.is_finite()) {
-            let (agent, off) = (i / p, i % p);
-            let t = layout.tensors.iter().find(|t| t.range().contains(&off)).expect("layout covers the arena");
-            return Err(Error::NonFinite(format!("agent {agent}: parameter tensor `{}` element {} is {}", t.name, off - t.offset, params[i])));
+        if let Some((agent, off, value)) = self.backend.find_nonfinite_param()? {
+            let layout = self.spec().net.layout();
+            let t = layout.tensors.iter().find(|t| t.range().contains(&off)).ok_or_else(|| {
+                Error::Backend(format!("agent {agent}: non-finite parameter at index {off}, outside the layout"))
+            })?;
+            return Err(Error::NonFinite(format!("agent {agent}: parameter tensor `{}` element {} is {value}", t.name, off - t.offset)));
         }
         Ok(())
     }

@@ -119,10 +119,43 @@ fn check_optimizer_launchers<D: Device>(dev: &D) {
     launch::optim_clip_rmsprop(dev, s, &mut params, &mut grads, &mut v, &partials, &mut norms, agents, p, 0.5, opt)
         .unwrap();
     assert!(download(dev, &norms).iter().all(|x| x.is_finite()), "every norm must be written");
+    check_find_nonfinite(dev);
     // A wrong size is an error naming the buffer, not a device fault.
     let mut short = poisoned(dev, agents * chunks - 1, 0f64);
     let err = launch::optim_sumsq_partials(dev, s, &grads, &mut short, agents, p).unwrap_err();
     assert!(err.to_string().contains("partials"), "{err}");
+}
+
+/// `optim_find_nonfinite` against a plain scan, for sizes that do not divide the block and
+/// non-finite values (NaN, ±inf) planted at the ends of chunks and in the middle; and none.
+fn check_find_nonfinite<D: Device>(dev: &D) {
+    let s = dev.default_stream();
+    for &p in &[1usize, 255, 257, 4099, 100_003] {
+        let agents = 3usize;
+        let chunks = launch::optim_chunks(p) as usize;
+        let stride = chunks * launch::OPTIM_BLOCK as usize;
+        let plants: Vec<Vec<(usize, usize, f32)>> = vec![
+            vec![],
+            vec![(1, p - 1, f32::NAN)],
+            vec![(0, p / 2, f32::INFINITY), (0, p - 1, f32::NAN), (2, 0, f32::NEG_INFINITY)],
+            vec![(2, (stride + 3).min(p - 1), f32::NAN), (2, (stride - 1).min(p - 1), f32::INFINITY)],
+        ];
+        for plant in plants {
+            let mut host = normals(agents * p, p as u64, 1.0);
+            for &(r, i, v) in &plant {
+                host[r * p + i] = v;
+            }
+            let params = upload(dev, &host);
+            let mut first = poisoned(dev, agents * chunks, 7u32);
+            launch::optim_find_nonfinite(dev, s, &params, &mut first, agents, p).unwrap();
+            let got = download(dev, &first);
+            for r in 0..agents {
+                let want = host[r * p..(r + 1) * p].iter().position(|x| !x.is_finite());
+                let min = got[r * chunks..(r + 1) * chunks].iter().copied().min().unwrap();
+                assert_eq!(want.map(|i| i as u32).unwrap_or(u32::MAX), min, "P {p} agent {r} plants {plant:?}");
+            }
+        }
+    }
 }
 
 /// Ring, all-to-all and uneven peer lists for every size and 1..=5 agents, with the consensus
@@ -378,6 +411,18 @@ fn sim_returns_match_cpu() {
 #[test]
 fn sim_sampling_matches_cpu_exactly() {
     check_sampling(&SimDevice::new(), true);
+}
+
+#[test]
+fn sim_arena_names_the_first_nonfinite_parameter() {
+    let (agents, p) = (4usize, 3001usize);
+    let mut host = normals(agents * p, 9, 1.0);
+    let mut arena = GpuArena::new(SimDevice::new(), agents, p, &host).unwrap();
+    assert_eq!(arena.find_nonfinite().unwrap(), None);
+    host[2 * p + 2999] = f32::NEG_INFINITY;
+    host[3 * p + 5] = f32::NAN;
+    arena.write_params(&host).unwrap();
+    assert_eq!(arena.find_nonfinite().unwrap(), Some((2, 2999, f32::NEG_INFINITY)), "agent order first, then index");
 }
 
 #[test]

@@ -219,6 +219,14 @@ pub trait Backend: Send {
         cpu::gossip::mix_one(&mut params[agent * p..(agent + 1) * p], messages);
         self.write_params(&params)
     }
+    /// The first parameter that is NaN or infinite, as (agent, index within the agent's
+    /// parameters, value), in agent then index order; None when all are finite. The default
+    /// scans `read_params`; device backends search on the device.
+    fn find_nonfinite_param(&mut self) -> Result<Option<(usize, usize, f32)>> {
+        let params = self.read_params()?;
+        let p = self.spec().param_count();
+        Ok(params.iter().position(|x| !x.is_finite()).map(|i| (i / p, i % p, params[i])))
+    }
     /// Device time spent on this backend's act/learn/mix calls so far, measured by timed events
     /// on its stream (the span from each call's first to its last device operation); None when
     /// there is no device (the CPU backend). `bench e2e` divides it by the wall time.

@@ -445,6 +445,10 @@ impl<D: Device> Backend for GpuBackend<D> {
         Some(self.device_seconds)
     }
 
+    fn find_nonfinite_param(&mut self) -> Result<Option<(usize, usize, f32)>> {
+        self.arena.find_nonfinite()
+    }
+
     fn consensus_distance(&mut self) -> Result<f64> {
         self.arena.consensus_distance()
     }

@@ -77,6 +77,23 @@ pub fn optim_sumsq_partials<D: Device>(
     dev.launch(stream, K, config, &[KernelArg::buf(grads), KernelArg::buf(partials), KernelArg::U32(p), KernelArg::U32(chunks)])
 }
 
+/// The first non-finite parameter per (agent, chunk): `first[r][c]` is the smallest index in
+/// chunk c of agent r whose value is NaN or infinite, or `u32::MAX`.
+/// Shapes: params [agents][P]; first [agents][optim_chunks(P)].
+pub fn optim_find_nonfinite<D: Device>(
+    dev: &D, stream: Stream, params: &DeviceBuffer<f32>, first: &mut DeviceBuffer<u32>, agents: usize, param_count: usize,
+) -> Result<()> {
+    const K: &str = "optim_find_nonfinite";
+    let a = ensure_agents(K, agents)?;
+    let chunks = optim_chunks(param_count);
+    // The slack also keeps u32::MAX ("none") from being a valid index.
+    let p = ensure_u32_index(K, param_count, chunks * OPTIM_BLOCK)?;
+    ensure_len(K, "params", params, agents * param_count)?;
+    ensure_len(K, "first", first, agents * chunks as usize)?;
+    let config = LaunchConfig { grid: (chunks, a, 1), block: (OPTIM_BLOCK, 1, 1), shared_mem_bytes: 0 };
+    dev.launch(stream, K, config, &[KernelArg::buf(params), KernelArg::buf(first), KernelArg::U32(p), KernelArg::U32(chunks)])
+}
+
 /// Pass 2 of the optimizer: per-agent norm from the partials, clipping to `max_norm`, one
 /// RMSprop step (params, grads (clipped in place), square_avg all [agents][P]); norms [agents]
 /// receives the pre-clip norms.

@@ -29,6 +29,8 @@ pub struct GpuArena<D: Device> {
     snapshot: DeviceBuffer<f32>,
     norm_partials: DeviceBuffer<f64>,
     norms: DeviceBuffer<f64>,
+    /// First non-finite parameter index per (agent, optimizer chunk), see `find_nonfinite`.
+    nonfinite_first: DeviceBuffer<u32>,
     consensus_partials: DeviceBuffer<f64>,
     consensus_result: DeviceBuffer<f64>,
 }
@@ -54,6 +56,7 @@ impl<D: Device> GpuArena<D> {
             snapshot: device.alloc_zeros(n)?,
             norm_partials: device.alloc_zeros(agents * optim_chunks)?,
             norms: device.alloc_zeros(agents)?,
+            nonfinite_first: device.alloc_zeros(agents * optim_chunks)?,
             consensus_partials: device.alloc_zeros((agents + 1) * gossip_chunks)?,
             consensus_result: device.alloc_zeros(1)?,
             device,
@@ -150,6 +153,26 @@ impl<D: Device> GpuArena<D> {
         let mut norms = vec![0f64; a];
         dev.download(s, &self.norms, 0, &mut norms)?;
         Ok(norms)
+    }
+
+    /// The first parameter that is NaN or infinite, as (agent, index in the agent's P, value):
+    /// one launch and a download of agents × chunks indices, so checking after every update
+    /// does not move the arena to the host.
+    pub fn find_nonfinite(&mut self) -> Result<Option<(usize, usize, f32)>> {
+        let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.param_count);
+        launch::optim_find_nonfinite(dev, s, &self.params, &mut self.nonfinite_first, a, p)?;
+        let mut first = vec![0u32; self.nonfinite_first.len()];
+        dev.download(s, &self.nonfinite_first, 0, &mut first)?;
+        let chunks = first.len() / a;
+        let hit = first.chunks(chunks).enumerate().find_map(|(r, c)| c.iter().copied().min().filter(|&i| i != u32::MAX).map(|i| (r, i as usize)));
+        match hit {
+            None => Ok(None),
+            Some((r, i)) => {
+                let mut value = [0f32];
+                dev.download(s, &self.params, r * p + i, &mut value)?;
+                Ok(Some((r, i, value[0])))
+            }
+        }
     }
 
     /// One lock-step gossip round: agent r mixes in the parameters of `in_peers[r]`.
