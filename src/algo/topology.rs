@@ -7,6 +7,7 @@
 //!   t agent r sends to r + 2^((t·k + j) mod L) for j < k, so the k peers rotate every round.
 //!   (GALA's DynamicDirectedExponentialGraph; described in the paper, unused in its code.)
 //! * `all`: all-to-all, k = n − 1.
+//!
 //! Every agent uses the same offsets in a round, so each agent also receives from exactly k
 //! peers and uniform 1/(k+1) mixing is doubly stochastic.
 
