@@ -1,5 +1,5 @@
-// Gossip mixing and the consensus distance on the parameter arena [agents][P]; the CPU twin is
-// src/backend/cpu/gossip.rs.
+// Gossip mixing (lock-step on the arena, and from device mailboxes) and the consensus distance
+// on the parameter arena [agents][P]; the CPU twin is src/backend/cpu/gossip.rs.
 //
 // Mixing (GALA's gpu_gossip_buffer.py): receiver r with in-peers S_r (k = |S_r|) computes
 //   th_r <- th_r/(k+1) + sum_{s in S_r} th_s/(k+1)
@@ -8,6 +8,21 @@
 // Shapes: snapshot, params [agents][P] f32; in-peers in CSR form: peer_offsets [agents+1],
 //         peers [peer_offsets[agents]] (agent indices, summed in list order).
 // Grid: (chunks, agents) blocks of GOSSIP_BLOCK threads, grid-stride over P.
+//
+// Mailbox mixing (asynchronous gossip: every agent on its own backend and stream, messages are
+// device-to-device copies of a sender's th into a device mailbox slot [P]): receiver `agent`
+// computes, for the m = popcount(take_mask) slots picked by take_mask,
+//   th_r <- th_r/(m+1) + sum_{j : bit j of take_mask} slot_j/(m+1)
+// in place (each th_r element is read before it is written, by the same thread; the slots are
+// other buffers). m = 0 leaves th_r unchanged.
+// Shapes: params [agents][P] f32 (row `agent` is mixed); slot_addresses [slots] (1..=64): the
+//         device addresses of the receiver's slots, each a [P] f32 buffer, in one fixed order —
+//         a persistent table uploaded once, so a round uploads nothing: the mask picks the fresh
+//         messages, summed in ascending slot order.
+// Grid: (chunks, 1) blocks of GOSSIP_BLOCK threads, grid-stride over P.
+// Arithmetic contract: identical to gossip_mix (and to mix_one in src/backend/cpu/gossip.rs):
+// w = 1/((float)m + 1), acc = th*w, then acc += msg*w per message in list order, so lock-step
+// gossip through mailboxes stays bit-identical to the batched gossip_mix.
 //
 // Consensus distance: max_r ||th_r - mean||_2 / ||mean||_2, mean over agents (f64 throughout).
 //   consensus_partials: block (c, q) sums, over its elements i, (th_q[i] - mean[i])^2 for q < agents
@@ -30,6 +45,33 @@ extern "C" __global__ void __launch_bounds__(GOSSIP_BLOCK) gossip_mix(
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < param_count; i += chunks * blockDim.x) {
         float acc = snapshot[base + i] * w;
         for (unsigned int j = begin; j < end; ++j) acc += snapshot[(unsigned long long)peers[j] * param_count + i] * w;
+        params[base + i] = acc;
+    }
+}
+
+#define GOSSIP_MAILBOX_MAX_SLOTS 64
+
+extern "C" __global__ void __launch_bounds__(GOSSIP_BLOCK) gossip_mix_mailbox(
+    float* __restrict__ params, const unsigned long long* __restrict__ slot_addresses, unsigned long long take_mask,
+    unsigned int slots, unsigned int agent, unsigned int param_count, unsigned int chunks) {
+    // The picked slots, in ascending slot order, resolved once per block.
+    __shared__ const float* taken[GOSSIP_MAILBOX_MAX_SLOTS];
+    __shared__ unsigned int taken_count;
+    if (take_mask == 0ull) return;
+    if (threadIdx.x == 0) {
+        unsigned int m = 0;
+        for (unsigned int j = 0; j < slots && j < GOSSIP_MAILBOX_MAX_SLOTS; ++j) {
+            if ((take_mask >> j) & 1ull) taken[m++] = (const float*)slot_addresses[j];
+        }
+        taken_count = m;
+    }
+    __syncthreads();
+    const unsigned int m = taken_count;
+    const float w = 1.0f / ((float)m + 1.0f);
+    const unsigned long long base = (unsigned long long)agent * param_count;
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < param_count; i += chunks * blockDim.x) {
+        float acc = params[base + i] * w;
+        for (unsigned int j = 0; j < m; ++j) acc += taken[j][i] * w;
         params[base + i] = acc;
     }
 }

@@ -30,7 +30,7 @@
 //! `examples/engine_catch.rs` is a complete training loop.
 
 use crate::algo::topology::GossipGraph;
-use crate::backend::{self, ActOutput, AgentLearnStats, Backend, BackendSpec, Segment};
+use crate::backend::{self, ActOutput, AgentLearnStats, Backend, BackendSpec, Segment, SharedDevice};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{init_params, NetSpec, OBS_BYTES};
@@ -53,17 +53,26 @@ impl Engine {
     /// initialised from `config.seed`. Settings about environments (`game`, `frames`, …) are
     /// validated but otherwise unused: the caller owns the environments.
     pub fn new(config: &Config, actions: usize) -> Result<Engine> {
-        Self::build(config, actions, None)
+        Self::build(config, actions, None, None)
     }
 
     /// Agent `agent` of `config`'s learners alone, on a backend of its own with `threads` worker
     /// threads, sampling with its global agent id and never gossiping (the asynchronous runner
     /// gossips between such engines).
     pub fn for_agent(config: &Config, actions: usize, agent: usize, threads: usize) -> Result<Engine> {
-        Self::build(config, actions, Some((agent, threads)))
+        Self::build(config, actions, Some((agent, threads)), None)
     }
 
-    pub(crate) fn build(config: &Config, actions: usize, only: Option<(usize, usize)>) -> Result<Engine> {
+    /// Like [`Engine::for_agent`], but on `device`, opened once and shared by every agent's
+    /// engine (asynchronous gossip: each agent's backend gets its own stream on the one device,
+    /// so messages can be device-to-device copies). `config.backend` is not consulted.
+    pub fn for_agent_on(config: &Config, actions: usize, agent: usize, threads: usize, device: &SharedDevice) -> Result<Engine> {
+        Self::build(config, actions, Some((agent, threads)), Some(device))
+    }
+
+    /// `device`: the shared device to build the backend on; None opens one for this engine
+    /// (`config.backend`).
+    pub(crate) fn build(config: &Config, actions: usize, only: Option<(usize, usize)>, device: Option<&SharedDevice>) -> Result<Engine> {
         config.validate()?;
         if actions == 0 {
             return Err(Error::Config("the policy needs at least 1 action, got 0".into()));
@@ -78,7 +87,10 @@ impl Engine {
         let net = NetSpec::new(config.net, actions);
         let spec = BackendSpec { net: net.clone(), agents, agent_offset, envs_per_agent: envs, n_steps: config.n_steps, seed: config.seed, hyper: config.hyper() };
         let initial = init_params(&net, config.seed);
-        let (backend, backend_choice) = backend::create(config.backend, spec, &initial, threads)?;
+        let (backend, backend_choice) = match device {
+            Some(device) => (backend::create_on(device, spec, &initial, threads)?, device.choice.clone()),
+            None => backend::create(config.backend, spec, &initial, threads)?,
+        };
         let graph = if config.gossips() && only.is_none() { Some(GossipGraph::new(config.topology, agents, config.peers)?) } else { None };
         Ok(Engine { config: config.clone(), backend, backend_choice, graph, round: 0 })
     }

@@ -197,6 +197,89 @@ fn check_gossip<D: Device>(dev: D) -> D {
     dev
 }
 
+/// The fused mailbox mix (asynchronous gossip) against `mix_one` on the picked messages in
+/// ascending slot order: every size, 1..=64 slots, masks empty / single / all / random, into a
+/// middle row of a 3-agent arena (the other rows must stay untouched). `exact`: the simulator
+/// runs the same float operations in the same order as the CPU, so it must match bit for bit.
+fn check_gossip_mailbox<D: Device>(dev: &D, exact: bool) {
+    let s = dev.default_stream();
+    let (agents, agent) = (3usize, 1usize);
+    for (case, &p) in SIZES.iter().enumerate() {
+        let slot_counts: &[usize] = if p > 10_000 { &[1, 5] } else { &[1, 3, 17, 64] };
+        for &slots in slot_counts {
+            let seed = 500 + case as u64 * 100 + slots as u64;
+            let messages: Vec<Vec<f32>> = (0..slots).map(|j| normals(p, seed + j as u64, 1.0)).collect();
+            let slot_bufs: Vec<DeviceBuffer<f32>> = messages.iter().map(|m| upload(dev, m)).collect();
+            let addresses: Vec<u64> = slot_bufs.iter().map(|b| b.device_ptr()).collect();
+            let table = upload(dev, &addresses);
+            let all = if slots == 64 { u64::MAX } else { (1u64 << slots) - 1 };
+            let mut coin = PhiloxStream::new(seed, 2, Purpose::EnvStep);
+            let random = (coin.below(u32::MAX) as u64 | (coin.below(u32::MAX) as u64) << 32) & all;
+            for mask in [0u64, 1, 1 << (slots - 1), all, random] {
+                let arena0 = normals(agents * p, seed + 99, 1.0);
+                let mut params = upload(dev, &arena0);
+                launch::gossip_mix_mailbox(dev, s, &mut params, &table, mask, agent, agents, p).unwrap();
+                let mut want = arena0.clone();
+                let picked: Vec<&[f32]> = (0..slots).filter(|j| mask >> j & 1 == 1).map(|j| messages[j].as_slice()).collect();
+                gossip::mix_one(&mut want[agent * p..(agent + 1) * p], &picked);
+                let got = download(dev, &params);
+                let ctx = format!("gossip_mix_mailbox P={p} slots={slots} mask={mask:#x}");
+                if exact {
+                    let differ = got.iter().zip(&want).position(|(g, w)| g.to_bits() != w.to_bits());
+                    assert!(differ.is_none(), "{ctx}: element {differ:?} differs from mix_one");
+                } else {
+                    assert_close(&ctx, &got, &want, 1e-6, 1e-7);
+                    assert_eq!(&got[..agent * p], &arena0[..agent * p], "{ctx}: other agents untouched");
+                    assert_eq!(&got[(agent + 1) * p..], &arena0[(agent + 1) * p..], "{ctx}: other agents untouched");
+                }
+            }
+        }
+    }
+    // Preconditions are errors naming the problem, not device faults.
+    let p = 1000usize;
+    let mut params = upload(dev, &normals(2 * p, 1, 1.0));
+    let slot = upload(dev, &normals(p, 2, 1.0));
+    let table = upload(dev, &[slot.device_ptr(); 3]);
+    let err = launch::gossip_mix_mailbox(dev, s, &mut params, &table, 1 << 3, 0, 2, p).unwrap_err();
+    assert!(err.to_string().contains("beyond"), "{err}");
+    let err = launch::gossip_mix_mailbox(dev, s, &mut params, &table, 1, 2, 2, p).unwrap_err();
+    assert!(err.to_string().contains("agent 2 of 2"), "{err}");
+    let err = launch::gossip_mix_mailbox(dev, s, &mut params, &table, 1, 0, 3, p).unwrap_err();
+    assert!(err.to_string().contains("params"), "{err}");
+    let too_many = upload(dev, &[slot.device_ptr(); 65]);
+    let err = launch::gossip_mix_mailbox(dev, s, &mut params, &too_many, 1, 0, 2, p).unwrap_err();
+    assert!(err.to_string().contains("65 mailbox slots"), "{err}");
+}
+
+/// The arena's mailbox path: post (copy + event) from one arena into slots, then the fused
+/// mix into another arena on another stream of the same device, with events in between.
+fn check_arena_mailbox<D: Device>(dev: D) {
+    let dev = std::sync::Arc::new(dev);
+    let p = 4099usize;
+    let (a0, b0) = (normals(2 * p, 61, 1.0), normals(p, 62, 1.0));
+    let mut sender = GpuArena::new(dev.clone(), 2, p, &a0).unwrap();
+    let mut receiver = GpuArena::new(dev.clone(), 1, p, &b0).unwrap();
+    let mut slots = [dev.alloc_zeros::<f32>(p).unwrap(), dev.alloc_zeros::<f32>(p).unwrap()];
+    let table = upload(&*dev, &[slots[0].device_ptr(), slots[1].device_ptr()]);
+    let written: Vec<_> = (0..2).map(|r| sender.post_params(r, &mut slots[r], None).unwrap()).collect();
+    let mut spins = 0u64;
+    while !written.iter().all(|e| dev.event_done(e).unwrap()) {
+        spins += 1;
+        assert!(spins < 50_000_000, "the copies never landed");
+        std::hint::spin_loop();
+    }
+    let read = receiver.mix_mailboxes(0, &table, 0b11).unwrap();
+    // A second post into the same slots must wait (on the device) for that read.
+    let _ = sender.post_params(0, &mut slots[0], Some(&read)).unwrap();
+    let mut want = b0.clone();
+    gossip::mix_one(&mut want, &[&a0[..p], &a0[p..]]);
+    assert_close("arena mailbox mix", &receiver.read_params().unwrap(), &want, 1e-6, 1e-7);
+    // A slot of the wrong size is refused.
+    let mut short = dev.alloc_zeros::<f32>(p - 1).unwrap();
+    let err = sender.post_params(0, &mut short, None).unwrap_err();
+    assert!(err.to_string().contains("mailbox slot"), "{err}");
+}
+
 fn check_returns<D: Device>(dev: &D) {
     let s = dev.default_stream();
     for agents in 1usize..=5 {
@@ -404,6 +487,13 @@ fn sim_gossip_and_consensus_match_cpu() {
 }
 
 #[test]
+fn sim_gossip_mailbox_mix_matches_cpu_bit_for_bit() {
+    let dev = SimDevice::new();
+    check_gossip_mailbox(&dev, true);
+    check_arena_mailbox(dev);
+}
+
+#[test]
 fn sim_returns_match_cpu() {
     check_returns(&SimDevice::new());
 }
@@ -477,5 +567,7 @@ fn cuda_kernels_match_cpu_when_a_gpu_is_present() {
     check_sampling(&dev, false);
     let dev = check_optimizer(dev);
     check_optimizer_launchers(&dev);
-    check_gossip(dev);
+    check_gossip_mailbox(&dev, false);
+    let dev = check_gossip(dev);
+    check_arena_mailbox(dev);
 }

@@ -1,8 +1,19 @@
 //! Asynchronous GALA: every agent on its own host thread with its own backend and simulators,
 //! gossiping through mailboxes (GALA's gpu_gossip_buffer.py, with the paper's semantics).
 //!
-//! Mailboxes are per directed pair (s → r): a slot holding θ_s and a `full` flag. Each round an
-//! agent (1) runs one update, (2) sends, (3) receives:
+//! Mailboxes are per directed pair (s → r) that can ever communicate: a slot holding θ_s and a
+//! `full` flag. The flags live here, on the host, under one lock; the slots are a
+//! [`Mailboxes`] transport chosen by the backend kind (`backend::mailbox`):
+//! * the CPU backend (the reference) uses host mailboxes: θ_s is read to the host and mixed
+//!   with `Backend::mix_messages`;
+//! * the GPU backend (CUDA or the simulator) uses device mailboxes: every agent's backend lives
+//!   on ONE shared device, opened once by [`run_async`], and drives its own stream from its own
+//!   thread; a message is a device-to-device copy into a device slot on the sender's stream,
+//!   signalled by an event the receiver polls without blocking (a slot counts as arrived when
+//!   flagged full AND its event is done), and the receiver mixes with one fused kernel launch
+//!   on its own stream. Parameters do not cross to the host.
+//!
+//! Each round an agent (1) runs one update, (2) sends, (3) receives:
 //! * send: to `out_peers(s, round)`. If one of those slots still holds an unread message the
 //!   whole round's send is skipped (a message is never overwritten before it is read);
 //! * receive: every full slot addressed to r is consumed (in sender order) and mixed with
@@ -12,8 +23,9 @@
 //!   it), or `gossip_timeout` passes (an error naming the silent peers).
 //! * `sync_freq = 0` is lock-step: a sender waits until its out-peers have read its previous
 //!   message and a receiver waits for exactly its round's in-peers. Every agent then mixes the
-//!   post-update parameters of the same peers as the batched synchronous trainer, with the same
-//!   arithmetic (`cpu::gossip::mix_one`), so the result is bit-identical to it.
+//!   post-update parameters of the same peers, in the same order, as the batched synchronous
+//!   trainer, with the same arithmetic (`cpu::gossip::mix_one`, or the `gossip_mix_mailbox`
+//!   kernel whose arithmetic is `gossip_mix`'s), so the result is bit-identical to it.
 //!
 //! Asynchronous mode is timing-dependent by nature: which message arrives in which round depends
 //! on thread scheduling. Every send, skip, mix and wait is logged (`gossip_events.csv` in the
@@ -21,6 +33,8 @@
 
 use super::topology::GossipGraph;
 use super::trainer::{mean_of_last_games, GameRecord, ProgressSink, Trainer};
+use crate::backend::mailbox::{self, MailboxKind, MailboxPlan, Mailboxes};
+use crate::backend::SharedDevice;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::run::{params_sha256, MetricsRow, RunDir, Summary};
@@ -73,6 +87,9 @@ pub struct AgentCounters {
     pub mixes: AtomicU64,
     pub skipped_sends: AtomicU64,
     pub blocked_waits: AtomicU64,
+    /// Messages this agent sent as device-to-device copies into device mailboxes (0 on the
+    /// host transport of the CPU backend).
+    pub device_messages: AtomicU64,
     /// Rounds since the last mix.
     pub staleness: AtomicU64,
     pub episodes: AtomicU64,
@@ -94,7 +111,10 @@ struct Gossip {
     graph: GossipGraph,
     sync_freq: u64,
     timeout: Duration,
-    slots: Vec<Mutex<Vec<f32>>>,
+    /// The device every agent's backend is built on (see the module docs).
+    device: SharedDevice,
+    /// The slots themselves; `board` holds their flags.
+    mailboxes: Box<dyn Mailboxes>,
     board: Mutex<Board>,
     changed: Condvar,
     /// possible_senders[r]: every agent that may ever send to r.
@@ -104,27 +124,42 @@ struct Gossip {
 }
 
 impl Gossip {
-    fn new(config: &Config, graph: GossipGraph, agents: usize) -> Self {
+    /// The protocol state for `agents` agents of `param_count` parameters, with mailboxes on
+    /// `device` (host mailboxes for the CPU backend, device mailboxes otherwise).
+    fn new(config: &Config, graph: GossipGraph, agents: usize, device: SharedDevice, param_count: usize) -> Result<Self> {
         let n = agents;
         // Exponential peers cycle with a period of at most log2(n) rounds; 2n covers any graph.
         let mut possible_senders = vec![BTreeSet::new(); n];
+        // The lock-step in-peer lists, in order: the mix must sum messages in that order.
+        let mut orders: Vec<Vec<Vec<usize>>> = vec![Vec::new(); n];
         for round in 0..(2 * n as u64) {
             for (r, ins) in graph.in_peers(round).into_iter().enumerate() {
-                possible_senders[r].extend(ins);
+                possible_senders[r].extend(ins.iter().copied());
+                if !orders[r].contains(&ins) {
+                    orders[r].push(ins);
+                }
             }
         }
-        Gossip {
+        let plan = MailboxPlan {
+            agents: n,
+            param_count,
+            senders: possible_senders.iter().map(|s| s.iter().copied().collect()).collect(),
+            orders,
+        };
+        let mailboxes = mailbox::open(&device, plan)?;
+        Ok(Gossip {
             n,
             graph,
             sync_freq: config.sync_freq,
             timeout: Duration::from_secs_f64(config.gossip_timeout),
-            slots: (0..n * n).map(|_| Mutex::new(Vec::new())).collect(),
+            device,
+            mailboxes,
             board: Mutex::new(Board { full: vec![false; n * n], state: vec![AgentState::Running; n] }),
             changed: Condvar::new(),
             possible_senders,
             events: Mutex::new(Vec::new()),
             started: Instant::now(),
-        }
+        })
     }
 
     fn lockstep(&self) -> bool {
@@ -140,9 +175,19 @@ impl Gossip {
         self.board.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the message in slot s → r, flagged full on `board`, may be read now (never
+    /// blocks: device messages are polled through their events).
+    fn arrived(&self, board: &Board, s: usize, r: usize) -> Result<bool> {
+        Ok(board.full[s * self.n + r] && self.mailboxes.landed(s, r)?)
+    }
+
     /// Waits on the board until `ready` says Some, with the timeout; `who` explains a timeout.
+    /// With `poll`, `ready` is re-checked every few hundred microseconds even without a
+    /// notification: a device message lands when its copy finishes on the device, which
+    /// signals no condition variable.
     fn wait_until<'a, T>(
         &'a self, mut board: MutexGuard<'a, Board>, mut ready: impl FnMut(&Board) -> Result<Option<T>>, who: impl Fn() -> String,
+        poll: bool,
     ) -> Result<(MutexGuard<'a, Board>, T)> {
         let deadline = Instant::now() + self.timeout;
         loop {
@@ -157,7 +202,8 @@ impl Gossip {
                     who()
                 )));
             }
-            board = self.changed.wait_timeout(board, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            let step = if poll { (deadline - now).min(Duration::from_micros(200)) } else { deadline - now };
+            board = self.changed.wait_timeout(board, step).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
@@ -178,6 +224,7 @@ impl Gossip {
                 board,
                 |b| Ok(outs.iter().all(|&r| !b.full[s * n + r] || b.state[r] != AgentState::Running).then_some(())),
                 || format!("agents {outs:?} to read agent {s}'s message (round {round})"),
+                false,
             )?
             .0
         } else if outs.iter().any(|&r| board.full[s * n + r]) {
@@ -190,11 +237,9 @@ impl Gossip {
         };
         drop(board);
         // The slots are ours: receivers only read a slot while it is flagged full.
-        let params = trainer.backend_mut().read_params()?;
-        for &r in &outs {
-            let mut slot = self.slots[s * n + r].lock().unwrap_or_else(|e| e.into_inner());
-            slot.clear();
-            slot.extend_from_slice(&params);
+        self.mailboxes.post(s, &outs, trainer.backend_mut())?;
+        if self.mailboxes.kind() == MailboxKind::Device {
+            counters.device_messages.fetch_add(outs.len() as u64, Ordering::Relaxed);
         }
         let mut board = self.board();
         for &r in &outs {
@@ -208,6 +253,7 @@ impl Gossip {
 
     fn receive(&self, r: usize, round: u64, trainer: &mut Trainer, counters: &AgentCounters) -> Result<()> {
         let n = self.n;
+        let poll = self.mailboxes.kind() == MailboxKind::Device;
         let board = self.board();
         let (board, take) = if self.lockstep() {
             let expected = self.graph.in_peers(round).swap_remove(r);
@@ -217,13 +263,27 @@ impl Gossip {
                     if let Some((s, why)) = Self::failed_peer(b, expected.iter().copied()) {
                         return Err(Error::Backend(format!("gossip: agent {r} waits for agent {s}, which stopped: {why}")));
                     }
-                    Ok(expected.iter().all(|&s| b.full[s * n + r]).then(|| expected.clone()))
+                    for &s in &expected {
+                        if !self.arrived(b, s, r)? {
+                            return Ok(None);
+                        }
+                    }
+                    Ok(Some(expected.clone()))
                 },
                 || format!("agent {r} to receive from agents {expected:?} (round {round})"),
+                poll,
             )?
         } else {
-            let pending = |b: &Board| -> Vec<usize> { self.possible_senders[r].iter().copied().filter(|&s| b.full[s * n + r]).collect() };
-            let now = pending(&board);
+            let pending = |b: &Board| -> Result<Vec<usize>> {
+                let mut fresh = Vec::new();
+                for &s in &self.possible_senders[r] {
+                    if self.arrived(b, s, r)? {
+                        fresh.push(s);
+                    }
+                }
+                Ok(fresh)
+            };
+            let now = pending(&board)?;
             if !now.is_empty() {
                 (board, now)
             } else if counters.staleness.load(Ordering::Relaxed) < self.sync_freq {
@@ -238,7 +298,7 @@ impl Gossip {
                 self.wait_until(
                     board,
                     |b| {
-                        let got = pending(b);
+                        let got = pending(b)?;
                         if !got.is_empty() {
                             return Ok(Some(got));
                         }
@@ -248,10 +308,13 @@ impl Gossip {
                                 self.sync_freq, self.sync_freq
                             )));
                         }
-                        // Every peer is done: nothing will come; carry on unmixed.
-                        Ok(senders.iter().all(|&s| b.state[s] == AgentState::Finished).then(Vec::new))
+                        // Every peer is done and has nothing in flight (a device message may be
+                        // flagged but still copying: it lands, so poll on): nothing will come;
+                        // carry on unmixed.
+                        Ok(senders.iter().all(|&s| b.state[s] == AgentState::Finished && !b.full[s * n + r]).then(Vec::new))
                     },
                     || format!("a message for agent {r} from agents {senders:?} (none for {} rounds)", self.sync_freq),
+                    poll,
                 )?
             }
         };
@@ -262,12 +325,8 @@ impl Gossip {
             self.log(r, round, "peers_done", vec![]);
             return Ok(());
         }
-        {
-            let guards: Vec<MutexGuard<'_, Vec<f32>>> =
-                take.iter().map(|&s| self.slots[s * n + r].lock().unwrap_or_else(|e| e.into_inner())).collect();
-            let messages: Vec<&[f32]> = guards.iter().map(|g| g.as_slice()).collect();
-            trainer.backend_mut().mix_messages(0, &messages)?;
-        }
+        // In `take`'s order: the lock-step in-peer order, or ascending senders.
+        self.mailboxes.mix(r, &take, trainer.backend_mut())?;
         let mut board = self.board();
         for &s in &take {
             board.full[s * n + r] = false;
@@ -316,7 +375,7 @@ fn agent_loop(
     config: &Config, agent: usize, rounds: u64, threads: usize, gossip: &Gossip, counters: &AgentCounters,
     hooks: &AsyncHooks, backend_name: &Mutex<String>,
 ) -> (Result<()>, Option<Trainer>) {
-    let mut trainer = match Trainer::for_agent(config, agent, threads) {
+    let mut trainer = match Trainer::for_agent_on(config, agent, threads, &gossip.device) {
         Ok(t) => t,
         Err(e) => return (Err(e), None),
     };
@@ -363,11 +422,14 @@ pub fn run_async(config: &Config, hooks: &AsyncHooks, counters: &[AgentCounters]
         return Err(Error::Config("asynchronous gossip needs `algo = gala` with at least 2 agents".into()));
     }
     let graph = GossipGraph::new(config.topology, agents, config.peers)?;
-    let gossip = Gossip::new(&config, graph, agents);
+    // One device for every agent's backend (and the mailboxes), opened once.
+    let device = SharedDevice::open(config.backend)?;
     // Frames per update of one agent need the game's frame skip: ask a throwaway env.
-    let probe = Trainer::for_agent(&config, 0, 1)?;
+    let mut probe = Trainer::for_agent_on(&config, 0, 1, &device)?;
     let frames_per_round_all = probe.frames_per_update() * agents as u64;
+    let param_count = probe.backend_mut().spec().param_count();
     drop(probe);
+    let gossip = Gossip::new(&config, graph, agents, device, param_count)?;
     let rounds = config.frames.div_ceil(frames_per_round_all);
     let threads = (config.resolved_threads() / agents).max(1);
     let backend_name = Mutex::new(String::new());

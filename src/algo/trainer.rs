@@ -20,7 +20,7 @@
 //! That is also why a checkpoint (parameters, RMSprop state, the step counter, the environments'
 //! states and frame stacks) resumes bit for bit: nothing else carries over between updates.
 
-use crate::backend::{ActOutput, AgentLearnStats, Backend, Segment};
+use crate::backend::{ActOutput, AgentLearnStats, Backend, Segment, SharedDevice};
 use crate::config::Config;
 use crate::env::{self, EnvSettings, FinishedGame, GameId, VecEnv, FRAME_BYTES};
 use crate::checkpoint::Checkpoint;
@@ -235,17 +235,23 @@ pub fn mean_of_last_games(games: &mut Vec<GameRecord>) -> Option<f64> {
 impl Trainer {
     /// Validates the config and builds environments, network and backend.
     pub fn new(config: &Config) -> Result<Trainer> {
-        Self::build(config, None)
+        Self::build(config, None, None)
     }
 
     /// Agent `agent` of a run on its own — its share of the simulators (same global env
     /// indices, so the same randomness), its own backend sampling with its global agent id, and
     /// no gossip: the asynchronous runner gossips between such trainers.
     pub fn for_agent(config: &Config, agent: usize, threads: usize) -> Result<Trainer> {
-        Self::build(config, Some((agent, threads)))
+        Self::build(config, Some((agent, threads)), None)
     }
 
-    fn build(config: &Config, only: Option<(usize, usize)>) -> Result<Trainer> {
+    /// Like [`Trainer::for_agent`], with the backend on `device`, shared by every agent's
+    /// trainer (see [`Engine::for_agent_on`]).
+    pub fn for_agent_on(config: &Config, agent: usize, threads: usize, device: &SharedDevice) -> Result<Trainer> {
+        Self::build(config, Some((agent, threads)), Some(device))
+    }
+
+    fn build(config: &Config, only: Option<(usize, usize)>, device: Option<&SharedDevice>) -> Result<Trainer> {
         let mut config = config.clone();
         config.resolve_game_defaults()?;
         config.validate()?;
@@ -263,10 +269,10 @@ impl Trainer {
         let env_threads = if game == GameId::Catch { 1 } else { threads };
         let first_env = agent_offset * envs;
         let venv = env::make_vec_env_range(&settings, first_env..first_env + agents * envs, env_threads)?;
-        let engine = Engine::build(config, venv.num_actions(), only)?;
+        let engine = Engine::build(config, venv.num_actions(), only, device)?;
         // Pipelined: the behaviour policy gets an engine of its own (same initial parameters), so
         // acting never waits for (or races with) the learner's update of the same parameters.
-        let actor = if config.pipeline && only.is_none() { Some(Engine::build(config, venv.num_actions(), only)?) } else { None };
+        let actor = if config.pipeline && only.is_none() { Some(Engine::build(config, venv.num_actions(), only, None)?) } else { None };
         let n = agents * config.n_steps * envs;
         Ok(Trainer {
             config: config.clone(),

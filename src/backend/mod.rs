@@ -11,9 +11,12 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod mailbox;
 
+use crate::device::{cuda::CudaDevice, sim::SimDevice};
 use crate::error::Result;
 use crate::model::{NetSpec, OBS_BYTES};
+use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// Which compute backend to run on.
@@ -198,6 +201,10 @@ pub fn check_peer_lists(in_peers: &[Vec<usize>], agents: usize) -> Result<()> {
 pub trait Backend: Send {
     /// "cpu", "sim" or "cuda".
     fn name(&self) -> &'static str;
+    /// The concrete backend, for transports that must reach its device (the device mailboxes
+    /// of asynchronous gossip downcast to the GPU backend on their device to copy parameters
+    /// device-to-device and launch the fused mix on the backend's own stream).
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
     fn spec(&self) -> &BackendSpec;
     /// Forward the current observations of every agent's envs and sample actions with the
     /// counter-based RNG at (seed, agent, env, `step`); `greedy` takes the argmax instead.
@@ -209,7 +216,8 @@ pub trait Backend: Send {
     fn mix(&mut self, in_peers: &[Vec<usize>]) -> Result<()>;
     /// Mixes messages from other backends' agents into local agent `agent` with uniform weight
     /// 1/(m+1) for m messages: θ ← θ/(m+1) + Σ msg/(m+1) (the same arithmetic as `mix`).
-    /// Used by asynchronous gossip, where every agent has a backend of its own.
+    /// Used by the host mailboxes of asynchronous gossip (every agent has a backend of its own;
+    /// the GPU backend's device mailboxes mix on the device instead, see `mailbox`).
     fn mix_messages(&mut self, agent: usize, messages: &[&[f32]]) -> Result<()> {
         let mut params = self.read_params()?;
         let p = self.spec().param_count();
@@ -243,34 +251,81 @@ pub trait Backend: Send {
     fn write_optimizer_state(&mut self, square_avg: &[f32]) -> Result<()>;
 }
 
-/// Builds the backend `kind` asks for; `Auto` resolves to cuda when a usable GPU is present,
-/// else cpu. Returns the backend and a line saying which one was picked and why.
-pub fn create(kind: BackendKind, spec: BackendSpec, initial: &[f32], threads: usize) -> Result<(Box<dyn Backend>, String)> {
-    use crate::device::{cuda::CudaDevice, sim::SimDevice};
-    match kind {
-        BackendKind::Cpu => Ok((Box::new(cpu::CpuBackend::new(spec, initial, threads)?), "cpu (requested)".into())),
-        BackendKind::Sim => {
-            let dev = SimDevice::new();
-            let why = format!("sim (requested): {}", crate::device::Device::describe(&dev));
-            Ok((Box::new(gpu::GpuBackend::new(dev, spec, initial)?), why))
-        }
-        BackendKind::Cuda => {
-            let dev = CudaDevice::new(0)?;
-            let why = format!("cuda (requested): {}", crate::device::Device::describe(&dev));
-            Ok((Box::new(gpu::GpuBackend::new(dev, spec, initial)?), why))
-        }
-        BackendKind::Auto => {
-            let why = match crate::gpu_probe() {
+/// The device one process opens once and every backend of it shares. Asynchronous gossip
+/// builds one backend per agent, each on its own host thread and stream; they must live on ONE
+/// device — one CUDA context and module store (opening a `CudaDevice` compiles every kernel),
+/// one `DeviceId` — so that a message can be a device-to-device copy between their buffers.
+#[derive(Clone)]
+pub enum DeviceHandle {
+    /// The CPU backend: no device (messages travel through host mailboxes).
+    Cpu,
+    Sim(Arc<SimDevice>),
+    Cuda(Arc<CudaDevice>),
+}
+
+/// A [`DeviceHandle`] and the line saying which backend was picked and why.
+#[derive(Clone)]
+pub struct SharedDevice {
+    pub handle: DeviceHandle,
+    pub choice: String,
+}
+
+impl SharedDevice {
+    /// Opens the device `kind` asks for; `Auto` resolves to cuda when a usable GPU is present,
+    /// else cpu (the reason is in `choice`).
+    pub fn open(kind: BackendKind) -> Result<SharedDevice> {
+        use crate::device::Device;
+        let (handle, choice) = match kind {
+            BackendKind::Cpu => (DeviceHandle::Cpu, "cpu (requested)".to_string()),
+            BackendKind::Sim => {
+                let dev = SimDevice::new();
+                let why = format!("sim (requested): {}", dev.describe());
+                (DeviceHandle::Sim(Arc::new(dev)), why)
+            }
+            BackendKind::Cuda => {
+                let dev = CudaDevice::new(0)?;
+                let why = format!("cuda (requested): {}", dev.describe());
+                (DeviceHandle::Cuda(Arc::new(dev)), why)
+            }
+            BackendKind::Auto => match crate::gpu_probe() {
                 Ok(name) => match CudaDevice::new(0) {
                     Ok(dev) => {
-                        let why = format!("cuda: a usable GPU was found ({})", crate::device::Device::describe(&dev));
-                        return Ok((Box::new(gpu::GpuBackend::new(dev, spec, initial)?), why));
+                        let why = format!("cuda: a usable GPU was found ({})", dev.describe());
+                        (DeviceHandle::Cuda(Arc::new(dev)), why)
                     }
-                    Err(e) => format!("cpu: a GPU was found ({name}) but the CUDA device could not be set up: {e}"),
+                    Err(e) => (DeviceHandle::Cpu, format!("cpu: a GPU was found ({name}) but the CUDA device could not be set up: {e}")),
                 },
-                Err(reason) => format!("cpu: no usable GPU ({reason})"),
-            };
-            Ok((Box::new(cpu::CpuBackend::new(spec, initial, threads)?), why))
+                Err(reason) => (DeviceHandle::Cpu, format!("cpu: no usable GPU ({reason})")),
+            },
+        };
+        Ok(SharedDevice { handle, choice })
+    }
+
+    /// "cpu", "sim" or "cuda": the name backends on this device report.
+    pub fn name(&self) -> &'static str {
+        match self.handle {
+            DeviceHandle::Cpu => "cpu",
+            DeviceHandle::Sim(_) => "sim",
+            DeviceHandle::Cuda(_) => "cuda",
         }
     }
+}
+
+/// Builds a backend on `device` (for the GPU kinds: its own stream on the shared device).
+/// `threads` sizes the CPU backend's worker pool.
+pub fn create_on(device: &SharedDevice, spec: BackendSpec, initial: &[f32], threads: usize) -> Result<Box<dyn Backend>> {
+    Ok(match &device.handle {
+        DeviceHandle::Cpu => Box::new(cpu::CpuBackend::new(spec, initial, threads)?),
+        DeviceHandle::Sim(dev) => Box::new(gpu::GpuBackend::new(dev.clone(), spec, initial)?),
+        DeviceHandle::Cuda(dev) => Box::new(gpu::GpuBackend::new(dev.clone(), spec, initial)?),
+    })
+}
+
+/// Builds the backend `kind` asks for on a device of its own; `Auto` resolves to cuda when a
+/// usable GPU is present, else cpu. Returns the backend and a line saying which one was picked
+/// and why.
+pub fn create(kind: BackendKind, spec: BackendSpec, initial: &[f32], threads: usize) -> Result<(Box<dyn Backend>, String)> {
+    let device = SharedDevice::open(kind)?;
+    let backend = create_on(&device, spec, initial, threads)?;
+    Ok((backend, device.choice))
 }

@@ -119,7 +119,12 @@ impl super::Device for CudaDevice {
         // SAFETY: plain allocation and memset of the fresh allocation.
         let ptr = unsafe { cu::malloc_sync(bytes) }.map_err(|e| driver_err(&format!("allocating {bytes} bytes"), e))?;
         let storage = CudaStorage { ptr, ctx: self.ctx.clone() };
-        unsafe { cu::memset_d8_sync(ptr, 0, bytes) }.map_err(|e| driver_err("memset", e))?;
+        // cuMemsetD8 is asynchronous with respect to the host for device memory, on the legacy
+        // NULL stream, and the streams work is queued on are non-blocking (no implicit order
+        // with the NULL stream): wait for the zeros here, so later work on any stream sees them.
+        let null = self.stream(Stream { index: 0, owner: self.id })?;
+        unsafe { cu::memset_d8_async(ptr, 0, bytes, null.cu_stream()) }.map_err(|e| driver_err("memset", e))?;
+        null.synchronize().map_err(|e| driver_err("memset synchronize", e))?;
         Ok(DeviceBuffer { ptr, len, owner: self.id, _storage: Box::new(storage), _elem: PhantomData })
     }
 
@@ -230,6 +235,9 @@ impl super::Device for CudaDevice {
 
     fn event_done(&self, event: &Event) -> Result<bool> {
         let e = self.cuda_event(event)?;
+        // cuEventQuery is called from whichever agent thread polls: bind the context first
+        // (cudarc binds for record and wait, not for the query).
+        self.bind()?;
         e.try_is_complete().map_err(|e| driver_err("event query", e))
     }
 

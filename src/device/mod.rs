@@ -202,8 +202,9 @@ impl std::fmt::Debug for Event {
 }
 
 /// What the kernel launchers need from a device. Implemented by the CUDA driver device and the
-/// simulator; the GPU backend and the tests are written once, generic over it.
-pub trait Device: Send + Sync {
+/// simulator; the GPU backend and the tests are written once, generic over it. (`'static`: a
+/// backend over a device is reached through `Any` by the device mailboxes of asynchronous gossip.)
+pub trait Device: Send + Sync + 'static {
     /// "cuda" or "sim".
     fn kind(&self) -> &'static str;
     /// A human-readable description (GPU name and architecture, or the simulator's threads).
@@ -222,8 +223,12 @@ pub trait Device: Send + Sync {
     ) -> Result<()>;
     /// Launches kernel `name` on `stream` (arguments checked against its signature first).
     fn launch(&self, stream: Stream, name: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()>;
-    /// The stream every device starts with.
+    /// The stream every device starts with. On CUDA it is the legacy NULL stream, which
+    /// serialises with every other blocking stream of the context: fine for tests and one-off
+    /// work, but backends take a `new_stream` so that several of them can overlap on one GPU.
     fn default_stream(&self) -> Stream;
+    /// A fresh stream that does not synchronise implicitly with the others (on CUDA a
+    /// CU_STREAM_NON_BLOCKING stream); order across streams only through events.
     fn new_stream(&self) -> Result<Stream>;
     /// Marks the current end of `stream`'s work.
     fn record_event(&self, stream: Stream) -> Result<Event>;
@@ -296,5 +301,54 @@ pub(crate) fn check_range(what: &str, offset: usize, len: usize, buffer_len: usi
             "{what}: range {offset}..{} is outside a buffer of {buffer_len} elements",
             offset.saturating_add(len)
         ))),
+    }
+}
+
+/// A shared device is a device: the backends of asynchronous gossip each hold an `Arc` of the
+/// one device the process opened (one CUDA context, one module store, one `DeviceId`), so their
+/// buffers — parameters and the gossip mailboxes — can be copied between and read by each
+/// other's kernels. Every method delegates.
+impl<D: Device> Device for std::sync::Arc<D> {
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn alloc_zeros<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        (**self).alloc_zeros(len)
+    }
+    fn upload<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {
+        (**self).upload(stream, src, dst, offset)
+    }
+    fn download<T: DeviceElem>(&self, stream: Stream, src: &DeviceBuffer<T>, offset: usize, dst: &mut [T]) -> Result<()> {
+        (**self).download(stream, src, offset, dst)
+    }
+    fn copy<T: DeviceElem>(
+        &self, stream: Stream, src: &DeviceBuffer<T>, src_offset: usize, dst: &mut DeviceBuffer<T>, dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        (**self).copy(stream, src, src_offset, dst, dst_offset, len)
+    }
+    fn launch(&self, stream: Stream, name: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        (**self).launch(stream, name, config, args)
+    }
+    fn default_stream(&self) -> Stream {
+        (**self).default_stream()
+    }
+    fn new_stream(&self) -> Result<Stream> {
+        (**self).new_stream()
+    }
+    fn record_event(&self, stream: Stream) -> Result<Event> {
+        (**self).record_event(stream)
+    }
+    fn event_done(&self, event: &Event) -> Result<bool> {
+        (**self).event_done(event)
+    }
+    fn stream_wait_event(&self, stream: Stream, event: &Event) -> Result<()> {
+        (**self).stream_wait_event(stream, event)
+    }
+    fn synchronize(&self, stream: Stream) -> Result<()> {
+        (**self).synchronize(stream)
     }
 }

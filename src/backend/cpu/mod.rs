@@ -74,6 +74,10 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
     fn spec(&self) -> &BackendSpec {
         &self.spec
     }

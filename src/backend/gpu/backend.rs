@@ -270,6 +270,16 @@ impl<D: Device> GpuBackend<D> {
         self.arena.read_grads()
     }
 
+    /// Asynchronous gossip, sender side: `GpuArena::post_params` on this backend's stream.
+    pub fn post_params(&mut self, agent: usize, slot: &mut DeviceBuffer<f32>, after: Option<&Event>) -> Result<Event> {
+        self.arena.post_params(agent, slot, after)
+    }
+
+    /// Asynchronous gossip, receiver side: `GpuArena::mix_mailboxes` on this backend's stream.
+    pub fn mix_mailboxes(&mut self, agent: usize, slot_addresses: &DeviceBuffer<u64>, take_mask: u64) -> Result<Event> {
+        self.arena.mix_mailboxes(agent, slot_addresses, take_mask)
+    }
+
     /// Forward of `fwd.obs` (already uploaded) through the trunk and the heads' linear part.
     fn forward(arena: &mut GpuArena<CountingDevice<D>>, spec: &BackendSpec, convs: &[LayerParams; 3], fc: LayerParams,
                fc_shape: &ConvShape, heads: Option<HeadsParams>, fwd: &mut Forward) -> Result<()> {
@@ -320,6 +330,10 @@ impl<D: Device> GpuBackend<D> {
 impl<D: Device> Backend for GpuBackend<D> {
     fn name(&self) -> &'static str {
         self.arena.device().kind()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 
     fn spec(&self) -> &BackendSpec {

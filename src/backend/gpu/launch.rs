@@ -168,6 +168,56 @@ pub fn gossip_mix<D: Device>(
     )
 }
 
+/// Most slots a receiver's mailbox table may hold (GOSSIP_MAILBOX_MAX_SLOTS): the take mask is
+/// one 64-bit word.
+pub const GOSSIP_MAILBOX_MAX_SLOTS: usize = 64;
+
+/// Mailbox mixing (asynchronous gossip): row `agent` of params [agents][P] ←
+/// (θ + Σ_{j ∈ take_mask} slot_j) / (m + 1), m = popcount(take_mask), summed in ascending slot
+/// order with gossip_mix's arithmetic. `slot_addresses` [slots] holds the device addresses of
+/// the receiver's mailbox slots; each must be a live [P] f32 buffer of this device that no
+/// other work writes until this launch is done (the device mailboxes own that invariant: the
+/// table is built once from their own buffers, and senders wait on the receiver's read event).
+/// An empty mask launches nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn gossip_mix_mailbox<D: Device>(
+    dev: &D, stream: Stream, params: &mut DeviceBuffer<f32>, slot_addresses: &DeviceBuffer<u64>, take_mask: u64,
+    agent: usize, agents: usize, param_count: usize,
+) -> Result<()> {
+    const K: &str = "gossip_mix_mailbox";
+    ensure_agents(K, agents)?;
+    ensure(agent < agents, || format!("{K}: agent {agent} of {agents}"))?;
+    let chunks = gossip_chunks(param_count);
+    let p = ensure_u32_index(K, param_count, chunks * GOSSIP_BLOCK)?;
+    ensure(param_count > 0, || format!("{K}: empty parameter vector"))?;
+    ensure_len(K, "params", params, agents * param_count)?;
+    let slots = slot_addresses.len();
+    ensure((1..=GOSSIP_MAILBOX_MAX_SLOTS).contains(&slots), || {
+        format!("{K}: {slots} mailbox slots; 1..={GOSSIP_MAILBOX_MAX_SLOTS} supported (the take mask is 64 bits)")
+    })?;
+    ensure(slots == 64 || take_mask >> slots == 0, || {
+        format!("{K}: take mask {take_mask:#x} picks slots beyond the table's {slots}")
+    })?;
+    if take_mask == 0 {
+        return Ok(());
+    }
+    let config = LaunchConfig { grid: (chunks, 1, 1), block: (GOSSIP_BLOCK, 1, 1), shared_mem_bytes: 0 };
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[
+            KernelArg::buf(params),
+            KernelArg::buf(slot_addresses),
+            KernelArg::U64(take_mask),
+            KernelArg::U32(slots as u32),
+            KernelArg::U32(agent as u32),
+            KernelArg::U32(p),
+            KernelArg::U32(chunks),
+        ],
+    )
+}
+
 /// Consensus distance, pass 1: partials [(agents+1)][gossip_chunks(P)] of Σ(θ_q − θ̄)² (q <
 /// agents) and Σθ̄² (q = agents).
 pub fn consensus_partials<D: Device>(

@@ -4,15 +4,17 @@
 //!
 //! `GpuArena` holds the parameters, gradients and optimizer state and runs the optimizer step,
 //! gossip mixing and the consensus distance; `GpuBackend` (backend.rs) adds the network's
-//! forward/backward kernels and implements the `Backend` trait on top of it.
+//! forward/backward kernels and implements the `Backend` trait on top of it; `mailbox` is the
+//! device-resident message transport of asynchronous gossip.
 
 mod backend;
 pub mod launch;
+pub mod mailbox;
 
 pub use backend::{CountingDevice, GpuBackend};
 
 use crate::backend::cpu::optim::RmsProp;
-use crate::device::{Device, DeviceBuffer, Stream};
+use crate::device::{Device, DeviceBuffer, Event, Stream};
 use crate::error::{Error, Result};
 
 /// All agents' parameters, gradients and RMSprop state, [agents][P] each, in device memory,
@@ -46,7 +48,10 @@ impl<D: Device> GpuArena<D> {
         if initial.len() != n {
             return Err(Error::Shape(format!("GpuArena: initial parameters hold {}, expected {n}", initial.len())));
         }
-        let stream = device.default_stream();
+        // A stream of its own, never the default one: on CUDA the default stream is the legacy
+        // NULL stream, which serialises with every blocking stream, so backends sharing a GPU
+        // (one per agent in asynchronous gossip) would never overlap. Harmless for one backend.
+        let stream = device.new_stream()?;
         let optim_chunks = launch::optim_chunks(param_count) as usize;
         let gossip_chunks = launch::gossip_chunks(param_count) as usize;
         let mut arena = GpuArena {
@@ -205,6 +210,38 @@ impl<D: Device> GpuArena<D> {
         launch::gossip_mix(dev, self.stream, &self.snapshot, &mut self.params, &offsets_dev, &peers_dev, self.agents, self.param_count)?;
         // The peer tables are freed on return; make sure the launch that reads them is done.
         dev.synchronize(self.stream)
+    }
+
+    /// Asynchronous gossip, sender side: enqueues on the arena's stream a device-to-device copy
+    /// of agent `agent`'s parameters into `slot` (a [P] mailbox buffer of the same device),
+    /// ordered after `after` — the event a receiver recorded once its mix kernel had read the
+    /// slot's previous message, so the copy cannot overwrite a message still being read — and
+    /// returns an event marking the copy's completion. Never blocks the host.
+    pub fn post_params(&mut self, agent: usize, slot: &mut DeviceBuffer<f32>, after: Option<&Event>) -> Result<Event> {
+        let p = self.param_count;
+        if agent >= self.agents || slot.len() != p {
+            return Err(Error::Shape(format!(
+                "post_params: agent {agent} of {}, mailbox slot of {} elements (expected {p})",
+                self.agents,
+                slot.len()
+            )));
+        }
+        if let Some(e) = after {
+            self.device.stream_wait_event(self.stream, e)?;
+        }
+        self.device.copy(self.stream, &self.params, agent * p, slot, 0, p)?;
+        self.device.record_event(self.stream)
+    }
+
+    /// Asynchronous gossip, receiver side: mixes the mailbox slots that `take_mask` picks from
+    /// the table `slot_addresses` into agent `agent` (one fused `gossip_mix_mailbox` launch on the
+    /// arena's stream, see the launcher for the contract) and returns an event marking when the
+    /// kernel, hence its reads of the slots, is done. The caller must know the messages have
+    /// landed (their copy events are done). Never blocks the host.
+    pub fn mix_mailboxes(&mut self, agent: usize, slot_addresses: &DeviceBuffer<u64>, take_mask: u64) -> Result<Event> {
+        let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.param_count);
+        launch::gossip_mix_mailbox(dev, s, &mut self.params, slot_addresses, take_mask, agent, a, p)?;
+        dev.record_event(s)
     }
 
     /// max_r ‖θ_r − θ̄‖ / ‖θ̄‖ over the agents' parameters.
