@@ -342,6 +342,12 @@ impl<D: Device> Device for std::sync::Arc<D> {
     fn record_event(&self, stream: Stream) -> Result<Event> {
         (**self).record_event(stream)
     }
+    fn record_timed_event(&self, stream: Stream) -> Result<Event> {
+        (**self).record_timed_event(stream)
+    }
+    fn elapsed_seconds(&self, start: &Event, end: &Event) -> Result<f64> {
+        (**self).elapsed_seconds(start, end)
+    }
     fn event_done(&self, event: &Event) -> Result<bool> {
         (**self).event_done(event)
     }
