@@ -14,10 +14,37 @@
 //!   finished games, oldest first; steps and indices are exact in f64) and
 //!   `stats.agent{r}.recent_scores`.
 //!
+//! * Pipelined runs only (`pipeline = true`), what is in flight between two updates:
+//!   - when a collected segment awaits learning (metadata `pipeline_segment` = `stale` or
+//!     `on-policy`, the latter meaning that its behaviour policy is the learner's current one):
+//!     `pipeline.obs` (u8 [agents][n_steps][envs][4][84][84]), `pipeline.actions` (i32),
+//!     `pipeline.rewards` (as learned from, i.e. clipped where the preset clips),
+//!     `pipeline.dones` and `pipeline.log_probs` (log μ(a|s) of the behaviour parameters), all
+//!     f32 [agents][n_steps][envs] except the actions, and `pipeline.bootstrap_values`
+//!     (f32 [agents][envs], V(s_T) by the behaviour parameters). The environments, frame stacks
+//!     and `step` are already past that segment, and `frames` counts it.
+//!   - when the actor's parameters are not the learner's (metadata `pipeline_actor` = `behind`;
+//!     after a run ended by its budget, the actor still holds the parameters before the last
+//!     update and collects the next segment with them, exactly as an uninterrupted run would):
+//!     `pipeline.actor_params` (f32 [agents][P], arena order). Otherwise the actor holds the
+//!     learner's parameters.
+//!
 //! `__metadata__` holds the resolved config (TOML), the counters (agent steps = the action
 //! RNG's step counter, updates = the gossip round, episodes), and `sha256`: a digest over every
 //! tensor (name, dtype, shape, bytes) and every other metadata entry, checked on load, so a
 //! corrupt or truncated file is refused instead of silently resuming from garbage.
+//!
+//! Asynchronous runs (agents on their own threads) write the same format: agents' tensors in
+//! agent order, environments in global order, the games of all agents merged. A checkpoint
+//! taken at a cut (every agent completed the same round: `save_every`, the end, Ctrl-C) has
+//! uniform counters. One saved after a failure holds each agent's state after its own last
+//! completed round, not a cut: then `agent_updates` (comma-separated, agent order) gives each
+//! agent's completed rounds, its agent steps being rounds × n_steps, while `updates` and `step`
+//! are the slowest agent's.
+//! Gossip messages in flight are not saved: a resumed run starts with empty mailboxes.
+//!
+//! Files written before these additions (no `pipeline_*` or `agent_updates` entries) load as
+//! before: nothing in flight, every agent at `updates`.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -59,6 +86,43 @@ pub struct Checkpoint {
     /// Each environment's saved state; None when the game cannot save it (resume then restarts
     /// the games, and is not bit-exact).
     pub env_states: Option<Vec<Vec<u8>>>,
+    /// Pipelined runs: what is in flight between two updates (empty otherwise).
+    pub pipeline: PipelineState,
+    /// Each agent's completed rounds when agents stopped at different rounds (an asynchronous
+    /// run's failure); None when every agent is at `updates` (and `step`).
+    pub agent_updates: Option<Vec<u64>>,
+}
+
+/// What a pipelined trainer holds between two updates besides the learner's state.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PipelineState {
+    /// A collected segment not learned from yet.
+    pub pending: Option<PendingSegment>,
+    /// The actor's parameters [agents][P] when they are not the learner's.
+    pub actor_params: Option<Vec<f32>>,
+}
+
+impl PipelineState {
+    /// Nothing in flight: a plain (unpipelined) trainer could continue from the checkpoint.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_none() && self.actor_params.is_none()
+    }
+}
+
+/// A collected rollout segment, [agents][n_steps][envs](…), as the learner will use it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PendingSegment {
+    pub obs: Vec<u8>,
+    pub actions: Vec<u32>,
+    pub rewards: Vec<f32>,
+    pub dones: Vec<f32>,
+    /// log μ(a|s) of the parameters that acted.
+    pub log_probs: Vec<f32>,
+    /// V(s_T) after the segment [agents][envs], by the parameters that acted.
+    pub bootstrap_values: Vec<f32>,
+    /// Collected by parameters older than the learner's (the loss applies the truncated
+    /// importance ratio).
+    pub stale: bool,
 }
 
 /// An owned tensor for serialisation.
@@ -236,6 +300,49 @@ impl Checkpoint {
             }
         }
         let mut meta = BTreeMap::new();
+        let (agents, steps) = (self.agents, self.config.n_steps);
+        if let Some(seg) = &self.pipeline.pending {
+            let samples = agents * steps * self.envs_per_agent;
+            let lens = [seg.actions.len(), seg.rewards.len(), seg.dones.len(), seg.log_probs.len()];
+            if seg.obs.len() != samples * crate::model::OBS_BYTES || lens.iter().any(|&l| l != samples) || seg.bootstrap_values.len() != envs {
+                return Err(Error::Shape(format!(
+                    "checkpoint: the pending segment holds {} observation bytes, {lens:?} actions/rewards/dones/log-probs and {} bootstrap values, expected {} bytes, {samples} each and {envs}",
+                    seg.obs.len(),
+                    seg.bootstrap_values.len(),
+                    samples * crate::model::OBS_BYTES
+                )));
+            }
+            let rows = vec![agents, steps, self.envs_per_agent];
+            let hw = crate::model::FRAME_HW;
+            tensors.insert(
+                "pipeline.obs".into(),
+                Owned { dtype: Dtype::U8, shape: [rows.as_slice(), &[crate::model::FRAME_STACK, hw, hw]].concat(), data: seg.obs.clone() },
+            );
+            // i32, not u32: PyTorch's `load_file` must still load the whole file.
+            let actions: Vec<u8> = seg.actions.iter().flat_map(|&a| (a as i32).to_le_bytes()).collect();
+            tensors.insert("pipeline.actions".into(), Owned { dtype: Dtype::I32, shape: rows.clone(), data: actions });
+            for (name, v) in [("rewards", &seg.rewards), ("dones", &seg.dones), ("log_probs", &seg.log_probs)] {
+                tensors.insert(format!("pipeline.{name}"), Owned { dtype: Dtype::F32, shape: rows.clone(), data: f32_bytes(v) });
+            }
+            tensors.insert(
+                "pipeline.bootstrap_values".into(),
+                Owned { dtype: Dtype::F32, shape: vec![agents, self.envs_per_agent], data: f32_bytes(&seg.bootstrap_values) },
+            );
+            meta.insert("pipeline_segment".to_string(), if seg.stale { "stale" } else { "on-policy" }.to_string());
+        }
+        if let Some(actor) = &self.pipeline.actor_params {
+            if actor.len() != want {
+                return Err(Error::Shape(format!("checkpoint: {} actor parameters, expected {want} ([{agents}][{p}])", actor.len())));
+            }
+            tensors.insert("pipeline.actor_params".into(), Owned { dtype: Dtype::F32, shape: vec![agents, p], data: f32_bytes(actor) });
+            meta.insert("pipeline_actor".to_string(), "behind".to_string());
+        }
+        if let Some(rounds) = &self.agent_updates {
+            if rounds.len() != agents {
+                return Err(Error::Shape(format!("checkpoint: {} per-agent round counts for {agents} agents", rounds.len())));
+            }
+            meta.insert("agent_updates".to_string(), rounds.iter().map(u64::to_string).collect::<Vec<_>>().join(","));
+        }
         meta.insert("format".to_string(), FORMAT.to_string());
         meta.insert("config".into(), self.config.to_toml());
         meta.insert("actions".into(), self.actions.to_string());
@@ -316,7 +423,53 @@ impl Checkpoint {
             return Err(refuse(format!("{} per-agent episode counts for {agents} agents", agent_episodes.len())));
         }
         let agent_recent_scores = (0..agents).map(|r| tensor(&format!("stats.agent{r}.recent_scores"), Dtype::F64).map(f64s)).collect::<Result<Vec<_>>>()?;
+        // Pipelined and asynchronous additions (module docs); absent in older files.
+        let f32s = |b: &[u8]| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect::<Vec<f32>>();
+        let samples = agents * config.n_steps * envs_per_agent;
+        let sized = |name: &str, dtype: Dtype, len: usize| -> Result<&[u8]> {
+            let data = tensor(name, dtype)?;
+            if data.len() != len {
+                return Err(refuse(format!("tensor `{name}` holds {} bytes, expected {len}", data.len())));
+            }
+            Ok(data)
+        };
+        let pending = match meta.get("pipeline_segment").map(String::as_str) {
+            None => None,
+            Some(kind @ ("stale" | "on-policy")) => Some(PendingSegment {
+                obs: sized("pipeline.obs", Dtype::U8, samples * crate::model::OBS_BYTES)?.to_vec(),
+                actions: sized("pipeline.actions", Dtype::I32, samples * 4)?
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as u32)
+                    .collect(),
+                rewards: f32s(sized("pipeline.rewards", Dtype::F32, samples * 4)?),
+                dones: f32s(sized("pipeline.dones", Dtype::F32, samples * 4)?),
+                log_probs: f32s(sized("pipeline.log_probs", Dtype::F32, samples * 4)?),
+                bootstrap_values: f32s(sized("pipeline.bootstrap_values", Dtype::F32, envs * 4)?),
+                stale: kind == "stale",
+            }),
+            Some(other) => return Err(refuse(format!("metadata `pipeline_segment` is {other:?}, expected \"stale\" or \"on-policy\""))),
+        };
+        let actor_params = match meta.get("pipeline_actor").map(String::as_str) {
+            None => None,
+            Some("behind") => Some(f32s(sized("pipeline.actor_params", Dtype::F32, params.len() * 4)?)),
+            Some(other) => return Err(refuse(format!("metadata `pipeline_actor` is {other:?}, expected \"behind\""))),
+        };
+        let agent_updates = match meta.get("agent_updates") {
+            None => None,
+            Some(list) => {
+                let rounds: Vec<u64> = list
+                    .split(',')
+                    .map(|s| s.parse::<u64>().map_err(|_| refuse("metadata `agent_updates` is not a list of numbers".into())))
+                    .collect::<Result<_>>()?;
+                if rounds.len() != agents {
+                    return Err(refuse(format!("{} per-agent round counts for {agents} agents", rounds.len())));
+                }
+                Some(rounds)
+            }
+        };
         Ok(Checkpoint {
+            pipeline: PipelineState { pending, actor_params },
+            agent_updates,
             actions,
             agents,
             envs_per_agent,
@@ -369,5 +522,95 @@ pub fn resolve_path(path: &Path) -> PathBuf {
         path.join(CHECKPOINT_FILE)
     } else {
         path.to_path_buf()
+    }
+}
+
+impl Checkpoint {
+    /// Each agent's completed rounds (updates), in agent order.
+    pub fn agent_rounds(&self) -> Vec<u64> {
+        self.agent_updates.clone().unwrap_or_else(|| vec![self.updates; self.agents])
+    }
+
+    /// One run-wide checkpoint from single-agent ones (`Trainer::for_agent` checkpoints of
+    /// agents 0, 1, … in order), as the asynchronous runner saves them. Agents' tensors and
+    /// environments are concatenated in agent order, the last 100 games of all agents merged in
+    /// (step, env) order. `cut`: the parts are every agent right after completing the same round;
+    /// otherwise (a failure's salvage) or when the rounds differ, `agent_updates` records each
+    /// agent's rounds.
+    pub fn merge_agents(parts: &[Checkpoint], cut: bool) -> Result<Checkpoint> {
+        let first = parts.first().ok_or_else(|| Error::Shape("checkpoint: no agents to merge".into()))?;
+        for (r, c) in parts.iter().enumerate() {
+            if c.agents != 1 || c.envs_per_agent != first.envs_per_agent || c.actions != first.actions || !c.pipeline.is_empty() {
+                return Err(Error::Shape(format!(
+                    "checkpoint: agent {r}'s part holds {} agents × {} envs with {} actions, expected 1 × {} with {}",
+                    c.agents, c.envs_per_agent, c.actions, first.envs_per_agent, first.actions
+                )));
+            }
+        }
+        let rounds: Vec<u64> = parts.iter().map(|c| c.updates).collect();
+        let slowest = parts.iter().min_by_key(|c| c.updates).expect("at least one part");
+        let mut games: Vec<crate::algo::trainer::GameRecord> = parts.iter().flat_map(|c| c.recent_games.iter().copied()).collect();
+        games.sort_by(|a, b| (a.step, a.env).cmp(&(b.step, b.env)));
+        let games = games.split_off(games.len().saturating_sub(crate::algo::trainer::RECENT_GAMES));
+        Ok(Checkpoint {
+            config: first.config.clone(),
+            actions: first.actions,
+            agents: parts.len(),
+            envs_per_agent: first.envs_per_agent,
+            params: parts.iter().flat_map(|c| c.params.iter().copied()).collect(),
+            square_avg: parts.iter().flat_map(|c| c.square_avg.iter().copied()).collect(),
+            step: slowest.step,
+            updates: slowest.updates,
+            episodes: parts.iter().map(|c| c.episodes).sum(),
+            frames: parts.iter().map(|c| c.frames).sum(),
+            wall_seconds: parts.iter().map(|c| c.wall_seconds).fold(0.0, f64::max),
+            recent_games: games,
+            agent_episodes: parts.iter().flat_map(|c| c.agent_episodes.iter().copied()).collect(),
+            agent_recent_scores: parts.iter().flat_map(|c| c.agent_recent_scores.iter().cloned()).collect(),
+            observations: parts.iter().flat_map(|c| c.observations.iter().copied()).collect(),
+            env_states: parts.iter().map(|c| c.env_states.clone()).collect::<Option<Vec<_>>>().map(|v| v.concat()),
+            pipeline: PipelineState::default(),
+            agent_updates: (!cut || rounds.iter().any(|&u| u != rounds[0])).then_some(rounds),
+        })
+    }
+
+    /// Agent `r`'s share as a single-agent checkpoint (what `Trainer::for_agent` restores):
+    /// its parameters, optimizer state, environments, counters and games.
+    pub fn agent_part(&self, r: usize) -> Result<Checkpoint> {
+        if r >= self.agents || !self.pipeline.is_empty() {
+            return Err(Error::Config(format!("checkpoint: no agent {r} to restore alone (it holds {} agents{})", self.agents,
+                if self.pipeline.is_empty() { "" } else { " of a pipelined run" })));
+        }
+        let p = self.params.len() / self.agents;
+        let envs = self.envs_per_agent;
+        let rounds = self.agent_rounds();
+        let steps: Vec<u64> = match &self.agent_updates {
+            Some(u) => u.iter().map(|&u| u * self.config.n_steps as u64).collect(),
+            None => vec![self.step; self.agents],
+        };
+        let total_steps: u128 = steps.iter().map(|&s| s as u128).sum();
+        let frames = if total_steps == 0 { 0 } else { (self.frames as u128 * steps[r] as u128 / total_steps) as u64 };
+        let env_range = r * envs..(r + 1) * envs;
+        let obs = crate::model::OBS_BYTES;
+        Ok(Checkpoint {
+            config: self.config.clone(),
+            actions: self.actions,
+            agents: 1,
+            envs_per_agent: envs,
+            params: self.params[r * p..(r + 1) * p].to_vec(),
+            square_avg: self.square_avg[r * p..(r + 1) * p].to_vec(),
+            step: steps[r],
+            updates: rounds[r],
+            episodes: self.agent_episodes[r],
+            frames,
+            wall_seconds: self.wall_seconds,
+            recent_games: self.recent_games.iter().filter(|g| env_range.contains(&g.env)).copied().collect(),
+            agent_episodes: vec![self.agent_episodes[r]],
+            agent_recent_scores: vec![self.agent_recent_scores.get(r).cloned().unwrap_or_default()],
+            observations: self.observations[env_range.start * obs..env_range.end * obs].to_vec(),
+            env_states: self.env_states.as_ref().map(|s| s[env_range.clone()].to_vec()),
+            pipeline: PipelineState::default(),
+            agent_updates: None,
+        })
     }
 }

@@ -266,12 +266,16 @@ impl TrainArgs {
         }
         fixed!(config, preset, game, rom, algo, agents, envs_per_agent, n_steps, lr, gamma, entropy_coef, value_coef,
                max_grad_norm, rms_alpha, rms_eps, topology, peers, sync_freq, net, backend, seed, out);
-        if self.pipeline {
+        // Switches cannot be turned off on the command line: repeating the saved setting is fine.
+        if self.pipeline && !saved.pipeline {
             fixed.push("pipeline");
+        }
+        if self.agent_threads && !saved.agent_threads {
+            fixed.push("agent_threads");
         }
         if !fixed.is_empty() {
             bail!(
-                "--resume continues the saved configuration; it cannot change {} (only --frames, --save-every, --metrics-every and --threads may be given)",
+                "--resume continues the saved configuration; it cannot change {} (only --frames, --save-every, --metrics-every, --threads and --gossip-timeout may be given)",
                 fixed.iter().map(|f| format!("--{}", f.replace('_', "-"))).collect::<Vec<_>>().join(", ")
             );
         }
@@ -281,7 +285,7 @@ impl TrainArgs {
                 if let Some(v) = &self.$field { c.$field = v.clone(); }
             )*};
         }
-        set!(frames, threads, save_every, metrics_every);
+        set!(frames, threads, save_every, metrics_every, gossip_timeout);
         c.validate()?;
         Ok(c)
     }
@@ -399,6 +403,16 @@ fn train(args: TrainArgs) -> Result<()> {
     let config_toml = config.to_toml();
     let game = gala_gpu::env::GameId::parse(&config.game)?;
     let algo = format!("{:?}", config.algo).to_lowercase();
+    // Test hook (tests/async_gossip.rs): agent A's thread fails at the start of round R.
+    let fail_agent = match std::env::var("GALA_GPU_DEBUG_FAIL_AGENT") {
+        Ok(v) if config.asynchronous() => Some(
+            v.split_once(':')
+                .and_then(|(a, r)| Some((a.parse::<usize>().ok()?, r.parse::<u64>().ok()?)))
+                .context("GALA_GPU_DEBUG_FAIL_AGENT must be AGENT:ROUND")?,
+        ),
+        Ok(_) => bail!("GALA_GPU_DEBUG_FAIL_AGENT applies to asynchronous runs (--agent-threads or --sync-freq N) only"),
+        Err(_) => None,
+    };
     // The run folder first: an unwritable --out fails before anything expensive starts.
     let mut run = match &resumed {
         Some((dir, ck)) => RunDir::resume(dir, ck.frames, &config_toml).context("cannot reopen the run folder")?,
@@ -407,16 +421,28 @@ fn train(args: TrainArgs) -> Result<()> {
     if !args.quiet {
         eprintln!("resolved configuration:\n{}", config_toml.trim_end());
     }
-    if resumed.is_some() && config.asynchronous() {
-        bail!("--resume of an asynchronous-gossip run is not supported yet (its checkpoints would need the mailboxes)");
-    }
-    if resumed.is_some() && config.pipeline {
-        bail!("--resume of a pipelined run is not supported yet (its checkpoints would need the in-flight segment and the actor's parameters)");
-    }
+    let stop = Arc::new(AtomicBool::new(false));
     let mut trainer = if config.asynchronous() {
+        install_ctrl_c(stop.clone())?;
         if !args.quiet {
-            eprintln!("gossip: asynchronous, every agent on its own thread (sync_freq {}); Ctrl-C aborts without a checkpoint", config.sync_freq);
+            let mode = if config.sync_freq == 0 { "lock-step".to_string() } else { format!("asynchronous (sync_freq {})", config.sync_freq) };
+            eprintln!("gossip: {mode}, every agent on its own thread");
+            if let Some((_, ck)) = &resumed {
+                let rounds = match &ck.agent_updates {
+                    Some(r) => format!("agents at rounds {r:?}, each continuing from its own"),
+                    None => format!("round {}", ck.updates),
+                };
+                eprintln!("resuming at frame {} ({rounds}) from {}, with empty gossip mailboxes", ck.frames, run.checkpoint_path().display());
+            }
             eprintln!("run folder: {}", run.path().display());
+        }
+        if let Some((_, ck)) = &resumed {
+            if ck.env_states.is_none() {
+                eprintln!("warning: this game cannot save its state; its games restart, so the resumed run is not bit-exact");
+            }
+            if ck.agent_updates.is_some() {
+                eprintln!("warning: the checkpoint holds each agent's last completed round after a failure, not one cut; the resumed run will not match an uninterrupted one");
+            }
         }
         None
     } else {
@@ -439,9 +465,8 @@ fn train(args: TrainArgs) -> Result<()> {
                 }
             },
         };
-        let stop = Arc::new(AtomicBool::new(false));
         install_ctrl_c(stop.clone())?;
-        trainer.set_stop_flag(stop);
+        trainer.set_stop_flag(stop.clone());
         // Test hook (tests/tooling.rs): a NaN in the loss of this update.
         if let Ok(at) = std::env::var("GALA_GPU_DEBUG_NAN_AT_UPDATE") {
             trainer.set_debug_nan_at_update(Some(at.parse().context("GALA_GPU_DEBUG_NAN_AT_UPDATE must be an update number")?));
@@ -461,17 +486,26 @@ fn train(args: TrainArgs) -> Result<()> {
                 .expect("valid template")
                 .progress_chars("=> "),
         );
-        bar.set_position(trainer.as_ref().map_or(0, Trainer::frames));
+        bar.set_position(trainer.as_ref().map_or_else(|| resumed.as_ref().map_or(0, |(_, ck)| ck.frames), Trainer::frames));
         Progress::Bar(bar)
     } else {
         Progress::Lines { every: Duration::from_secs(5), last: None, pending: None }
     };
-    let summary = match trainer.as_mut() {
-        Some(trainer) => trainer.train(Some(&mut run), &mut progress)?,
-        None => gala_gpu::algo::async_gossip::train_async(&config, Some(&mut run), &mut progress)?,
+    let (summary, interrupted) = match trainer.as_mut() {
+        Some(trainer) => (trainer.train(Some(&mut run), &mut progress)?, trainer.was_interrupted()),
+        None => {
+            use gala_gpu::algo::async_gossip::{train_async_session, AsyncHooks, AsyncSession};
+            let session = AsyncSession {
+                resume: resumed.as_ref().map(|(_, ck)| ck),
+                stop: Some(stop),
+                hooks: AsyncHooks { fail_agent, ..AsyncHooks::default() },
+            };
+            let t = train_async_session(&config, Some(&mut run), &mut progress, &session)?;
+            (t.summary, t.interrupted)
+        }
     };
     progress.finish();
-    if trainer.as_ref().is_some_and(|t| t.was_interrupted()) {
+    if interrupted {
         INTERRUPTED.store(true, Ordering::SeqCst);
         eprintln!(
             "interrupted at frame {} (update {}); checkpoint saved to {}; continue with: gala-gpu train --resume {}",

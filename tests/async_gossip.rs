@@ -108,3 +108,224 @@ fn a_failed_peer_with_small_sync_freq_stops_its_receiver_with_a_clear_error() {
     assert!(receiver.rounds < 10);
     assert!(receiver.params.is_some(), "the stopped agent's state is still there to checkpoint");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints and resume of runs with agents on threads.
+
+use gala_gpu::algo::async_gossip::{train_async_session, AsyncSession};
+use gala_gpu::algo::ProgressSink;
+use gala_gpu::checkpoint::Checkpoint;
+use gala_gpu::run::{MetricsRow, RunDir};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Frames of one round of `config(3, ..)`: 3 agents × 2 envs × 5 steps.
+const ROUND: u64 = 30;
+
+fn gala(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gala-gpu")).args(args).envs(env.iter().copied()).output().expect("run gala-gpu")
+}
+
+/// The CLI flags of `config(3, ..)` (catch, 3 agents × 2 envs × 5 steps, seed 5) plus `extra`.
+fn cli_run(out: &Path, frames: u64, extra: &[&str], env: &[(&str, &str)]) -> (Output, PathBuf) {
+    let frames = frames.to_string();
+    let mut args = vec![
+        "train", "--game", "catch", "--agents", "3", "--envs-per-agent", "2", "--n-steps", "5", "--backend", "cpu", "--threads", "2",
+        "--seed", "5", "--gossip-timeout", "60", "--frames", &frames, "-q", "--out", out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let output = gala(&args, env);
+    let dirs: Vec<PathBuf> = std::fs::read_dir(out).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    assert_eq!(dirs.len(), 1, "one run folder in {}: {dirs:?}", out.display());
+    (output, dirs[0].clone())
+}
+
+fn resume(run: &Path, frames: u64) -> Output {
+    gala(&["train", "--resume", run.to_str().unwrap(), "--frames", &frames.to_string(), "-q"], &[])
+}
+
+fn summary(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+}
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Per agent, the rounds gossip_events.csv accounts for (one receive outcome, or the failure, per round).
+fn logged_rounds(run: &Path, agents: usize) -> Vec<Vec<u64>> {
+    let text = std::fs::read_to_string(run.join("gossip_events.csv")).unwrap();
+    let mut rounds = vec![Vec::new(); agents];
+    for line in text.lines().skip(1) {
+        let c: Vec<&str> = line.split(',').collect();
+        if matches!(c[3], "mixed" | "unmixed" | "peers_done" | "catch_up" | "failed") {
+            rounds[c[0].parse::<usize>().unwrap()].push(c[1].parse::<u64>().unwrap());
+        }
+    }
+    rounds
+}
+
+#[test]
+fn lock_step_on_threads_resumes_bit_for_bit_from_a_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, straight) = cli_run(&dir.path().join("a"), 8 * ROUND, &["--agent-threads"], &[]);
+    ok(&out);
+    let (out, run) = cli_run(&dir.path().join("b"), 4 * ROUND, &["--agent-threads"], &[]);
+    ok(&out);
+    let ck = Checkpoint::load(&run).unwrap();
+    assert_eq!((ck.agents, ck.updates, ck.step, ck.frames, ck.agent_updates.as_ref()), (3, 4, 20, 4 * ROUND, None), "a cut at round 4");
+    assert!(ck.env_states.is_some() && ck.pipeline.is_empty());
+    assert_eq!(ck.agent_episodes.iter().sum::<u64>(), ck.episodes);
+    ok(&resume(&run, 8 * ROUND));
+    let (want, got) = (summary(&straight), summary(&run));
+    assert_eq!(got["params_sha256"], want["params_sha256"], "lock-step N/2 + resume to N differs from N straight");
+    for key in ["frames", "updates", "episodes", "mean_return_100"] {
+        assert_eq!(got[key], want[key], "{key}");
+    }
+    // The audit log continues: every agent's rounds 0..8 once each.
+    assert!(logged_rounds(&run, 3).iter().all(|r| *r == (0..8).collect::<Vec<u64>>()), "{:?}", logged_rounds(&run, 3));
+    // Lock-step on threads equals the batched trainer, so the batched trainer continues the cut too.
+    let (mut batched, exact) = Trainer::from_checkpoint(&ck, &Config { frames: 8 * ROUND, ..ck.config.clone() }).unwrap();
+    assert!(exact);
+    assert_eq!(batched.train(None, &mut NoProgress).unwrap().params_sha256, want["params_sha256"].as_str().unwrap());
+}
+
+#[test]
+fn ctrl_c_stops_lock_step_agents_at_one_round_and_the_resume_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_gala-gpu"))
+        .args([
+            "train", "--game", "catch", "--agents", "3", "--envs-per-agent", "2", "--n-steps", "5", "--frames", "100000000", "--backend",
+            "cpu", "--threads", "2", "--seed", "5", "--agent-threads", "--save-every", "30", "-q", "--out",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A periodic checkpoint (a cut) shows that training is under way.
+    let started = Instant::now();
+    let run = loop {
+        let found = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.join("checkpoint.safetensors").exists());
+        if let Some(run) = found {
+            break run;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("checkpoint saved") && stderr.contains("--resume"), "{stderr}");
+    assert!(!run.join("summary.json").exists());
+    let ck = Checkpoint::load(&run).unwrap();
+    assert!(ck.agent_updates.is_none() && ck.updates >= 1 && ck.frames == ck.updates * ROUND, "a cut: {:?} {}", ck.agent_updates, ck.frames);
+
+    let total = ck.frames + 2 * ROUND;
+    let out = resume(&run, total);
+    ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), run.to_str().unwrap());
+    let straight = train_async(&Config { frames: total, ..ck.config.clone() }, None, &mut NoProgress).unwrap();
+    assert_eq!(summary(&run)["params_sha256"], straight.params_sha256.as_str(), "interrupt + resume is not bit-exact");
+    assert!(logged_rounds(&run, 3).iter().all(|r| *r == (0..ck.updates + 2).collect::<Vec<u64>>()));
+}
+
+/// Sets the stop flag at the first progress tick.
+struct StopSoon(Arc<AtomicBool>);
+impl ProgressSink for StopSoon {
+    fn tick(&mut self, _frames: u64) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    fn report(&mut self, _row: &MetricsRow) {}
+}
+
+#[test]
+fn asynchronous_runs_stop_on_one_round_and_resume_to_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config { sync_freq: 2, frames: 100_000_000, metrics_every: 1, ..config(3, 0) };
+    let mut run = RunDir::create(dir.path(), "catch", "gala", c.seed, &c.to_toml()).unwrap();
+    let flag = Arc::new(AtomicBool::new(false));
+    let session = AsyncSession { stop: Some(flag.clone()), ..AsyncSession::default() };
+    let t = train_async_session(&c, Some(&mut run), &mut StopSoon(flag), &session).unwrap();
+    assert!(t.interrupted);
+    let run = run.path().to_path_buf();
+    assert!(!run.join("summary.json").exists());
+    let ck = Checkpoint::load(&run).unwrap();
+    assert!(ck.agent_updates.is_none(), "every agent stops after the same round: {:?}", ck.agent_updates);
+    assert_eq!((ck.updates, ck.frames), (t.summary.updates, t.summary.frames));
+
+    let total = ck.frames + 4 * ROUND;
+    let out = resume(&run, total);
+    ok(&out);
+    let s = summary(&run);
+    assert_eq!((s["frames"].as_u64(), s["updates"].as_u64()), (Some(total), Some(total / ROUND)));
+    assert!(s["episodes"].as_u64().unwrap() >= ck.episodes);
+    // Each agent's rounds are logged once each across both sessions.
+    assert!(logged_rounds(&run, 3).iter().all(|r| *r == (0..total / ROUND).collect::<Vec<u64>>()), "{:?}", logged_rounds(&run, 3));
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let frames: Vec<u64> = metrics.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(frames.last(), Some(&total));
+}
+
+const FAIL_AGENT_2_AT_3: [(&str, &str); 1] = [("GALA_GPU_DEBUG_FAIL_AGENT", "2:3")];
+
+/// Asynchronous, small sync_freq: agent 0 (agent 2's receiver) stops naming agent 2, and each
+/// agent's last completed round is saved; the resume continues every agent to the budget.
+#[test]
+fn a_failed_agent_leaves_each_agents_last_round_to_resume_from() {
+    let fail = FAIL_AGENT_2_AT_3;
+    let dir = tempfile::tempdir().unwrap();
+    let (out, run) = cli_run(dir.path(), 8 * ROUND, &["--sync-freq", "2"], &fail);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    for needle in ["agent 2", "injected failure at round 3", "stopped", "saved in", "not match", "gala-gpu train --resume"] {
+        assert!(stderr.contains(needle), "`{needle}` missing from {stderr}");
+    }
+    assert!(!run.join("summary.json").exists() && run.join("gossip_events.csv").exists());
+    let ck = Checkpoint::load(&run).unwrap();
+    let rounds = ck.agent_updates.clone().expect("per-agent rounds");
+    assert_eq!(rounds[2], 3, "agent 2 failed before its round 3");
+    assert!(rounds.iter().all(|&r| (3..=8).contains(&r)), "{rounds:?}");
+    assert!(ck.params.iter().all(|x| x.is_finite()));
+    ok(&resume(&run, 8 * ROUND));
+    let s = summary(&run);
+    assert_eq!((s["frames"].as_u64(), s["updates"].as_u64()), (Some(8 * ROUND), Some(8)));
+}
+
+/// Lock-step with periodic cuts: after a failure the last cut stays, and resuming it is exact.
+#[test]
+fn a_failed_lock_step_agent_leaves_the_last_cut_which_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, run) = cli_run(&dir.path().join("a"), 8 * ROUND, &["--agent-threads", "--save-every", "60"], &[("GALA_GPU_DEBUG_FAIL_AGENT", "2:5")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("round 4, frame 120") && stderr.contains("exact") && stderr.contains("--resume"), "{stderr}");
+    assert_eq!(Checkpoint::load(&run).unwrap().updates, 4);
+    ok(&resume(&run, 8 * ROUND));
+    let (out, straight) = cli_run(&dir.path().join("b"), 8 * ROUND, &["--agent-threads"], &[]);
+    ok(&out);
+    assert_eq!(summary(&run)["params_sha256"], summary(&straight)["params_sha256"]);
+}
+
+/// Lock-step without a cut: each agent's last round is saved; on resume the agents behind
+/// catch up alone first, then all gossip in step again.
+#[test]
+fn a_failed_lock_step_agent_without_a_cut_leaves_each_agents_last_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, run) = cli_run(dir.path(), 8 * ROUND, &["--agent-threads"], &FAIL_AGENT_2_AT_3);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("saved in"), "{stderr}");
+    let rounds = Checkpoint::load(&run).unwrap().agent_updates.expect("per-agent rounds");
+    ok(&resume(&run, 8 * ROUND));
+    assert_eq!(summary(&run)["updates"].as_u64(), Some(8));
+    let logged = logged_rounds(&run, 3);
+    assert!(logged.iter().all(|r| *r == (0..8).collect::<Vec<u64>>()), "{rounds:?}: {logged:?}");
+}

@@ -201,6 +201,45 @@ fn pong_training_resumes_bit_exactly() {
     eprintln!("pong_training_resumes_bit_exactly: {:.1} s", started.elapsed().as_secs_f64());
 }
 
+/// Pipelined runs (the segment in flight, the actor's parameters) and lock-step runs with agents
+/// on threads (a cut of per-agent states) resume Pong exactly too.
+#[test]
+fn pong_pipelined_and_threaded_runs_resume_bit_exactly() {
+    use gala_gpu::algo::async_gossip::{train_async, train_async_session, AsyncSession};
+    settings("pong", EnvPreset::Gala, 0);
+    let started = Instant::now();
+    let fpu = 2 * 2 * 5 * 4;
+    let k = 2;
+    // Pipelined, stopped mid-run (a segment in flight) through the checkpoint's bytes.
+    let pipelined = |updates| Config { pipeline: true, ..pong_config(updates, fpu) };
+    let want = Trainer::new(&pipelined(2 * k)).unwrap().train(None, &mut NoProgress).unwrap();
+    let mut first = Trainer::new(&pipelined(2 * k)).unwrap();
+    for _ in 0..k {
+        first.update().unwrap();
+    }
+    let bytes = first.checkpoint(0.0).unwrap().to_bytes().unwrap();
+    let ck = Checkpoint::from_bytes(&bytes, std::path::Path::new("pong-pipelined.safetensors")).unwrap();
+    assert!(ck.pipeline.pending.is_some());
+    let (mut resumed, exact) = Trainer::from_checkpoint(&ck, &pipelined(2 * k)).unwrap();
+    assert!(exact);
+    assert_eq!(resumed.train(None, &mut NoProgress).unwrap().params_sha256, want.params_sha256, "pipelined Pong resume");
+
+    // Lock-step on threads: K rounds with a run folder, resume to 2K.
+    let threaded = |updates| Config { agent_threads: true, ..pong_config(updates, fpu) };
+    let want = train_async(&threaded(2 * k), None, &mut NoProgress).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = threaded(k);
+    let mut run = gala_gpu::run::RunDir::create(dir.path(), "pong", "gala", c.seed, &c.to_toml()).unwrap();
+    train_async(&c, Some(&mut run), &mut NoProgress).unwrap();
+    let ck = Checkpoint::load(run.path()).unwrap();
+    assert_eq!((ck.updates, ck.env_states.as_ref().map(Vec::len)), (k, Some(4)));
+    let session = AsyncSession { resume: Some(&ck), ..AsyncSession::default() };
+    let got = train_async_session(&threaded(2 * k), None, &mut NoProgress, &session).unwrap();
+    assert!(got.exact_resume);
+    assert_eq!(got.summary.params_sha256, want.params_sha256, "lock-step threaded Pong resume");
+    eprintln!("pong_pipelined_and_threaded_runs_resume_bit_exactly: {:.1} s", started.elapsed().as_secs_f64());
+}
+
 /// Random Breakout until the game ends; returns (training dones, lives lost).
 fn dones_in_one_game(s: &EnvSettings) -> usize {
     let mut v = make_vec_env(s, 1, 1).unwrap();

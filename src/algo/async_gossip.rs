@@ -30,6 +30,12 @@
 //! Asynchronous mode is timing-dependent by nature: which message arrives in which round depends
 //! on thread scheduling. Every send, skip, mix and wait is logged (`gossip_events.csv` in the
 //! run folder) so a run can be audited.
+//!
+//! Checkpoints (`train_async_session`) are cuts: every agent's state right after the same round,
+//! deposited by each agent as it completes that round and written once all are in; messages in
+//! flight are not saved, so a resumed run starts with empty mailboxes. In lock-step a cut is
+//! exact and a resumed run is bit-identical to an uninterrupted one. Ctrl-C stops every agent at
+//! one agreed round; a failure leaves the last cut or each agent's last completed round.
 
 use super::topology::GossipGraph;
 use super::trainer::{mean_of_last_games, GameRecord, ProgressSink, Trainer};
@@ -38,10 +44,11 @@ use crate::backend::SharedDevice;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::run::{params_sha256, MetricsRow, RunDir, Summary};
-use std::collections::BTreeSet;
+use crate::checkpoint::Checkpoint;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Test hooks: make an agent slow or fail, to exercise the protocol's failure paths.
@@ -74,7 +81,9 @@ pub struct GossipEvent {
     pub round: u64,
     pub seconds: f64,
     /// "sent", "send_skipped", "mixed", "unmixed", "blocked" (then "mixed", or "peers_done"
-    /// when every possible sender has finished and nothing more can come)
+    /// when every possible sender has finished and nothing more can come); "catch_up": a
+    /// lock-step round without gossip, run by an agent resumed behind its peers; "failed": the
+    /// agent's thread stopped with an error in this round
     pub kind: &'static str,
     pub peers: Vec<usize>,
 }
@@ -362,96 +371,406 @@ pub struct AsyncOutcome {
     pub events: Vec<GossipEvent>,
     pub wall_seconds: f64,
     pub backend: String,
+    /// The stop flag was set: the agents agreed on a round before the budget's and stopped
+    /// there, every one of them after the same number of rounds.
+    pub interrupted: bool,
+    /// A resumed session restored every environment's state (false: some games restarted).
+    pub exact_resume: bool,
 }
 
 impl AsyncOutcome {
     /// The first failure, as the run's error.
     pub fn first_error(&self) -> Option<String> {
-        self.agents.iter().find_map(|a| a.result.as_ref().err().map(|e| format!("agent {}: {e}", a.agent)))
+        self.agents.iter().find_map(|a| a.result.as_ref().err().map(|e| format!("agent {}: {}", a.agent, cause(e))))
     }
 }
 
-fn agent_loop(
-    config: &Config, agent: usize, rounds: u64, threads: usize, gossip: &Gossip, counters: &AgentCounters,
-    hooks: &AsyncHooks, backend_name: &Mutex<String>,
-) -> (Result<()>, Option<Trainer>) {
-    let mut trainer = match Trainer::for_agent_on(config, agent, threads, &gossip.device) {
+/// An agent's error for a longer message: backend failures without their `backend:` prefix
+/// (the run's error adds one), other kinds as they display.
+fn cause(e: &Error) -> String {
+    match e {
+        Error::Backend(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An asynchronous session's settings besides the config.
+#[derive(Clone, Default)]
+pub struct AsyncSession<'a> {
+    /// Continue from this checkpoint of the same run (each agent from its own part, with
+    /// empty mailboxes; see the module docs).
+    pub resume: Option<&'a Checkpoint>,
+    /// Set from outside (Ctrl-C): the agents agree on a stop round, all finish it, and the run
+    /// ends there with a checkpoint (`AsyncTraining::interrupted`).
+    pub stop: Option<Arc<AtomicBool>>,
+    pub hooks: AsyncHooks,
+}
+
+/// What `train_async_session` returns.
+pub struct AsyncTraining {
+    pub summary: Summary,
+    /// Stopped by the stop flag before the budget (no summary.json is written then).
+    pub interrupted: bool,
+    /// A resumed session restored every environment's state.
+    pub exact_resume: bool,
+}
+
+/// The stop flag for agents on threads. The first agent that sees it fixes the stop round: the
+/// furthest round any agent has started (no one can go back), so every agent finishes the rounds
+/// up to it — lock-step peers never wait for an agent that stopped — and the run ends on a cut.
+struct StopControl {
+    flag: Option<Arc<AtomicBool>>,
+    /// Set by the runner itself (a checkpoint could not be written).
+    halt: AtomicBool,
+    rounds: Mutex<StopRounds>,
+}
+
+struct StopRounds {
+    /// Rounds each agent has started (or, before its first, its starting round).
+    started: Vec<u64>,
+    at: Option<u64>,
+}
+
+impl StopControl {
+    fn new(flag: Option<Arc<AtomicBool>>, start_rounds: Vec<u64>) -> Self {
+        StopControl { flag, halt: AtomicBool::new(false), rounds: Mutex::new(StopRounds { started: start_rounds, at: None }) }
+    }
+
+    fn requested(&self) -> bool {
+        self.halt.load(Ordering::SeqCst) || self.flag.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+
+    /// Whether `agent` may start round `round` (0-based); false from the agreed stop round on.
+    fn may_start(&self, agent: usize, round: u64) -> bool {
+        let mut s = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
+        if s.at.is_none() && self.requested() {
+            s.at = Some(s.started.iter().copied().max().unwrap_or(round).max(round));
+        }
+        if s.at.is_some_and(|at| round >= at) {
+            return false;
+        }
+        s.started[agent] = round + 1;
+        true
+    }
+
+    fn stop_round(&self) -> Option<u64> {
+        self.rounds.lock().unwrap_or_else(|e| e.into_inner()).at
+    }
+}
+
+/// Which rounds end with a checkpoint cut: those that cross a multiple of `save_every` frames
+/// (frames = rounds × the frames of one round of all agents), after the session's start and
+/// before its last round (whose cut every agent deposits anyway).
+#[derive(Clone, Copy)]
+struct SavePlan {
+    every: u64,
+    frames_per_round: u64,
+    after: u64,
+    before: u64,
+}
+
+impl SavePlan {
+    fn at(&self, rounds_done: u64) -> bool {
+        let f = |k: u64| k.saturating_mul(self.frames_per_round) / self.every;
+        self.every > 0 && rounds_done > self.after && rounds_done < self.before && f(rounds_done) > f(rounds_done - 1)
+    }
+}
+
+/// The agents' checkpoint parts (only with a run folder): cuts at `save_every` rounds, and
+/// each agent's state when its thread ends. Depositing never waits for other agents.
+struct Cuts {
+    agents: usize,
+    /// Rounds completed → each agent's state right after that round, until all are in.
+    open: Mutex<BTreeMap<u64, Vec<Option<Checkpoint>>>>,
+    /// The newest complete cut, and the rounds of the newest cut written to disk.
+    complete: Mutex<(Option<(u64, Arc<Vec<Checkpoint>>)>, Option<u64>)>,
+    /// Each agent's state when its thread ended: after its last round, or after a failure the
+    /// state it had then, when the failure struck between rounds' steps (not inside an update).
+    last: Mutex<Vec<Option<Checkpoint>>>,
+}
+
+impl Cuts {
+    fn new(agents: usize) -> Self {
+        Cuts { agents, open: Mutex::new(BTreeMap::new()), complete: Mutex::new((None, None)), last: Mutex::new(vec![None; agents]) }
+    }
+
+    fn deposit(&self, agent: usize, rounds: u64, part: Checkpoint) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let parts = open.entry(rounds).or_insert_with(|| vec![None; self.agents]);
+        parts[agent] = Some(part);
+        if parts.iter().all(Option::is_some) {
+            let parts: Vec<Checkpoint> = open.remove(&rounds).into_iter().flatten().flatten().collect();
+            // Agents deposit in round order, so every older cut is complete or abandoned.
+            open.retain(|&k, _| k > rounds);
+            drop(open);
+            let mut complete = self.complete.lock().unwrap_or_else(|e| e.into_inner());
+            if complete.0.as_ref().is_none_or(|(k, _)| *k < rounds) {
+                complete.0 = Some((rounds, Arc::new(parts)));
+            }
+        }
+    }
+
+    fn set_last(&self, agent: usize, part: Checkpoint) {
+        self.last.lock().unwrap_or_else(|e| e.into_inner())[agent] = Some(part);
+    }
+
+    /// The newest complete cut if it is not written yet.
+    fn unwritten(&self) -> Option<(u64, Arc<Vec<Checkpoint>>)> {
+        let complete = self.complete.lock().unwrap_or_else(|e| e.into_inner());
+        complete.0.clone().filter(|(k, _)| complete.1 != Some(*k))
+    }
+
+    fn mark_written(&self, rounds: u64) {
+        self.complete.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(rounds);
+    }
+
+    /// Every agent's final state, when all threads deposited one.
+    fn finals(&self) -> Option<Vec<Checkpoint>> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    /// After a failure: each agent's latest state among its last one, the cuts' parts and the
+    /// resumed checkpoint; Err(agent) names an agent with none.
+    fn salvage(&self, resume: Option<&Checkpoint>) -> std::result::Result<Vec<Checkpoint>, usize> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let complete = self.complete.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
+        (0..self.agents)
+            .map(|r| {
+                let mut candidates: Vec<Checkpoint> = last[r].iter().cloned().collect();
+                candidates.extend(open.values().filter_map(|parts| parts[r].clone()));
+                candidates.extend(complete.as_ref().map(|(_, parts)| parts[r].clone()));
+                candidates.extend(resume.and_then(|ck| ck.agent_part(r).ok()));
+                candidates.into_iter().max_by_key(|c| c.updates).ok_or(r)
+            })
+            .collect()
+    }
+}
+
+/// What the run's checkpoint on disk holds, for messages.
+#[derive(Clone, Debug)]
+struct OnDisk {
+    rounds: Vec<u64>,
+    frames: u64,
+    /// A cut: every agent right after completing the same round (not a failure's salvage).
+    cut: bool,
+}
+
+impl OnDisk {
+    fn of(ck: &Checkpoint) -> Self {
+        OnDisk { rounds: ck.agent_rounds(), frames: ck.frames, cut: ck.agent_updates.is_none() }
+    }
+}
+
+/// Merges agents' parts and writes them as the run's checkpoint.
+fn write_parts(run: &RunDir, parts: &[Checkpoint], cut: bool) -> Result<OnDisk> {
+    let ck = Checkpoint::merge_agents(parts, cut)?;
+    ck.save(&run.checkpoint_path())?;
+    Ok(OnDisk::of(&ck))
+}
+
+/// What every agent thread of a session shares.
+struct Shared<'a> {
+    config: &'a Config,
+    /// Rounds each agent completes (the frame budget's).
+    rounds: u64,
+    threads: usize,
+    gossip: &'a Gossip,
+    hooks: &'a AsyncHooks,
+    backend_name: &'a Mutex<String>,
+    resume: Option<&'a Checkpoint>,
+    /// Lock-step after a resume from agents at different rounds: agents behind this round
+    /// first catch up alone (updates without gossip), then all gossip in step from it.
+    align: u64,
+    stop: &'a StopControl,
+    cuts: Option<&'a Cuts>,
+    save: SavePlan,
+    started: Instant,
+    /// Wall-clock seconds of earlier sessions of the run.
+    wall_before: f64,
+}
+
+impl Shared<'_> {
+    fn wall(&self) -> f64 {
+        self.wall_before + self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// How one agent's thread ended: its result, its trainer, whether that trainer is between
+/// rounds' steps (not inside an update, so its state can be saved), and whether its resume
+/// restored every environment.
+struct AgentRun {
+    result: Result<()>,
+    trainer: Option<Trainer>,
+    clean: bool,
+    exact: bool,
+}
+
+fn agent_loop(shared: &Shared<'_>, agent: usize, counters: &AgentCounters) -> AgentRun {
+    let Shared { config, gossip, hooks, .. } = *shared;
+    let mut trainer = match Trainer::for_agent_on(config, agent, shared.threads, &gossip.device) {
         Ok(t) => t,
-        Err(e) => return (Err(e), None),
+        Err(e) => return AgentRun { result: Err(e), trainer: None, clean: false, exact: false },
     };
-    *backend_name.lock().unwrap_or_else(|e| e.into_inner()) = trainer.backend_name().to_string();
-    let mut run = || -> Result<()> {
-        for round in 0..rounds {
-            if hooks.fail_agent == Some((agent, round)) {
-                return Err(Error::Backend(format!("injected failure at round {round} (test hook)")));
+    let mut exact = true;
+    if let Some(ck) = shared.resume {
+        match ck.agent_part(agent).and_then(|part| trainer.restore(&part)) {
+            Ok(e) => exact = e,
+            Err(e) => return AgentRun { result: Err(e), trainer: None, clean: false, exact: false },
+        }
+    }
+    *shared.backend_name.lock().unwrap_or_else(|e| e.into_inner()) = trainer.backend_name().to_string();
+    let start = trainer.updates();
+    counters.rounds.store(start, Ordering::Relaxed);
+    counters.frames.store(trainer.frames(), Ordering::Relaxed);
+    counters.episodes.store(trainer.episodes(), Ordering::Relaxed);
+    let mut clean = true;
+    // One round: update, gossip, counters, snapshot, and at a save round the agent's part of
+    // the cut.
+    let one_round = |trainer: &mut Trainer, clean: &mut bool, round: u64| -> Result<()> {
+        if hooks.fail_agent == Some((agent, round)) {
+            return Err(Error::Backend(format!("injected failure at round {round} (test hook)")));
+        }
+        *clean = false;
+        trainer.update()?;
+        // After the update and before the mix: a valid (unmixed) round if gossip fails.
+        *clean = true;
+        if let Some((slow, pause)) = hooks.slow_agent {
+            if slow == agent {
+                std::thread::sleep(pause);
             }
-            trainer.update()?;
-            if let Some((slow, pause)) = hooks.slow_agent {
-                if slow == agent {
-                    std::thread::sleep(pause);
-                }
-            }
-            gossip.send(agent, round, &mut trainer, counters)?;
-            gossip.receive(agent, round, &mut trainer, counters)?;
-            counters.rounds.store(round + 1, Ordering::Relaxed);
-            counters.frames.store(trainer.frames(), Ordering::Relaxed);
-            counters.episodes.store(trainer.episodes(), Ordering::Relaxed);
-            if (round + 1) % config.metrics_every == 0 {
-                let snapshot = AgentSnapshot {
-                    params: trainer.backend_mut().read_params()?,
-                    stats: trainer.last_stats().first().copied().unwrap_or_default(),
-                    games: trainer.recent_games().copied().collect(),
-                };
-                *counters.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
-            }
+        }
+        if gossip.lockstep() && round < shared.align {
+            gossip.log(agent, round, "catch_up", vec![]);
+        } else {
+            gossip.send(agent, round, trainer, counters)?;
+            gossip.receive(agent, round, trainer, counters)?;
+        }
+        counters.rounds.store(round + 1, Ordering::Relaxed);
+        counters.frames.store(trainer.frames(), Ordering::Relaxed);
+        counters.episodes.store(trainer.episodes(), Ordering::Relaxed);
+        if (round + 1) % config.metrics_every == 0 {
+            let snapshot = AgentSnapshot {
+                params: trainer.backend_mut().read_params()?,
+                stats: trainer.last_stats().first().copied().unwrap_or_default(),
+                games: trainer.recent_games().copied().collect(),
+            };
+            *counters.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+        }
+        if let Some(cuts) = shared.cuts.filter(|_| shared.save.at(round + 1)) {
+            cuts.deposit(agent, round + 1, trainer.checkpoint(shared.wall())?);
         }
         Ok(())
     };
-    let result = run();
-    (result, Some(trainer))
+    let run = |trainer: &mut Trainer, clean: &mut bool| -> Result<()> {
+        for round in start..shared.rounds {
+            if !shared.stop.may_start(agent, round) {
+                break;
+            }
+            if let Err(e) = one_round(trainer, clean, round) {
+                gossip.log(agent, round, "failed", vec![]);
+                return Err(e);
+            }
+        }
+        // The agent's final state: the end of the budget or the agreed stop round.
+        if let Some(cuts) = shared.cuts {
+            cuts.set_last(agent, trainer.checkpoint(shared.wall())?);
+        }
+        Ok(())
+    };
+    let result = run(&mut trainer, &mut clean);
+    AgentRun { result, trainer: Some(trainer), clean, exact }
 }
 
 /// Runs every agent on its own thread until each has done the updates the frame budget allows
 /// (the same number as the batched trainer would), then gathers their parameters.
 pub fn run_async(config: &Config, hooks: &AsyncHooks, counters: &[AgentCounters]) -> Result<AsyncOutcome> {
+    let session = AsyncSession { hooks: hooks.clone(), ..AsyncSession::default() };
+    run_agents(config, counters, &session, None, &StopControl::new(None, vec![0; counters.len()]))
+}
+
+/// The rounds every agent completes within `config.frames` (the batched trainer's updates), the
+/// frames one round of all agents consumes, and the game's action count.
+fn rounds_for_budget(config: &Config, agents: usize) -> Result<(u64, u64, usize)> {
+    // Frames per update of one agent need the game's frame skip: ask a throwaway env.
+    let game = crate::env::GameId::parse(&config.game)?;
+    let settings = crate::env::EnvSettings { game, preset: config.preset, seed: config.seed, rom: config.rom.clone(), episodic_life: None };
+    let probe = crate::env::make_vec_env_range(&settings, 0..1, 1)?;
+    let (_, envs) = config.learner_layout();
+    let frames_per_round_all = probe.frames_per_step() * (agents * envs * config.n_steps) as u64;
+    Ok((config.frames.div_ceil(frames_per_round_all), frames_per_round_all, probe.num_actions()))
+}
+
+fn run_agents(
+    config: &Config, counters: &[AgentCounters], session: &AsyncSession<'_>, cuts: Option<&Cuts>, stop: &StopControl,
+) -> Result<AsyncOutcome> {
     let mut config = config.clone();
     config.resolve_game_defaults()?;
     config.validate()?;
-    let (agents, envs) = config.learner_layout();
+    let (agents, _) = config.learner_layout();
     if !config.gossips() || counters.len() != agents {
         return Err(Error::Config("asynchronous gossip needs `algo = gala` with at least 2 agents".into()));
+    }
+    if let Some(ck) = session.resume {
+        let (_, envs) = config.learner_layout();
+        if (ck.agents, ck.envs_per_agent) != (agents, envs) || ck.config.net != config.net || !ck.pipeline.is_empty() {
+            return Err(Error::Config(format!(
+                "the checkpoint holds {} agents × {} envs ({:?} net{}) but this run has {agents} × {envs} ({:?}); resume with the checkpoint's own configuration",
+                ck.agents,
+                ck.envs_per_agent,
+                ck.config.net,
+                if ck.pipeline.is_empty() { "" } else { ", pipelined" },
+                config.net
+            )));
+        }
     }
     let graph = GossipGraph::new(config.topology, agents, config.peers)?;
     // One device for every agent's backend (and the mailboxes), opened once.
     let device = SharedDevice::open(config.backend)?;
-    // Frames per update of one agent need the game's frame skip: ask a throwaway env.
-    let mut probe = Trainer::for_agent_on(&config, 0, 1, &device)?;
-    let frames_per_round_all = probe.frames_per_update() * agents as u64;
-    let param_count = probe.backend_mut().spec().param_count();
-    drop(probe);
+    let (rounds, frames_per_round, actions) = rounds_for_budget(&config, agents)?;
+    let param_count = crate::model::NetSpec::new(config.net, actions).layout().total;
     let gossip = Gossip::new(&config, graph, agents, device, param_count)?;
-    let rounds = config.frames.div_ceil(frames_per_round_all);
-    let threads = (config.resolved_threads() / agents).max(1);
+    let start_rounds = session.resume.map_or_else(|| vec![0; agents], Checkpoint::agent_rounds);
+    let align = start_rounds.iter().copied().max().unwrap_or(0);
     let backend_name = Mutex::new(String::new());
     let started = Instant::now();
-    let outcomes: Vec<AgentOutcome> = std::thread::scope(|scope| {
+    let shared = Shared {
+        config: &config,
+        rounds,
+        threads: (config.resolved_threads() / agents).max(1),
+        gossip: &gossip,
+        hooks: &session.hooks,
+        backend_name: &backend_name,
+        resume: session.resume,
+        align,
+        stop,
+        cuts,
+        save: SavePlan { every: config.save_every, frames_per_round, after: align, before: rounds },
+        started,
+        wall_before: session.resume.map_or(0.0, |ck| ck.wall_seconds),
+    };
+    let runs: Vec<(AgentOutcome, bool)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..agents)
             .map(|agent| {
-                let (config, gossip, counters, hooks, backend_name) = (&config, &gossip, &counters[agent], hooks, &backend_name);
+                let (shared, counters) = (&shared, &counters[agent]);
                 std::thread::Builder::new()
                     .name(format!("gala-agent-{agent}"))
                     .spawn_scoped(scope, move || {
-                        let (result, trainer) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            agent_loop(config, agent, rounds, threads, gossip, counters, hooks, backend_name)
-                        })) {
-                            Ok(v) => v,
-                            Err(_) => (Err(Error::Backend(format!("agent {agent}'s thread panicked"))), None),
+                        let run = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| agent_loop(shared, agent, counters))) {
+                            Ok(run) => run,
+                            Err(_) => AgentRun {
+                                result: Err(Error::Backend(format!("agent {agent}'s thread panicked"))),
+                                trainer: None,
+                                clean: false,
+                                exact: false,
+                            },
                         };
-                        gossip.set_state(
+                        let AgentRun { result, trainer, clean, exact } = run;
+                        shared.gossip.set_state(
                             agent,
                             match &result {
                                 Ok(()) => AgentState::Finished,
-                                Err(e) => AgentState::Failed(e.to_string()),
+                                Err(e) => AgentState::Failed(cause(e)),
                             },
                         );
                         let mut outcome = AgentOutcome {
@@ -464,22 +783,31 @@ pub fn run_async(config: &Config, hooks: &AsyncHooks, counters: &[AgentCounters]
                             frames: 0,
                         };
                         if let Some(mut t) = trainer {
+                            // A failed agent's state, when the failure left it whole, for the
+                            // checkpoint the run leaves behind.
+                            if let (Err(_), true, Some(cuts)) = (&outcome.result, clean, shared.cuts) {
+                                if let Ok(part) = t.checkpoint(shared.wall()) {
+                                    cuts.set_last(agent, part);
+                                }
+                            }
                             outcome.params = t.backend_mut().read_params().ok();
                             outcome.games = t.recent_games().copied().collect();
                             outcome.episodes = t.episodes();
                             outcome.frames = t.frames();
                         }
-                        outcome
+                        (outcome, exact)
                     })
                     .expect("spawn agent thread")
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("agent thread outcome")).collect()
     });
-    let _ = envs;
+    let exact_resume = runs.iter().all(|(_, exact)| *exact);
+    let outcomes: Vec<AgentOutcome> = runs.into_iter().map(|(o, _)| o).collect();
     let events = std::mem::take(&mut *gossip.events.lock().unwrap_or_else(|e| e.into_inner()));
     let backend = backend_name.into_inner().unwrap_or_else(|e| e.into_inner());
-    Ok(AsyncOutcome { agents: outcomes, events, wall_seconds: started.elapsed().as_secs_f64(), backend })
+    let interrupted = stop.stop_round().is_some_and(|at| at < rounds);
+    Ok(AsyncOutcome { agents: outcomes, events, wall_seconds: started.elapsed().as_secs_f64(), backend, interrupted, exact_resume })
 }
 
 /// A metrics row from the agents' latest snapshots (consensus distance once all have published).
@@ -510,26 +838,103 @@ fn metrics_from_snapshots(counters: &[AgentCounters], frames: u64, wall: f64) ->
     }
 }
 
+pub const GOSSIP_EVENTS_HEADER: &str = "agent,round,seconds,event,peers";
+pub const GOSSIP_AGENTS_HEADER: &str = "wall_seconds,agent,rounds,frames,sps,staleness,mixes,skipped_sends,blocked_waits";
+
+/// The rows of an earlier session's CSV log that a resume keeps: those of rounds before each
+/// agent's resumed round (`keep(agent, round)`), when the file has the expected header.
+fn kept_log_rows(path: &std::path::Path, header: &str, agent_col: usize, round_col: usize, keep: impl Fn(usize, u64) -> bool) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else { return String::new() };
+    let mut lines = text.lines();
+    if lines.next() != Some(header) {
+        return String::new();
+    }
+    let mut kept = String::new();
+    for line in lines {
+        let cols: Vec<&str> = line.split(',').collect();
+        let agent = cols.get(agent_col).and_then(|c| c.parse::<usize>().ok());
+        let round = cols.get(round_col).and_then(|c| c.parse::<u64>().ok());
+        if let (Some(a), Some(r)) = (agent, round) {
+            if keep(a, r) {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    kept
+}
+
 /// `train` in asynchronous mode: runs the agents, reports progress from their counters, writes
 /// the audit log and per-agent statistics to the run folder, and returns the summary.
-pub fn train_async(config: &Config, mut run: Option<&mut RunDir>, progress: &mut dyn ProgressSink) -> Result<Summary> {
+pub fn train_async(config: &Config, run: Option<&mut RunDir>, progress: &mut dyn ProgressSink) -> Result<Summary> {
+    train_async_session(config, run, progress, &AsyncSession::default()).map(|t| t.summary)
+}
+
+/// `train_async` with a resume, a stop flag and test hooks (`AsyncSession`).
+///
+/// With a run folder, checkpoints are cuts: every agent, on completing a round that crosses a
+/// multiple of `save_every` frames, deposits its state, and the file is written (atomically) once
+/// all agents' states for that round are in — agents never wait for each other for it. Every
+/// agent also deposits its state after its last round: the final checkpoint, or on the stop flag
+/// the cut at the agreed stop round (then `interrupted` is true and no summary.json is written).
+/// Messages in flight are not saved: a resumed session starts with empty mailboxes (and its
+/// unmixed-round counters at 0). In lock-step (`sync_freq = 0`) a cut is exact: a resumed run is
+/// bit-identical to an uninterrupted one. Asynchronous runs depend on thread timing anyway.
+///
+/// When an agent fails, the run stops with its error and leaves a checkpoint to resume from:
+/// in lock-step the last cut if there is one (exact); otherwise each agent's state after its
+/// last completed round (the failed agent's own, if the failure struck between updates, else
+/// its part of the last cut), agents possibly at different rounds (`agent_updates`), which
+/// resumes but not exactly as an uninterrupted run would. The error says which and where.
+pub fn train_async_session(
+    config: &Config, mut run: Option<&mut RunDir>, progress: &mut dyn ProgressSink, session: &AsyncSession<'_>,
+) -> Result<AsyncTraining> {
     let mut config = config.clone();
     config.resolve_game_defaults()?;
     let (agents, envs) = config.learner_layout();
     let counters: Vec<AgentCounters> = (0..agents).map(|_| AgentCounters::default()).collect();
-    let hooks = AsyncHooks::default();
+    let resume = session.resume;
+    let wall_before = resume.map_or(0.0, |ck| ck.wall_seconds);
+    let start_rounds = resume.map_or_else(|| vec![0; agents], Checkpoint::agent_rounds);
+    let stop = StopControl::new(session.stop.clone(), start_rounds.clone());
+    let cuts = run.is_some().then(|| Cuts::new(agents));
+    let mut on_disk: Option<OnDisk> = resume.map(OnDisk::of);
+    let mut save_error: Option<Error> = None;
     let started = Instant::now();
-    let mut agent_rows = String::from("wall_seconds,agent,rounds,frames,sps,staleness,mixes,skipped_sends,blocked_waits\n");
+    // The audit logs continue those of earlier sessions up to the rounds resumed from.
+    let (mut events_text, mut agent_rows) = match (run.as_deref(), resume) {
+        (Some(run), Some(_)) => (
+            kept_log_rows(&run.path().join("gossip_events.csv"), GOSSIP_EVENTS_HEADER, 0, 1, |a, r| start_rounds.get(a).is_some_and(|&s| r < s)),
+            kept_log_rows(&run.path().join("gossip_agents.csv"), GOSSIP_AGENTS_HEADER, 1, 2, |a, r| start_rounds.get(a).is_some_and(|&s| r <= s)),
+        ),
+        _ => (String::new(), String::new()),
+    };
+    events_text.insert_str(0, &format!("{GOSSIP_EVENTS_HEADER}\n"));
+    agent_rows.insert_str(0, &format!("{GOSSIP_AGENTS_HEADER}\n"));
     let outcome = std::thread::scope(|scope| -> Result<AsyncOutcome> {
-        let worker = scope.spawn(|| run_async(&config, &hooks, &counters));
+        let worker = scope.spawn(|| run_agents(&config, &counters, session, cuts.as_ref(), &stop));
         let mut last_report = Instant::now();
         while !worker.is_finished() {
             std::thread::sleep(Duration::from_millis(100));
             let frames: u64 = counters.iter().map(|c| c.frames.load(Ordering::Relaxed)).sum();
             progress.tick(frames);
+            // A cut every agent has deposited: write it (a failed write stops the run at a round
+            // the agents agree on, and is reported after).
+            if let (Some(run), Some(cuts)) = (run.as_deref(), cuts.as_ref()) {
+                if let Some((k, parts)) = cuts.unwritten().filter(|_| save_error.is_none()) {
+                    match write_parts(run, &parts, true) {
+                        Ok(saved) => on_disk = Some(saved),
+                        Err(e) => {
+                            save_error = Some(e);
+                            stop.halt.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    cuts.mark_written(k);
+                }
+            }
             if last_report.elapsed() >= Duration::from_secs(2) {
                 last_report = Instant::now();
-                let wall = started.elapsed().as_secs_f64();
+                let wall = wall_before + started.elapsed().as_secs_f64();
                 for (a, c) in counters.iter().enumerate() {
                     let f = c.frames.load(Ordering::Relaxed);
                     let _ = writeln!(
@@ -552,20 +957,31 @@ pub fn train_async(config: &Config, mut run: Option<&mut RunDir>, progress: &mut
         }
         worker.join().map_err(|_| Error::Backend("the asynchronous runner panicked".into()))?
     })?;
+    let wall = wall_before + outcome.wall_seconds;
     if let Some(run) = run.as_deref_mut() {
         let frames: u64 = counters.iter().map(|c| c.frames.load(Ordering::Relaxed)).sum();
-        run.append_metrics(&metrics_from_snapshots(&counters, frames, started.elapsed().as_secs_f64()))?;
-        let mut events = String::from("agent,round,seconds,event,peers\n");
+        run.append_metrics(&metrics_from_snapshots(&counters, frames, wall))?;
         for e in &outcome.events {
             let peers: Vec<String> = e.peers.iter().map(|p| p.to_string()).collect();
-            let _ = writeln!(events, "{},{},{:.6},{},{}", e.agent, e.round, e.seconds, e.kind, peers.join(" "));
+            let _ = writeln!(events_text, "{},{},{:.6},{},{}", e.agent, e.round, wall_before + e.seconds, e.kind, peers.join(" "));
         }
-        crate::run::write_atomic(&run.path().join("gossip_events.csv"), events.as_bytes())?;
+        crate::run::write_atomic(&run.path().join("gossip_events.csv"), events_text.as_bytes())?;
         crate::run::write_atomic(&run.path().join("gossip_agents.csv"), agent_rows.as_bytes())?;
+    }
+    if let Some(e) = save_error {
+        return Err(e);
     }
     if let Some(err) = outcome.first_error() {
         let done: Vec<String> = outcome.agents.iter().filter(|a| a.result.is_ok()).map(|a| format!("{} ({} rounds)", a.agent, a.rounds)).collect();
-        return Err(Error::Backend(format!("{err}; agents that finished: [{}]", done.join(", "))));
+        let kept = match (run.as_deref(), cuts.as_ref()) {
+            (Some(run), Some(cuts)) => failure_checkpoint(run, cuts, resume, config.sync_freq == 0, &mut on_disk),
+            _ => "nothing was saved (no run folder)".into(),
+        };
+        return Err(Error::Backend(format!("{err}; agents that finished: [{}]; training stopped; {kept}", done.join(", "))));
+    }
+    // Every agent's final state: the end of the budget, or the agreed stop round.
+    if let (Some(run), Some(parts)) = (run.as_deref(), cuts.as_ref().and_then(Cuts::finals)) {
+        write_parts(run, &parts, true)?;
     }
     let mut params = Vec::new();
     for a in &outcome.agents {
@@ -585,13 +1001,69 @@ pub fn train_async(config: &Config, mut run: Option<&mut RunDir>, progress: &mut
         episodes: outcome.agents.iter().map(|a| a.episodes).sum(),
         mean_return_100: mean_of_last_games(&mut games),
         consensus_distance: if p > 0 { crate::backend::cpu::gossip::consensus_distance(&params, agents) } else { 0.0 },
-        sps: frames as f64 / outcome.wall_seconds.max(1e-9),
-        wall_seconds: outcome.wall_seconds,
+        sps: frames as f64 / wall.max(1e-9),
+        wall_seconds: wall,
         backend: outcome.backend.clone(),
         params_sha256: params_sha256(&params),
     };
     if let Some(run) = run {
-        run.write_summary(&summary)?;
+        if !outcome.interrupted {
+            run.write_summary(&summary)?;
+        }
     }
-    Ok(summary)
+    Ok(AsyncTraining { summary, interrupted: outcome.interrupted, exact_resume: outcome.exact_resume })
+}
+
+/// After a failure: leaves the best checkpoint there is (see `train_async_session`) and says
+/// what it holds, where, and how to continue.
+fn failure_checkpoint(run: &RunDir, cuts: &Cuts, resume: Option<&Checkpoint>, lockstep: bool, on_disk: &mut Option<OnDisk>) -> String {
+    let path = run.checkpoint_path();
+    let resume_cmd = format!("continue with: gala-gpu train --resume {}", run.path().display());
+    // A complete cut not written yet (the failure came before the writer's next look).
+    let mut save_note = String::new();
+    if let Some((k, parts)) = cuts.unwritten() {
+        match write_parts(run, &parts, true) {
+            Ok(saved) => *on_disk = Some(saved),
+            Err(e) => save_note = format!(" (the cut of round {k} could not be written: {e})"),
+        }
+        cuts.mark_written(k);
+    }
+    let describe_cut = |d: &OnDisk| format!("round {}, frame {}", d.rounds.first().copied().unwrap_or(0), d.frames);
+    if lockstep {
+        if let Some(d) = on_disk.as_ref().filter(|d| d.cut) {
+            return format!(
+                "the last checkpoint ({}; every agent at the same round, so resuming it is exact) is kept in {}{save_note}; {resume_cmd}",
+                describe_cut(d),
+                path.display()
+            );
+        }
+    }
+    let salvage = cuts.salvage(resume).map_err(|r| format!("agent {r} left no state to save")).and_then(|parts| {
+        let newer = on_disk.as_ref().is_none_or(|d| {
+            let rounds: Vec<u64> = parts.iter().map(|c| c.updates).collect();
+            rounds.iter().zip(&d.rounds).all(|(a, b)| a >= b) && rounds != d.rounds
+        });
+        if !newer {
+            return Err("no agent got further than the checkpoint on disk".into());
+        }
+        write_parts(run, &parts, false).map_err(|e| e.to_string())
+    });
+    match (salvage, on_disk.as_ref()) {
+        (Ok(saved), _) => {
+            let text = format!(
+                "each agent's state after its last completed round (rounds {:?}, frame {}) is saved in {}; it is not a cut of the run (agents stopped at different points, the round that failed counts as unmixed, messages in flight are lost), so the resumed run will not match an uninterrupted one; {resume_cmd}",
+                saved.rounds,
+                saved.frames,
+                path.display()
+            );
+            *on_disk = Some(saved);
+            text
+        }
+        (Err(why), Some(d)) => format!(
+            "no newer checkpoint could be saved ({why}){save_note}; the last checkpoint ({}) is kept in {}; {resume_cmd}",
+            if d.cut { describe_cut(d) } else { format!("rounds {:?}, frame {}", d.rounds, d.frames) },
+            path.display()
+        ),
+        (Err(why), None) => format!("no checkpoint could be saved ({why}){save_note} and none had been saved yet (use --save-every to keep some)"),
+    }
 }

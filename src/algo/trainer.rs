@@ -14,6 +14,11 @@
 //! is weighted by the truncated ratio min(1, π_θ(a|s)/μ(a|s)) (IMPALA's ρ̄ = 1), and V(s_T) for
 //! the bootstrap comes from the behaviour parameters, like the values HTS-RL stores with its
 //! rollouts. The two threads share no state, so pipelined runs are as deterministic as plain ones.
+//! Between two updates a pipelined trainer holds, besides the learner's state, the collected
+//! segment not learned from yet and (only after the update that spent the budget, which collects
+//! nothing) the actor's one-update-old parameters; checkpoints carry both, so a pipelined run
+//! stopped and resumed — at a `save_every` point, on Ctrl-C, or at the end of a smaller budget —
+//! goes on exactly as an uninterrupted one.
 //!
 //! Everything that decides the result is a function of the seed: environment randomness is keyed
 //! by (seed, env), action sampling by (seed, agent, env, step). Wall-clock time is only reported.
@@ -34,7 +39,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Finished games kept for `mean_return_100`.
-const RECENT_GAMES: usize = 100;
+pub(crate) const RECENT_GAMES: usize = 100;
 
 /// Receives progress as training goes (a terminal bar, log lines, or nothing).
 pub trait ProgressSink {
@@ -67,6 +72,10 @@ pub struct Trainer {
     next: Rollout,
     /// Pipelined: `rollout` holds a collected segment not learned from yet.
     pending: bool,
+    /// Pipelined: the actor still holds the parameters before the last update (the update that
+    /// spent the budget collected nothing); the next segment is collected with them, as an
+    /// uninterrupted run would have, and then the actor catches up.
+    actor_behind: bool,
     act_out: ActOutput,
     /// Wall-clock seconds per phase, for `bench e2e` (phases overlap when pipelined).
     phase_seconds: PhaseSeconds,
@@ -286,6 +295,7 @@ impl Trainer {
             next: if actor.is_some() { Rollout::new(n) } else { Rollout::default() },
             actor,
             pending: false,
+            actor_behind: false,
             act_out: ActOutput::default(),
             phase_seconds: PhaseSeconds::default(),
             step: 0,
@@ -322,9 +332,51 @@ impl Trainer {
                 ck.agents, ck.envs_per_agent, ck.actions, ck.config.net, self.agents, self.envs, self.config.net
             )));
         }
+        if let Some(rounds) = ck.agent_updates.as_ref().filter(|r| r.iter().any(|&u| u != ck.updates)) {
+            return Err(Error::Config(format!(
+                "the checkpoint's agents stopped at different rounds ({rounds:?}, after a failure of an asynchronous run); only the asynchronous runner (agent_threads or sync_freq > 0, as saved in its config) can continue it"
+            )));
+        }
+        if !ck.pipeline.is_empty() && self.actor.is_none() {
+            return Err(Error::Config(
+                "the checkpoint holds a pipelined run's in-flight segment; continue it with `pipeline = true` (its own saved configuration)".into(),
+            ));
+        }
+        if let Some(seg) = &ck.pipeline.pending {
+            let ro = &self.rollout;
+            let lens = (seg.obs.len(), seg.actions.len(), seg.rewards.len(), seg.dones.len(), seg.log_probs.len());
+            if lens != (ro.obs.len(), ro.actions.len(), ro.rewards.len(), ro.dones.len(), ro.log_probs.len())
+                || seg.bootstrap_values.len() != self.agents * self.envs
+            {
+                return Err(Error::Shape(format!(
+                    "the checkpoint's pending segment ({} samples) does not fit this run's rollout ({} samples: {} agents × {} steps × {} envs); resume with the checkpoint's own configuration",
+                    seg.actions.len(),
+                    ro.actions.len(),
+                    self.agents,
+                    self.n_steps,
+                    self.envs
+                )));
+            }
+        }
         self.engine.write_params(&ck.params)?;
         self.engine.write_optimizer_state(&ck.square_avg)?;
         self.engine.set_round(ck.updates);
+        if let Some(actor) = self.actor.as_mut() {
+            actor.write_params(ck.pipeline.actor_params.as_deref().unwrap_or(&ck.params))?;
+            self.actor_behind = ck.pipeline.actor_params.is_some();
+            self.pending = false;
+            if let Some(seg) = &ck.pipeline.pending {
+                let ro = &mut self.rollout;
+                ro.obs.copy_from_slice(&seg.obs);
+                ro.actions.copy_from_slice(&seg.actions);
+                ro.rewards.copy_from_slice(&seg.rewards);
+                ro.dones.copy_from_slice(&seg.dones);
+                ro.log_probs.copy_from_slice(&seg.log_probs);
+                ro.bootstrap.values.clone_from(&seg.bootstrap_values);
+                ro.stale = seg.stale;
+                self.pending = true;
+            }
+        }
         let exact = match &ck.env_states {
             Some(states) => {
                 self.venv.restore(states, &ck.observations)?;
@@ -352,7 +404,27 @@ impl Trainer {
             Err(Error::Unsupported(_)) => None,
             Err(e) => return Err(e),
         };
+        let mut pipeline = crate::checkpoint::PipelineState::default();
+        if let Some(actor) = self.actor.as_mut() {
+            if self.actor_behind {
+                pipeline.actor_params = Some(actor.read_params()?);
+            }
+            if self.pending {
+                let ro = &self.rollout;
+                pipeline.pending = Some(crate::checkpoint::PendingSegment {
+                    obs: ro.obs.clone(),
+                    actions: ro.actions.clone(),
+                    rewards: ro.rewards.clone(),
+                    dones: ro.dones.clone(),
+                    log_probs: ro.log_probs.clone(),
+                    bootstrap_values: ro.bootstrap.values.clone(),
+                    stale: ro.stale,
+                });
+            }
+        }
         Ok(Checkpoint {
+            pipeline,
+            agent_updates: None,
             config: self.config.clone(),
             actions: self.venv.num_actions(),
             agents: self.agents,
@@ -516,9 +588,18 @@ impl Trainer {
             let actor = self.actor.as_mut().expect("pipelined trainer has an actor");
             let (finished, act_s, env_s) = collect_segment(&mut self.venv, actor, &mut self.rollout, &mut self.act_out, plan)?;
             self.record_collection(finished, act_s, env_s);
-            // Collected by the learner's current parameters: on-policy, plain A2C.
-            self.rollout.stale = false;
+            // The first segment is collected by the learner's current parameters: on-policy,
+            // plain A2C. After a drained budget the actor still holds the parameters before the
+            // last update: one update old, as the segment would have been without the pause.
+            self.rollout.stale = self.actor_behind;
             self.pending = true;
+            if self.actor_behind {
+                let t0 = Instant::now();
+                let params = self.engine.read_params()?;
+                self.actor.as_mut().expect("pipelined trainer has an actor").write_params(&params)?;
+                self.actor_behind = false;
+                self.phase_seconds.mix += t0.elapsed().as_secs_f64();
+            }
         }
         let collect_next = self.frames() < self.config.frames;
         let plan = self.plan();
@@ -547,15 +628,21 @@ impl Trainer {
                 std::mem::swap(&mut self.rollout, &mut self.next);
                 // Collected by θ_s while the learner made θ_{s+1}: one update old.
                 self.rollout.stale = true;
+                // The next segment is collected with the parameters just learned (one update
+                // old when it is learned from).
+                let t0 = Instant::now();
+                let params = self.engine.read_params()?;
+                self.actor.as_mut().expect("pipelined trainer has an actor").write_params(&params)?;
+                self.phase_seconds.mix += t0.elapsed().as_secs_f64();
             }
-            None => self.pending = false,
+            None => {
+                // The budget is spent: nothing was collected meanwhile. The actor keeps θ_s, so
+                // that a continuation (a larger budget, a resume) collects the next segment as
+                // this update would have.
+                self.pending = false;
+                self.actor_behind = true;
+            }
         }
-        // The next segment is collected with the parameters just learned (one update old when
-        // it is learned from).
-        let t0 = Instant::now();
-        let params = self.engine.read_params()?;
-        self.actor.as_mut().expect("pipelined trainer has an actor").write_params(&params)?;
-        self.phase_seconds.mix += t0.elapsed().as_secs_f64();
         self.updates += 1;
         Ok(())
     }
