@@ -145,6 +145,13 @@ impl Engine {
         &self.backend_choice
     }
 
+    /// Copies every agent's parameters into `dst` (an engine of the same configuration):
+    /// device-to-device when both engines' backends share a device (`Engine::build` with the
+    /// same `SharedDevice`), else through the host.
+    pub fn copy_params_into(&mut self, dst: &mut Engine) -> Result<()> {
+        self.backend.copy_params_into(dst.backend.as_mut())
+    }
+
     /// Device seconds spent in this engine's act/learn/gossip calls so far (timed events on the
     /// backend's stream); None on the CPU backend.
     pub fn device_seconds(&self) -> Option<f64> {

@@ -254,6 +254,45 @@ fn sim_catch_training_run_matches_cpu_summary() {
     println!("summaries: sim {sim}\ncpu {cpu}");
 }
 
+/// The pipelined hand-off of θ: learner → actor on one shared device is a device-to-device copy
+/// that leaves the actor with exactly the learner's parameters (and so exactly its actions);
+/// onto a backend of another device, or a CPU backend, it goes through the host, equally exact.
+fn check_params_handoff<D: Device>(dev: std::sync::Arc<D>, other: std::sync::Arc<D>) {
+    let spec = spec(NetPreset::Gala, 6, 2, 3, 2);
+    let init = init_params(&spec.net, 5);
+    let mut learner = GpuBackend::new(dev.clone(), spec.clone(), &init).unwrap();
+    let mut actor = GpuBackend::new(dev.clone(), spec.clone(), &init).unwrap();
+    let obs = frames(spec.act_batch(), 8);
+    let (mut before, mut after, mut want) = (ActOutput::default(), ActOutput::default(), ActOutput::default());
+    actor.act(&obs, 0, false, &mut before).unwrap();
+    let r = rollout(&spec, 3);
+    learner.learn(&segment(&r, false)).unwrap();
+    let theta = learner.read_params().unwrap();
+    assert_ne!(theta, actor.read_params().unwrap(), "the update must change θ");
+    let device_before = learner.device_seconds().unwrap();
+    learner.copy_params_into(&mut actor).unwrap();
+    assert!(learner.device_seconds().unwrap() >= device_before);
+    assert_eq!(actor.read_params().unwrap(), theta, "device-to-device hand-off");
+    actor.act(&obs, 0, false, &mut after).unwrap();
+    learner.act(&obs, 0, false, &mut want).unwrap();
+    assert_eq!(after, want, "the actor acts exactly as the learner after the hand-off");
+    // Another device, and the CPU backend: through the host.
+    let mut elsewhere = GpuBackend::new(other, spec.clone(), &init).unwrap();
+    learner.copy_params_into(&mut elsewhere).unwrap();
+    assert_eq!(elsewhere.read_params().unwrap(), theta);
+    let mut cpu = CpuBackend::new(spec.clone(), &init, 1).unwrap();
+    learner.copy_params_into(&mut cpu).unwrap();
+    assert_eq!(cpu.read_params().unwrap(), theta);
+    // A backend of another shape is refused, not half-copied.
+    let mut small = GpuBackend::new(dev, BackendSpec { agents: 1, ..spec.clone() }, &init).unwrap();
+    assert!(learner.copy_params_into(&mut small).is_err());
+}
+
+#[test]
+fn sim_pipelined_handoff_copies_parameters_on_the_device() {
+    check_params_handoff(std::sync::Arc::new(SimDevice::new()), std::sync::Arc::new(SimDevice::new()));
+}
+
 #[test]
 fn cuda_backend_matches_cpu_when_a_gpu_is_present() {
     let dev = match CudaDevice::new(0) {
@@ -268,4 +307,6 @@ fn cuda_backend_matches_cpu_when_a_gpu_is_present() {
     };
     println!("running the backend comparison on {}", dev.describe());
     compare_with_cpu(dev, spec(NetPreset::Gala, 6, 4, 8, 5), 20, false);
+    let (shared, other) = (CudaDevice::new(0).unwrap(), CudaDevice::new(0).unwrap());
+    check_params_handoff(std::sync::Arc::new(shared), std::sync::Arc::new(other));
 }

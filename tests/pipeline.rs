@@ -37,6 +37,22 @@ fn pipelined_runs_are_bit_identical_and_learn_every_collected_segment() {
     assert_eq!(one_p.params_sha256, one.params_sha256, "the first segment is on-policy: ratio exactly 1 (or clipped to 1)");
 }
 
+/// On a device backend the learner and the actor share the device (two streams) and θ goes
+/// from one to the other device-to-device: still bit-identical run to run, and the actor's
+/// parameters equal the learner's after every update that collected.
+#[test]
+fn pipelined_runs_on_the_simulator_share_one_device_and_stay_bit_identical() {
+    let c = Config { backend: BackendKind::Sim, envs_per_agent: 2, n_steps: 2, frames: 3 * 2 * 2 * 2, ..config(true, 0) };
+    let a = Trainer::new(&c).unwrap().train(None, &mut NoProgress).unwrap();
+    let mut t = Trainer::new(&c).unwrap();
+    let b = t.train(None, &mut NoProgress).unwrap();
+    assert_eq!(a.backend, "sim");
+    assert_eq!(a.params_sha256, b.params_sha256, "same seed, pipelined on the simulator: must be bit-identical");
+    assert_eq!(b.updates, 3);
+    let (learner, actor) = t.device_seconds();
+    assert!(learner.unwrap() > 0.0 && actor.unwrap() > 0.0, "both engines ran on the device");
+}
+
 #[test]
 fn the_pipeline_refuses_asynchronous_gossip() {
     let c = Config { sync_freq: 3, agents: 2, ..config(true, 100) };

@@ -14,6 +14,10 @@
 //! is weighted by the truncated ratio min(1, π_θ(a|s)/μ(a|s)) (IMPALA's ρ̄ = 1), and V(s_T) for
 //! the bootstrap comes from the behaviour parameters, like the values HTS-RL stores with its
 //! rollouts. The two threads share no state, so pipelined runs are as deterministic as plain ones.
+//! On a device backend both engines live on one shared device, each with its own stream, so the
+//! actor's forward passes overlap the learner's kernels on the GPU, and the hand-off of θ_{s+1}
+//! is a device-to-device copy ordered by events (`Engine::copy_params_into`), not a round trip
+//! through the host.
 //! Between two updates a pipelined trainer holds, besides the learner's state, the collected
 //! segment not learned from yet and (only after the update that spent the budget, which collects
 //! nothing) the actor's one-update-old parameters; checkpoints carry both, so a pipelined run
@@ -278,10 +282,22 @@ impl Trainer {
         let env_threads = if game == GameId::Catch { 1 } else { threads };
         let first_env = agent_offset * envs;
         let venv = env::make_vec_env_range(&settings, first_env..first_env + agents * envs, env_threads)?;
-        let engine = Engine::build(config, venv.num_actions(), only, device)?;
         // Pipelined: the behaviour policy gets an engine of its own (same initial parameters), so
         // acting never waits for (or races with) the learner's update of the same parameters.
-        let actor = if config.pipeline && only.is_none() { Some(Engine::build(config, venv.num_actions(), only, None)?) } else { None };
+        // Both live on one device (each with its own stream, so acting and learning overlap on
+        // a GPU) and θ is handed from learner to actor device-to-device.
+        let pipelined = config.pipeline && only.is_none();
+        let opened;
+        let device = match device {
+            Some(d) => Some(d),
+            None if pipelined => {
+                opened = crate::backend::SharedDevice::open(config.backend)?;
+                Some(&opened)
+            }
+            None => None,
+        };
+        let engine = Engine::build(config, venv.num_actions(), only, device)?;
+        let actor = if pipelined { Some(Engine::build(config, venv.num_actions(), only, device)?) } else { None };
         let n = agents * config.n_steps * envs;
         Ok(Trainer {
             config: config.clone(),
@@ -595,8 +611,7 @@ impl Trainer {
             self.pending = true;
             if self.actor_behind {
                 let t0 = Instant::now();
-                let params = self.engine.read_params()?;
-                self.actor.as_mut().expect("pipelined trainer has an actor").write_params(&params)?;
+                self.engine.copy_params_into(self.actor.as_mut().expect("pipelined trainer has an actor"))?;
                 self.actor_behind = false;
                 self.phase_seconds.mix += t0.elapsed().as_secs_f64();
             }
@@ -631,8 +646,7 @@ impl Trainer {
                 // The next segment is collected with the parameters just learned (one update
                 // old when it is learned from).
                 let t0 = Instant::now();
-                let params = self.engine.read_params()?;
-                self.actor.as_mut().expect("pipelined trainer has an actor").write_params(&params)?;
+                self.engine.copy_params_into(self.actor.as_mut().expect("pipelined trainer has an actor"))?;
                 self.phase_seconds.mix += t0.elapsed().as_secs_f64();
             }
             None => {

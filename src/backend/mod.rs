@@ -227,6 +227,14 @@ pub trait Backend: Send {
         cpu::gossip::mix_one(&mut params[agent * p..(agent + 1) * p], messages);
         self.write_params(&params)
     }
+    /// Copies every agent's parameters into `dst`, a backend of the same spec: the pipelined
+    /// trainer's hand-off of θ from the learner to the actor. The default goes through the host;
+    /// GPU backends on one shared device copy device-to-device on their streams, ordered by
+    /// events, without the host waiting.
+    fn copy_params_into(&mut self, dst: &mut dyn Backend) -> Result<()> {
+        let params = self.read_params()?;
+        dst.write_params(&params)
+    }
     /// The first parameter that is NaN or infinite, as (agent, index within the agent's
     /// parameters, value), in agent then index order; None when all are finite. The default
     /// scans `read_params`; device backends search on the device.

@@ -116,6 +116,11 @@ impl<T: DeviceElem> DeviceBuffer<T> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Whether `other` lives on the same device as this buffer (so `Device::copy` between them
+    /// is allowed).
+    pub fn same_device<U: DeviceElem>(&self, other: &DeviceBuffer<U>) -> bool {
+        self.owner == other.owner
+    }
     /// The raw device address (for devices and tests; kernels get it through `KernelArg`).
     pub fn device_ptr(&self) -> u64 {
         self.ptr

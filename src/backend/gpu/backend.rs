@@ -463,6 +463,22 @@ impl<D: Device> Backend for GpuBackend<D> {
         self.arena.find_nonfinite()
     }
 
+    fn copy_params_into(&mut self, dst: &mut dyn Backend) -> Result<()> {
+        if self.spec != *dst.spec() {
+            return Err(Error::Shape("copy_params_into: the two backends have different specs".into()));
+        }
+        if let Some(other) = dst.as_any_mut().downcast_mut::<GpuBackend<D>>() {
+            if self.arena.same_device(&other.arena) {
+                let timed = self.begin_timed()?;
+                self.arena.copy_params_into(&mut other.arena)?;
+                return self.end_timed(timed);
+            }
+        }
+        // Another device or another kind of backend: through the host.
+        let params = self.read_params()?;
+        dst.write_params(&params)
+    }
+
     fn consensus_distance(&mut self) -> Result<f64> {
         self.arena.consensus_distance()
     }

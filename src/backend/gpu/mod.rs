@@ -160,6 +160,35 @@ impl<D: Device> GpuArena<D> {
         Ok(norms)
     }
 
+    /// Whether `other`'s buffers live on this arena's device (a shared device).
+    pub fn same_device(&self, other: &GpuArena<D>) -> bool {
+        self.params.same_device(&other.params)
+    }
+
+    /// Copies every agent's parameters into `dst` (an arena of the same shape on the same
+    /// device) device-to-device, without the host waiting: the copy runs on this arena's stream
+    /// after both arenas' earlier work, and `dst`'s later work waits for it (events both ways),
+    /// so the copy can neither race `dst`'s kernels still reading the old values nor be read
+    /// before it lands. The pipelined trainer's hand-off of θ from learner to actor.
+    pub fn copy_params_into(&self, dst: &mut GpuArena<D>) -> Result<()> {
+        if (self.agents, self.param_count) != (dst.agents, dst.param_count) || !self.same_device(dst) {
+            return Err(Error::Shape(format!(
+                "copy_params_into: {} agents x {} parameters into {} x {}{}",
+                self.agents,
+                self.param_count,
+                dst.agents,
+                dst.param_count,
+                if self.same_device(dst) { "" } else { " on another device" }
+            )));
+        }
+        let dev = &self.device;
+        let dst_idle = dev.record_event(dst.stream)?;
+        dev.stream_wait_event(self.stream, &dst_idle)?;
+        dev.copy(self.stream, &self.params, 0, &mut dst.params, 0, self.params.len())?;
+        let copied = dev.record_event(self.stream)?;
+        dev.stream_wait_event(dst.stream, &copied)
+    }
+
     /// The first parameter that is NaN or infinite, as (agent, index in the agent's P, value):
     /// one launch and a download of agents × chunks indices, so checking after every update
     /// does not move the arena to the host.
