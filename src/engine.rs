@@ -145,6 +145,12 @@ impl Engine {
         &self.backend_choice
     }
 
+    /// `len` zero bytes of page-locked host memory from the backend's device (None on the CPU
+    /// backend): rollout buffers filled here go up to the device as asynchronous DMA.
+    pub fn alloc_pinned_bytes(&self, len: usize) -> Result<Option<crate::device::HostBuffer<u8>>> {
+        self.backend.alloc_pinned_bytes(len)
+    }
+
     /// Copies every agent's parameters into `dst` (an engine of the same configuration):
     /// device-to-device when both engines' backends share a device (`Engine::build` with the
     /// same `SharedDevice`), else through the host.

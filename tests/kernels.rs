@@ -400,6 +400,22 @@ fn check_streams_and_events<D: Device>(dev: &D) {
     assert!((0.0..10.0).contains(&span), "timed span {span} s");
     let err = dev.elapsed_seconds(&start, &copied).unwrap_err();
     assert!(err.to_string().contains("record_timed_event"), "{err}");
+    // Pinned host memory: zero-filled, writable, and an asynchronous upload from it lands once
+    // the stream has passed it.
+    let mut pinned = dev.alloc_host::<f32>(n).unwrap();
+    assert!(pinned.iter().all(|&x| x == 0.0) && pinned.len() == n);
+    pinned.copy_from_slice(&input);
+    let mut dst = poisoned(dev, n + 5, f32::NAN);
+    // SAFETY: `pinned` outlives the synchronize below and is not written before it.
+    unsafe { dev.upload_async(a, &pinned, &mut dst, 5).unwrap() };
+    let landed = dev.record_event(a).unwrap();
+    dev.stream_wait_event(b, &landed).unwrap();
+    dev.synchronize(b).unwrap();
+    dev.synchronize(a).unwrap();
+    let got = download(dev, &dst);
+    assert!(got[..5].iter().all(|x| x.is_nan()), "nothing written before the offset");
+    assert_eq!(&got[5..], &input[..]);
+    assert!(unsafe { dev.upload_async(a, &pinned, &mut dst, 6) }.is_err(), "out of range is an error");
 }
 
 fn check_selftests<D: Device>(dev: &D, expect_race_detected: bool) {

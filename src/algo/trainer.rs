@@ -33,6 +33,7 @@ use crate::backend::{ActOutput, AgentLearnStats, Backend, Segment, SharedDevice}
 use crate::config::Config;
 use crate::env::{self, EnvSettings, FinishedGame, GameId, VecEnv, FRAME_BYTES};
 use crate::checkpoint::Checkpoint;
+use crate::device::HostBuffer;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::OBS_BYTES;
@@ -119,10 +120,43 @@ pub struct PhaseSeconds {
     pub overlapped: f64,
 }
 
+/// A rollout's observation bytes: page-locked host memory when the learner is on a device (its
+/// upload is then a DMA transfer on the backend's upload stream that the host does not wait
+/// for), else an ordinary vector.
+enum ObsBytes {
+    Heap(Vec<u8>),
+    Pinned(HostBuffer<u8>),
+}
+
+impl Default for ObsBytes {
+    fn default() -> Self {
+        ObsBytes::Heap(Vec::new())
+    }
+}
+
+impl std::ops::Deref for ObsBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ObsBytes::Heap(v) => v,
+            ObsBytes::Pinned(b) => b,
+        }
+    }
+}
+
+impl std::ops::DerefMut for ObsBytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            ObsBytes::Heap(v) => v,
+            ObsBytes::Pinned(b) => b,
+        }
+    }
+}
+
 /// One n-step segment of every agent, [agents][n_steps][envs](…).
 #[derive(Default)]
 struct Rollout {
-    obs: Vec<u8>,
+    obs: ObsBytes,
     actions: Vec<u32>,
     rewards: Vec<f32>,
     dones: Vec<f32>,
@@ -136,16 +170,23 @@ struct Rollout {
 }
 
 impl Rollout {
-    fn new(samples: usize) -> Self {
-        Rollout {
-            obs: vec![0; samples * OBS_BYTES],
+    /// A rollout of `samples` samples, its observations in pinned memory from `engine`'s device
+    /// when it has one.
+    fn new(samples: usize, engine: &Engine) -> Result<Self> {
+        let bytes = samples * OBS_BYTES;
+        let obs = match engine.alloc_pinned_bytes(bytes)? {
+            Some(pinned) => ObsBytes::Pinned(pinned),
+            None => ObsBytes::Heap(vec![0; bytes]),
+        };
+        Ok(Rollout {
+            obs,
             actions: vec![0; samples],
             rewards: vec![0.0; samples],
             dones: vec![0.0; samples],
             log_probs: vec![0.0; samples],
             bootstrap: ActOutput::default(),
             stale: false,
-        }
+        })
     }
 
     fn segment(&self) -> Segment<'_> {
@@ -299,6 +340,8 @@ impl Trainer {
         let engine = Engine::build(config, venv.num_actions(), only, device)?;
         let actor = if pipelined { Some(Engine::build(config, venv.num_actions(), only, device)?) } else { None };
         let n = agents * config.n_steps * envs;
+        let rollout = Rollout::new(n, &engine)?;
+        let next = if actor.is_some() { Rollout::new(n, &engine)? } else { Rollout::default() };
         Ok(Trainer {
             config: config.clone(),
             frames_per_step: venv.frames_per_step(),
@@ -307,8 +350,8 @@ impl Trainer {
             agents,
             envs,
             n_steps: config.n_steps,
-            rollout: Rollout::new(n),
-            next: if actor.is_some() { Rollout::new(n) } else { Rollout::default() },
+            rollout,
+            next,
             actor,
             pending: false,
             actor_behind: false,
@@ -428,7 +471,7 @@ impl Trainer {
             if self.pending {
                 let ro = &self.rollout;
                 pipeline.pending = Some(crate::checkpoint::PendingSegment {
-                    obs: ro.obs.clone(),
+                    obs: ro.obs.to_vec(),
                     actions: ro.actions.clone(),
                     rewards: ro.rewards.clone(),
                     dones: ro.dones.clone(),

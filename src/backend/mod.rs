@@ -227,6 +227,12 @@ pub trait Backend: Send {
         cpu::gossip::mix_one(&mut params[agent * p..(agent + 1) * p], messages);
         self.write_params(&params)
     }
+    /// `len` zero bytes of page-locked host memory from this backend's device, for buffers the
+    /// caller fills and then hands to `learn` (uploads from it are asynchronous DMA); None when
+    /// the backend has no device (the CPU backend).
+    fn alloc_pinned_bytes(&self, _len: usize) -> Result<Option<crate::device::HostBuffer<u8>>> {
+        Ok(None)
+    }
     /// Copies every agent's parameters into `dst`, a backend of the same spec: the pipelined
     /// trainer's hand-off of θ from the learner to the actor. The default goes through the host;
     /// GPU backends on one shared device copy device-to-device on their streams, ordered by

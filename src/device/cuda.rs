@@ -5,7 +5,7 @@
 //! libnvrtc; a kernel that does not compile fails with NVRTC's log.
 
 use super::{
-    check_launch, check_range, nvrtc, DeviceBuffer, DeviceElem, DeviceId, Event, KernelArg, LaunchConfig, Stream,
+    check_launch, check_range, nvrtc, DeviceBuffer, DeviceElem, DeviceId, Event, HostBuffer, KernelArg, LaunchConfig, Stream,
     KERNEL_SOURCES,
 };
 use crate::error::{Error, Result};
@@ -30,6 +30,24 @@ impl Drop for CudaStorage {
         self.ctx.record_err(self.ctx.bind_to_thread());
         // SAFETY: allocated by malloc_sync in this context and freed only here.
         self.ctx.record_err(unsafe { cu::free_sync(self.ptr) });
+    }
+}
+
+/// Page-locked host memory (cuMemHostAlloc), freed on drop.
+struct PinnedStorage {
+    ptr: *mut std::ffi::c_void,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: a plain owned allocation; the HostBuffer that holds it mediates access.
+unsafe impl Send for PinnedStorage {}
+unsafe impl Sync for PinnedStorage {}
+
+impl Drop for PinnedStorage {
+    fn drop(&mut self) {
+        self.ctx.record_err(self.ctx.bind_to_thread());
+        // SAFETY: allocated by malloc_host in this context and freed only here.
+        self.ctx.record_err(unsafe { cu::free_host(self.ptr) });
     }
 }
 
@@ -126,6 +144,28 @@ impl super::Device for CudaDevice {
         unsafe { cu::memset_d8_async(ptr, 0, bytes, null.cu_stream()) }.map_err(|e| driver_err("memset", e))?;
         null.synchronize().map_err(|e| driver_err("memset synchronize", e))?;
         Ok(DeviceBuffer { ptr, len, owner: self.id, _storage: Box::new(storage), _elem: PhantomData })
+    }
+
+    fn alloc_host<T: DeviceElem>(&self, len: usize) -> Result<HostBuffer<T>> {
+        self.bind()?;
+        let bytes = (len * std::mem::size_of::<T>()).max(1);
+        // SAFETY: a plain page-locked allocation (flags 0: portable to this context only),
+        // zero-filled before anyone reads it.
+        let ptr = unsafe { cu::malloc_host(bytes, 0) }.map_err(|e| driver_err(&format!("allocating {bytes} bytes of pinned host memory"), e))?;
+        unsafe { std::ptr::write_bytes(ptr as *mut u8, 0, bytes) };
+        let storage = PinnedStorage { ptr, ctx: self.ctx.clone() };
+        Ok(HostBuffer { ptr: ptr as *mut T, len, _storage: Box::new(storage) })
+    }
+
+    unsafe fn upload_async<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {
+        let s = self.stream(stream)?;
+        self.check_buffer(dst)?;
+        check_range("upload", offset, src.len(), dst.len)?;
+        self.bind()?;
+        // SAFETY: destination range in bounds (checked); the caller keeps `src` alive and
+        // unmodified until the stream has passed this copy (the function's contract).
+        unsafe { cu::memcpy_htod_async(dst.ptr + byte_offset::<T>(offset), src, s.cu_stream()) }
+            .map_err(|e| driver_err("host-to-device copy", e))
     }
 
     fn upload<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {

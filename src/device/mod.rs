@@ -133,6 +133,42 @@ impl<T: DeviceElem> std::fmt::Debug for DeviceBuffer<T> {
     }
 }
 
+/// `len` elements of `T` in page-locked ("pinned") host memory: the copy engines read it
+/// directly, so uploads from it run at full bus speed and without the host waiting. Under the
+/// simulator it is ordinary memory. Zero-filled when allocated; freed when dropped.
+pub struct HostBuffer<T: DeviceElem> {
+    ptr: *mut T,
+    len: usize,
+    /// Whatever frees the memory on drop (device-specific).
+    _storage: Box<dyn Any + Send + Sync>,
+}
+
+// SAFETY: the buffer owns its allocation exclusively; access goes through &self / &mut self.
+unsafe impl<T: DeviceElem> Send for HostBuffer<T> {}
+unsafe impl<T: DeviceElem> Sync for HostBuffer<T> {}
+
+impl<T: DeviceElem> std::ops::Deref for HostBuffer<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` points at `len` initialised (zero-filled, then written) elements owned
+        // by this buffer for its lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl<T: DeviceElem> std::ops::DerefMut for HostBuffer<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`, and `&mut self` is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl<T: DeviceElem> std::fmt::Debug for HostBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostBuffer<{}>[{}]", T::C_TYPE, self.len)
+    }
+}
+
 /// One kernel argument, as cuLaunchKernel takes it (a pointer to the value).
 #[derive(Clone, Copy, Debug)]
 pub enum KernelArg {
@@ -218,6 +254,16 @@ pub trait Device: Send + Sync + 'static {
     fn alloc_zeros<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>>;
     /// Copies `src` into `dst[offset..offset + src.len()]`; returns when `src` may be reused.
     fn upload<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()>;
+    /// `len` zero-filled elements of page-locked host memory (see [`HostBuffer`]).
+    fn alloc_host<T: DeviceElem>(&self, len: usize) -> Result<HostBuffer<T>>;
+    /// Enqueues the copy of `src` into `dst[offset..offset + src.len()]` on `stream` and returns
+    /// without waiting (from pinned memory the copy engine reads `src` later; from pageable
+    /// memory CUDA copies it out before returning).
+    ///
+    /// # Safety
+    /// `src` must stay alive and unmodified until the stream's work up to this call has
+    /// finished (synchronize the stream, or wait for an event recorded after it).
+    unsafe fn upload_async<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()>;
     /// Copies `src[offset..offset + dst.len()]` into `dst` after the stream's earlier work.
     fn download<T: DeviceElem>(&self, stream: Stream, src: &DeviceBuffer<T>, offset: usize, dst: &mut [T]) -> Result<()>;
     /// Device-to-device copy of `len` elements, ordered on `stream`.
@@ -325,6 +371,13 @@ impl<D: Device> Device for std::sync::Arc<D> {
     }
     fn upload<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {
         (**self).upload(stream, src, dst, offset)
+    }
+    fn alloc_host<T: DeviceElem>(&self, len: usize) -> Result<HostBuffer<T>> {
+        (**self).alloc_host(len)
+    }
+    unsafe fn upload_async<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {
+        // SAFETY: the caller upholds the contract, which is the same.
+        unsafe { (**self).upload_async(stream, src, dst, offset) }
     }
     fn download<T: DeviceElem>(&self, stream: Stream, src: &DeviceBuffer<T>, offset: usize, dst: &mut [T]) -> Result<()> {
         (**self).download(stream, src, offset, dst)

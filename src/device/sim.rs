@@ -7,7 +7,7 @@
 //! not depend on that number.
 
 use super::{
-    check_launch, check_range, DeviceBuffer, DeviceElem, DeviceId, Event, KernelArg, LaunchConfig, SimShim, Stream,
+    check_launch, check_range, DeviceBuffer, DeviceElem, DeviceId, Event, HostBuffer, KernelArg, LaunchConfig, SimShim, Stream,
     SIM_SHIMS,
 };
 use crate::error::{Error, Result};
@@ -106,6 +106,19 @@ impl super::Device for SimDevice {
         let storage = HostStorage::zeroed(bytes)?;
         let ptr = storage.ptr as u64;
         Ok(DeviceBuffer { ptr, len, owner: self.id, _storage: Box::new(storage), _elem: PhantomData })
+    }
+
+    fn alloc_host<T: DeviceElem>(&self, len: usize) -> Result<HostBuffer<T>> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| Error::Backend(format!("host alloc of {len} elements overflows")))?;
+        let storage = HostStorage::zeroed(bytes)?;
+        Ok(HostBuffer { ptr: storage.ptr as *mut T, len, _storage: Box::new(storage) })
+    }
+
+    unsafe fn upload_async<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {
+        // Simulated copies are done when they return: the contract holds trivially.
+        self.upload(stream, src, dst, offset)
     }
 
     fn upload<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {

@@ -5,6 +5,11 @@
 //! and the learning batch, and the scratch of the two-pass weight-gradient reductions. During
 //! training only observations, actions, rewards, dones, bootstrap values (and behaviour
 //! log-probs) go up; only actions, values, log-probs and per-agent loss/norm metrics come down.
+//! The learning segment goes up on a stream of its own (the compute stream waits for it by an
+//! event); when the trainer's rollout buffers are pinned (`alloc_pinned_bytes`), those copies
+//! are DMA transfers the host does not wait for. Each backend computes on its own stream, so
+//! several backends on one shared device (the pipelined actor and learner, the agents of
+//! asynchronous gossip) overlap on the GPU.
 //!
 //! One update (`learn`) is 21 launches whatever the number of agents (every kernel has an agent
 //! dimension in its grid): returns 1, forward 4 (conv1-3, fc), heads 2 (forward+loss,
@@ -17,7 +22,7 @@ use super::GpuArena;
 use crate::backend::cpu::heads::LossTerms;
 use crate::backend::cpu::optim::RmsProp;
 use crate::backend::{ActOutput, AgentLearnStats, Backend, BackendSpec, Segment};
-use crate::device::{Device, DeviceBuffer, DeviceElem, Event, KernelArg, LaunchConfig, Stream};
+use crate::device::{Device, DeviceBuffer, DeviceElem, Event, HostBuffer, KernelArg, LaunchConfig, Stream};
 use crate::error::{Error, Result};
 use crate::model::{tensor, ConvShape, ParamLayout, OBS_BYTES};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +57,13 @@ impl<D: Device> Device for CountingDevice<D> {
     }
     fn upload<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {
         self.inner.upload(stream, src, dst, offset)
+    }
+    fn alloc_host<T: DeviceElem>(&self, len: usize) -> Result<HostBuffer<T>> {
+        self.inner.alloc_host(len)
+    }
+    unsafe fn upload_async<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {
+        // SAFETY: the caller upholds the contract, which is the same.
+        unsafe { self.inner.upload_async(stream, src, dst, offset) }
     }
     fn download<T: DeviceElem>(&self, stream: Stream, src: &DeviceBuffer<T>, offset: usize, dst: &mut [T]) -> Result<()> {
         self.inner.download(stream, src, offset, dst)
@@ -157,6 +169,8 @@ pub struct GpuBackend<D: Device> {
     act_log_probs: DeviceBuffer<f32>,
     learn_fwd: Forward,
     learn: LearnScratch,
+    /// The stream the learning segment goes up on (its copies overlap other streams' kernels).
+    upload_stream: Stream,
     /// Device seconds between the first and the last operation of every act/learn/mix so far
     /// (timed events on the backend's stream), for the GPU-busy fraction of `bench e2e`.
     device_seconds: f64,
@@ -220,6 +234,7 @@ impl<D: Device> GpuBackend<D> {
         let learn_fwd = Forward::new(dev, &spec, n)?;
         let act_actions = dev.alloc_zeros(a * spec.envs_per_agent)?;
         let act_log_probs = dev.alloc_zeros(a * spec.envs_per_agent)?;
+        let upload_stream = dev.new_stream()?;
         Ok(GpuBackend {
             convs: [0, 1, 2].map(|l| LayerParams::of(&layout, tensor::CONV_W[l], tensor::CONV_B[l])),
             fc: LayerParams::of(&layout, tensor::FC_W, tensor::FC_B),
@@ -233,6 +248,7 @@ impl<D: Device> GpuBackend<D> {
             arena,
             layout,
             spec,
+            upload_stream,
             device_seconds: 0.0,
         })
     }
@@ -254,6 +270,94 @@ impl<D: Device> GpuBackend<D> {
         let end = dev.record_timed_event(self.arena.stream())?;
         self.device_seconds += dev.elapsed_seconds(&start, &end)?;
         Ok(())
+    }
+
+    /// Enqueues the segment's host-to-device copies on the upload stream (HTS-RL: uploads on a
+    /// stream of their own; from the trainer's pinned rollout buffers they are DMA transfers the
+    /// host does not wait for) and makes the compute stream wait for them by an event. The
+    /// upload stream first waits for the compute stream, whose earlier kernels read the same
+    /// buffers. The caller must drain the upload stream before `seg`'s borrow ends.
+    fn upload_segment(&mut self, seg: &Segment) -> Result<()> {
+        let (s, up) = (self.arena.stream(), self.upload_stream);
+        let dev = self.arena.device();
+        let sc = &mut self.learn;
+        let reads_done = dev.record_event(s)?;
+        dev.stream_wait_event(up, &reads_done)?;
+        // SAFETY: every source is borrowed from `seg` for the whole `learn` call, which drains
+        // the upload stream before returning (see `learn`).
+        unsafe {
+            dev.upload_async(up, seg.obs, &mut self.learn_fwd.obs, 0)?;
+            dev.upload_async(up, seg.actions, &mut sc.actions, 0)?;
+            dev.upload_async(up, seg.rewards, &mut sc.rewards, 0)?;
+            dev.upload_async(up, seg.dones, &mut sc.dones, 0)?;
+            dev.upload_async(up, seg.bootstrap_values, &mut sc.bootstrap, 0)?;
+            if let Some(b) = seg.behaviour_log_probs {
+                dev.upload_async(up, b, &mut sc.behaviour, 0)?;
+            }
+        }
+        let landed = dev.record_event(up)?;
+        dev.stream_wait_event(s, &landed)
+    }
+
+    /// The update itself, on the compute stream, once `upload_segment` has enqueued the copies.
+    fn learn_uploaded(&mut self, seg: &Segment, timed: Event) -> Result<Vec<AgentLearnStats>> {
+        let (agents, envs, n) = (self.spec.agents, self.spec.envs_per_agent, self.spec.segment_samples());
+        let hyper = self.spec.hyper;
+        let s = self.arena.stream();
+        {
+            let dev = self.arena.device();
+            let sc = &mut self.learn;
+            launch::nstep_returns(dev, s, &sc.rewards, &sc.dones, &sc.bootstrap, &mut sc.returns, agents, self.spec.n_steps, envs, hyper.gamma)?;
+        }
+        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, None, &mut self.learn_fwd)?;
+        {
+            let (dev, s, params, grads) = self.arena.params_and_grads();
+            let f = &mut self.learn_fwd;
+            let sc = &mut self.learn;
+            let loss = HeadsLossBuffers {
+                actions: &sc.actions,
+                returns: &sc.returns,
+                behaviour_log_probs: seg.behaviour_log_probs.map(|_| &sc.behaviour),
+                dlogits: &mut sc.dlogits,
+                dvalues: &mut sc.dvalues,
+                terms: &mut sc.terms,
+            };
+            launch::heads_forward_loss(
+                dev, s, &f.hidden, params, &mut f.logits, &mut f.values, loss, agents, n, self.heads,
+                hyper.value_coef as f32, hyper.entropy_coef as f32,
+            )?;
+            launch::heads_backward(
+                dev, s, &f.hidden, params, &sc.dlogits, &sc.dvalues, &sc.terms, &mut sc.dhidden, grads, &mut sc.stats,
+                agents, n, self.heads,
+            )?;
+        }
+        // The loss terms come down before the optimizer runs, so a non-finite loss leaves the
+        // parameters unchanged (as the CPU backend does).
+        let mut sums = vec![0f64; agents * 3];
+        self.arena.device().download(s, &self.learn.stats, 0, &mut sums)?;
+        let nf = n as f64;
+        let coefs = crate::backend::cpu::heads::LossCoefs { value: hyper.value_coef, entropy: hyper.entropy_coef };
+        let terms: Vec<LossTerms> = sums
+            .chunks(3)
+            .map(|t| LossTerms { value_loss: t[0] / nf, policy_loss: -t[1] / nf, entropy: t[2] / nf })
+            .collect();
+        crate::backend::check_losses_finite(&terms, coefs)?;
+        {
+            let (dev, s, params, grads) = self.arena.params_and_grads();
+            let f = &self.learn_fwd;
+            let sc = &mut self.learn;
+            let dconv3 = sc.dconv[2].as_mut().expect("dconv3 exists");
+            // fc: one chunk (its batch sum is one block's ascending loop) straight into the arena.
+            launch::conv_backward_filter(dev, s, &self.fc_shape, &f.conv[2], &sc.dhidden, &f.hidden, grads, agents, n, n, FilterTarget::Grads(self.fc), true)?;
+            launch::conv_backward_data(dev, s, &self.fc_shape, &sc.dhidden, &f.hidden, params, dconv3, agents, n, self.fc, true)?;
+        }
+        for l in (0..3).rev() {
+            self.conv_backward(l)?;
+        }
+        let opt = RmsProp { lr: hyper.lr, alpha: hyper.rms_alpha, eps: hyper.rms_eps };
+        let norms = self.arena.clip_and_rmsprop(hyper.max_grad_norm, opt)?;
+        self.end_timed(timed)?;
+        crate::backend::learn_stats(&terms, &norms)
     }
 
     /// What runs the kernels.
@@ -379,72 +483,14 @@ impl<D: Device> Backend for GpuBackend<D> {
         if let Some((i, a)) = seg.actions.iter().enumerate().find(|(_, &a)| a as usize >= num_actions) {
             return Err(Error::Shape(format!("segment action {a} at index {i} is out of range for {num_actions} actions")));
         }
-        let (agents, envs, n) = (self.spec.agents, self.spec.envs_per_agent, self.spec.segment_samples());
-        let hyper = self.spec.hyper;
-        let s = self.arena.stream();
         let timed = self.begin_timed()?;
-        {
-            let dev = self.arena.device();
-            let sc = &mut self.learn;
-            dev.upload(s, seg.obs, &mut self.learn_fwd.obs, 0)?;
-            dev.upload(s, seg.actions, &mut sc.actions, 0)?;
-            dev.upload(s, seg.rewards, &mut sc.rewards, 0)?;
-            dev.upload(s, seg.dones, &mut sc.dones, 0)?;
-            dev.upload(s, seg.bootstrap_values, &mut sc.bootstrap, 0)?;
-            if let Some(b) = seg.behaviour_log_probs {
-                dev.upload(s, b, &mut sc.behaviour, 0)?;
-            }
-            launch::nstep_returns(dev, s, &sc.rewards, &sc.dones, &sc.bootstrap, &mut sc.returns, agents, self.spec.n_steps, envs, hyper.gamma)?;
-        }
-        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, None, &mut self.learn_fwd)?;
-        {
-            let (dev, s, params, grads) = self.arena.params_and_grads();
-            let f = &mut self.learn_fwd;
-            let sc = &mut self.learn;
-            let loss = HeadsLossBuffers {
-                actions: &sc.actions,
-                returns: &sc.returns,
-                behaviour_log_probs: seg.behaviour_log_probs.map(|_| &sc.behaviour),
-                dlogits: &mut sc.dlogits,
-                dvalues: &mut sc.dvalues,
-                terms: &mut sc.terms,
-            };
-            launch::heads_forward_loss(
-                dev, s, &f.hidden, params, &mut f.logits, &mut f.values, loss, agents, n, self.heads,
-                hyper.value_coef as f32, hyper.entropy_coef as f32,
-            )?;
-            launch::heads_backward(
-                dev, s, &f.hidden, params, &sc.dlogits, &sc.dvalues, &sc.terms, &mut sc.dhidden, grads, &mut sc.stats,
-                agents, n, self.heads,
-            )?;
-        }
-        // The loss terms come down before the optimizer runs, so a non-finite loss leaves the
-        // parameters unchanged (as the CPU backend does).
-        let mut sums = vec![0f64; agents * 3];
-        self.arena.device().download(s, &self.learn.stats, 0, &mut sums)?;
-        let nf = n as f64;
-        let coefs = crate::backend::cpu::heads::LossCoefs { value: hyper.value_coef, entropy: hyper.entropy_coef };
-        let terms: Vec<LossTerms> = sums
-            .chunks(3)
-            .map(|t| LossTerms { value_loss: t[0] / nf, policy_loss: -t[1] / nf, entropy: t[2] / nf })
-            .collect();
-        crate::backend::check_losses_finite(&terms, coefs)?;
-        {
-            let (dev, s, params, grads) = self.arena.params_and_grads();
-            let f = &self.learn_fwd;
-            let sc = &mut self.learn;
-            let dconv3 = sc.dconv[2].as_mut().expect("dconv3 exists");
-            // fc: one chunk (its batch sum is one block's ascending loop) straight into the arena.
-            launch::conv_backward_filter(dev, s, &self.fc_shape, &f.conv[2], &sc.dhidden, &f.hidden, grads, agents, n, n, FilterTarget::Grads(self.fc), true)?;
-            launch::conv_backward_data(dev, s, &self.fc_shape, &sc.dhidden, &f.hidden, params, dconv3, agents, n, self.fc, true)?;
-        }
-        for l in (0..3).rev() {
-            self.conv_backward(l)?;
-        }
-        let opt = RmsProp { lr: hyper.lr, alpha: hyper.rms_alpha, eps: hyper.rms_eps };
-        let norms = self.arena.clip_and_rmsprop(hyper.max_grad_norm, opt)?;
-        self.end_timed(timed)?;
-        crate::backend::learn_stats(&terms, &norms)
+        // `seg` is borrowed for this whole call and the upload stream is drained before it
+        // returns, on every path: the asynchronous copies never outlive their sources.
+        let result = self.upload_segment(seg).and_then(|()| self.learn_uploaded(seg, timed));
+        let drained = self.arena.device().synchronize(self.upload_stream);
+        let stats = result?;
+        drained?;
+        Ok(stats)
     }
 
     fn mix(&mut self, in_peers: &[Vec<usize>]) -> Result<()> {
@@ -461,6 +507,10 @@ impl<D: Device> Backend for GpuBackend<D> {
 
     fn find_nonfinite_param(&mut self) -> Result<Option<(usize, usize, f32)>> {
         self.arena.find_nonfinite()
+    }
+
+    fn alloc_pinned_bytes(&self, len: usize) -> Result<Option<HostBuffer<u8>>> {
+        self.arena.device().alloc_host(len).map(Some)
     }
 
     fn copy_params_into(&mut self, dst: &mut dyn Backend) -> Result<()> {
