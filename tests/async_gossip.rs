@@ -1,5 +1,7 @@
 //! Asynchronous gossip on the CPU backend: agents on their own threads.
 
+mod common;
+
 use gala_gpu::algo::async_gossip::{run_async, train_async, AgentCounters, AsyncHooks, AsyncOutcome};
 use gala_gpu::algo::{NoProgress, Topology, Trainer};
 use gala_gpu::backend::BackendKind;
@@ -8,18 +10,7 @@ use std::time::Duration;
 
 /// catch, `agents` × 2 envs × 5 steps, `rounds` updates per agent.
 fn config(agents: usize, rounds: u64) -> Config {
-    Config {
-        game: "catch".into(),
-        agents,
-        envs_per_agent: 2,
-        n_steps: 5,
-        frames: rounds * agents as u64 * 2 * 5,
-        backend: BackendKind::Cpu,
-        threads: 2,
-        seed: 5,
-        gossip_timeout: 60.0,
-        ..Config::default()
-    }
+    common::async_catch_config(agents, rounds, BackendKind::Cpu, 60.0)
 }
 
 fn run(config: &Config, hooks: &AsyncHooks) -> AsyncOutcome {
@@ -120,7 +111,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Frames of one round of `config(3, ..)`: 3 agents × 2 envs × 5 steps.
 const ROUND: u64 = 30;
@@ -196,30 +186,12 @@ fn lock_step_on_threads_resumes_bit_for_bit_from_a_cut() {
 #[test]
 fn ctrl_c_stops_lock_step_agents_at_one_round_and_the_resume_is_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_gala-gpu"))
-        .args([
-            "train", "--game", "catch", "--agents", "3", "--envs-per-agent", "2", "--n-steps", "5", "--frames", "100000000", "--backend",
-            "cpu", "--threads", "2", "--seed", "5", "--agent-threads", "--save-every", "30", "-q", "--out",
-        ])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A periodic checkpoint (a cut) shows that training is under way.
-    let started = Instant::now();
-    let run = loop {
-        let found = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.join("checkpoint.safetensors").exists());
-        if let Some(run) = found {
-            break run;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    std::thread::sleep(Duration::from_millis(200));
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
-    let out = child.wait_with_output().unwrap();
+    let (run, out) = common::interrupt_after_first_checkpoint(
+        &["train", "--game", "catch", "--agents", "3", "--envs-per-agent", "2", "--n-steps", "5", "--frames", "100000000", "--backend",
+            "cpu", "--threads", "2", "--seed", "5", "--agent-threads", "--save-every", "30", "-q"],
+        dir.path(),
+        Duration::from_millis(200),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("checkpoint saved") && stderr.contains("--resume"), "{stderr}");

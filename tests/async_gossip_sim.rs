@@ -5,6 +5,8 @@
 //! Kept small (catch, 2 envs × 5 steps, a few rounds): the simulator runs the conv net on the
 //! CPU, about a tenth of a second per agent update on two cores.
 
+mod common;
+
 use gala_gpu::algo::async_gossip::{run_async, AgentCounters, AsyncHooks};
 use gala_gpu::algo::{NoProgress, Topology, Trainer};
 use gala_gpu::backend::gpu::mailbox::DeviceMailboxes;
@@ -19,18 +21,7 @@ use std::time::{Duration, Instant};
 
 /// catch on the simulator, `agents` × 2 envs × 5 steps, `rounds` updates per agent.
 fn config(agents: usize, rounds: u64) -> Config {
-    Config {
-        game: "catch".into(),
-        agents,
-        envs_per_agent: 2,
-        n_steps: 5,
-        frames: rounds * agents as u64 * 2 * 5,
-        backend: BackendKind::Sim,
-        threads: 2,
-        seed: 5,
-        gossip_timeout: 120.0,
-        ..Config::default()
-    }
+    common::async_catch_config(agents, rounds, BackendKind::Sim, 120.0)
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Run-folder tooling: TensorBoard files, checkpoints and bit-exact resume, Ctrl-C, eval, plot,
 //! and failing cleanly (corrupt checkpoints, NaN, failed saves).
 
+mod common;
+
 use gala_gpu::algo::{NoProgress, Trainer};
 use gala_gpu::backend::BackendKind;
 use gala_gpu::checkpoint::Checkpoint;
@@ -9,7 +11,7 @@ use gala_gpu::run::RunDir;
 use gala_gpu::tfevents::EventWriter;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// 2 agents × 3 envs × 5 steps on catch: 30 frames per update.
 const FRAMES_PER_UPDATE: u64 = 30;
@@ -319,30 +321,12 @@ fn nan_in_the_loss_stops_the_run_and_keeps_the_last_checkpoint() {
 #[test]
 fn ctrl_c_saves_a_checkpoint_that_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_gala-gpu"))
-        .args([
-            "train", "--game", "catch", "--agents", "2", "--envs-per-agent", "3", "--n-steps", "5", "--frames", "100000000", "--backend",
-            "cpu", "--threads", "2", "--seed", "9", "--save-every", "30", "-q", "--out",
-        ])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The first periodic checkpoint shows the handler is installed and training is under way.
-    let started = Instant::now();
-    let run = loop {
-        let found = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.join("checkpoint.safetensors").exists());
-        if let Some(run) = found {
-            break run;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
-    let out = child.wait_with_output().unwrap();
+    let (run, out) = common::interrupt_after_first_checkpoint(
+        &["train", "--game", "catch", "--agents", "2", "--envs-per-agent", "3", "--n-steps", "5", "--frames", "100000000", "--backend",
+            "cpu", "--threads", "2", "--seed", "9", "--save-every", "30", "-q"],
+        dir.path(),
+        Duration::from_millis(300),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("checkpoint saved") && stderr.contains("--resume"), "{stderr}");

@@ -1,0 +1,54 @@
+//! Helpers shared by several test files (each test file is its own crate and includes this
+//! with `mod common;`; not every file uses every helper).
+#![allow(dead_code)]
+
+use gala_gpu::backend::BackendKind;
+use gala_gpu::config::Config;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Asynchronous-gossip tests: catch with `agents` × 2 envs × 5 steps on `backend`, the budget
+/// of `rounds` updates per agent, seed 5.
+pub fn async_catch_config(agents: usize, rounds: u64, backend: BackendKind, gossip_timeout: f64) -> Config {
+    Config {
+        game: "catch".into(),
+        agents,
+        envs_per_agent: 2,
+        n_steps: 5,
+        frames: rounds * agents as u64 * 2 * 5,
+        backend,
+        threads: 2,
+        seed: 5,
+        gossip_timeout,
+        ..Config::default()
+    }
+}
+
+/// Starts `gala-gpu train ARGS --out OUT` (ARGS must set a periodic `--save-every`), waits for
+/// its first checkpoint to appear — training is then under way and the Ctrl-C handler is
+/// installed — lets it run `settle` longer, sends SIGINT and returns the run folder and what
+/// the process printed.
+pub fn interrupt_after_first_checkpoint(args: &[&str], out: &Path, settle: Duration) -> (PathBuf, Output) {
+    let child = Command::new(env!("CARGO_BIN_EXE_gala-gpu"))
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let run = loop {
+        let found = std::fs::read_dir(out).unwrap().map(|e| e.unwrap().path()).find(|p| p.join("checkpoint.safetensors").exists());
+        if let Some(run) = found {
+            break run;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(settle);
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    (run, child.wait_with_output().unwrap())
+}
