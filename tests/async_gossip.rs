@@ -46,26 +46,12 @@ fn a_slow_agent_neither_deadlocks_nor_breaks_the_sync_freq_bound() {
         .collect();
     // Per agent, in round order: never more than sync_freq unmixed rounds in a row.
     for agent in 0..4 {
-        let mut run_len = 0;
-        let mut events: Vec<_> = out.events.iter().filter(|e| e.agent == agent && e.kind != "sent" && e.kind != "send_skipped").collect();
-        events.sort_by_key(|e| e.round);
-        for e in events {
-            match e.kind {
-                "unmixed" => {
-                    run_len += 1;
-                    assert!(run_len <= sync_freq, "agent {agent}: {run_len} unmixed rounds in a row at round {}", e.round);
-                }
-                "blocked" => assert_eq!(run_len, sync_freq, "agent {agent} blocked early at round {}", e.round),
-                "mixed" => run_len = 0,
-                // After a blocked wait, when every peer has already finished its rounds.
-                "peers_done" => {
-                    // Ring: agent's only sender is agent − 1, which must have finished by then.
-                    let sender = (agent + 3) % 4;
-                    assert!(e.seconds >= finished_at[sender], "agent {agent} gave up waiting at round {} before agent {sender} finished", e.round)
-                }
-                other => panic!("unexpected event {other}"),
-            }
-        }
+        // After a blocked wait, when every peer has already finished its rounds.
+        common::assert_sync_freq_bound(&common::receive_events(&out.events, agent), agent, sync_freq, |e| {
+            // Ring: agent's only sender is agent − 1, which must have finished by then.
+            let sender = (agent + 3) % 4;
+            assert!(e.seconds >= finished_at[sender], "agent {agent} gave up waiting at round {} before agent {sender} finished", e.round)
+        });
     }
     // The fast agents had to skip or wait for the slow one at some point.
     assert!(out.events.iter().any(|e| e.kind == "send_skipped" || e.kind == "blocked" || e.kind == "unmixed"));

@@ -68,22 +68,9 @@ fn sim_asynchronous_with_a_slow_agent_neither_deadlocks_nor_breaks_the_sync_freq
     assert_eq!(out.backend, "sim");
     assert!(out.agents.iter().all(|a| a.rounds == rounds), "every agent finishes its rounds");
     for (agent, c) in counters.iter().enumerate() {
-        let mut run_len = 0;
-        let mut events: Vec<_> = out.events.iter().filter(|e| e.agent == agent && e.kind != "sent" && e.kind != "send_skipped").collect();
-        events.sort_by_key(|e| e.round);
+        let events = common::receive_events(&out.events, agent);
         assert_eq!(events.len() as u64, rounds + events.iter().filter(|e| e.kind == "blocked").count() as u64);
-        for e in events {
-            match e.kind {
-                "unmixed" => {
-                    run_len += 1;
-                    assert!(run_len <= sync_freq, "agent {agent}: {run_len} unmixed rounds in a row at round {}", e.round);
-                }
-                "blocked" => assert_eq!(run_len, sync_freq, "agent {agent} blocked early at round {}", e.round),
-                "mixed" => run_len = 0,
-                "peers_done" => {}
-                other => panic!("unexpected event {other}"),
-            }
-        }
+        common::assert_sync_freq_bound(&events, agent, sync_freq, |_| {});
         // Messages went through the device mailboxes: one device-to-device copy per send (ring:
         // one out-peer), and every mix consumed at least one of them.
         let sent = out.events.iter().filter(|e| e.agent == agent && e.kind == "sent").count() as u64;

@@ -52,3 +52,32 @@ pub fn interrupt_after_first_checkpoint(args: &[&str], out: &Path, settle: Durat
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
     (run, child.wait_with_output().unwrap())
 }
+
+/// One agent's receive-side events (sends left out), in round order.
+pub fn receive_events(events: &[gala_gpu::algo::async_gossip::GossipEvent], agent: usize) -> Vec<&gala_gpu::algo::async_gossip::GossipEvent> {
+    let mut mine: Vec<_> = events.iter().filter(|e| e.agent == agent && e.kind != "sent" && e.kind != "send_skipped").collect();
+    mine.sort_by_key(|e| e.round);
+    mine
+}
+
+/// The sync_freq bound on one agent's receive events (`receive_events`): never more than
+/// `sync_freq` unmixed rounds in a row, a blocked wait only after exactly that many, and no
+/// other kinds; `peers_done` events go to `on_peers_done` for the caller's own checks.
+pub fn assert_sync_freq_bound(
+    receives: &[&gala_gpu::algo::async_gossip::GossipEvent], agent: usize, sync_freq: u64,
+    mut on_peers_done: impl FnMut(&gala_gpu::algo::async_gossip::GossipEvent),
+) {
+    let mut run_len = 0;
+    for e in receives {
+        match e.kind {
+            "unmixed" => {
+                run_len += 1;
+                assert!(run_len <= sync_freq, "agent {agent}: {run_len} unmixed rounds in a row at round {}", e.round);
+            }
+            "blocked" => assert_eq!(run_len, sync_freq, "agent {agent} blocked early at round {}", e.round),
+            "mixed" => run_len = 0,
+            "peers_done" => on_peers_done(e),
+            other => panic!("unexpected event {other}"),
+        }
+    }
+}
