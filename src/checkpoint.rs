@@ -285,15 +285,6 @@ pub fn params_to_bytes(net: &NetSpec, agents: usize, params: &[f32]) -> Result<V
         .map_err(|e| Error::Backend(format!("parameters could not be serialised: {e}")))
 }
 
-/// Whether `bytes` are a parameter file (`params_to_bytes`) rather than a checkpoint: lets
-/// tools that need a checkpoint say what they were given.
-pub fn is_params_file(bytes: &[u8]) -> bool {
-    SafeTensors::read_metadata(bytes)
-        .ok()
-        .and_then(|(_, h)| h.metadata().as_ref().and_then(|m| m.get("format").cloned()))
-        .is_some_and(|f| f == PARAMS_FORMAT || f == PARAMS_FORMAT_V1)
-}
-
 /// Reads [agents][P] parameters for `net` from a parameter file (`params_to_bytes`) or from a
 /// full checkpoint — both name them `agent{r}.{name}`. `origin` names the source in errors.
 /// Refused (nothing is returned): a file of another format, a digest mismatch (a damaged

@@ -381,3 +381,58 @@ fn presets_and_names() {
     let pong = list.iter().find(|e| e.game == "pong").expect("pong listed");
     assert!(pong.md5_ok && pong.playable);
 }
+
+/// A saved env state of format version 1 (written before the RGB max-pool existed: its raw
+/// screens are grey, and it has no max-pool byte) loads into a `gala` env as the grey form, so
+/// a run saved then continues exactly with the observations it was trained on.
+#[test]
+fn version_1_states_continue_with_the_grey_max_pool() {
+    let rom = rom("pong");
+    // No no-ops or FIRE steps: their count shifts the phase of Pong's every-other-frame
+    // updates against the 4-frame steps, and in some phases the two max-pool forms agree.
+    let gala = AtariConfig { noop_max: 0, fire_reset: false, ..AtariConfig::for_preset(EnvPreset::Gala, "pong") };
+    let mut old = AtariEnv::new(&rom, AtariConfig { max_pool: MaxPool::Grey, ..gala.clone() }, 5, 0).unwrap();
+    let mut frame = vec![0u8; FRAME_BYTES];
+    old.reset(&mut frame);
+    for t in 0..40u32 {
+        old.step(t / 5 % 6, &mut frame);
+    }
+    let v2 = old.save_state().unwrap();
+    // Version 2 → 1: drop the max-pool byte after the previous action, fix version, length and
+    // the FNV-1a checksum (layout: `STATE_MAGIC` in src/env/atari/mod.rs).
+    let name_len = v2[24] as usize;
+    let at = 24 + 1 + name_len + 4 + 4 + 4 + 1 + 8 * 5 + 5 + 5 + 4;
+    assert_eq!(v2[at], 0, "the grey form is byte 0");
+    let mut v1 = [&v2[..at], &v2[at + 1..v2.len() - 8]].concat();
+    v1[16..20].copy_from_slice(&1u32.to_le_bytes());
+    let len = u32::from_le_bytes(v1[20..24].try_into().unwrap()) - 1;
+    v1[20..24].copy_from_slice(&len.to_le_bytes());
+    let fnv = v1.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    v1.extend_from_slice(&fnv.to_le_bytes());
+
+    let mut resumed = AtariEnv::new(&rom, gala.clone(), 9, 3).unwrap();
+    assert_eq!(resumed.config().max_pool, MaxPool::Rgb);
+    resumed.load_state(&v1).unwrap();
+    assert_eq!(resumed.config().max_pool, MaxPool::Grey, "a version 1 state keeps the grey max-pool");
+    let mut rgb = AtariEnv::new(&rom, gala, 9, 3).unwrap();
+    rgb.load_state(&{
+        let mut s = v2.clone();
+        s[at] = 1; // the same state claiming the RGB form (its screens are grey: only the next steps matter)
+        let n = s.len() - 8;
+        let fnv = s[..n].iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        s[n..].copy_from_slice(&fnv.to_le_bytes());
+        s
+    })
+    .unwrap();
+    let (mut f_old, mut f_new, mut f_rgb) = (vec![0u8; FRAME_BYTES], vec![0u8; FRAME_BYTES], vec![0u8; FRAME_BYTES]);
+    let mut rgb_differs = false;
+    for t in 0..60u32 {
+        let a = t / 4 % 6;
+        let (o, n) = (old.step(a, &mut f_old), resumed.step(a, &mut f_new));
+        rgb.step(a, &mut f_rgb);
+        assert_eq!((o.reward, o.done), (n.reward, n.done), "step {t}");
+        assert_eq!(f_old, f_new, "step {t}: the resumed env's frame differs from the uninterrupted one");
+        rgb_differs |= f_rgb != f_old;
+    }
+    assert!(rgb_differs, "the RGB form would have given other frames, so the test distinguishes them");
+}
