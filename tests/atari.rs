@@ -141,6 +141,19 @@ fn breakout_episodic_life_and_stack_zeroing() {
     assert_eq!(dones, 1);
 }
 
+/// One agent step on a bare emulator: `code` for 4 frames, `grab(ale, slot)` after frames 3
+/// (slot 0) and 4 (slot 1), as MaxAndSkip keeps them; returns the summed reward.
+fn bare_step(ale: &mut Ale, code: i32, mut grab: impl FnMut(&mut Ale, usize)) -> i32 {
+    let mut reward = 0;
+    for i in 0..4 {
+        reward += ale.act(code);
+        if i >= 2 {
+            grab(ale, i - 2);
+        }
+    }
+    reward
+}
+
 #[test]
 fn frames_are_the_max_of_the_last_two_screens_resized() {
     // An AtariEnv without no-ops, fire reset or sticky actions against a bare emulator driven
@@ -172,13 +185,7 @@ fn frames_are_the_max_of_the_last_two_screens_resized() {
     for t in 0..60u32 {
         let a = (t / 7) % codes.len() as u32;
         let out = env.step(a, &mut frame);
-        let mut reward = 0;
-        for i in 0..4 {
-            reward += ale.act(codes[a as usize]);
-            if i >= 2 {
-                ale.grayscale_into(&mut raw[i - 2]);
-            }
-        }
+        let reward = bare_step(&mut ale, codes[a as usize], |ale, slot| ale.grayscale_into(&mut raw[slot]));
         assert_eq!(out.reward, reward as f32);
         let pooled: Vec<u8> = raw[0].iter().zip(&raw[1]).map(|(a, b)| *a.max(b)).collect();
         checked_flicker |= raw[0] != raw[1];
@@ -247,14 +254,10 @@ fn gala_and_dqn_frames_are_baselines_rgb_max_then_grey() {
             // Hold each action for a while so paddles actually travel.
             let a = (t / 9) % codes.len() as u32;
             let out = env.step(a, &mut frame);
-            let mut reward = 0;
-            for i in 0..4 {
-                reward += ale.act(codes[a as usize]);
-                if i >= 2 {
-                    ale.rgb_into(&mut rgb[i - 2]);
-                    ale.grayscale_into(&mut grey[i - 2]);
-                }
-            }
+            let reward = bare_step(&mut ale, codes[a as usize], |ale, slot| {
+                ale.rgb_into(&mut rgb[slot]);
+                ale.grayscale_into(&mut grey[slot]);
+            });
             assert_eq!(out.reward, reward as f32);
             let pooled = baselines_pool(&rgb[0], &rgb[1]);
             assert_matches_reference(&frame, &reference_resize(&pooled, h, w, 84, 84));
