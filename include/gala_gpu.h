@@ -141,6 +141,11 @@ enum GalaStatus gala_engine_act(struct GalaEngine *engine,
 // and the policy-gradient term is weighted by min(1, π(a|s)/μ(a|s)). `stats` may be NULL;
 // otherwise it receives one `GalaLearnStats` per agent (`stats_len` = agents). A NaN or
 // infinite parameter after the update is `GALA_ERR_NON_FINITE` and poisons the engine.
+// Arguments no environment or `gala_engine_act` produces are refused before anything changes
+// (`GALA_ERR_CONFIG`; the handle stays usable): an action outside the policy's range, a
+// `dones` value other than 0.0 and 1.0, a NaN or infinite `bootstrap_values` or
+// `behaviour_log_probs` value. (A NaN reward is learned from and makes the loss NaN:
+// `GALA_ERR_NON_FINITE`.)
 //
 // # Safety
 // Each non-NULL pointer points to as many elements as its length says; `stats` is writable.
@@ -185,6 +190,8 @@ enum GalaStatus gala_engine_params_sha256(struct GalaEngine *engine, char *out, 
 enum GalaStatus gala_engine_read_params(struct GalaEngine *engine, float *out, size_t out_len);
 
 // Replaces all agents' parameters from `params` `[agents][P]` (`params_len` = agents·param_count).
+// A NaN or infinite value is refused (`GALA_ERR_CONFIG`, naming the tensor and element) and
+// changes nothing.
 //
 // # Safety
 // `params` points to `params_len` readable floats.
@@ -193,15 +200,18 @@ enum GalaStatus gala_engine_write_params(struct GalaEngine *engine,
                                          size_t params_len);
 
 // Saves the parameters to `path` as safetensors with the checkpoint's PyTorch names
-// (`agent0.conv1.weight`, …): `safetensors.torch.load_file` reads it.
+// (`agent0.conv1.weight`, …): `safetensors.torch.load_file` reads it. Its metadata holds a
+// SHA-256 of the contents, checked by `gala_engine_load_params`.
 //
 // # Safety
 // `path` is a NUL-terminated string.
 enum GalaStatus gala_engine_save_params(struct GalaEngine *engine, const char *path);
 
 // Loads parameters from a file written by `gala_engine_save_params`, or from a `gala-gpu`
-// checkpoint (or run folder) of the same agents and network. A file that does not match
-// changes nothing (`GALA_ERR_CONFIG`, naming the tensor).
+// checkpoint (or run folder) of the same agents and network. A file that does not match —
+// another agent count, another network, a checksum that does not match its contents (a
+// damaged file), a NaN or infinite value, not a parameter file or checkpoint at all — changes
+// nothing (`GALA_ERR_CONFIG`, saying which); an unreadable file is `GALA_ERR_IO`.
 //
 // # Safety
 // `path` is a NUL-terminated string.

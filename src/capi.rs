@@ -391,6 +391,11 @@ pub unsafe extern "C" fn gala_engine_act(
 /// and the policy-gradient term is weighted by min(1, π(a|s)/μ(a|s)). `stats` may be NULL;
 /// otherwise it receives one `GalaLearnStats` per agent (`stats_len` = agents). A NaN or
 /// infinite parameter after the update is `GALA_ERR_NON_FINITE` and poisons the engine.
+/// Arguments no environment or `gala_engine_act` produces are refused before anything changes
+/// (`GALA_ERR_CONFIG`; the handle stays usable): an action outside the policy's range, a
+/// `dones` value other than 0.0 and 1.0, a NaN or infinite `bootstrap_values` or
+/// `behaviour_log_probs` value. (A NaN reward is learned from and makes the loss NaN:
+/// `GALA_ERR_NON_FINITE`.)
 ///
 /// # Safety
 /// Each non-NULL pointer points to as many elements as its length says; `stats` is writable.
@@ -513,6 +518,8 @@ pub unsafe extern "C" fn gala_engine_read_params(engine: *mut GalaEngine, out: *
 }
 
 /// Replaces all agents' parameters from `params` `[agents][P]` (`params_len` = agents·param_count).
+/// A NaN or infinite value is refused (`GALA_ERR_CONFIG`, naming the tensor and element) and
+/// changes nothing.
 ///
 /// # Safety
 /// `params` points to `params_len` readable floats.
@@ -529,7 +536,8 @@ pub unsafe extern "C" fn gala_engine_write_params(engine: *mut GalaEngine, param
 }
 
 /// Saves the parameters to `path` as safetensors with the checkpoint's PyTorch names
-/// (`agent0.conv1.weight`, …): `safetensors.torch.load_file` reads it.
+/// (`agent0.conv1.weight`, …): `safetensors.torch.load_file` reads it. Its metadata holds a
+/// SHA-256 of the contents, checked by `gala_engine_load_params`.
 ///
 /// # Safety
 /// `path` is a NUL-terminated string.
@@ -545,8 +553,10 @@ pub unsafe extern "C" fn gala_engine_save_params(engine: *mut GalaEngine, path: 
 }
 
 /// Loads parameters from a file written by `gala_engine_save_params`, or from a `gala-gpu`
-/// checkpoint (or run folder) of the same agents and network. A file that does not match
-/// changes nothing (`GALA_ERR_CONFIG`, naming the tensor).
+/// checkpoint (or run folder) of the same agents and network. A file that does not match —
+/// another agent count, another network, a checksum that does not match its contents (a
+/// damaged file), a NaN or infinite value, not a parameter file or checkpoint at all — changes
+/// nothing (`GALA_ERR_CONFIG`, saying which); an unreadable file is `GALA_ERR_IO`.
 ///
 /// # Safety
 /// `path` is a NUL-terminated string.

@@ -230,11 +230,38 @@ fn extract_arena(
     Ok(arena)
 }
 
-const PARAMS_FORMAT: &str = "gala-gpu params 1";
+/// Parameter files carry a `sha256` digest like checkpoints (module docs), checked on load.
+const PARAMS_FORMAT: &str = "gala-gpu params 2";
+/// Parameter files written before the digest was added: still loaded, with nothing to check
+/// them against.
+const PARAMS_FORMAT_V1: &str = "gala-gpu params 1";
+
+/// Checks a file's stored `sha256` against its tensors and metadata (`views` in name order).
+fn verify_digest(views: &[(String, safetensors::tensor::TensorView)], meta: &BTreeMap<String, String>) -> std::result::Result<(), String> {
+    let want = digest(views.iter().map(|(k, v)| (k.as_str(), v.dtype().to_string(), v.shape(), v.data())), meta);
+    match meta.get("sha256") {
+        Some(got) if *got == want => Ok(()),
+        Some(got) => Err(format!("checksum mismatch (stored {got}, computed {want})")),
+        None => Err("no sha256 in its metadata".into()),
+    }
+}
+
+/// The first NaN or infinite value of an arena [agents][P], named by agent, tensor and element.
+pub fn find_nonfinite(layout: &ParamLayout, arena: &[f32]) -> Option<String> {
+    let p = layout.total.max(1);
+    let i = arena.iter().position(|x| !x.is_finite())?;
+    let (agent, off) = (i / p, i % p);
+    let place = match layout.tensors.iter().find(|t| t.range().contains(&off)) {
+        Some(t) => format!("`{}` element {}", param_name(agent, t.name), off - t.offset),
+        None => format!("agent {agent} index {off}"),
+    };
+    Some(format!("{place} is {}", arena[i]))
+}
 
 /// Serialises the parameters of `agents` agents ([agents][P] for `net`) as a safetensors file
 /// holding only the `agent{r}.{name}` tensors of a checkpoint (same names, shapes and bytes),
-/// so PyTorch loads it the same way; the metadata records the shape it was written for.
+/// so PyTorch loads it the same way; the metadata records the shape it was written for and a
+/// `sha256` digest as checkpoints have.
 pub fn params_to_bytes(net: &NetSpec, agents: usize, params: &[f32]) -> Result<Vec<u8>> {
     let layout = net.layout();
     if params.len() != agents * layout.total {
@@ -242,7 +269,7 @@ pub fn params_to_bytes(net: &NetSpec, agents: usize, params: &[f32]) -> Result<V
     }
     let mut tensors = BTreeMap::new();
     insert_arena(&mut tensors, &layout, agents, params, param_name);
-    let meta: HashMap<String, String> = [
+    let mut meta: BTreeMap<String, String> = [
         ("format", PARAMS_FORMAT.to_string()),
         ("net", format!("{:?}", net.preset).to_lowercase()),
         ("actions", net.actions.to_string()),
@@ -251,19 +278,51 @@ pub fn params_to_bytes(net: &NetSpec, agents: usize, params: &[f32]) -> Result<V
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    let sha = digest(tensors.iter().map(|(k, t)| (k.as_str(), t.dtype.to_string(), t.shape.as_slice(), t.data.as_slice())), &meta);
+    meta.insert("sha256".into(), sha);
+    let meta: HashMap<String, String> = meta.into_iter().collect();
     safetensors::serialize(tensors.iter().map(|(k, t)| (k.clone(), t)), Some(meta))
         .map_err(|e| Error::Backend(format!("parameters could not be serialised: {e}")))
 }
 
 /// Reads [agents][P] parameters for `net` from a parameter file (`params_to_bytes`) or from a
 /// full checkpoint — both name them `agent{r}.{name}`. `origin` names the source in errors.
+/// Refused (nothing is returned): a file of another format, a digest mismatch (a damaged
+/// file), another agent count, another network shape, and NaN or infinite values.
 pub fn params_from_bytes(bytes: &[u8], net: &NetSpec, agents: usize, origin: &str) -> Result<Vec<f32>> {
     let refuse = |why: String| Error::Config(format!("parameters from {origin} refused: {why}"));
     let st = SafeTensors::deserialize(bytes).map_err(|e| refuse(format!("not a valid safetensors file ({e})")))?;
-    let views = st.tensors();
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| refuse(format!("bad header ({e})")))?;
+    let meta: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
+    let mut views = st.tensors();
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    match meta.get("format").map(String::as_str) {
+        Some(PARAMS_FORMAT | FORMAT) => verify_digest(&views, &meta).map_err(|why| refuse(format!("{why}; the file is damaged")))?,
+        Some(PARAMS_FORMAT_V1) => {}
+        other => {
+            return Err(refuse(format!(
+                "not a gala-gpu parameter file or checkpoint (format {other:?}, expected {PARAMS_FORMAT:?} or {FORMAT:?})"
+            )))
+        }
+    }
+    let shape = || format!("{agents} agents of a {:?} net with {} actions", net.preset, net.actions);
+    // Agents are counted from the tensor names, so a file of more agents is not silently cut
+    // to this engine's first ones.
+    let held = views
+        .iter()
+        .filter_map(|(k, _)| k.strip_prefix("agent")?.split_once('.')?.0.parse::<usize>().ok())
+        .max()
+        .map_or(0, |r| r + 1);
+    if held != agents {
+        return Err(refuse(format!("it holds {held} agents, this engine has {agents} (the file must hold {})", shape())));
+    }
     let tensors: HashMap<&str, &safetensors::tensor::TensorView> = views.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    extract_arena(&tensors, &net.layout(), agents, param_name)
-        .map_err(|why| refuse(format!("{why} (the file must hold {agents} agents of a {:?} net with {} actions)", net.preset, net.actions)))
+    let layout = net.layout();
+    let arena = extract_arena(&tensors, &layout, agents, param_name).map_err(|why| refuse(format!("{why} (the file must hold {})", shape())))?;
+    if let Some(what) = find_nonfinite(&layout, &arena) {
+        return Err(refuse(format!("{what}; parameters must be finite")));
+    }
+    Ok(arena)
 }
 
 impl Checkpoint {
@@ -373,17 +432,22 @@ impl Checkpoint {
         let st = SafeTensors::deserialize(bytes).map_err(|e| refuse(format!("not a valid safetensors file ({e})")))?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| refuse(format!("bad header ({e})")))?;
         let meta: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
-        if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(refuse(format!("not a gala-gpu checkpoint (format {:?}, expected {FORMAT:?})", meta.get("format"))));
+        match meta.get("format").map(String::as_str) {
+            Some(FORMAT) => {}
+            // Not damage: a file of another kind. Say what it is and what is needed instead.
+            Some(PARAMS_FORMAT | PARAMS_FORMAT_V1) => {
+                return Err(Error::Config(format!(
+                    "{} is a parameter file (written by gala_engine_save_params / Engine::save_params), not a checkpoint: it holds the \
+                     network's weights but no game, preset or run settings; give a run folder or its {CHECKPOINT_FILE}, or load the \
+                     file into an engine with gala_engine_load_params / Engine::load_params",
+                    origin.display()
+                )))
+            }
+            other => return Err(refuse(format!("not a gala-gpu checkpoint (format {other:?}, expected {FORMAT:?})"))),
         }
         let mut views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
         views.sort_by(|a, b| a.0.cmp(&b.0));
-        let want = digest(views.iter().map(|(k, v)| (k.as_str(), v.dtype().to_string(), v.shape(), v.data())), &meta);
-        match meta.get("sha256") {
-            Some(got) if *got == want => {}
-            Some(got) => return Err(refuse(format!("checksum mismatch (stored {got}, computed {want})"))),
-            None => return Err(refuse("no sha256 in its metadata".into())),
-        }
+        verify_digest(&views, &meta).map_err(refuse)?;
         let get = |k: &str| meta.get(k).ok_or_else(|| refuse(format!("metadata lacks `{k}`")));
         let num = |k: &str| -> Result<u64> { get(k)?.parse::<u64>().map_err(|_| refuse(format!("metadata `{k}` is not a number"))) };
         let config = Config::from_toml_str(get("config")?, origin)?;

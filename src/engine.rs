@@ -183,8 +183,16 @@ impl Engine {
 
     /// One A2C update of every agent from `segment` (layouts in [`crate::backend`]; sizes are
     /// checked first, so a wrong size changes nothing). Returns per-agent losses and norms.
+    ///
+    /// Values that cannot come from an environment or from `act` are refused before anything
+    /// changes (`Error::Config`): `dones` other than 0.0 and 1.0 (they would silently make
+    /// wrong returns), and NaN or infinite bootstrap values or behaviour log-probabilities
+    /// (outputs of `act`, which are always finite for finite parameters). A NaN reward is not
+    /// refused here: it makes the loss NaN, which `learn` reports as `Error::NonFinite` like any
+    /// divergence (the trainer's NaN test hook relies on that path).
     pub fn learn(&mut self, segment: &Segment) -> Result<Vec<AgentLearnStats>> {
         segment.check(self.spec())?;
+        check_segment_values(segment)?;
         self.backend.learn(segment)
     }
 
@@ -219,11 +227,15 @@ impl Engine {
         self.backend.read_params()
     }
 
-    /// Replaces all agents' parameters (`[agents][P]`).
+    /// Replaces all agents' parameters (`[agents][P]`). NaN or infinite values are refused
+    /// (`Error::Config`, naming the tensor) and change nothing.
     pub fn write_params(&mut self, params: &[f32]) -> Result<()> {
         let want = self.agents() * self.param_count();
         if params.len() != want {
             return Err(Error::Shape(format!("write_params: {} values, expected {want}", params.len())));
+        }
+        if let Some(what) = crate::checkpoint::find_nonfinite(&self.spec().net.layout(), params) {
+            return Err(Error::Config(format!("write_params: {what}; parameters must be finite")));
         }
         self.backend.write_params(params)
     }
@@ -268,7 +280,8 @@ impl Engine {
     }
 
     /// Loads parameters from `export_params` bytes or a checkpoint file's bytes (the
-    /// `agent{r}.*` tensors must match this engine's agents and network).
+    /// `agent{r}.*` tensors must match this engine's agents and network, the stored digest the
+    /// contents, and every value must be finite; otherwise `Error::Config` and nothing changes).
     pub fn import_params(&mut self, bytes: &[u8]) -> Result<()> {
         let params = crate::checkpoint::params_from_bytes(bytes, &self.spec().net, self.agents(), "the given bytes")?;
         self.backend.write_params(&params)
@@ -286,6 +299,20 @@ impl Engine {
         let params = crate::checkpoint::params_from_bytes(&bytes, &self.spec().net, self.agents(), &file.display().to_string())?;
         self.backend.write_params(&params)
     }
+}
+
+/// The value checks of [`Engine::learn`] (sizes are `Segment::check`'s).
+fn check_segment_values(segment: &Segment) -> Result<()> {
+    if let Some((i, d)) = segment.dones.iter().enumerate().find(|(_, &d)| d != 0.0 && d != 1.0) {
+        return Err(Error::Config(format!("learn: `dones[{i}]` is {d}; dones must be 0.0 (the episode goes on) or 1.0 (it ended with that step)")));
+    }
+    let finite = [("bootstrap_values", Some(segment.bootstrap_values)), ("behaviour_log_probs", segment.behaviour_log_probs)];
+    for (name, values) in finite {
+        if let Some((i, v)) = values.and_then(|v| v.iter().enumerate().find(|(_, x)| !x.is_finite())) {
+            return Err(Error::Config(format!("learn: `{name}[{i}]` is {v}; it must be finite")));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

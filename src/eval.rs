@@ -127,6 +127,9 @@ pub struct EvalReport {
     /// (random, human) when the game has reference scores.
     pub reference: Option<(f64, f64)>,
     pub frames_in_gif: usize,
+    /// Why the GIF could not be written after the games were played (the scores above are
+    /// still valid and worth printing); None when it was written or not asked for.
+    pub gif_error: Option<String>,
 }
 
 impl EvalReport {
@@ -168,10 +171,36 @@ pub fn env_settings(config: &crate::config::Config, seed: u64) -> Result<EnvSett
     })
 }
 
-/// Plays `episodes` full games with agent `agent` of a checkpoint.
+/// Checks, before any work, that a file can be created at `path` (`flag` names the option in
+/// the message): its folder exists and is writable, and the path is not a folder. The check
+/// creates and removes a probe file next to it, as the final write will.
+pub fn check_output_path(flag: &str, path: &std::path::Path) -> Result<()> {
+    let refuse = |why: String| Error::Config(format!("{flag} {}: {why}; choose another path", path.display()));
+    if path.is_dir() {
+        return Err(refuse("is a folder".into()));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(refuse(format!("the folder {} does not exist", parent.display())));
+    }
+    let probe = parent.join(format!(".gala-gpu-probe-{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| refuse(format!("cannot write in {} ({e})", parent.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Plays `episodes` full games with agent `agent` of a checkpoint. The GIF's path is checked
+/// before the games; if writing it still fails afterwards, the report carries the scores and
+/// `gif_error`.
 pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
     if opts.episodes == 0 {
         return Err(Error::Config("--episodes must be at least 1".into()));
+    }
+    if let Some(path) = &opts.gif {
+        check_output_path("--gif", path)?;
     }
     let ck = Checkpoint::load(&opts.source)?;
     let params = ck.agent_params(opts.agent).ok_or_else(|| {
@@ -235,9 +264,10 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
         }
     }
     let frames_in_gif = gif_frames.len();
-    if let Some(path) = &opts.gif {
-        write_gif(path, &gif_frames)?;
-    }
+    let gif_error = match &opts.gif {
+        Some(path) => write_gif(path, &gif_frames).err().map(|e| e.to_string()),
+        None => None,
+    };
     let scores: Vec<f64> = scores.into_iter().flatten().collect();
     let mut sorted = scores.clone();
     sorted.sort_by(f64::total_cmp);
@@ -253,6 +283,7 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
         reference: reference_scores(game.canonical()),
         scores,
         frames_in_gif,
+        gif_error,
     })
 }
 

@@ -540,7 +540,11 @@ fn eval(args: EvalArgs) -> Result<()> {
         seed: args.seed,
         threads,
     })?;
+    // The scores first: they stand even when the GIF could not be written.
     println!("{}", report.describe());
+    if let Some(why) = report.gif_error {
+        bail!("the scores above are complete, but the GIF was not written: {why}");
+    }
     if let Some(gif) = args.gif {
         eprintln!("first game ({} frames) written to {}", report.frames_in_gif, gif.display());
     }

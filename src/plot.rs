@@ -1,5 +1,7 @@
 //! `gala-gpu plot RUN_DIR`: the learning curve (mean return over the last 100 games vs frames,
 //! for every agent and their mean) as an SVG, from metrics.csv and metrics_agents.csv.
+//! An agent's curve averages its own last 100 games, which span more frames than the last 100
+//! games of all agents together, so it lags the all-agents line; the legend says so.
 //! plotters' SVG backend emits `<text>` elements, so no font library is needed.
 
 use crate::error::{Error, Result};
@@ -9,12 +11,35 @@ use std::path::{Path, PathBuf};
 /// (frames, value) points of one curve.
 type Curve = Vec<(f64, f64)>;
 
-fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+/// A data row and its 1-based line number in the file (for error messages).
+struct Row {
+    line: usize,
+    fields: Vec<String>,
+}
+
+fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Row>)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut lines = text.lines();
     let header = lines.next().unwrap_or("").split(',').map(str::to_string).collect();
-    let rows = lines.filter(|l| !l.trim().is_empty()).map(|l| l.split(',').map(str::to_string).collect()).collect();
+    let rows = lines
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| Row { line: i + 2, fields: l.split(',').map(str::to_string).collect() })
+        .collect();
     Ok((header, rows))
+}
+
+/// Column `c` of `row` as a number; `Ok(None)` when the field is empty (`mean_return_100`
+/// before the first finished game) or missing (a row cut short by a crash). Anything else
+/// that is not a number is an error naming the file, line and column, rather than a row
+/// silently dropped.
+fn number<T: std::str::FromStr>(row: &Row, c: usize, name: &str, path: &Path) -> Result<Option<T>> {
+    match row.fields.get(c).map(|f| f.trim()) {
+        None | Some("") => Ok(None),
+        Some(f) => f.parse().map(Some).map_err(|_| {
+            Error::Config(format!("{}:{}: column `{name}` holds {f:?}, not a number; fix or delete that line", path.display(), row.line))
+        }),
+    }
 }
 
 fn column(header: &[String], name: &str, path: &Path) -> Result<usize> {
@@ -26,16 +51,23 @@ pub fn learning_curves(run: &Path) -> Result<(Curve, Vec<Curve>)> {
     let mpath = run.join("metrics.csv");
     let (h, rows) = read_csv(&mpath)?;
     let (fc, rc) = (column(&h, "frames", &mpath)?, column(&h, "mean_return_100", &mpath)?);
-    let point = |row: &[String], f: usize, r: usize| -> Option<(f64, f64)> { Some((row.get(f)?.parse().ok()?, row.get(r)?.parse().ok()?)) };
-    let mean: Curve = rows.iter().filter_map(|r| point(r, fc, rc)).collect();
+    let point = |row: &Row, f: usize, r: usize, path: &Path| -> Result<Option<(f64, f64)>> {
+        let x = number::<f64>(row, f, "frames", path)?;
+        let y = number::<f64>(row, r, "mean_return_100", path)?;
+        Ok(x.zip(y))
+    };
+    let mut mean: Curve = Vec::new();
+    for row in &rows {
+        mean.extend(point(row, fc, rc, &mpath)?);
+    }
     let mut agents: Vec<Curve> = Vec::new();
     let apath = run.join("metrics_agents.csv");
     if apath.exists() {
         let (h, rows) = read_csv(&apath)?;
         let (fc, ac, rc) = (column(&h, "frames", &apath)?, column(&h, "agent", &apath)?, column(&h, "mean_return_100", &apath)?);
         for row in &rows {
-            let Some(agent) = row.get(ac).and_then(|a| a.parse::<usize>().ok()) else { continue };
-            if let Some(p) = point(row, fc, rc) {
+            let Some(agent) = number::<usize>(row, ac, "agent", &apath)? else { continue };
+            if let Some(p) = point(row, fc, rc, &apath)? {
                 if agents.len() <= agent {
                     agents.resize(agent + 1, Vec::new());
                 }
@@ -44,6 +76,21 @@ pub fn learning_curves(run: &Path) -> Result<(Curve, Vec<Curve>)> {
         }
     }
     Ok((mean, agents))
+}
+
+/// A frame count as an axis label: `1M`, `2.5M`, `40k`, `500` (the full digits of 2,000,000
+/// are hard to read at a glance and plotters would print `2000000.0`).
+pub fn frames_label(x: f64) -> String {
+    let (scaled, unit) = match x.abs() {
+        a if a >= 1e9 => (x / 1e9, "G"),
+        a if a >= 1e6 => (x / 1e6, "M"),
+        a if a >= 1e3 => (x / 1e3, "k"),
+        _ => (x, ""),
+    };
+    // Up to two decimals, trailing zeros dropped: 1M, 1.5M, 1.25M.
+    let text = format!("{scaled:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}{unit}")
 }
 
 /// Renders the SVG text.
@@ -74,6 +121,7 @@ pub fn render_svg(title: &str, mean: &Curve, agents: &[Curve]) -> Result<String>
         chart
             .configure_mesh()
             .x_desc("frames")
+            .x_label_formatter(&|x| frames_label(*x))
             .y_desc("mean return (last 100 games)")
             .draw()
             .map_err(|e| draw_err(e.to_string()))?;
@@ -82,13 +130,13 @@ pub fn render_svg(title: &str, mean: &Curve, agents: &[Curve]) -> Result<String>
             chart
                 .draw_series(LineSeries::new(curve.iter().copied(), color.stroke_width(1)))
                 .map_err(|e| draw_err(e.to_string()))?
-                .label(format!("agent {r}"))
+                .label(format!("agent {r} (its own last 100 games)"))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
         chart
             .draw_series(LineSeries::new(mean.iter().copied(), BLACK.stroke_width(3)))
             .map_err(|e| draw_err(e.to_string()))?
-            .label("all agents")
+            .label("all agents (last 100 games of any agent)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
         chart
             .configure_series_labels()

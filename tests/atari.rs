@@ -4,7 +4,7 @@
 
 use gala_gpu::env::atari::ale::{Ale, AleOptions};
 use gala_gpu::env::atari::preprocess::{max_into, AreaResize};
-use gala_gpu::env::atari::{roms, AtariConfig, AtariEnv};
+use gala_gpu::env::atari::{roms, AtariConfig, AtariEnv, MaxPool};
 use gala_gpu::env::{make_env, make_vec_env, EnvPreset, EnvSettings, Environment, GameId, FRAME_BYTES};
 use gala_gpu::model::{FRAME_STACK, OBS_BYTES};
 use gala_gpu::rng::{PhiloxStream, Purpose};
@@ -141,11 +141,25 @@ fn breakout_episodic_life_and_stack_zeroing() {
     assert_eq!(dones, 1);
 }
 
+/// One agent step on a bare emulator: `code` for 4 frames, `grab(ale, slot)` after frames 3
+/// (slot 0) and 4 (slot 1), as MaxAndSkip keeps them; returns the summed reward.
+fn bare_step(ale: &mut Ale, code: i32, mut grab: impl FnMut(&mut Ale, usize)) -> i32 {
+    let mut reward = 0;
+    for i in 0..4 {
+        reward += ale.act(code);
+        if i >= 2 {
+            grab(ale, i - 2);
+        }
+    }
+    reward
+}
+
 #[test]
 fn frames_are_the_max_of_the_last_two_screens_resized() {
     // An AtariEnv without no-ops, fire reset or sticky actions against a bare emulator driven
     // with the same action codes: each agent frame must equal the f64 area average of the
-    // pixel-wise max of raw frames 3 and 4.
+    // pixel-wise max of raw grey frames 3 and 4 (the grey max-pool: Gymnasium's
+    // AtariPreprocessing, the machado preset's).
     let rom = rom("pong");
     let config = AtariConfig {
         noop_max: 0,
@@ -153,7 +167,9 @@ fn frames_are_the_max_of_the_last_two_screens_resized() {
         fire_reset: false,
         repeat_action_probability: 0.0,
         max_episode_frames: 0,
+        ..AtariConfig::for_preset(EnvPreset::Machado, "pong")
     };
+    assert_eq!(config.max_pool, MaxPool::Grey, "machado keeps Gymnasium's grey max-pool");
     let mut env = AtariEnv::new(&rom, config, 9, 0).unwrap();
     let codes = env.action_codes().to_vec();
     let mut ale = Ale::new(&rom, AleOptions { seed: 123, repeat_action_probability: 0.0 }).unwrap();
@@ -169,13 +185,7 @@ fn frames_are_the_max_of_the_last_two_screens_resized() {
     for t in 0..60u32 {
         let a = (t / 7) % codes.len() as u32;
         let out = env.step(a, &mut frame);
-        let mut reward = 0;
-        for i in 0..4 {
-            reward += ale.act(codes[a as usize]);
-            if i >= 2 {
-                ale.grayscale_into(&mut raw[i - 2]);
-            }
-        }
+        let reward = bare_step(&mut ale, codes[a as usize], |ale, slot| ale.grayscale_into(&mut raw[slot]));
         assert_eq!(out.reward, reward as f32);
         let pooled: Vec<u8> = raw[0].iter().zip(&raw[1]).map(|(a, b)| *a.max(b)).collect();
         checked_flicker |= raw[0] != raw[1];
@@ -197,6 +207,75 @@ fn frames_are_the_max_of_the_last_two_screens_resized() {
         let mut dst = vec![0u8; 84 * 84];
         r.apply(&src, &mut dst);
         assert_matches_reference(&dst, &reference_resize(&src, sh, sw, 84, 84));
+    }
+}
+
+/// baselines' `WarpFrame` grey: OpenCV 4's `COLOR_RGB2GRAY` on uint8, written out here from
+/// OpenCV's `RGB2Gray<uchar>` (imgproc/src/color_rgb.simd.hpp: RY15, GY15, BY15 with
+/// gray_shift 15, CV_DESCALE = add half, shift) independently of the library. BY15 is 3735,
+/// not round(0.114·2^15) = 3736, so that the weights sum to exactly 2^15.
+fn opencv_grey(r: u8, g: u8, b: u8) -> u8 {
+    const SHIFT: u32 = 15;
+    let (wr, wg, wb) = (9798u32, 19235u32, 3735u32);
+    assert_eq!(wr + wg + wb, 1 << SHIFT);
+    ((r as u32 * wr + g as u32 * wg + b as u32 * wb + (1 << (SHIFT - 1))) >> SHIFT) as u8
+}
+
+/// baselines' observation of two RGB screens: channel-wise max (MaxAndSkipEnv), then grey.
+fn baselines_pool(a: &[u8], b: &[u8]) -> Vec<u8> {
+    a.chunks_exact(3).zip(b.chunks_exact(3)).map(|(x, y)| opencv_grey(x[0].max(y[0]), x[1].max(y[1]), x[2].max(y[2]))).collect()
+}
+
+#[test]
+fn gala_and_dqn_frames_are_baselines_rgb_max_then_grey() {
+    // The `gala` preset's env (without no-ops, fire reset and the frame cap, so a bare
+    // emulator can follow it) against frames built from ALE's RGB screens by baselines'
+    // formulas: max over the RGB frames 3 and 4 of each step, OpenCV grey, area resize.
+    for game in ["pong", "breakout"] {
+        let rom = rom(game);
+        let preset = AtariConfig::for_preset(EnvPreset::Gala, game);
+        assert_eq!(preset.max_pool, MaxPool::Rgb);
+        assert_eq!(AtariConfig::for_preset(EnvPreset::Dqn, game).max_pool, MaxPool::Rgb);
+        let config = AtariConfig { noop_max: 0, fire_reset: false, episodic_life: false, max_episode_frames: 0, ..preset };
+        let mut env = AtariEnv::new(&rom, config, 4, 0).unwrap();
+        let codes = env.action_codes().to_vec();
+        let mut ale = Ale::new(&rom, AleOptions { seed: 77, repeat_action_probability: 0.0 }).unwrap();
+        let (h, w) = (ale.screen_height(), ale.screen_width());
+        let mut frame = vec![0u8; FRAME_BYTES];
+        env.reset(&mut frame);
+        ale.reset_game();
+        let mut rgb = [vec![0u8; 3 * h * w], vec![0u8; 3 * h * w]];
+        let mut grey = [vec![0u8; h * w], vec![0u8; h * w]];
+        ale.rgb_into(&mut rgb[1]);
+        // The reset observation is one raw frame, converted the same way.
+        assert_matches_reference(&frame, &reference_resize(&baselines_pool(&rgb[1], &rgb[1]), h, w, 84, 84));
+        let (mut differs, mut order_matters, mut steps) = (0, 0, 0);
+        for t in 0..120u32 {
+            // Hold each action for a while so paddles actually travel.
+            let a = (t / 9) % codes.len() as u32;
+            let out = env.step(a, &mut frame);
+            let reward = bare_step(&mut ale, codes[a as usize], |ale, slot| {
+                ale.rgb_into(&mut rgb[slot]);
+                ale.grayscale_into(&mut grey[slot]);
+            });
+            assert_eq!(out.reward, reward as f32);
+            let pooled = baselines_pool(&rgb[0], &rgb[1]);
+            assert_matches_reference(&frame, &reference_resize(&pooled, h, w, 84, 84));
+            // How often the order matters (grey each frame, with the same grey formula, then
+            // the max), and how often ALE's grey max-pool would have given another frame.
+            let g: Vec<Vec<u8>> = rgb.iter().map(|f| baselines_pool(f, f)).collect();
+            let grey_first: Vec<u8> = g[0].iter().zip(&g[1]).map(|(a, b)| *a.max(b)).collect();
+            order_matters += usize::from(grey_first != pooled);
+            let grey_pool: Vec<u8> = grey[0].iter().zip(&grey[1]).map(|(a, b)| *a.max(b)).collect();
+            let mut grey_frame = vec![0u8; FRAME_BYTES];
+            AreaResize::new(h, w, 84, 84).unwrap().apply(&grey_pool, &mut grey_frame);
+            differs += usize::from(grey_frame != frame);
+            steps += 1;
+        }
+        eprintln!("{game}: {steps} steps; max-then-grey ≠ grey-then-max on {order_matters} screens; ALE's grey max-pool differs from baselines' in {differs} frames");
+        if game == "pong" {
+            assert!(order_matters > 0, "pong: pooling RGB or grey never differed, so this test shows nothing");
+        }
     }
 }
 
@@ -298,9 +377,65 @@ fn presets_and_names() {
     assert_eq!((g.noop_max, g.episodic_life, g.fire_reset, g.max_episode_frames), (30, true, true, 400_000));
     let m = AtariConfig::for_preset(EnvPreset::Machado, "pong");
     assert_eq!((m.episodic_life, m.max_episode_frames), (false, 108_000));
+    assert_eq!((g.max_pool, m.max_pool), (MaxPool::Rgb, MaxPool::Grey), "gala: baselines' RGB max-pool; machado: Gymnasium's grey one");
     let list = roms::list().unwrap();
     let _ = rom("pong");
     let list = if list.is_empty() { roms::list().unwrap() } else { list };
     let pong = list.iter().find(|e| e.game == "pong").expect("pong listed");
     assert!(pong.md5_ok && pong.playable);
+}
+
+/// A saved env state of format version 1 (written before the RGB max-pool existed: its raw
+/// screens are grey, and it has no max-pool byte) loads into a `gala` env as the grey form, so
+/// a run saved then continues exactly with the observations it was trained on.
+#[test]
+fn version_1_states_continue_with_the_grey_max_pool() {
+    let rom = rom("pong");
+    // No no-ops or FIRE steps: their count shifts the phase of Pong's every-other-frame
+    // updates against the 4-frame steps, and in some phases the two max-pool forms agree.
+    let gala = AtariConfig { noop_max: 0, fire_reset: false, ..AtariConfig::for_preset(EnvPreset::Gala, "pong") };
+    let mut old = AtariEnv::new(&rom, AtariConfig { max_pool: MaxPool::Grey, ..gala.clone() }, 5, 0).unwrap();
+    let mut frame = vec![0u8; FRAME_BYTES];
+    old.reset(&mut frame);
+    for t in 0..40u32 {
+        old.step(t / 5 % 6, &mut frame);
+    }
+    let v2 = old.save_state().unwrap();
+    // Version 2 → 1: drop the max-pool byte after the previous action, fix version, length and
+    // the FNV-1a checksum (layout: `STATE_MAGIC` in src/env/atari/mod.rs).
+    let name_len = v2[24] as usize;
+    let at = 24 + 1 + name_len + 4 + 4 + 4 + 1 + 8 * 5 + 5 + 5 + 4;
+    assert_eq!(v2[at], 0, "the grey form is byte 0");
+    let mut v1 = [&v2[..at], &v2[at + 1..v2.len() - 8]].concat();
+    v1[16..20].copy_from_slice(&1u32.to_le_bytes());
+    let len = u32::from_le_bytes(v1[20..24].try_into().unwrap()) - 1;
+    v1[20..24].copy_from_slice(&len.to_le_bytes());
+    let fnv = v1.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    v1.extend_from_slice(&fnv.to_le_bytes());
+
+    let mut resumed = AtariEnv::new(&rom, gala.clone(), 9, 3).unwrap();
+    assert_eq!(resumed.config().max_pool, MaxPool::Rgb);
+    resumed.load_state(&v1).unwrap();
+    assert_eq!(resumed.config().max_pool, MaxPool::Grey, "a version 1 state keeps the grey max-pool");
+    let mut rgb = AtariEnv::new(&rom, gala, 9, 3).unwrap();
+    rgb.load_state(&{
+        let mut s = v2.clone();
+        s[at] = 1; // the same state claiming the RGB form (its screens are grey: only the next steps matter)
+        let n = s.len() - 8;
+        let fnv = s[..n].iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        s[n..].copy_from_slice(&fnv.to_le_bytes());
+        s
+    })
+    .unwrap();
+    let (mut f_old, mut f_new, mut f_rgb) = (vec![0u8; FRAME_BYTES], vec![0u8; FRAME_BYTES], vec![0u8; FRAME_BYTES]);
+    let mut rgb_differs = false;
+    for t in 0..60u32 {
+        let a = t / 4 % 6;
+        let (o, n) = (old.step(a, &mut f_old), resumed.step(a, &mut f_new));
+        rgb.step(a, &mut f_rgb);
+        assert_eq!((o.reward, o.done), (n.reward, n.done), "step {t}");
+        assert_eq!(f_old, f_new, "step {t}: the resumed env's frame differs from the uninterrupted one");
+        rgb_differs |= f_rgb != f_old;
+    }
+    assert!(rgb_differs, "the RGB form would have given other frames, so the test distinguishes them");
 }

@@ -336,3 +336,166 @@ fn c_abi_and_rust_engine_agree() {
     assert_ne!(sha, Engine::new(&Config::from_toml_str(toml, Path::new("t")).unwrap(), 3).unwrap().params_sha256().unwrap());
     assert_eq!(gala_engine_free(c), GalaStatus::GalaOk);
 }
+
+/// A handle is still usable: act works on it and it is not poisoned.
+fn assert_usable(engine: *mut GalaEngine) {
+    let obs = vec![0u8; 2 * OBS];
+    assert_eq!(act(engine, Some(&obs), 2), GalaStatus::GalaOk, "{}", last_error());
+}
+
+/// `gala_engine_load_params` refuses files of another agent count (a parameter export and a
+/// trainer checkpoint of 4 agents into a 2-agent engine), damaged files (one flipped bit
+/// anywhere: payload or header) and non-finite values; each is `GALA_ERR_CONFIG` with the
+/// reason, changes nothing, and leaves the handle usable.
+#[test]
+fn load_params_refuses_other_agent_counts_damage_and_non_finite_values() {
+    let engine = small_engine();
+    let tmp = tempfile::tempdir().unwrap();
+    let cpath = |name: &str| CString::new(tmp.path().join(name).to_str().unwrap()).unwrap();
+    let mut info = GalaEngineInfo::default();
+    // SAFETY: valid handle and out pointer.
+    assert_eq!(unsafe { gala_engine_info(engine, &mut info) }, GalaStatus::GalaOk);
+    let mut before = vec![0f32; info.agents * info.param_count];
+    // SAFETY: `before` holds agents × param_count floats.
+    assert_eq!(unsafe { gala_engine_read_params(engine, before.as_mut_ptr(), before.len()) }, GalaStatus::GalaOk);
+    let unchanged = |what: &str| {
+        let mut now = vec![0f32; before.len()];
+        // SAFETY: `now` holds agents × param_count floats.
+        assert_eq!(unsafe { gala_engine_read_params(engine, now.as_mut_ptr(), now.len()) }, GalaStatus::GalaOk);
+        assert!(now == before, "{what}: the refused load changed the parameters");
+        assert_usable(engine);
+    };
+
+    // A parameter export of a 4-agent engine (same network and actions).
+    let four = CString::new("agents = 4\nenvs_per_agent = 1\nn_steps = 2\nbackend = \"cpu\"\nthreads = 1\nseed = 3\n").unwrap();
+    let mut big = std::ptr::null_mut();
+    let four_file = cpath("four.safetensors");
+    // SAFETY: valid C strings and out pointer.
+    unsafe {
+        assert_eq!(gala_engine_create(four.as_ptr(), 3, &mut big), GalaStatus::GalaOk, "{}", last_error());
+        assert_eq!(gala_engine_save_params(big, four_file.as_ptr()), GalaStatus::GalaOk, "{}", last_error());
+        assert_eq!(gala_engine_load_params(engine, four_file.as_ptr()), GalaStatus::GalaErrConfig);
+    }
+    assert!(last_error().contains("4 agents") && last_error().contains("has 2"), "{}", last_error());
+    unchanged("4-agent export");
+    assert_eq!(gala_engine_free(big), GalaStatus::GalaOk);
+
+    // A trainer checkpoint of 4 agents on catch (3 actions, like this engine).
+    let config = Config { agents: 4, envs_per_agent: 1, n_steps: 2, game: "catch".into(), threads: 1, backend: gala_gpu::backend::BackendKind::Cpu, ..Config::default() };
+    let ck = Trainer::new(&config).unwrap().checkpoint(0.0).unwrap();
+    ck.save(&tmp.path().join("ck.safetensors")).unwrap();
+    // SAFETY: valid handle and C string.
+    assert_eq!(unsafe { gala_engine_load_params(engine, cpath("ck.safetensors").as_ptr()) }, GalaStatus::GalaErrConfig);
+    assert!(last_error().contains("4 agents"), "{}", last_error());
+    unchanged("4-agent checkpoint");
+    // The same trainer with 2 agents loads: checkpoints are accepted when they match.
+    let ck2 = Trainer::new(&Config { agents: 2, ..config }).unwrap().checkpoint(0.0).unwrap();
+    ck2.save(&tmp.path().join("ck2.safetensors")).unwrap();
+    // SAFETY: valid handle and C string.
+    assert_eq!(unsafe { gala_engine_load_params(engine, cpath("ck2.safetensors").as_ptr()) }, GalaStatus::GalaOk, "{}", last_error());
+    // SAFETY: `before` holds agents × param_count floats.
+    assert_eq!(unsafe { gala_engine_write_params(engine, before.as_ptr(), before.len()) }, GalaStatus::GalaOk);
+
+    // One flipped bit, in the tensor bytes or in the JSON header, is refused.
+    let good_file = cpath("good.safetensors");
+    // SAFETY: valid handle and C string.
+    assert_eq!(unsafe { gala_engine_save_params(engine, good_file.as_ptr()) }, GalaStatus::GalaOk);
+    let good = std::fs::read(tmp.path().join("good.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let payload = good.len() - 8 - header_len;
+    let header = std::str::from_utf8(&good[8..8 + header_len]).unwrap();
+    // A bit of a metadata value (the action count "3" becomes "2"): still valid JSON.
+    let meta_at = 8 + header.find("\"actions\":\"3\"").expect("actions in the metadata") + "\"actions\":\"".len();
+    for (what, at, bit) in [("payload", 8 + header_len + payload / 3, 0x01u8), ("payload, high bit", 8 + header_len + payload - 5, 0x80), ("metadata", meta_at, 0x01)] {
+        let mut bad = good.clone();
+        bad[at] ^= bit;
+        let name = format!("flip{at}.safetensors");
+        std::fs::write(tmp.path().join(&name), &bad).unwrap();
+        // SAFETY: valid handle and C string.
+        assert_eq!(unsafe { gala_engine_load_params(engine, cpath(&name).as_ptr()) }, GalaStatus::GalaErrConfig, "{what}");
+        assert!(last_error().contains("checksum"), "{what}: {}", last_error());
+        unchanged(what);
+    }
+
+    // NaN and infinity in a file (written with a valid checksum by the library itself).
+    for (what, value) in [("NaN", f32::NAN), ("inf", f32::INFINITY)] {
+        let mut params = before.clone();
+        params[info.param_count + 7] = value;
+        let net = gala_gpu::model::NetSpec::new(gala_gpu::model::NetPreset::Gala, 3);
+        let bytes = gala_gpu::checkpoint::params_to_bytes(&net, 2, &params).unwrap();
+        std::fs::write(tmp.path().join("nan.safetensors"), bytes).unwrap();
+        // SAFETY: valid handle and C string.
+        assert_eq!(unsafe { gala_engine_load_params(engine, cpath("nan.safetensors").as_ptr()) }, GalaStatus::GalaErrConfig, "{what}");
+        assert!(last_error().contains("agent1.conv1.weight") && last_error().contains("finite"), "{what}: {}", last_error());
+        unchanged(what);
+    }
+    assert_eq!(gala_engine_free(engine), GalaStatus::GalaOk);
+}
+
+/// `gala_engine_write_params` refuses NaN/inf parameters and `gala_engine_learn` refuses
+/// `dones` outside {0, 1} and non-finite behaviour log-probs or bootstrap values: argument
+/// errors (`GALA_ERR_CONFIG`) that change nothing and leave the handle usable.
+#[test]
+fn write_params_and_learn_refuse_values_they_cannot_use() {
+    let engine = small_engine();
+    let mut info = GalaEngineInfo::default();
+    // SAFETY: valid handle and out pointer.
+    assert_eq!(unsafe { gala_engine_info(engine, &mut info) }, GalaStatus::GalaOk);
+    let mut params = vec![0f32; info.agents * info.param_count];
+    // SAFETY: `params` holds agents × param_count floats.
+    assert_eq!(unsafe { gala_engine_read_params(engine, params.as_mut_ptr(), params.len()) }, GalaStatus::GalaOk);
+    let sha = || {
+        let mut out = [0 as std::ffi::c_char; 65];
+        // SAFETY: `out` holds 65 bytes.
+        assert_eq!(unsafe { gala_engine_params_sha256(engine, out.as_mut_ptr(), out.len()) }, GalaStatus::GalaOk);
+        // SAFETY: NUL-terminated by the call.
+        unsafe { CStr::from_ptr(out.as_ptr()) }.to_str().unwrap().to_string()
+    };
+    let start = sha();
+    for value in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut bad = params.clone();
+        bad[info.param_count - 1] = value; // agent 0's critic.bias
+        // SAFETY: `bad` holds agents × param_count floats.
+        assert_eq!(unsafe { gala_engine_write_params(engine, bad.as_ptr(), bad.len()) }, GalaStatus::GalaErrConfig, "{value}");
+        assert!(last_error().contains("agent0.critic.bias") && last_error().contains("finite"), "{value}: {}", last_error());
+        assert_eq!(sha(), start, "{value}: a refused write changed the parameters");
+        assert_usable(engine);
+    }
+
+    let (n, s) = (2usize, 4usize); // agents × envs, agents × n_steps × envs
+    let obs = vec![7u8; s * OBS];
+    let acts = vec![0u32, 1, 2, 1];
+    let rewards = vec![1.0f32, 0.0, -1.0, 0.0];
+    let good_dones = vec![0.0f32, 1.0, 0.0, 0.0];
+    let values = vec![0.1f32, -0.2];
+    let good_lp = vec![-1.1f32, -0.9, -1.0, -1.2];
+    let learn = |dones: &[f32], boot: &[f32], lp: Option<&[f32]>| {
+        let (lp_ptr, lp_len) = lp.map_or((std::ptr::null(), 0), |l| (l.as_ptr(), l.len()));
+        // SAFETY: every buffer is valid for the length passed.
+        unsafe {
+            gala_engine_learn(
+                engine, obs.as_ptr(), obs.len(), acts.as_ptr(), s, rewards.as_ptr(), s, dones.as_ptr(), s, boot.as_ptr(), n, lp_ptr, lp_len,
+                std::ptr::null_mut(), 0,
+            )
+        }
+    };
+    for d in [0.5f32, 2.0, -1.0, f32::NAN] {
+        let dones = vec![0.0, d, 0.0, 0.0];
+        assert_eq!(learn(&dones, &values, None), GalaStatus::GalaErrConfig, "dones {d}");
+        assert!(last_error().contains("dones[1]"), "{d}: {}", last_error());
+        assert_eq!(sha(), start);
+    }
+    for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let lp = vec![-1.0, -1.0, v, -1.0];
+        assert_eq!(learn(&good_dones, &values, Some(&lp)), GalaStatus::GalaErrConfig, "log-prob {v}");
+        assert!(last_error().contains("behaviour_log_probs[2]"), "{v}: {}", last_error());
+        assert_eq!(learn(&good_dones, &[0.0, v], Some(&good_lp)), GalaStatus::GalaErrConfig, "bootstrap {v}");
+        assert!(last_error().contains("bootstrap_values[1]"), "{v}: {}", last_error());
+        assert_eq!(sha(), start);
+    }
+    assert_usable(engine);
+    // The handle was never poisoned: a valid segment still learns.
+    assert_eq!(learn(&good_dones, &values, Some(&good_lp)), GalaStatus::GalaOk, "{}", last_error());
+    assert_ne!(sha(), start);
+    assert_eq!(gala_engine_free(engine), GalaStatus::GalaOk);
+}

@@ -155,3 +155,19 @@ fn cuda_without_a_gpu_is_one_clear_line_and_leaves_no_run_folder() {
     fails_with(&["train", "-q", "--game", "catch", "--backend", "cuda", "--out", dir.path().to_str().unwrap()], "NVIDIA driver");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the run that never started left a folder");
 }
+
+/// GALA_ROM_DIR naming a file: every ROM command says which variable to fix (not only the
+/// OS's "File exists").
+#[test]
+fn a_rom_dir_that_is_a_file_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("roms");
+    std::fs::write(&file, "not a folder").unwrap();
+    for args in [&["roms", "list"][..], &["roms", "install"], &["train", "--game", "pong", "--frames", "400", "--out", dir.path().to_str().unwrap()]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gala-gpu")).args(args).env("GALA_ROM_DIR", &file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail: {stderr}");
+        let line = stderr.lines().find(|l| l.contains("error")).unwrap_or_default();
+        assert!(line.contains("GALA_ROM_DIR") && line.contains("not a directory") && line.contains(file.to_str().unwrap()), "{args:?}: {stderr}");
+    }
+}

@@ -384,3 +384,92 @@ fn resume_of_a_missing_folder_is_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.trim().lines().count() == 1 && stderr.contains("/nonexistent/run"), "{stderr}");
 }
+
+/// `eval` on a parameter export (gala_engine_save_params) says what the file is and what eval
+/// needs, instead of calling it truncated or corrupt.
+#[test]
+fn eval_of_a_parameter_file_says_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { agents: 1, envs_per_agent: 1, n_steps: 1, backend: BackendKind::Cpu, threads: 1, ..Config::default() };
+    let path = dir.path().join("params.safetensors");
+    gala_gpu::engine::Engine::new(&config, 3).unwrap().save_params(&path).unwrap();
+    let out = gala(&["eval", path.to_str().unwrap(), "--episodes", "1"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.trim().lines().count() == 1, "{stderr}");
+    assert!(stderr.contains("is a parameter file") && stderr.contains("run folder") && !stderr.contains("corrupt"), "{stderr}");
+}
+
+/// `eval --gif` checks its output path before playing: a missing folder or a folder as the
+/// file fails at once, naming the flag, with no scores printed.
+#[test]
+fn eval_checks_the_gif_path_before_playing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train_in_folder(&small_config(8, 1), dir.path());
+    let missing = dir.path().join("no/such/folder/game.gif");
+    let cases = [(missing.to_str().unwrap(), "does not exist"), (dir.path().to_str().unwrap(), "is a folder")];
+    for (gif, why) in cases {
+        let started = std::time::Instant::now();
+        let out = gala(&["eval", run.to_str().unwrap(), "--episodes", "20000", "--gif", gif, "--threads", "1"], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.trim().lines().count() == 1, "{gif}: {stderr}");
+        assert!(stderr.contains("--gif") && stderr.contains(why), "{gif}: {stderr}");
+        assert!(out.stdout.is_empty(), "{gif}: no games were to be played");
+        assert!(started.elapsed() < Duration::from_secs(20), "{gif}: the games were played first ({:?})", started.elapsed());
+    }
+}
+
+fn fake_run(dir: &Path, metrics: &str, agents: Option<&str>) -> PathBuf {
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("metrics.csv"), metrics).unwrap();
+    if let Some(a) = agents {
+        std::fs::write(run.join("metrics_agents.csv"), a).unwrap();
+    }
+    run
+}
+
+/// A metrics.csv with text in a numeric column: `plot` names the file, line and column instead
+/// of reporting that no games were logged. Empty returns (no finished game yet) are skipped.
+#[test]
+fn plot_names_a_bad_line_in_metrics_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = gala_gpu::run::METRICS_HEADER;
+    let metrics = format!("{header}\n30,1,0,,0,0.1,0.1,1.0,0.5,100,0.3\n60,2,3,oops,0,0.1,0.1,1.0,0.5,100,0.6\n");
+    let run = fake_run(dir.path(), &metrics, None);
+    let out = gala(&["plot", run.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.trim().lines().count() == 1, "{stderr}");
+    assert!(stderr.contains("metrics.csv:3") && stderr.contains("mean_return_100") && stderr.contains("oops"), "{stderr}");
+    // The same in metrics_agents.csv, and a good file plots.
+    let good = format!("{header}\n30,1,0,,0,0.1,0.1,1.0,0.5,100,0.3\n60,2,3,0.5,0,0.1,0.1,1.0,0.5,100,0.6\n");
+    let agents = format!("{}\n60,2,0,2,0.5,0.1,0.1,1.0,0.5\n60,2,x1,1,0.5,0.1,0.1,1.0,0.5\n", gala_gpu::run::AGENT_METRICS_HEADER);
+    let run = fake_run(dir.path(), &good, Some(&agents));
+    let stderr = String::from_utf8_lossy(&gala(&["plot", run.to_str().unwrap()], &[]).stderr).to_string();
+    assert!(stderr.contains("metrics_agents.csv:3") && stderr.contains("`agent`"), "{stderr}");
+    std::fs::remove_file(run.join("metrics_agents.csv")).unwrap();
+    assert!(gala(&["plot", run.to_str().unwrap()], &[]).status.success());
+}
+
+/// The frames axis reads 1M, 2M… (k on short runs), not 1000000.0, and the legend says each
+/// agent's curve is over its own last 100 games.
+#[test]
+fn plot_labels_frames_in_k_and_m_and_explains_the_agent_curves() {
+    let texts = |top: f64| -> Vec<String> {
+        let mean: Vec<(f64, f64)> = (0..=20).map(|i| (top * i as f64 / 20.0, i as f64 / 20.0)).collect();
+        let agent: Vec<(f64, f64)> = mean.iter().map(|&(x, y)| (x, y * 0.9)).collect();
+        let svg = gala_gpu::plot::render_svg("t", &mean, &[agent.clone(), agent]).unwrap();
+        let doc = roxmltree::Document::parse(&svg).unwrap();
+        doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).map(|s| s.trim().to_string()).collect()
+    };
+    for (top, unit, example) in [(40e6, 'M', "10M"), (48_000.0, 'k', "10k")] {
+        let t = texts(top);
+        assert!(t.iter().any(|s| s == example), "{top}: no `{example}` label in {t:?}");
+        let labels: Vec<&String> = t.iter().filter(|s| s.starts_with(|c: char| c.is_ascii_digit())).collect();
+        assert!(labels.iter().any(|s| s.ends_with(unit)), "{top}: {labels:?}");
+        assert!(labels.iter().all(|s| !s.contains("000")), "{top}: raw frame counts in {labels:?}");
+        assert!(t.iter().any(|s| s.contains("agent 1") && s.contains("own last 100 games")), "{t:?}");
+    }
+    assert_eq!(gala_gpu::plot::frames_label(1_500_000.0), "1.5M");
+    assert_eq!(gala_gpu::plot::frames_label(2_000_000.0), "2M");
+    assert_eq!(gala_gpu::plot::frames_label(500.0), "500");
+}

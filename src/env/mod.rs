@@ -65,9 +65,10 @@ pub trait Environment: Send {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum EnvPreset {
-    /// NoFrameskip-v4 with the baselines wrappers, as GALA's code runs it.
+    /// NoFrameskip-v4 with the baselines wrappers (RGB max-pool), as GALA's code runs it.
     Gala,
-    /// Machado et al. 2018: sticky actions 0.25, no episodic life, 108,000-frame cap.
+    /// Machado et al. 2018: sticky actions 0.25, no episodic life, 108,000-frame cap, grey
+    /// max-pool as Gymnasium's AtariPreprocessing.
     Machado,
     /// The DQN Nature settings.
     Dqn,

@@ -142,6 +142,24 @@ impl Ale {
         unsafe { ale_sys::getScreenGrayscale(self.ptr(), out.as_mut_ptr()) }
     }
 
+    /// Writes the current screen's palette indices (ALE's `getScreen`: one byte per pixel,
+    /// even values; `preprocess::NTSC_RGB[p >> 1]` is the colour) into `out` [height·width].
+    #[inline]
+    pub fn screen_into(&mut self, out: &mut [u8]) {
+        assert_eq!(out.len(), self.width * self.height, "screen buffer size");
+        // SAFETY: valid handle; `out` holds exactly width·height bytes, which is what
+        // ALE's getScreen copies (its pixel_t is one byte).
+        unsafe { ale_sys::getScreen(self.ptr(), out.as_mut_ptr()) }
+    }
+
+    /// Writes the current screen as RGB (ALE's `getScreenRGB`, 3 bytes per pixel, row-major)
+    /// into `out` [height·width·3].
+    pub fn rgb_into(&mut self, out: &mut [u8]) {
+        assert_eq!(out.len(), 3 * self.width * self.height, "RGB buffer size");
+        // SAFETY: valid handle; `out` holds exactly 3·width·height bytes, what getScreenRGB writes.
+        unsafe { ale_sys::getScreenRGB(self.ptr(), out.as_mut_ptr()) }
+    }
+
     /// The emulator's complete state as bytes: ALE's `cloneSystemState` (console RAM, CPU, TIA
     /// and cartridge registers, the game's score/lives bookkeeping, the frame counters and ALE's
     /// own Mersenne-Twister, which the "system" variant adds over `cloneState`), serialised by

@@ -24,12 +24,20 @@
 //! state plus every wrapper counter and buffer) in a small versioned format with a checksum; see
 //! `STATE_MAGIC` below.
 //!
-//! Grey levels come from ALE's `getScreenGrayscale` (palette luminance 0.2989 R + 0.587 G +
-//! 0.114 B, rounded), and the max-pool is taken over the two grey frames, as Gymnasium's
-//! `AtariPreprocessing` and ale-py's `AtariVectorEnv` do. Baselines instead max-pools the RGB
-//! frames and converts with OpenCV's fixed-point weights; that differs only where two flickering
-//! sprites of different colours overlap, or by one grey level of rounding, and reading one byte
-//! per pixel (on two of every four frames) instead of three keeps the emulator the bottleneck.
+//! The max-pool has two forms ([`MaxPool`]), chosen by the preset:
+//! * `Rgb` (`gala`, `dqn`: baselines' `MaxAndSkipEnv` then `WarpFrame`): the channel-wise max
+//!   of the two RGB frames, converted to grey with OpenCV's fixed-point `COLOR_RGB2GRAY`. It
+//!   is computed from ALE's palette indices (`getScreen`, one byte per pixel) through a
+//!   128×128 table of grey(max(RGB(a), RGB(b))) ([`preprocess::RgbMaxGrey`]), so it reads no
+//!   more than the grey form and costs one lookup per pixel.
+//! * `Grey` (`machado`: Gymnasium's `AtariPreprocessing` and ale-py's `AtariVectorEnv`): ALE's
+//!   `getScreenGrayscale` (round(0.2989 R + 0.587 G + 0.114 B)) of each frame, then the max of
+//!   the two grey frames.
+//! They are not interchangeable: the max of two greys is not the grey of the max colour
+//! wherever a pixel changes colour between the two frames (any moving object over a
+//! background of another colour, not only overlapping flickering sprites), and the two grey
+//! formulas round differently. On Pong the agent's green paddle over the brown field differs
+//! by up to 16 grey levels in 11–78% of frames; on Breakout the two agree.
 
 pub mod ale;
 pub mod preprocess;
@@ -40,20 +48,34 @@ use crate::error::{Error, Result};
 use crate::model::FRAME_HW;
 use crate::rng::{PhiloxStream, Purpose};
 use ale::{Ale, AleOptions, FIRE, NOOP};
-use preprocess::{max_into, AreaResize};
+use preprocess::{max_into, rgb_max_grey, AreaResize};
 use roms::VerifiedRom;
 
 /// Agent steps: every action is repeated for this many emulator frames.
 pub const FRAME_SKIP: u32 = 4;
 
-/// Saved-state header: magic, then a u32 LE format version. Version 1 layout (all LE):
+/// Saved-state header: magic, then a u32 LE format version. Version 2 layout (all LE):
 /// u32 payload length; payload = u8 game-name length + name, u32 screen height, u32 width,
 /// i32 lives, u8 real_done, u64 game_frames, f64 game_score, u64 game_steps, u64 seed and u64
 /// index keying the env's Philox streams, u32 + u8 no-op stream position, u32 + u8 sticky stream
-/// position, i32 previous emulated action, the two raw grey screens (height·width bytes each),
+/// position, i32 previous emulated action, u8 max-pool form (0 grey, 1 RGB: what the screens
+/// below hold), the two raw screens (height·width bytes each: grey levels or palette indices),
 /// u32 length + ALE's encoded system state; then a u64 FNV-1a checksum of everything before it.
+/// Version 1 (before the RGB form existed) lacks the max-pool byte and its screens are grey: it
+/// loads as the grey form, so a run saved then continues with the observations it was trained
+/// on, whatever its preset says today.
 const STATE_MAGIC: &[u8; 16] = b"gala-atari-state";
-const STATE_VERSION: u32 = 1;
+const STATE_VERSION: u32 = 2;
+
+/// How the last two raw frames of a step become one grey frame (module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaxPool {
+    /// Channel-wise max of the RGB frames, then OpenCV's grey (baselines).
+    Rgb,
+    /// ALE's grey of each frame, then their max (Gymnasium's `AtariPreprocessing`).
+    Grey,
+}
 
 /// The resolved Atari settings of a run (printed and stored with it).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -69,6 +91,8 @@ pub struct AtariConfig {
     pub repeat_action_probability: f32,
     /// A game is cut off (and counted as over) after this many raw frames; 0: never.
     pub max_episode_frames: u64,
+    /// The max-pool's form: `Rgb` as baselines, `Grey` as Gymnasium.
+    pub max_pool: MaxPool,
 }
 
 impl AtariConfig {
@@ -76,12 +100,13 @@ impl AtariConfig {
     ///
     /// - `gala`: `XNoFrameskip-v4` + baselines wrappers, as the GALA code trains: 30 no-ops,
     ///   episodic life, fire reset, no sticky actions, gym's TimeLimit of 100,000 × the v4
-    ///   frameskip (400k raw frames, 300k for SpaceInvaders).
+    ///   frameskip (400k raw frames, 300k for SpaceInvaders), RGB max-pool.
     /// - `machado`: Machado et al. 2018: sticky actions 0.25, no episodic life, a 108,000-frame
     ///   cap, and neither no-op starts nor fire reset (sticky actions supply the randomness;
-    ///   like `ALE/X-v5`).
+    ///   like `ALE/X-v5`), with Gymnasium's `AtariPreprocessing` grey max-pool, which is how
+    ///   `ALE/X-v5` games are usually preprocessed.
     /// - `dqn`: the DQN protocol with baselines' training wrappers: 30 no-ops, episodic life,
-    ///   fire reset, no sticky actions, a 108,000-frame (30-minute) cap.
+    ///   fire reset, no sticky actions, a 108,000-frame (30-minute) cap, RGB max-pool.
     pub fn for_preset(preset: EnvPreset, game: &str) -> AtariConfig {
         match preset {
             EnvPreset::Gala => AtariConfig {
@@ -90,6 +115,7 @@ impl AtariConfig {
                 fire_reset: true,
                 repeat_action_probability: 0.0,
                 max_episode_frames: if game == "space_invaders" { 300_000 } else { 400_000 },
+                max_pool: MaxPool::Rgb,
             },
             EnvPreset::Machado => AtariConfig {
                 noop_max: 0,
@@ -97,6 +123,7 @@ impl AtariConfig {
                 fire_reset: false,
                 repeat_action_probability: 0.25,
                 max_episode_frames: 108_000,
+                max_pool: MaxPool::Grey,
             },
             EnvPreset::Dqn => AtariConfig {
                 noop_max: 30,
@@ -104,6 +131,7 @@ impl AtariConfig {
                 fire_reset: true,
                 repeat_action_probability: 0.0,
                 max_episode_frames: 108_000,
+                max_pool: MaxPool::Rgb,
             },
         }
     }
@@ -131,8 +159,9 @@ pub struct AtariEnv {
     /// ALE codes of the minimal action set (the policy's action i is `actions[i]`).
     actions: Vec<i32>,
     fire: bool,
-    /// The last two raw grey screens, kept across steps as baselines' MaxAndSkip keeps its
-    /// buffer (a game that ends on the first or second frame of a step pools stale frames).
+    /// The last two raw screens (grey levels, or palette indices for the RGB max-pool), kept
+    /// across steps as baselines' MaxAndSkip keeps its buffer (a game that ends on the first or
+    /// second frame of a step pools stale frames).
     raw: [Vec<u8>; 2],
     pooled: Vec<u8>,
     resize: AreaResize,
@@ -214,8 +243,8 @@ impl AtariEnv {
         (r, self.ale.game_over() || capped)
     }
 
-    /// MaxAndSkip + Monitor: repeat `code` for 4 frames, grab the grey screens of the last two,
-    /// leave their max in `pooled`.
+    /// MaxAndSkip + Monitor: repeat `code` for 4 frames, grab the screens of the last two,
+    /// leave their max-pool (in grey) in `pooled`.
     fn skip_step(&mut self, code: i32) -> SkipOutcome {
         let mut reward = 0i64;
         let mut done = false;
@@ -224,14 +253,20 @@ impl AtariEnv {
             reward += r as i64;
             if i + 2 >= FRAME_SKIP {
                 let slot = (i + 2 - FRAME_SKIP) as usize;
-                self.ale.grayscale_into(&mut self.raw[slot]);
+                match self.config.max_pool {
+                    MaxPool::Rgb => self.ale.screen_into(&mut self.raw[slot]),
+                    MaxPool::Grey => self.ale.grayscale_into(&mut self.raw[slot]),
+                }
             }
             if d {
                 done = true;
                 break;
             }
         }
-        max_into(&self.raw[0], &self.raw[1], &mut self.pooled);
+        match self.config.max_pool {
+            MaxPool::Rgb => rgb_max_grey().pool_into(&self.raw[0], &self.raw[1], &mut self.pooled),
+            MaxPool::Grey => max_into(&self.raw[0], &self.raw[1], &mut self.pooled),
+        }
         self.game_score += reward as f64;
         self.game_steps += 1;
         SkipOutcome { reward: reward as f64, real_done: done }
@@ -265,7 +300,13 @@ impl AtariEnv {
                 self.game_score = 0.0;
             }
         }
-        self.ale.grayscale_into(&mut self.pooled);
+        match self.config.max_pool {
+            MaxPool::Rgb => {
+                self.ale.screen_into(&mut self.pooled);
+                rgb_max_grey().grey_in_place(&mut self.pooled);
+            }
+            MaxPool::Grey => self.ale.grayscale_into(&mut self.pooled),
+        }
     }
 
     /// EpisodicLife.reset: a real reset after a game over, else one no-op step from the
@@ -355,6 +396,10 @@ impl Environment for AtariEnv {
             p.push(used as u8);
         }
         p.extend_from_slice(&self.prev_code.to_le_bytes());
+        p.push(match self.config.max_pool {
+            MaxPool::Grey => 0,
+            MaxPool::Rgb => 1,
+        });
         p.extend_from_slice(&self.raw[0]);
         p.extend_from_slice(&self.raw[1]);
         p.extend_from_slice(&(ale_state.len() as u32).to_le_bytes());
@@ -384,8 +429,8 @@ impl Environment for AtariEnv {
         }
         let mut r = Reader { bytes: state, at: STATE_MAGIC.len() };
         let version = r.u32().ok_or_else(|| bad("truncated".into()))?;
-        if version != STATE_VERSION {
-            return Err(bad(format!("format version {version}, this build reads version {STATE_VERSION}")));
+        if version != STATE_VERSION && version != 1 {
+            return Err(bad(format!("format version {version}, this build reads versions 1 and {STATE_VERSION}")));
         }
         let len = r.u32().ok_or_else(|| bad("truncated".into()))? as usize;
         if state.len() != header + len + 8 {
@@ -426,6 +471,12 @@ impl Environment for AtariEnv {
         if prev_code != NOOP && !self.actions.contains(&prev_code) {
             return Err(bad(format!("previous action {prev_code} is not one of this game's")));
         }
+        // Version 1 screens are grey (see `STATE_VERSION`).
+        let max_pool = match if version == 1 { 0 } else { r.u8().ok_or_else(truncated)? } {
+            0 => MaxPool::Grey,
+            1 => MaxPool::Rgb,
+            v => return Err(bad(format!("max-pool form {v}"))),
+        };
         let raw0 = r.take(h * w).ok_or_else(truncated)?;
         let raw1 = r.take(h * w).ok_or_else(truncated)?;
         let ale_len = r.u32().ok_or_else(truncated)? as usize;
@@ -449,6 +500,9 @@ impl Environment for AtariEnv {
         self.sticky_rng = PhiloxStream::new(stream_id.0, stream_id.1, Purpose::EnvStep);
         self.sticky_rng.resume_at(positions[1]);
         self.prev_code = prev_code;
+        // The state's form wins over the preset's: its screens are in that form, and a run
+        // continues with the observations it was trained on.
+        self.config.max_pool = max_pool;
         self.raw[0].copy_from_slice(raw0);
         self.raw[1].copy_from_slice(raw1);
         Ok(())

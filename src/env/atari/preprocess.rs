@@ -1,4 +1,5 @@
-//! Frame preprocessing: max-pooling of two raw frames and the 84×84 area-average resize.
+//! Frame preprocessing: max-pooling of two raw frames (over grey levels, or over RGB colours
+//! followed by OpenCV's grey conversion) and the 84×84 area-average resize.
 //!
 //! The resize reproduces OpenCV's `INTER_AREA` for shrinking by a non-integer factor (210×160 →
 //! 84×84: 2.5 rows and 1.905 columns per output pixel): every output pixel is the mean of the
@@ -165,6 +166,89 @@ fn horizontal_any(tmp: &[u16], src: &[u32], w: &[u32], k: usize, denom: u32, rec
     for ((o, s), w) in out.iter_mut().zip(src.chunks_exact(k)).zip(w.chunks_exact(k)) {
         let sum: u32 = s.iter().zip(w).map(|(&s, &w)| w * tmp[s as usize] as u32).sum();
         *o = round_div(sum, denom, recip);
+    }
+}
+
+/// ALE 0.6's NTSC palette (`ale/src/common/Palettes.hpp`, the RGB entries at even indices):
+/// colour `c` of a screen byte `p` is `NTSC_RGB[p >> 1]` as 0xRRGGBB. ALE plays every supported
+/// ROM with the "standard" NTSC palette, so this is what `getScreenRGB` returns.
+pub const NTSC_RGB: [u32; 128] = [
+    0x000000, 0x4a4a4a, 0x6f6f6f, 0x8e8e8e, 0xaaaaaa, 0xc0c0c0, 0xd6d6d6, 0xececec,
+    0x484800, 0x69690f, 0x86861d, 0xa2a22a, 0xbbbb35, 0xd2d240, 0xe8e84a, 0xfcfc54,
+    0x7c2c00, 0x904811, 0xa26221, 0xb47a30, 0xc3903d, 0xd2a44a, 0xdfb755, 0xecc860,
+    0x901c00, 0xa33915, 0xb55328, 0xc66c3a, 0xd5824a, 0xe39759, 0xf0aa67, 0xfcbc74,
+    0x940000, 0xa71a1a, 0xb83232, 0xc84848, 0xd65c5c, 0xe46f6f, 0xf08080, 0xfc9090,
+    0x840064, 0x97197a, 0xa8308f, 0xb846a2, 0xc659b3, 0xd46cc3, 0xe07cd2, 0xec8ce0,
+    0x500084, 0x68199a, 0x7d30ad, 0x9246c0, 0xa459d0, 0xb56ce0, 0xc57cee, 0xd48cfc,
+    0x140090, 0x331aa3, 0x4e32b5, 0x6848c6, 0x7f5cd5, 0x956fe3, 0xa980f0, 0xbc90fc,
+    0x000094, 0x181aa7, 0x2d32b8, 0x4248c8, 0x545cd6, 0x656fe4, 0x7580f0, 0x8490fc,
+    0x001c88, 0x183b9d, 0x2d57b0, 0x4272c2, 0x548ad2, 0x65a0e1, 0x75b5ef, 0x84c8fc,
+    0x003064, 0x185080, 0x2d6d98, 0x4288b0, 0x54a0c5, 0x65b7d9, 0x75cceb, 0x84e0fc,
+    0x004030, 0x18624e, 0x2d8169, 0x429e82, 0x54b899, 0x65d1ae, 0x75e7c2, 0x84fcd4,
+    0x004400, 0x1a661a, 0x328432, 0x48a048, 0x5cba5c, 0x6fd26f, 0x80e880, 0x90fc90,
+    0x143c00, 0x355f18, 0x527e2d, 0x6e9c42, 0x87b754, 0x9ed065, 0xb4e775, 0xc8fc84,
+    0x303800, 0x505916, 0x6d762b, 0x88923e, 0xa0ab4f, 0xb7c25f, 0xccd86e, 0xe0ec7c,
+    0x482c00, 0x694d14, 0x866a26, 0xa28638, 0xbb9f47, 0xd2b656, 0xe8cc63, 0xfce070,
+];
+
+/// OpenCV's `cvtColor(…, COLOR_RGB2GRAY)` on 8-bit pixels, bit for bit: OpenCV 4's fixed-point
+/// `RGB2Gray<uchar>` with 15-bit weights (R 9798, G 19235, B 3735 = round(0.299, 0.587, 0.114 ·
+/// 2^15), summing to 2^15) and rounding by adding 2^14 before the shift. This, not ALE's own
+/// `round(0.2989 R + 0.587 G + 0.114 B)`, is the grey of baselines' `WarpFrame`.
+#[inline]
+pub fn cv_rgb_to_grey(r: u8, g: u8, b: u8) -> u8 {
+    ((r as u32 * 9798 + g as u32 * 19235 + b as u32 * 3735 + (1 << 14)) >> 15) as u8
+}
+
+/// The grey of the channel-wise max of two palette colours, for every pair: what baselines'
+/// `MaxAndSkipEnv` (max over the last two RGB frames) followed by `WarpFrame`'s grey
+/// conversion makes of two screens whose pixels have palette indices `a` and `b`. A 128×128
+/// table (16 KB) turns the RGB path into one lookup per pixel on one byte per pixel, the cost
+/// of the grey max-pool.
+pub struct RgbMaxGrey {
+    table: Box<[u8]>,
+}
+
+impl RgbMaxGrey {
+    pub fn new() -> RgbMaxGrey {
+        let channels = |c: u32| [(c >> 16) as u8, (c >> 8) as u8, c as u8];
+        let mut table = vec![0u8; 128 * 128];
+        for (a, &ca) in NTSC_RGB.iter().enumerate() {
+            for (b, &cb) in NTSC_RGB.iter().enumerate() {
+                let (x, y) = (channels(ca), channels(cb));
+                table[a * 128 + b] = cv_rgb_to_grey(x[0].max(y[0]), x[1].max(y[1]), x[2].max(y[2]));
+            }
+        }
+        RgbMaxGrey { table: table.into_boxed_slice() }
+    }
+
+    /// `out[i]` = grey(max(RGB(a[i]), RGB(b[i]))) for screens of palette indices.
+    #[inline]
+    pub fn pool_into(&self, a: &[u8], b: &[u8], out: &mut [u8]) {
+        let table = &self.table[..128 * 128];
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = table[(x as usize >> 1) * 128 + (y as usize >> 1)];
+        }
+    }
+
+    /// `out[i]` = grey(RGB(screen[i])) (one screen, no pooling), in place.
+    pub fn grey_in_place(&self, screen: &mut [u8]) {
+        for p in screen {
+            let i = *p as usize >> 1;
+            *p = self.table[i * 128 + i];
+        }
+    }
+}
+
+/// The one table every environment shares (built on first use).
+pub fn rgb_max_grey() -> &'static RgbMaxGrey {
+    static TABLE: std::sync::OnceLock<RgbMaxGrey> = std::sync::OnceLock::new();
+    TABLE.get_or_init(RgbMaxGrey::new)
+}
+
+impl Default for RgbMaxGrey {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -103,19 +103,30 @@ pub const KNOWN_ROMS: &[(&str, &str)] = &[
 
 /// Where ROMs live: `$GALA_ROM_DIR`, else `$XDG_DATA_HOME/gala-gpu/roms`, else
 /// `~/.local/share/gala-gpu/roms`.
+/// A path that exists but is not a folder is refused naming the variable it came from (the OS
+/// error alone, "File exists", does not say which setting to fix).
 pub fn rom_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("GALA_ROM_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(d));
+    let (dir, from) = if let Some(d) = std::env::var_os("GALA_ROM_DIR").filter(|d| !d.is_empty()) {
+        (PathBuf::from(d), "GALA_ROM_DIR")
+    } else if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        (PathBuf::from(d).join("gala-gpu").join("roms"), "XDG_DATA_HOME")
+    } else {
+        match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+            Some(h) => (PathBuf::from(h).join(".local/share/gala-gpu/roms"), "HOME"),
+            None => {
+                return Err(Error::Config(
+                    "cannot place the ROM directory: none of GALA_ROM_DIR, XDG_DATA_HOME or HOME is set; set GALA_ROM_DIR".into(),
+                ))
+            }
+        }
+    };
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::Config(format!(
+            "the ROM directory {} (from {from}) exists but is not a directory; set GALA_ROM_DIR to a folder (created if missing)",
+            dir.display()
+        )));
     }
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(d).join("gala-gpu").join("roms"));
-    }
-    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        Some(h) => Ok(PathBuf::from(h).join(".local/share/gala-gpu/roms")),
-        None => Err(Error::Config(
-            "cannot place the ROM directory: none of GALA_ROM_DIR, XDG_DATA_HOME or HOME is set; set GALA_ROM_DIR".into(),
-        )),
-    }
+    Ok(dir)
 }
 
 /// Lower-case hex md5 of a byte string.
