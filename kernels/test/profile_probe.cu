@@ -14,8 +14,6 @@
 // probe_divergent: odd lanes only, a loop of t%4 + 1 iterations: out[t*4 + i] = in[t*4 + i]
 //   for i < t%4 + 1 (divergence: a masked request per iteration). Shapes: in, out [4*blockDim].
 
-#define PROBE_MAX_THREADS 64
-
 extern "C" __global__ void probe_smem_stride(const float* __restrict__ in, float* __restrict__ out, unsigned int stride) {
     __shared__ float s[32 * 32];
     const unsigned int t = threadIdx.x;
