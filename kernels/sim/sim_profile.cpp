@@ -5,16 +5,18 @@
 
 #include "sim_profile.h"
 
-#include "cuda_sim.h"
-
 #include <link.h>
 #include <stdlib.h>
 
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
+
+// Last: cuda_sim.h defines CUDA keywords (__noinline__, ...) that the standard headers also use.
+#include "cuda_sim.h"
 
 namespace gala_sim {
 namespace profile {
@@ -23,8 +25,6 @@ namespace {
 // ---- device allocations (global memory) ----
 std::mutex g_registry_mutex;
 std::map<uintptr_t, uintptr_t> g_registry;  // begin -> end
-// Sorted, non-overlapping copy taken at launch start; only read while blocks run.
-std::vector<std::pair<uintptr_t, uintptr_t>> g_snapshot;
 
 enum : unsigned { kShared = 0, kGlobal = 1 };
 // Access class: space * 2 + is_store (shared load, shared store, global load, global store).
@@ -67,6 +67,8 @@ struct Warp {
 
 struct ThreadProfile {
     bool on = false;
+    // The launch's copy of the registry (sorted, non-overlapping), read-only while blocks run.
+    const RegistrySnapshot* global = nullptr;
     GalaSimMemoryProfile totals{};
     std::vector<Warp> warps;
     uintptr_t tls_lo = 0, tls_hi = 0;
@@ -77,7 +79,8 @@ struct ThreadProfile {
     std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
 };
 
-__thread ThreadProfile* t_profile;
+__thread ThreadProfile* t_profile;  // fast access from the hooks
+thread_local std::unique_ptr<ThreadProfile> t_profile_owner;  // freed when the host thread ends
 
 GalaSimAccessStats& stats_of(GalaSimMemoryProfile& p, unsigned cls) {
     switch (cls) {
@@ -108,8 +111,9 @@ int find_tls_block(struct dl_phdr_info* info, size_t, void* data) {
 
 // -1: neither (stack, simulator internals); otherwise kShared or kGlobal.
 inline int classify(ThreadProfile& p, uintptr_t a) {
-    auto it = std::upper_bound(g_snapshot.begin(), g_snapshot.end(), std::make_pair(a, ~(uintptr_t)0));
-    if (it != g_snapshot.begin()) {
+    const RegistrySnapshot& g = *p.global;
+    auto it = std::upper_bound(g.begin(), g.end(), std::make_pair(a, ~(uintptr_t)0));
+    if (it != g.begin()) {
         --it;
         if (a < it->second) return kGlobal;
     }
@@ -226,14 +230,18 @@ inline void record(uintptr_t addr, uint32_t bytes, bool store, uintptr_t pc) {
 
 bool active() { return t_profile && t_profile->on; }
 
-void snapshot_registry() {
+RegistrySnapshot snapshot_registry() {
     std::lock_guard<std::mutex> lock(g_registry_mutex);
-    g_snapshot.assign(g_registry.begin(), g_registry.end());
+    return RegistrySnapshot(g_registry.begin(), g_registry.end());
 }
 
-void begin_launch_on_this_thread() {
-    if (!t_profile) t_profile = new ThreadProfile();  // one per host thread, reused
+void begin_launch_on_this_thread(const RegistrySnapshot* global) {
+    if (!t_profile) {
+        t_profile_owner.reset(new ThreadProfile());
+        t_profile = t_profile_owner.get();
+    }
     ThreadProfile& p = *t_profile;
+    p.global = global;
     p.totals = GalaSimMemoryProfile{};
     TlsSearch s{(uintptr_t)&current_block_idx, 0, 0};
     dl_iterate_phdr(find_tls_block, &s);

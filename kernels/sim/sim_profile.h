@@ -26,6 +26,9 @@
 
 #include <stdint.h>
 
+#include <utility>
+#include <vector>
+
 extern "C" {
 
 // Per access class (shared/global x load/store), summed over a launch.
@@ -53,8 +56,13 @@ void gala_sim_memory_unregister(const void* ptr);
 namespace gala_sim {
 namespace profile {
 
-// Called by gala_sim_launch on each host thread that runs blocks of a profiled launch.
-void begin_launch_on_this_thread();
+// The registered device allocations, (begin, end) sorted: taken once per profiled launch (a
+// launch of its own, so concurrent launches on other host threads do not race on it).
+typedef std::vector<std::pair<uintptr_t, uintptr_t>> RegistrySnapshot;
+RegistrySnapshot snapshot_registry();
+// Called by gala_sim_launch on each host thread that runs blocks of a profiled launch;
+// `global` lives until the launch ends.
+void begin_launch_on_this_thread(const RegistrySnapshot* global);
 // Adds this host thread's totals into `out` and stops recording on it.
 void end_launch_on_this_thread(GalaSimMemoryProfile* out);
 // Start of a block with `threads` threads.
@@ -63,8 +71,6 @@ void begin_block(unsigned threads);
 void flush_warp(unsigned warp);
 // Whether recording is on for this host thread.
 bool active();
-// Snapshot the registered device allocations for a launch (read-only while blocks run).
-void snapshot_registry();
 
 }  // namespace profile
 }  // namespace gala_sim

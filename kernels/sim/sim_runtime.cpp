@@ -335,7 +335,8 @@ extern "C" int gala_sim_launch(gala_sim::KernelShim shim, const unsigned* grid, 
     std::atomic<unsigned long long> next_block{0};
     std::mutex error_mutex;
     std::string first_error;
-    if (profile) profile::snapshot_registry();
+    // Device memory as of this launch: what the profiler counts as global.
+    const profile::RegistrySnapshot registry = profile ? profile::snapshot_registry() : profile::RegistrySnapshot();
     std::mutex profile_mutex;
     auto work = [&]() {
         Worker* w = acquire_worker();
@@ -345,7 +346,7 @@ extern "C" int gala_sim_launch(gala_sim::KernelShim shim, const unsigned* grid, 
             return;
         }
         current_worker = w;
-        if (profile) profile::begin_launch_on_this_thread();
+        if (profile) profile::begin_launch_on_this_thread(&registry);
         w->shim = shim;
         w->args = args;
         for (;;) {
