@@ -32,6 +32,8 @@
 // Accumulation contract: deterministic, no atomics; each element's mean is recomputed per q (the
 // metric is logged occasionally, so O(agents^2 P) reads buy a kernel with no per-agent limit).
 
+#include "prelude.cuh"
+
 #define GOSSIP_BLOCK 256
 
 extern "C" __global__ void __launch_bounds__(GOSSIP_BLOCK) gossip_mix(
@@ -76,19 +78,6 @@ extern "C" __global__ void __launch_bounds__(GOSSIP_BLOCK) gossip_mix_mailbox(
     }
 }
 
-__device__ __forceinline__ double gossip_block_sum(double v, double* warp_sums) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    if (lane == 0) warp_sums[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        const unsigned int warps = blockDim.x >> 5;
-        v = lane < warps ? warp_sums[lane] : 0.0;
-        for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    }
-    return v;
-}
-
 extern "C" __global__ void __launch_bounds__(GOSSIP_BLOCK) consensus_partials(
     const float* __restrict__ params, double* __restrict__ partials, unsigned int agents, unsigned int param_count,
     unsigned int chunks) {
@@ -106,7 +95,7 @@ extern "C" __global__ void __launch_bounds__(GOSSIP_BLOCK) consensus_partials(
             acc += x * x;
         }
     }
-    acc = gossip_block_sum(acc, warp_sums);
+    acc = gala_block_reduce<GALA_REDUCE_SUM>(acc, warp_sums, 0.0);
     if (threadIdx.x == 0) partials[(unsigned long long)q * chunks + blockIdx.x] = acc;
 }
 

@@ -23,22 +23,9 @@
 // (every block recomputes the same sum, so no third launch is needed). The result depends on P
 // and `chunks` only, which the launcher derives from P alone.
 
-#define OPTIM_BLOCK 256
+#include "prelude.cuh"
 
-// Sum of `v` over the block (blockDim.x a multiple of 32, at most 1024), valid in thread 0.
-// Fixed order: a butterfly within each warp, then warp 0 combines the warp sums.
-__device__ __forceinline__ double optim_block_sum(double v, double* warp_sums) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    if (lane == 0) warp_sums[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        const unsigned int warps = blockDim.x >> 5;
-        v = lane < warps ? warp_sums[lane] : 0.0;
-        for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    }
-    return v;
-}
+#define OPTIM_BLOCK 256
 
 // Pass 1: partials[r][c] = sum of g^2 over block (c, r)'s elements.
 extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_sumsq_partials(
@@ -52,7 +39,7 @@ extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_sumsq_partials(
         const double x = (double)g[i];
         acc += x * x;
     }
-    acc = optim_block_sum(acc, warp_sums);
+    acc = gala_block_reduce<GALA_REDUCE_SUM>(acc, warp_sums, 0.0);
     if (threadIdx.x == 0) partials[(unsigned long long)agent * chunks + chunk] = acc;
 }
 
@@ -83,20 +70,6 @@ extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_clip_rmsprop(
     }
 }
 
-// Minimum of `v` over the block (blockDim.x a multiple of 32, at most 1024), valid in thread 0.
-__device__ __forceinline__ unsigned int optim_block_min(unsigned int v, unsigned int* warp_mins) {
-    for (int offset = 16; offset > 0; offset >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    if (lane == 0) warp_mins[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        const unsigned int warps = blockDim.x >> 5;
-        v = lane < warps ? warp_mins[lane] : 0xffffffffu;
-        for (int offset = 16; offset > 0; offset >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    }
-    return v;
-}
-
 // first[r][c] = smallest non-finite index of block (c, r)'s elements, or 0xffffffff.
 extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_find_nonfinite(
     const float* __restrict__ params, unsigned int* __restrict__ first, unsigned int param_count,
@@ -112,6 +85,6 @@ extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_find_nonfinite(
             break;
         }
     }
-    found = optim_block_min(found, warp_mins);
+    found = gala_block_reduce<GALA_REDUCE_MIN>(found, warp_mins, 0xffffffffu);
     if (threadIdx.x == 0) first[(unsigned long long)agent * chunks + chunk] = found;
 }

@@ -5,6 +5,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::GpuBackend;
 use crate::backend::{Backend, BackendKind, BackendSpec, Segment};
 use crate::config::Config;
+use crate::device::sim_profile::{format_table, profile_memory, LaunchMemoryProfile};
 use crate::device::{cuda::CudaDevice, sim::SimDevice};
 use crate::error::{Error, Result};
 use crate::model::{init_params, NetPreset, NetSpec, OBS_BYTES};
@@ -29,6 +30,9 @@ pub struct LearnerBenchOptions {
     pub updates: usize,
     /// Host threads of the CPU backend.
     pub threads: usize,
+    /// `sim` only: after the timed updates, one more update runs under the simulator's memory
+    /// profiler (src/device/sim_profile.rs) and the report carries its per-launch table.
+    pub profile: bool,
 }
 
 /// The measurement. Raw frames count agent steps × 4 (the Atari frame skip).
@@ -47,6 +51,9 @@ pub struct LearnerBenchReport {
     pub raw_frames_per_s: f64,
     /// Kernel launches per update (GPU backends; None on the CPU).
     pub launches_per_update: Option<u64>,
+    /// `--profile`: the memory-access profile of one update, per launch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_profile: Option<Vec<LaunchMemoryProfile>>,
 }
 
 impl std::fmt::Display for LearnerBenchReport {
@@ -64,9 +71,18 @@ impl std::fmt::Display for LearnerBenchReport {
         writeln!(f, "  {} updates in {:.3} s: {:.2} updates/s", self.updates, self.seconds, self.updates_per_s)?;
         writeln!(f, "  learner raw frames/s: {:.0} (agent steps/s {:.0}, x{ATARI_FRAME_SKIP} frame skip)", self.raw_frames_per_s, self.agent_steps_per_s)?;
         match self.launches_per_update {
-            Some(n) => write!(f, "  kernel launches per update: {n}"),
-            None => write!(f, "  kernel launches per update: - (cpu backend)"),
+            Some(n) => write!(f, "  kernel launches per update: {n}")?,
+            None => write!(f, "  kernel launches per update: - (cpu backend)")?,
         }
+        if let Some(p) = &self.memory_profile {
+            write!(
+                f,
+                "\n\nmemory-access profile of one update (simulator, real addresses; per warp-level request: shared-memory \
+                 wavefronts and global 32-byte sectors, measured (ideal for the same bytes); rows `all` total each kernel):\n{}",
+                format_table(p)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -122,7 +138,11 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         BackendKind::Auto => if crate::gpu_probe().is_ok() { BackendKind::Cuda } else { BackendKind::Cpu },
         k => k,
     };
-    fn gpu_run<D: crate::device::Device>(dev: D, spec: &BackendSpec, initial: &[f32], updates: usize) -> Result<(String, String, f64, Option<u64>)> {
+    if opts.profile && kind != BackendKind::Sim {
+        return Err(Error::Config("bench learner: --profile needs --backend sim (the profiler is the simulator's)".into()));
+    }
+    type GpuRun = (String, String, f64, Option<u64>, Option<Vec<LaunchMemoryProfile>>);
+    fn gpu_run<D: crate::device::Device>(dev: D, spec: &BackendSpec, initial: &[f32], updates: usize, profile: bool) -> Result<GpuRun> {
         let mut b = GpuBackend::new(dev, spec.clone(), initial)?;
         let device = b.device_description();
         let name = b.name().to_string();
@@ -136,16 +156,25 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
             b.learn(&seg)?;
         }
         let seconds = t.elapsed().as_secs_f64();
-        Ok((name, device, seconds, Some((b.launch_count() - before) / updates as u64)))
+        let launches = Some((b.launch_count() - before) / updates as u64);
+        // Outside the timed loop: a profiled update is several times slower.
+        let memory_profile = if profile {
+            let (r, p) = profile_memory(|| b.learn(&seg));
+            r?;
+            Some(p)
+        } else {
+            None
+        };
+        Ok((name, device, seconds, launches, memory_profile))
     }
-    let (backend, device, seconds, launches_per_update) = match kind {
+    let (backend, device, seconds, launches_per_update, memory_profile) = match kind {
         BackendKind::Cpu => {
             let mut b = CpuBackend::new(spec.clone(), &initial, opts.threads.max(1))?;
             let (s, l) = time_updates(&mut b, &spec, opts.updates, &|_| None)?;
-            ("cpu".to_string(), format!("{} host threads", opts.threads.max(1)), s, l)
+            ("cpu".to_string(), format!("{} host threads", opts.threads.max(1)), s, l, None)
         }
-        BackendKind::Sim => gpu_run(SimDevice::new(), &spec, &initial, opts.updates)?,
-        BackendKind::Cuda | BackendKind::Auto => gpu_run(CudaDevice::new(0)?, &spec, &initial, opts.updates)?,
+        BackendKind::Sim => gpu_run(SimDevice::new(), &spec, &initial, opts.updates, opts.profile)?,
+        BackendKind::Cuda | BackendKind::Auto => gpu_run(CudaDevice::new(0)?, &spec, &initial, opts.updates, false)?,
     };
     let steps = (spec.agents * spec.segment_samples() * opts.updates) as f64;
     Ok(LearnerBenchReport {
@@ -161,6 +190,7 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         agent_steps_per_s: steps / seconds,
         raw_frames_per_s: steps * ATARI_FRAME_SKIP as f64 / seconds,
         launches_per_update,
+        memory_profile,
     })
 }
 

@@ -134,6 +134,10 @@ struct LearnerBenchArgs {
     /// One JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
+    /// With --backend sim: profile the memory accesses of one more update (shared-memory bank
+    /// conflicts and global coalescing per kernel launch) and print the table.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn bench_learner(a: LearnerBenchArgs) -> Result<()> {
@@ -155,6 +159,7 @@ fn bench_learner(a: LearnerBenchArgs) -> Result<()> {
                 backend: a.backend,
                 updates,
                 threads,
+                profile: a.profile,
             };
             let report = gala_gpu::bench::bench_learner(&opts)?;
             if a.json {

@@ -146,6 +146,23 @@ fn bench_e2e_on_a_device_backend_reports_how_busy_the_device_was() {
 }
 
 #[test]
+fn bench_learner_profile_prints_the_memory_access_table_on_sim_only() {
+    let tiny = ["bench", "learner", "--agents", "1", "--envs-per-agent", "1", "--n-steps", "2", "--updates", "1"];
+    let args: Vec<&str> = tiny.iter().copied().chain(["--backend", "sim", "--profile", "--json"]).collect();
+    let out = gala(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let launches = report["memory_profile"].as_array().expect("--profile adds the per-launch profile");
+    assert_eq!(launches.len() as u64, report["launches_per_update"].as_u64().unwrap(), "one profile per launch of the update");
+    let fwd = launches.iter().find(|l| l["kernel"] == "conv_forward_u8").expect("conv1 forward is profiled");
+    assert!(fwd["shared_store"]["requests"].as_u64().unwrap() > 0 && fwd["global_load"]["units"].as_u64().unwrap() > 0);
+    let text = gala(&tiny.iter().copied().chain(["--backend", "sim", "--profile"]).collect::<Vec<_>>());
+    assert!(String::from_utf8_lossy(&text.stdout).contains("| conv_forward_u8 |"), "the text report prints the table");
+    let cpu: Vec<&str> = tiny.iter().copied().chain(["--backend", "cpu", "--profile"]).collect();
+    fails_with(&cpu, "--profile needs --backend sim");
+}
+
+#[test]
 fn cuda_without_a_gpu_is_one_clear_line_and_leaves_no_run_folder() {
     if let Ok(name) = gala_gpu::gpu_probe() {
         eprintln!("SKIPPED: a GPU is present ({name}); this test is about machines without one");

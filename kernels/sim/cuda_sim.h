@@ -25,8 +25,17 @@
 #include <string.h>
 
 #define __CUDA_SIM__ 1
+
+// The profiled kernel variant (sim_profile.h) is a second copy of every kernel in the same
+// binary, built with -fsanitize=thread: its helpers and __device__ functions get internal
+// linkage there, so the linker never merges an instrumented copy with a plain one.
+#ifdef GALA_SIM_PROFILE_BUILD
+#define GALA_SIM_INLINE static inline
+#else
+#define GALA_SIM_INLINE inline
+#endif
 #define __global__
-#define __device__ inline
+#define __device__ GALA_SIM_INLINE
 #define __host__
 #define __forceinline__ __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
@@ -49,6 +58,8 @@ struct ThreadState {
     uint3 thread_idx;
     unsigned int lane;
     unsigned int lanes_in_warp;
+    // Index of this thread's warp in its block (linear thread index / 32).
+    unsigned int warp;
     // 32 exchange slots of this thread's warp (shuffles, ballots).
     unsigned long long* warp_slots;
 };
@@ -65,14 +76,14 @@ void block_barrier();
 void warp_barrier();
 
 template <class T>
-inline unsigned long long to_bits(T v) {
+GALA_SIM_INLINE unsigned long long to_bits(T v) {
     static_assert(sizeof(T) <= 8, "the simulator exchanges at most 8 bytes per lane");
     unsigned long long bits = 0;
     memcpy(&bits, &v, sizeof(T));
     return bits;
 }
 template <class T>
-inline T from_bits(unsigned long long bits) {
+GALA_SIM_INLINE T from_bits(unsigned long long bits) {
     T v;
     memcpy(&v, &bits, sizeof(T));
     return v;
@@ -81,7 +92,7 @@ inline T from_bits(unsigned long long bits) {
 // Every lane publishes `v`, then reads the value of lane `src` (its own when `src` is not a lane
 // of the warp), then waits again so that no lane overwrites its slot before all have read.
 template <class T>
-inline T exchange(T v, unsigned int src) {
+GALA_SIM_INLINE T exchange(T v, unsigned int src) {
     ThreadState* t = current_thread;
     t->warp_slots[t->lane] = to_bits(v);
     warp_barrier();
@@ -98,38 +109,38 @@ inline T exchange(T v, unsigned int src) {
 #define gridDim (::gala_sim::current_grid_dim)
 #define warpSize 32
 
-inline void __syncthreads() { gala_sim::block_barrier(); }
-inline void __syncwarp(unsigned int = 0xffffffffu) { gala_sim::warp_barrier(); }
-inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+GALA_SIM_INLINE void __syncthreads() { gala_sim::block_barrier(); }
+GALA_SIM_INLINE void __syncwarp(unsigned int = 0xffffffffu) { gala_sim::warp_barrier(); }
+GALA_SIM_INLINE void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+GALA_SIM_INLINE void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 // ---- warp shuffles and votes (the mask is taken as "all live lanes", as the kernels use it) ----
 template <class T>
-inline T __shfl_sync(unsigned int, T v, int src_lane, int width = 32) {
+GALA_SIM_INLINE T __shfl_sync(unsigned int, T v, int src_lane, int width = 32) {
     unsigned int lane = gala_sim::current_thread->lane;
     unsigned int src = (lane / width) * width + ((unsigned int)src_lane % width);
     return gala_sim::exchange(v, src);
 }
 template <class T>
-inline T __shfl_xor_sync(unsigned int, T v, int lane_mask, int width = 32) {
+GALA_SIM_INLINE T __shfl_xor_sync(unsigned int, T v, int lane_mask, int width = 32) {
     unsigned int lane = gala_sim::current_thread->lane;
     unsigned int src = lane ^ (unsigned int)lane_mask;
     if (src / width != lane / width) src = lane;
     return gala_sim::exchange(v, src);
 }
 template <class T>
-inline T __shfl_down_sync(unsigned int, T v, unsigned int delta, int width = 32) {
+GALA_SIM_INLINE T __shfl_down_sync(unsigned int, T v, unsigned int delta, int width = 32) {
     unsigned int lane = gala_sim::current_thread->lane;
     unsigned int src = (lane % width) + delta < (unsigned int)width ? lane + delta : lane;
     return gala_sim::exchange(v, src);
 }
 template <class T>
-inline T __shfl_up_sync(unsigned int, T v, unsigned int delta, int width = 32) {
+GALA_SIM_INLINE T __shfl_up_sync(unsigned int, T v, unsigned int delta, int width = 32) {
     unsigned int lane = gala_sim::current_thread->lane;
     unsigned int src = (lane % width) >= delta ? lane - delta : lane;
     return gala_sim::exchange(v, src);
 }
-inline unsigned int __ballot_sync(unsigned int mask, int predicate) {
+GALA_SIM_INLINE unsigned int __ballot_sync(unsigned int mask, int predicate) {
     gala_sim::ThreadState* t = gala_sim::current_thread;
     t->warp_slots[t->lane] = predicate ? 1u : 0u;
     gala_sim::warp_barrier();
@@ -139,35 +150,35 @@ inline unsigned int __ballot_sync(unsigned int mask, int predicate) {
     gala_sim::warp_barrier();
     return bits & mask;
 }
-inline int __any_sync(unsigned int mask, int predicate) { return __ballot_sync(mask, predicate) != 0; }
-inline int __all_sync(unsigned int mask, int predicate) {
+GALA_SIM_INLINE int __any_sync(unsigned int mask, int predicate) { return __ballot_sync(mask, predicate) != 0; }
+GALA_SIM_INLINE int __all_sync(unsigned int mask, int predicate) {
     unsigned int live = gala_sim::current_thread->lanes_in_warp;
     unsigned int all = live == 32 ? 0xffffffffu : ((1u << live) - 1u);
     return __ballot_sync(mask, predicate) == (all & mask);
 }
-inline unsigned int __activemask() {
+GALA_SIM_INLINE unsigned int __activemask() {
     unsigned int live = gala_sim::current_thread->lanes_in_warp;
     return live == 32 ? 0xffffffffu : ((1u << live) - 1u);
 }
 
 // ---- atomics: blocks run on several host threads, so these are real atomics ----
 #define GALA_SIM_INT_ATOMICS(T)                                                                    \
-    inline T atomicAdd(T* a, T v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }           \
-    inline T atomicSub(T* a, T v) { return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST); }           \
-    inline T atomicAnd(T* a, T v) { return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST); }           \
-    inline T atomicOr(T* a, T v) { return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST); }             \
-    inline T atomicXor(T* a, T v) { return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST); }           \
-    inline T atomicExch(T* a, T v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }         \
-    inline T atomicCAS(T* a, T expected, T desired) {                                              \
+    GALA_SIM_INLINE T atomicAdd(T* a, T v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }           \
+    GALA_SIM_INLINE T atomicSub(T* a, T v) { return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST); }           \
+    GALA_SIM_INLINE T atomicAnd(T* a, T v) { return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST); }           \
+    GALA_SIM_INLINE T atomicOr(T* a, T v) { return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST); }             \
+    GALA_SIM_INLINE T atomicXor(T* a, T v) { return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST); }           \
+    GALA_SIM_INLINE T atomicExch(T* a, T v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }         \
+    GALA_SIM_INLINE T atomicCAS(T* a, T expected, T desired) {                                              \
         __atomic_compare_exchange_n(a, &expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST); \
         return expected;                                                                           \
     }                                                                                              \
-    inline T atomicMax(T* a, T v) {                                                                \
+    GALA_SIM_INLINE T atomicMax(T* a, T v) {                                                                \
         T old = __atomic_load_n(a, __ATOMIC_SEQ_CST);                                              \
         while (old < v && !__atomic_compare_exchange_n(a, &old, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {} \
         return old;                                                                                \
     }                                                                                              \
-    inline T atomicMin(T* a, T v) {                                                                \
+    GALA_SIM_INLINE T atomicMin(T* a, T v) {                                                                \
         T old = __atomic_load_n(a, __ATOMIC_SEQ_CST);                                              \
         while (old > v && !__atomic_compare_exchange_n(a, &old, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {} \
         return old;                                                                                \
@@ -178,7 +189,7 @@ GALA_SIM_INT_ATOMICS(unsigned long long)
 #undef GALA_SIM_INT_ATOMICS
 
 template <class F, class U>
-inline F gala_sim_atomic_add_float(F* a, F v) {
+GALA_SIM_INLINE F gala_sim_atomic_add_float(F* a, F v) {
     U* bits = reinterpret_cast<U*>(a);
     U old = __atomic_load_n(bits, __ATOMIC_SEQ_CST);
     for (;;) {
@@ -190,10 +201,12 @@ inline F gala_sim_atomic_add_float(F* a, F v) {
         if (__atomic_compare_exchange_n(bits, &old, next_bits, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) return cur;
     }
 }
-inline float atomicAdd(float* a, float v) { return gala_sim_atomic_add_float<float, unsigned int>(a, v); }
-inline double atomicAdd(double* a, double v) { return gala_sim_atomic_add_float<double, unsigned long long>(a, v); }
+GALA_SIM_INLINE float atomicAdd(float* a, float v) { return gala_sim_atomic_add_float<float, unsigned int>(a, v); }
+GALA_SIM_INLINE double atomicAdd(double* a, double v) { return gala_sim_atomic_add_float<double, unsigned long long>(a, v); }
 
 // ---- math and bit intrinsics ----
+// (plain `inline` even in the profiled build: libm declares some of these names, and they touch
+// no memory, so a merged copy changes nothing)
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 inline float __expf(float x) { return expf(x); }
@@ -219,18 +232,18 @@ inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned int)x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 template <class T>
-inline T __ldg(const T* p) { return *p; }
+GALA_SIM_INLINE T __ldg(const T* p) { return *p; }
 
 // CUDA's device-side min/max overloads (host C++ has only std::min/std::max).
 #define GALA_SIM_MINMAX(T)                                  \
-    inline T min(T a, T b) { return a < b ? a : b; }        \
-    inline T max(T a, T b) { return a > b ? a : b; }
+    GALA_SIM_INLINE T min(T a, T b) { return a < b ? a : b; }        \
+    GALA_SIM_INLINE T max(T a, T b) { return a > b ? a : b; }
 GALA_SIM_MINMAX(int)
 GALA_SIM_MINMAX(unsigned int)
 GALA_SIM_MINMAX(long long)
 GALA_SIM_MINMAX(unsigned long long)
 #undef GALA_SIM_MINMAX
-inline float min(float a, float b) { return fminf(a, b); }
-inline float max(float a, float b) { return fmaxf(a, b); }
-inline double min(double a, double b) { return fmin(a, b); }
-inline double max(double a, double b) { return fmax(a, b); }
+GALA_SIM_INLINE float min(float a, float b) { return fminf(a, b); }
+GALA_SIM_INLINE float max(float a, float b) { return fmaxf(a, b); }
+GALA_SIM_INLINE double min(double a, double b) { return fmin(a, b); }
+GALA_SIM_INLINE double max(double a, double b) { return fmax(a, b); }

@@ -11,6 +11,7 @@
 // launch gives the same result on any number of host threads.
 
 #include "cuda_sim.h"
+#include "sim_profile.h"
 
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -226,11 +227,19 @@ static std::string run_block(Worker& w, uint3 block_idx, dim3 block_dim, dim3 gr
         unsigned warp_start = t - t % 32;
         f.thread.lanes_in_warp = n - warp_start < 32 ? n - warp_start : 32;
         f.thread.warp_slots = &w.warp_slots[warp_start];
+        f.thread.warp = t / 32;
         f.state = FiberState::Runnable;
         init_fiber(w, f);
     }
     const unsigned long long block_linear =
         ((unsigned long long)block_idx.z * grid_dim.y + block_idx.y) * grid_dim.x + block_idx.x;
+    // The profiler matches a warp's accesses between two of its barriers (sim_profile.h).
+    const bool profiling = profile::active();
+    if (profiling) profile::begin_block(n);
+    auto flush_all_warps = [&]() {
+        if (profiling)
+            for (unsigned warp_start = 0; warp_start < n; warp_start += 32) profile::flush_warp(warp_start / 32);
+    };
     unsigned long long round = 0;
     for (;;) {
         unsigned runnable = 0;
@@ -268,12 +277,17 @@ static std::string run_block(Worker& w, uint3 block_idx, dim3 block_dim, dim3 gr
             if (warp_live > 0 && warp_waiting == warp_live) {
                 for (unsigned t = warp_start; t < end; ++t)
                     if (w.fibers[t].state == FiberState::AtWarpBarrier) w.fibers[t].state = FiberState::Runnable;
+                if (profiling) profile::flush_warp(warp_start / 32);
                 released = true;
             }
         }
         if (released) continue;
-        if (live == 0) return std::string();
+        if (live == 0) {
+            flush_all_warps();
+            return std::string();
+        }
         if (at_block == live) {
+            flush_all_warps();
             for (unsigned t = 0; t < n; ++t)
                 if (w.fibers[t].state == FiberState::AtBlockBarrier) w.fibers[t].state = FiberState::Runnable;
             continue;
@@ -299,8 +313,11 @@ static unsigned host_threads() {
 }  // namespace gala_sim
 
 // Runs `shim(args)` over the grid. Returns 0 on success, otherwise writes a message to `err`.
+// `profile`: null, or where to add the launch's memory-access profile (the shim must then be
+// the profiled variant, whose loads and stores call the profiler's hooks).
 extern "C" int gala_sim_launch(gala_sim::KernelShim shim, const unsigned* grid, const unsigned* block,
-                               unsigned shared_bytes, void** args, char* err, unsigned long err_len) {
+                               unsigned shared_bytes, void** args, char* err, unsigned long err_len,
+                               GalaSimMemoryProfile* profile) {
     using namespace gala_sim;
     auto fail = [&](const std::string& m) {
         snprintf(err, err_len, "%s", m.c_str());
@@ -318,6 +335,9 @@ extern "C" int gala_sim_launch(gala_sim::KernelShim shim, const unsigned* grid, 
     std::atomic<unsigned long long> next_block{0};
     std::mutex error_mutex;
     std::string first_error;
+    // Device memory as of this launch: what the profiler counts as global.
+    const profile::RegistrySnapshot registry = profile ? profile::snapshot_registry() : profile::RegistrySnapshot();
+    std::mutex profile_mutex;
     auto work = [&]() {
         Worker* w = acquire_worker();
         if (!w) {
@@ -326,6 +346,7 @@ extern "C" int gala_sim_launch(gala_sim::KernelShim shim, const unsigned* grid, 
             return;
         }
         current_worker = w;
+        if (profile) profile::begin_launch_on_this_thread(&registry);
         w->shim = shim;
         w->args = args;
         for (;;) {
@@ -340,6 +361,11 @@ extern "C" int gala_sim_launch(gala_sim::KernelShim shim, const unsigned* grid, 
                 next_block.store(blocks);
                 break;
             }
+        }
+        if (profile) {
+            // Integer sums: the launch total does not depend on which thread ran which block.
+            std::lock_guard<std::mutex> lock(profile_mutex);
+            profile::end_launch_on_this_thread(profile);
         }
         current_worker = nullptr;
         release_worker(w);

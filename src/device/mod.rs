@@ -12,6 +12,7 @@
 pub mod cuda;
 pub mod nvrtc;
 pub mod sim;
+pub mod sim_profile;
 
 use crate::error::{Error, Result};
 use std::any::Any;
@@ -53,8 +54,9 @@ mod generated {
     use super::{KernelSignature, KernelSource, ParamKind, SimShim};
     include!(concat!(env!("OUT_DIR"), "/kernels_generated.rs"));
 }
-pub use generated::{KERNEL_SIGNATURES, KERNEL_SOURCES};
-pub(crate) use generated::SIM_SHIMS;
+/// KERNEL_HEADERS: kernels/*.cuh, which .cu files `#include "name.cuh"` (NVRTC gets them in memory).
+pub use generated::{KERNEL_HEADERS, KERNEL_SIGNATURES, KERNEL_SOURCES};
+pub(crate) use generated::{SIM_PROFILED_SHIMS, SIM_SHIMS};
 
 /// The signature of kernel `name`, or an error naming the kernels that exist.
 pub fn kernel_signature(name: &str) -> Result<&'static KernelSignature> {

@@ -4,7 +4,7 @@
 //! libnvrtc is loaded dynamically; cudarc panics when it is missing, so every entry point checks
 //! for the library first and turns its absence into an error that says how to install it.
 
-use super::KernelSource;
+use super::{KernelSource, KERNEL_HEADERS};
 use crate::error::{Error, Result};
 use cudarc::nvrtc::{result, sys};
 use std::ffi::{CStr, CString};
@@ -66,8 +66,32 @@ pub fn compile(source: &KernelSource, arch: &str) -> Result<Compiled> {
     let src = CString::new(source.text)
         .map_err(|_| Error::Backend(format!("kernels/{} contains a NUL byte", source.file)))?;
     let name = CString::new(source.file).expect("kernel file names have no NUL");
-    let prog = result::create_program(&src, Some(&name))
-        .map_err(|e| Error::Backend(format!("nvrtcCreateProgram for kernels/{}: {e:?}", source.file)))?;
+    // Every kernels/*.cuh goes in as an in-memory header under its file name, so
+    // `#include "prelude.cuh"` resolves with no file system (the CUDA device has none to offer).
+    let header_text: Vec<CString> = KERNEL_HEADERS
+        .iter()
+        .map(|h| CString::new(h.text).map_err(|_| Error::Backend(format!("kernels/{} contains a NUL byte", h.file))))
+        .collect::<Result<_>>()?;
+    let header_names: Vec<CString> = KERNEL_HEADERS.iter().map(|h| CString::new(h.file).expect("header names have no NUL")).collect();
+    let text_ptrs: Vec<*const std::ffi::c_char> = header_text.iter().map(|c| c.as_ptr()).collect();
+    let name_ptrs: Vec<*const std::ffi::c_char> = header_names.iter().map(|c| c.as_ptr()).collect();
+    let mut prog = std::mem::MaybeUninit::<sys::nvrtcProgram>::uninit();
+    // SAFETY: the library is present (checked); every pointer is a live NUL-terminated string
+    // that outlives the program (destroyed below, before these vectors drop).
+    unsafe {
+        sys::nvrtcCreateProgram(
+            prog.as_mut_ptr(),
+            src.as_ptr(),
+            name.as_ptr(),
+            text_ptrs.len() as i32,
+            text_ptrs.as_ptr(),
+            name_ptrs.as_ptr(),
+        )
+    }
+    .result()
+    .map_err(|e| Error::Backend(format!("nvrtcCreateProgram for kernels/{}: {e:?}", source.file)))?;
+    // SAFETY: nvrtcCreateProgram succeeded, so it wrote the program handle.
+    let prog = unsafe { prog.assume_init() };
     let opts = options(arch);
     // SAFETY: `prog` is a live program created above; destroyed below on every path.
     let compiled = unsafe { result::compile_program(prog, &opts) };

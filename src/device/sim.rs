@@ -8,8 +8,9 @@
 
 use super::{
     check_launch, check_range, DeviceBuffer, DeviceElem, DeviceId, Event, HostBuffer, KernelArg, LaunchConfig, SimShim, Stream,
-    SIM_SHIMS,
+    SIM_PROFILED_SHIMS, SIM_SHIMS,
 };
+use super::sim_profile::{self, LaunchMemoryProfile, RawMemoryProfile};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_void};
 use std::marker::PhantomData;
@@ -18,8 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 extern "C" {
     fn gala_sim_launch(
         shim: SimShim, grid: *const u32, block: *const u32, shared_bytes: u32, args: *mut *mut c_void,
-        err: *mut c_char, err_len: std::ffi::c_ulong,
+        err: *mut c_char, err_len: std::ffi::c_ulong, profile: *mut RawMemoryProfile,
     ) -> i32;
+    fn gala_sim_memory_register(ptr: *const c_void, bytes: u64);
+    fn gala_sim_memory_unregister(ptr: *const c_void);
 }
 
 /// The simulator's "device memory": a zeroed host allocation, 256-byte aligned like cudaMalloc's,
@@ -27,6 +30,9 @@ extern "C" {
 struct HostStorage {
     ptr: *mut u8,
     layout: std::alloc::Layout,
+    /// Device memory is registered with the profiler, which counts only its addresses (and the
+    /// block's shared memory) as memory traffic; pinned host buffers are not device memory.
+    registered: bool,
 }
 
 // SAFETY: a plain owned allocation; access is synchronised by the device API (every simulated
@@ -43,12 +49,24 @@ impl HostStorage {
         if ptr.is_null() {
             return Err(Error::Backend(format!("the simulator could not allocate {bytes} bytes of host memory")));
         }
-        Ok(HostStorage { ptr, layout })
+        Ok(HostStorage { ptr, layout, registered: false })
+    }
+
+    fn device_memory(bytes: usize) -> Result<Self> {
+        let mut s = Self::zeroed(bytes)?;
+        // SAFETY: registers a live allocation's range; unregistered in Drop before it is freed.
+        unsafe { gala_sim_memory_register(s.ptr as *const c_void, s.layout.size() as u64) };
+        s.registered = true;
+        Ok(s)
     }
 }
 
 impl Drop for HostStorage {
     fn drop(&mut self) {
+        if self.registered {
+            // SAFETY: registered in `device_memory`; the runtime only drops the range.
+            unsafe { gala_sim_memory_unregister(self.ptr as *const c_void) };
+        }
         // SAFETY: allocated in `zeroed` with this layout.
         unsafe { std::alloc::dealloc(self.ptr, self.layout) };
     }
@@ -103,7 +121,7 @@ impl super::Device for SimDevice {
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
             .ok_or_else(|| Error::Backend(format!("alloc of {len} elements overflows")))?;
-        let storage = HostStorage::zeroed(bytes)?;
+        let storage = HostStorage::device_memory(bytes)?;
         let ptr = storage.ptr as u64;
         Ok(DeviceBuffer { ptr, len, owner: self.id, _storage: Box::new(storage), _elem: PhantomData })
     }
@@ -158,7 +176,9 @@ impl super::Device for SimDevice {
     fn launch(&self, stream: Stream, name: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()> {
         self.check_stream(stream)?;
         check_launch(self.id, name, &config, args)?;
-        let shim = SIM_SHIMS
+        // The memory profiler (sim_profile.rs) runs the instrumented twin of the kernel.
+        let profiling = sim_profile::collecting() || sim_profile::env_requested();
+        let shim = if profiling { SIM_PROFILED_SHIMS } else { SIM_SHIMS }
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, s)| *s)
@@ -168,8 +188,13 @@ impl super::Device for SimDevice {
         let grid = [config.grid.0, config.grid.1, config.grid.2];
         let block = [config.block.0, config.block.1, config.block.2];
         let mut err = [0 as c_char; 512];
-        // GALA_SIM_PROFILE=1 prints every launch's wall time (to find what makes tests slow).
-        let started = std::env::var_os("GALA_SIM_PROFILE").map(|_| std::time::Instant::now());
+        // GALA_SIM_PROFILE=1 (any value but `memory`) prints every launch's wall time (to find
+        // what makes tests slow); GALA_SIM_PROFILE=memory prints its memory-access profile.
+        let started = std::env::var_os("GALA_SIM_PROFILE")
+            .filter(|_| !sim_profile::env_requested())
+            .map(|_| std::time::Instant::now());
+        let mut raw = RawMemoryProfile::default();
+        let raw_ptr: *mut RawMemoryProfile = if profiling { &mut raw } else { std::ptr::null_mut() };
         // SAFETY: the arguments match the kernel's parameter list (checked above) and every
         // buffer argument is a live allocation of this device; the launch returns when done.
         let rc = unsafe {
@@ -181,10 +206,18 @@ impl super::Device for SimDevice {
                 pointers.as_mut_ptr(),
                 err.as_mut_ptr(),
                 err.len() as std::ffi::c_ulong,
+                raw_ptr,
             )
         };
         if let Some(t) = started {
             eprintln!("sim launch {name} grid {:?} block {:?}: {:.1} ms", config.grid, config.block, t.elapsed().as_secs_f64() * 1e3);
+        }
+        if profiling && rc == 0 {
+            let p = LaunchMemoryProfile::new(name, config.grid, config.block, &raw);
+            if sim_profile::env_requested() {
+                eprintln!("sim profile: {}", p.summary());
+            }
+            sim_profile::collect(p);
         }
         if rc != 0 {
             // SAFETY: the runtime wrote a NUL-terminated message into `err`.
