@@ -625,6 +625,213 @@ pub fn conv_grad_sum_chunks<D: Device>(
     )
 }
 
+/// Reduction slice of the fc kernels' deterministic split-K (FC forward and backward-data): a
+/// fixed number of elements, a multiple of the K-tile, so the split count depends on the layer's
+/// shape alone (gala fc forward: 1568 → 7 slices; backward-data: 512 → 2).
+pub const FC_SPLIT_K: usize = 256;
+
+/// Slices of a K-element reduction under `FC_SPLIT_K`.
+pub fn fc_splits(k: usize) -> usize {
+    k.div_ceil(FC_SPLIT_K).max(1)
+}
+
+/// Elements of the split-K partials that `fc_forward` (k = in, width = out) or
+/// `fc_backward_data` (k = out, width = in) needs for a batch of `n` per agent (0: no slices).
+pub fn fc_partials_len(agents: usize, n: usize, k: usize, width: usize) -> usize {
+    let s = fc_splits(k);
+    if s == 1 {
+        0
+    } else {
+        agents * s * n * width
+    }
+}
+
+/// The checks every fc launcher shares; returns (in, out) as u32.
+fn fc_check(kernel: &str, shape: &ConvShape, n: usize) -> Result<(u32, u32)> {
+    ensure(shape.kernel == 1 && shape.stride == 1 && shape.in_hw == 1 && shape.out_hw == 1, || {
+        format!("{kernel}: {shape:?} is not a fully connected layer (a 1x1 conv on 1x1 inputs)")
+    })?;
+    conv_shape_args(kernel, shape, n)?;
+    Ok((shape.in_channels as u32, shape.out_channels as u32))
+}
+
+/// Runs the split-K second pass when there is more than one slice.
+#[allow(clippy::too_many_arguments)]
+fn fc_sum_splits<D: Device>(
+    dev: &D, stream: Stream, partials: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>, out: &mut DeviceBuffer<f32>,
+    agents: usize, len: usize, width: usize, splits: usize, bias: Option<&LayerParams>, relu: bool,
+) -> Result<()> {
+    const K: &str = "fc_sum_splits";
+    let y = grid_dim(K, "agents", agents)?;
+    let config = LaunchConfig {
+        grid: (len.div_ceil(CONV_REDUCE_BLOCK as usize) as u32, y, 1),
+        block: (CONV_REDUCE_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (pc, b_off) = bias.map(|lp| (lp.param_count, lp.b_off)).unwrap_or((0, 0));
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[
+            KernelArg::buf(partials),
+            KernelArg::buf(params),
+            KernelArg::buf(out),
+            KernelArg::U32(u32_of(K, "len", len)?),
+            KernelArg::U32(width as u32),
+            KernelArg::U32(splits as u32),
+            KernelArg::U32(pc as u32),
+            KernelArg::U32(b_off as u32),
+            KernelArg::U32(bias.is_some() as u32),
+            KernelArg::U32(relu as u32),
+        ],
+    )
+}
+
+/// Fully connected forward as a GEMM with deterministic split-K: y [agents][n][Out] =
+/// relu(b + x·wᵀ), x [agents][n][In]. `partials` holds `fc_partials_len(agents, n, In, Out)`
+/// elements (may be empty when that is 0). One launch, plus `fc_sum_splits` when split.
+#[allow(clippy::too_many_arguments)]
+pub fn fc_forward<D: Device>(
+    dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>,
+    partials: &mut DeviceBuffer<f32>, y: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
+) -> Result<()> {
+    const K: &str = "fc_forward";
+    let (in_f, out_f) = fc_check(K, shape, n)?;
+    check_layer_params(K, shape, &lp, params, agents)?;
+    ensure_len(K, "x", x, agents * n * shape.in_len())?;
+    ensure_len(K, "y", y, agents * n * shape.out_len())?;
+    let splits = fc_splits(in_f as usize);
+    ensure_len(K, "partials", partials, fc_partials_len(agents, n, in_f as usize, out_f as usize))?;
+    let z = grid_dim(K, "agents*splits", agents * splits)?;
+    let grid = (
+        n.div_ceil(CONV_TILE_N as usize) as u32,
+        grid_dim(K, "row tiles", (out_f as usize).div_ceil(CONV_TILE_M as usize))?,
+        z,
+    );
+    let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let target: &DeviceBuffer<f32> = if splits == 1 { y } else { partials };
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[
+            KernelArg::buf(x),
+            KernelArg::buf(params),
+            KernelArg::buf(target),
+            KernelArg::U32(in_f),
+            KernelArg::U32(out_f),
+            KernelArg::U32(n as u32),
+            KernelArg::U32(lp.param_count as u32),
+            KernelArg::U32(lp.w_off as u32),
+            KernelArg::U32(lp.b_off as u32),
+            KernelArg::U32(relu as u32),
+            KernelArg::U32(FC_SPLIT_K as u32),
+            KernelArg::U32(splits as u32),
+        ],
+    )?;
+    if splits > 1 {
+        fc_sum_splits(dev, stream, partials, params, y, agents, n * out_f as usize, out_f as usize, splits, Some(&lp), relu)?;
+    }
+    Ok(())
+}
+
+/// Fully connected backward-data: dx [agents][n][In] = g·w with g = dy masked by y > 0 when
+/// `relu` (dy, y [agents][n][Out]); split-K over Out like `fc_forward` (`partials`:
+/// `fc_partials_len(agents, n, Out, In)` elements).
+#[allow(clippy::too_many_arguments)]
+pub fn fc_backward_data<D: Device>(
+    dev: &D, stream: Stream, shape: &ConvShape, dy: &DeviceBuffer<f32>, y: &DeviceBuffer<f32>,
+    params: &DeviceBuffer<f32>, partials: &mut DeviceBuffer<f32>, dx: &mut DeviceBuffer<f32>, agents: usize, n: usize,
+    lp: LayerParams, relu: bool,
+) -> Result<()> {
+    const K: &str = "fc_backward_data";
+    let (in_f, out_f) = fc_check(K, shape, n)?;
+    check_layer_params(K, shape, &lp, params, agents)?;
+    ensure_len(K, "dy", dy, agents * n * shape.out_len())?;
+    ensure_len(K, "y", y, agents * n * shape.out_len())?;
+    ensure_len(K, "dx", dx, agents * n * shape.in_len())?;
+    let splits = fc_splits(out_f as usize);
+    ensure_len(K, "partials", partials, fc_partials_len(agents, n, out_f as usize, in_f as usize))?;
+    let z = grid_dim(K, "agents*splits", agents * splits)?;
+    let grid = (
+        n.div_ceil(CONV_TILE_N as usize) as u32,
+        grid_dim(K, "row tiles", (in_f as usize).div_ceil(CONV_TILE_M as usize))?,
+        z,
+    );
+    let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let target: &DeviceBuffer<f32> = if splits == 1 { dx } else { partials };
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[
+            KernelArg::buf(dy),
+            KernelArg::buf(y),
+            KernelArg::buf(params),
+            KernelArg::buf(target),
+            KernelArg::U32(in_f),
+            KernelArg::U32(out_f),
+            KernelArg::U32(n as u32),
+            KernelArg::U32(lp.param_count as u32),
+            KernelArg::U32(lp.w_off as u32),
+            KernelArg::U32(relu as u32),
+            KernelArg::U32(FC_SPLIT_K as u32),
+            KernelArg::U32(splits as u32),
+        ],
+    )?;
+    if splits > 1 {
+        fc_sum_splits(dev, stream, partials, params, dx, agents, n * in_f as usize, in_f as usize, splits, None, false)?;
+    }
+    Ok(())
+}
+
+/// Fully connected backward-filter: dw [Out][In] = gᵀ·x and db = Σ g over the batch, straight
+/// into the gradient arena at the layer's offsets (bias after weight), one ascending sum over
+/// the batch per element.
+#[allow(clippy::too_many_arguments)]
+pub fn fc_backward_filter<D: Device>(
+    dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<f32>, dy: &DeviceBuffer<f32>, y: &DeviceBuffer<f32>,
+    grads: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
+) -> Result<()> {
+    const K: &str = "fc_backward_filter";
+    let (in_f, out_f) = fc_check(K, shape, n)?;
+    ensure_len(K, "x", x, agents * n * shape.in_len())?;
+    ensure_len(K, "dy", dy, agents * n * shape.out_len())?;
+    ensure_len(K, "y", y, agents * n * shape.out_len())?;
+    ensure_len(K, "grads", grads, agents * lp.param_count)?;
+    ensure(
+        lp.w_off + shape.out_channels * shape.patch_len() <= lp.param_count && lp.b_off + shape.out_channels <= lp.param_count,
+        || format!("{K}: layer gradient does not fit the arena"),
+    )?;
+    u32_of(K, "param_count", lp.param_count)?;
+    let z = grid_dim(K, "agents", agents)?;
+    let grid = (
+        (in_f as usize).div_ceil(CONV_TILE_N as usize) as u32,
+        grid_dim(K, "row tiles", (out_f as usize).div_ceil(CONV_TILE_M as usize))?,
+        z,
+    );
+    let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[
+            KernelArg::buf(x),
+            KernelArg::buf(dy),
+            KernelArg::buf(y),
+            KernelArg::buf(grads),
+            KernelArg::U32(in_f),
+            KernelArg::U32(out_f),
+            KernelArg::U32(n as u32),
+            KernelArg::U32(lp.param_count as u32),
+            KernelArg::U32(lp.w_off as u32),
+            KernelArg::U32(lp.b_off as u32),
+            KernelArg::U32(relu as u32),
+        ],
+    )
+}
+
 /// Where the heads' tensors sit in every agent's parameter slice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeadsParams {
