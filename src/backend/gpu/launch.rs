@@ -96,12 +96,13 @@ pub fn optim_find_nonfinite<D: Device>(
 
 /// Pass 2 of the optimizer: per-agent norm from the partials, clipping to `max_norm`, one
 /// RMSprop step (params, grads (clipped in place), square_avg all [agents][P]); norms [agents]
-/// receives the pre-clip norms.
+/// receives the pre-clip norms. `skip` [1]: when non-zero on the device (set by
+/// `heads_loss_guard`), only the norms are written and no agent steps.
 #[allow(clippy::too_many_arguments)]
 pub fn optim_clip_rmsprop<D: Device>(
     dev: &D, stream: Stream, params: &mut DeviceBuffer<f32>, grads: &mut DeviceBuffer<f32>,
-    square_avg: &mut DeviceBuffer<f32>, partials: &DeviceBuffer<f64>, norms: &mut DeviceBuffer<f64>, agents: usize,
-    param_count: usize, max_norm: f64, opt: RmsProp,
+    square_avg: &mut DeviceBuffer<f32>, partials: &DeviceBuffer<f64>, norms: &mut DeviceBuffer<f64>,
+    skip: &DeviceBuffer<u32>, agents: usize, param_count: usize, max_norm: f64, opt: RmsProp,
 ) -> Result<()> {
     const K: &str = "optim_clip_rmsprop";
     let a = ensure_agents(K, agents)?;
@@ -112,6 +113,7 @@ pub fn optim_clip_rmsprop<D: Device>(
     }
     ensure_len(K, "partials", partials, agents * chunks as usize)?;
     ensure_len(K, "norms", norms, agents)?;
+    ensure_len(K, "skip", skip, 1)?;
     ensure(max_norm > 0.0 && opt.lr.is_finite() && (0.0..1.0).contains(&opt.alpha) && opt.eps > 0.0, || {
         format!("{K}: hyper-parameters out of range (max_norm {max_norm}, {opt:?})")
     })?;
@@ -126,6 +128,7 @@ pub fn optim_clip_rmsprop<D: Device>(
             KernelArg::buf(square_avg),
             KernelArg::buf(partials),
             KernelArg::buf(norms),
+            KernelArg::buf(skip),
             KernelArg::U32(p),
             KernelArg::U32(chunks),
             KernelArg::F64(max_norm),
@@ -1006,4 +1009,54 @@ pub fn heads_backward<D: Device>(
     ];
     args.extend(tail);
     dev.launch(stream, K, config, &args)
+}
+
+/// The update's device-side finiteness guard: guard [1] ← 1 when any agent's total loss from
+/// stats [agents][3] (the sums `heads_backward` writes, over `n` samples) is not finite, else 0;
+/// `optim_clip_rmsprop` then skips the step. One single-thread launch, no host sync.
+pub fn heads_loss_guard<D: Device>(
+    dev: &D, stream: Stream, stats: &DeviceBuffer<f64>, guard: &mut DeviceBuffer<u32>, agents: usize, n: usize,
+    value_coef: f64, entropy_coef: f64,
+) -> Result<()> {
+    const K: &str = "heads_loss_guard";
+    let a = ensure_agents(K, agents)?;
+    ensure(n >= 1, || format!("{K}: empty batch"))?;
+    ensure_len(K, "stats", stats, agents * 3)?;
+    ensure_len(K, "guard", guard, 1)?;
+    let config = LaunchConfig { grid: (1, 1, 1), block: (1, 1, 1), shared_mem_bytes: 0 };
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[
+            KernelArg::buf(stats),
+            KernelArg::buf(guard),
+            KernelArg::U32(a),
+            KernelArg::U32(u32_of(K, "n", n)?),
+            KernelArg::F64(value_coef),
+            KernelArg::F64(entropy_coef),
+        ],
+    )
+}
+
+/// Packs act's outputs (actions, values, log-probs, each [rows]) into out [3 * rows] u32
+/// (the floats as their bits) so that they come down in one copy.
+pub fn act_pack_outputs<D: Device>(
+    dev: &D, stream: Stream, actions: &DeviceBuffer<u32>, values: &DeviceBuffer<f32>, log_probs: &DeviceBuffer<f32>,
+    out: &mut DeviceBuffer<u32>, rows: usize,
+) -> Result<()> {
+    const K: &str = "act_pack_outputs";
+    ensure(rows >= 1, || format!("{K}: empty batch"))?;
+    ensure_u32_index(K, 3 * rows, HEADS_THREADS)?;
+    ensure_len(K, "actions", actions, rows)?;
+    ensure_len(K, "values", values, rows)?;
+    ensure_len(K, "log_probs", log_probs, rows)?;
+    ensure_len(K, "out", out, 3 * rows)?;
+    let config = LaunchConfig { grid: (rows.div_ceil(HEADS_THREADS as usize) as u32, 1, 1), block: (HEADS_THREADS, 1, 1), shared_mem_bytes: 0 };
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[KernelArg::buf(actions), KernelArg::buf(values), KernelArg::buf(log_probs), KernelArg::buf(out), KernelArg::U32(rows as u32)],
+    )
 }
