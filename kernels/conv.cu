@@ -8,6 +8,8 @@
 //   w  params[a][w_off ..] [Cout][Cin][K][K],  b params[a][b_off ..] [Cout]
 //   y  [agents][N][Cout][Ho][Ho]      Ho = (H - K)/stride + 1, no padding
 // A fully connected layer is the same with K = stride = H = Ho = 1 (x [N][In], y [N][Out]).
+// The conv kernels still run one correctly, but the backend runs fc with the fc_* GEMM kernels
+// at the end of this file (loads along the contiguous dimension, deterministic split-K).
 //
 // Implicit GEMM, with column index j = n*P + p over the agent's samples n and output pixels
 // p = oy*Ho + ox, and patch index r = (c*K + ky)*K + kx (R = Cin*K*K):

@@ -26,11 +26,15 @@ the kernels changed, each edit with where its number comes from:
   * the update's mid-way stats download is gone (heads_loss_guard on the device, one launch);
     the stats and norms come down together at the end: one host sync instead of two.
 
-usage: python3 model_after.py RESOURCES.json [--agents A --envs E --steps T --net gala|nature]
+usage: [GPU_MODEL_DIR=...] python3 model_after.py RESOURCES.json [--agents A --envs E --steps T --net gala|nature]
 """
 import os, sys
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODEL_DIR = os.environ.get("GPU_MODEL_DIR", os.path.join(HERE, "..", "..", "..", "..", "shared", "tools", "gpu-model"))
+# The model lives beside the project (`<project root>/../shared/tools/gpu-model`, as in main's
+# checkout); GPU_MODEL_DIR overrides it (e.g. from a worktree elsewhere).
+MODEL_DIR = os.environ.get("GPU_MODEL_DIR", os.path.join(HERE, "..", "..", "..", "shared", "tools", "gpu-model"))
+if not os.path.exists(os.path.join(MODEL_DIR, "model_update.py")):
+    sys.exit(f"model_after.py: no model_update.py in {MODEL_DIR}; set GPU_MODEL_DIR")
 sys.path.insert(0, MODEL_DIR)
 import model_update as M  # noqa: E402
 

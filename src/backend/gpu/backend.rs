@@ -15,10 +15,11 @@
 //! dimension in its grid): returns 1, forward 5 (conv1-3, fc GEMM + its split-K sum), heads 2
 //! (forward+loss, backward), fc backward 3 (filter, data GEMM + split-K sum), conv3 and conv2
 //! backward 4 each (filter, chunk sum, data GEMM, col2im), conv1 backward 2 (no input
-//! gradient), the device-side loss guard 1, clip + RMSprop 2. `act` is 8 launches (forward 5, heads, sampling,
-//! packing its outputs for one download into pinned memory). The split-K
-//! sums run only where the layer's reduction spans more than one `FC_SPLIT_K` slice (the gala
-//! and nature fc layers do). `launch_count` reports the running total.
+//! gradient), the device-side loss guard 1, clip + RMSprop 2; nothing waits for the host until
+//! the loss sums and norms come down after the last launch. `act` is 8 launches (forward 5,
+//! heads, sampling, packing its outputs for one download into pinned memory). The split-K sums
+//! run only where a layer's reduction spans more than one `FC_SPLIT_K` slice (the gala and
+//! nature fc layers do). `launch_count` reports the running total.
 
 use super::launch::{self, FilterTarget, HeadsLossBuffers, HeadsParams, LayerParams};
 use super::GpuArena;
