@@ -548,6 +548,23 @@ __device__ __forceinline__ unsigned int fc_k(unsigned int tid, unsigned int q) {
     return KLANE ? tid % CONV_TILE_K : tid / ROWS + q * (CONV_THREADS / ROWS);
 }
 
+// One operand's loads for the K-step at k0 into registers: v[q] = src[m*ms + k*ks] for this
+// thread's (m, k) of load q (0 outside rows [row0, rows) or past k_end), and with MASK the y
+// value at the same place (1 when !relu or outside), for the caller's select.
+template <unsigned int ROWS, bool KLANE, bool MASK>
+__device__ __forceinline__ void fc_load(const float* __restrict__ src, const float* __restrict__ ysrc, unsigned int ms,
+                                        unsigned int ks, unsigned int relu, unsigned int row0, unsigned int rows,
+                                        unsigned int k0, unsigned int k_end, float* v, float* y) {
+    const unsigned int tid = threadIdx.x;
+    for (unsigned int q = 0; q < ROWS * CONV_TILE_K / CONV_THREADS; ++q) {
+        const unsigned int m = row0 + fc_row<ROWS, KLANE>(tid, q), k = k0 + fc_k<ROWS, KLANE>(tid, q);
+        const bool ok = m < rows && k < k_end;
+        const unsigned int at = m * ms + k * ks;
+        v[q] = ok ? src[at] : 0.0f;
+        if (MASK) y[q] = (ok && relu) ? ysrc[at] : 1.0f;
+    }
+}
+
 // acc = this thread's 4x4 of C(m, n) = sum_{k in [k_begin, k_end)} A(m, k) B(n, k), where
 // A(m, k) = a[m*a_ms + k*a_ks], masked by ya[same] > 0 when AM && relu (B likewise); AK / BK:
 // K-lane loads for A / B. bias_acc (thread t < TILE_M of the blocks with blockIdx.x == 0, when
@@ -564,22 +581,10 @@ __device__ __forceinline__ void fc_gemm(const float* __restrict__ a, const float
     const unsigned int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     float av[CONV_KLANE_A], ay[CONV_KLANE_A], bv[CONV_KLANE_B], by[CONV_KLANE_B];
     auto load_a = [&](unsigned int k0) {
-        for (unsigned int q = 0; q < CONV_KLANE_A; ++q) {
-            const unsigned int m = row0 + fc_row<CONV_TILE_M, AK>(tid, q), k = k0 + fc_k<CONV_TILE_M, AK>(tid, q);
-            const bool ok = m < M && k < k_end;
-            const unsigned int at = m * a_ms + k * a_ks;
-            av[q] = ok ? a[at] : 0.0f;
-            if (AM) ay[q] = (ok && relu) ? ya[at] : 1.0f;
-        }
+        fc_load<CONV_TILE_M, AK, AM>(a, ya, a_ms, a_ks, relu, row0, M, k0, k_end, av, ay);
     };
     auto load_b = [&](unsigned int k0) {
-        for (unsigned int q = 0; q < CONV_KLANE_B; ++q) {
-            const unsigned int nn = col0 + fc_row<CONV_TILE_N, BK>(tid, q), k = k0 + fc_k<CONV_TILE_N, BK>(tid, q);
-            const bool ok = nn < N && k < k_end;
-            const unsigned int at = nn * b_ms + k * b_ks;
-            bv[q] = ok ? b[at] : 0.0f;
-            if (BM) by[q] = (ok && relu) ? yb[at] : 1.0f;
-        }
+        fc_load<CONV_TILE_N, BK, BM>(b, yb, b_ms, b_ks, relu, col0, N, k0, k_end, bv, by);
     };
     // The unmasked operand's loads first (they stay in flight across the FMA loop), then the
     // masked one's value and y together, selected at once so the y registers die early.

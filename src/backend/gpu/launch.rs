@@ -704,37 +704,44 @@ pub fn fc_forward<D: Device>(
     check_layer_params(K, shape, &lp, params, agents)?;
     ensure_len(K, "x", x, agents * n * shape.in_len())?;
     ensure_len(K, "y", y, agents * n * shape.out_len())?;
-    let splits = fc_splits(in_f as usize);
-    ensure_len(K, "partials", partials, fc_partials_len(agents, n, in_f as usize, out_f as usize))?;
-    let z = grid_dim(K, "agents*splits", agents * splits)?;
-    let grid = (
-        n.div_ceil(CONV_TILE_N as usize) as u32,
-        grid_dim(K, "row tiles", (out_f as usize).div_ceil(CONV_TILE_M as usize))?,
-        z,
-    );
+    let head = [KernelArg::buf(x), KernelArg::buf(params)];
+    let tail = [
+        KernelArg::U32(in_f),
+        KernelArg::U32(out_f),
+        KernelArg::U32(n as u32),
+        KernelArg::U32(lp.param_count as u32),
+        KernelArg::U32(lp.w_off as u32),
+        KernelArg::U32(lp.b_off as u32),
+        KernelArg::U32(relu as u32),
+    ];
+    fc_split_launch(dev, stream, K, &head, &tail, params, partials, y, agents, n, (in_f as usize, out_f as usize), Some(&lp), relu)
+}
+
+/// The split-K launch shared by `fc_forward` and `fc_backward_data`: `k_width` = (reduction
+/// length, output rows), grid (batch tiles, row tiles, agents × slices); with one slice the GEMM
+/// writes `out` itself, else `partials`, summed into `out` by `fc_sum_splits` (then `bias` and
+/// the ReLU when `relu`). `head`/`tail`: the kernel's arguments before and after its output
+/// pointer (the slice length and count are appended).
+#[allow(clippy::too_many_arguments)]
+fn fc_split_launch<D: Device>(
+    dev: &D, stream: Stream, kernel: &str, head: &[KernelArg], tail: &[KernelArg], params: &DeviceBuffer<f32>,
+    partials: &mut DeviceBuffer<f32>, out: &mut DeviceBuffer<f32>, agents: usize, n: usize, k_width: (usize, usize),
+    bias: Option<&LayerParams>, relu: bool,
+) -> Result<()> {
+    let (k, width) = k_width;
+    let splits = fc_splits(k);
+    ensure_len(kernel, "partials", partials, fc_partials_len(agents, n, k, width))?;
+    let z = grid_dim(kernel, "agents*splits", agents * splits)?;
+    let grid = (n.div_ceil(CONV_TILE_N as usize) as u32, grid_dim(kernel, "row tiles", width.div_ceil(CONV_TILE_M as usize))?, z);
     let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
-    let target: &DeviceBuffer<f32> = if splits == 1 { y } else { partials };
-    dev.launch(
-        stream,
-        K,
-        config,
-        &[
-            KernelArg::buf(x),
-            KernelArg::buf(params),
-            KernelArg::buf(target),
-            KernelArg::U32(in_f),
-            KernelArg::U32(out_f),
-            KernelArg::U32(n as u32),
-            KernelArg::U32(lp.param_count as u32),
-            KernelArg::U32(lp.w_off as u32),
-            KernelArg::U32(lp.b_off as u32),
-            KernelArg::U32(relu as u32),
-            KernelArg::U32(FC_SPLIT_K as u32),
-            KernelArg::U32(splits as u32),
-        ],
-    )?;
+    let target: &DeviceBuffer<f32> = if splits == 1 { out } else { partials };
+    let mut args = head.to_vec();
+    args.push(KernelArg::buf(target));
+    args.extend_from_slice(tail);
+    args.extend([KernelArg::U32(FC_SPLIT_K as u32), KernelArg::U32(splits as u32)]);
+    dev.launch(stream, kernel, config, &args)?;
     if splits > 1 {
-        fc_sum_splits(dev, stream, partials, params, y, agents, n * out_f as usize, out_f as usize, splits, Some(&lp), relu)?;
+        fc_sum_splits(dev, stream, partials, params, out, agents, n * width, width, splits, bias, relu)?;
     }
     Ok(())
 }
@@ -754,39 +761,16 @@ pub fn fc_backward_data<D: Device>(
     ensure_len(K, "dy", dy, agents * n * shape.out_len())?;
     ensure_len(K, "y", y, agents * n * shape.out_len())?;
     ensure_len(K, "dx", dx, agents * n * shape.in_len())?;
-    let splits = fc_splits(out_f as usize);
-    ensure_len(K, "partials", partials, fc_partials_len(agents, n, out_f as usize, in_f as usize))?;
-    let z = grid_dim(K, "agents*splits", agents * splits)?;
-    let grid = (
-        n.div_ceil(CONV_TILE_N as usize) as u32,
-        grid_dim(K, "row tiles", (in_f as usize).div_ceil(CONV_TILE_M as usize))?,
-        z,
-    );
-    let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
-    let target: &DeviceBuffer<f32> = if splits == 1 { dx } else { partials };
-    dev.launch(
-        stream,
-        K,
-        config,
-        &[
-            KernelArg::buf(dy),
-            KernelArg::buf(y),
-            KernelArg::buf(params),
-            KernelArg::buf(target),
-            KernelArg::U32(in_f),
-            KernelArg::U32(out_f),
-            KernelArg::U32(n as u32),
-            KernelArg::U32(lp.param_count as u32),
-            KernelArg::U32(lp.w_off as u32),
-            KernelArg::U32(relu as u32),
-            KernelArg::U32(FC_SPLIT_K as u32),
-            KernelArg::U32(splits as u32),
-        ],
-    )?;
-    if splits > 1 {
-        fc_sum_splits(dev, stream, partials, params, dx, agents, n * in_f as usize, in_f as usize, splits, None, false)?;
-    }
-    Ok(())
+    let head = [KernelArg::buf(dy), KernelArg::buf(y), KernelArg::buf(params)];
+    let tail = [
+        KernelArg::U32(in_f),
+        KernelArg::U32(out_f),
+        KernelArg::U32(n as u32),
+        KernelArg::U32(lp.param_count as u32),
+        KernelArg::U32(lp.w_off as u32),
+        KernelArg::U32(relu as u32),
+    ];
+    fc_split_launch(dev, stream, K, &head, &tail, params, partials, dx, agents, n, (out_f as usize, in_f as usize), None, false)
 }
 
 /// Fully connected backward-filter: dw [Out][In] = gᵀ·x and db = Σ g over the batch, straight
