@@ -8,6 +8,8 @@
 //   w  params[a][w_off ..] [Cout][Cin][K][K],  b params[a][b_off ..] [Cout]
 //   y  [agents][N][Cout][Ho][Ho]      Ho = (H - K)/stride + 1, no padding
 // A fully connected layer is the same with K = stride = H = Ho = 1 (x [N][In], y [N][Out]).
+// The conv kernels still run one correctly, but the backend runs fc with the fc_* GEMM kernels
+// at the end of this file (loads along the contiguous dimension, deterministic split-K).
 //
 // Implicit GEMM, with column index j = n*P + p over the agent's samples n and output pixels
 // p = oy*Ho + ox, and patch index r = (c*K + ky)*K + kx (R = Cin*K*K):
@@ -26,6 +28,22 @@
 // static shared memory (two barriers per step). Out-of-range rows, columns and reduction
 // indices load as 0, so any batch size and channel count works (ragged edges just idle).
 //
+// Shared-memory layout and load schedule (sm_90: 32 banks of 4 bytes):
+//   * The tiles are stored K-major, As[k][m] and Bs[k][n], with rows padded to CONV_AS_STRIDE =
+//     TILE_M + 4 and CONV_BS_STRIDE = TILE_N + 4 floats. The padding keeps every row 16-byte
+//     aligned (the FMA loop's 4-wide reads stay LDS.128) and shifts row k by 4k banks.
+//   * An operand whose global layout is contiguous along the REDUCTION (the weights in forward,
+//     g and the im2col gather in backward-filter, along j) is loaded "K-lane": lane l of a warp
+//     takes reduction index k = l and four adjacent rows m..m+3 (four coalesced warp loads), and
+//     stores them as one 16-byte row segment As[k][m..m+3]. Eight lanes of a quarter-warp then
+//     hit rows k..k+7, i.e. banks 4k+m..: all 32 banks once, no conflict (unpadded, every lane
+//     hit the same 4 banks: the 32-way conflict of the previous layout).
+//   * An operand contiguous along the tile's ROWS (backward-data's w and g) is loaded "M-lane":
+//     consecutive lanes take consecutive rows of one k, coalesced and conflict-free as is.
+//   * Register double buffering: all of a K-step's global loads go into registers at once
+//     (prefetch), the previous step's FMA loop runs while they are in flight, and only then are
+//     they stored; the ReLU mask is a select on y and dy loaded in the same batch.
+//
 // Accumulation contract: outputs are WRITTEN, never accumulated into; no atomics anywhere.
 // Each output element is one thread's sequential sum over the reduction in ascending order.
 // backward-filter splits the batch into fixed chunks of `samples_per_chunk` samples (chosen by
@@ -41,6 +59,15 @@
 #define CONV_TILE_K 32
 #define CONV_THREADS 128
 #define CONV_REDUCE_BLOCK 256
+#define CONV_AS_STRIDE (CONV_TILE_M + 4)
+#define CONV_BS_STRIDE (CONV_TILE_N + 4)
+// K-lane loads: rows per thread of an A (TILE_M) and a B (TILE_N) tile; M-lane loads: elements
+// per thread of an A and a B tile.
+#define CONV_KLANE_A (CONV_TILE_M * CONV_TILE_K / CONV_THREADS)
+#define CONV_KLANE_B (CONV_TILE_N * CONV_TILE_K / CONV_THREADS)
+// Minimum resident blocks per SM asked of ptxas: 8 x 128 threads = 50% occupancy, i.e. at most
+// 64 registers per thread.
+#define CONV_MIN_BLOCKS 8
 
 // The geometry every pass needs, derived once per thread from the launch arguments.
 struct ConvGeom {
@@ -119,8 +146,12 @@ __device__ __forceinline__ unsigned int patch_cursor_offset(const ConvGeom& g, c
 }
 
 // acc[i][j] += sum_kk As[kk][4ty+i] * Bs[kk][4tx+j]
-__device__ __forceinline__ void conv_tile_fma(float (*As)[CONV_TILE_M], float (*Bs)[CONV_TILE_N],
+__device__ __forceinline__ void conv_tile_fma(float (*As)[CONV_AS_STRIDE], float (*Bs)[CONV_BS_STRIDE],
                                               float acc[4][4], unsigned int tx, unsigned int ty) {
+    // Unrolled 8x as before the 64-register cap (ptxas then chose 2x: 25% loop overhead).
+#ifndef __CUDA_SIM__
+#pragma unroll 8
+#endif
     for (unsigned int kk = 0; kk < CONV_TILE_K; ++kk) {
         float a[4], b[4];
         for (int i = 0; i < 4; ++i) a[i] = As[kk][ty * 4 + i];
@@ -130,15 +161,30 @@ __device__ __forceinline__ void conv_tile_fma(float (*As)[CONV_TILE_M], float (*
     }
 }
 
+// Row (of a TILE_M or TILE_N tile) of K-lane load q = 4*quad + t of thread `tid`: quads of four
+// adjacent rows, warp w owning rows 16*quad + 4w .. +3 (see the layout notes at the top).
+__device__ __forceinline__ unsigned int klane_row(unsigned int tid, unsigned int q) {
+    return (q >> 2) * 16u + (tid / 32u) * 4u + (q & 3u);
+}
+
+// Stores a thread's K-lane registers `v` (n of them) into row k = tid % 32 of a K-major tile;
+// four adjacent columns per quad, which the compiler merges into one 16-byte store.
+template <unsigned int STRIDE, unsigned int NREG>
+__device__ __forceinline__ void klane_store(float (*T)[STRIDE], const float* v, unsigned int tid) {
+    const unsigned int kk = tid % 32u;
+    for (unsigned int q = 0; q < NREG; ++q) T[kk][klane_row(tid, q)] = v[q];
+}
+
 // ---- forward -------------------------------------------------------------------------------
 // Grid: (ceil(N*P / TILE_N), ceil(Cout / TILE_M), agents).
+// A = w (contiguous along r: K-lane loads), B = the im2col gather (lanes along columns j).
 template <class In>
 __device__ __forceinline__ void conv_forward_body(const In* __restrict__ x, const float* __restrict__ params,
                                                   float* __restrict__ y, const ConvGeom& g, unsigned int n,
                                                   unsigned int param_count, unsigned int w_off,
                                                   unsigned int b_off, unsigned int relu) {
-    __shared__ float As[CONV_TILE_K][CONV_TILE_M];
-    __shared__ float Bs[CONV_TILE_K][CONV_TILE_N];
+    __shared__ float As[CONV_TILE_K][CONV_AS_STRIDE];
+    __shared__ float Bs[CONV_TILE_K][CONV_BS_STRIDE];
     const unsigned int agent = blockIdx.z;
     const unsigned int row0 = blockIdx.y * CONV_TILE_M, col0 = blockIdx.x * CONV_TILE_N;
     const unsigned int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -153,22 +199,32 @@ __device__ __forceinline__ void conv_forward_body(const In* __restrict__ x, cons
     const bool my_col_ok = my_j < cols;
     const unsigned int origin = my_col_ok ? conv_col_origin(g, my_j) : 0u;
     const unsigned int ROW_STEP = CONV_THREADS / CONV_TILE_N;
+    const unsigned int B_LOADS = CONV_TILE_K / ROW_STEP;
+    const unsigned int my_kk = tid % CONV_TILE_K;
     PatchCursor pc = patch_cursor(g, tid / CONV_TILE_N);
-    float acc[4][4] = {};
-    for (unsigned int k0 = 0; k0 < g.patch; k0 += CONV_TILE_K) {
-        for (unsigned int e = tid; e < CONV_TILE_M * CONV_TILE_K; e += CONV_THREADS) {
-            const unsigned int mm = e / CONV_TILE_K, kk = e % CONV_TILE_K;
-            const unsigned int m = row0 + mm, r = k0 + kk;
-            As[kk][mm] = (m < g.cout && r < g.patch) ? w[m * g.patch + r] : 0.0f;
+    float a_reg[CONV_KLANE_A], b_reg[B_LOADS];
+    // Issues every global load of the K-step at k0 into registers (no store in between).
+    auto prefetch = [&](unsigned int k0) {
+        const unsigned int r = k0 + my_kk;
+        for (unsigned int q = 0; q < CONV_KLANE_A; ++q) {
+            const unsigned int m = row0 + klane_row(tid, q);
+            a_reg[q] = (m < g.cout && r < g.patch) ? w[m * g.patch + r] : 0.0f;
         }
-        for (unsigned int kk = tid / CONV_TILE_N; kk < CONV_TILE_K; kk += ROW_STEP) {
-            const unsigned int r = k0 + kk;
-            Bs[kk][my_jj] = (r < g.patch && my_col_ok)
-                                ? conv_input_value(xa[(unsigned long long)origin + patch_cursor_offset(g, pc)])
-                                : 0.0f;
+        for (unsigned int i = 0; i < B_LOADS; ++i) {
+            const unsigned int rb = k0 + tid / CONV_TILE_N + i * ROW_STEP;
+            b_reg[i] = (rb < g.patch && my_col_ok)
+                           ? conv_input_value(xa[(unsigned long long)origin + patch_cursor_offset(g, pc)])
+                           : 0.0f;
             patch_advance(g, pc, ROW_STEP);
         }
+    };
+    float acc[4][4] = {};
+    prefetch(0);
+    for (unsigned int k0 = 0; k0 < g.patch; k0 += CONV_TILE_K) {
+        klane_store<CONV_AS_STRIDE, CONV_KLANE_A>(As, a_reg, tid);
+        for (unsigned int i = 0; i < B_LOADS; ++i) Bs[tid / CONV_TILE_N + i * ROW_STEP][my_jj] = b_reg[i];
         __syncthreads();
+        if (k0 + CONV_TILE_K < g.patch) prefetch(k0 + CONV_TILE_K);
         conv_tile_fma(As, Bs, acc, tx, ty);
         __syncthreads();
     }
@@ -189,7 +245,7 @@ __device__ __forceinline__ void conv_forward_body(const In* __restrict__ x, cons
 }
 
 // conv1: uint8 frames in.
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_forward_u8(
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv_forward_u8(
     const unsigned char* __restrict__ x, const float* __restrict__ params, float* __restrict__ y,
     unsigned int cin, unsigned int cout, unsigned int ksize, unsigned int stride, unsigned int in_hw,
     unsigned int out_hw, unsigned int n, unsigned int param_count, unsigned int w_off, unsigned int b_off,
@@ -198,8 +254,9 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_forward_u8(
     conv_forward_body(x, params, y, g, n, param_count, w_off, b_off, relu);
 }
 
-// conv2, conv3 and the fully connected layer: f32 activations in.
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_forward_f32(
+// conv2, conv3 (and a fully connected layer as a 1x1 conv; the backend runs fc with the fc_*
+// kernels below): f32 activations in.
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv_forward_f32(
     const float* __restrict__ x, const float* __restrict__ params, float* __restrict__ y, unsigned int cin,
     unsigned int cout, unsigned int ksize, unsigned int stride, unsigned int in_hw, unsigned int out_hw,
     unsigned int n, unsigned int param_count, unsigned int w_off, unsigned int b_off, unsigned int relu) {
@@ -210,13 +267,15 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_forward_f32(
 // ---- backward-data -------------------------------------------------------------------------
 // dcols [agents][N][R][P] (for a 1x1 layer: dx [agents][N][Cin]).
 // Grid: (ceil(N*P / TILE_N), ceil(R / TILE_M), agents).
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_backward_data(
+// Both operands are M-lane (w along r, g along j): the stores were conflict-free already; the
+// loads are batched and double-buffered, and the mask is a select on y and dy loaded together.
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 7) conv_backward_data(
     const float* __restrict__ dy, const float* __restrict__ y, const float* __restrict__ params,
     float* __restrict__ dcols, unsigned int cin, unsigned int cout, unsigned int ksize, unsigned int stride,
     unsigned int in_hw, unsigned int out_hw, unsigned int n, unsigned int param_count, unsigned int w_off,
     unsigned int relu) {
-    __shared__ float As[CONV_TILE_K][CONV_TILE_M];
-    __shared__ float Bs[CONV_TILE_K][CONV_TILE_N];
+    __shared__ float As[CONV_TILE_K][CONV_AS_STRIDE];
+    __shared__ float Bs[CONV_TILE_K][CONV_BS_STRIDE];
     const ConvGeom g = conv_geom(cin, cout, ksize, stride, in_hw, out_hw);
     const unsigned int agent = blockIdx.z;
     const unsigned int row0 = blockIdx.y * CONV_TILE_M, col0 = blockIdx.x * CONV_TILE_N;
@@ -230,24 +289,42 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_backward_data(
     const unsigned int my_jj = tid % CONV_TILE_N, my_j = col0 + my_jj;
     const bool my_col_ok = my_j < cols;
     const unsigned int out_origin = my_col_ok ? conv_out_origin(g, my_j) : 0u;
+    const unsigned int A_LOADS = CONV_TILE_K * CONV_TILE_M / CONV_THREADS, A_STEP = CONV_THREADS / CONV_TILE_M;
+    const unsigned int B_LOADS = CONV_TILE_K * CONV_TILE_N / CONV_THREADS, B_STEP = CONV_THREADS / CONV_TILE_N;
+    const unsigned int my_rr = tid % CONV_TILE_M, my_r = row0 + my_rr;
+    float a_reg[A_LOADS], dy_reg[B_LOADS], y_reg[B_LOADS];
+    // A = w^T: As[oo][rr] = w[o][r] (consecutive threads read consecutive r).
+    auto load_w = [&](unsigned int o0) {
+        for (unsigned int i = 0; i < A_LOADS; ++i) {
+            const unsigned int o = o0 + tid / CONV_TILE_M + i * A_STEP;
+            a_reg[i] = (o < g.cout && my_r < g.patch) ? w[o * g.patch + my_r] : 0.0f;
+        }
+    };
+    auto prefetch = [&](unsigned int o0) {
+        const unsigned int o_first = o0 + tid / CONV_TILE_N;
+        const float* dyp = dya + out_origin + o_first * g.pixels;
+        const float* yp = ya + out_origin + o_first * g.pixels;
+        for (unsigned int i = 0; i < B_LOADS; ++i) {
+            const bool ok = o_first + i * B_STEP < g.cout && my_col_ok;
+            const unsigned int at = i * B_STEP * g.pixels;
+            dy_reg[i] = ok ? dyp[at] : 0.0f;
+            y_reg[i] = (ok && relu) ? yp[at] : 1.0f;
+        }
+        // The select waits for y and dy (issued together above) and retires the y registers.
+        for (unsigned int i = 0; i < B_LOADS; ++i) dy_reg[i] = y_reg[i] > 0.0f ? dy_reg[i] : 0.0f;
+    };
     float acc[4][4] = {};
+    load_w(0);
+    prefetch(0);
     for (unsigned int o0 = 0; o0 < g.cout; o0 += CONV_TILE_K) {
-        // A = w^T: As[oo][rr] = w[o][r] (consecutive threads read consecutive r).
-        for (unsigned int e = tid; e < CONV_TILE_K * CONV_TILE_M; e += CONV_THREADS) {
-            const unsigned int oo = e / CONV_TILE_M, rr = e % CONV_TILE_M;
-            const unsigned int o = o0 + oo, r = row0 + rr;
-            As[oo][rr] = (o < g.cout && r < g.patch) ? w[o * g.patch + r] : 0.0f;
-        }
-        for (unsigned int oo = tid / CONV_TILE_N; oo < CONV_TILE_K; oo += CONV_THREADS / CONV_TILE_N) {
-            const unsigned int o = o0 + oo;
-            float v = 0.0f;
-            if (o < g.cout && my_col_ok) {
-                const unsigned int i = out_origin + o * g.pixels;
-                v = (relu && !(ya[i] > 0.0f)) ? 0.0f : dya[i];
-            }
-            Bs[oo][my_jj] = v;
-        }
+        for (unsigned int i = 0; i < A_LOADS; ++i) As[tid / CONV_TILE_M + i * A_STEP][my_rr] = a_reg[i];
+        for (unsigned int i = 0; i < B_LOADS; ++i)
+            Bs[tid / CONV_TILE_N + i * B_STEP][my_jj] = dy_reg[i];
         __syncthreads();
+        if (o0 + CONV_TILE_K < g.cout) {
+            load_w(o0 + CONV_TILE_K);
+            prefetch(o0 + CONV_TILE_K);
+        }
         conv_tile_fma(As, Bs, acc, tx, ty);
         __syncthreads();
     }
@@ -265,8 +342,30 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_backward_data(
 }
 
 // dx [agents][N][Cin][H][H] from dcols [agents][N][R][P]; one thread per dx element, its
-// contributions summed in (ky, kx) order like the CPU's col2im.
-// Grid: (ceil(N*Cin*H*H / CONV_REDUCE_BLOCK), agents).
+// contributions summed in (ky, kx) order like the CPU's col2im. Specialised per stride S (a
+// compile-time constant: no runtime division per tap): a tap (ky, kx) reaches pixel (iy, ix)
+// only when ky = iy mod S (mod S), so the loops start at iy % S and step by S, visiting the
+// valid taps only and in the same ascending order as the generic walk (same sum, bit for bit).
+template <unsigned int S>
+__device__ __forceinline__ float conv_col2im_pixel(const float* __restrict__ d, unsigned int c, unsigned int iy,
+                                                   unsigned int ix, unsigned int ksize, unsigned int out_hw,
+                                                   unsigned int pixels) {
+    float acc = 0.0f;
+    const unsigned int ky_end = ksize < iy + 1 ? ksize : iy + 1, kx_end = ksize < ix + 1 ? ksize : ix + 1;
+    for (unsigned int ky = iy % S; ky < ky_end; ky += S) {
+        const unsigned int oy = (iy - ky) / S;
+        if (oy >= out_hw) continue;
+        const float* row = d + ((c * ksize + ky) * ksize) * pixels + oy * out_hw;
+        for (unsigned int kx = ix % S; kx < kx_end; kx += S) {
+            const unsigned int ox = (ix - kx) / S;
+            if (ox < out_hw) acc += row[kx * pixels + ox];
+        }
+    }
+    return acc;
+}
+
+// Grid: (ceil(N*Cin*H*H / CONV_REDUCE_BLOCK / per-thread), agents); strides 1..4 specialised,
+// larger ones take the generic path (runtime division).
 extern "C" __global__ void __launch_bounds__(CONV_REDUCE_BLOCK) conv_col2im(
     const float* __restrict__ dcols, float* __restrict__ dx, unsigned int cin, unsigned int ksize,
     unsigned int stride, unsigned int in_hw, unsigned int out_hw, unsigned int n) {
@@ -280,15 +379,22 @@ extern "C" __global__ void __launch_bounds__(CONV_REDUCE_BLOCK) conv_col2im(
         const unsigned int iy = pix / in_hw, ix = pix - iy * in_hw;
         const float* d = dcols + ((unsigned long long)agent * n + s) * patch * pixels;
         float acc = 0.0f;
-        for (unsigned int ky = 0; ky < ksize; ++ky) {
-            if (iy < ky || (iy - ky) % stride != 0) continue;
-            const unsigned int oy = (iy - ky) / stride;
-            if (oy >= out_hw) continue;
-            for (unsigned int kx = 0; kx < ksize; ++kx) {
-                if (ix < kx || (ix - kx) % stride != 0) continue;
-                const unsigned int ox = (ix - kx) / stride;
-                if (ox >= out_hw) continue;
-                acc += d[((c * ksize + ky) * ksize + kx) * pixels + oy * out_hw + ox];
+        switch (stride) {  // uniform across the grid: no divergence
+        case 1: acc = conv_col2im_pixel<1>(d, c, iy, ix, ksize, out_hw, pixels); break;
+        case 2: acc = conv_col2im_pixel<2>(d, c, iy, ix, ksize, out_hw, pixels); break;
+        case 3: acc = conv_col2im_pixel<3>(d, c, iy, ix, ksize, out_hw, pixels); break;
+        case 4: acc = conv_col2im_pixel<4>(d, c, iy, ix, ksize, out_hw, pixels); break;
+        default:
+            for (unsigned int ky = 0; ky < ksize; ++ky) {
+                if (iy < ky || (iy - ky) % stride != 0) continue;
+                const unsigned int oy = (iy - ky) / stride;
+                if (oy >= out_hw) continue;
+                for (unsigned int kx = 0; kx < ksize; ++kx) {
+                    if (ix < kx || (ix - kx) % stride != 0) continue;
+                    const unsigned int ox = (ix - kx) / stride;
+                    if (ox >= out_hw) continue;
+                    acc += d[((c * ksize + ky) * ksize + kx) * pixels + oy * out_hw + ox];
+                }
             }
         }
         dx[(unsigned long long)agent * n * in_len + i] = acc;
@@ -297,13 +403,18 @@ extern "C" __global__ void __launch_bounds__(CONV_REDUCE_BLOCK) conv_col2im(
 
 // ---- backward-filter -----------------------------------------------------------------------
 // Grid: (ceil(R / TILE_N), ceil(Cout / TILE_M), agents * chunks); z = agent * chunks + chunk.
+// The reduction runs over sample columns j; both operands are contiguous along j within a
+// sample (g[o][j], and the im2col gather), so both are K-lane: lane l takes column j0 + l, and
+// the conflict-free 16-byte row stores of the layout notes apply to both tiles.
 template <class In>
 __device__ __forceinline__ void conv_backward_filter_body(
     const In* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ y, float* __restrict__ out,
     const ConvGeom& g, unsigned int n, unsigned int samples_per_chunk, unsigned int chunks,
     unsigned long long agent_stride, unsigned int chunk_stride, unsigned int out_off, unsigned int relu) {
-    __shared__ float As[CONV_TILE_K][CONV_TILE_M];
-    __shared__ float Bs[CONV_TILE_K][CONV_TILE_N];
+    __shared__ float As[CONV_TILE_K][CONV_AS_STRIDE];
+    __shared__ float Bs[CONV_TILE_K][CONV_BS_STRIDE];
+    // Patch offsets of this block's TILE_N patch rows (0xffffffff past R), computed once.
+    __shared__ unsigned int row_off[CONV_TILE_N];
     const unsigned int agent = blockIdx.z / chunks, chunk = blockIdx.z % chunks;
     const unsigned int row0 = blockIdx.y * CONV_TILE_M, col0 = blockIdx.x * CONV_TILE_N;
     const unsigned int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -318,40 +429,41 @@ __device__ __forceinline__ void conv_backward_filter_body(
     // sums row t of each g tile it has already loaded, in ascending j.
     const bool bias_block = blockIdx.x == 0;
     float bias_acc = 0.0f;
-    // Every load of this thread is in sample column jj = tid % TILE_K of the step (one division
-    // per step for its origins) and, for B, in the fixed patch rows rr = tid / TILE_K + i*STEP
-    // of this block's column tile (their offsets computed once).
-    const unsigned int my_jj = tid % CONV_TILE_K, STEP = CONV_THREADS / CONV_TILE_K;
-    const unsigned int B_ROWS = CONV_TILE_N / STEP;
-    unsigned int row_off[B_ROWS];
-    for (unsigned int i = 0; i < B_ROWS; ++i) {
-        const unsigned int r = col0 + tid / CONV_TILE_K + i * STEP;
+    for (unsigned int i = tid; i < CONV_TILE_N; i += CONV_THREADS) {
+        const unsigned int r = col0 + i;
         row_off[i] = r < g.patch ? conv_patch_offset(g, r) : 0xffffffffu;
     }
-    float acc[4][4] = {};
-    for (unsigned int j0 = j_begin; j0 < j_end; j0 += CONV_TILE_K) {
+    __syncthreads();
+    const unsigned int my_jj = tid % CONV_TILE_K;
+    float dy_reg[CONV_KLANE_A], y_reg[CONV_KLANE_A], x_reg[CONV_KLANE_B];
+    auto prefetch = [&](unsigned int j0) {
         const unsigned int j = j0 + my_jj;
         const bool col_ok = j < j_end;
+        // One division chain per thread and step for the column's origins.
         const unsigned int in_origin = col_ok ? conv_col_origin(g, j) : 0u;
         const unsigned int out_origin = col_ok ? conv_out_origin(g, j) : 0u;
-        // A = g^T: As[jj][oo] = g[o][j] (consecutive threads read consecutive j).
-        for (unsigned int oo = tid / CONV_TILE_K; oo < CONV_TILE_M; oo += STEP) {
-            const unsigned int o = row0 + oo;
-            float v = 0.0f;
-            if (o < g.cout && col_ok) {
-                const unsigned int i = out_origin + o * g.pixels;
-                v = (relu && !(ya[i] > 0.0f)) ? 0.0f : dya[i];
-            }
-            As[my_jj][oo] = v;
+        for (unsigned int q = 0; q < CONV_KLANE_B; ++q) {
+            const unsigned int off = row_off[klane_row(tid, q)];
+            x_reg[q] = (off != 0xffffffffu && col_ok) ? conv_input_value(xa[(unsigned long long)in_origin + off]) : 0.0f;
         }
-        // B = col^T: Bs[jj][rr] = col[r][j].
-        for (unsigned int i = 0; i < B_ROWS; ++i) {
-            const unsigned int rr = tid / CONV_TILE_K + i * STEP;
-            Bs[my_jj][rr] = (row_off[i] != 0xffffffffu && col_ok)
-                                ? conv_input_value(xa[(unsigned long long)in_origin + row_off[i]])
-                                : 0.0f;
+        for (unsigned int q = 0; q < CONV_KLANE_A; ++q) {
+            const unsigned int o = row0 + klane_row(tid, q);
+            const bool ok = o < g.cout && col_ok;
+            const unsigned int at = out_origin + o * g.pixels;
+            dy_reg[q] = ok ? dya[at] : 0.0f;
+            y_reg[q] = (ok && relu) ? ya[at] : 1.0f;
         }
+        // As in backward-data: the select retires the y registers; x stays in flight.
+        for (unsigned int q = 0; q < CONV_KLANE_A; ++q) dy_reg[q] = y_reg[q] > 0.0f ? dy_reg[q] : 0.0f;
+    };
+    float acc[4][4] = {};
+    if (j_begin < j_end) prefetch(j_begin);
+    for (unsigned int j0 = j_begin; j0 < j_end; j0 += CONV_TILE_K) {
+        // A = g^T: As[jj][oo] = g[o][j]; B = col^T: Bs[jj][rr] = col[r][j].
+        klane_store<CONV_AS_STRIDE, CONV_KLANE_A>(As, dy_reg, tid);
+        klane_store<CONV_BS_STRIDE, CONV_KLANE_B>(Bs, x_reg, tid);
         __syncthreads();
+        if (j0 + CONV_TILE_K < j_end) prefetch(j0 + CONV_TILE_K);
         if (bias_block && tid < CONV_TILE_M)
             for (unsigned int jj = 0; jj < CONV_TILE_K; ++jj) bias_acc += As[jj][tid];
         conv_tile_fma(As, Bs, acc, tx, ty);
@@ -369,7 +481,7 @@ __device__ __forceinline__ void conv_backward_filter_body(
     if (bias_block && tid < CONV_TILE_M && row0 + tid < g.cout) o_base[g.cout * g.patch + row0 + tid] = bias_acc;
 }
 
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_backward_filter_u8(
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv_backward_filter_u8(
     const unsigned char* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ y,
     float* __restrict__ out, unsigned int cin, unsigned int cout, unsigned int ksize, unsigned int stride,
     unsigned int in_hw, unsigned int out_hw, unsigned int n, unsigned int samples_per_chunk, unsigned int chunks,
@@ -379,7 +491,7 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_backward_filter_
                               relu);
 }
 
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_backward_filter_f32(
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv_backward_filter_f32(
     const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ y, float* __restrict__ out,
     unsigned int cin, unsigned int cout, unsigned int ksize, unsigned int stride, unsigned int in_hw,
     unsigned int out_hw, unsigned int n, unsigned int samples_per_chunk, unsigned int chunks,
@@ -402,4 +514,195 @@ extern "C" __global__ void __launch_bounds__(CONV_REDUCE_BLOCK) conv_grad_sum_ch
     float sum = 0.0f;
     for (unsigned int c = 0; c < chunks; ++c) sum += p[(unsigned long long)c * len];
     grads[(unsigned long long)agent * param_count + grad_off + i] = sum;
+}
+
+// ---- the fully connected layer as a real GEMM ----------------------------------------------
+// x [agents][N][In], w params[a][w_off ..] [Out][In], b [Out], y [agents][N][Out]:
+//   fc_forward          y[n][o]  = relu( b[o] + sum_k w[o][k] x[n][k] )      M = Out, N = n, K = In
+//   fc_backward_data    dx[n][r] = sum_o w[o][r] g[n][o]                     M = In,  N = n, K = Out
+//   fc_backward_filter  dw[o][r] = sum_s g[s][o] x[s][r], db[o] = sum_s g[s][o]  M = Out, N = In, K = n
+// with g = dy masked by y > 0 when relu. Run as a 1x1 conv, the batch was the column index and
+// the lanes of a warp stepped across samples (one cache line per lane). Here every operand is
+// loaded along its contiguous dimension: w and x along k (K-lane) in the forward pass, w along r
+// (M-lane) and g along o (K-lane) in backward-data, g along o and x along r (M-lane) in
+// backward-filter; the tiles and the FMA loop are the conv kernels'.
+//
+// Deterministic split-K (forward and backward-data): the reduction is cut into fixed slices of
+// k_split elements (the launcher derives k_split and the split count from the layer's shape
+// alone, never from the batch or the agents); block z = agent * splits + split sums its slice
+// in ascending k into partials[agent][split][..], and fc_sum_splits adds the slices in split
+// order (then the bias and the ReLU). With one split the GEMM writes the output itself. So an
+// output element's summation order depends on the shapes only: the contract of this file.
+// Backward-filter reduces over the batch in one slice (the gradient arena is written directly,
+// like the conv kernels' one-chunk case); its grid is large already (Out x In tiles).
+// Grid: (ceil(N / TILE_N), ceil(M / TILE_M), agents * splits).
+
+// Row and reduction index of load q of thread `tid` into a ROWS-row tile: K-lane (lanes along
+// k, quads of adjacent rows) or M-lane (lanes along the rows).
+template <unsigned int ROWS, bool KLANE>
+__device__ __forceinline__ unsigned int fc_row(unsigned int tid, unsigned int q) {
+    return KLANE ? klane_row(tid, q) : tid % ROWS;
+}
+template <unsigned int ROWS, bool KLANE>
+__device__ __forceinline__ unsigned int fc_k(unsigned int tid, unsigned int q) {
+    return KLANE ? tid % CONV_TILE_K : tid / ROWS + q * (CONV_THREADS / ROWS);
+}
+
+// One operand's loads for the K-step at k0 into registers: v[q] = src[m*ms + k*ks] for this
+// thread's (m, k) of load q (0 outside rows [row0, rows) or past k_end), and with MASK the y
+// value at the same place (1 when !relu or outside), for the caller's select.
+template <unsigned int ROWS, bool KLANE, bool MASK>
+__device__ __forceinline__ void fc_load(const float* __restrict__ src, const float* __restrict__ ysrc, unsigned int ms,
+                                        unsigned int ks, unsigned int relu, unsigned int row0, unsigned int rows,
+                                        unsigned int k0, unsigned int k_end, float* v, float* y) {
+    const unsigned int tid = threadIdx.x;
+    for (unsigned int q = 0; q < ROWS * CONV_TILE_K / CONV_THREADS; ++q) {
+        const unsigned int m = row0 + fc_row<ROWS, KLANE>(tid, q), k = k0 + fc_k<ROWS, KLANE>(tid, q);
+        const bool ok = m < rows && k < k_end;
+        const unsigned int at = m * ms + k * ks;
+        v[q] = ok ? src[at] : 0.0f;
+        if (MASK) y[q] = (ok && relu) ? ysrc[at] : 1.0f;
+    }
+}
+
+// acc = this thread's 4x4 of C(m, n) = sum_{k in [k_begin, k_end)} A(m, k) B(n, k), where
+// A(m, k) = a[m*a_ms + k*a_ks], masked by ya[same] > 0 when AM && relu (B likewise); AK / BK:
+// K-lane loads for A / B. bias_acc (thread t < TILE_M of the blocks with blockIdx.x == 0, when
+// `bias_rows`): sum over k of the masked A(row0 + t, k), ascending.
+template <bool AK, bool AM, bool BK, bool BM>
+__device__ __forceinline__ void fc_gemm(const float* __restrict__ a, const float* __restrict__ ya, unsigned int a_ms,
+                                        unsigned int a_ks, const float* __restrict__ b, const float* __restrict__ yb,
+                                        unsigned int b_ms, unsigned int b_ks, unsigned int relu, unsigned int M,
+                                        unsigned int N, unsigned int k_begin, unsigned int k_end, float acc[4][4],
+                                        bool bias_rows, float& bias_acc) {
+    __shared__ float As[CONV_TILE_K][CONV_AS_STRIDE];
+    __shared__ float Bs[CONV_TILE_K][CONV_BS_STRIDE];
+    const unsigned int row0 = blockIdx.y * CONV_TILE_M, col0 = blockIdx.x * CONV_TILE_N;
+    const unsigned int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    float av[CONV_KLANE_A], ay[CONV_KLANE_A], bv[CONV_KLANE_B], by[CONV_KLANE_B];
+    auto load_a = [&](unsigned int k0) {
+        fc_load<CONV_TILE_M, AK, AM>(a, ya, a_ms, a_ks, relu, row0, M, k0, k_end, av, ay);
+    };
+    auto load_b = [&](unsigned int k0) {
+        fc_load<CONV_TILE_N, BK, BM>(b, yb, b_ms, b_ks, relu, col0, N, k0, k_end, bv, by);
+    };
+    // The unmasked operand's loads first (they stay in flight across the FMA loop), then the
+    // masked one's value and y together, selected at once so the y registers die early.
+    auto prefetch = [&](unsigned int k0) {
+        if (AM) {
+            load_b(k0);
+            load_a(k0);
+        } else {
+            load_a(k0);
+            load_b(k0);
+        }
+        if (AM)
+            for (unsigned int q = 0; q < CONV_KLANE_A; ++q) av[q] = ay[q] > 0.0f ? av[q] : 0.0f;
+        if (BM)
+            for (unsigned int q = 0; q < CONV_KLANE_B; ++q) bv[q] = by[q] > 0.0f ? bv[q] : 0.0f;
+    };
+    if (k_begin < k_end) prefetch(k_begin);
+    for (unsigned int k0 = k_begin; k0 < k_end; k0 += CONV_TILE_K) {
+        for (unsigned int q = 0; q < CONV_KLANE_A; ++q)
+            As[fc_k<CONV_TILE_M, AK>(tid, q)][fc_row<CONV_TILE_M, AK>(tid, q)] = av[q];
+        for (unsigned int q = 0; q < CONV_KLANE_B; ++q)
+            Bs[fc_k<CONV_TILE_N, BK>(tid, q)][fc_row<CONV_TILE_N, BK>(tid, q)] = bv[q];
+        __syncthreads();
+        if (k0 + CONV_TILE_K < k_end) prefetch(k0 + CONV_TILE_K);
+        if (bias_rows && tid < CONV_TILE_M)
+            for (unsigned int kk = 0; kk < CONV_TILE_K; ++kk) bias_acc += As[kk][tid];
+        conv_tile_fma(As, Bs, acc, tx, ty);
+        __syncthreads();
+    }
+}
+
+// Writes this thread's 4x4 of C(m, n) to c[m*c_ms + n*c_ns] (+ bias[m], ReLU when `finish`).
+__device__ __forceinline__ void fc_write(float* __restrict__ c, unsigned int c_ms, unsigned int c_ns, unsigned int M,
+                                         unsigned int N, const float acc[4][4], const float* __restrict__ bias,
+                                         unsigned int relu) {
+    const unsigned int row0 = blockIdx.y * CONV_TILE_M, col0 = blockIdx.x * CONV_TILE_N;
+    const unsigned int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    for (int i = 0; i < 4; ++i) {
+        const unsigned int m = row0 + ty * 4 + i;
+        if (m >= M) continue;
+        for (int j = 0; j < 4; ++j) {
+            const unsigned int nn = col0 + tx * 4 + j;
+            if (nn >= N) continue;
+            float v = acc[i][j];
+            if (bias) v += bias[m];
+            if (relu && !(v > 0.0f)) v = 0.0f;
+            c[m * c_ms + nn * c_ns] = v;
+        }
+    }
+}
+
+// out: y [agents][n][Out] when splits == 1, else partials [agents][splits][n][Out].
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) fc_forward(
+    const float* __restrict__ x, const float* __restrict__ params, float* __restrict__ out, unsigned int in_f,
+    unsigned int out_f, unsigned int n, unsigned int param_count, unsigned int w_off, unsigned int b_off,
+    unsigned int relu, unsigned int k_split, unsigned int splits) {
+    const unsigned int agent = blockIdx.z / splits, split = blockIdx.z % splits;
+    const float* th = params + (unsigned long long)agent * param_count;
+    const unsigned int k_begin = split * k_split;
+    const unsigned int k_end = k_begin + k_split < in_f ? k_begin + k_split : in_f;
+    float acc[4][4] = {};
+    float unused = 0.0f;
+    fc_gemm<true, false, true, false>(th + w_off, nullptr, in_f, 1u, x + (unsigned long long)agent * n * in_f, nullptr,
+                                      in_f, 1u, 0u, out_f, n, k_begin, k_end, acc, false, unused);
+    float* c = out + ((unsigned long long)agent * splits + split) * n * out_f;
+    if (splits == 1) fc_write(c, 1u, out_f, out_f, n, acc, th + b_off, relu);
+    else fc_write(c, 1u, out_f, out_f, n, acc, nullptr, 0u);
+}
+
+// out: dx [agents][n][In] when splits == 1, else partials [agents][splits][n][In].
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) fc_backward_data(
+    const float* __restrict__ dy, const float* __restrict__ y, const float* __restrict__ params,
+    float* __restrict__ out, unsigned int in_f, unsigned int out_f, unsigned int n, unsigned int param_count,
+    unsigned int w_off, unsigned int relu, unsigned int k_split, unsigned int splits) {
+    const unsigned int agent = blockIdx.z / splits, split = blockIdx.z % splits;
+    const float* w = params + (unsigned long long)agent * param_count + w_off;
+    const unsigned long long act = (unsigned long long)agent * n * out_f;
+    const unsigned int k_begin = split * k_split;
+    const unsigned int k_end = k_begin + k_split < out_f ? k_begin + k_split : out_f;
+    float acc[4][4] = {};
+    float unused = 0.0f;
+    fc_gemm<false, false, true, true>(w, nullptr, 1u, in_f, dy + act, y + act, out_f, 1u, relu, in_f, n, k_begin, k_end,
+                                      acc, false, unused);
+    fc_write(out + ((unsigned long long)agent * splits + split) * n * in_f, 1u, in_f, in_f, n, acc, nullptr, 0u);
+}
+
+// dw, db straight into grads [agents][param_count] at w_off (and b_off for db).
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) fc_backward_filter(
+    const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ y, float* __restrict__ grads,
+    unsigned int in_f, unsigned int out_f, unsigned int n, unsigned int param_count, unsigned int w_off,
+    unsigned int b_off, unsigned int relu) {
+    const unsigned int agent = blockIdx.z;
+    const unsigned long long act = (unsigned long long)agent * n * out_f;
+    const bool bias_rows = blockIdx.x == 0;
+    float acc[4][4] = {};
+    float bias_acc = 0.0f;
+    fc_gemm<false, true, false, false>(dy + act, y + act, 1u, out_f, x + (unsigned long long)agent * n * in_f, nullptr,
+                                       1u, in_f, relu, out_f, in_f, 0u, n, acc, bias_rows, bias_acc);
+    float* gr = grads + (unsigned long long)agent * param_count;
+    fc_write(gr + w_off, in_f, 1u, out_f, in_f, acc, nullptr, 0u);
+    const unsigned int o = blockIdx.y * CONV_TILE_M + threadIdx.x;
+    if (bias_rows && threadIdx.x < CONV_TILE_M && o < out_f) gr[b_off + o] = bias_acc;
+}
+
+// Second pass of the split-K launches: out[a][i] = sum over splits s, in order, of
+// partials[a][s][i] (then + b[i % width] when has_bias, then the ReLU when relu), i < len.
+// Grid: (ceil(len / CONV_REDUCE_BLOCK), agents).
+extern "C" __global__ void __launch_bounds__(CONV_REDUCE_BLOCK) fc_sum_splits(
+    const float* __restrict__ partials, const float* __restrict__ params, float* __restrict__ out, unsigned int len,
+    unsigned int width, unsigned int splits, unsigned int param_count, unsigned int b_off, unsigned int has_bias,
+    unsigned int relu) {
+    const unsigned int agent = blockIdx.y;
+    const unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    const float* p = partials + (unsigned long long)agent * splits * len + i;
+    float v = 0.0f;
+    for (unsigned int s = 0; s < splits; ++s) v += p[(unsigned long long)s * len];
+    if (has_bias) v += params[(unsigned long long)agent * param_count + b_off + i % width];
+    if (relu && !(v > 0.0f)) v = 0.0f;
+    out[(unsigned long long)agent * len + i] = v;
 }

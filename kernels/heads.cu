@@ -176,3 +176,36 @@ extern "C" __global__ void __launch_bounds__(HEADS_THREADS) heads_forward_loss(
                hidden_dim, num_actions, param_count, actor_w, actor_b, critic_w, critic_b,
                behaviour_ratio ? 2u : 1u, value_coef, entropy_coef);
 }
+
+// The update's finiteness guard, on the device so that no host sync sits inside an update:
+// guard[0] = 1 when any agent's total loss c_v*V + P - c_e*H (V = stats[a][0]/N, P =
+// -stats[a][1]/N, H = stats[a][2]/N, in f64, the host's LossTerms::total) is NaN or infinite,
+// else 0. optim_clip_rmsprop skips the whole step when it is set, so a non-finite loss leaves
+// every agent's parameters unchanged (as the CPU backend does); the host reads the stats after
+// the update and reports the agent. Grid: (1), block (1): a sequential loop over the agents.
+extern "C" __global__ void heads_loss_guard(const double* __restrict__ stats, unsigned int* __restrict__ guard,
+                                            unsigned int agents, unsigned int n, double value_coef,
+                                            double entropy_coef) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    const double nf = (double)n;
+    unsigned int bad = 0;
+    for (unsigned int a = 0; a < agents; ++a) {
+        const double v = stats[a * 3] / nf, p = -stats[a * 3 + 1] / nf, h = stats[a * 3 + 2] / nf;
+        const double total = value_coef * v + p - entropy_coef * h;
+        if (!isfinite(total)) bad = 1;
+    }
+    guard[0] = bad;
+}
+
+// act's outputs packed for ONE download: out[r] = actions[r], out[rows + r] = bits of
+// values[r], out[2*rows + r] = bits of log_probs[r] (r < rows = agents * envs). Three blocking
+// round trips per env step become one. Grid: (ceil(rows / HEADS_THREADS)), HEADS_THREADS.
+extern "C" __global__ void __launch_bounds__(HEADS_THREADS) act_pack_outputs(
+    const unsigned int* __restrict__ actions, const float* __restrict__ values, const float* __restrict__ log_probs,
+    unsigned int* __restrict__ out, unsigned int rows) {
+    const unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    out[r] = actions[r];
+    out[rows + r] = __float_as_uint(values[r]);
+    out[2 * rows + r] = __float_as_uint(log_probs[r]);
+}

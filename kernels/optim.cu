@@ -10,7 +10,8 @@
 //   th  <- th - lr * g / (sqrt(v) + eps)
 //
 // Shapes: params, grads, square_avg [agents][P] f32; partials [agents][chunks] f64;
-//         norms [agents] f64 (the pre-clip norm).
+//         norms [agents] f64 (the pre-clip norm); skip [1] u32 (non-zero: leave params, grads
+//         and square_avg untouched; set on the device by heads_loss_guard).
 //
 // optim_find_nonfinite (the trainer's after-update safety check, so the arena need not come to
 // the host): first[r][c] = the smallest index i among block (c, r)'s elements with params[r][i]
@@ -46,8 +47,8 @@ extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_sumsq_partials(
 // Pass 2: the agent's norm from its partials, then clip + RMSprop on block (c, r)'s elements.
 extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_clip_rmsprop(
     float* __restrict__ params, float* __restrict__ grads, float* __restrict__ square_avg,
-    const double* __restrict__ partials, double* __restrict__ norms, unsigned int param_count,
-    unsigned int chunks, double max_norm, float lr, float alpha, float eps) {
+    const double* __restrict__ partials, double* __restrict__ norms, const unsigned int* __restrict__ skip,
+    unsigned int param_count, unsigned int chunks, double max_norm, float lr, float alpha, float eps) {
     __shared__ float clip_coef;
     const unsigned int agent = blockIdx.y, chunk = blockIdx.x;
     if (threadIdx.x == 0) {
@@ -59,6 +60,8 @@ extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_clip_rmsprop(
         if (chunk == 0) norms[agent] = norm;
     }
     __syncthreads();
+    // skip[0] != 0 (heads_loss_guard: a non-finite loss): no step, nothing written but the norm.
+    if (skip[0] != 0u) return;
     const float coef = clip_coef;
     const unsigned long long base = (unsigned long long)agent * param_count;
     for (unsigned int i = chunk * blockDim.x + threadIdx.x; i < param_count; i += chunks * blockDim.x) {

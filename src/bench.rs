@@ -147,7 +147,12 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         let device = b.device_description();
         let name = b.name().to_string();
         // Launch counts need the concrete type: count around the timed loop by hand.
-        let (obs, actions, rewards, dones, bootstrap) = synthetic_segment(spec, 1);
+        let (heap_obs, actions, rewards, dones, bootstrap) = synthetic_segment(spec, 1);
+        // The frames sit in pinned host memory, as the trainer's rollout buffers do on a device
+        // backend, so the segment goes up the way training uploads it (not a pageable copy).
+        let mut obs = b.alloc_pinned_bytes(heap_obs.len())?.ok_or_else(|| Error::Backend("bench learner: no pinned host memory".into()))?;
+        obs.copy_from_slice(&heap_obs);
+        drop(heap_obs);
         let seg = Segment { obs: &obs, actions: &actions, rewards: &rewards, dones: &dones, bootstrap_values: &bootstrap, behaviour_log_probs: None };
         b.learn(&seg)?;
         let before = b.launch_count();

@@ -218,6 +218,33 @@ fn gpu_backend_reports_bad_input() {
     assert!(GpuBackend::new(SimDevice::new(), s, &initial[1..]).is_err());
 }
 
+/// The update has no host sync inside it: a non-finite loss is caught on the device
+/// (`heads_loss_guard`), the optimizer skips the step for every agent, and the host reports it
+/// after the update exactly as before (agent named, parameters and optimizer state unchanged,
+/// bit for bit); the next finite update steps again (the flag is recomputed every update).
+#[test]
+fn sim_non_finite_loss_skips_the_step_on_the_device() {
+    let s = spec(NetPreset::Gala, 4, 2, 2, 2);
+    let initial = init_params(&s.net, 1);
+    let mut gpu = GpuBackend::new(SimDevice::new(), s.clone(), &initial).unwrap();
+    let mut r = rollout(&s, 5);
+    gpu.learn(&segment(&r, false)).unwrap();
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    let (p0, v0) = (bits(gpu.read_params().unwrap()), bits(gpu.read_optimizer_state().unwrap()));
+    // Rewards are [agents][steps][envs]: the last one is agent 1's.
+    let last = r.rewards.len() - 1;
+    r.rewards[last] = f32::NAN;
+    let launches = gpu.launch_count();
+    let err = gpu.learn(&segment(&r, false)).unwrap_err().to_string();
+    assert!(err.contains("non-finite") && err.contains("agent 1") && err.contains("loss is NaN"), "{err}");
+    assert_eq!(gpu.launch_count() - launches, 24, "the whole update is enqueued; the guard skips the step on the device");
+    assert!(bits(gpu.read_params().unwrap()) == p0, "a non-finite loss must leave every agent's parameters unchanged");
+    assert!(bits(gpu.read_optimizer_state().unwrap()) == v0, "and the RMSprop state");
+    r.rewards[last] = 1.0;
+    gpu.learn(&segment(&r, false)).unwrap();
+    assert!(bits(gpu.read_params().unwrap()) != p0, "the next finite update must step again");
+}
+
 fn run_catch(backend: &str, dir: &std::path::Path) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gala-gpu"))
         .args([

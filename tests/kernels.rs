@@ -116,14 +116,44 @@ fn check_optimizer_launchers<D: Device>(dev: &D) {
     let mut v = poisoned(dev, agents * p, 0f32);
     let mut norms = poisoned(dev, agents, f64::NAN);
     let opt = optim::RmsProp { lr: 1e-3, alpha: 0.99, eps: 1e-5 };
-    launch::optim_clip_rmsprop(dev, s, &mut params, &mut grads, &mut v, &partials, &mut norms, agents, p, 0.5, opt)
+    // The device-side skip flag (set by the update's loss guard): norms written, nothing else.
+    let skip = upload(dev, &[1u32]);
+    launch::optim_clip_rmsprop(dev, s, &mut params, &mut grads, &mut v, &partials, &mut norms, &skip, agents, p, 0.5, opt)
         .unwrap();
     assert!(download(dev, &norms).iter().all(|x| x.is_finite()), "every norm must be written");
+    assert!(download(dev, &params).iter().all(|&x| x == 0.0), "a skipped step must leave the parameters alone");
+    assert!(download(dev, &v).iter().all(|&x| x == 0.0), "a skipped step must leave the RMSprop state alone");
+    assert_eq!(download(dev, &grads), g, "a skipped step must leave the gradients unclipped");
+    let no_skip = upload(dev, &[0u32]);
+    launch::optim_clip_rmsprop(dev, s, &mut params, &mut grads, &mut v, &partials, &mut norms, &no_skip, agents, p, 0.5, opt)
+        .unwrap();
+    assert!(download(dev, &params).iter().any(|&x| x != 0.0), "an unskipped step must move the parameters");
+    check_loss_guard(dev);
     check_find_nonfinite(dev);
     // A wrong size is an error naming the buffer, not a device fault.
     let mut short = poisoned(dev, agents * chunks - 1, 0f64);
     let err = launch::optim_sumsq_partials(dev, s, &grads, &mut short, agents, p).unwrap_err();
     assert!(err.to_string().contains("partials"), "{err}");
+}
+
+/// `heads_loss_guard`: 0 for finite loss sums, 1 when any agent's total loss is NaN or infinite
+/// (including a finite sum whose weighted total overflows), and it overwrites a stale flag.
+fn check_loss_guard<D: Device>(dev: &D) {
+    let s = dev.default_stream();
+    let run = |stats: &[f64], n: usize| -> u32 {
+        let st = upload(dev, stats);
+        let mut guard = upload(dev, &[7u32]);
+        launch::heads_loss_guard(dev, s, &st, &mut guard, stats.len() / 3, n, 0.5, 0.01).unwrap();
+        download(dev, &guard)[0]
+    };
+    assert_eq!(run(&[1.0, -2.0, 30.0, 4.0, 5.0, 60.0], 80), 0, "finite losses");
+    assert_eq!(run(&[1.0, -2.0, 30.0, 4.0, f64::NAN, 60.0], 80), 1, "NaN policy term of agent 1");
+    assert_eq!(run(&[f64::INFINITY, -2.0, 30.0], 80), 1, "infinite value term");
+    // 0.5·MAX + MAX overflows although both sums are finite (the host's LossTerms::total does too).
+    assert_eq!(run(&[f64::MAX, -f64::MAX, 0.0], 1), 1, "finite sums, infinite total");
+    let mut bad = upload(dev, &[0u32; 2]);
+    let st = upload(dev, &[0f64; 3]);
+    assert!(launch::heads_loss_guard(dev, s, &st, &mut bad, 1, 80, 0.5, 0.01).is_err(), "a guard of 2 elements is refused");
 }
 
 /// `optim_find_nonfinite` against a plain scan, for sizes that do not divide the block and

@@ -106,11 +106,46 @@ struct LayerRun {
     dx: Option<Vec<f32>>,
 }
 
+/// How a layer is run: the conv kernels with chunked or direct weight gradients, or (fully
+/// connected layers) the fc GEMM kernels with their split-K, as the backend runs fc.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    ConvChunks,
+    ConvDirect,
+    Fc,
+}
+
+/// The fc kernels (forward with split-K, backward-filter straight into the arena, backward-data
+/// with split-K) on `dev`; the partial buffers are poisoned so an unsummed slice shows.
+fn run_fc<D: Device>(
+    dev: &D, shape: &ConvShape, lp: LayerParams, x: &[f32], params: &[f32], dy: &[f32], agents: usize, n: usize,
+) -> LayerRun {
+    let s = dev.default_stream();
+    let (i, o) = (shape.in_channels, shape.out_channels);
+    let x_dev = upload(dev, x);
+    let params_dev = upload(dev, params);
+    let mut y_dev = poisoned(dev, agents * n * o);
+    let mut part = poisoned(dev, launch::fc_partials_len(agents, n, i, o));
+    launch::fc_forward(dev, s, shape, &x_dev, &params_dev, &mut part, &mut y_dev, agents, n, lp, true).unwrap();
+    let dy_dev = upload(dev, dy);
+    let mut grads_dev = poisoned(dev, agents * lp.param_count);
+    launch::fc_backward_filter(dev, s, shape, &x_dev, &dy_dev, &y_dev, &mut grads_dev, agents, n, lp, true).unwrap();
+    let mut part = poisoned(dev, launch::fc_partials_len(agents, n, o, i));
+    let mut dx_dev = poisoned(dev, agents * n * i);
+    launch::fc_backward_data(dev, s, shape, &dy_dev, &y_dev, &params_dev, &mut part, &mut dx_dev, agents, n, lp, true).unwrap();
+    LayerRun { y: download(dev, &y_dev), grads: download(dev, &grads_dev), dx: Some(download(dev, &dx_dev)) }
+}
+
 /// Forward, backward-filter (+ chunk sum) and backward-data (+ col2im) of one layer on `dev`.
 fn run_layer<D: Device, In: TestInput>(
     dev: &D, shape: &ConvShape, lp: LayerParams, x: &[In], params: &[f32], dy: &[f32], agents: usize, n: usize,
-    direct_filter: bool,
+    path: Path,
 ) -> LayerRun {
+    if path == Path::Fc {
+        let xf = In::to_f32(x);
+        return run_fc(dev, shape, lp, &xf, params, dy, agents, n);
+    }
+    let direct_filter = path == Path::ConvDirect;
     let s = dev.default_stream();
     let x_dev = upload(dev, x);
     let params_dev = upload(dev, params);
@@ -156,13 +191,10 @@ fn check_layer<D: Device, In: TestInput>(dev: &D, name: &str, shape: ConvShape, 
     }
     let dy = normals(agents * n * shape.out_len(), seed + 7, 1.0);
     let linear = is_linear(&shape);
-    for direct in if linear { vec![false, true] } else { vec![false] } {
-        if direct && n > 0 && launch::filter_chunks(n, n) != 1 {
-            continue;
-        }
-        let got = run_layer(dev, &shape, lp, &x, &params, &dy, agents, n, direct);
+    for path in if linear { vec![Path::ConvChunks, Path::ConvDirect, Path::Fc] } else { vec![Path::ConvChunks] } {
+        let got = run_layer(dev, &shape, lp, &x, &params, &dy, agents, n, path);
         let xf = In::to_f32(&x);
-        let ctx = format!("{name} {shape:?} agents={agents} n={n} direct_filter={direct} on {}", dev.kind());
+        let ctx = format!("{name} {shape:?} agents={agents} n={n} path={path:?} on {}", dev.kind());
         for a in 0..agents {
             let th = &params[a * p..(a + 1) * p];
             let (w, b) = (&th[lp.w_off..lp.b_off], &th[lp.b_off..lp.b_off + shape.out_channels]);
@@ -193,7 +225,7 @@ fn check_layer<D: Device, In: TestInput>(dev: &D, name: &str, shape: ConvShape, 
         }
         // Batch composition: agent 0 alone gives bit-identical results to agent 0 in the batch.
         if agents > 1 {
-            let alone = run_layer(dev, &shape, lp, &x[..n * shape.in_len()], &params[..p], &dy[..n * shape.out_len()], 1, n, direct);
+            let alone = run_layer(dev, &shape, lp, &x[..n * shape.in_len()], &params[..p], &dy[..n * shape.out_len()], 1, n, path);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&alone.y), bits(&got.y[..alone.y.len()]), "{ctx}: forward depends on the other agents");
             assert_eq!(bits(&alone.grads), bits(&got.grads[..p]), "{ctx}: gradients depend on the other agents");
@@ -216,6 +248,9 @@ fn check_all_layers<D: Device>(dev: &D) {
     check_layer::<D, u8>(dev, "ragged u8 conv", ConvShape::new(2, 9, 5, 3, 17), 2, 9, 9);
     check_layer::<D, f32>(dev, "ragged fc", lin(37, 45), 3, 9, 10);
     check_layer::<D, f32>(dev, "ragged fc", lin(65, 97), 1, 70, 11);
+    // fc split-K: In = 601 → 3 forward slices (the last ragged), Out = 300 → 2 backward-data
+    // slices; batch 67 is two column tiles, one of them ragged.
+    check_layer::<D, f32>(dev, "ragged split-K fc", lin(601, 300), 2, 67, 12);
 }
 
 /// The fused heads: forward + loss, then backward, against linear_forward, a2c_loss_backward and

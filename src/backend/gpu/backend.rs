@@ -11,11 +11,15 @@
 //! several backends on one shared device (the pipelined actor and learner, the agents of
 //! asynchronous gossip) overlap on the GPU.
 //!
-//! One update (`learn`) is 21 launches whatever the number of agents (every kernel has an agent
-//! dimension in its grid): returns 1, forward 4 (conv1-3, fc), heads 2 (forward+loss,
-//! backward), fc backward 2, conv3 and conv2 backward 4 each (filter, chunk sum, data GEMM,
-//! col2im), conv1 backward 2 (no input gradient), clip + RMSprop 2. `act` is 6 launches
-//! (forward 4, heads, sampling). `launch_count` reports the running total.
+//! One update (`learn`) is 24 launches whatever the number of agents (every kernel has an agent
+//! dimension in its grid): returns 1, forward 5 (conv1-3, fc GEMM + its split-K sum), heads 2
+//! (forward+loss, backward), fc backward 3 (filter, data GEMM + split-K sum), conv3 and conv2
+//! backward 4 each (filter, chunk sum, data GEMM, col2im), conv1 backward 2 (no input
+//! gradient), the device-side loss guard 1, clip + RMSprop 2; nothing waits for the host until
+//! the loss sums and norms come down after the last launch. `act` is 8 launches (forward 5,
+//! heads, sampling, packing its outputs for one download into pinned memory). The split-K sums
+//! run only where a layer's reduction spans more than one `FC_SPLIT_K` slice (the gala and
+//! nature fc layers do). `launch_count` reports the running total.
 
 use super::launch::{self, FilterTarget, HeadsLossBuffers, HeadsParams, LayerParams};
 use super::GpuArena;
@@ -112,6 +116,8 @@ struct Forward {
     conv: [DeviceBuffer<f32>; 3],
     /// post-ReLU fc output [agents][n][hidden]
     hidden: DeviceBuffer<f32>,
+    /// fc forward's split-K partials (see `launch::fc_forward`; empty with one slice)
+    fc_partials: DeviceBuffer<f32>,
     logits: DeviceBuffer<f32>,
     values: DeviceBuffer<f32>,
 }
@@ -128,6 +134,7 @@ impl Forward {
                 dev.alloc_zeros(a * n * net.convs[2].out_len())?,
             ],
             hidden: dev.alloc_zeros(a * n * net.hidden)?,
+            fc_partials: dev.alloc_zeros(launch::fc_partials_len(a, n, net.flat_features(), net.hidden))?,
             logits: dev.alloc_zeros(a * n * net.actions)?,
             values: dev.alloc_zeros(a * n)?,
         })
@@ -151,6 +158,8 @@ struct LearnScratch {
     dconv: [Option<DeviceBuffer<f32>>; 3],
     /// Backward-data GEMM output of conv2/conv3 before col2im, [agents][n][R][P] per layer.
     dcols: [Option<DeviceBuffer<f32>>; 3],
+    /// fc backward-data's split-K partials (see `launch::fc_backward_data`).
+    fc_data_partials: DeviceBuffer<f32>,
     /// Per-chunk weight-gradient partials per conv layer, [agents][chunks][Cout*R + Cout].
     partials: [DeviceBuffer<f32>; 3],
 }
@@ -167,6 +176,10 @@ pub struct GpuBackend<D: Device> {
     act_fwd: Forward,
     act_actions: DeviceBuffer<u32>,
     act_log_probs: DeviceBuffer<f32>,
+    /// act's outputs packed on the device ([actions | values | log-probs], see
+    /// `launch::act_pack_outputs`) and their pinned host copy: one download per step.
+    act_packed: DeviceBuffer<u32>,
+    act_host: HostBuffer<u32>,
     learn_fwd: Forward,
     learn: LearnScratch,
     /// The stream the learning segment goes up on (its copies overlap other streams' kernels).
@@ -224,6 +237,7 @@ impl<D: Device> GpuBackend<D> {
                 Some(dev.alloc_zeros(a * n * net.convs[2].out_len())?),
             ],
             dcols: [None, Some(dev.alloc_zeros(dcols_len(&net.convs[1]))?), Some(dev.alloc_zeros(dcols_len(&net.convs[2]))?)],
+            fc_data_partials: dev.alloc_zeros(launch::fc_partials_len(a, n, net.hidden, net.flat_features()))?,
             partials: [
                 dev.alloc_zeros(partials_len(&spec, &net.convs[0], n))?,
                 dev.alloc_zeros(partials_len(&spec, &net.convs[1], n))?,
@@ -234,6 +248,8 @@ impl<D: Device> GpuBackend<D> {
         let learn_fwd = Forward::new(dev, &spec, n)?;
         let act_actions = dev.alloc_zeros(a * spec.envs_per_agent)?;
         let act_log_probs = dev.alloc_zeros(a * spec.envs_per_agent)?;
+        let act_packed = dev.alloc_zeros(3 * a * spec.envs_per_agent)?;
+        let act_host = dev.alloc_host(3 * a * spec.envs_per_agent)?;
         let upload_stream = dev.new_stream()?;
         Ok(GpuBackend {
             convs: [0, 1, 2].map(|l| LayerParams::of(&layout, tensor::CONV_W[l], tensor::CONV_B[l])),
@@ -243,6 +259,8 @@ impl<D: Device> GpuBackend<D> {
             act_fwd,
             act_actions,
             act_log_probs,
+            act_packed,
+            act_host,
             learn_fwd,
             learn,
             arena,
@@ -331,10 +349,34 @@ impl<D: Device> GpuBackend<D> {
                 agents, n, self.heads,
             )?;
         }
-        // The loss terms come down before the optimizer runs, so a non-finite loss leaves the
-        // parameters unchanged (as the CPU backend does).
+        // No host sync inside the update: the loss guard checks every agent's total loss on the
+        // device and the optimizer skips the whole step when one is not finite, so a non-finite
+        // loss leaves the parameters unchanged (as the CPU backend does); the host reads the
+        // stats once the update is enqueued, and reports it exactly as before.
+        {
+            let (dev, s, guard) = self.arena.step_guard_mut();
+            launch::heads_loss_guard(dev, s, &self.learn.stats, guard, agents, n, hyper.value_coef, hyper.entropy_coef)?;
+        }
+        {
+            let (dev, s, params, grads) = self.arena.params_and_grads();
+            let f = &self.learn_fwd;
+            let sc = &mut self.learn;
+            let dconv3 = sc.dconv[2].as_mut().expect("dconv3 exists");
+            // fc as a GEMM: the weight gradient is one ascending sum over the batch straight into
+            // the arena; the input gradient is split-K over the 512 outputs (fixed slices).
+            launch::fc_backward_filter(dev, s, &self.fc_shape, &f.conv[2], &sc.dhidden, &f.hidden, grads, agents, n, self.fc, true)?;
+            launch::fc_backward_data(dev, s, &self.fc_shape, &sc.dhidden, &f.hidden, params, &mut sc.fc_data_partials, dconv3, agents, n, self.fc, true)?;
+        }
+        for l in (0..3).rev() {
+            self.conv_backward(l)?;
+        }
+        let opt = RmsProp { lr: hyper.lr, alpha: hyper.rms_alpha, eps: hyper.rms_eps };
+        self.arena.enqueue_clip_and_rmsprop(hyper.max_grad_norm, opt, true)?;
+        // The update's only waits: the loss sums and the norms, after its last launch.
         let mut sums = vec![0f64; agents * 3];
         self.arena.device().download(s, &self.learn.stats, 0, &mut sums)?;
+        let norms = self.arena.read_norms()?;
+        self.end_timed(timed)?;
         let nf = n as f64;
         let coefs = crate::backend::cpu::heads::LossCoefs { value: hyper.value_coef, entropy: hyper.entropy_coef };
         let terms: Vec<LossTerms> = sums
@@ -342,21 +384,6 @@ impl<D: Device> GpuBackend<D> {
             .map(|t| LossTerms { value_loss: t[0] / nf, policy_loss: -t[1] / nf, entropy: t[2] / nf })
             .collect();
         crate::backend::check_losses_finite(&terms, coefs)?;
-        {
-            let (dev, s, params, grads) = self.arena.params_and_grads();
-            let f = &self.learn_fwd;
-            let sc = &mut self.learn;
-            let dconv3 = sc.dconv[2].as_mut().expect("dconv3 exists");
-            // fc: one chunk (its batch sum is one block's ascending loop) straight into the arena.
-            launch::conv_backward_filter(dev, s, &self.fc_shape, &f.conv[2], &sc.dhidden, &f.hidden, grads, agents, n, n, FilterTarget::Grads(self.fc), true)?;
-            launch::conv_backward_data(dev, s, &self.fc_shape, &sc.dhidden, &f.hidden, params, dconv3, agents, n, self.fc, true)?;
-        }
-        for l in (0..3).rev() {
-            self.conv_backward(l)?;
-        }
-        let opt = RmsProp { lr: hyper.lr, alpha: hyper.rms_alpha, eps: hyper.rms_eps };
-        let norms = self.arena.clip_and_rmsprop(hyper.max_grad_norm, opt)?;
-        self.end_timed(timed)?;
         crate::backend::learn_stats(&terms, &norms)
     }
 
@@ -393,10 +420,46 @@ impl<D: Device> GpuBackend<D> {
         launch::conv_forward(dev, s, &net.convs[0], &fwd.obs, params, c1, a, n, convs[0], true)?;
         launch::conv_forward(dev, s, &net.convs[1], c1, params, c2, a, n, convs[1], true)?;
         launch::conv_forward(dev, s, &net.convs[2], c2, params, c3, a, n, convs[2], true)?;
-        launch::conv_forward(dev, s, fc_shape, c3, params, &mut fwd.hidden, a, n, fc, true)?;
+        launch::fc_forward(dev, s, fc_shape, c3, params, &mut fwd.fc_partials, &mut fwd.hidden, a, n, fc, true)?;
         if let Some(hp) = heads {
             launch::heads_forward(dev, s, &fwd.hidden, params, &mut fwd.logits, &mut fwd.values, a, n, hp)?;
         }
+        Ok(())
+    }
+
+    /// `act` once the frames' upload is enqueued: forward, sampling, and the packed outputs'
+    /// one download (which waits for the stream).
+    fn act_enqueued(&mut self, step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
+        let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
+        let s = self.arena.stream();
+        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, Some(self.heads), &mut self.act_fwd)?;
+        let dev = self.arena.device();
+        let f = &self.act_fwd;
+        launch::sample_actions(
+            dev,
+            s,
+            &f.logits,
+            &mut self.act_actions,
+            &mut self.act_log_probs,
+            agents,
+            self.spec.agent_offset,
+            envs,
+            self.spec.net.actions,
+            self.spec.seed,
+            step,
+            greedy,
+        )?;
+        let rows = agents * envs;
+        launch::act_pack_outputs(dev, s, &self.act_actions, &f.values, &self.act_log_probs, &mut self.act_packed, rows)?;
+        dev.download(s, &self.act_packed, 0, &mut self.act_host)?;
+        let (actions, rest) = self.act_host.split_at(rows);
+        let (values, log_probs) = rest.split_at(rows);
+        out.actions.clear();
+        out.actions.extend_from_slice(actions);
+        out.values.clear();
+        out.values.extend(values.iter().map(|&b| f32::from_bits(b)));
+        out.log_probs.clear();
+        out.log_probs.extend(log_probs.iter().map(|&b| f32::from_bits(b)));
         Ok(())
     }
 
@@ -446,34 +509,18 @@ impl<D: Device> Backend for GpuBackend<D> {
 
     fn act(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
         self.spec.check_act_obs(obs.len())?;
-        let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
         let s = self.arena.stream();
         let timed = self.begin_timed()?;
-        self.arena.device().upload(s, obs, &mut self.act_fwd.obs, 0)?;
-        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, Some(self.heads), &mut self.act_fwd)?;
-        let dev = self.arena.device();
-        let f = &self.act_fwd;
-        launch::sample_actions(
-            dev,
-            s,
-            &f.logits,
-            &mut self.act_actions,
-            &mut self.act_log_probs,
-            agents,
-            self.spec.agent_offset,
-            envs,
-            self.spec.net.actions,
-            self.spec.seed,
-            step,
-            greedy,
-        )?;
-        let rows = agents * envs;
-        out.actions.resize(rows, 0);
-        out.values.resize(rows, 0.0);
-        out.log_probs.resize(rows, 0.0);
-        dev.download(s, &self.act_actions, 0, &mut out.actions)?;
-        dev.download(s, &f.values, 0, &mut out.values)?;
-        dev.download(s, &self.act_log_probs, 0, &mut out.log_probs)?;
+        // The frames go up without a host wait (a DMA from the trainer's pinned rollout buffer);
+        // the one download at the end of `act_enqueued` waits for the stream, hence for this
+        // copy, and on an error the stream is drained here.
+        // SAFETY: so the stream's work up to this copy is finished before `obs`'s borrow ends.
+        unsafe { self.arena.device().upload_async(s, obs, &mut self.act_fwd.obs, 0)? };
+        let result = self.act_enqueued(step, greedy, out);
+        if result.is_err() {
+            let _ = self.arena.device().synchronize(s);
+        }
+        result?;
         self.end_timed(timed)
     }
 

@@ -96,12 +96,13 @@ pub fn optim_find_nonfinite<D: Device>(
 
 /// Pass 2 of the optimizer: per-agent norm from the partials, clipping to `max_norm`, one
 /// RMSprop step (params, grads (clipped in place), square_avg all [agents][P]); norms [agents]
-/// receives the pre-clip norms.
+/// receives the pre-clip norms. `skip` [1]: when non-zero on the device (set by
+/// `heads_loss_guard`), only the norms are written and no agent steps.
 #[allow(clippy::too_many_arguments)]
 pub fn optim_clip_rmsprop<D: Device>(
     dev: &D, stream: Stream, params: &mut DeviceBuffer<f32>, grads: &mut DeviceBuffer<f32>,
-    square_avg: &mut DeviceBuffer<f32>, partials: &DeviceBuffer<f64>, norms: &mut DeviceBuffer<f64>, agents: usize,
-    param_count: usize, max_norm: f64, opt: RmsProp,
+    square_avg: &mut DeviceBuffer<f32>, partials: &DeviceBuffer<f64>, norms: &mut DeviceBuffer<f64>,
+    skip: &DeviceBuffer<u32>, agents: usize, param_count: usize, max_norm: f64, opt: RmsProp,
 ) -> Result<()> {
     const K: &str = "optim_clip_rmsprop";
     let a = ensure_agents(K, agents)?;
@@ -112,6 +113,7 @@ pub fn optim_clip_rmsprop<D: Device>(
     }
     ensure_len(K, "partials", partials, agents * chunks as usize)?;
     ensure_len(K, "norms", norms, agents)?;
+    ensure_len(K, "skip", skip, 1)?;
     ensure(max_norm > 0.0 && opt.lr.is_finite() && (0.0..1.0).contains(&opt.alpha) && opt.eps > 0.0, || {
         format!("{K}: hyper-parameters out of range (max_norm {max_norm}, {opt:?})")
     })?;
@@ -126,6 +128,7 @@ pub fn optim_clip_rmsprop<D: Device>(
             KernelArg::buf(square_avg),
             KernelArg::buf(partials),
             KernelArg::buf(norms),
+            KernelArg::buf(skip),
             KernelArg::U32(p),
             KernelArg::U32(chunks),
             KernelArg::F64(max_norm),
@@ -625,6 +628,197 @@ pub fn conv_grad_sum_chunks<D: Device>(
     )
 }
 
+/// Reduction slice of the fc kernels' deterministic split-K (FC forward and backward-data): a
+/// fixed number of elements, a multiple of the K-tile, so the split count depends on the layer's
+/// shape alone (gala fc forward: 1568 → 7 slices; backward-data: 512 → 2).
+pub const FC_SPLIT_K: usize = 256;
+
+/// Slices of a K-element reduction under `FC_SPLIT_K`.
+pub fn fc_splits(k: usize) -> usize {
+    k.div_ceil(FC_SPLIT_K).max(1)
+}
+
+/// Elements of the split-K partials that `fc_forward` (k = in, width = out) or
+/// `fc_backward_data` (k = out, width = in) needs for a batch of `n` per agent (0: no slices).
+pub fn fc_partials_len(agents: usize, n: usize, k: usize, width: usize) -> usize {
+    let s = fc_splits(k);
+    if s == 1 {
+        0
+    } else {
+        agents * s * n * width
+    }
+}
+
+/// The checks every fc launcher shares; returns (in, out) as u32.
+fn fc_check(kernel: &str, shape: &ConvShape, n: usize) -> Result<(u32, u32)> {
+    ensure(shape.kernel == 1 && shape.stride == 1 && shape.in_hw == 1 && shape.out_hw == 1, || {
+        format!("{kernel}: {shape:?} is not a fully connected layer (a 1x1 conv on 1x1 inputs)")
+    })?;
+    conv_shape_args(kernel, shape, n)?;
+    Ok((shape.in_channels as u32, shape.out_channels as u32))
+}
+
+/// Runs the split-K second pass when there is more than one slice.
+#[allow(clippy::too_many_arguments)]
+fn fc_sum_splits<D: Device>(
+    dev: &D, stream: Stream, partials: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>, out: &mut DeviceBuffer<f32>,
+    agents: usize, len: usize, width: usize, splits: usize, bias: Option<&LayerParams>, relu: bool,
+) -> Result<()> {
+    const K: &str = "fc_sum_splits";
+    let y = grid_dim(K, "agents", agents)?;
+    let config = LaunchConfig {
+        grid: (len.div_ceil(CONV_REDUCE_BLOCK as usize) as u32, y, 1),
+        block: (CONV_REDUCE_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (pc, b_off) = bias.map(|lp| (lp.param_count, lp.b_off)).unwrap_or((0, 0));
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[
+            KernelArg::buf(partials),
+            KernelArg::buf(params),
+            KernelArg::buf(out),
+            KernelArg::U32(u32_of(K, "len", len)?),
+            KernelArg::U32(width as u32),
+            KernelArg::U32(splits as u32),
+            KernelArg::U32(pc as u32),
+            KernelArg::U32(b_off as u32),
+            KernelArg::U32(bias.is_some() as u32),
+            KernelArg::U32(relu as u32),
+        ],
+    )
+}
+
+/// Fully connected forward as a GEMM with deterministic split-K: y [agents][n][Out] =
+/// relu(b + x·wᵀ), x [agents][n][In]. `partials` holds `fc_partials_len(agents, n, In, Out)`
+/// elements (may be empty when that is 0). One launch, plus `fc_sum_splits` when split.
+#[allow(clippy::too_many_arguments)]
+pub fn fc_forward<D: Device>(
+    dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>,
+    partials: &mut DeviceBuffer<f32>, y: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
+) -> Result<()> {
+    const K: &str = "fc_forward";
+    let (in_f, out_f) = fc_check(K, shape, n)?;
+    check_layer_params(K, shape, &lp, params, agents)?;
+    ensure_len(K, "x", x, agents * n * shape.in_len())?;
+    ensure_len(K, "y", y, agents * n * shape.out_len())?;
+    let head = [KernelArg::buf(x), KernelArg::buf(params)];
+    let tail = [
+        KernelArg::U32(in_f),
+        KernelArg::U32(out_f),
+        KernelArg::U32(n as u32),
+        KernelArg::U32(lp.param_count as u32),
+        KernelArg::U32(lp.w_off as u32),
+        KernelArg::U32(lp.b_off as u32),
+        KernelArg::U32(relu as u32),
+    ];
+    fc_split_launch(dev, stream, K, &head, &tail, params, partials, y, agents, n, (in_f as usize, out_f as usize), Some(&lp), relu)
+}
+
+/// The split-K launch shared by `fc_forward` and `fc_backward_data`: `k_width` = (reduction
+/// length, output rows), grid (batch tiles, row tiles, agents × slices); with one slice the GEMM
+/// writes `out` itself, else `partials`, summed into `out` by `fc_sum_splits` (then `bias` and
+/// the ReLU when `relu`). `head`/`tail`: the kernel's arguments before and after its output
+/// pointer (the slice length and count are appended).
+#[allow(clippy::too_many_arguments)]
+fn fc_split_launch<D: Device>(
+    dev: &D, stream: Stream, kernel: &str, head: &[KernelArg], tail: &[KernelArg], params: &DeviceBuffer<f32>,
+    partials: &mut DeviceBuffer<f32>, out: &mut DeviceBuffer<f32>, agents: usize, n: usize, k_width: (usize, usize),
+    bias: Option<&LayerParams>, relu: bool,
+) -> Result<()> {
+    let (k, width) = k_width;
+    let splits = fc_splits(k);
+    ensure_len(kernel, "partials", partials, fc_partials_len(agents, n, k, width))?;
+    let z = grid_dim(kernel, "agents*splits", agents * splits)?;
+    let grid = (n.div_ceil(CONV_TILE_N as usize) as u32, grid_dim(kernel, "row tiles", width.div_ceil(CONV_TILE_M as usize))?, z);
+    let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let target: &DeviceBuffer<f32> = if splits == 1 { out } else { partials };
+    let mut args = head.to_vec();
+    args.push(KernelArg::buf(target));
+    args.extend_from_slice(tail);
+    args.extend([KernelArg::U32(FC_SPLIT_K as u32), KernelArg::U32(splits as u32)]);
+    dev.launch(stream, kernel, config, &args)?;
+    if splits > 1 {
+        fc_sum_splits(dev, stream, partials, params, out, agents, n * width, width, splits, bias, relu)?;
+    }
+    Ok(())
+}
+
+/// Fully connected backward-data: dx [agents][n][In] = g·w with g = dy masked by y > 0 when
+/// `relu` (dy, y [agents][n][Out]); split-K over Out like `fc_forward` (`partials`:
+/// `fc_partials_len(agents, n, Out, In)` elements).
+#[allow(clippy::too_many_arguments)]
+pub fn fc_backward_data<D: Device>(
+    dev: &D, stream: Stream, shape: &ConvShape, dy: &DeviceBuffer<f32>, y: &DeviceBuffer<f32>,
+    params: &DeviceBuffer<f32>, partials: &mut DeviceBuffer<f32>, dx: &mut DeviceBuffer<f32>, agents: usize, n: usize,
+    lp: LayerParams, relu: bool,
+) -> Result<()> {
+    const K: &str = "fc_backward_data";
+    let (in_f, out_f) = fc_check(K, shape, n)?;
+    check_layer_params(K, shape, &lp, params, agents)?;
+    ensure_len(K, "dy", dy, agents * n * shape.out_len())?;
+    ensure_len(K, "y", y, agents * n * shape.out_len())?;
+    ensure_len(K, "dx", dx, agents * n * shape.in_len())?;
+    let head = [KernelArg::buf(dy), KernelArg::buf(y), KernelArg::buf(params)];
+    let tail = [
+        KernelArg::U32(in_f),
+        KernelArg::U32(out_f),
+        KernelArg::U32(n as u32),
+        KernelArg::U32(lp.param_count as u32),
+        KernelArg::U32(lp.w_off as u32),
+        KernelArg::U32(relu as u32),
+    ];
+    fc_split_launch(dev, stream, K, &head, &tail, params, partials, dx, agents, n, (out_f as usize, in_f as usize), None, false)
+}
+
+/// Fully connected backward-filter: dw [Out][In] = gᵀ·x and db = Σ g over the batch, straight
+/// into the gradient arena at the layer's offsets (bias after weight), one ascending sum over
+/// the batch per element.
+#[allow(clippy::too_many_arguments)]
+pub fn fc_backward_filter<D: Device>(
+    dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<f32>, dy: &DeviceBuffer<f32>, y: &DeviceBuffer<f32>,
+    grads: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
+) -> Result<()> {
+    const K: &str = "fc_backward_filter";
+    let (in_f, out_f) = fc_check(K, shape, n)?;
+    ensure_len(K, "x", x, agents * n * shape.in_len())?;
+    ensure_len(K, "dy", dy, agents * n * shape.out_len())?;
+    ensure_len(K, "y", y, agents * n * shape.out_len())?;
+    ensure_len(K, "grads", grads, agents * lp.param_count)?;
+    ensure(
+        lp.w_off + shape.out_channels * shape.patch_len() <= lp.param_count && lp.b_off + shape.out_channels <= lp.param_count,
+        || format!("{K}: layer gradient does not fit the arena"),
+    )?;
+    u32_of(K, "param_count", lp.param_count)?;
+    let z = grid_dim(K, "agents", agents)?;
+    let grid = (
+        (in_f as usize).div_ceil(CONV_TILE_N as usize) as u32,
+        grid_dim(K, "row tiles", (out_f as usize).div_ceil(CONV_TILE_M as usize))?,
+        z,
+    );
+    let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[
+            KernelArg::buf(x),
+            KernelArg::buf(dy),
+            KernelArg::buf(y),
+            KernelArg::buf(grads),
+            KernelArg::U32(in_f),
+            KernelArg::U32(out_f),
+            KernelArg::U32(n as u32),
+            KernelArg::U32(lp.param_count as u32),
+            KernelArg::U32(lp.w_off as u32),
+            KernelArg::U32(lp.b_off as u32),
+            KernelArg::U32(relu as u32),
+        ],
+    )
+}
+
 /// Where the heads' tensors sit in every agent's parameter slice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeadsParams {
@@ -799,4 +993,54 @@ pub fn heads_backward<D: Device>(
     ];
     args.extend(tail);
     dev.launch(stream, K, config, &args)
+}
+
+/// The update's device-side finiteness guard: guard [1] ← 1 when any agent's total loss from
+/// stats [agents][3] (the sums `heads_backward` writes, over `n` samples) is not finite, else 0;
+/// `optim_clip_rmsprop` then skips the step. One single-thread launch, no host sync.
+pub fn heads_loss_guard<D: Device>(
+    dev: &D, stream: Stream, stats: &DeviceBuffer<f64>, guard: &mut DeviceBuffer<u32>, agents: usize, n: usize,
+    value_coef: f64, entropy_coef: f64,
+) -> Result<()> {
+    const K: &str = "heads_loss_guard";
+    let a = ensure_agents(K, agents)?;
+    ensure(n >= 1, || format!("{K}: empty batch"))?;
+    ensure_len(K, "stats", stats, agents * 3)?;
+    ensure_len(K, "guard", guard, 1)?;
+    let config = LaunchConfig { grid: (1, 1, 1), block: (1, 1, 1), shared_mem_bytes: 0 };
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[
+            KernelArg::buf(stats),
+            KernelArg::buf(guard),
+            KernelArg::U32(a),
+            KernelArg::U32(u32_of(K, "n", n)?),
+            KernelArg::F64(value_coef),
+            KernelArg::F64(entropy_coef),
+        ],
+    )
+}
+
+/// Packs act's outputs (actions, values, log-probs, each [rows]) into out [3 * rows] u32
+/// (the floats as their bits) so that they come down in one copy.
+pub fn act_pack_outputs<D: Device>(
+    dev: &D, stream: Stream, actions: &DeviceBuffer<u32>, values: &DeviceBuffer<f32>, log_probs: &DeviceBuffer<f32>,
+    out: &mut DeviceBuffer<u32>, rows: usize,
+) -> Result<()> {
+    const K: &str = "act_pack_outputs";
+    ensure(rows >= 1, || format!("{K}: empty batch"))?;
+    ensure_u32_index(K, 3 * rows, HEADS_THREADS)?;
+    ensure_len(K, "actions", actions, rows)?;
+    ensure_len(K, "values", values, rows)?;
+    ensure_len(K, "log_probs", log_probs, rows)?;
+    ensure_len(K, "out", out, 3 * rows)?;
+    let config = LaunchConfig { grid: (rows.div_ceil(HEADS_THREADS as usize) as u32, 1, 1), block: (HEADS_THREADS, 1, 1), shared_mem_bytes: 0 };
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[KernelArg::buf(actions), KernelArg::buf(values), KernelArg::buf(log_probs), KernelArg::buf(out), KernelArg::U32(rows as u32)],
+    )
 }

@@ -33,6 +33,10 @@ pub struct GpuArena<D: Device> {
     norms: DeviceBuffer<f64>,
     /// First non-finite parameter index per (agent, optimizer chunk), see `find_nonfinite`.
     nonfinite_first: DeviceBuffer<u32>,
+    /// The optimizer's skip flag for `clip_and_rmsprop_guarded` [1] (written on the device by
+    /// the update's loss guard), and an always-zero one for unguarded steps.
+    step_guard: DeviceBuffer<u32>,
+    no_guard: DeviceBuffer<u32>,
     consensus_partials: DeviceBuffer<f64>,
     consensus_result: DeviceBuffer<f64>,
 }
@@ -62,6 +66,8 @@ impl<D: Device> GpuArena<D> {
             norm_partials: device.alloc_zeros(agents * optim_chunks)?,
             norms: device.alloc_zeros(agents)?,
             nonfinite_first: device.alloc_zeros(agents * optim_chunks)?,
+            step_guard: device.alloc_zeros(1)?,
+            no_guard: device.alloc_zeros(1)?,
             consensus_partials: device.alloc_zeros((agents + 1) * gossip_chunks)?,
             consensus_result: device.alloc_zeros(1)?,
             device,
@@ -140,6 +146,13 @@ impl<D: Device> GpuArena<D> {
     /// Per-agent clipping to `max_norm` and one RMSprop step for every agent (two launches);
     /// returns each agent's pre-clip gradient norm.
     pub fn clip_and_rmsprop(&mut self, max_norm: f64, opt: RmsProp) -> Result<Vec<f64>> {
+        self.enqueue_clip_and_rmsprop(max_norm, opt, false)?;
+        self.read_norms()
+    }
+
+    /// The optimizer's two launches, enqueued without waiting; with `guarded`, the step is
+    /// skipped on the device when the guard flag (`step_guard_mut`) is set.
+    pub(crate) fn enqueue_clip_and_rmsprop(&mut self, max_norm: f64, opt: RmsProp, guarded: bool) -> Result<()> {
         let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.param_count);
         launch::optim_sumsq_partials(dev, s, &self.grads, &mut self.norm_partials, a, p)?;
         launch::optim_clip_rmsprop(
@@ -150,14 +163,24 @@ impl<D: Device> GpuArena<D> {
             &mut self.square_avg,
             &self.norm_partials,
             &mut self.norms,
+            if guarded { &self.step_guard } else { &self.no_guard },
             a,
             p,
             max_norm,
             opt,
-        )?;
-        let mut norms = vec![0f64; a];
-        dev.download(s, &self.norms, 0, &mut norms)?;
+        )
+    }
+
+    /// The pre-clip gradient norms [agents] of the last optimizer step (a blocking download).
+    pub(crate) fn read_norms(&self) -> Result<Vec<f64>> {
+        let mut norms = vec![0f64; self.agents];
+        self.device.download(self.stream, &self.norms, 0, &mut norms)?;
         Ok(norms)
+    }
+
+    /// The device, the stream and the optimizer's guard flag, for the update's loss guard.
+    pub(crate) fn step_guard_mut(&mut self) -> (&D, Stream, &mut DeviceBuffer<u32>) {
+        (&self.device, self.stream, &mut self.step_guard)
     }
 
     /// Whether `other`'s buffers live on this arena's device (a shared device).

@@ -1,0 +1,118 @@
+"""The update/act time model of ../shared/tools/gpu-model/model_update.py, applied to the kernels
+of this branch (issue 12, items 1 and 3). It imports that model unchanged and edits only what
+the kernels changed, each edit with where its number comes from:
+
+  * tile stores conflict-free (FIX_BANKS of the model): both tiles of every GEMM are K-major with
+    rows padded to TILE+4 floats; K-lane operands store 16-byte row segments (STS.128, checked in
+    the SASS: fwd 2, backward-filter 6, fc_forward 6 per K-step), M-lane operands 32-bit stores
+    along a row -> 8 + 16 wavefronts per warp per K-step, the model's FIX_BANKS value;
+  * fc as a real GEMM (FIX_FC of the model: loads coalesced along the contiguous dimension) with
+    the branch's FIXED split-K (FC_SPLIT_K = 256: forward 1568 -> 7 slices, backward-data 512 -> 2)
+    instead of the model's fill-the-GPU split, plus the two fc_sum_splits launches;
+  * loads: every K-step's loads are issued as one batch into registers (the chain / 8 of the
+    model's FIX_LOADS), but NOT its instruction cut: the issued instructions per warp per K-step
+    are the ones measured in this branch's SASS (sass_loops.py on the NVRTC->ptxas cubin):
+      I_FWD  conv_forward: outer body 776 - 157 (FMA loop) + 4 x 157 + 16 x 9 (patch_advance) = 1391
+      I_BWD  conv_backward_data: 756 - 152 + 4 x 152 = 1212
+      I_BWF  conv_backward_filter: 721 - 152 + 4 x 152 = 1177
+      fc_forward 417 - 152 + 608 = 873; fc_backward_data 804 - 152 + 608 = 1260;
+      fc_backward_filter 680 - 152 + 608 = 1136
+    (the index arithmetic of the batched loads costs about what the serial loads did);
+  * col2im specialised per stride: per element the 3 divisions of the decomposition stay
+    (75 instructions, 9 slow ops), per tap only VALID taps are visited, ~12.5 instructions each
+    and no slow op (SASS: 50 instructions for 4 taps in the stride-2 inner loop), per valid ky 27;
+  * act: one more launch packs its outputs, which then come down in ONE pinned copy (the
+    model never counted act's downloads, so that saving is not in its figure);
+  * the update's mid-way stats download is gone (heads_loss_guard on the device, one launch);
+    the stats and norms come down together at the end: one host sync instead of two.
+
+usage: [GPU_MODEL_DIR=...] python3 model_after.py RESOURCES.json [--agents A --envs E --steps T --net gala|nature]
+"""
+import os, sys
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The model lives beside the project (`<project root>/../shared/tools/gpu-model`, as in main's
+# checkout); GPU_MODEL_DIR overrides it (e.g. from a worktree elsewhere).
+MODEL_DIR = os.environ.get("GPU_MODEL_DIR", os.path.join(HERE, "..", "..", "..", "shared", "tools", "gpu-model"))
+if not os.path.exists(os.path.join(MODEL_DIR, "model_update.py")):
+    sys.exit(f"model_after.py: no model_update.py in {MODEL_DIR}; set GPU_MODEL_DIR")
+sys.path.insert(0, MODEL_DIR)
+import model_update as M  # noqa: E402
+
+M.KN["FIX_BANKS"] = True
+M.KN["FIX_FC"] = True
+M.KN["FIX_LOADS"] = False   # instructions measured below; the chain division applied by hand
+I_MEASURED = {"conv_forward_u8": 1391, "conv_forward_f32": 1391, "conv_backward_data": 1212,
+              "conv_backward_filter_f32": 1177, "conv_backward_filter_u8": 1177,
+              "fc_forward": 873, "fc_backward_data": 1260, "fc_backward_filter": 1136}
+FC_SPLIT_K = 256
+C2I_TAP, C2I_KY = 12.5, 27
+
+
+def col2im_cost(g, n, agents, lat):
+    tot_i = tot_s = tot_rt = 0; nw = 0
+    total = n * g.in_len
+    for w0 in range(0, total, max(32, (total // 64) // 32 * 32)):
+        lanes = [w0 + l for l in range(32) if w0 + l < total]
+        dec = []
+        for i in lanes:
+            s, rest = divmod(i, g.in_len); c, pix = divmod(rest, g.in_hw ** 2); iy, ix = divmod(pix, g.in_hw)
+            dec.append((iy, ix))
+        # a warp walks the union of its lanes' valid taps (lanes differ in iy % s, ix % s)
+        kys = {ky for iy, _ in dec for ky in range(iy % g.stride, min(g.k, iy + 1), g.stride) if (iy - ky) // g.stride < g.out_hw}
+        kxs = {kx for _, ix in dec for kx in range(ix % g.stride, min(g.k, ix + 1), g.stride) if (ix - kx) // g.stride < g.out_hw}
+        i_cnt = M.C2I_ELEM + C2I_KY * len(kys) + C2I_TAP * len(kys) * len(kxs)
+        tot_i += i_cnt; tot_s += 9; tot_rt += len(kys) * len(kxs); nw += 1
+    return tot_i / nw, tot_s / nw, tot_rt / nw
+
+
+M.col2im_cost = col2im_cost
+_build = M.build
+
+
+def build(res, net="gala", agents=8, envs=16, steps=5, act=False):
+    L, P, n = _build(res, net, agents, envs, steps, act)
+    out = []
+    for l in L:
+        m = l["model"]
+        if l["name"] == "(sync: stats download)":
+            out.append(dict(name="loss guard", kernel="heads_loss_guard", grid=(1, 1, 1), block=1, flops=0,
+                            bytes=agents * 24, model=dict(type="latency", cycles=M.LAT["l2"] + 40 * agents)))
+            continue
+        if m["type"] == "gemm":
+            fc = l["name"].startswith("fc ")
+            if fc:
+                l["kernel"] = {"fc fwd": "fc_forward", "fc bwd-filter": "fc_backward_filter",
+                               "fc bwd-data": "fc_backward_data"}[l["name"]]
+                gx, gy, gz = l["grid"]
+                c3 = 32 if net == "gala" else 64
+                k = {"fc_forward": c3 * 49, "fc_backward_data": 512, "fc_backward_filter": n}[l["kernel"]]
+                splits = 1 if l["kernel"] == "fc_backward_filter" else M.ceil_div(k, FC_SPLIT_K)
+                if l["kernel"] == "fc_forward":
+                    l["grid"] = (M.ceil_div(n, 64), M.ceil_div(512, 32), agents * splits)
+                elif l["kernel"] == "fc_backward_data":
+                    l["grid"] = (M.ceil_div(n, 64), M.ceil_div(c3 * 49, 32), agents * splits)
+                else:
+                    l["grid"] = (M.ceil_div(c3 * 49, 64), M.ceil_div(512, 32), agents)
+                m["ksteps"] = M.ceil_div(min(k, FC_SPLIT_K) if splits > 1 else k, 32)
+            m["I"] = I_MEASURED[l["kernel"]]
+            if not fc:   # FIX_FC already set the fc chain to one coalesced batch
+                m["chain"] /= 8
+            out.append(l)
+            if fc and splits > 1:
+                width = 512 if l["kernel"] == "fc_forward" else c3 * 49
+                ln = n * width
+                out.append(dict(name=l["name"] + " sum", kernel="fc_sum_splits", grid=(M.ceil_div(ln, 256), agents, 1),
+                                block=256, flops=splits * ln * agents, bytes=(splits + 1) * ln * agents * 4,
+                                model=dict(type="latency", cycles=2 * M.LAT["l2"] + 300)))
+            continue
+        out.append(l)
+    if act:   # act's outputs packed for one pinned download (act_pack_outputs)
+        rows = agents * envs
+        out.append(dict(name="act pack", kernel="act_pack_outputs", grid=(M.ceil_div(rows, 128), 1, 1), block=128,
+                        flops=0, bytes=rows * 24, model=dict(type="latency", cycles=M.LAT["l2"] + 300)))
+    return out, P, n
+
+
+M.build = build
+if __name__ == "__main__":
+    M.main()
