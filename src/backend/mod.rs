@@ -227,6 +227,30 @@ pub trait Backend: Send {
         cpu::gossip::mix_one(&mut params[agent * p..(agent + 1) * p], messages);
         self.write_params(&params)
     }
+    /// One lock-step round in which some in-peers live on other processes (scale-out,
+    /// `dist::RankGossip`): `in_peers[r]` indexes this backend's agents `0..agents`, then the
+    /// `remote` messages (index `agents + j` is `remote[j]`), summed in list order with the
+    /// arithmetic of `mix` (every local message read from the pre-round parameters), so the
+    /// result equals the batched round of the whole run bit for bit. The default is host-staged
+    /// through `read_params`/`write_params` with `cpu::gossip::mix_one`, the reference
+    /// arithmetic (the CPU backend's own `mix`).
+    fn mix_with_remote(&mut self, in_peers: &[Vec<usize>], remote: &[&[f32]]) -> Result<()> {
+        let (agents, p) = (self.spec().agents, self.spec().param_count());
+        if in_peers.len() != agents || in_peers.iter().flatten().any(|&s| s >= agents + remote.len()) || remote.iter().any(|m| m.len() != p) {
+            return Err(crate::Error::Shape(format!(
+                "mix_with_remote: {} peer lists for {agents} agents, {} remote messages of {p} parameters each expected",
+                in_peers.len(),
+                remote.len()
+            )));
+        }
+        let snapshot = self.read_params()?;
+        let mut params = snapshot.clone();
+        for (r, theta) in params.chunks_mut(p).enumerate() {
+            let messages: Vec<&[f32]> = in_peers[r].iter().map(|&s| if s < agents { &snapshot[s * p..(s + 1) * p] } else { remote[s - agents] }).collect();
+            cpu::gossip::mix_one(theta, &messages);
+        }
+        self.write_params(&params)
+    }
     /// `len` zero bytes of page-locked host memory from this backend's device, for buffers the
     /// caller fills and then hands to `learn` (uploads from it are asynchronous DMA); None when
     /// the backend has no device (the CPU backend).
