@@ -30,6 +30,22 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How many processes an MPI launcher started, when this process is one of them: read from
+/// what Open MPI's mpirun (`OMPI_COMM_WORLD_SIZE`), PMI/PMIx launchers such as Slurm's srun and
+/// MPICH's hydra set. None for a process started on its own.
+pub fn launched_size() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok()))
+}
+
+/// This process's rank among those on its node (to pick a GPU), from the launcher's environment.
+pub fn local_rank() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "PMIX_LOCAL_RANK"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok()))
+}
+
 /// Message tags at or above this are the protocol's own (lengths, gathers, broadcasts);
 /// parameter messages are tagged with their sender agent's index. MPI guarantees tags up to
 /// 32767.
