@@ -9,21 +9,27 @@ use gala_gpu::run::RunDir;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// MPI for the process's lifetime (finalised when dropped, after a run that ended well).
+#[cfg(feature = "mpi")]
+pub type Session = gala_gpu::dist::mpi::MpiSession;
+#[cfg(not(feature = "mpi"))]
+pub type Session = ();
+
 /// The transport when this process is one of several an MPI launcher started; None when it runs
 /// alone (then nothing changes). Without the `mpi` feature, being launched as several
 /// processes is refused: each would otherwise train the whole run on its own.
-pub fn launched() -> Result<Option<Box<dyn RankTransport>>> {
+pub fn launched() -> Result<Option<(Session, Box<dyn RankTransport>)>> {
     let size = gala_gpu::dist::launched_size();
     if size.is_none_or(|n| n < 2) {
         return Ok(None);
     }
     #[cfg(feature = "mpi")]
     {
-        let world = gala_gpu::dist::mpi::MpiTransport::init().context("cannot start MPI")?;
+        let (session, world) = gala_gpu::dist::mpi::MpiTransport::init().context("cannot start MPI")?;
         if world.ranks() < 2 {
             return Ok(None);
         }
-        Ok(Some(Box::new(world)))
+        Ok(Some((session, Box::new(world))))
     }
     #[cfg(not(feature = "mpi"))]
     anyhow::bail!(
@@ -33,7 +39,7 @@ pub fn launched() -> Result<Option<Box<dyn RankTransport>>> {
 }
 
 /// `train` on one rank of several.
-pub fn train(args: TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
+pub fn train(args: TrainArgs, (session, world): (Session, Box<dyn RankTransport>)) -> Result<()> {
     let (rank, ranks) = (world.rank(), world.ranks());
     let result = train_rank(&args, world);
     if let Err(e) = &result {
@@ -44,6 +50,7 @@ pub fn train(args: TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
         #[cfg(feature = "mpi")]
         gala_gpu::dist::mpi::abort_job(1);
     }
+    drop(session);
     result
 }
 
@@ -89,7 +96,16 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
     install_ctrl_c(stop.clone())?;
     let start = resumed.as_ref().map_or(0, |(_, ck)| ck.frames);
     let mut progress = Progress::new(quiet, config.frames, start);
-    let session = gala_gpu::dist::train::DistSession { resume: resumed.as_ref().map(|(_, ck)| ck), stop: Some(stop) };
+    // Test hook (tests/mpi.rs): rank R stops answering before update U.
+    let hang_at = match std::env::var("GALA_GPU_DEBUG_HANG_RANK") {
+        Ok(v) => Some(
+            v.split_once(':')
+                .and_then(|(r, u)| Some((r.parse::<usize>().ok()?, u.parse::<u64>().ok()?)))
+                .context("GALA_GPU_DEBUG_HANG_RANK must be RANK:UPDATE")?,
+        ),
+        Err(_) => None,
+    };
+    let session = gala_gpu::dist::train::DistSession { resume: resumed.as_ref().map(|(_, ck)| ck), stop: Some(stop), hang_at };
     let t = gala_gpu::dist::train::train_distributed(&config, world, run.as_mut(), &mut progress, &session)?;
     progress.finish();
     let summary = &t.summary;

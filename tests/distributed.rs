@@ -54,7 +54,7 @@ fn distributed(config: &Config, ranks: usize, out: Option<&Path>, resume: Option
                 let run = if ep.rank() == 0 { run0.take() } else { None };
                 let ck = ck.as_ref();
                 s.spawn(move || {
-                    let session = DistSession { resume: ck, stop: None };
+                    let session = DistSession { resume: ck, ..DistSession::default() };
                     train_distributed(config, Box::new(ep), run, &mut NoProgress, &session)
                 })
             })

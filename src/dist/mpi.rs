@@ -16,10 +16,16 @@ use std::time::{Duration, Instant};
 /// MPI counts are C ints: larger messages travel as several, in order (same tag).
 const CHUNK: usize = 1 << 30;
 
+/// MPI itself, initialised for this process: dropping it finalises MPI. Kept apart from the
+/// transport on purpose: MPI_Finalize waits for every other rank, so after a failure (a rank
+/// that no longer answers) it would hang; the caller drops it only after a run that ended well
+/// on every rank, and otherwise ends the job with [`abort_job`].
+pub struct MpiSession {
+    _universe: mpi::environment::Universe,
+}
+
 /// This process's place in the MPI job.
 pub struct MpiTransport {
-    // Finalises MPI when dropped (after every request here has completed).
-    _universe: mpi::environment::Universe,
     rank: usize,
     ranks: usize,
     processor: String,
@@ -53,7 +59,7 @@ fn check(rc: c_int, what: impl FnOnce() -> String) -> Result<()> {
 impl MpiTransport {
     /// Initialises MPI (thread level SERIALIZED) and makes MPI_COMM_WORLD return errors instead
     /// of aborting. Fails when MPI was initialised before or the library refuses.
-    pub fn init() -> Result<Self> {
+    pub fn init() -> Result<(MpiSession, Self)> {
         let (universe, provided) = mpi::initialize_with_threading(mpi::Threading::Serialized)
             .ok_or_else(|| Error::Backend("MPI was already initialised in this process".into()))?;
         if provided < mpi::Threading::Serialized {
@@ -74,7 +80,7 @@ impl MpiTransport {
         } else {
             "?".into()
         };
-        Ok(MpiTransport { _universe: universe, rank: rank as usize, ranks: size as usize, processor })
+        Ok((MpiSession { _universe: universe }, MpiTransport { rank: rank as usize, ranks: size as usize, processor }))
     }
 
 }

@@ -35,6 +35,9 @@ pub struct DistSession<'a> {
     pub resume: Option<&'a Checkpoint>,
     /// Set from outside (Ctrl-C): every rank stops after the same update, with a checkpoint.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Test hook (rank, update): that rank stops answering before that update, as a hung or
+    /// crashed process would (the CLI reads it from `GALA_GPU_DEBUG_HANG_RANK=RANK:UPDATE`).
+    pub hang_at: Option<(usize, u64)>,
 }
 
 /// What `train_distributed` returns on every rank.
@@ -115,6 +118,11 @@ pub fn train_distributed(
         if any_rank(&transport, stop_here, timeout)? {
             interrupted = true;
             break;
+        }
+        if session.hang_at == Some((rank, trainer.updates())) {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
         if let Err(e) = trainer.update() {
             let kept = match (path_of(&run), on_disk) {
