@@ -92,6 +92,16 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
             eprintln!("run folder: {}", run.path().display());
         }
     }
+    // One GPU per rank on a node: local rank mod the GPUs this process sees.
+    if matches!(config.backend, gala_gpu::backend::BackendKind::Cuda | gala_gpu::backend::BackendKind::Auto) {
+        let gpus = gala_gpu::backend::cuda_device_count();
+        if let (Some(local), true) = (gala_gpu::dist::local_rank(), gpus > 0) {
+            gala_gpu::backend::set_cuda_ordinal(local % gpus);
+            if !args.quiet {
+                eprintln!("rank {rank}: CUDA device {} of {gpus} (local rank {local})", local % gpus);
+            }
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     install_ctrl_c(stop.clone())?;
     let start = resumed.as_ref().map_or(0, |(_, ck)| ck.frames);
@@ -116,16 +126,26 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
         }
     } else if !quiet {
         eprintln!(
-            "done: {} frames, {} updates, {} games, {:.0} frames/s; params sha256 {}; this rank's gossip: {} messages sent, {:.1} MB out, {:.1} MB in, {:.2} s waiting",
+            "done: {} frames, {} updates, {} games, {:.0} frames/s; params sha256 {}",
             summary.frames,
             summary.updates,
             summary.episodes,
             summary.sps,
-            summary.params_sha256,
-            t.traffic.messages_sent,
-            t.traffic.bytes_sent as f64 / 1e6,
-            t.traffic.bytes_received as f64 / 1e6,
-            t.traffic.exchange_seconds
+            summary.params_sha256
+        );
+        let (p, g, u) = (t.phases, t.traffic, summary.updates.max(1) as f64);
+        eprintln!(
+            "rank 0 (agents {:?}) per update: act {:.1} ms, env {:.1} ms, learn {:.1} ms, mix {:.1} ms (of which cross-rank gossip {:.1} ms, waiting for the exchange {:.1} ms); {:.2} MB sent and {:.2} MB received per update in {:.1} messages",
+            t.agents,
+            p.act / u * 1e3,
+            p.env / u * 1e3,
+            p.learn / u * 1e3,
+            p.mix / u * 1e3,
+            g.seconds / u * 1e3,
+            g.exchange_seconds / u * 1e3,
+            g.bytes_sent as f64 / u / 1e6,
+            g.bytes_received as f64 / u / 1e6,
+            g.messages_sent as f64 / u
         );
     }
     if let Some(run) = &run {

@@ -301,6 +301,24 @@ pub enum DeviceHandle {
     Cuda(Arc<CudaDevice>),
 }
 
+/// The CUDA device this process opens (`cuda`, or `auto` finding a GPU): 0, unless a rank of a
+/// distributed run picked its own (`set_cuda_ordinal`: local rank mod visible GPUs).
+static CUDA_ORDINAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Makes every CUDA device this process opens from now on GPU `ordinal`.
+pub fn set_cuda_ordinal(ordinal: usize) {
+    CUDA_ORDINAL.store(ordinal, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// GPUs the CUDA driver sees (0 when there is no usable driver).
+pub fn cuda_device_count() -> usize {
+    // SAFETY: only tries to dlopen the driver library and drops the handle.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return 0;
+    }
+    std::panic::catch_unwind(cudarc::driver::CudaContext::device_count).ok().and_then(|r| r.ok()).map_or(0, |n| n.max(0) as usize)
+}
+
 /// A [`DeviceHandle`] and the line saying which backend was picked and why.
 #[derive(Clone)]
 pub struct SharedDevice {
@@ -321,12 +339,12 @@ impl SharedDevice {
                 (DeviceHandle::Sim(Arc::new(dev)), why)
             }
             BackendKind::Cuda => {
-                let dev = CudaDevice::new(0)?;
+                let dev = CudaDevice::new(CUDA_ORDINAL.load(std::sync::atomic::Ordering::SeqCst))?;
                 let why = format!("cuda (requested): {}", dev.describe());
                 (DeviceHandle::Cuda(Arc::new(dev)), why)
             }
             BackendKind::Auto => match crate::gpu_probe() {
-                Ok(name) => match CudaDevice::new(0) {
+                Ok(name) => match CudaDevice::new(CUDA_ORDINAL.load(std::sync::atomic::Ordering::SeqCst)) {
                     Ok(dev) => {
                         let why = format!("cuda: a usable GPU was found ({})", dev.describe());
                         (DeviceHandle::Cuda(Arc::new(dev)), why)
