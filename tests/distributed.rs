@@ -2,7 +2,7 @@
 //! lock-step gossip across ranks, the checkpoints rank 0 gathers, and a rank that goes away.
 //! The same protocol runs over MPI in tests/mpi.rs (cargo feature `mpi`).
 
-use gala_gpu::algo::{NoProgress, Topology, Trainer};
+use gala_gpu::algo::{NoProgress, ProgressSink, Topology, Trainer};
 use gala_gpu::backend::BackendKind;
 use gala_gpu::checkpoint::Checkpoint;
 use gala_gpu::config::Config;
@@ -11,6 +11,8 @@ use gala_gpu::dist::train::{train_distributed, DistSession, DistTraining};
 use gala_gpu::dist::{Incoming, RankTransport};
 use gala_gpu::run::RunDir;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Frames of one round of `agents` agents (catch: 2 envs × 5 steps each).
@@ -123,6 +125,47 @@ fn a_distributed_checkpoint_is_the_single_process_one_and_resumes_either_way() {
     assert_eq!(res[0].summary.params_sha256, straight.params_sha256, "4-rank resume of a 2-rank checkpoint");
     assert_eq!(res[0].summary.frames, longer.frames);
     assert_eq!(Checkpoint::load(&run).unwrap().frames, longer.frames, "the resumed run saved its final checkpoint");
+}
+
+/// Sets a stop flag at the first progress tick (after the first update), like a Ctrl-C that
+/// reached only this rank.
+struct StopAfterFirst(Arc<AtomicBool>);
+impl ProgressSink for StopAfterFirst {
+    fn tick(&mut self, _frames: u64) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    fn report(&mut self, _row: &gala_gpu::run::MetricsRow) {}
+}
+
+#[test]
+fn a_stop_on_one_rank_stops_every_rank_after_the_same_update_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(Topology::Ring, 4, 1, 100);
+    let mut run = RunDir::create(dir.path(), "catch", "gala", c.seed, &c.to_toml()).unwrap();
+    let path = run.path().to_path_buf();
+    let flag = Arc::new(AtomicBool::new(false));
+    let results: Vec<DistTraining> = std::thread::scope(|s| {
+        let mut group = LocalRanks::group(2);
+        let (one, zero) = (group.pop().unwrap(), group.pop().unwrap());
+        let (run, cfg) = (&mut run, &c);
+        let h0 = s.spawn(move || train_distributed(cfg, Box::new(zero), Some(run), &mut NoProgress, &DistSession::default()));
+        let stop = flag.clone();
+        let h1 = s.spawn(move || {
+            let session = DistSession { stop: Some(stop.clone()), ..DistSession::default() };
+            train_distributed(cfg, Box::new(one), None, &mut StopAfterFirst(stop), &session)
+        });
+        vec![h0.join().unwrap().unwrap(), h1.join().unwrap().unwrap()]
+    });
+    assert!(results.iter().all(|r| r.interrupted && r.summary.updates == results[0].summary.updates));
+    let ck = Checkpoint::load(&path).unwrap();
+    assert_eq!(ck.updates, results[0].summary.updates, "the checkpoint is the agreed stop update");
+    assert!(ck.updates >= 1 && ck.updates < 100);
+    assert!(!path.join("summary.json").exists());
+    // It resumes exactly, in one process.
+    let total = Config { frames: (ck.updates + 2) * round_frames(4), ..c.clone() };
+    let (mut t, exact) = Trainer::from_checkpoint(&ck, &total).unwrap();
+    assert!(exact);
+    assert_eq!(t.train(None, &mut NoProgress).unwrap().params_sha256, single(&total).params_sha256);
 }
 
 #[test]
