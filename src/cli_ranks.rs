@@ -50,7 +50,8 @@ pub fn train(args: TrainArgs, (session, world): (Session, Box<dyn RankTransport>
         #[cfg(feature = "mpi")]
         gala_gpu::dist::mpi::abort_job(1);
     }
-    drop(session);
+    // MPI is finalised here, when `session` goes out of scope after a run that ended well.
+    let _session = session;
     result
 }
 

@@ -97,6 +97,17 @@ fn lock_step_across_ranks_equals_one_process_bit_for_bit() {
     }
 }
 
+/// The GPU backend (the CUDA kernels under the simulator) mixes cross-rank messages with the
+/// batched `gossip_mix` launch, so 2 ranks equal one process there too.
+#[test]
+fn lock_step_across_ranks_on_the_gpu_backend_equals_one_process() {
+    let c = Config { backend: BackendKind::Sim, ..config(Topology::Ring, 3, 2, 2) };
+    let want = single(&c);
+    let (got, _) = distributed(&c, 2, None, None);
+    assert_eq!(got[0].summary.backend, "sim");
+    assert_eq!(got[0].summary.params_sha256, want.params_sha256, "2 ranks on the simulated GPU backend differ from one process");
+}
+
 #[test]
 fn a_distributed_checkpoint_is_the_single_process_one_and_resumes_either_way() {
     let dir = tempfile::tempdir().unwrap();
