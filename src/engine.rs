@@ -44,6 +44,8 @@ pub struct Engine {
     graph: Option<GossipGraph>,
     /// Gossip rounds done (the exponential graph's peers rotate with it).
     round: u64,
+    /// A rank of a distributed run: gossip goes through the other ranks (scale-out).
+    rank_gossip: Option<crate::dist::RankGossip>,
 }
 
 impl Engine {
@@ -60,30 +62,36 @@ impl Engine {
     /// threads, sampling with its global agent id and never gossiping (the asynchronous runner
     /// gossips between such engines).
     pub fn for_agent(config: &Config, actions: usize, agent: usize, threads: usize) -> Result<Engine> {
-        Self::build(config, actions, Some((agent, threads)), None)
+        Self::build(config, actions, Some((agent..agent + 1, threads)), None)
     }
 
     /// Like [`Engine::for_agent`], but on `device`, opened once and shared by every agent's
     /// engine (asynchronous gossip: each agent's backend gets its own stream on the one device,
     /// so messages can be device-to-device copies). `config.backend` is not consulted.
     pub fn for_agent_on(config: &Config, actions: usize, agent: usize, threads: usize, device: &SharedDevice) -> Result<Engine> {
-        Self::build(config, actions, Some((agent, threads)), Some(device))
+        Self::build(config, actions, Some((agent..agent + 1, threads)), Some(device))
     }
 
+    /// `only`: a contiguous block of the run's agents (their global indices) and the CPU
+    /// backend's thread count, without gossip of its own (the asynchronous runner gossips
+    /// between single-agent engines; a rank of a distributed run sets a
+    /// [`RankGossip`](crate::dist::RankGossip)); None: every agent, gossiping in the batch.
     /// `device`: the shared device to build the backend on; None opens one for this engine
     /// (`config.backend`).
-    pub(crate) fn build(config: &Config, actions: usize, only: Option<(usize, usize)>, device: Option<&SharedDevice>) -> Result<Engine> {
+    pub(crate) fn build(
+        config: &Config, actions: usize, only: Option<(std::ops::Range<usize>, usize)>, device: Option<&SharedDevice>,
+    ) -> Result<Engine> {
         config.validate()?;
         if actions == 0 {
             return Err(Error::Config("the policy needs at least 1 action, got 0".into()));
         }
         let (all_agents, envs) = config.learner_layout();
-        let (agents, agent_offset) = match only {
-            Some((agent, _)) if agent < all_agents => (1, agent),
-            Some((agent, _)) => return Err(Error::Config(format!("agent {agent} out of range for {all_agents} agents"))),
+        let (agents, agent_offset) = match &only {
+            Some((block, _)) if !block.is_empty() && block.end <= all_agents => (block.len(), block.start),
+            Some((block, _)) => return Err(Error::Config(format!("agents {block:?} out of range for {all_agents} agents"))),
             None => (all_agents, 0),
         };
-        let threads = only.map_or_else(|| config.resolved_threads(), |(_, t)| t.max(1));
+        let threads = only.as_ref().map_or_else(|| config.resolved_threads(), |(_, t)| (*t).max(1));
         let net = NetSpec::new(config.net, actions);
         let spec = BackendSpec { net: net.clone(), agents, agent_offset, envs_per_agent: envs, n_steps: config.n_steps, seed: config.seed, hyper: config.hyper() };
         let initial = init_params(&net, config.seed);
@@ -92,7 +100,7 @@ impl Engine {
             None => backend::create(config.backend, spec, &initial, threads)?,
         };
         let graph = if config.gossips() && only.is_none() { Some(GossipGraph::new(config.topology, agents, config.peers)?) } else { None };
-        Ok(Engine { config: config.clone(), backend, backend_choice, graph, round: 0 })
+        Ok(Engine { config: config.clone(), backend, backend_choice, graph, round: 0, rank_gossip: None })
     }
 
     /// The config the engine was built from.
@@ -200,11 +208,24 @@ impl Engine {
     /// of its in-peers of this round), then advances the round counter. Without gossip
     /// (`algo = a2c`, one agent, or a single-agent engine) only the counter advances.
     pub fn gossip(&mut self) -> Result<()> {
-        if let Some(graph) = &self.graph {
+        if let Some(dist) = self.rank_gossip.as_mut() {
+            dist.round(self.backend.as_mut(), self.round)?;
+        } else if let Some(graph) = &self.graph {
             self.backend.mix(&graph.in_peers(self.round))?;
         }
         self.round += 1;
         Ok(())
+    }
+
+    /// Makes this engine (built for a block of agents) one rank of a distributed run: from now
+    /// on `gossip` runs the lock-step round across ranks.
+    pub fn set_rank_gossip(&mut self, gossip: crate::dist::RankGossip) {
+        self.rank_gossip = Some(gossip);
+    }
+
+    /// The cross-rank gossip, when this engine is a rank of a distributed run.
+    pub fn rank_gossip(&self) -> Option<&crate::dist::RankGossip> {
+        self.rank_gossip.as_ref()
     }
 
     /// Gossip rounds done so far.

@@ -17,6 +17,7 @@ pub mod capi;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
+pub mod dist;
 pub mod engine;
 pub mod env;
 pub mod error;

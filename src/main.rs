@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod cli_ranks;
+
 /// Set when a training run stopped on Ctrl-C (after saving its checkpoint): exit code 130.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -367,6 +369,24 @@ impl ProgressSink for Progress {
 }
 
 impl Progress {
+    /// A bar on a terminal, log lines otherwise, nothing with `quiet`; `position`: frames done.
+    fn new(quiet: bool, frames: u64, position: u64) -> Progress {
+        if quiet {
+            Progress::Quiet
+        } else if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(frames);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {percent:>3}% {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_position(position);
+            Progress::Bar(bar)
+        } else {
+            Progress::Lines { every: Duration::from_secs(5), last: None, pending: None }
+        }
+    }
+
     fn finish(&mut self) {
         match self {
             Progress::Bar(bar) => bar.finish(),
@@ -393,7 +413,22 @@ fn install_ctrl_c(flag: Arc<AtomicBool>) -> Result<()> {
     .context("cannot install the Ctrl-C handler")
 }
 
+/// The line a run stopped by Ctrl-C ends with.
+fn describe_interrupt(summary: &gala_gpu::run::Summary, run: &RunDir) {
+    eprintln!(
+        "interrupted at frame {} (update {}); checkpoint saved to {}; continue with: gala-gpu train --resume {}",
+        summary.frames,
+        summary.updates,
+        run.checkpoint_path().display(),
+        run.path().display()
+    );
+}
+
 fn train(args: TrainArgs) -> Result<()> {
+    // Started by mpirun/srun as one of several processes: this rank's share of the run.
+    if let Some(world) = cli_ranks::launched()? {
+        return cli_ranks::train(args, world);
+    }
     let resumed = match &args.resume {
         Some(dir) => {
             let ck = gala_gpu::checkpoint::Checkpoint::load(dir).context("cannot resume")?;
@@ -482,20 +517,8 @@ fn train(args: TrainArgs) -> Result<()> {
         }
         Some(trainer)
     };
-    let mut progress = if args.quiet {
-        Progress::Quiet
-    } else if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(config.frames);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {percent:>3}% {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_position(trainer.as_ref().map_or_else(|| resumed.as_ref().map_or(0, |(_, ck)| ck.frames), Trainer::frames));
-        Progress::Bar(bar)
-    } else {
-        Progress::Lines { every: Duration::from_secs(5), last: None, pending: None }
-    };
+    let position = trainer.as_ref().map_or_else(|| resumed.as_ref().map_or(0, |(_, ck)| ck.frames), Trainer::frames);
+    let mut progress = Progress::new(args.quiet, config.frames, position);
     let (summary, interrupted) = match trainer.as_mut() {
         Some(trainer) => (trainer.train(Some(&mut run), &mut progress)?, trainer.was_interrupted()),
         None => {
@@ -512,13 +535,7 @@ fn train(args: TrainArgs) -> Result<()> {
     progress.finish();
     if interrupted {
         INTERRUPTED.store(true, Ordering::SeqCst);
-        eprintln!(
-            "interrupted at frame {} (update {}); checkpoint saved to {}; continue with: gala-gpu train --resume {}",
-            summary.frames,
-            summary.updates,
-            run.checkpoint_path().display(),
-            run.path().display()
-        );
+        describe_interrupt(&summary, &run);
     } else if !args.quiet {
         eprintln!(
             "done: {} frames, {} updates, {} games, mean return (last 100) {}, {:.0} frames/s; params sha256 {}",

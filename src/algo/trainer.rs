@@ -67,6 +67,9 @@ pub struct Trainer {
     engine: Engine,
     venv: VecEnv,
     agents: usize,
+    /// Agents of the whole run whose frames count towards the budget: `agents`, except for a
+    /// block of a distributed run (`for_block`), where every rank steps in lock-step.
+    run_agents: usize,
     envs: usize,
     n_steps: usize,
     frames_per_step: u64,
@@ -296,29 +299,40 @@ impl Trainer {
     /// indices, so the same randomness), its own backend sampling with its global agent id, and
     /// no gossip: the asynchronous runner gossips between such trainers.
     pub fn for_agent(config: &Config, agent: usize, threads: usize) -> Result<Trainer> {
-        Self::build(config, Some((agent, threads)), None)
+        Self::build(config, Some((agent..agent + 1, threads)), None)
+    }
+
+    /// The contiguous block `agents` of a run's agents on one backend of their own (a rank of
+    /// a distributed run, `dist`): their share of the simulators (same global env indices),
+    /// sampling with their global agent ids, without gossip until the caller gives the engine a
+    /// [`RankGossip`](crate::dist::RankGossip). `done` counts the whole run's frames (every
+    /// rank steps in lock-step), so a block stops after the same update as the full run.
+    pub fn for_block(config: &Config, agents: std::ops::Range<usize>, threads: usize) -> Result<Trainer> {
+        let mut t = Self::build(config, Some((agents, threads)), None)?;
+        t.run_agents = config.learner_layout().0;
+        Ok(t)
     }
 
     /// Like [`Trainer::for_agent`], with the backend on `device`, shared by every agent's
     /// trainer (see [`Engine::for_agent_on`]).
     pub fn for_agent_on(config: &Config, agent: usize, threads: usize, device: &SharedDevice) -> Result<Trainer> {
-        Self::build(config, Some((agent, threads)), Some(device))
+        Self::build(config, Some((agent..agent + 1, threads)), Some(device))
     }
 
-    fn build(config: &Config, only: Option<(usize, usize)>, device: Option<&SharedDevice>) -> Result<Trainer> {
+    fn build(config: &Config, only: Option<(std::ops::Range<usize>, usize)>, device: Option<&SharedDevice>) -> Result<Trainer> {
         let mut config = config.clone();
         config.resolve_game_defaults()?;
         config.validate()?;
         let config = &config;
         let (all_agents, envs) = config.learner_layout();
-        let (agents, agent_offset) = match only {
-            Some((agent, _)) if agent < all_agents => (1, agent),
-            Some((agent, _)) => return Err(crate::Error::Config(format!("agent {agent} out of range for {all_agents} agents"))),
+        let (agents, agent_offset) = match &only {
+            Some((block, _)) if !block.is_empty() && block.end <= all_agents => (block.len(), block.start),
+            Some((block, _)) => return Err(crate::Error::Config(format!("agents {block:?} out of range for {all_agents} agents"))),
             None => (all_agents, 0),
         };
         let game = GameId::parse(&config.game)?;
         let settings = EnvSettings { game: game.clone(), preset: config.preset, seed: config.seed, rom: config.rom.clone(), episodic_life: None };
-        let threads = only.map_or_else(|| config.resolved_threads(), |(_, t)| t.max(1));
+        let threads = only.as_ref().map_or_else(|| config.resolved_threads(), |(_, t)| (*t).max(1));
         // The built-in game steps in microseconds: threads would cost more than they save.
         let env_threads = if game == GameId::Catch { 1 } else { threads };
         let first_env = agent_offset * envs;
@@ -337,7 +351,7 @@ impl Trainer {
             }
             None => None,
         };
-        let engine = Engine::build(config, venv.num_actions(), only, device)?;
+        let engine = Engine::build(config, venv.num_actions(), only.clone(), device)?;
         let actor = if pipelined { Some(Engine::build(config, venv.num_actions(), only, device)?) } else { None };
         let n = agents * config.n_steps * envs;
         let rollout = Rollout::new(n, &engine)?;
@@ -348,6 +362,7 @@ impl Trainer {
             engine,
             venv,
             agents,
+            run_agents: agents,
             envs,
             n_steps: config.n_steps,
             rollout,
@@ -566,6 +581,11 @@ impl Trainer {
         self.updates
     }
 
+    /// Global index of this trainer's first agent (0 unless it runs a block or one agent).
+    pub fn agent_offset(&self) -> usize {
+        self.agent_offset
+    }
+
     pub fn episodes(&self) -> u64 {
         self.episodes
     }
@@ -600,7 +620,13 @@ impl Trainer {
 
     /// Whether the frame budget is spent and every collected segment has been learned from.
     pub fn done(&self) -> bool {
-        self.frames() >= self.config.frames && !self.pending
+        self.run_frames() >= self.config.frames && !self.pending
+    }
+
+    /// Raw frames the whole run has consumed: `frames`, or for a block of a distributed run
+    /// the frames of every rank (they all step in lock-step).
+    pub fn run_frames(&self) -> u64 {
+        self.step * (self.run_agents * self.envs) as u64 * self.frames_per_step
     }
 
     fn plan(&self) -> CollectPlan {
@@ -659,7 +685,7 @@ impl Trainer {
                 self.phase_seconds.mix += t0.elapsed().as_secs_f64();
             }
         }
-        let collect_next = self.frames() < self.config.frames;
+        let collect_next = self.run_frames() < self.config.frames;
         let plan = self.plan();
         let poison = self.debug_nan_at_update == Some(self.updates);
         let started = Instant::now();
@@ -709,7 +735,7 @@ impl Trainer {
         Ok(params_sha256(&self.engine.read_params()?))
     }
 
-    fn agent_metrics(&self) -> Vec<AgentMetricsRow> {
+    pub(crate) fn agent_metrics(&self) -> Vec<AgentMetricsRow> {
         self.agent_returns()
             .into_iter()
             .enumerate()

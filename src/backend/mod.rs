@@ -227,6 +227,30 @@ pub trait Backend: Send {
         cpu::gossip::mix_one(&mut params[agent * p..(agent + 1) * p], messages);
         self.write_params(&params)
     }
+    /// One lock-step round in which some in-peers live on other processes (scale-out,
+    /// `dist::RankGossip`): `in_peers[r]` indexes this backend's agents `0..agents`, then the
+    /// `remote` messages (index `agents + j` is `remote[j]`), summed in list order with the
+    /// arithmetic of `mix` (every local message read from the pre-round parameters), so the
+    /// result equals the batched round of the whole run bit for bit. The default is host-staged
+    /// through `read_params`/`write_params` with `cpu::gossip::mix_one`, the reference
+    /// arithmetic (the CPU backend's own `mix`).
+    fn mix_with_remote(&mut self, in_peers: &[Vec<usize>], remote: &[&[f32]]) -> Result<()> {
+        let (agents, p) = (self.spec().agents, self.spec().param_count());
+        if in_peers.len() != agents || in_peers.iter().flatten().any(|&s| s >= agents + remote.len()) || remote.iter().any(|m| m.len() != p) {
+            return Err(crate::Error::Shape(format!(
+                "mix_with_remote: {} peer lists for {agents} agents, {} remote messages of {p} parameters each expected",
+                in_peers.len(),
+                remote.len()
+            )));
+        }
+        let snapshot = self.read_params()?;
+        let mut params = snapshot.clone();
+        for (r, theta) in params.chunks_mut(p).enumerate() {
+            let messages: Vec<&[f32]> = in_peers[r].iter().map(|&s| if s < agents { &snapshot[s * p..(s + 1) * p] } else { remote[s - agents] }).collect();
+            cpu::gossip::mix_one(theta, &messages);
+        }
+        self.write_params(&params)
+    }
     /// `len` zero bytes of page-locked host memory from this backend's device, for buffers the
     /// caller fills and then hands to `learn` (uploads from it are asynchronous DMA); None when
     /// the backend has no device (the CPU backend).
@@ -277,6 +301,24 @@ pub enum DeviceHandle {
     Cuda(Arc<CudaDevice>),
 }
 
+/// The CUDA device this process opens (`cuda`, or `auto` finding a GPU): 0, unless a rank of a
+/// distributed run picked its own (`set_cuda_ordinal`: local rank mod visible GPUs).
+static CUDA_ORDINAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Makes every CUDA device this process opens from now on GPU `ordinal`.
+pub fn set_cuda_ordinal(ordinal: usize) {
+    CUDA_ORDINAL.store(ordinal, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// GPUs the CUDA driver sees (0 when there is no usable driver).
+pub fn cuda_device_count() -> usize {
+    // SAFETY: only tries to dlopen the driver library and drops the handle.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return 0;
+    }
+    std::panic::catch_unwind(cudarc::driver::CudaContext::device_count).ok().and_then(|r| r.ok()).map_or(0, |n| n.max(0) as usize)
+}
+
 /// A [`DeviceHandle`] and the line saying which backend was picked and why.
 #[derive(Clone)]
 pub struct SharedDevice {
@@ -297,12 +339,12 @@ impl SharedDevice {
                 (DeviceHandle::Sim(Arc::new(dev)), why)
             }
             BackendKind::Cuda => {
-                let dev = CudaDevice::new(0)?;
+                let dev = CudaDevice::new(CUDA_ORDINAL.load(std::sync::atomic::Ordering::SeqCst))?;
                 let why = format!("cuda (requested): {}", dev.describe());
                 (DeviceHandle::Cuda(Arc::new(dev)), why)
             }
             BackendKind::Auto => match crate::gpu_probe() {
-                Ok(name) => match CudaDevice::new(0) {
+                Ok(name) => match CudaDevice::new(CUDA_ORDINAL.load(std::sync::atomic::Ordering::SeqCst)) {
                     Ok(dev) => {
                         let why = format!("cuda: a usable GPU was found ({})", dev.describe());
                         (DeviceHandle::Cuda(Arc::new(dev)), why)

@@ -548,6 +548,12 @@ impl<D: Device> Backend for GpuBackend<D> {
         self.end_timed(timed)
     }
 
+    fn mix_with_remote(&mut self, in_peers: &[Vec<usize>], remote: &[&[f32]]) -> Result<()> {
+        let timed = self.begin_timed()?;
+        self.arena.mix_with_remote(in_peers, remote)?;
+        self.end_timed(timed)
+    }
+
     fn device_seconds(&self) -> Option<f64> {
         Some(self.device_seconds)
     }

@@ -264,6 +264,50 @@ impl<D: Device> GpuArena<D> {
         dev.synchronize(self.stream)
     }
 
+    /// One lock-step round in which some in-peers are messages from other processes
+    /// (scale-out, `dist::RankGossip`): the peers in `in_peers[r]` index this arena's agents,
+    /// then `remote` (index `agents + j` is `remote[j]`). Runs the batched `gossip_mix` launch
+    /// over `agents + m` rows — the local agents and the uploaded messages, whose rows have no
+    /// peers and stay as they are — so arithmetic and summation order are exactly those of the
+    /// whole run's batched round on this device (on CUDA too, where the kernel's sums may be
+    /// fused and a host-side mix would differ in the last bit).
+    pub fn mix_with_remote(&mut self, in_peers: &[Vec<usize>], remote: &[&[f32]]) -> Result<()> {
+        let (a, p, m) = (self.agents, self.param_count, remote.len());
+        if in_peers.len() != a || remote.iter().any(|r| r.len() != p) || in_peers.iter().flatten().any(|&s| s >= a + m) {
+            return Err(Error::Shape(format!(
+                "mix_with_remote: {} peer lists for {a} agents, {m} remote messages of {p} parameters each expected",
+                in_peers.len()
+            )));
+        }
+        let rows = a + m;
+        let mut offsets = Vec::with_capacity(rows + 1);
+        let mut flat = Vec::new();
+        offsets.push(0u32);
+        for r in 0..rows {
+            flat.extend(in_peers.get(r).into_iter().flatten().map(|&s| s as u32));
+            offsets.push(flat.len() as u32);
+        }
+        if flat.is_empty() {
+            return Ok(());
+        }
+        let dev = &self.device;
+        let mut snapshot = dev.alloc_zeros::<f32>(rows * p)?;
+        let mut mixed = dev.alloc_zeros::<f32>(rows * p)?;
+        let mut offsets_dev = dev.alloc_zeros::<u32>(offsets.len())?;
+        let mut peers_dev = dev.alloc_zeros::<u32>(flat.len())?;
+        dev.upload(self.stream, &offsets, &mut offsets_dev, 0)?;
+        dev.upload(self.stream, &flat, &mut peers_dev, 0)?;
+        dev.copy(self.stream, &self.params, 0, &mut snapshot, 0, a * p)?;
+        for (j, msg) in remote.iter().enumerate() {
+            dev.upload(self.stream, msg, &mut snapshot, (a + j) * p)?;
+        }
+        dev.copy(self.stream, &snapshot, 0, &mut mixed, 0, rows * p)?;
+        launch::gossip_mix(dev, self.stream, &snapshot, &mut mixed, &offsets_dev, &peers_dev, rows, p)?;
+        dev.copy(self.stream, &mixed, 0, &mut self.params, 0, a * p)?;
+        // The temporaries are freed on return; make sure the work that reads them is done.
+        dev.synchronize(self.stream)
+    }
+
     /// Asynchronous gossip, sender side: enqueues on the arena's stream a device-to-device copy
     /// of agent `agent`'s parameters into `slot` (a [P] mailbox buffer of the same device),
     /// ordered after `after` — the event a receiver recorded once its mix kernel had read the

@@ -1,0 +1,210 @@
+//! Scale-out protocol with ranks as threads of this process (`dist::local::LocalRanks`): the
+//! lock-step gossip across ranks, the checkpoints rank 0 gathers, and a rank that goes away.
+//! The same protocol runs over MPI in tests/mpi.rs (cargo feature `mpi`).
+
+use gala_gpu::algo::{NoProgress, ProgressSink, Topology, Trainer};
+use gala_gpu::backend::BackendKind;
+use gala_gpu::checkpoint::Checkpoint;
+use gala_gpu::config::Config;
+use gala_gpu::dist::local::LocalRanks;
+use gala_gpu::dist::train::{train_distributed, DistSession, DistTraining};
+use gala_gpu::dist::{Incoming, RankTransport};
+use gala_gpu::run::RunDir;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Frames of one round of `agents` agents (catch: 2 envs × 5 steps each).
+fn round_frames(agents: usize) -> u64 {
+    agents as u64 * 2 * 5
+}
+
+fn config(topology: Topology, agents: usize, peers: usize, rounds: u64) -> Config {
+    Config {
+        game: "catch".into(),
+        agents,
+        envs_per_agent: 2,
+        n_steps: 5,
+        frames: rounds * round_frames(agents),
+        topology,
+        peers,
+        backend: BackendKind::Cpu,
+        threads: 1,
+        seed: 11,
+        metrics_every: 2,
+        gossip_timeout: 60.0,
+        ..Config::default()
+    }
+}
+
+/// Runs `config` on `ranks` in-process ranks; rank 0 writes into `out` (a new run folder) or,
+/// with `resume`, continues that run folder.
+fn distributed(config: &Config, ranks: usize, out: Option<&Path>, resume: Option<&Path>) -> (Vec<DistTraining>, Option<PathBuf>) {
+    let ck = resume.map(|r| Checkpoint::load(r).unwrap());
+    let mut run = match (out, resume) {
+        (_, Some(r)) => Some(RunDir::resume(r, ck.as_ref().unwrap().frames, &config.to_toml()).unwrap()),
+        (Some(o), None) => Some(RunDir::create(o, "catch", "gala", config.seed, &config.to_toml()).unwrap()),
+        (None, None) => None,
+    };
+    let path = run.as_ref().map(|r| r.path().to_path_buf());
+    let results = std::thread::scope(|s| {
+        let mut run0 = run.as_mut();
+        let handles: Vec<_> = LocalRanks::group(ranks)
+            .into_iter()
+            .map(|ep| {
+                let run = if ep.rank() == 0 { run0.take() } else { None };
+                let ck = ck.as_ref();
+                s.spawn(move || {
+                    let session = DistSession { resume: ck, ..DistSession::default() };
+                    train_distributed(config, Box::new(ep), run, &mut NoProgress, &session)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+    });
+    (results, path)
+}
+
+fn single(config: &Config) -> gala_gpu::run::Summary {
+    Trainer::new(config).unwrap().train(None, &mut NoProgress).unwrap()
+}
+
+#[test]
+fn lock_step_across_ranks_equals_one_process_bit_for_bit() {
+    for (topology, agents, peers, ranks) in [
+        (Topology::Ring, 4, 1, 2),
+        (Topology::Ring, 4, 1, 4),
+        (Topology::Ring, 5, 2, 3),
+        (Topology::Exp, 4, 1, 2),
+        (Topology::Exp, 8, 1, 4),
+        (Topology::All, 4, 3, 2),
+        (Topology::All, 3, 2, 2),
+    ] {
+        let c = config(topology, agents, peers, 4);
+        let want = single(&c);
+        let (got, _) = distributed(&c, ranks, None, None);
+        assert_eq!(want.updates, 4);
+        for (q, g) in got.iter().enumerate() {
+            let s = &g.summary;
+            assert_eq!(s.params_sha256, want.params_sha256, "{topology:?} {agents} agents on {ranks} ranks (rank {q}) differs from one process");
+            assert_eq!((s.frames, s.updates, s.episodes, s.agents), (want.frames, want.updates, want.episodes, want.agents), "{topology:?}");
+            assert_eq!(s.mean_return_100, want.mean_return_100, "{topology:?}");
+            assert!((s.consensus_distance - want.consensus_distance).abs() <= 1e-12 * want.consensus_distance.max(1.0));
+        }
+        // Every rank sent something each round (the blocks are joined by the graph).
+        assert!(got.iter().all(|g| g.traffic.rounds == 4 && g.traffic.bytes_sent > 0), "{topology:?}");
+    }
+}
+
+/// The GPU backend (the CUDA kernels under the simulator) mixes cross-rank messages with the
+/// batched `gossip_mix` launch, so 2 ranks equal one process there too.
+#[test]
+fn lock_step_across_ranks_on_the_gpu_backend_equals_one_process() {
+    let c = Config { backend: BackendKind::Sim, ..config(Topology::Ring, 3, 2, 2) };
+    let want = single(&c);
+    let (got, _) = distributed(&c, 2, None, None);
+    assert_eq!(got[0].summary.backend, "sim");
+    assert_eq!(got[0].summary.params_sha256, want.params_sha256, "2 ranks on the simulated GPU backend differ from one process");
+}
+
+#[test]
+fn a_distributed_checkpoint_is_the_single_process_one_and_resumes_either_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config { save_every: 2 * round_frames(4), ..config(Topology::Exp, 4, 1, 4) };
+    // Four rounds on 2 ranks, then the same in one process: the same checkpoint file contents.
+    let (_, run) = distributed(&c, 2, Some(&dir.path().join("d")), None);
+    let run = run.unwrap();
+    let mut one = Trainer::new(&c).unwrap();
+    one.train(None, &mut NoProgress).unwrap();
+    let (got, want) = (Checkpoint::load(&run).unwrap(), one.checkpoint(0.0).unwrap());
+    assert_eq!((got.agents, got.updates, got.step, got.frames, got.episodes), (want.agents, want.updates, want.step, want.frames, want.episodes));
+    assert!(got.params == want.params && got.square_avg == want.square_avg, "parameters or optimizer state differ");
+    assert!(got.observations == want.observations && got.env_states == want.env_states, "environments differ");
+    assert_eq!(got.agent_episodes, want.agent_episodes);
+    assert!(run.join("summary.json").exists() && run.join("metrics_agents.csv").exists());
+    let agent_rows = std::fs::read_to_string(run.join("metrics_agents.csv")).unwrap();
+    assert!((0..4).all(|a| agent_rows.lines().any(|l| l.split(',').nth(2) == Some(&a.to_string()))), "every agent has rows:\n{agent_rows}");
+
+    // The distributed checkpoint continues in one process, and on 4 ranks, exactly.
+    let longer = Config { frames: 8 * round_frames(4), ..c.clone() };
+    let straight = single(&longer);
+    let (mut t, exact) = Trainer::from_checkpoint(&got, &longer).unwrap();
+    assert!(exact);
+    assert_eq!(t.train(None, &mut NoProgress).unwrap().params_sha256, straight.params_sha256, "single-process resume of a 2-rank checkpoint");
+    let (res, _) = distributed(&longer, 4, None, Some(&run));
+    assert_eq!(res[0].summary.params_sha256, straight.params_sha256, "4-rank resume of a 2-rank checkpoint");
+    assert_eq!(res[0].summary.frames, longer.frames);
+    assert_eq!(Checkpoint::load(&run).unwrap().frames, longer.frames, "the resumed run saved its final checkpoint");
+}
+
+/// Sets a stop flag at the first progress tick (after the first update), like a Ctrl-C that
+/// reached only this rank.
+struct StopAfterFirst(Arc<AtomicBool>);
+impl ProgressSink for StopAfterFirst {
+    fn tick(&mut self, _frames: u64) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    fn report(&mut self, _row: &gala_gpu::run::MetricsRow) {}
+}
+
+#[test]
+fn a_stop_on_one_rank_stops_every_rank_after_the_same_update_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(Topology::Ring, 4, 1, 100);
+    let mut run = RunDir::create(dir.path(), "catch", "gala", c.seed, &c.to_toml()).unwrap();
+    let path = run.path().to_path_buf();
+    let flag = Arc::new(AtomicBool::new(false));
+    let results: Vec<DistTraining> = std::thread::scope(|s| {
+        let mut group = LocalRanks::group(2);
+        let (one, zero) = (group.pop().unwrap(), group.pop().unwrap());
+        let (run, cfg) = (&mut run, &c);
+        let h0 = s.spawn(move || train_distributed(cfg, Box::new(zero), Some(run), &mut NoProgress, &DistSession::default()));
+        let stop = flag.clone();
+        let h1 = s.spawn(move || {
+            let session = DistSession { stop: Some(stop.clone()), ..DistSession::default() };
+            train_distributed(cfg, Box::new(one), None, &mut StopAfterFirst(stop), &session)
+        });
+        vec![h0.join().unwrap().unwrap(), h1.join().unwrap().unwrap()]
+    });
+    assert!(results.iter().all(|r| r.interrupted && r.summary.updates == results[0].summary.updates));
+    let ck = Checkpoint::load(&path).unwrap();
+    assert_eq!(ck.updates, results[0].summary.updates, "the checkpoint is the agreed stop update");
+    assert!(ck.updates >= 1 && ck.updates < 100);
+    assert!(!path.join("summary.json").exists());
+    // It resumes exactly, in one process.
+    let total = Config { frames: (ck.updates + 2) * round_frames(4), ..c.clone() };
+    let (mut t, exact) = Trainer::from_checkpoint(&ck, &total).unwrap();
+    assert!(exact);
+    assert_eq!(t.train(None, &mut NoProgress).unwrap().params_sha256, single(&total).params_sha256);
+}
+
+#[test]
+fn a_rank_that_goes_away_is_named_and_the_others_stop() {
+    let c = Config { gossip_timeout: 2.0, frames: 1_000_000, ..config(Topology::Ring, 4, 1, 0) };
+    let started = Instant::now();
+    let err = std::thread::scope(|s| {
+        let mut group = LocalRanks::group(2);
+        let mut one = group.pop().unwrap();
+        let zero = group.pop().unwrap();
+        let h = s.spawn(|| train_distributed(&c, Box::new(zero), None, &mut NoProgress, &DistSession::default()));
+        // Rank 1 takes part in the start-up handshake, then its process "dies".
+        let mut len = [0u8; 8];
+        one.exchange(&[], &mut [Incoming { from: 0, tag: gala_gpu::dist::CONTROL_TAG, data: &mut len }], Duration::from_secs(30)).unwrap();
+        let mut hello = vec![0u8; u64::from_le_bytes(len) as usize];
+        one.exchange(&[], &mut [Incoming { from: 0, tag: gala_gpu::dist::CONTROL_TAG + 1, data: &mut hello }], Duration::from_secs(30)).unwrap();
+        drop(one);
+        h.join().unwrap().err().expect("rank 0 must fail").to_string()
+    });
+    assert!(err.contains("rank(s) [1]"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn impossible_layouts_are_refused_clearly() {
+    let c = config(Topology::Ring, 2, 1, 1);
+    let err = gala_gpu::dist::train::check_config(&c, 3).unwrap_err().to_string();
+    assert!(err.contains("2 agents cannot be spread over 3 processes"), "{err}");
+    let err = gala_gpu::dist::train::check_config(&Config { sync_freq: 2, ..c.clone() }, 2).unwrap_err().to_string();
+    assert!(err.contains("asynchronous gossip"), "{err}");
+}

@@ -1,0 +1,109 @@
+//! `mpirun -np R gala-gpu train …` (cargo feature `mpi`; needs Open MPI's `mpirun` on PATH):
+//! lock-step across processes equals one process, checkpoints resume across process counts, and
+//! a rank that stops answering ends the job with an error naming it.
+//! Run with: `cargo test --release --features mpi --test mpi` (CI: .ci/run).
+#![cfg(feature = "mpi")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Frames of one round of 4 agents (catch: 2 envs × 5 steps each).
+const ROUND: u64 = 4 * 2 * 5;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gala-gpu")
+}
+
+/// `gala-gpu ARGS` on `np` processes (1: no mpirun), with `env` set.
+fn launch(np: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = if np == 1 {
+        Command::new(bin())
+    } else {
+        let mut c = Command::new("mpirun");
+        c.args(["--allow-run-as-root", "--oversubscribe", "-np", &np.to_string(), bin()]);
+        c
+    };
+    cmd.args(args).envs(env.iter().copied()).output().expect("mpirun (Open MPI) must be on PATH for the mpi tests")
+}
+
+/// A catch run of 4 agents on `np` processes into a fresh folder under `out`; returns the run folder.
+fn train(np: usize, out: &Path, topology: &str, frames: u64, extra: &[&str], env: &[(&str, &str)]) -> (Output, Option<PathBuf>) {
+    let frames = frames.to_string();
+    let mut args = vec![
+        "train", "--game", "catch", "--agents", "4", "--envs-per-agent", "2", "--n-steps", "5", "--backend", "cpu", "--threads", "1",
+        "--seed", "7", "--topology", topology, "--frames", &frames, "--metrics-every", "2", "-q", "--out", out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let output = launch(np, &args, env);
+    let run = std::fs::read_dir(out).ok().and_then(|d| d.map(|e| e.unwrap().path()).find(|p| p.is_dir()));
+    (output, run)
+}
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "exit {:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
+fn sha(run: &Path) -> String {
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    s["params_sha256"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn lock_step_on_2_and_4_processes_equals_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    for topology in ["ring", "exp", "all"] {
+        let (out, one) = train(1, &dir.path().join(format!("{topology}-1")), topology, 6 * ROUND, &[], &[]);
+        ok(&out);
+        let want = sha(&one.unwrap());
+        for np in [2, 4] {
+            let (out, run) = train(np, &dir.path().join(format!("{topology}-{np}")), topology, 6 * ROUND, &[], &[]);
+            ok(&out);
+            let run = run.expect("rank 0 made the run folder");
+            // Only rank 0 made a run folder, and it printed its path once.
+            assert_eq!(std::fs::read_dir(dir.path().join(format!("{topology}-{np}"))).unwrap().count(), 1);
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), run.to_str().unwrap());
+            assert_eq!(sha(&run), want, "{topology} on {np} processes differs from one process");
+        }
+    }
+}
+
+#[test]
+fn a_distributed_checkpoint_resumes_in_one_process_and_on_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, straight) = train(1, &dir.path().join("straight"), "exp", 8 * ROUND, &[], &[]);
+    ok(&out);
+    let want = sha(&straight.unwrap());
+    for (np_first, np_then) in [(2, 1), (2, 4)] {
+        let (out, run) = train(np_first, &dir.path().join(format!("{np_first}-{np_then}")), "exp", 4 * ROUND, &["--save-every", "80"], &[]);
+        ok(&out);
+        let run = run.unwrap();
+        let frames = (8 * ROUND).to_string();
+        ok(&launch(np_then, &["train", "--resume", run.to_str().unwrap(), "--frames", &frames, "-q"], &[]));
+        assert_eq!(sha(&run), want, "{np_first} processes, then resumed on {np_then}, differs from one straight run");
+    }
+}
+
+#[test]
+fn a_rank_that_stops_answering_ends_the_job_naming_it_and_the_last_checkpoint_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    // Rank 1 hangs before update 5; checkpoints every 2 updates (80 frames).
+    let (out, run) = train(2, &dir.path().join("hang"), "ring", 100 * ROUND, &["--save-every", "80", "--gossip-timeout", "3"], &[(
+        "GALA_GPU_DEBUG_HANG_RANK",
+        "1:5",
+    )]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("rank 0 of 2") && stderr.contains("rank(s) [1]"), "rank 0 names rank 1:\n{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(120), "took {:?}", started.elapsed());
+    let run = run.unwrap();
+    assert!(!run.join("summary.json").exists());
+    let ck = gala_gpu::checkpoint::Checkpoint::load(&run).unwrap();
+    assert_eq!((ck.updates, ck.frames), (4, 4 * ROUND), "the checkpoint of update 4 is kept");
+    // It resumes in one process, exactly as a straight run of 6 updates.
+    ok(&launch(1, &["train", "--resume", run.to_str().unwrap(), "--frames", &(6 * ROUND).to_string(), "-q"], &[]));
+    let (out, straight) = train(1, &dir.path().join("straight"), "ring", 6 * ROUND, &[], &[]);
+    ok(&out);
+    assert_eq!(sha(&run), sha(&straight.unwrap()));
+}
