@@ -1,5 +1,6 @@
 //! The plain-Rust backend: the spec every GPU kernel is tested against, and the CPU fallback.
 
+pub mod fast;
 pub mod gossip;
 pub mod heads;
 pub mod layers;
@@ -11,15 +12,14 @@ use super::{ActOutput, AgentLearnStats, Backend, BackendSpec, Segment};
 use crate::error::{Error, Result};
 use crate::model::{ParamLayout, OBS_BYTES};
 use heads::{a2c_loss_backward, nstep_returns, sample_action, LossCoefs};
-use net::{Activations, BackwardScratch};
+use fast::FastNet;
 use optim::RmsProp;
 use rayon::prelude::*;
 
-/// Per-agent working memory for a learn step.
+/// Per-agent working memory for a learn step (kept across updates: no reallocation).
 #[derive(Default)]
 struct AgentWork {
-    acts: Activations<f32>,
-    scratch: BackwardScratch<f32>,
+    net: FastNet,
     returns: Vec<f32>,
     dlogits: Vec<f32>,
     dvalues: Vec<f32>,
@@ -32,7 +32,7 @@ pub struct CpuBackend {
     grads: Vec<f32>,
     square_avg: Vec<f32>,
     work: Vec<AgentWork>,
-    act_work: Vec<Activations<f32>>,
+    act_work: Vec<FastNet>,
     pool: rayon::ThreadPool,
 }
 
@@ -54,7 +54,7 @@ impl CpuBackend {
             params,
             layout,
             work: (0..n).map(|_| AgentWork::default()).collect(),
-            act_work: (0..n).map(|_| Activations::default()).collect(),
+            act_work: (0..n).map(|_| FastNet::default()).collect(),
             pool,
             spec,
         })
@@ -102,7 +102,7 @@ impl Backend for CpuBackend {
                 .enumerate()
                 .for_each(|(r, (((acts, actions), values), log_probs))| {
                     let frames = &obs[r * envs * OBS_BYTES..(r + 1) * envs * OBS_BYTES];
-                    net::forward(&spec.net, layout, &params[r * p..(r + 1) * p], frames, acts);
+                    acts.forward(&spec.net, layout, &params[r * p..(r + 1) * p], frames);
                     for e in 0..envs {
                         let (a, lp) =
                             sample_action(&acts.logits[e * a_n..(e + 1) * a_n], seed, (agent_offset + r) as u32, e as u32, step, greedy);
@@ -141,12 +141,13 @@ impl Backend for CpuBackend {
                         &mut w.returns,
                     );
                     let theta = &params[r * p..(r + 1) * p];
-                    net::forward(&spec.net, layout, theta, &seg.obs[rows.start * OBS_BYTES..rows.end * OBS_BYTES], &mut w.acts);
+                    let frames = &seg.obs[rows.start * OBS_BYTES..rows.end * OBS_BYTES];
+                    w.net.forward(&spec.net, layout, theta, frames);
                     w.dlogits.resize(n * spec.net.actions, 0.0);
                     w.dvalues.resize(n, 0.0);
                     let t = a2c_loss_backward(
-                        &w.acts.logits,
-                        &w.acts.values,
+                        &w.net.logits,
+                        &w.net.values,
                         &seg.actions[rows.clone()],
                         &w.returns,
                         seg.behaviour_log_probs.map(|b| &b[rows.clone()]),
@@ -154,7 +155,7 @@ impl Backend for CpuBackend {
                         &mut w.dlogits,
                         &mut w.dvalues,
                     );
-                    net::backward(&spec.net, layout, theta, &w.acts, &w.dlogits, &w.dvalues, g, &mut w.scratch);
+                    w.net.backward(&spec.net, layout, theta, frames, &w.dlogits, &w.dvalues, g);
                     t
                 })
                 .collect()
