@@ -25,8 +25,8 @@
 //! count, and the weight gradients' per-chunk partials are summed in chunk order afterwards,
 //! so results are bit-identical for 1 or N threads.
 
+use super::gemm::gemm;
 use super::layers::{linear_backward, linear_forward};
-use super::real::Real;
 use crate::model::{tensor, ConvShape, NetSpec, ParamLayout, OBS_BYTES};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -34,8 +34,10 @@ use std::sync::Mutex;
 /// Samples per task (forward, backward, and per partial weight gradient). Fixed: the
 /// weight gradients' summation order depends on it, never on the thread count.
 const CHUNK: usize = 4;
-/// fc output features per forward task and input features per input-gradient task.
+/// fc output features per forward and weight-gradient task.
 const FC_TASK: usize = 64;
+/// Samples per fc input-gradient task.
+const FC_ROWS: usize = 16;
 
 /// One task's scratch; contents are always overwritten before being read.
 #[derive(Default)]
@@ -67,11 +69,15 @@ pub struct FastNet {
     n: usize,
     /// conv weights in the `perm_index` order of their NHWC unfold.
     wperm: [Vec<f32>; 3],
+    /// The same transposed, [Kp, Cout]: the B operand of the forward GEMM.
+    wt: [Vec<f32>; 3],
     /// Post-ReLU conv outputs, NHWC.
     conv: [Vec<f32>; 3],
     /// conv3's output in PyTorch's flatten order [N, C·H·W] (fc input).
     flat: Vec<f32>,
-    /// fc pre-bias output transposed [512, N] (forward), reused as ∂L/∂flatᵀ [C·H·W, N] (backward).
+    /// `flat` transposed [C·H·W, N]: the B operand of the fc forward GEMM.
+    flat_t: Vec<f32>,
+    /// fc pre-bias output transposed [512, N] (forward), reused as ∂L/∂flat [N, C·H·W] (backward).
     tbuf: Vec<f32>,
     pub hidden: Vec<f32>,
     pub logits: Vec<f32>,
@@ -82,7 +88,7 @@ pub struct FastNet {
     dv: Vec<f32>,
     /// Per chunk: the conv layers' weight and bias gradient partials, [chunks][conv_grad_len].
     partials: Vec<f32>,
-    /// A conv weight gradient in the permuted order, before `unpermute_weights`.
+    /// A conv weight gradient in the permuted, transposed order [Kp, Cout], before `unpermute_weights_t`.
     gperm: Vec<f32>,
     pool: Pool,
 }
@@ -145,17 +151,27 @@ fn permute_weights(s: &ConvShape, w: &[f32], wp: &mut Vec<f32>) {
     }
 }
 
-/// The inverse of `permute_weights`.
-fn unpermute_weights(s: &ConvShape, wp: &[f32], w: &mut [f32]) {
-    let (k, kk) = (s.kernel, s.patch_len());
-    for o in 0..s.out_channels {
-        let (src, dst) = (&wp[o * kk..][..kk], &mut w[o * kk..][..kk]);
+/// The inverse of `permute_weights` composed with a transposition: wpt [Kp, Cout] → w.
+fn unpermute_weights_t(s: &ConvShape, wpt: &[f32], w: &mut [f32]) {
+    let (k, kk, cout) = (s.kernel, s.patch_len(), s.out_channels);
+    for o in 0..cout {
+        let dst = &mut w[o * kk..][..kk];
         for c in 0..s.in_channels {
             for ky in 0..k {
                 for kx in 0..k {
-                    dst[(c * k + ky) * k + kx] = src[perm_index(s, c, ky, kx)];
+                    dst[(c * k + ky) * k + kx] = wpt[perm_index(s, c, ky, kx) * cout + o];
                 }
             }
+        }
+    }
+}
+
+/// src [rows, cols] → dst [cols, rows].
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut Vec<f32>) {
+    dst.resize(rows * cols, 0.0);
+    for (j, d) in dst.chunks_exact_mut(rows).enumerate() {
+        for (i, v) in d.iter_mut().enumerate() {
+            *v = src[i * cols + j];
         }
     }
 }
@@ -218,15 +234,15 @@ fn col2im_nhwc(s: &ConvShape, dcols: &[f32], dx: &mut [f32]) {
     }
 }
 
-/// y[rows, Cout] = max(0, cols[rows, Kp] · wᵀ + b), w [Cout, Kp] row-major.
-fn gemm_bias_relu(cols: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+/// y[rows, Cout] = max(0, cols[rows, Kp] · wt + b), wt [Kp, Cout] row-major.
+fn gemm_bias_relu(cols: &[f32], wt: &[f32], b: &[f32], y: &mut [f32]) {
     let cout = b.len();
-    let kp = w.len() / cout;
+    let kp = wt.len() / cout;
     let rows = y.len() / cout;
     for row in y.chunks_exact_mut(cout) {
         row.copy_from_slice(b);
     }
-    f32::gemm(rows, kp, cout, 1.0, cols, kp as isize, 1, w, 1, kp as isize, 1.0, y, cout as isize, 1);
+    gemm(rows, kp, cout, cols, kp, 1, wt, cout, y, cout, true);
     y.iter_mut().for_each(|v| *v = v.max(0.0));
 }
 
@@ -238,13 +254,12 @@ fn conv_nhwc_forward(cols: &mut Vec<f32>, c: &ConvShape, x: &[f32], wperm: &[f32
     gemm_bias_relu(cols, wperm, b, y);
 }
 
-/// Weight-gradient partial of one chunk: pw[Cout, Kp] (+)= dyᵀ · cols, pb[Cout] (+)= Σ_rows dy.
-fn weight_grad(dy: &[f32], cols: &[f32], pw: &mut [f32], pb: &mut [f32], accumulate: bool) {
+/// Weight-gradient partial of one chunk: pwt[Kp, Cout] (+)= colsᵀ · dy, pb[Cout] (+)= Σ_rows dy.
+fn weight_grad(dy: &[f32], cols: &[f32], pwt: &mut [f32], pb: &mut [f32], accumulate: bool) {
     let cout = pb.len();
-    let kp = pw.len() / cout;
+    let kp = pwt.len() / cout;
     let rows = dy.len() / cout;
-    let beta = if accumulate { 1.0 } else { 0.0 };
-    f32::gemm(cout, rows, kp, 1.0, dy, 1, cout as isize, cols, kp as isize, 1, beta, pw, kp as isize, 1);
+    gemm(kp, rows, cout, cols, 1, kp, dy, cout, pwt, cout, accumulate);
     if !accumulate {
         pb.iter_mut().for_each(|v| *v = 0.0);
     }
@@ -279,12 +294,13 @@ impl FastNet {
         let view = |i: usize| layout.view(params, i);
         for l in 0..3 {
             permute_weights(&spec.convs[l], view(tensor::CONV_W[l]), &mut self.wperm[l]);
+            transpose(&self.wperm[l], spec.convs[l].out_channels, spec.convs[l].patch_len(), &mut self.wt[l]);
         }
         for (buf, c) in self.conv.iter_mut().zip(&spec.convs) {
             resize(buf, n * c.out_len());
         }
         resize(&mut self.flat, n * c3.out_len());
-        let (wperm, pool) = (&self.wperm, &self.pool);
+        let (wperm, pool) = (&self.wt, &self.pool);
         let [y1, y2, y3] = &mut self.conv;
         // conv1 → conv3 for each chunk of samples, in one task.
         y1.par_chunks_mut(CHUNK * c1.out_len())
@@ -319,11 +335,12 @@ impl FastNet {
         let (hid, f) = (spec.hidden, c3.out_len());
         let (wfc, bfc) = (view(tensor::FC_W), view(tensor::FC_B));
         resize(&mut self.tbuf, hid * n);
-        let flat = &self.flat;
+        transpose(&self.flat, n, f, &mut self.flat_t);
+        let flat_t = &self.flat_t;
         self.tbuf.par_chunks_mut(FC_TASK * n).enumerate().for_each(|(t, ht)| {
             let o0 = t * FC_TASK;
             let rows = ht.len() / n.max(1);
-            f32::gemm(rows, f, n, 1.0, &wfc[o0 * f..], f as isize, 1, flat, 1, f as isize, 0.0, ht, n as isize, 1);
+            gemm(rows, f, n, &wfc[o0 * f..], f, 1, flat_t, n, ht, n, false);
         });
         resize(&mut self.hidden, n * hid);
         let tbuf = &self.tbuf;
@@ -390,17 +407,16 @@ impl FastNet {
             let (gw, gb) = two(&mut g, tensor::FC_W, tensor::FC_B);
             gw.par_chunks_mut(FC_TASK * f).enumerate().for_each(|(t, dwc)| {
                 let rows = dwc.len() / f;
-                f32::gemm(rows, n, f, 1.0, &dh[t * FC_TASK..], 1, hid as isize, flat, f as isize, 1, 0.0, dwc, f as isize, 1);
+                gemm(rows, n, f, &dh[t * FC_TASK..], 1, hid, flat, f, dwc, f, false);
             });
             for (o, v) in gb.iter_mut().enumerate() {
                 *v = (0..n).map(|i| dh[i * hid + o]).sum();
             }
         }
-        // ∂L/∂flatᵀ [F, N] = Wᵀ · dhᵀ, per task a block of input features.
-        resize(&mut self.tbuf, f * n);
-        self.tbuf.par_chunks_mut(FC_TASK * n).enumerate().for_each(|(t, dft)| {
-            let rows = dft.len() / n.max(1);
-            f32::gemm(rows, hid, n, 1.0, &wfc[t * FC_TASK..], 1, f as isize, dh, 1, hid as isize, 0.0, dft, n as isize, 1);
+        // ∂L/∂flat [N, F] = dh · W, per task a block of samples.
+        resize(&mut self.tbuf, n * f);
+        self.tbuf.par_chunks_mut(FC_ROWS * f).zip(dh.par_chunks(FC_ROWS * hid)).for_each(|(dfl, dhc)| {
+            gemm(dhc.len() / hid, hid, f, dhc, hid, 1, wfc, f, dfl, f, false);
         });
         // The convs, conv3 → conv1, per chunk of samples; weight gradients as per-chunk partials.
         let glen = [conv_grad_len(c1), conv_grad_len(c2), conv_grad_len(c3)];
@@ -425,12 +441,12 @@ impl FastNet {
             for (d, c) in dy.iter_mut().zip(&spec.convs) {
                 resize(d, cn * c.out_len());
             }
-            // conv3's output gradient from ∂L/∂flatᵀ: dy3[i][p][c] = dft[c·P + p][s0 + i].
+            // conv3's output gradient from ∂L/∂flat: dy3[i][p][c] = dfl[s0 + i][c·P + p].
             let (p3, co3) = (c3.out_pixels(), c3.out_channels);
             for i in 0..cn {
                 for p in 0..p3 {
                     for c in 0..co3 {
-                        dy[2][(i * p3 + p) * co3 + c] = dft[(c * p3 + p) * n + s0 + i];
+                        dy[2][(i * p3 + p) * co3 + c] = dft[(s0 + i) * f + c * p3 + p];
                     }
                 }
             }
@@ -445,7 +461,7 @@ impl FastNet {
                 // dcols = dy · W'; fold back into the lower layer's output gradient.
                 resize(dcols, rows * c.patch_len());
                 let kp = c.patch_len();
-                f32::gemm(rows, c.out_channels, kp, 1.0, &dy[l], c.out_channels as isize, 1, &wperm[l], kp as isize, 1, 0.0, dcols, kp as isize, 1);
+                gemm(rows, c.out_channels, kp, &dy[l], c.out_channels, 1, &wperm[l], kp, dcols, kp, false);
                 let lo = &mut dy[..l];
                 col2im_nhwc(c, dcols, &mut lo[l - 1]);
                 relu_mask(ys[l - 1], &mut lo[l - 1]);
@@ -480,7 +496,7 @@ impl FastNet {
             };
             resize(&mut self.gperm, wl);
             sum_into(&mut self.gperm, off);
-            unpermute_weights(c, &self.gperm, gw);
+            unpermute_weights_t(c, &self.gperm, gw);
             sum_into(gb, off + wl);
             off += glen[l];
         }
@@ -577,7 +593,9 @@ mod tests {
         // w[o=1][c=2][ky=1][kx=0] sits at (ky·K + kx)·Cin + c in the permuted row.
         assert_eq!(wp[27 + 3 * 3 + 2], w[27 + 2 * 9 + 3]);
         let mut back = vec![0.0; w.len()];
-        unpermute_weights(&s, &wp, &mut back);
+        let mut wpt = Vec::new();
+        transpose(&wp, s.out_channels, s.patch_len(), &mut wpt);
+        unpermute_weights_t(&s, &wpt, &mut back);
         assert_eq!(back, w);
         // A folded layer (8×8 stride 4 → 2×2 stride 1 on 4·4·C channels): a bijection too.
         let s = ConvShape::new(4, 2, 8, 4, 84);
@@ -595,7 +613,9 @@ mod tests {
         let w: Vec<f32> = (0..s.out_channels * s.patch_len()).map(|i| i as f32).collect();
         permute_weights(&s, &w, &mut wp);
         let mut back = vec![0.0; w.len()];
-        unpermute_weights(&s, &wp, &mut back);
+        let mut wpt = Vec::new();
+        transpose(&wp, s.out_channels, s.patch_len(), &mut wpt);
+        unpermute_weights_t(&s, &wpt, &mut back);
         assert_eq!(back, w);
     }
 

@@ -1,6 +1,7 @@
 //! The plain-Rust backend: the spec every GPU kernel is tested against, and the CPU fallback.
 
 pub mod fast;
+pub mod gemm;
 pub mod gossip;
 pub mod heads;
 pub mod layers;
