@@ -270,11 +270,8 @@ fn weight_grad(dy: &[f32], cols: &[f32], pwt: &mut [f32], pb: &mut [f32], accumu
 
 /// dy ← dy ⊙ [y > 0]
 fn relu_mask(y: &[f32], dy: &mut [f32]) {
-    dy.iter_mut().zip(y).for_each(|(g, &v)| {
-        if !(v > 0.0) {
-            *g = 0.0
-        }
-    });
+    // Branch-free select (vectorises); NaN in y masks like the reference's `!(v > 0)`.
+    dy.iter_mut().zip(y).for_each(|(g, &v)| *g = if v > 0.0 { *g } else { 0.0 });
 }
 
 fn resize(v: &mut Vec<f32>, len: usize) {
