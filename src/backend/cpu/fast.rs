@@ -27,6 +27,7 @@
 
 use super::gemm::gemm;
 use super::layers::{linear_backward, linear_forward};
+use super::net::{split_tensors, two};
 use crate::model::{tensor, ConvShape, NetSpec, ParamLayout, OBS_BYTES};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -365,13 +366,7 @@ impl FastNet {
         assert_eq!(dlogits.len(), n * spec.actions, "backward: dlogits size");
         assert_eq!(dvalues.len(), n, "backward: dvalues size");
         let view = |i: usize| layout.view(params, i);
-        let mut g: Vec<&mut [f32]> = Vec::with_capacity(layout.tensors.len());
-        let mut rest = grads;
-        for t in &layout.tensors {
-            let (head, tail) = rest.split_at_mut(t.len);
-            g.push(head);
-            rest = tail;
-        }
+        let mut g = split_tensors(layout, grads);
         let [c1, c2, c3] = &spec.convs;
         let hid = spec.hidden;
         // Heads (tiny): the generic layers; hidden receives the sum of both heads' gradients.
@@ -498,13 +493,6 @@ impl FastNet {
             off += glen[l];
         }
     }
-}
-
-/// Two distinct mutable entries of a slice list (w, b).
-fn two<'a, 'b, T>(g: &'a mut [&'b mut [T]], i: usize, j: usize) -> (&'a mut [T], &'a mut [T]) {
-    assert!(i < j);
-    let (lo, hi) = g.split_at_mut(j);
-    (&mut *lo[i], &mut *hi[0])
 }
 
 #[cfg(test)]
