@@ -1,5 +1,7 @@
 //! The plain-Rust backend: the spec every GPU kernel is tested against, and the CPU fallback.
 
+pub mod fast;
+pub mod gemm;
 pub mod gossip;
 pub mod heads;
 pub mod layers;
@@ -9,20 +11,45 @@ pub mod real;
 
 use super::{ActOutput, AgentLearnStats, Backend, BackendSpec, Segment};
 use crate::error::{Error, Result};
-use crate::model::{ParamLayout, OBS_BYTES};
+use crate::model::{NetSpec, ParamLayout, OBS_BYTES};
 use heads::{a2c_loss_backward, nstep_returns, sample_action, LossCoefs};
+use fast::FastNet;
 use net::{Activations, BackwardScratch};
 use optim::RmsProp;
 use rayon::prelude::*;
 
-/// Per-agent working memory for a learn step.
+/// Per-agent working memory for an act or learn step (kept across calls: no reallocation).
 #[derive(Default)]
 struct AgentWork {
+    net: FastNet,
+    /// The generic reference path's buffers (empty unless `use_reference_net` is set).
     acts: Activations<f32>,
     scratch: BackwardScratch<f32>,
     returns: Vec<f32>,
     dlogits: Vec<f32>,
     dvalues: Vec<f32>,
+}
+
+impl AgentWork {
+    /// Forward on one agent's frames; returns (logits [N, A], values [N]).
+    fn forward(&mut self, reference: bool, spec: &NetSpec, layout: &ParamLayout, theta: &[f32], frames: &[u8]) -> (&[f32], &[f32]) {
+        if reference {
+            net::forward(spec, layout, theta, frames, &mut self.acts);
+            (&self.acts.logits, &self.acts.values)
+        } else {
+            self.net.forward(spec, layout, theta, frames);
+            (&self.net.logits, &self.net.values)
+        }
+    }
+
+    /// Backward from `dlogits`/`dvalues` after `forward` on the same inputs; writes `grads`.
+    fn backward(&mut self, reference: bool, spec: &NetSpec, layout: &ParamLayout, theta: &[f32], frames: &[u8], grads: &mut [f32]) {
+        if reference {
+            net::backward(spec, layout, theta, &self.acts, &self.dlogits, &self.dvalues, grads, &mut self.scratch);
+        } else {
+            self.net.backward(spec, layout, theta, frames, &self.dlogits, &self.dvalues, grads);
+        }
+    }
 }
 
 pub struct CpuBackend {
@@ -32,7 +59,9 @@ pub struct CpuBackend {
     grads: Vec<f32>,
     square_avg: Vec<f32>,
     work: Vec<AgentWork>,
-    act_work: Vec<Activations<f32>>,
+    act_work: Vec<AgentWork>,
+    /// Run the generic reference network (net.rs) instead of the fast f32 path (fast.rs).
+    reference: bool,
     pool: rayon::ThreadPool,
 }
 
@@ -54,10 +83,18 @@ impl CpuBackend {
             params,
             layout,
             work: (0..n).map(|_| AgentWork::default()).collect(),
-            act_work: (0..n).map(|_| Activations::default()).collect(),
+            act_work: (0..n).map(|_| AgentWork::default()).collect(),
+            reference: false,
             pool,
             spec,
         })
+    }
+
+    /// Act and learn with the generic reference network (`net.rs`, the one the finite-difference
+    /// checks and the GPU kernels' tests use) instead of the fast f32 path: for tests comparing
+    /// the two end to end and for benches timing both in one run. Same results to f32 rounding.
+    pub fn use_reference_net(&mut self, on: bool) {
+        self.reference = on;
     }
 
     fn check_arena(&self, what: &str, len: usize) -> Result<()> {
@@ -92,7 +129,7 @@ impl Backend for CpuBackend {
         out.actions.resize(agents * envs, 0);
         out.values.resize(agents * envs, 0.0);
         out.log_probs.resize(agents * envs, 0.0);
-        let act_work = &mut self.act_work;
+        let (act_work, reference) = (&mut self.act_work, self.reference);
         self.pool.install(|| {
             act_work
                 .par_iter_mut()
@@ -102,13 +139,13 @@ impl Backend for CpuBackend {
                 .enumerate()
                 .for_each(|(r, (((acts, actions), values), log_probs))| {
                     let frames = &obs[r * envs * OBS_BYTES..(r + 1) * envs * OBS_BYTES];
-                    net::forward(&spec.net, layout, &params[r * p..(r + 1) * p], frames, acts);
+                    let (logits, vals) = acts.forward(reference, &spec.net, layout, &params[r * p..(r + 1) * p], frames);
                     for e in 0..envs {
                         let (a, lp) =
-                            sample_action(&acts.logits[e * a_n..(e + 1) * a_n], seed, (agent_offset + r) as u32, e as u32, step, greedy);
+                            sample_action(&logits[e * a_n..(e + 1) * a_n], seed, (agent_offset + r) as u32, e as u32, step, greedy);
                         actions[e] = a;
                         log_probs[e] = lp;
-                        values[e] = acts.values[e];
+                        values[e] = vals[e];
                     }
                 });
         });
@@ -124,7 +161,7 @@ impl Backend for CpuBackend {
         let coefs = LossCoefs { value: spec.hyper.value_coef, entropy: spec.hyper.entropy_coef };
         let gamma = spec.hyper.gamma;
         let params = &self.params;
-        let work = &mut self.work;
+        let (work, reference) = (&mut self.work, self.reference);
         let grads = &mut self.grads;
         let terms: Vec<heads::LossTerms> = self.pool.install(|| {
             work.par_iter_mut()
@@ -141,20 +178,25 @@ impl Backend for CpuBackend {
                         &mut w.returns,
                     );
                     let theta = &params[r * p..(r + 1) * p];
-                    net::forward(&spec.net, layout, theta, &seg.obs[rows.start * OBS_BYTES..rows.end * OBS_BYTES], &mut w.acts);
+                    let frames = &seg.obs[rows.start * OBS_BYTES..rows.end * OBS_BYTES];
                     w.dlogits.resize(n * spec.net.actions, 0.0);
                     w.dvalues.resize(n, 0.0);
+                    let mut dlogits = std::mem::take(&mut w.dlogits);
+                    let mut dvalues = std::mem::take(&mut w.dvalues);
+                    let returns = std::mem::take(&mut w.returns);
+                    let (logits, values) = w.forward(reference, &spec.net, layout, theta, frames);
                     let t = a2c_loss_backward(
-                        &w.acts.logits,
-                        &w.acts.values,
+                        logits,
+                        values,
                         &seg.actions[rows.clone()],
-                        &w.returns,
+                        &returns,
                         seg.behaviour_log_probs.map(|b| &b[rows.clone()]),
                         coefs,
-                        &mut w.dlogits,
-                        &mut w.dvalues,
+                        &mut dlogits,
+                        &mut dvalues,
                     );
-                    net::backward(&spec.net, layout, theta, &w.acts, &w.dlogits, &w.dvalues, g, &mut w.scratch);
+                    (w.dlogits, w.dvalues, w.returns) = (dlogits, dvalues, returns);
+                    w.backward(reference, &spec.net, layout, theta, frames, g);
                     t
                 })
                 .collect()
@@ -207,5 +249,52 @@ impl Backend for CpuBackend {
         self.check_arena("write_optimizer_state", square_avg.len())?;
         self.square_avg.copy_from_slice(square_avg);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::model::{init_params, NetPreset};
+    use crate::rng::{PhiloxStream, Purpose};
+
+    /// Two updates and an act through the fast path and through the reference network agree to
+    /// f32 rounding (parameters after RMSprop, values, log-probabilities).
+    #[test]
+    fn fast_path_learns_and_acts_like_the_reference() {
+        let net = NetSpec::new(NetPreset::Gala, 4);
+        let (agents, envs, steps) = (2, 3, 2);
+        let spec = BackendSpec { net: net.clone(), agents, agent_offset: 0, envs_per_agent: envs, n_steps: steps, seed: 5, hyper: Config::default().hyper() };
+        let n = agents * envs * steps;
+        let mut r = PhiloxStream::new(8, 0, Purpose::Init);
+        let obs: Vec<u8> = (0..n * OBS_BYTES).map(|_| r.below(256) as u8).collect();
+        let actions: Vec<u32> = (0..n).map(|_| r.below(4)).collect();
+        let rewards: Vec<f32> = (0..n).map(|_| r.below(3) as f32 - 1.0).collect();
+        let dones = vec![0.0f32; n];
+        let boot = vec![0.3f32; agents * envs];
+        let run = |reference: bool| {
+            let mut b = CpuBackend::new(spec.clone(), &init_params(&net, 2), 2).unwrap();
+            b.use_reference_net(reference);
+            let mut stats = Vec::new();
+            for _ in 0..2 {
+                let seg = Segment { obs: &obs, actions: &actions, rewards: &rewards, dones: &dones, bootstrap_values: &boot, behaviour_log_probs: None };
+                stats.push(b.learn(&seg).unwrap());
+            }
+            let mut out = ActOutput::default();
+            b.act(&obs[..agents * envs * OBS_BYTES], 3, true, &mut out).unwrap();
+            (b.read_params().unwrap(), out, stats)
+        };
+        let (p_fast, a_fast, _) = run(false);
+        let (p_ref, a_ref, _) = run(true);
+        let max_diff = p_fast.iter().zip(&p_ref).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        // Two RMSprop steps of lr 7e-4 move each weight ~1.4e-3; f32 rounding differences in the
+        // gradients shift that by far less than 1e-5.
+        assert!(max_diff < 1e-5, "parameters differ by {max_diff}");
+        assert_ne!(p_fast, init_params(&net, 2).repeat(agents), "the updates changed nothing");
+        for (x, y) in a_fast.values.iter().zip(&a_ref.values).chain(a_fast.log_probs.iter().zip(&a_ref.log_probs)) {
+            assert!((x - y).abs() < 1e-5, "act outputs differ: {x} vs {y}");
+        }
+        assert_eq!(a_fast.actions, a_ref.actions);
     }
 }

@@ -76,14 +76,7 @@ pub fn backward<T: Real>(
     assert_eq!(dlogits.len(), n * spec.actions, "backward: dlogits size");
     assert_eq!(dvalues.len(), n, "backward: dvalues size");
     let view = |i: usize| layout.view(params, i);
-    // Split the gradient buffer into one mutable slice per tensor (layout order = memory order).
-    let mut g: Vec<&mut [T]> = Vec::with_capacity(layout.tensors.len());
-    let mut rest = grads;
-    for t in &layout.tensors {
-        let (head, tail) = rest.split_at_mut(t.len);
-        g.push(head);
-        rest = tail;
-    }
+    let mut g = split_tensors(layout, grads);
     scratch.hidden.resize(n * spec.hidden, T::ZERO);
     scratch.hidden_from_critic.resize(n * spec.hidden, T::ZERO);
     for (buf, c) in scratch.conv.iter_mut().zip(&spec.convs) {
@@ -115,8 +108,20 @@ pub fn backward<T: Real>(
     }
 }
 
+/// The gradient buffer as one mutable slice per tensor (layout order = memory order).
+pub(super) fn split_tensors<'a, T>(layout: &ParamLayout, grads: &'a mut [T]) -> Vec<&'a mut [T]> {
+    let mut g: Vec<&mut [T]> = Vec::with_capacity(layout.tensors.len());
+    let mut rest = grads;
+    for t in &layout.tensors {
+        let (head, tail) = rest.split_at_mut(t.len);
+        g.push(head);
+        rest = tail;
+    }
+    g
+}
+
 /// Two distinct mutable entries of a slice list (w, b).
-fn two<'a, 'b, T>(g: &'a mut [&'b mut [T]], i: usize, j: usize) -> (&'a mut [T], &'a mut [T]) {
+pub(super) fn two<'a, 'b, T>(g: &'a mut [&'b mut [T]], i: usize, j: usize) -> (&'a mut [T], &'a mut [T]) {
     assert!(i < j);
     let (lo, hi) = g.split_at_mut(j);
     (&mut *lo[i], &mut *hi[0])

@@ -1,0 +1,633 @@
+//! The fast f32 path of the whole network: what `CpuBackend` acts and learns with.
+//!
+//! `net.rs` + `layers.rs` stay the generic reference (f32 and f64, finite-difference checked,
+//! the spec the GPU kernels are tested against); this module computes the same function and
+//! gradients in f32, with a different memory layout and summation order (equal within f32
+//! rounding: the tests at the bottom compare the two on both presets). Why it is faster:
+//!
+//! - Activations are kept pixel-major (NHWC: [N, Ho, Wo, C]), so a conv layer over a chunk of
+//!   samples is ONE GEMM `y[rows, Cout] = cols[rows, K·K·Cin] · W'ᵀ`, rows = samples × pixels,
+//!   instead of one small GEMM per sample (conv3's per-sample GEMM had 49 columns, a third of a
+//!   micro-kernel tile wasted), and its im2col copies whole runs of K·Cin contiguous floats. The
+//!   weights of conv2/conv3 are permuted once per call to the matching (ky, kx, c) order.
+//! - conv1 (8×8 stride 4) runs as a 2×2 stride-1 conv on the frames folded space-to-depth
+//!   into 21×21×64 (`fold_of`): bytes are converted once each, and its unfold copies runs too.
+//! - Each chunk of `CHUNK` samples runs conv1→conv3 forward, and later conv3→conv1 backward, in
+//!   one task, so its activations and scratch stay in cache; the im2col buffers are rebuilt in
+//!   the backward instead of being stored (cheaper than the memory traffic).
+//! - The fc layer, whose 512×1568 weight matrix dominates the traffic of a small batch, is split
+//!   over output features (each task packs only its slice of the weights, once) and its input
+//!   gradient over input features, both written transposed so every task owns whole rows.
+//! - Scratch buffers come from a pool kept across calls: after warm-up a step allocates nothing
+//!   of its own (matrixmultiply still allocates its packing buffers inside each GEMM).
+//!
+//! Determinism: every task is a fixed chunk of samples or of features whatever the thread
+//! count, and the weight gradients' per-chunk partials are summed in chunk order afterwards,
+//! so results are bit-identical for 1 or N threads.
+
+use super::gemm::gemm;
+use super::layers::{linear_backward, linear_forward};
+use super::net::{split_tensors, two};
+use crate::model::{tensor, ConvShape, NetSpec, ParamLayout, OBS_BYTES};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// Samples per task (forward, backward, and per partial weight gradient). Fixed: the
+/// weight gradients' summation order depends on it, never on the thread count.
+const CHUNK: usize = 4;
+/// fc output features per forward and weight-gradient task.
+const FC_TASK: usize = 64;
+/// Samples per fc input-gradient task.
+const FC_ROWS: usize = 16;
+
+/// One task's scratch; contents are always overwritten before being read.
+#[derive(Default)]
+struct Scratch {
+    /// One observation after `space_to_depth_u8`.
+    xs: Vec<f32>,
+    cols: Vec<f32>,
+    dcols: Vec<f32>,
+    /// Pre-activation gradients of the chunk's conv outputs (NHWC).
+    dy: [Vec<f32>; 3],
+}
+
+/// A pool of scratch buffers, so tasks reuse memory across calls without owning a fixed slot.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Scratch>>);
+
+impl Pool {
+    fn take(&self) -> Scratch {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default()
+    }
+    fn give(&self, s: Scratch) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    }
+}
+
+/// Per-agent state of the fast path: permuted weights, activations, gradient partials, scratch.
+#[derive(Default)]
+pub struct FastNet {
+    n: usize,
+    /// conv weights in the `perm_index` order of their NHWC unfold.
+    wperm: [Vec<f32>; 3],
+    /// The same transposed, [Kp, Cout]: the B operand of the forward GEMM.
+    wt: [Vec<f32>; 3],
+    /// Post-ReLU conv outputs, NHWC.
+    conv: [Vec<f32>; 3],
+    /// conv3's output in PyTorch's flatten order [N, C·H·W] (fc input).
+    flat: Vec<f32>,
+    /// `flat` transposed [C·H·W, N]: the B operand of the fc forward GEMM.
+    flat_t: Vec<f32>,
+    /// fc pre-bias output transposed [512, N] (forward), reused as ∂L/∂flat [N, C·H·W] (backward).
+    tbuf: Vec<f32>,
+    pub hidden: Vec<f32>,
+    pub logits: Vec<f32>,
+    pub values: Vec<f32>,
+    dhidden: Vec<f32>,
+    dhidden_critic: Vec<f32>,
+    dl: Vec<f32>,
+    dv: Vec<f32>,
+    /// Per chunk: the conv layers' weight and bias gradient partials, [chunks][conv_grad_len].
+    partials: Vec<f32>,
+    /// A conv weight gradient in the permuted, transposed order [Kp, Cout], before `unpermute_weights_t`.
+    gperm: Vec<f32>,
+    pool: Pool,
+}
+
+/// Length of conv layer l's (w, b) gradient in the partials row.
+fn conv_grad_len(s: &ConvShape) -> usize {
+    s.out_channels * s.patch_len() + s.out_channels
+}
+
+/// The space-to-depth factor of a layer: conv1 (8×8, stride 4, on 84×84) is computed as a 2×2,
+/// stride-1 conv on the input folded into 21×21 pixels of 4·4·4 = 64 channels, so its unfold
+/// copies runs of 2·64 contiguous floats instead of gathering 8 strided bytes at a time, and the
+/// uint8 → f32 conversion happens once per input byte instead of once per patch element (16×).
+/// Only conv1 is folded (the later layers' inputs are produced NHWC, unfolded).
+fn fold_of(s: &ConvShape) -> usize {
+    if s.in_channels == crate::model::FRAME_STACK && s.stride > 1 && s.kernel % s.stride == 0 && s.in_hw % s.stride == 0 {
+        s.stride
+    } else {
+        1
+    }
+}
+
+/// The stride-1 (or unfolded) NHWC conv equivalent to `s` after space-to-depth by `fold_of(s)`.
+fn folded(s: &ConvShape) -> ConvShape {
+    let f = fold_of(s);
+    let c = ConvShape {
+        in_channels: s.in_channels * f * f,
+        out_channels: s.out_channels,
+        kernel: s.kernel / f,
+        stride: s.stride / f,
+        in_hw: s.in_hw / f,
+        out_hw: s.out_hw,
+    };
+    debug_assert_eq!((c.in_hw - c.kernel) / c.stride + 1, c.out_hw);
+    c
+}
+
+/// Where PyTorch's weight w[o][c][ky][kx] sits in the row of the permuted weights [Cout, Kp]
+/// that multiplies `folded(s)`'s NHWC unfold: patch order (by, bx, (c, iy, ix)) with
+/// ky = by·f + iy, kx = bx·f + ix (f = 1: plain (ky, kx, c)).
+fn perm_index(s: &ConvShape, c: usize, ky: usize, kx: usize) -> usize {
+    let f = fold_of(s);
+    let (kb, chs) = (s.kernel / f, s.in_channels * f * f);
+    ((ky / f) * kb + kx / f) * chs + (c * f + ky % f) * f + kx % f
+}
+
+/// w [Cout, Cin, K, K] → wp [Cout, Kp] in `perm_index` order.
+fn permute_weights(s: &ConvShape, w: &[f32], wp: &mut Vec<f32>) {
+    let (k, kk) = (s.kernel, s.patch_len());
+    wp.resize(w.len(), 0.0);
+    for o in 0..s.out_channels {
+        let (src, dst) = (&w[o * kk..][..kk], &mut wp[o * kk..][..kk]);
+        for c in 0..s.in_channels {
+            for ky in 0..k {
+                for kx in 0..k {
+                    dst[perm_index(s, c, ky, kx)] = src[(c * k + ky) * k + kx];
+                }
+            }
+        }
+    }
+}
+
+/// The inverse of `permute_weights` composed with a transposition: wpt [Kp, Cout] → w.
+fn unpermute_weights_t(s: &ConvShape, wpt: &[f32], w: &mut [f32]) {
+    let (k, kk, cout) = (s.kernel, s.patch_len(), s.out_channels);
+    for o in 0..cout {
+        let dst = &mut w[o * kk..][..kk];
+        for c in 0..s.in_channels {
+            for ky in 0..k {
+                for kx in 0..k {
+                    dst[(c * k + ky) * k + kx] = wpt[perm_index(s, c, ky, kx) * cout + o];
+                }
+            }
+        }
+    }
+}
+
+/// src [rows, cols] → dst [cols, rows].
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut Vec<f32>) {
+    dst.resize(rows * cols, 0.0);
+    for (j, d) in dst.chunks_exact_mut(rows).enumerate() {
+        for (i, v) in d.iter_mut().enumerate() {
+            *v = src[i * cols + j];
+        }
+    }
+}
+
+/// One observation [C, H, W] uint8 → f32 ÷ 255 (exactly the generic path's input scaling),
+/// space-to-depth by f into NHWC [H/f, W/f, (c, iy, ix)] = `folded(s)`'s input layout.
+fn space_to_depth_u8(s: &ConvShape, x: &[u8], out: &mut [f32]) {
+    let (f, hw) = (fold_of(s), s.in_hw);
+    let (hb, chs) = (hw / f, s.in_channels * f * f);
+    let scale = (1.0f64 / 255.0) as f32;
+    for c in 0..s.in_channels {
+        for y in 0..hw {
+            let src = &x[(c * hw + y) * hw..][..hw];
+            let (yb, iy) = (y / f, y % f);
+            for xb in 0..hb {
+                let dst = &mut out[(yb * hb + xb) * chs + (c * f + iy) * f..][..f];
+                for (d, &b) in dst.iter_mut().zip(&src[xb * f..][..f]) {
+                    *d = b as f32 * scale;
+                }
+            }
+        }
+    }
+}
+
+/// Unfold NHWC samples: cols[(i·P + p)][(ky·K + kx)·Cin + c] = x[i][oy·s+ky][ox·s+kx][c].
+fn im2col_nhwc(s: &ConvShape, x: &[f32], cols: &mut [f32]) {
+    let (k, st, hw, ohw, cin, kk) = (s.kernel, s.stride, s.in_hw, s.out_hw, s.in_channels, s.patch_len());
+    let n = x.len() / s.in_len();
+    for i in 0..n {
+        let xs = &x[i * s.in_len()..][..s.in_len()];
+        for oy in 0..ohw {
+            for ox in 0..ohw {
+                let row = &mut cols[((i * ohw + oy) * ohw + ox) * kk..][..kk];
+                for ky in 0..k {
+                    // kx = 0..K are K neighbouring pixels: one contiguous run of K·Cin floats.
+                    let src = &xs[((oy * st + ky) * hw + ox * st) * cin..][..k * cin];
+                    row[ky * k * cin..][..k * cin].copy_from_slice(src);
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of `im2col_nhwc`: dx = Σ over the patches that read each element of dcols.
+fn col2im_nhwc(s: &ConvShape, dcols: &[f32], dx: &mut [f32]) {
+    let (k, st, hw, ohw, cin, kk) = (s.kernel, s.stride, s.in_hw, s.out_hw, s.in_channels, s.patch_len());
+    let n = dx.len() / s.in_len();
+    dx.iter_mut().for_each(|v| *v = 0.0);
+    for i in 0..n {
+        let xs = &mut dx[i * s.in_len()..][..s.in_len()];
+        for oy in 0..ohw {
+            for ox in 0..ohw {
+                let row = &dcols[((i * ohw + oy) * ohw + ox) * kk..][..kk];
+                for ky in 0..k {
+                    let dst = &mut xs[((oy * st + ky) * hw + ox * st) * cin..][..k * cin];
+                    dst.iter_mut().zip(&row[ky * k * cin..][..k * cin]).for_each(|(d, g)| *d += *g);
+                }
+            }
+        }
+    }
+}
+
+/// y[rows, Cout] = max(0, cols[rows, Kp] · wt + b), wt [Kp, Cout] row-major.
+fn gemm_bias_relu(cols: &[f32], wt: &[f32], b: &[f32], y: &mut [f32]) {
+    let cout = b.len();
+    let kp = wt.len() / cout;
+    let rows = y.len() / cout;
+    for row in y.chunks_exact_mut(cout) {
+        row.copy_from_slice(b);
+    }
+    gemm(rows, kp, cout, cols, kp, 1, wt, cout, y, cout, true);
+    y.iter_mut().for_each(|v| *v = v.max(0.0));
+}
+
+/// A conv layer on NHWC samples: unfold into `cols`, one GEMM, bias, ReLU.
+fn conv_nhwc_forward(cols: &mut Vec<f32>, c: &ConvShape, x: &[f32], wperm: &[f32], b: &[f32], y: &mut [f32]) {
+    let rows = y.len() / c.out_channels;
+    resize(cols, rows * c.patch_len());
+    im2col_nhwc(c, x, cols);
+    gemm_bias_relu(cols, wperm, b, y);
+}
+
+/// Weight-gradient partial of one chunk: pwt[Kp, Cout] (+)= colsᵀ · dy, pb[Cout] (+)= Σ_rows dy.
+fn weight_grad(dy: &[f32], cols: &[f32], pwt: &mut [f32], pb: &mut [f32], accumulate: bool) {
+    let cout = pb.len();
+    let kp = pwt.len() / cout;
+    let rows = dy.len() / cout;
+    gemm(kp, rows, cout, cols, 1, kp, dy, cout, pwt, cout, accumulate);
+    if !accumulate {
+        pb.iter_mut().for_each(|v| *v = 0.0);
+    }
+    for row in dy.chunks_exact(cout) {
+        pb.iter_mut().zip(row).for_each(|(a, g)| *a += *g);
+    }
+}
+
+/// dy ← dy ⊙ [y > 0]
+fn relu_mask(y: &[f32], dy: &mut [f32]) {
+    // Branch-free select (vectorises); NaN in y masks like the reference's `!(v > 0)`.
+    dy.iter_mut().zip(y).for_each(|(g, &v)| *g = if v > 0.0 { *g } else { 0.0 });
+}
+
+fn resize(v: &mut Vec<f32>, len: usize) {
+    v.resize(len, 0.0);
+}
+
+impl FastNet {
+    /// Forward pass for one agent: `frames` [N, 4, 84, 84] uint8 → logits [N, A], values [N]
+    /// (and every activation the backward needs).
+    pub fn forward(&mut self, spec: &NetSpec, layout: &ParamLayout, params: &[f32], frames: &[u8]) {
+        assert_eq!(params.len(), layout.total, "forward: parameter count");
+        let n = frames.len() / OBS_BYTES;
+        assert_eq!(frames.len(), n * OBS_BYTES, "forward: frames must be whole observations");
+        let [c1, c2, c3] = &spec.convs;
+        assert_eq!(c1.in_len(), OBS_BYTES, "forward: conv1 reads one observation");
+        self.n = n;
+        let view = |i: usize| layout.view(params, i);
+        for l in 0..3 {
+            permute_weights(&spec.convs[l], view(tensor::CONV_W[l]), &mut self.wperm[l]);
+            transpose(&self.wperm[l], spec.convs[l].out_channels, spec.convs[l].patch_len(), &mut self.wt[l]);
+        }
+        for (buf, c) in self.conv.iter_mut().zip(&spec.convs) {
+            resize(buf, n * c.out_len());
+        }
+        resize(&mut self.flat, n * c3.out_len());
+        let (wperm, pool) = (&self.wt, &self.pool);
+        let [y1, y2, y3] = &mut self.conv;
+        // conv1 → conv3 for each chunk of samples, in one task.
+        y1.par_chunks_mut(CHUNK * c1.out_len())
+            .zip(y2.par_chunks_mut(CHUNK * c2.out_len()))
+            .zip(y3.par_chunks_mut(CHUNK * c3.out_len()))
+            .zip(self.flat.par_chunks_mut(CHUNK * c3.out_len()))
+            .zip(frames.par_chunks(CHUNK * OBS_BYTES))
+            .for_each(|((((y1, y2), y3), flat), frames)| {
+                let mut s = pool.take();
+                // conv1 one sample at a time (its unfold is 400 KB per sample: keep it in L2).
+                let f1 = folded(c1);
+                for (x, y) in frames.chunks_exact(OBS_BYTES).zip(y1.chunks_exact_mut(c1.out_len())) {
+                    resize(&mut s.xs, f1.in_len());
+                    space_to_depth_u8(c1, x, &mut s.xs);
+                    conv_nhwc_forward(&mut s.cols, &f1, &s.xs, &wperm[0], view(tensor::CONV_B[0]), y);
+                }
+                let w = [&wperm[0], &wperm[1], &wperm[2]];
+                conv_nhwc_forward(&mut s.cols, c2, y1, w[1], view(tensor::CONV_B[1]), y2);
+                conv_nhwc_forward(&mut s.cols, c3, y2, w[2], view(tensor::CONV_B[2]), y3);
+                // NHWC → PyTorch's flatten order (c, y, x).
+                let (p3, co3) = (c3.out_pixels(), c3.out_channels);
+                for (ys, fs) in y3.chunks_exact(c3.out_len()).zip(flat.chunks_exact_mut(c3.out_len())) {
+                    for p in 0..p3 {
+                        for c in 0..co3 {
+                            fs[c * p3 + p] = ys[p * co3 + c];
+                        }
+                    }
+                }
+                pool.give(s);
+            });
+        // fc, split over output features: hᵀ[o, N] = W[o, :] · flatᵀ, then + b, ReLU, transpose.
+        let (hid, f) = (spec.hidden, c3.out_len());
+        let (wfc, bfc) = (view(tensor::FC_W), view(tensor::FC_B));
+        resize(&mut self.tbuf, hid * n);
+        transpose(&self.flat, n, f, &mut self.flat_t);
+        let flat_t = &self.flat_t;
+        self.tbuf.par_chunks_mut(FC_TASK * n).enumerate().for_each(|(t, ht)| {
+            let o0 = t * FC_TASK;
+            let rows = ht.len() / n.max(1);
+            gemm(rows, f, n, &wfc[o0 * f..], f, 1, flat_t, n, ht, n, false);
+        });
+        resize(&mut self.hidden, n * hid);
+        let tbuf = &self.tbuf;
+        self.hidden.par_chunks_mut(hid).enumerate().for_each(|(i, h)| {
+            for (o, v) in h.iter_mut().enumerate() {
+                *v = (bfc[o] + tbuf[o * n + i]).max(0.0);
+            }
+        });
+        resize(&mut self.logits, n * spec.actions);
+        resize(&mut self.values, n);
+        linear_forward(&self.hidden, view(tensor::ACTOR_W), view(tensor::ACTOR_B), &mut self.logits, false);
+        linear_forward(&self.hidden, view(tensor::CRITIC_W), view(tensor::CRITIC_B), &mut self.values, false);
+    }
+
+    /// Backward pass after `forward` on the same parameters and frames. `dlogits` [N, A] and
+    /// `dvalues` [N] are ∂L/∂ of the heads' outputs; `grads` (layout-shaped) is written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self, spec: &NetSpec, layout: &ParamLayout, params: &[f32], frames: &[u8],
+        dlogits: &[f32], dvalues: &[f32], grads: &mut [f32],
+    ) {
+        let n = self.n;
+        assert_eq!(frames.len(), n * OBS_BYTES, "backward: frames differ from the forward's");
+        assert_eq!(grads.len(), layout.total, "backward: gradient buffer size");
+        assert_eq!(dlogits.len(), n * spec.actions, "backward: dlogits size");
+        assert_eq!(dvalues.len(), n, "backward: dvalues size");
+        let view = |i: usize| layout.view(params, i);
+        let mut g = split_tensors(layout, grads);
+        let [c1, c2, c3] = &spec.convs;
+        let hid = spec.hidden;
+        // Heads (tiny): the generic layers; hidden receives the sum of both heads' gradients.
+        resize(&mut self.dhidden, n * hid);
+        resize(&mut self.dhidden_critic, n * hid);
+        self.dl.clear();
+        self.dl.extend_from_slice(dlogits);
+        self.dv.clear();
+        self.dv.extend_from_slice(dvalues);
+        {
+            let (gw, gb) = two(&mut g, tensor::ACTOR_W, tensor::ACTOR_B);
+            linear_backward(&self.hidden, view(tensor::ACTOR_W), &self.logits, &mut self.dl, false, gw, gb, Some(&mut self.dhidden));
+        }
+        {
+            let (gw, gb) = two(&mut g, tensor::CRITIC_W, tensor::CRITIC_B);
+            linear_backward(&self.hidden, view(tensor::CRITIC_W), &self.values, &mut self.dv, false, gw, gb, Some(&mut self.dhidden_critic));
+        }
+        let hidden = &self.hidden;
+        self.dhidden.par_chunks_mut(hid).zip(self.dhidden_critic.par_chunks(hid)).zip(hidden.par_chunks(hid)).for_each(
+            |((d, dc), h)| {
+                d.iter_mut().zip(dc).for_each(|(a, b)| *a += *b);
+                relu_mask(h, d);
+            },
+        );
+        let dh: &[f32] = &self.dhidden;
+        let f = c3.out_len();
+        let (wfc, flat) = (view(tensor::FC_W), &self.flat);
+        {
+            // dW[o, :] = Σ_i dh[i, o] · flat[i, :], per task a block of output rows (whole sums).
+            let (gw, gb) = two(&mut g, tensor::FC_W, tensor::FC_B);
+            gw.par_chunks_mut(FC_TASK * f).enumerate().for_each(|(t, dwc)| {
+                let rows = dwc.len() / f;
+                gemm(rows, n, f, &dh[t * FC_TASK..], 1, hid, flat, f, dwc, f, false);
+            });
+            for (o, v) in gb.iter_mut().enumerate() {
+                *v = (0..n).map(|i| dh[i * hid + o]).sum();
+            }
+        }
+        // ∂L/∂flat [N, F] = dh · W, per task a block of samples.
+        resize(&mut self.tbuf, n * f);
+        self.tbuf.par_chunks_mut(FC_ROWS * f).zip(dh.par_chunks(FC_ROWS * hid)).for_each(|(dfl, dhc)| {
+            gemm(dhc.len() / hid, hid, f, dhc, hid, 1, wfc, f, dfl, f, false);
+        });
+        // The convs, conv3 → conv1, per chunk of samples; weight gradients as per-chunk partials.
+        let glen = [conv_grad_len(c1), conv_grad_len(c2), conv_grad_len(c3)];
+        let row_len: usize = glen.iter().sum();
+        let chunks = n.div_ceil(CHUNK);
+        resize(&mut self.partials, chunks * row_len);
+        let (dft, wperm, pool) = (&self.tbuf, &self.wperm, &self.pool);
+        let [y1, y2, y3] = &self.conv;
+        self.partials.par_chunks_mut(row_len).enumerate().for_each(|(ci, part)| {
+            let s0 = ci * CHUNK;
+            let cn = CHUNK.min(n - s0);
+            let mut s = pool.take();
+            let Scratch { xs, cols, dcols, dy } = &mut s;
+            let (p1, rest) = part.split_at_mut(glen[0]);
+            let (p2, p3) = rest.split_at_mut(glen[1]);
+            let parts = [p1, p2, p3];
+            let ys = [
+                &y1[s0 * c1.out_len()..][..cn * c1.out_len()],
+                &y2[s0 * c2.out_len()..][..cn * c2.out_len()],
+                &y3[s0 * c3.out_len()..][..cn * c3.out_len()],
+            ];
+            for (d, c) in dy.iter_mut().zip(&spec.convs) {
+                resize(d, cn * c.out_len());
+            }
+            // conv3's output gradient from ∂L/∂flat: dy3[i][p][c] = dfl[s0 + i][c·P + p].
+            let (p3, co3) = (c3.out_pixels(), c3.out_channels);
+            for i in 0..cn {
+                for p in 0..p3 {
+                    for c in 0..co3 {
+                        dy[2][(i * p3 + p) * co3 + c] = dft[(s0 + i) * f + c * p3 + p];
+                    }
+                }
+            }
+            relu_mask(ys[2], &mut dy[2]);
+            for l in (1..3).rev() {
+                let c = &spec.convs[l];
+                let rows = cn * c.out_pixels();
+                let (pw, pb) = parts[l].split_at_mut(c.out_channels * c.patch_len());
+                resize(cols, rows * c.patch_len());
+                im2col_nhwc(c, ys[l - 1], cols);
+                weight_grad(&dy[l], cols, pw, pb, false);
+                // dcols = dy · W'; fold back into the lower layer's output gradient.
+                resize(dcols, rows * c.patch_len());
+                let kp = c.patch_len();
+                gemm(rows, c.out_channels, kp, &dy[l], c.out_channels, 1, &wperm[l], kp, dcols, kp, false);
+                let lo = &mut dy[..l];
+                col2im_nhwc(c, dcols, &mut lo[l - 1]);
+                relu_mask(ys[l - 1], &mut lo[l - 1]);
+            }
+            let (pw, pb) = parts[0].split_at_mut(c1.out_channels * c1.patch_len());
+            let frames = &frames[s0 * OBS_BYTES..][..cn * OBS_BYTES];
+            let f1 = folded(c1);
+            resize(xs, f1.in_len());
+            resize(cols, f1.out_pixels() * f1.patch_len());
+            for (i, (x, d)) in frames.chunks_exact(OBS_BYTES).zip(dy[0].chunks_exact(c1.out_len())).enumerate() {
+                space_to_depth_u8(c1, x, xs);
+                im2col_nhwc(&f1, xs, cols);
+                weight_grad(d, cols, pw, pb, i > 0);
+            }
+            pool.give(s);
+        });
+        // Sum the partials in chunk order, then undo the weight permutation.
+        let partials = &self.partials;
+        let mut off = 0;
+        for (l, c) in spec.convs.iter().enumerate() {
+            let wl = c.out_channels * c.patch_len();
+            let (gw, gb) = two(&mut g, tensor::CONV_W[l], tensor::CONV_B[l]);
+            let sum_into = |dst: &mut [f32], start: usize| {
+                dst.par_chunks_mut(4096).enumerate().for_each(|(t, d)| {
+                    let j0 = start + t * 4096;
+                    d.iter_mut().for_each(|v| *v = 0.0);
+                    for ci in 0..chunks {
+                        let src = &partials[ci * row_len + j0..][..d.len()];
+                        d.iter_mut().zip(src).for_each(|(a, b)| *a += *b);
+                    }
+                });
+            };
+            resize(&mut self.gperm, wl);
+            sum_into(&mut self.gperm, off);
+            unpermute_weights_t(c, &self.gperm, gw);
+            sum_into(gb, off + wl);
+            off += glen[l];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::net::{backward, forward, Activations, BackwardScratch};
+    use super::*;
+    use crate::model::{init_params, NetPreset};
+    use crate::rng::{PhiloxStream, Purpose};
+
+    fn case(preset: NetPreset, n: usize) -> (NetSpec, ParamLayout, Vec<f32>, Vec<u8>, Vec<f32>, Vec<f32>) {
+        let spec = NetSpec::new(preset, 5);
+        let layout = spec.layout();
+        let mut r = PhiloxStream::new(11, n as u64, Purpose::Init);
+        // Non-zero biases, so the bias paths are exercised.
+        let mut params = init_params(&spec, 4);
+        params.iter_mut().for_each(|v| *v += (r.next_normal() * 0.01) as f32);
+        let frames: Vec<u8> = (0..n * OBS_BYTES).map(|_| r.below(256) as u8).collect();
+        let dl: Vec<f32> = (0..n * spec.actions).map(|_| r.next_normal() as f32).collect();
+        let dv: Vec<f32> = (0..n).map(|_| r.next_normal() as f32).collect();
+        (spec, layout, params, frames, dl, dv)
+    }
+
+    fn fast(threads: usize, c: &(NetSpec, ParamLayout, Vec<f32>, Vec<u8>, Vec<f32>, Vec<f32>)) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (spec, layout, params, frames, dl, dv) = c;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut net = FastNet::default();
+            let mut grads = vec![f32::NAN; layout.total];
+            // Twice, so stale scratch from the first call would show.
+            for _ in 0..2 {
+                net.forward(spec, layout, params, frames);
+                net.backward(spec, layout, params, frames, dl, dv, &mut grads);
+            }
+            (net.logits.clone(), net.values.clone(), grads)
+        })
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f64) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let scale = want.iter().map(|v| v.abs() as f64).fold(0.0, f64::max).max(1e-30);
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let err = (*g as f64 - *w as f64).abs();
+            assert!(err <= rel * scale, "{what}[{i}]: fast {g} vs reference {w} (max |ref| {scale})");
+        }
+    }
+
+    /// The fast path computes the reference's function and gradients (both presets, a batch
+    /// that is not a multiple of CHUNK), to f32 rounding.
+    #[test]
+    fn matches_the_generic_reference() {
+        for (preset, n) in [(NetPreset::Gala, 7), (NetPreset::Nature, 5)] {
+            let c = case(preset, n);
+            let (spec, layout, params, frames, dl, dv) = &c;
+            let mut acts = Activations::default();
+            forward(spec, layout, params, frames, &mut acts);
+            let mut want = vec![f32::NAN; layout.total];
+            backward(spec, layout, params, &acts, dl, dv, &mut want, &mut BackwardScratch::default());
+            let (logits, values, grads) = fast(2, &c);
+            assert_close("logits", &logits, &acts.logits, 1e-5);
+            assert_close("values", &values, &acts.values, 1e-5);
+            for t in &layout.tensors {
+                assert_close(&format!("{preset:?} grad {}", t.name), &grads[t.range()], &want[t.range()], 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn bit_identical_for_any_thread_count() {
+        let c = case(NetPreset::Gala, 9);
+        let one = fast(1, &c);
+        let three = fast(3, &c);
+        assert!(one.0 == three.0 && one.1 == three.1 && one.2 == three.2, "thread count changed the result");
+    }
+
+    #[test]
+    fn weight_permutation_round_trips() {
+        let s = ConvShape::new(3, 2, 3, 1, 5);
+        assert_eq!(fold_of(&ConvShape::new(32, 64, 4, 2, 20)), 1, "only conv1 is folded");
+        let w: Vec<f32> = (0..s.out_channels * s.patch_len()).map(|i| i as f32).collect();
+        let mut wp = Vec::new();
+        permute_weights(&s, &w, &mut wp);
+        assert_ne!(wp, w);
+        // w[o=1][c=2][ky=1][kx=0] sits at (ky·K + kx)·Cin + c in the permuted row.
+        assert_eq!(wp[27 + 3 * 3 + 2], w[27 + 2 * 9 + 3]);
+        let mut back = vec![0.0; w.len()];
+        let mut wpt = Vec::new();
+        transpose(&wp, s.out_channels, s.patch_len(), &mut wpt);
+        unpermute_weights_t(&s, &wpt, &mut back);
+        assert_eq!(back, w);
+        // A folded layer (8×8 stride 4 → 2×2 stride 1 on 4·4·C channels): a bijection too.
+        let s = ConvShape::new(4, 2, 8, 4, 84);
+        assert_eq!((fold_of(&s), folded(&s).kernel, folded(&s).in_channels, folded(&s).in_hw), (4, 2, 64, 21));
+        let mut seen = vec![false; s.patch_len()];
+        for c in 0..4 {
+            for ky in 0..8 {
+                for kx in 0..8 {
+                    let i = perm_index(&s, c, ky, kx);
+                    assert!(!seen[i], "perm_index not injective at ({c}, {ky}, {kx})");
+                    seen[i] = true;
+                }
+            }
+        }
+        let w: Vec<f32> = (0..s.out_channels * s.patch_len()).map(|i| i as f32).collect();
+        permute_weights(&s, &w, &mut wp);
+        let mut back = vec![0.0; w.len()];
+        let mut wpt = Vec::new();
+        transpose(&wp, s.out_channels, s.patch_len(), &mut wpt);
+        unpermute_weights_t(&s, &wpt, &mut back);
+        assert_eq!(back, w);
+    }
+
+    /// Space-to-depth then the folded unfold reads the same pixels as the plain conv1 unfold.
+    #[test]
+    fn folded_conv1_unfold_matches_the_plain_one() {
+        let s = ConvShape::new(4, 32, 8, 4, 84);
+        let f = folded(&s);
+        let mut r = PhiloxStream::new(2, 0, Purpose::Init);
+        let x: Vec<u8> = (0..s.in_len()).map(|_| r.below(256) as u8).collect();
+        let xf: Vec<f32> = x.iter().map(|&b| b as f32 * (1.0f64 / 255.0) as f32).collect();
+        let mut plain = vec![0.0; s.patch_len() * s.out_pixels()];
+        super::super::layers::im2col(&s, &xf, &mut plain);
+        let mut xs = vec![0.0; f.in_len()];
+        space_to_depth_u8(&s, &x, &mut xs);
+        let mut cols = vec![0.0; f.patch_len() * f.out_pixels()];
+        im2col_nhwc(&f, &xs, &mut cols);
+        let p = s.out_pixels();
+        for c in 0..4 {
+            for ky in 0..8 {
+                for kx in 0..8 {
+                    for px in 0..p {
+                        let want = plain[((c * 8 + ky) * 8 + kx) * p + px];
+                        assert_eq!(cols[px * s.patch_len() + perm_index(&s, c, ky, kx)], want);
+                    }
+                }
+            }
+        }
+    }
+}
