@@ -61,7 +61,7 @@ pub struct Config {
     /// Budget in raw emulator frames (agent steps × 4 on Atari, agent steps on catch);
     /// 0 = not set: the game's default (`resolve_game_defaults`). A file that writes
     /// `frames = 0` is refused (`nonzero_frames`), as `--frames 0` is.
-    #[serde(deserialize_with = "nonzero_frames")]
+    #[serde(deserialize_with = "nonzero_frames", skip_serializing_if = "frames_unset")]
     pub frames: u64,
     pub seed: u64,
     /// Worker threads for the CPU backend and the environments; 0 = all cores.
@@ -123,6 +123,10 @@ pub const MAX_GOSSIP_TIMEOUT: f64 = 1e9;
 
 /// Why `frames = 0` is not a budget (shared by the TOML field and the `--frames` flag).
 pub const FRAMES_ZERO: &str = "0 is not a frame budget: give the total number of frames to train to, or leave it out for the default (40M on Atari, 200k on catch)";
+
+fn frames_unset(frames: &u64) -> bool {
+    *frames == 0
+}
 
 fn nonzero_frames<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
     match u64::deserialize(d)? {
@@ -377,6 +381,21 @@ mod tests {
         let e = Config::from_toml_str("agents = 2\nlearning_rate = 0.1\n", Path::new("c.toml")).unwrap_err().to_string();
         assert!(e.contains("learning_rate") && e.contains("c.toml:2"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn with_resumable_from_takes_exactly_the_resumable_settings() {
+        let saved = Config::default();
+        let edited = Config {
+            frames: 7, save_every: 3, metrics_every: 2, threads: 5, gossip_timeout: 9.0, lr: 0.1, entropy_coef: 0.2,
+            value_coef: 0.3, max_grad_norm: 0.4, agents: 9, seed: 11, gamma: 0.5, run_id: Some("x".into()),
+            ..Config::default()
+        };
+        let mut changed: Vec<String> = saved.differences(&saved.with_resumable_from(&edited)).into_iter().map(|(k, _, _)| k).collect();
+        changed.sort();
+        let mut want: Vec<String> = RESUMABLE.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(changed, want);
     }
 
     #[test]

@@ -33,13 +33,13 @@ pub enum Placement {
 }
 
 impl Placement {
-    /// Where `kind` puts its buffers on this machine (`auto` is cuda only with a GPU driver).
+    /// Where `kind` puts its buffers on this machine (`auto`: on the GPU when it finds one, as
+    /// `SharedDevice::open` decides).
     pub fn of(kind: BackendKind) -> Placement {
         match kind {
             BackendKind::Cpu | BackendKind::Sim => Placement::Host,
             BackendKind::Cuda => Placement::Device,
-            // SAFETY: only tries to dlopen the driver library.
-            BackendKind::Auto if unsafe { cudarc::driver::sys::is_culib_present() } => Placement::Device,
+            BackendKind::Auto if crate::gpu_probe().is_ok() => Placement::Device,
             BackendKind::Auto => Placement::Host,
         }
     }

@@ -136,7 +136,8 @@ fn a_run_folder_is_locked_while_its_run_trains() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let pid = child.id().to_string();
-    let o = gala(&["train", "--resume", run.to_str().unwrap(), "--frames", "100000000", "-q"]);
+    // (A small budget: were the folder not locked, this would finish quickly, not hang.)
+    let o = gala(&["train", "--resume", run.to_str().unwrap(), "--frames", "60", "-q"]);
     fails_with(&o, &["in use by process", &pid]);
     signal(&child, libc::SIGINT);
     let out = child.wait_with_output().unwrap();
