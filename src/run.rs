@@ -196,7 +196,8 @@ impl RunLock {
         use std::io::{Read, Seek};
         use std::os::fd::AsRawFd;
         if !dir.is_dir() {
-            return Err(Error::Config(format!("{}: not a run folder (no such directory)", dir.display())));
+            let why = if dir.exists() { "a file, not a folder" } else { "no such folder" };
+            return Err(Error::Config(format!("{}: not a run folder ({why}; give the folder a run was written to)", dir.display())));
         }
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| Error::io(&path, e))?;
