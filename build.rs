@@ -26,9 +26,27 @@ struct Kernel {
     params: Vec<(String, Param)>,
 }
 
+#[path = "build/prereqs.rs"]
+mod prereqs;
+
 fn main() {
+    check_system_prerequisites();
     link_ale_runtime();
     build_cuda_simulator_and_kernel_tables();
+}
+
+/// Stops with one clear message when cmake, a C++ compiler or the zlib headers are missing
+/// (build/prereqs.rs).
+fn check_system_prerequisites() {
+    println!("cargo:rerun-if-env-changed=CMAKE");
+    let cmake = std::env::var_os("CMAKE").unwrap_or_else(|| "cmake".into());
+    let cxx = cc::Build::new().cpp(true).cargo_metadata(false).cargo_debug(false).get_compiler().path().to_path_buf();
+    let missing = prereqs::missing(&cmake, &cxx, &[]);
+    if !missing.is_empty() {
+        eprintln!("{}", prereqs::advice(&missing));
+        println!("cargo:warning={}", prereqs::advice(&missing));
+        std::process::exit(1);
+    }
 }
 
 /// Link lines for the ALE C++ library that `ale-sys` builds with cmake: ale-sys 0.1.2 links the

@@ -262,8 +262,9 @@ pub fn bench_e2e(config: &Config, updates: u64) -> Result<E2eBenchReport> {
         return Err(Error::Config("bench e2e: --updates must be at least 1".into()));
     }
     let mut config = config.clone();
-    // The budget never ends the loop here: the benchmark counts updates itself.
-    config.frames = u64::MAX;
+    // The budget never ends the loop here (the benchmark counts updates itself): the largest
+    // one a config may hold, as validate refuses more.
+    config.frames = i64::MAX as u64;
     let mut trainer = crate::algo::Trainer::new(&config)?;
     trainer.update()?;
     let (frames0, phases0, device0) = (trainer.frames(), trainer.phase_seconds(), trainer.device_seconds());

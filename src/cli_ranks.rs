@@ -2,7 +2,7 @@
 //! rank r trains a contiguous block of the agents (`gala_gpu::dist`), rank 0 owns the run
 //! folder and prints the progress, the other ranks print only their errors.
 
-use super::{describe_interrupt, install_ctrl_c, one_line, Progress, TrainArgs, INTERRUPTED};
+use super::{describe_interrupt, one_line, Progress, TrainArgs, INTERRUPTED};
 use anyhow::{Context, Result};
 use gala_gpu::dist::RankTransport;
 use gala_gpu::run::RunDir;
@@ -59,21 +59,38 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
     let (rank, ranks) = (world.rank(), world.ranks());
     let lead = rank == 0;
     let quiet = args.quiet || !lead;
-    let resumed = match &args.resume {
-        Some(dir) => Some((dir.clone(), gala_gpu::checkpoint::Checkpoint::load(dir).context("cannot resume")?)),
+    // As in one process: the lead locks the folder before the checkpoint is read, and the
+    // folder's config.toml must belong to the checkpoint's run. Every rank reads the checkpoint.
+    let mut resumed = match &args.resume {
+        Some(dir) => {
+            let lock = if lead { Some(gala_gpu::run::RunLock::acquire(dir).context("cannot resume")?) } else { None };
+            let ck = gala_gpu::checkpoint::Checkpoint::load(dir).context("cannot resume")?;
+            let folder = gala_gpu::run::folder_config_for(dir, &ck).context("cannot resume")?;
+            Some((dir.clone(), ck, lock, folder))
+        }
         None => None,
     };
     let config = match &resumed {
-        Some((_, ck)) => args.resolve_resume(&ck.config)?,
-        None => args.resolve()?,
+        Some((dir, ck, _, folder)) => args.resolve_resume(&ck.config, folder, dir)?,
+        None => {
+            let mut c = args.resolve()?;
+            // The run's identity lives in the lead's folder and checkpoint only.
+            if lead {
+                c.run_id = Some(gala_gpu::run::new_run_id());
+            }
+            c
+        }
     };
     let blocks = gala_gpu::dist::train::check_config(&config, ranks)?;
     let config_toml = config.to_toml();
     let game = gala_gpu::env::GameId::parse(&config.game)?;
     let algo = format!("{:?}", config.algo).to_lowercase();
     let mut run = if lead {
-        Some(match &resumed {
-            Some((dir, ck)) => RunDir::resume(dir, ck.frames, &config_toml).context("cannot reopen the run folder")?,
+        Some(match resumed.as_mut() {
+            Some((dir, ck, lock, _)) => {
+                let lock = lock.take().expect("the lead holds the lock");
+                RunDir::resume_locked(dir, lock, ck.frames, &config_toml).context("cannot reopen the run folder")?
+            }
             None => RunDir::create(&config.out, game.canonical(), &algo, config.seed, &config_toml).context("cannot create the run folder")?,
         })
     } else {
@@ -86,7 +103,7 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
             world.describe(),
             (0..ranks).map(|q| blocks.range(q).len()).collect::<Vec<_>>()
         );
-        if let Some((_, ck)) = &resumed {
+        if let Some((_, ck, ..)) = &resumed {
             eprintln!("resuming at frame {} (update {})", ck.frames, ck.updates);
         }
         if let Some(run) = &run {
@@ -104,8 +121,8 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
-    install_ctrl_c(stop.clone())?;
-    let start = resumed.as_ref().map_or(0, |(_, ck)| ck.frames);
+    gala_gpu::signals::install(stop.clone())?;
+    let start = resumed.as_ref().map_or(0, |(_, ck, ..)| ck.frames);
     let mut progress = Progress::new(quiet, config.frames, start);
     // Test hook (tests/mpi.rs): rank R stops answering before update U.
     let hang_at = match std::env::var("GALA_GPU_DEBUG_HANG_RANK") {
@@ -116,7 +133,7 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
         ),
         Err(_) => None,
     };
-    let session = gala_gpu::dist::train::DistSession { resume: resumed.as_ref().map(|(_, ck)| ck), stop: Some(stop), hang_at };
+    let session = gala_gpu::dist::train::DistSession { resume: resumed.as_ref().map(|(_, ck, ..)| ck), stop: Some(stop), hang_at };
     let t = gala_gpu::dist::train::train_distributed(&config, world, run.as_mut(), &mut progress, &session)?;
     progress.finish();
     let summary = &t.summary;

@@ -22,6 +22,12 @@ pub enum Algo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The identity of the run this configuration belongs to, drawn when its run folder is
+    /// created (`run::new_run_id`) and carried by its config.toml and every checkpoint, so that
+    /// `--resume` refuses a checkpoint copied in from another run. None: a configuration not
+    /// tied to a run folder (library use, runs written before run ids existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     pub algo: Algo,
     /// Actor-learners (with `a2c`: how many agents' worth of simulators the single learner holds).
     pub agents: usize,
@@ -53,7 +59,9 @@ pub struct Config {
     pub rom: Option<PathBuf>,
     pub backend: BackendKind,
     /// Budget in raw emulator frames (agent steps × 4 on Atari, agent steps on catch);
-    /// 0 = the game's default (`resolve_game_defaults`).
+    /// 0 = not set: the game's default (`resolve_game_defaults`). A file that writes
+    /// `frames = 0` is refused (`nonzero_frames`), as `--frames 0` is.
+    #[serde(deserialize_with = "nonzero_frames", skip_serializing_if = "frames_unset")]
     pub frames: u64,
     pub seed: u64,
     /// Worker threads for the CPU backend and the environments; 0 = all cores.
@@ -71,6 +79,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            run_id: None,
             algo: Algo::Gala,
             agents: 4,
             envs_per_agent: 16,
@@ -104,6 +113,46 @@ impl Default for Config {
     }
 }
 
+/// The most threads a run (or eval, or a benchmark) may ask for: beyond this, spawning them
+/// alone takes seconds to minutes and no machine has the cores to use them.
+pub const MAX_THREADS: usize = 1024;
+
+/// The longest `gossip_timeout` (seconds, about 31 years: "wait forever" in practice); larger
+/// values overflow the clock arithmetic of the wait.
+pub const MAX_GOSSIP_TIMEOUT: f64 = 1e9;
+
+/// Why `frames = 0` is not a budget (shared by the TOML field and the `--frames` flag).
+pub const FRAMES_ZERO: &str = "0 is not a frame budget: give the total number of frames to train to, or leave it out for the default (40M on Atari, 200k on catch)";
+
+fn frames_unset(frames: &u64) -> bool {
+    *frames == 0
+}
+
+fn nonzero_frames<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(serde::de::Error::custom(FRAMES_ZERO)),
+        n => Ok(n),
+    }
+}
+
+/// Checks a thread count given on the command line or in a file (0 = all cores).
+pub fn check_threads(key: &str, threads: usize) -> Result<()> {
+    if threads > MAX_THREADS {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        return Err(Error::Config(format!(
+            "invalid `{key}`: {threads} threads is more than the {MAX_THREADS} allowed (this machine has {cores} cores; 0 uses them all)"
+        )));
+    }
+    Ok(())
+}
+
+/// The settings `train --resume` may change (each with its flag, or by editing the run's
+/// config.toml): budgets, logging, threads, timeouts, and the hyper-parameters that change no
+/// shape and no saved state (so a run that diverged can continue with a lower learning rate).
+/// Everything else is the run's identity and is refused.
+pub const RESUMABLE: &[&str] =
+    &["frames", "save_every", "metrics_every", "threads", "gossip_timeout", "lr", "entropy_coef", "value_coef", "max_grad_norm"];
+
 /// Converts a TOML error into one line: "FILE:LINE: message".
 fn toml_error_line(path: &Path, text: &str, err: &toml::de::Error) -> String {
     let line = err.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
@@ -125,8 +174,70 @@ impl Config {
         toml::from_str(text).map_err(|e| Error::Config(format!("config {}", toml_error_line(origin, text, &e))))
     }
 
+    /// The TOML text of config.toml. Cannot fail on a configuration that passed `validate`
+    /// (which refuses what TOML cannot hold: integers above i64::MAX, non-UTF-8 paths).
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("Config always serialises to TOML")
+        toml::to_string(self).expect("a validated Config serialises to TOML")
+    }
+
+    /// The settings whose values differ between `self` and `other`, as (key, self's value,
+    /// other's value) in TOML spelling, in key order.
+    pub fn differences(&self, other: &Config) -> Vec<(String, String, String)> {
+        let table = |c: &Config| match toml::Value::try_from(c) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::map::Map::new(),
+        };
+        let (a, b) = (table(self), table(other));
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        let show = |v: Option<&toml::Value>| v.map_or_else(|| "(absent)".to_string(), toml::Value::to_string);
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| (k.clone(), show(a.get(k)), show(b.get(k))))
+            .collect()
+    }
+
+    /// Takes the [`RESUMABLE`] settings from `edited` and keeps everything else.
+    pub fn with_resumable_from(&self, edited: &Config) -> Config {
+        Config {
+            frames: edited.frames,
+            save_every: edited.save_every,
+            metrics_every: edited.metrics_every,
+            threads: edited.threads,
+            gossip_timeout: edited.gossip_timeout,
+            lr: edited.lr,
+            entropy_coef: edited.entropy_coef,
+            value_coef: edited.value_coef,
+            max_grad_norm: edited.max_grad_norm,
+            ..self.clone()
+        }
+    }
+
+    /// Settings a fresh run was given that it would ignore, refused rather than silently
+    /// stored in config.toml: a ROM with the built-in game, an Atari preset with the built-in
+    /// game, a gossip topology or peer count when nothing gossips (`a2c`, or one agent).
+    pub fn check_nothing_ignored(&self) -> Result<()> {
+        let defaults = Config::default();
+        let catch = matches!(GameId::parse(&self.game), Ok(GameId::Catch));
+        if catch && self.rom.is_some() {
+            return Err(Error::Config("`rom` loads an Atari ROM; it cannot be combined with `game = catch` (the built-in game): drop one of them".into()));
+        }
+        if catch && self.preset != defaults.preset {
+            return Err(Error::Config(format!(
+                "`preset` ({}) chooses the Atari preprocessing; the built-in game `catch` has none: drop it",
+                format!("{:?}", self.preset).to_lowercase()
+            )));
+        }
+        if !self.gossips() && (self.topology != defaults.topology || self.peers != defaults.peers) {
+            let why = if self.algo == Algo::A2c { "`algo = a2c` is one learner" } else { "a single agent has no peers" };
+            return Err(Error::Config(format!(
+                "`topology`/`peers` ({}, {}) shape the gossip between agents, and {why}: nothing gossips; drop them (or use `algo = gala` with at least 2 agents)",
+                format!("{:?}", self.topology).to_lowercase(),
+                self.peers
+            )));
+        }
+        Ok(())
     }
 
     /// (learners, simulators per learner) as actually run: `a2c` is one learner with all of them.
@@ -209,6 +320,24 @@ impl Config {
                 return bad(key, "must be at least 1, got 0".into());
             }
         }
+        // TOML integers are i64: a larger value could not be written to config.toml or a checkpoint.
+        for (key, v) in [
+            ("seed", self.seed),
+            ("frames", self.frames),
+            ("save_every", self.save_every),
+            ("sync_freq", self.sync_freq),
+            ("metrics_every", self.metrics_every),
+        ] {
+            if v > i64::MAX as u64 {
+                return bad(key, format!("{v} is too large (at most {}, the largest integer config.toml can hold)", i64::MAX));
+            }
+        }
+        for (key, path) in [("out", Some(&self.out)), ("rom", self.rom.as_ref())] {
+            if let Some(p) = path.filter(|p| p.to_str().is_none()) {
+                return bad(key, format!("the path {} is not valid UTF-8; config.toml can only record UTF-8 paths, so rename it", p.display()));
+            }
+        }
+        check_threads("threads", self.threads)?;
         if self.metrics_every == 0 {
             return bad("metrics_every", "must be at least 1, got 0".into());
         }
@@ -222,8 +351,11 @@ impl Config {
                 "asynchronous gossip needs `algo = gala` with at least 2 agents".into(),
             );
         }
-        if !(self.gossip_timeout.is_finite() && self.gossip_timeout > 0.0) {
-            return bad("gossip_timeout", format!("must be a finite number of seconds > 0, got {}", self.gossip_timeout));
+        if !(self.gossip_timeout.is_finite() && self.gossip_timeout > 0.0 && self.gossip_timeout <= MAX_GOSSIP_TIMEOUT) {
+            return bad(
+                "gossip_timeout",
+                format!("must be a number of seconds > 0 and at most {MAX_GOSSIP_TIMEOUT:e} (about 31 years), got {}", self.gossip_timeout),
+            );
         }
         if self.pipeline && self.asynchronous() {
             return bad("pipeline", "pipelining overlaps the batched trainer's rollouts and updates; it cannot be combined with asynchronous gossip (sync_freq > 0 or agent_threads)".into());
@@ -249,6 +381,21 @@ mod tests {
         let e = Config::from_toml_str("agents = 2\nlearning_rate = 0.1\n", Path::new("c.toml")).unwrap_err().to_string();
         assert!(e.contains("learning_rate") && e.contains("c.toml:2"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn with_resumable_from_takes_exactly_the_resumable_settings() {
+        let saved = Config::default();
+        let edited = Config {
+            frames: 7, save_every: 3, metrics_every: 2, threads: 5, gossip_timeout: 9.0, lr: 0.1, entropy_coef: 0.2,
+            value_coef: 0.3, max_grad_norm: 0.4, agents: 9, seed: 11, gamma: 0.5, run_id: Some("x".into()),
+            ..Config::default()
+        };
+        let mut changed: Vec<String> = saved.differences(&saved.with_resumable_from(&edited)).into_iter().map(|(k, _, _)| k).collect();
+        changed.sort();
+        let mut want: Vec<String> = RESUMABLE.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(changed, want);
     }
 
     #[test]

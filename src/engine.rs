@@ -93,6 +93,17 @@ impl Engine {
         };
         let threads = only.as_ref().map_or_else(|| config.resolved_threads(), |(_, t)| (*t).max(1));
         let net = NetSpec::new(config.net, actions);
+        // Sizes first: an absurd shape is refused with its size instead of aborting the process
+        // (a C ABI host included) in the allocator.
+        let placement = match device.map(|d| d.name()) {
+            Some("cuda") => crate::memory::Placement::Device,
+            Some(_) => crate::memory::Placement::Host,
+            None => crate::memory::Placement::of(config.backend),
+        };
+        crate::memory::Estimate::engine(&net, agents, envs, config.n_steps, placement).check(&format!(
+            "an engine of {agents} agent(s) × {envs} environments × {} steps with {actions} actions",
+            config.n_steps
+        ))?;
         let spec = BackendSpec { net: net.clone(), agents, agent_offset, envs_per_agent: envs, n_steps: config.n_steps, seed: config.seed, hyper: config.hyper() };
         let initial = init_params(&net, config.seed);
         let (backend, backend_choice) = match device {

@@ -22,10 +22,12 @@ pub mod engine;
 pub mod env;
 pub mod error;
 pub mod eval;
+pub mod memory;
 pub mod model;
 pub mod plot;
 pub mod rng;
 pub mod run;
+pub mod signals;
 pub mod tfevents;
 
 pub use error::{Error, Result};

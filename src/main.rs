@@ -12,13 +12,29 @@ use gala_gpu::run::{MetricsRow, RunDir};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A line on stderr that never panics: a closed or full stderr (`2>&1 | head`) must not kill a
+/// training run.
+macro_rules! note {
+    ($($t:tt)*) => { gala_gpu::signals::note(&format!($($t)*)) };
+}
+
+/// A line on stdout, the error returned (a closed pipe is handled in `main`).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let mut o = std::io::stdout().lock();
+        writeln!(o, $($t)*).and_then(|_| o.flush()).context("cannot write to stdout")
+    }};
+}
+
 mod cli_ranks;
 
-/// Set when a training run stopped on Ctrl-C (after saving its checkpoint): exit code 130.
+/// Set when a training run stopped on a signal (after saving its checkpoint): exit code 128 +
+/// the signal's number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP).
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Parser)]
@@ -73,9 +89,9 @@ fn bench_e2e(a: E2eBenchArgs) -> Result<()> {
     let config = a.train.resolve()?;
     let report = gala_gpu::bench::bench_e2e(&config, a.updates)?;
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        out!("{}", serde_json::to_string(&report)?)?;
     } else {
-        println!("{report}");
+        out!("{report}")?;
     }
     Ok(())
 }
@@ -143,6 +159,12 @@ struct LearnerBenchArgs {
 }
 
 fn bench_learner(a: LearnerBenchArgs) -> Result<()> {
+    gala_gpu::config::check_threads("threads", a.threads)?;
+    if a.agents > 0 && a.envs_per_agent > 0 && a.n_steps > 0 {
+        let net = gala_gpu::model::NetSpec::new(a.net, 6);
+        gala_gpu::memory::Estimate::engine(&net, a.agents, a.envs_per_agent, a.n_steps, gala_gpu::memory::Placement::of(a.backend))
+            .check(&format!("bench learner ({} agents × {} envs × {} steps)", a.agents, a.envs_per_agent, a.n_steps))?;
+    }
     {
         {
             let threads = if a.threads > 0 { a.threads } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) };
@@ -165,12 +187,22 @@ fn bench_learner(a: LearnerBenchArgs) -> Result<()> {
             };
             let report = gala_gpu::bench::bench_learner(&opts)?;
             if a.json {
-                println!("{}", serde_json::to_string(&report)?);
+                out!("{}", serde_json::to_string(&report)?)?;
             } else {
-                println!("{report}");
+                out!("{report}")?;
             }
             Ok(())
         }
+    }
+}
+
+/// `--frames`: a positive number (0 used to mean "the default budget", which a resume then
+/// printed as `frames = 0`; it is refused instead, see README "Failure behaviour").
+fn frame_budget(text: &str) -> std::result::Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err(gala_gpu::config::FRAMES_ZERO.to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}")),
     }
 }
 
@@ -237,8 +269,8 @@ struct TrainArgs {
     net: Option<NetPreset>,
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
-    /// Budget in raw emulator frames.
-    #[arg(long)]
+    /// Budget in raw emulator frames (the total to train to; at least 1).
+    #[arg(long, value_parser = frame_budget)]
     frames: Option<u64>,
     #[arg(long)]
     seed: Option<u64>,
@@ -263,16 +295,20 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// The saved run's configuration with the few settings a resume may change.
-    fn resolve_resume(&self, saved: &Config) -> Result<Config> {
+    /// The saved run's configuration (`saved`, the checkpoint's) with the settings a resume may
+    /// change ([`gala_gpu::config::RESUMABLE`]) taken from the folder's config.toml (`folder`,
+    /// which may have been edited) and then from the flags. Any other difference between
+    /// config.toml and the checkpoint is an edit that cannot be honoured: refused, naming it.
+    fn resolve_resume(&self, saved: &Config, folder: &Config, dir: &std::path::Path) -> Result<Config> {
+        let resumable_flags = gala_gpu::config::RESUMABLE.iter().map(|k| format!("--{}", k.replace('_', "-"))).collect::<Vec<_>>().join(", ");
         let mut fixed: Vec<&str> = Vec::new();
         macro_rules! fixed {
             ($($field:ident),*) => {$(
                 if self.$field.is_some() { fixed.push(stringify!($field)); }
             )*};
         }
-        fixed!(config, preset, game, rom, algo, agents, envs_per_agent, n_steps, lr, gamma, entropy_coef, value_coef,
-               max_grad_norm, rms_alpha, rms_eps, topology, peers, sync_freq, net, backend, seed, out);
+        fixed!(config, preset, game, rom, algo, agents, envs_per_agent, n_steps, gamma,
+               rms_alpha, rms_eps, topology, peers, sync_freq, net, backend, seed, out);
         // Switches cannot be turned off on the command line: repeating the saved setting is fine.
         if self.pipeline && !saved.pipeline {
             fixed.push("pipeline");
@@ -282,17 +318,31 @@ impl TrainArgs {
         }
         if !fixed.is_empty() {
             bail!(
-                "--resume continues the saved configuration; it cannot change {} (only --frames, --save-every, --metrics-every, --threads and --gossip-timeout may be given)",
+                "--resume continues the saved configuration; it cannot change {} (only {resumable_flags} may be given)",
                 fixed.iter().map(|f| format!("--{}", f.replace('_', "-"))).collect::<Vec<_>>().join(", ")
             );
         }
-        let mut c = saved.clone();
+        let edited: Vec<String> = saved
+            .differences(folder)
+            .into_iter()
+            .filter(|(k, _, _)| !gala_gpu::config::RESUMABLE.contains(&k.as_str()))
+            .map(|(k, was, now)| format!("{k} ({was} in the checkpoint, {now} in config.toml)"))
+            .collect();
+        if !edited.is_empty() {
+            bail!(
+                "{}/config.toml was edited: {} cannot change in a resumed run (the checkpoint's state depends on them); put the checkpoint's values back, or start a new run; only {} may change on resume (in config.toml or with {resumable_flags})",
+                dir.display(),
+                edited.join(", "),
+                gala_gpu::config::RESUMABLE.join(", ")
+            );
+        }
+        let mut c = saved.with_resumable_from(folder);
         macro_rules! set {
             ($($field:ident),*) => {$(
                 if let Some(v) = &self.$field { c.$field = v.clone(); }
             )*};
         }
-        set!(frames, threads, save_every, metrics_every, gossip_timeout);
+        set!(frames, threads, save_every, metrics_every, gossip_timeout, lr, entropy_coef, value_coef, max_grad_norm);
         c.validate()?;
         Ok(c)
     }
@@ -325,6 +375,7 @@ impl TrainArgs {
         }
         c.resolve_game_defaults()?;
         c.validate()?;
+        c.check_nothing_ignored()?;
         Ok(c)
     }
 }
@@ -356,7 +407,7 @@ impl ProgressSink for Progress {
             Progress::Bar(bar) => bar.set_message(describe(row)),
             Progress::Lines { every, last, pending } => {
                 if last.is_none_or(|t| t.elapsed() >= *every) {
-                    eprintln!("{}", describe(row));
+                    note!("{}", describe(row));
                     *last = Some(Instant::now());
                     *pending = None;
                 } else {
@@ -390,33 +441,17 @@ impl Progress {
     fn finish(&mut self) {
         match self {
             Progress::Bar(bar) => bar.finish(),
-            Progress::Lines { pending: Some(row), .. } => eprintln!("{}", describe(row)),
+            Progress::Lines { pending: Some(row), .. } => note!("{}", describe(row)),
             _ => {}
         }
     }
 }
 
-/// First Ctrl-C: stop after the current update, save a checkpoint, exit 130. Second: abort.
-fn install_ctrl_c(flag: Arc<AtomicBool>) -> Result<()> {
-    let presses = AtomicUsize::new(0);
-    ctrlc::set_handler(move || {
-        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!("\ninterrupt: finishing this update and saving a checkpoint (Ctrl-C again aborts at once)");
-            flag.store(true, Ordering::SeqCst);
-        } else {
-            // Checkpoints are written to a temporary file and renamed, so aborting mid-save
-            // still leaves the previous checkpoint whole.
-            eprintln!("aborted");
-            std::process::exit(130);
-        }
-    })
-    .context("cannot install the Ctrl-C handler")
-}
-
-/// The line a run stopped by Ctrl-C ends with.
+/// The line a run stopped by a signal ends with.
 fn describe_interrupt(summary: &gala_gpu::run::Summary, run: &RunDir) {
-    eprintln!(
-        "interrupted at frame {} (update {}); checkpoint saved to {}; continue with: gala-gpu train --resume {}",
+    note!(
+        "interrupted by {} at frame {} (update {}); checkpoint saved to {}; continue with: gala-gpu train --resume {}",
+        gala_gpu::signals::name(gala_gpu::signals::received().unwrap_or(2)),
         summary.frames,
         summary.updates,
         run.checkpoint_path().display(),
@@ -429,16 +464,29 @@ fn train(args: TrainArgs) -> Result<()> {
     if let Some(world) = cli_ranks::launched()? {
         return cli_ranks::train(args, world);
     }
-    let resumed = match &args.resume {
+    // First, so that a stop signal at any point of the set-up is a clean stop too.
+    let stop = Arc::new(AtomicBool::new(false));
+    gala_gpu::signals::install(stop.clone())?;
+    // A resumed run's folder is locked before its checkpoint is read, so that no other process
+    // writes it meanwhile; its config.toml must be the checkpoint's run's.
+    let mut resumed = match &args.resume {
         Some(dir) => {
+            let lock = gala_gpu::run::RunLock::acquire(dir).context("cannot resume")?;
             let ck = gala_gpu::checkpoint::Checkpoint::load(dir).context("cannot resume")?;
-            Some((dir.clone(), ck))
+            let folder = gala_gpu::run::folder_config_for(dir, &ck).context("cannot resume")?;
+            Some((dir.clone(), ck, Some(lock), folder))
         }
         None => None,
     };
     let config = match &resumed {
-        Some((_, ck)) => args.resolve_resume(&ck.config)?,
-        None => args.resolve()?,
+        Some((dir, ck, _, folder)) => args.resolve_resume(&ck.config, folder, dir)?,
+        None => {
+            let mut c = args.resolve()?;
+            c.run_id = Some(gala_gpu::run::new_run_id());
+            // Sizes before anything is allocated or a run folder created.
+            gala_gpu::memory::check_run(&c)?;
+            c
+        }
     };
     let config_toml = config.to_toml();
     let game = gala_gpu::env::GameId::parse(&config.game)?;
@@ -454,46 +502,53 @@ fn train(args: TrainArgs) -> Result<()> {
         Err(_) => None,
     };
     // The run folder first: an unwritable --out fails before anything expensive starts.
-    let mut run = match &resumed {
-        Some((dir, ck)) => RunDir::resume(dir, ck.frames, &config_toml).context("cannot reopen the run folder")?,
+    let mut run = match resumed.as_mut() {
+        Some((dir, ck, lock, _)) => {
+            let lock = lock.take().expect("taken once");
+            let run = RunDir::resume_locked(dir, lock, ck.frames, &config_toml).context("cannot reopen the run folder")?;
+            let changes = ck.config.differences(&config);
+            gala_gpu::run::append_config_history(run.path(), ck.frames, &changes).context("cannot record the configuration change")?;
+            for (key, was, now) in changes.iter().filter(|(k, _, _)| !matches!(k.as_str(), "frames" | "threads" | "save_every" | "metrics_every" | "gossip_timeout")) {
+                note!("{key} changes from {was} to {now} at frame {} (recorded in config_history.csv); the run now differs from an uninterrupted one", ck.frames);
+            }
+            run
+        }
         None => RunDir::create(&config.out, game.canonical(), &algo, config.seed, &config_toml).context("cannot create the run folder")?,
     };
     if !args.quiet {
-        eprintln!("resolved configuration:\n{}", config_toml.trim_end());
+        note!("resolved configuration:\n{}", config_toml.trim_end());
     }
-    let stop = Arc::new(AtomicBool::new(false));
     let mut trainer = if config.asynchronous() {
-        install_ctrl_c(stop.clone())?;
         if !args.quiet {
             let mode = if config.sync_freq == 0 { "lock-step".to_string() } else { format!("asynchronous (sync_freq {})", config.sync_freq) };
-            eprintln!("gossip: {mode}, every agent on its own thread");
-            if let Some((_, ck)) = &resumed {
+            note!("gossip: {mode}, every agent on its own thread");
+            if let Some((_, ck, ..)) = &resumed {
                 let rounds = match &ck.agent_updates {
                     Some(r) => format!("agents at rounds {r:?}, each continuing from its own"),
                     None => format!("round {}", ck.updates),
                 };
-                eprintln!("resuming at frame {} ({rounds}) from {}, with empty gossip mailboxes", ck.frames, run.checkpoint_path().display());
+                note!("resuming at frame {} ({rounds}) from {}, with empty gossip mailboxes", ck.frames, run.checkpoint_path().display());
             }
-            eprintln!("run folder: {}", run.path().display());
+            note!("run folder: {}", run.path().display());
         }
-        if let Some((_, ck)) = &resumed {
+        if let Some((_, ck, ..)) = &resumed {
             if ck.env_states.is_none() {
-                eprintln!("warning: this game cannot save its state; its games restart, so the resumed run is not bit-exact");
+                note!("warning: this game cannot save its state; its games restart, so the resumed run is not bit-exact");
             }
             if ck.agent_updates.is_some() {
-                eprintln!("warning: the checkpoint holds each agent's last completed round after a failure, not one cut; the resumed run will not match an uninterrupted one");
+                note!("warning: the checkpoint holds each agent's last completed round after a failure, not one cut; the resumed run will not match an uninterrupted one");
             }
         }
         None
     } else {
         let mut trainer = match &resumed {
-            Some((_, ck)) => {
+            Some((_, ck, ..)) => {
                 let (trainer, exact) = Trainer::from_checkpoint(ck, &config)?;
                 if !args.quiet {
-                    eprintln!("resuming at frame {} (update {}) from {}", ck.frames, ck.updates, run.checkpoint_path().display());
+                    note!("resuming at frame {} (update {}) from {}", ck.frames, ck.updates, run.checkpoint_path().display());
                 }
                 if !exact {
-                    eprintln!("warning: this game cannot save its state; its games restart, so the resumed run is not bit-exact");
+                    note!("warning: this game cannot save its state; its games restart, so the resumed run is not bit-exact");
                 }
                 trainer
             }
@@ -505,26 +560,25 @@ fn train(args: TrainArgs) -> Result<()> {
                 }
             },
         };
-        install_ctrl_c(stop.clone())?;
         trainer.set_stop_flag(stop.clone());
         // Test hook (tests/tooling.rs): a NaN in the loss of this update.
         if let Ok(at) = std::env::var("GALA_GPU_DEBUG_NAN_AT_UPDATE") {
             trainer.set_debug_nan_at_update(Some(at.parse().context("GALA_GPU_DEBUG_NAN_AT_UPDATE must be an update number")?));
         }
         if !args.quiet {
-            eprintln!("backend: {}", trainer.backend_choice());
-            eprintln!("run folder: {}", run.path().display());
+            note!("backend: {}", trainer.backend_choice());
+            note!("run folder: {}", run.path().display());
         }
         Some(trainer)
     };
-    let position = trainer.as_ref().map_or_else(|| resumed.as_ref().map_or(0, |(_, ck)| ck.frames), Trainer::frames);
+    let position = trainer.as_ref().map_or_else(|| resumed.as_ref().map_or(0, |(_, ck, ..)| ck.frames), Trainer::frames);
     let mut progress = Progress::new(args.quiet, config.frames, position);
     let (summary, interrupted) = match trainer.as_mut() {
         Some(trainer) => (trainer.train(Some(&mut run), &mut progress)?, trainer.was_interrupted()),
         None => {
             use gala_gpu::algo::async_gossip::{train_async_session, AsyncHooks, AsyncSession};
             let session = AsyncSession {
-                resume: resumed.as_ref().map(|(_, ck)| ck),
+                resume: resumed.as_ref().map(|(_, ck, ..)| ck),
                 stop: Some(stop),
                 hooks: AsyncHooks { fail_agent, ..AsyncHooks::default() },
             };
@@ -537,7 +591,7 @@ fn train(args: TrainArgs) -> Result<()> {
         INTERRUPTED.store(true, Ordering::SeqCst);
         describe_interrupt(&summary, &run);
     } else if !args.quiet {
-        eprintln!(
+        note!(
             "done: {} frames, {} updates, {} games, mean return (last 100) {}, {:.0} frames/s; params sha256 {}",
             summary.frames,
             summary.updates,
@@ -547,11 +601,12 @@ fn train(args: TrainArgs) -> Result<()> {
             summary.params_sha256
         );
     }
-    println!("{}", run.path().display());
+    out!("{}", run.path().display())?;
     Ok(())
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
+    gala_gpu::config::check_threads("threads", args.threads)?;
     let threads = if args.threads > 0 { args.threads } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) };
     let report = gala_gpu::eval::evaluate(&gala_gpu::eval::EvalOptions {
         source: args.source,
@@ -563,31 +618,40 @@ fn eval(args: EvalArgs) -> Result<()> {
         threads,
     })?;
     // The scores first: they stand even when the GIF could not be written.
-    println!("{}", report.describe());
+    out!("{}", report.describe())?;
     if let Some(why) = report.gif_error {
         bail!("the scores above are complete, but the GIF was not written: {why}");
     }
     if let Some(gif) = args.gif {
-        eprintln!("first game ({} frames) written to {}", report.frames_in_gif, gif.display());
+        note!("first game ({} frames) written to {}", report.frames_in_gif, gif.display());
     }
     Ok(())
 }
 
 fn plot(args: PlotArgs) -> Result<()> {
     let path = gala_gpu::plot::plot_run(&args.run, args.out.as_deref())?;
-    println!("{}", path.display());
+    out!("{}", path.display())?;
     Ok(())
 }
 
 fn info() -> Result<()> {
-    println!("gala-gpu {}", env!("CARGO_PKG_VERSION"));
-    println!("backends: cpu (reference), sim (the CUDA kernels on the CPU), cuda (needs a GPU and libnvrtc)");
+    out!("gala-gpu {}", env!("CARGO_PKG_VERSION"))?;
+    out!("backends: cpu (reference), sim (the CUDA kernels on the CPU), cuda (needs a GPU and libnvrtc)")?;
     match gala_gpu::gpu_probe() {
-        Ok(name) => println!("gpu: {name}"),
-        Err(why) => println!("gpu: none ({why})"),
+        Ok(name) => out!("gpu: {name}")?,
+        Err(why) => out!("gpu: none ({why})")?,
     }
-    println!("cores: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    out!("cores: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))?;
     Ok(())
+}
+
+/// Whether an error is a write to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == BrokenPipe)
+            || matches!(c.downcast_ref::<gala_gpu::Error>(), Some(gala_gpu::Error::Io { cause, .. }) if cause.kind() == BrokenPipe)
+    })
 }
 
 /// Flattens an error chain to one line.
@@ -610,7 +674,7 @@ fn main() -> ExitCode {
                 .lines()
                 .filter(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
                 .collect();
-            eprintln!("{}", one_line(&kept.join("\n")));
+            note!("{}", one_line(&kept.join("\n")));
             return ExitCode::from(2);
         }
     };
@@ -624,11 +688,20 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::E2e(args)) => bench_e2e(args),
         Command::Info => info(),
     };
+    let finished = || {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            ExitCode::from((128 + gala_gpu::signals::received().unwrap_or(libc::SIGINT)) as u8)
+        } else {
+            ExitCode::SUCCESS
+        }
+    };
     match result {
-        Ok(()) if INTERRUPTED.load(Ordering::SeqCst) => ExitCode::from(130),
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => finished(),
+        // The reader of stdout went away (`gala-gpu info | true`, `roms list | head -1`): like a
+        // Unix tool, stop quietly; the work itself (a run and its folder) is complete.
+        Err(e) if is_broken_pipe(&e) => finished(),
         Err(e) => {
-            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            note!("error: {}", one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -127,9 +127,108 @@ pub struct AgentMetricsRow {
     pub grad_norm: f64,
 }
 
+/// A fresh run id (16 hex digits): a hash of the time in nanoseconds, the process id and a
+/// per-process counter; unique for every practical purpose, and all it must do is tell runs
+/// apart (`--resume` compares the folder's with its checkpoint's).
+pub fn new_run_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut h = Sha256::new();
+    h.update(nanos.to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    h.update(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes());
+    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The configuration recorded in a run folder's config.toml, checked against the checkpoint
+/// found there: both must belong to the same run (`run_id`), or a checkpoint copied in from
+/// another run would continue that run here, overwriting this one's files. Folders and
+/// checkpoints written before run ids existed carry none; they resume as before when neither
+/// has one.
+pub fn folder_config_for(dir: &Path, checkpoint: &crate::checkpoint::Checkpoint) -> Result<crate::config::Config> {
+    let path = dir.join("config.toml");
+    let text = fs::read_to_string(&path).map_err(|e| {
+        Error::Config(format!(
+            "{}: {e}; a run folder keeps its config.toml from its creation (it says which run the checkpoint belongs to): restore it",
+            path.display()
+        ))
+    })?;
+    let folder = crate::config::Config::from_toml_str(&text, &path)?;
+    let ours = folder.run_id.as_deref().unwrap_or("none (written before run ids)");
+    let theirs = checkpoint.config.run_id.as_deref().unwrap_or("none (written before run ids)");
+    if folder.run_id != checkpoint.config.run_id {
+        return Err(Error::Config(format!(
+            "the checkpoint in {} belongs to another run (its run id is {theirs}; this folder's config.toml says {ours}): it was copied in from another run folder; resume that run's own folder, or put this run's checkpoint back",
+            dir.display()
+        )));
+    }
+    Ok(folder)
+}
+
+/// Appends what a resume changed to `RUN/config_history.csv` (`frames,key,old,new`; the
+/// header once): the run's configuration over time, since config.toml only holds the latest.
+pub fn append_config_history(dir: &Path, frames: u64, changes: &[(String, String, String)]) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let path = dir.join("config_history.csv");
+    let mut f = open_csv(&path, "frames,key,old,new")?;
+    let quote = |v: &str| if v.contains([',', '"']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v.to_string() };
+    let text: String = changes.iter().map(|(k, old, new)| format!("{frames},{k},{},{}\n", quote(old), quote(new))).collect();
+    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(&path, e))
+}
+
+/// The lock file inside every run folder (see [`RunLock`]).
+pub const LOCK_FILE: &str = "run.lock";
+
+/// An exclusive lock on a run folder: `flock` on `RUN/run.lock`, which holds the holder's pid.
+/// Held for the whole run (a [`RunDir`] owns one), so two processes never write one folder —
+/// they would interleave metrics.csv rows and fight over the checkpoint's temporary file. The
+/// kernel releases it when the process ends however it ends (`kill -9` included), so a stale
+/// lock file is harmless: only a live holder blocks.
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    /// Takes the lock or fails at once, naming the process that holds it.
+    pub fn acquire(dir: &Path) -> Result<RunLock> {
+        use std::io::{Read, Seek};
+        use std::os::fd::AsRawFd;
+        if !dir.is_dir() {
+            let why = if dir.exists() { "a file, not a folder" } else { "no such folder" };
+            return Err(Error::Config(format!("{}: not a run folder ({why}; give the folder a run was written to)", dir.display())));
+        }
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: flock(2) on a descriptor this File owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(Error::io(&path, err));
+            }
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = match text.trim().parse::<u32>() {
+                Ok(pid) => format!("process {pid}"),
+                Err(_) => "another process".to_string(),
+            };
+            return Err(Error::Config(format!(
+                "run folder {} is in use by {holder} (it holds {}); wait for that run to end or stop it (kill -TERM saves a checkpoint), then retry",
+                dir.display(),
+                path.display()
+            )));
+        }
+        let pid = format!("{}\n", std::process::id());
+        file.set_len(0).and_then(|_| file.rewind()).and_then(|_| file.write_all(pid.as_bytes())).and_then(|_| file.flush()).map_err(|e| Error::io(&path, e))?;
+        Ok(RunLock { _file: file })
+    }
+}
+
 /// An open run folder.
 pub struct RunDir {
     path: PathBuf,
+    _lock: RunLock,
     metrics: File,
     agent_metrics: File,
     events: crate::tfevents::EventWriter,
@@ -181,22 +280,26 @@ impl RunDir {
                 Err(e) => return Err(Error::io(&path, e)),
             }
         }
+        let lock = RunLock::acquire(&path)?;
         write_atomic(&path.join("config.toml"), config_toml.as_bytes())?;
         let metrics_path = path.join("metrics.csv");
         let mut metrics = OpenOptions::new().create_new(true).write(true).open(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
         writeln!(metrics, "{METRICS_HEADER}").map_err(|e| Error::io(&metrics_path, e))?;
         let agent_metrics = open_csv(&path.join("metrics_agents.csv"), AGENT_METRICS_HEADER)?;
         let events = crate::tfevents::EventWriter::create(&path)?;
-        Ok(RunDir { path, metrics, agent_metrics, events })
+        Ok(RunDir { path, _lock: lock, metrics, agent_metrics, events })
     }
 
     /// Reopens an existing run folder to continue it from a checkpoint taken at `frames`:
     /// rewrites config.toml (the budget may have changed), drops metric rows logged after the
     /// checkpoint, and starts a new TensorBoard event file.
     pub fn resume(path: &Path, frames: u64, config_toml: &str) -> Result<RunDir> {
-        if !path.is_dir() {
-            return Err(Error::Config(format!("--resume {}: not a run folder", path.display())));
-        }
+        let lock = RunLock::acquire(path)?;
+        Self::resume_locked(path, lock, frames, config_toml)
+    }
+
+    /// [`RunDir::resume`] with the folder's lock already taken (before its checkpoint was read).
+    pub fn resume_locked(path: &Path, lock: RunLock, frames: u64, config_toml: &str) -> Result<RunDir> {
         write_atomic(&path.join("config.toml"), config_toml.as_bytes())?;
         let metrics_path = path.join("metrics.csv");
         let agents_path = path.join("metrics_agents.csv");
@@ -205,7 +308,7 @@ impl RunDir {
         let metrics = open_csv(&metrics_path, METRICS_HEADER)?;
         let agent_metrics = open_csv(&agents_path, AGENT_METRICS_HEADER)?;
         let events = crate::tfevents::EventWriter::create(path)?;
-        Ok(RunDir { path: path.to_path_buf(), metrics, agent_metrics, events })
+        Ok(RunDir { path: path.to_path_buf(), _lock: lock, metrics, agent_metrics, events })
     }
 
     /// Where this run's checkpoint lives.

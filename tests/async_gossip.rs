@@ -212,7 +212,8 @@ fn asynchronous_runs_stop_on_one_round_and_resume_to_the_budget() {
     let session = AsyncSession { stop: Some(flag.clone()), ..AsyncSession::default() };
     let t = train_async_session(&c, Some(&mut run), &mut StopSoon(flag), &session).unwrap();
     assert!(t.interrupted);
-    let run = run.path().to_path_buf();
+    // Dropping the RunDir releases the run folder's lock for the resuming process.
+    let run = { let path = run.path().to_path_buf(); drop(run); path };
     assert!(!run.join("summary.json").exists());
     let ck = Checkpoint::load(&run).unwrap();
     assert!(ck.agent_updates.is_none(), "every agent stops after the same round: {:?}", ck.agent_updates);

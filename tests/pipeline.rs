@@ -93,6 +93,14 @@ fn summary_sha(run: &Path) -> String {
     v["params_sha256"].as_str().unwrap().to_string()
 }
 
+/// Closes a run folder (releasing its lock, so that a `--resume` process may open it) and
+/// returns its path.
+fn release(run: RunDir) -> std::path::PathBuf {
+    let path = run.path().to_path_buf();
+    drop(run);
+    path
+}
+
 fn new_run(config: &Config, out: &Path) -> RunDir {
     RunDir::create(out, "catch", "gala", config.seed, &config.to_toml()).unwrap()
 }
@@ -137,9 +145,10 @@ fn pipelined_run_to_half_the_budget_and_resumed_equals_a_straight_run() {
     assert_eq!((ck.frames, ck.updates), (5 * SEGMENT, 5));
     assert!(ck.pipeline.pending.is_none() && ck.pipeline.actor_params.is_some(), "drained: the actor is one update behind");
     assert_ne!(ck.pipeline.actor_params.as_deref(), Some(&ck.params[..]));
-    let out = gala(&["train", "--resume", run.path().to_str().unwrap(), "--frames", &total.to_string(), "--pipeline", "-q"]);
+    let run = release(run);
+    let out = gala(&["train", "--resume", run.to_str().unwrap(), "--frames", &total.to_string(), "--pipeline", "-q"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(summary_sha(run.path()), want.params_sha256, "pipelined N/2 + resume to N differs from N straight");
+    assert_eq!(summary_sha(&run), want.params_sha256, "pipelined N/2 + resume to N differs from N straight");
 }
 
 /// Mid-run checkpoints hold the segment collected but not learned from: resuming from the stop
@@ -217,7 +226,8 @@ fn pipelined_and_plain_checkpoints_do_not_mix_silently() {
     let c = config(false, SEGMENT);
     let mut run = new_run(&c, dir.path());
     Trainer::new(&c).unwrap().train(Some(&mut run), &mut NoProgress).unwrap();
-    let out = gala(&["train", "--resume", run.path().to_str().unwrap(), "--pipeline", "--frames", "60"]);
+    let run = release(run);
+    let out = gala(&["train", "--resume", run.to_str().unwrap(), "--pipeline", "--frames", "60"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.trim().lines().count() == 1 && stderr.contains("--pipeline"), "{stderr}");
 }

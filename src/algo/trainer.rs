@@ -797,7 +797,16 @@ impl Trainer {
             self.step
         );
         match e {
-            Error::NonFinite(m) => Error::NonFinite(format!("{m} at {at}; training stopped; {kept}; lower --lr or check the rewards, then resume")),
+            Error::NonFinite(m) => {
+                // Advice that works: a resume may lower the learning rate (recorded in the run's
+                // config_history.csv); with no checkpoint there is nothing to resume.
+                let lr = format!("{:.3e}", self.config.lr / 2.0);
+                let advice = match (run, self.last_checkpoint) {
+                    (Some(run), Some(_)) => format!("continue with a lower learning rate: gala-gpu train --resume {} --lr {lr} (or check the rewards)", run.path().display()),
+                    _ => format!("start a new run with a lower learning rate (e.g. --lr {lr}) and --save-every, or check the rewards"),
+                };
+                Error::NonFinite(format!("{m} at {at}; training stopped; {kept}; {advice}"))
+            }
             other => Error::Backend(format!("{other} at {at}; training stopped; {kept}")),
         }
     }

@@ -32,38 +32,48 @@ pub enum RomsCommand {
     },
 }
 
+/// A line on stdout; a failed write (a closed pipe: `roms list | head -1`, a full disk) is
+/// returned as an error on `<stdout>`, which the CLI turns into a quiet stop or one line.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let mut o = std::io::stdout().lock();
+        writeln!(o, $($t)*).and_then(|_| o.flush()).map_err(|e| crate::Error::io("<stdout>", e))
+    }};
+}
+
 pub fn run_roms(cmd: &RomsCommand) -> Result<()> {
     match cmd {
         RomsCommand::Install { wheel } => {
             let report = match wheel {
                 Some(w) => roms::install_from_wheel(w)?,
                 None => {
-                    eprintln!("downloading ale-py {} from PyPI with pip…", roms::ALE_PY_VERSION);
+                    crate::signals::note(&format!("downloading ale-py {} from PyPI with pip…", roms::ALE_PY_VERSION));
                     roms::install()?
                 }
             };
-            println!(
+            outln!(
                 "installed {} ROMs into {} ({} playable with ALE 0.6)",
                 report.roms,
                 report.dir.display(),
                 report.playable
-            );
+            )?;
         }
         RomsCommand::List { json } => {
             let list = roms::list()?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&list).unwrap_or_default())?;
             } else if list.is_empty() {
-                println!("no ROMs in {}; run `gala-gpu roms install`", roms::rom_dir()?.display());
+                outln!("no ROMs in {}; run `gala-gpu roms install`", roms::rom_dir()?.display())?;
             } else {
-                println!("{} ROMs in {}", list.len(), roms::rom_dir()?.display());
+                outln!("{} ROMs in {}", list.len(), roms::rom_dir()?.display())?;
                 for e in &list {
                     let status = match (e.md5_ok, e.playable) {
                         (false, _) => "BAD MD5 (reinstall)",
                         (true, true) => "ok",
                         (true, false) => "ok, not supported by ALE 0.6",
                     };
-                    println!("  {:<20} {status}", e.game);
+                    outln!("  {:<20} {status}", e.game)?;
                 }
             }
         }
@@ -104,6 +114,7 @@ pub fn run_bench_env(a: &BenchEnvArgs) -> Result<()> {
         (Some(path), "pong") => GameId::from_rom(path)?, // --rom without --game
         _ => GameId::parse(&a.game)?,
     };
+    crate::config::check_threads("threads", a.threads)?;
     let mut o = EnvBenchOptions::new(game, a.envs, a.threads);
     o.rom = a.rom.clone();
     o.preset = a.preset;
@@ -112,9 +123,9 @@ pub fn run_bench_env(a: &BenchEnvArgs) -> Result<()> {
     o.seed = a.seed;
     let report = bench_env(&o)?;
     if a.json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        outln!("{}", serde_json::to_string(&report).unwrap_or_default())?;
     } else {
-        println!("{report}");
+        outln!("{report}")?;
     }
     Ok(())
 }
