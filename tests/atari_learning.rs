@@ -93,18 +93,31 @@ fn pong_a2c_updates_improve_policy_and_value_on_their_segments() {
         value_gains.push((0..n).map(|i| advantage(i) * (after.values[i] - before.values[i])).sum::<f64>() / n as f64);
         entropies.push(after.entropy);
     }
+    // The first updates are outside the first-order regime: RMSprop's square average starts at
+    // zero, so its first steps move every parameter by about 10·lr (PyTorch semantics, as GALA's
+    // code). They are left out of the judgement; of the rest, tiny gains of either sign come from
+    // segments without a reward (advantages ≈ 0), so the checks weigh gains by their size.
+    const WARM_UP: usize = 10;
     let frac_positive = |g: &[f64]| g.iter().filter(|&&x| x > 0.0).count() as f64 / g.len() as f64;
     let mean = |g: &[f64]| g.iter().sum::<f64>() / g.len() as f64;
+    let mass = |g: &[f64], sign: f64| g.iter().map(|&x| (sign * x).max(0.0)).sum::<f64>();
+    let (policy, value) = (&policy_gains[WARM_UP..], &value_gains[WARM_UP..]);
     let late_entropy = mean(&entropies[updates - 50..]);
     println!(
-        "policy gain: mean {:.3e}, positive in {:.0}% of updates; value gain: mean {:.3e}, positive in {:.0}%; entropy of the last 50: {late_entropy:.4} (log 6 = {:.4})",
-        mean(&policy_gains),
-        100.0 * frac_positive(&policy_gains),
-        mean(&value_gains),
-        100.0 * frac_positive(&value_gains),
+        "after {WARM_UP} warm-up updates: policy gain mean {:.3e}, positive in {:.0}% of updates, positive/negative mass {:.2}; value gain mean {:.3e}, positive in {:.0}%; entropy of the last 50: {late_entropy:.4} (log 6 = {:.4})",
+        mean(policy),
+        100.0 * frac_positive(policy),
+        mass(policy, 1.0) / mass(policy, -1.0).max(1e-30),
+        mean(value),
+        100.0 * frac_positive(value),
         6f64.ln()
     );
-    assert!(frac_positive(&policy_gains) >= 0.8 && mean(&policy_gains) > 0.0, "the policy step does not follow the advantage: {policy_gains:?}");
-    assert!(frac_positive(&value_gains) >= 0.8 && mean(&value_gains) > 0.0, "the value step does not move V towards the returns: {value_gains:?}");
+    // Measured (2026-12-03, fast CPU path, RGB max-pool): 72% positive, mass ratio 6.2; with the
+    // policy term's sign flipped: 22% positive, mass ratio 0.07, negative mean.
+    assert!(
+        frac_positive(policy) >= 0.6 && mass(policy, 1.0) >= 2.0 * mass(policy, -1.0),
+        "the policy step does not follow the advantage: {policy:?}"
+    );
+    assert!(frac_positive(value) >= 0.8 && mean(value) > 0.0, "the value step does not move V towards the returns: {value:?}");
     assert!(late_entropy < 6f64.ln() - 0.002, "the policy is still uniform after {updates} updates (entropy {late_entropy})");
 }
