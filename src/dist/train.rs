@@ -86,12 +86,14 @@ pub fn train_distributed(
     let blocks = check_config(&config, ranks)?;
     // Every rank must train the same run: rank 0's configuration and whether it keeps a run
     // folder travel to all, and a rank with another configuration refuses.
+    // The run's identity (`run_id`) is rank 0's alone: it names rank 0's folder and checkpoint.
     let mut run = if rank == 0 { run } else { None };
-    let hello = format!("{}\n{}", u8::from(run.is_some()), config.to_toml());
+    let comparable = crate::config::Config { run_id: None, ..config.clone() }.to_toml();
+    let hello = format!("{}\n{}", u8::from(run.is_some()), comparable);
     let theirs = lock(&transport).broadcast(hello.as_bytes(), timeout)?;
     let theirs = String::from_utf8_lossy(&theirs);
     let (has_run, their_config) = theirs.split_once('\n').unwrap_or(("0", ""));
-    if their_config != config.to_toml() {
+    if their_config != comparable {
         return Err(Error::Config(format!("rank {rank}'s configuration differs from rank 0's; start every rank with the same arguments")));
     }
     let has_run = has_run == "1";
