@@ -2,7 +2,7 @@
 //! rank r trains a contiguous block of the agents (`gala_gpu::dist`), rank 0 owns the run
 //! folder and prints the progress, the other ranks print only their errors.
 
-use super::{describe_interrupt, one_line, Progress, TrainArgs, INTERRUPTED};
+use super::{describe_interrupt, one_line, open_resume, Progress, TrainArgs, INTERRUPTED};
 use anyhow::{Context, Result};
 use gala_gpu::dist::RankTransport;
 use gala_gpu::run::RunDir;
@@ -61,15 +61,7 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
     let quiet = args.quiet || !lead;
     // As in one process: the lead locks the folder before the checkpoint is read, and the
     // folder's config.toml must belong to the checkpoint's run. Every rank reads the checkpoint.
-    let mut resumed = match &args.resume {
-        Some(dir) => {
-            let lock = if lead { Some(gala_gpu::run::RunLock::acquire(dir).context("cannot resume")?) } else { None };
-            let ck = gala_gpu::checkpoint::Checkpoint::load(dir).context("cannot resume")?;
-            let folder = gala_gpu::run::folder_config_for(dir, &ck).context("cannot resume")?;
-            Some((dir.clone(), ck, lock, folder))
-        }
-        None => None,
-    };
+    let mut resumed = args.resume.as_deref().map(|dir| open_resume(dir, lead)).transpose()?;
     let config = match &resumed {
         Some((dir, ck, _, folder)) => args.resolve_resume(&ck.config, folder, dir)?,
         None => {
