@@ -587,6 +587,7 @@ fn train(args: TrainArgs) -> Result<()> {
                 resume: resumed.as_ref().map(|(_, ck, ..)| ck),
                 stop: Some(stop),
                 hooks: AsyncHooks { fail_agent, ..AsyncHooks::default() },
+                link: None,
             };
             let t = train_async_session(&config, Some(&mut run), &mut progress, &session)?;
             (t.summary, t.interrupted)

@@ -45,11 +45,14 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::run::{params_sha256, MetricsRow, RunDir, Summary};
 use crate::checkpoint::Checkpoint;
+use crate::dist::async_link::{Link, Wire};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+mod ranks;
 
 /// Test hooks: make an agent slow or fail, to exercise the protocol's failure paths.
 #[derive(Clone, Debug, Default)]
@@ -58,6 +61,18 @@ pub struct AsyncHooks {
     pub slow_agent: Option<(usize, Duration)>,
     /// (agent, round at which its thread fails)
     pub fail_agent: Option<(usize, u64)>,
+    /// (first agent, end, extra sleep per round): every agent of a block made slow (a slow rank).
+    pub slow_agents: Option<(usize, usize, Duration)>,
+    /// (round, for how long): across ranks, this rank stops answering at that round, as a
+    /// hung process would (its agents and its gossip thread fall silent), then its agents fail.
+    pub hang: Option<(u64, Duration)>,
+}
+
+impl AsyncHooks {
+    fn pause_of(&self, agent: usize) -> Option<Duration> {
+        let one = self.slow_agent.filter(|(a, _)| *a == agent).map(|(_, d)| d);
+        one.or(self.slow_agents.filter(|(a, b, _)| (*a..*b).contains(&agent)).map(|(_, _, d)| d))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -117,6 +132,13 @@ pub struct AgentSnapshot {
 
 struct Gossip {
     n: usize,
+    /// The agents this process hosts (all of them, unless the run spans ranks).
+    local: std::ops::Range<usize>,
+    /// The other ranks, when the run spans several (`dist::async_link`): messages for their
+    /// agents are posted there, theirs are applied here by the pump thread (`ranks`).
+    link: Option<Arc<Link>>,
+    /// Test hook (`AsyncHooks::hang`): this rank fell silent.
+    hung: AtomicBool,
     graph: GossipGraph,
     sync_freq: u64,
     timeout: Duration,
@@ -135,8 +157,9 @@ struct Gossip {
 impl Gossip {
     /// The protocol state for `agents` agents of `param_count` parameters, with mailboxes on
     /// `device` (host mailboxes for the CPU backend, device mailboxes otherwise).
-    fn new(config: &Config, graph: GossipGraph, agents: usize, device: SharedDevice, param_count: usize) -> Result<Self> {
+    fn new(config: &Config, graph: GossipGraph, agents: usize, device: SharedDevice, param_count: usize, link: Option<Arc<Link>>) -> Result<Self> {
         let n = agents;
+        let local = link.as_ref().map_or(0..n, |l| l.local());
         // Exponential peers cycle with a period of at most log2(n) rounds; 2n covers any graph.
         let mut possible_senders = vec![BTreeSet::new(); n];
         // The lock-step in-peer lists, in order: the mix must sum messages in that order.
@@ -149,15 +172,19 @@ impl Gossip {
                 }
             }
         }
+        // Slots only for receivers hosted here (every one in a single process).
         let plan = MailboxPlan {
             agents: n,
             param_count,
-            senders: possible_senders.iter().map(|s| s.iter().copied().collect()).collect(),
-            orders,
+            senders: possible_senders.iter().enumerate().map(|(r, s)| if local.contains(&r) { s.iter().copied().collect() } else { Vec::new() }).collect(),
+            orders: orders.into_iter().enumerate().map(|(r, o)| if local.contains(&r) { o } else { Vec::new() }).collect(),
         };
         let mailboxes = mailbox::open(&device, plan)?;
         Ok(Gossip {
             n,
+            local,
+            link,
+            hung: AtomicBool::new(false),
             graph,
             sync_freq: config.sync_freq,
             timeout: Duration::from_secs_f64(config.gossip_timeout),
@@ -173,6 +200,11 @@ impl Gossip {
 
     fn lockstep(&self) -> bool {
         self.sync_freq == 0
+    }
+
+    /// " (on rank q)" for agents of other ranks, "" otherwise: errors name the process.
+    fn where_(&self, agents: impl IntoIterator<Item = usize>) -> String {
+        self.link.as_ref().map_or_else(String::new, |l| l.where_(agents))
     }
 
     fn log(&self, agent: usize, round: u64, kind: &'static str, peers: Vec<usize>) {
@@ -232,7 +264,7 @@ impl Gossip {
             self.wait_until(
                 board,
                 |b| Ok(outs.iter().all(|&r| !b.full[s * n + r] || b.state[r] != AgentState::Running).then_some(())),
-                || format!("agents {outs:?} to read agent {s}'s message (round {round})"),
+                || format!("agents {outs:?}{} to read agent {s}'s message (round {round})", self.where_(outs.iter().copied())),
                 false,
             )?
             .0
@@ -245,16 +277,35 @@ impl Gossip {
             board
         };
         drop(board);
-        // The slots are ours: receivers only read a slot while it is flagged full.
-        self.mailboxes.post(s, &outs, trainer.backend_mut())?;
-        if self.mailboxes.kind() == MailboxKind::Device {
-            counters.device_messages.fetch_add(outs.len() as u64, Ordering::Relaxed);
+        let (here, away): (Vec<usize>, Vec<usize>) = outs.iter().partition(|&&r| self.local.contains(&r));
+        if let (Some(link), false) = (&self.link, away.is_empty()) {
+            // Flagged before posting: the receiver's acknowledgement clears the flag, and it
+            // may come back at once.
+            let mut board = self.board();
+            for &r in &away {
+                board.full[s * n + r] = true;
+            }
+            drop(board);
+            let params = trainer.backend_mut().read_params()?;
+            let mut ranks: Vec<usize> = away.iter().map(|&r| link.rank_of(r)).collect();
+            ranks.dedup();
+            for q in ranks {
+                let to: Vec<usize> = away.iter().copied().filter(|&r| link.rank_of(r) == q).collect();
+                link.send(q, &Wire::Data { from: s, to, params: params.clone() })?;
+            }
         }
-        let mut board = self.board();
-        for &r in &outs {
-            board.full[s * n + r] = true;
+        if !here.is_empty() {
+            // The slots are ours: receivers only read a slot while it is flagged full.
+            self.mailboxes.post(s, &here, trainer.backend_mut())?;
+            if self.mailboxes.kind() == MailboxKind::Device {
+                counters.device_messages.fetch_add(here.len() as u64, Ordering::Relaxed);
+            }
+            let mut board = self.board();
+            for &r in &here {
+                board.full[s * n + r] = true;
+            }
+            drop(board);
         }
-        drop(board);
         self.changed.notify_all();
         self.log(s, round, "sent", outs);
         Ok(())
@@ -270,7 +321,7 @@ impl Gossip {
                 board,
                 |b| {
                     if let Some((s, why)) = Self::failed_peer(b, expected.iter().copied()) {
-                        return Err(Error::Backend(format!("gossip: agent {r} waits for agent {s}, which stopped: {why}")));
+                        return Err(Error::Backend(format!("gossip: agent {r} waits for agent {s}{}, which stopped: {why}", self.where_([s]))));
                     }
                     for &s in &expected {
                         if !self.arrived(b, s, r)? {
@@ -279,7 +330,7 @@ impl Gossip {
                     }
                     Ok(Some(expected.clone()))
                 },
-                || format!("agent {r} to receive from agents {expected:?} (round {round})"),
+                || format!("agent {r} to receive from agents {expected:?}{} (round {round})", self.where_(expected.iter().copied())),
                 poll,
             )?
         } else {
@@ -313,8 +364,10 @@ impl Gossip {
                         }
                         if let Some((s, why)) = Self::failed_peer(b, senders.iter().copied()) {
                             return Err(Error::Backend(format!(
-                                "gossip: agent {r} had no message for {} rounds (sync_freq {}) and its peer agent {s} stopped: {why}",
-                                self.sync_freq, self.sync_freq
+                                "gossip: agent {r} had no message for {} rounds (sync_freq {}) and its peer agent {s}{} stopped: {why}",
+                                self.sync_freq,
+                                self.sync_freq,
+                                self.where_([s])
                             )));
                         }
                         // Every peer is done and has nothing in flight (a device message may be
@@ -322,7 +375,7 @@ impl Gossip {
                         // carry on unmixed.
                         Ok(senders.iter().all(|&s| b.state[s] == AgentState::Finished && !b.full[s * n + r]).then(Vec::new))
                     },
-                    || format!("a message for agent {r} from agents {senders:?} (none for {} rounds)", self.sync_freq),
+                    || format!("a message for agent {r} from agents {senders:?}{} (none for {} rounds)", self.where_(senders.iter().copied()), self.sync_freq),
                     poll,
                 )?
             }
@@ -342,6 +395,12 @@ impl Gossip {
         }
         drop(board);
         self.changed.notify_all();
+        // Senders on other ranks learn that their slot is free again.
+        if let Some(link) = &self.link {
+            for &s in take.iter().filter(|s| !self.local.contains(s)) {
+                link.send(link.rank_of(s), &Wire::Ack { from: s, to: r })?;
+            }
+        }
         counters.mixes.fetch_add(1, Ordering::Relaxed);
         counters.staleness.store(0, Ordering::Relaxed);
         self.log(r, round, "mixed", take);
@@ -349,6 +408,14 @@ impl Gossip {
     }
 
     fn set_state(&self, agent: usize, state: AgentState) {
+        if let (Some(link), true) = (&self.link, self.local.contains(&agent)) {
+            let failed = match &state {
+                AgentState::Failed(why) => Some(why.clone()),
+                _ => None,
+            };
+            // Best effort: a rank that cannot be told notices this one's silence instead.
+            let _ = link.send_all(&Wire::State { agent, failed });
+        }
         self.board().state[agent] = state;
         self.changed.notify_all();
     }
@@ -376,12 +443,15 @@ pub struct AsyncOutcome {
     pub interrupted: bool,
     /// A resumed session restored every environment's state (false: some games restarted).
     pub exact_resume: bool,
+    /// Across ranks: the gossip with the other ranks failed (one fell silent, or the
+    /// transport failed).
+    pub ranks_error: Option<String>,
 }
 
 impl AsyncOutcome {
-    /// The first failure, as the run's error.
+    /// The first failure, as the run's error (a failure across ranks first: it names the rank).
     pub fn first_error(&self) -> Option<String> {
-        self.agents.iter().find_map(|a| a.result.as_ref().err().map(|e| format!("agent {}: {}", a.agent, cause(e))))
+        self.ranks_error.clone().or_else(|| self.agents.iter().find_map(|a| a.result.as_ref().err().map(|e| format!("agent {}: {}", a.agent, cause(e)))))
     }
 }
 
@@ -404,6 +474,9 @@ pub struct AsyncSession<'a> {
     /// ends there with a checkpoint (`AsyncTraining::interrupted`).
     pub stop: Option<Arc<AtomicBool>>,
     pub hooks: AsyncHooks,
+    /// The run spans several ranks (`dist::train`): this process hosts `link.local()` and
+    /// gossips with the others' agents through the link; rank 0 keeps the run folder.
+    pub link: Option<Arc<Link>>,
 }
 
 /// What `train_async_session` returns.
@@ -584,6 +657,9 @@ struct Shared<'a> {
     align: u64,
     stop: &'a StopControl,
     cuts: Option<&'a Cuts>,
+    link: Option<&'a Link>,
+    /// Local agents whose thread has ended (with its last messages posted).
+    local_done: &'a AtomicUsize,
     save: SavePlan,
     started: Instant,
     /// Wall-clock seconds of earlier sessions of the run.
@@ -593,6 +669,24 @@ struct Shared<'a> {
 impl Shared<'_> {
     fn wall(&self) -> f64 {
         self.wall_before + self.started.elapsed().as_secs_f64()
+    }
+
+    /// Whether agents leave checkpoint parts: a run folder here, or on rank 0 of a run across
+    /// ranks.
+    fn saving(&self) -> bool {
+        self.cuts.is_some() || self.link.is_some_and(|l| !l.lead() && l.has_run)
+    }
+
+    /// Deposits an agent's part of a cut (after `rounds`) or, with `last`, its final state —
+    /// here, or at rank 0.
+    fn deposit(&self, agent: usize, rounds: u64, last: bool, part: Checkpoint) -> Result<()> {
+        match (self.cuts, self.link) {
+            (Some(cuts), _) if last => cuts.set_last(agent, part),
+            (Some(cuts), _) => cuts.deposit(agent, rounds, part),
+            (None, Some(link)) if self.saving() => link.send(0, &Wire::Part { agent, rounds, last, checkpoint: part.to_bytes()? })?,
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -631,14 +725,17 @@ fn agent_loop(shared: &Shared<'_>, agent: usize, counters: &AgentCounters) -> Ag
         if hooks.fail_agent == Some((agent, round)) {
             return Err(Error::Backend(format!("injected failure at round {round} (test hook)")));
         }
+        if let Some((at, pause)) = hooks.hang.filter(|(at, _)| round >= *at || gossip.hung.load(Ordering::SeqCst)) {
+            gossip.hung.store(true, Ordering::SeqCst);
+            std::thread::sleep(pause);
+            return Err(Error::Backend(format!("this rank stopped answering from round {at} (test hook)")));
+        }
         *clean = false;
         trainer.update()?;
         // After the update and before the mix: a valid (unmixed) round if gossip fails.
         *clean = true;
-        if let Some((slow, pause)) = hooks.slow_agent {
-            if slow == agent {
-                std::thread::sleep(pause);
-            }
+        if let Some(pause) = hooks.pause_of(agent) {
+            std::thread::sleep(pause);
         }
         if gossip.lockstep() && round < shared.align {
             gossip.log(agent, round, "catch_up", vec![]);
@@ -657,8 +754,8 @@ fn agent_loop(shared: &Shared<'_>, agent: usize, counters: &AgentCounters) -> Ag
             };
             *counters.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
         }
-        if let Some(cuts) = shared.cuts.filter(|_| shared.save.at(round + 1)) {
-            cuts.deposit(agent, round + 1, trainer.checkpoint(shared.wall())?);
+        if shared.saving() && shared.save.at(round + 1) {
+            shared.deposit(agent, round + 1, false, trainer.checkpoint(shared.wall())?)?;
         }
         Ok(())
     };
@@ -673,8 +770,8 @@ fn agent_loop(shared: &Shared<'_>, agent: usize, counters: &AgentCounters) -> Ag
             }
         }
         // The agent's final state: the end of the budget or the agreed stop round.
-        if let Some(cuts) = shared.cuts {
-            cuts.set_last(agent, trainer.checkpoint(shared.wall())?);
+        if shared.saving() {
+            shared.deposit(agent, trainer.updates(), true, trainer.checkpoint(shared.wall())?)?;
         }
         Ok(())
     };
@@ -729,7 +826,10 @@ fn run_agents(
     let device = SharedDevice::open(config.backend)?;
     let (rounds, frames_per_round, actions) = rounds_for_budget(&config, agents)?;
     let param_count = crate::model::NetSpec::new(config.net, actions).layout().total;
-    let gossip = Gossip::new(&config, graph, agents, device, param_count)?;
+    let link = session.link.as_deref();
+    let local = link.map_or(0..agents, Link::local);
+    let gossip = Gossip::new(&config, graph, agents, device, param_count, session.link.clone())?;
+    let local_done = AtomicUsize::new(0);
     let start_rounds = session.resume.map_or_else(|| vec![0; agents], Checkpoint::agent_rounds);
     let align = start_rounds.iter().copied().max().unwrap_or(0);
     let backend_name = Mutex::new(String::new());
@@ -737,7 +837,7 @@ fn run_agents(
     let shared = Shared {
         config: &config,
         rounds,
-        threads: (config.resolved_threads() / agents).max(1),
+        threads: (config.resolved_threads() / local.len().max(1)).max(1),
         gossip: &gossip,
         hooks: &session.hooks,
         backend_name: &backend_name,
@@ -745,12 +845,23 @@ fn run_agents(
         align,
         stop,
         cuts,
+        link,
+        local_done: &local_done,
         save: SavePlan { every: config.save_every, frames_per_round, after: align, before: rounds },
         started,
         wall_before: session.resume.map_or(0.0, |ck| ck.wall_seconds),
     };
-    let runs: Vec<(AgentOutcome, bool)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..agents)
+    let (mut runs, remote): (Vec<(AgentOutcome, bool)>, _) = std::thread::scope(|scope| {
+        // Across ranks: the pump applies what the other ranks post (`ranks`).
+        let pump = link.map(|l| {
+            let (gossip, local_done, metrics_every) = (&gossip, &local_done, config.metrics_every);
+            std::thread::Builder::new()
+                .name("gala-gossip-pump".into())
+                .spawn_scoped(scope, move || ranks::pump(gossip, l, counters, cuts, stop, local_done, metrics_every))
+                .expect("spawn the gossip pump")
+        });
+        let handles: Vec<_> = local
+            .clone()
             .map(|agent| {
                 let (shared, counters) = (&shared, &counters[agent]);
                 std::thread::Builder::new()
@@ -785,9 +896,9 @@ fn run_agents(
                         if let Some(mut t) = trainer {
                             // A failed agent's state, when the failure left it whole, for the
                             // checkpoint the run leaves behind.
-                            if let (Err(_), true, Some(cuts)) = (&outcome.result, clean, shared.cuts) {
+                            if let (Err(_), true, true) = (&outcome.result, clean, shared.saving()) {
                                 if let Ok(part) = t.checkpoint(shared.wall()) {
-                                    cuts.set_last(agent, part);
+                                    let _ = shared.deposit(agent, t.updates(), true, part);
                                 }
                             }
                             outcome.params = t.backend_mut().read_params().ok();
@@ -795,19 +906,60 @@ fn run_agents(
                             outcome.episodes = t.episodes();
                             outcome.frames = t.frames();
                         }
+                        // Across ranks, rank 0 gets every agent's outcome (best effort: a
+                        // missing one fails the run there).
+                        if let Some(link) = shared.link.filter(|l| !l.lead()) {
+                            let _ = link.send(0, &Wire::Outcome {
+                                agent,
+                                rounds: outcome.rounds,
+                                error: outcome.result.as_ref().err().map(cause),
+                                params: outcome.params.clone(),
+                                games: outcome.games.clone(),
+                                episodes: outcome.episodes,
+                                frames: outcome.frames,
+                                exact,
+                            });
+                        }
+                        shared.local_done.fetch_add(1, Ordering::SeqCst);
                         (outcome, exact)
                     })
                     .expect("spawn agent thread")
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("agent thread outcome")).collect()
+        let runs = handles.into_iter().map(|h| h.join().expect("agent thread outcome")).collect();
+        let remote = pump.map(|h| h.join().unwrap_or_else(|_| Err(Error::Backend("the gossip pump thread panicked".into()))));
+        (runs, remote)
     });
+    let mut ranks_error = None;
+    match remote {
+        Some(Ok(r)) => {
+            runs.extend(r.outcomes);
+            gossip.events.lock().unwrap_or_else(|e| e.into_inner()).extend(r.events);
+        }
+        Some(Err(e)) => ranks_error = Some(cause(&e)),
+        None => {}
+    }
+    // Rank 0 answers for every agent of the run: one whose outcome never came failed.
+    if let Some(link) = link.filter(|l| l.lead()) {
+        for a in 0..agents {
+            if !runs.iter().any(|(o, _)| o.agent == a) {
+                let why = format!("no outcome came from rank {}", link.rank_of(a));
+                let rounds = counters[a].rounds.load(Ordering::Relaxed);
+                runs.push((AgentOutcome { agent: a, rounds, result: Err(Error::Backend(why)), params: None, games: Vec::new(), episodes: 0, frames: 0 }, false));
+            }
+        }
+    }
+    runs.sort_by_key(|(o, _)| o.agent);
     let exact_resume = runs.iter().all(|(_, exact)| *exact);
     let outcomes: Vec<AgentOutcome> = runs.into_iter().map(|(o, _)| o).collect();
-    let events = std::mem::take(&mut *gossip.events.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut events = std::mem::take(&mut *gossip.events.lock().unwrap_or_else(|e| e.into_inner()));
+    if link.is_some() {
+        // Ranks' clocks started within the start-up handshake of each other.
+        events.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    }
     let backend = backend_name.into_inner().unwrap_or_else(|e| e.into_inner());
     let interrupted = stop.stop_round().is_some_and(|at| at < rounds);
-    Ok(AsyncOutcome { agents: outcomes, events, wall_seconds: started.elapsed().as_secs_f64(), backend, interrupted, exact_resume })
+    Ok(AsyncOutcome { agents: outcomes, events, wall_seconds: started.elapsed().as_secs_f64(), backend, interrupted, exact_resume, ranks_error })
 }
 
 /// A metrics row from the agents' latest snapshots (consensus distance once all have published).
@@ -987,7 +1139,10 @@ pub fn train_async_session(
     for a in &outcome.agents {
         params.extend_from_slice(a.params.as_deref().unwrap_or_default());
     }
-    let p = params.len() / agents;
+    // Every agent here, except on ranks other than 0 of a run across ranks (whose summary is
+    // replaced by rank 0's).
+    let held = outcome.agents.len().max(1);
+    let p = params.len() / held;
     let mut games: Vec<GameRecord> = outcome.agents.iter().flat_map(|a| a.games.iter().copied()).collect();
     let frames = outcome.agents.iter().map(|a| a.frames).sum();
     let summary = Summary {
@@ -1000,7 +1155,7 @@ pub fn train_async_session(
         updates: outcome.agents.iter().map(|a| a.rounds).min().unwrap_or(0),
         episodes: outcome.agents.iter().map(|a| a.episodes).sum(),
         mean_return_100: mean_of_last_games(&mut games),
-        consensus_distance: if p > 0 { crate::backend::cpu::gossip::consensus_distance(&params, agents) } else { 0.0 },
+        consensus_distance: if p > 0 { crate::backend::cpu::gossip::consensus_distance(&params, held) } else { 0.0 },
         sps: frames as f64 / wall.max(1e-9),
         wall_seconds: wall,
         backend: outcome.backend.clone(),

@@ -17,6 +17,7 @@
 //! non-blocking MPI point-to-point, host-staged). Every wait has a deadline
 //! (`gossip_timeout`): a silent or dead rank is an error naming it, never a hang.
 
+pub mod async_link;
 pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
@@ -120,7 +121,19 @@ pub trait RankTransport: Send {
     fn broadcast(&mut self, bytes: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         broadcast_p2p(self, bytes, timeout)
     }
+    /// Asynchronous gossip (`async_link`): sends `data` to rank `to` without waiting; the
+    /// transport keeps the buffer until it has left. Posted messages from one rank arrive in
+    /// the order they were posted, apart from `exchange`'s (they carry [`ASYNC_TAG`]).
+    fn post(&mut self, to: usize, data: Vec<u8>) -> Result<()>;
+    /// A posted message that has arrived at this rank, with its sender; never blocks.
+    fn poll(&mut self) -> Result<Option<(usize, Vec<u8>)>>;
+    /// Whether every message this rank posted has left (drives their progress).
+    fn posted_done(&mut self) -> Result<bool>;
 }
+
+/// The tag of asynchronous gossip's messages (`RankTransport::post`), apart from the blocking
+/// exchanges' tags.
+pub const ASYNC_TAG: u32 = CONTROL_TAG + 2;
 
 const TAG_LEN: u32 = CONTROL_TAG;
 const TAG_BODY: u32 = CONTROL_TAG + 1;
