@@ -228,10 +228,9 @@ fn train_ranks_async(
     };
     let link = Arc::new(super::async_link::Link::new(blocks, rank, transport.clone(), has_run));
     let async_session = AsyncSession { resume: session.resume, stop: session.stop.clone(), hooks, link: Some(link) };
-    let t = train_async_session(config, run, progress, &async_session).map_err(|e| match e {
-        Error::Backend(m) => Error::Backend(format!("rank {rank} of {} (agents {mine:?}): {m}", blocks.ranks)),
-        other => other,
-    })?;
+    // Its errors name the agents and, for those of other ranks, their rank; the CLI adds this
+    // rank's.
+    let t = train_async_session(config, run, progress, &async_session)?;
     // Rank 0's summary (every agent) is the run's, on every rank.
     let summary = if rank == 0 {
         let json = serde_json::to_vec(&t.summary).map_err(|e| Error::Backend(format!("summary: {e}")))?;
