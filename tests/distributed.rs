@@ -305,3 +305,63 @@ fn async_across_ranks_a_failed_agent_stops_its_receiver_on_the_other_rank_naming
     assert!(err.contains("agent 3") && err.contains("injected failure"), "{err}");
     assert!(!run.join("summary.json").exists());
 }
+
+/// On the GPU backend (the CUDA kernels under the simulator) messages from other ranks land in
+/// the device mailboxes (a host-to-device upload) and mix with the same fused kernel launch.
+#[test]
+fn async_across_ranks_on_the_gpu_backend_mixes_messages_from_the_other_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config { backend: BackendKind::Sim, sync_freq: 1, ..config(Topology::Ring, 4, 1, 6) };
+    let (results, run) = distributed_async(&c, 2, dir.path(), &DistSession::default());
+    let results: Vec<DistTraining> = results.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!((results[0].summary.backend.as_str(), results[0].summary.updates), ("sim", 6));
+    let events = common::events_from_csv(&run);
+    for agent in 0..4 {
+        common::assert_sync_freq_bound(&common::receive_events(&events, agent), agent, 1, |_| {});
+    }
+    assert!(events.iter().any(|e| e.agent == 0 && e.kind == "mixed" && e.peers == vec![3]), "agent 0 mixed agent 3's message from rank 1");
+    assert!(results[0].summary.consensus_distance < 0.2);
+}
+
+#[test]
+fn async_across_ranks_a_stop_on_one_rank_stops_every_rank_with_a_checkpoint_that_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config { sync_freq: 4, ..config(Topology::Ring, 4, 1, 100_000) };
+    let mut run = RunDir::create(dir.path(), "catch", "gala", c.seed, &c.to_toml()).unwrap();
+    let path = run.path().to_path_buf();
+    let flag = Arc::new(AtomicBool::new(false));
+    let results: Vec<DistTraining> = std::thread::scope(|s| {
+        let mut group = LocalRanks::group(2);
+        let (one, zero) = (group.pop().unwrap(), group.pop().unwrap());
+        let (run, cfg) = (&mut run, &c);
+        let h0 = s.spawn(move || train_distributed(cfg, Box::new(zero), Some(run), &mut NoProgress, &DistSession::default()));
+        let stop = flag.clone();
+        let h1 = s.spawn(move || {
+            let session = DistSession { stop: Some(stop.clone()), ..DistSession::default() };
+            train_distributed(cfg, Box::new(one), None, &mut StopOnceUnderWay(stop), &session)
+        });
+        vec![h0.join().unwrap().unwrap(), h1.join().unwrap().unwrap()]
+    });
+    assert!(results.iter().all(|r| r.interrupted), "rank 1's stop reached rank 0");
+    assert!(!path.join("summary.json").exists());
+    let ck = Checkpoint::load(&path).unwrap();
+    let rounds = ck.agent_rounds();
+    assert!(rounds.iter().all(|&r| r >= 1 && r < 100_000), "{rounds:?}");
+    // It resumes (asynchronously, in one process) to a budget past every agent's round.
+    let target = rounds.iter().max().unwrap() + 2;
+    let total = Config { frames: target * round_frames(4), ..c.clone() };
+    let session = gala_gpu::algo::async_gossip::AsyncSession { resume: Some(&ck), ..Default::default() };
+    let t = gala_gpu::algo::async_gossip::train_async_session(&total, None, &mut NoProgress, &session).unwrap();
+    assert_eq!(t.summary.updates, target);
+}
+
+/// Sets a stop flag once this rank's agents have made some rounds.
+struct StopOnceUnderWay(Arc<AtomicBool>);
+impl ProgressSink for StopOnceUnderWay {
+    fn tick(&mut self, frames: u64) {
+        if frames >= 4 * round_frames(2) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    fn report(&mut self, _row: &gala_gpu::run::MetricsRow) {}
+}
