@@ -3,7 +3,7 @@
 //!
 //! Mailboxes are per directed pair (s → r) that can ever communicate: a slot holding θ_s and a
 //! `full` flag. The flags live here, on the host, under one lock; the slots are a
-//! [`Mailboxes`] transport chosen by the backend kind (`backend::mailbox`):
+//! [`Mailboxes`](crate::backend::mailbox::Mailboxes) transport chosen by the backend kind (`backend::mailbox`):
 //! * the CPU backend (the reference) uses host mailboxes: θ_s is read to the host and mixed
 //!   with `Backend::mix_messages`;
 //! * the GPU backend (CUDA or the simulator) uses device mailboxes: every agent's backend lives
@@ -36,23 +36,37 @@
 //! flight are not saved, so a resumed run starts with empty mailboxes. In lock-step a cut is
 //! exact and a resumed run is bit-identical to an uninterrupted one. Ctrl-C stops every agent at
 //! one agreed round; a failure leaves the last cut or each agent's last completed round.
+//!
+//! Across processes (`dist`, `mpirun`) each rank runs its block's agents here under the same
+//! protocol; for pairs that cross ranks the flags are mirrored — on the sender's rank `full`
+//! means "posted, not yet acknowledged", on the receiver's "arrived, not yet mixed" — and the
+//! rank's pump thread applies what other ranks post (messages, acknowledgements, finished or
+//! failed agents). Rank 0 gets the others' counters, checkpoint parts, outcomes and events, and
+//! writes the run folder as one process does. A rank silent for `gossip_timeout` is named.
+//!
+//! Files: `protocol` (the rules above, over any transport), `cuts` (checkpoints), `ranks` (the
+//! pump linking the agents of several processes: `dist::async_link`); here the agents' threads,
+//! the session (progress, logs, summary) and the stop agreement.
 
 use super::topology::GossipGraph;
 use super::trainer::{mean_of_last_games, GameRecord, ProgressSink, Trainer};
-use crate::backend::mailbox::{self, MailboxKind, MailboxPlan, Mailboxes};
 use crate::backend::SharedDevice;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::run::{params_sha256, MetricsRow, RunDir, Summary};
 use crate::checkpoint::Checkpoint;
 use crate::dist::async_link::{Link, Wire};
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod cuts;
+mod protocol;
 mod ranks;
+
+use cuts::{failure_checkpoint, write_parts, Cuts, OnDisk, SavePlan};
+use protocol::{AgentState, Gossip};
 
 /// Test hooks: make an agent slow or fail, to exercise the protocol's failure paths.
 #[derive(Clone, Debug, Default)]
@@ -75,19 +89,6 @@ impl AsyncHooks {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
-enum AgentState {
-    Running,
-    Finished,
-    Failed(String),
-}
-
-/// Flags of every mailbox, under one lock (the messages themselves have their own locks).
-struct Board {
-    /// full[s * n + r]: slot s → r holds an unread message.
-    full: Vec<bool>,
-    state: Vec<AgentState>,
-}
 
 /// What happened in one agent's round (the audit log).
 #[derive(Clone, Debug)]
@@ -130,296 +131,6 @@ pub struct AgentSnapshot {
     pub games: Vec<GameRecord>,
 }
 
-struct Gossip {
-    n: usize,
-    /// The agents this process hosts (all of them, unless the run spans ranks).
-    local: std::ops::Range<usize>,
-    /// The other ranks, when the run spans several (`dist::async_link`): messages for their
-    /// agents are posted there, theirs are applied here by the pump thread (`ranks`).
-    link: Option<Arc<Link>>,
-    /// Test hook (`AsyncHooks::hang`): this rank fell silent.
-    hung: AtomicBool,
-    graph: GossipGraph,
-    sync_freq: u64,
-    timeout: Duration,
-    /// The device every agent's backend is built on (see the module docs).
-    device: SharedDevice,
-    /// The slots themselves; `board` holds their flags.
-    mailboxes: Box<dyn Mailboxes>,
-    board: Mutex<Board>,
-    changed: Condvar,
-    /// possible_senders[r]: every agent that may ever send to r.
-    possible_senders: Vec<BTreeSet<usize>>,
-    events: Mutex<Vec<GossipEvent>>,
-    started: Instant,
-}
-
-impl Gossip {
-    /// The protocol state for `agents` agents of `param_count` parameters, with mailboxes on
-    /// `device` (host mailboxes for the CPU backend, device mailboxes otherwise).
-    fn new(config: &Config, graph: GossipGraph, agents: usize, device: SharedDevice, param_count: usize, link: Option<Arc<Link>>) -> Result<Self> {
-        let n = agents;
-        let local = link.as_ref().map_or(0..n, |l| l.local());
-        // Exponential peers cycle with a period of at most log2(n) rounds; 2n covers any graph.
-        let mut possible_senders = vec![BTreeSet::new(); n];
-        // The lock-step in-peer lists, in order: the mix must sum messages in that order.
-        let mut orders: Vec<Vec<Vec<usize>>> = vec![Vec::new(); n];
-        for round in 0..(2 * n as u64) {
-            for (r, ins) in graph.in_peers(round).into_iter().enumerate() {
-                possible_senders[r].extend(ins.iter().copied());
-                if !orders[r].contains(&ins) {
-                    orders[r].push(ins);
-                }
-            }
-        }
-        // Slots only for receivers hosted here (every one in a single process).
-        let plan = MailboxPlan {
-            agents: n,
-            param_count,
-            senders: possible_senders.iter().enumerate().map(|(r, s)| if local.contains(&r) { s.iter().copied().collect() } else { Vec::new() }).collect(),
-            orders: orders.into_iter().enumerate().map(|(r, o)| if local.contains(&r) { o } else { Vec::new() }).collect(),
-        };
-        let mailboxes = mailbox::open(&device, plan)?;
-        Ok(Gossip {
-            n,
-            local,
-            link,
-            hung: AtomicBool::new(false),
-            graph,
-            sync_freq: config.sync_freq,
-            timeout: Duration::from_secs_f64(config.gossip_timeout),
-            device,
-            mailboxes,
-            board: Mutex::new(Board { full: vec![false; n * n], state: vec![AgentState::Running; n] }),
-            changed: Condvar::new(),
-            possible_senders,
-            events: Mutex::new(Vec::new()),
-            started: Instant::now(),
-        })
-    }
-
-    fn lockstep(&self) -> bool {
-        self.sync_freq == 0
-    }
-
-    /// " (on rank q)" for agents of other ranks, "" otherwise: errors name the process.
-    fn where_(&self, agents: impl IntoIterator<Item = usize>) -> String {
-        self.link.as_ref().map_or_else(String::new, |l| l.where_(agents))
-    }
-
-    fn log(&self, agent: usize, round: u64, kind: &'static str, peers: Vec<usize>) {
-        let seconds = self.started.elapsed().as_secs_f64();
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).push(GossipEvent { agent, round, seconds, kind, peers });
-    }
-
-    fn board(&self) -> MutexGuard<'_, Board> {
-        self.board.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether the message in slot s → r, flagged full on `board`, may be read now (never
-    /// blocks: device messages are polled through their events).
-    fn arrived(&self, board: &Board, s: usize, r: usize) -> Result<bool> {
-        Ok(board.full[s * self.n + r] && self.mailboxes.landed(s, r)?)
-    }
-
-    /// Waits on the board until `ready` says Some, with the timeout; `who` explains a timeout.
-    /// With `poll`, `ready` is re-checked every few hundred microseconds even without a
-    /// notification: a device message lands when its copy finishes on the device, which
-    /// signals no condition variable.
-    fn wait_until<'a, T>(
-        &'a self, mut board: MutexGuard<'a, Board>, mut ready: impl FnMut(&Board) -> Result<Option<T>>, who: impl Fn() -> String,
-        poll: bool,
-    ) -> Result<(MutexGuard<'a, Board>, T)> {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            if let Some(v) = ready(&board)? {
-                return Ok((board, v));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Backend(format!(
-                    "gossip: waited {:.0} s for {} (raise `gossip_timeout`, or check that peer)",
-                    self.timeout.as_secs_f64(),
-                    who()
-                )));
-            }
-            let step = if poll { (deadline - now).min(Duration::from_micros(200)) } else { deadline - now };
-            board = self.changed.wait_timeout(board, step).unwrap_or_else(|e| e.into_inner()).0;
-        }
-    }
-
-    fn failed_peer(board: &Board, peers: impl IntoIterator<Item = usize>) -> Option<(usize, String)> {
-        peers.into_iter().find_map(|s| match &board.state[s] {
-            AgentState::Failed(why) => Some((s, why.clone())),
-            _ => None,
-        })
-    }
-
-    fn send(&self, s: usize, round: u64, trainer: &mut Trainer, counters: &AgentCounters) -> Result<()> {
-        let outs = self.graph.out_peers(s, round);
-        let n = self.n;
-        let board = self.board();
-        let board = if self.lockstep() {
-            // Wait until every out-peer has read the previous message (or can no longer read).
-            self.wait_until(
-                board,
-                |b| Ok(outs.iter().all(|&r| !b.full[s * n + r] || b.state[r] != AgentState::Running).then_some(())),
-                || format!("agents {outs:?}{} to read agent {s}'s message (round {round})", self.where_(outs.iter().copied())),
-                false,
-            )?
-            .0
-        } else if outs.iter().any(|&r| board.full[s * n + r]) {
-            drop(board);
-            counters.skipped_sends.fetch_add(1, Ordering::Relaxed);
-            self.log(s, round, "send_skipped", outs);
-            return Ok(());
-        } else {
-            board
-        };
-        drop(board);
-        let (here, away): (Vec<usize>, Vec<usize>) = outs.iter().partition(|&&r| self.local.contains(&r));
-        if let (Some(link), false) = (&self.link, away.is_empty()) {
-            // Flagged before posting: the receiver's acknowledgement clears the flag, and it
-            // may come back at once.
-            let mut board = self.board();
-            for &r in &away {
-                board.full[s * n + r] = true;
-            }
-            drop(board);
-            let params = trainer.backend_mut().read_params()?;
-            let mut ranks: Vec<usize> = away.iter().map(|&r| link.rank_of(r)).collect();
-            ranks.dedup();
-            for q in ranks {
-                let to: Vec<usize> = away.iter().copied().filter(|&r| link.rank_of(r) == q).collect();
-                link.send(q, &Wire::Data { from: s, to, params: params.clone() })?;
-            }
-        }
-        if !here.is_empty() {
-            // The slots are ours: receivers only read a slot while it is flagged full.
-            self.mailboxes.post(s, &here, trainer.backend_mut())?;
-            if self.mailboxes.kind() == MailboxKind::Device {
-                counters.device_messages.fetch_add(here.len() as u64, Ordering::Relaxed);
-            }
-            let mut board = self.board();
-            for &r in &here {
-                board.full[s * n + r] = true;
-            }
-            drop(board);
-        }
-        self.changed.notify_all();
-        self.log(s, round, "sent", outs);
-        Ok(())
-    }
-
-    fn receive(&self, r: usize, round: u64, trainer: &mut Trainer, counters: &AgentCounters) -> Result<()> {
-        let n = self.n;
-        let poll = self.mailboxes.kind() == MailboxKind::Device;
-        let board = self.board();
-        let (board, take) = if self.lockstep() {
-            let expected = self.graph.in_peers(round).swap_remove(r);
-            self.wait_until(
-                board,
-                |b| {
-                    if let Some((s, why)) = Self::failed_peer(b, expected.iter().copied()) {
-                        return Err(Error::Backend(format!("gossip: agent {r} waits for agent {s}{}, which stopped: {why}", self.where_([s]))));
-                    }
-                    for &s in &expected {
-                        if !self.arrived(b, s, r)? {
-                            return Ok(None);
-                        }
-                    }
-                    Ok(Some(expected.clone()))
-                },
-                || format!("agent {r} to receive from agents {expected:?}{} (round {round})", self.where_(expected.iter().copied())),
-                poll,
-            )?
-        } else {
-            let pending = |b: &Board| -> Result<Vec<usize>> {
-                let mut fresh = Vec::new();
-                for &s in &self.possible_senders[r] {
-                    if self.arrived(b, s, r)? {
-                        fresh.push(s);
-                    }
-                }
-                Ok(fresh)
-            };
-            let now = pending(&board)?;
-            if !now.is_empty() {
-                (board, now)
-            } else if counters.staleness.load(Ordering::Relaxed) < self.sync_freq {
-                drop(board);
-                counters.staleness.fetch_add(1, Ordering::Relaxed);
-                self.log(r, round, "unmixed", vec![]);
-                return Ok(());
-            } else {
-                counters.blocked_waits.fetch_add(1, Ordering::Relaxed);
-                self.log(r, round, "blocked", vec![]);
-                let senders = &self.possible_senders[r];
-                self.wait_until(
-                    board,
-                    |b| {
-                        let got = pending(b)?;
-                        if !got.is_empty() {
-                            return Ok(Some(got));
-                        }
-                        if let Some((s, why)) = Self::failed_peer(b, senders.iter().copied()) {
-                            return Err(Error::Backend(format!(
-                                "gossip: agent {r} had no message for {} rounds (sync_freq {}) and its peer agent {s}{} stopped: {why}",
-                                self.sync_freq,
-                                self.sync_freq,
-                                self.where_([s])
-                            )));
-                        }
-                        // Every peer is done and has nothing in flight (a device message may be
-                        // flagged but still copying: it lands, so poll on): nothing will come;
-                        // carry on unmixed.
-                        Ok(senders.iter().all(|&s| b.state[s] == AgentState::Finished && !b.full[s * n + r]).then(Vec::new))
-                    },
-                    || format!("a message for agent {r} from agents {senders:?}{} (none for {} rounds)", self.where_(senders.iter().copied()), self.sync_freq),
-                    poll,
-                )?
-            }
-        };
-        drop(board);
-        if take.is_empty() {
-            // Only after a blocked wait: every possible sender has finished its rounds.
-            counters.staleness.fetch_add(1, Ordering::Relaxed);
-            self.log(r, round, "peers_done", vec![]);
-            return Ok(());
-        }
-        // In `take`'s order: the lock-step in-peer order, or ascending senders.
-        self.mailboxes.mix(r, &take, trainer.backend_mut())?;
-        let mut board = self.board();
-        for &s in &take {
-            board.full[s * n + r] = false;
-        }
-        drop(board);
-        self.changed.notify_all();
-        // Senders on other ranks learn that their slot is free again.
-        if let Some(link) = &self.link {
-            for &s in take.iter().filter(|s| !self.local.contains(s)) {
-                link.send(link.rank_of(s), &Wire::Ack { from: s, to: r })?;
-            }
-        }
-        counters.mixes.fetch_add(1, Ordering::Relaxed);
-        counters.staleness.store(0, Ordering::Relaxed);
-        self.log(r, round, "mixed", take);
-        Ok(())
-    }
-
-    fn set_state(&self, agent: usize, state: AgentState) {
-        if let (Some(link), true) = (&self.link, self.local.contains(&agent)) {
-            let failed = match &state {
-                AgentState::Failed(why) => Some(why.clone()),
-                _ => None,
-            };
-            // Best effort: a rank that cannot be told notices this one's silence instead.
-            let _ = link.send_all(&Wire::State { agent, failed });
-        }
-        self.board().state[agent] = state;
-        self.changed.notify_all();
-    }
-}
 
 /// What one agent's thread ended with.
 pub struct AgentOutcome {
@@ -531,116 +242,6 @@ impl StopControl {
     }
 }
 
-/// Which rounds end with a checkpoint cut: those that cross a multiple of `save_every` frames
-/// (frames = rounds × the frames of one round of all agents), after the session's start and
-/// before its last round (whose cut every agent deposits anyway).
-#[derive(Clone, Copy)]
-struct SavePlan {
-    every: u64,
-    frames_per_round: u64,
-    after: u64,
-    before: u64,
-}
-
-impl SavePlan {
-    fn at(&self, rounds_done: u64) -> bool {
-        let f = |k: u64| k.saturating_mul(self.frames_per_round) / self.every;
-        self.every > 0 && rounds_done > self.after && rounds_done < self.before && f(rounds_done) > f(rounds_done - 1)
-    }
-}
-
-/// The agents' checkpoint parts (only with a run folder): cuts at `save_every` rounds, and
-/// each agent's state when its thread ends. Depositing never waits for other agents.
-struct Cuts {
-    agents: usize,
-    /// Rounds completed → each agent's state right after that round, until all are in.
-    open: Mutex<BTreeMap<u64, Vec<Option<Checkpoint>>>>,
-    /// The newest complete cut, and the rounds of the newest cut written to disk.
-    complete: Mutex<(Option<(u64, Arc<Vec<Checkpoint>>)>, Option<u64>)>,
-    /// Each agent's state when its thread ended: after its last round, or after a failure the
-    /// state it had then, when the failure struck between rounds' steps (not inside an update).
-    last: Mutex<Vec<Option<Checkpoint>>>,
-}
-
-impl Cuts {
-    fn new(agents: usize) -> Self {
-        Cuts { agents, open: Mutex::new(BTreeMap::new()), complete: Mutex::new((None, None)), last: Mutex::new(vec![None; agents]) }
-    }
-
-    fn deposit(&self, agent: usize, rounds: u64, part: Checkpoint) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let parts = open.entry(rounds).or_insert_with(|| vec![None; self.agents]);
-        parts[agent] = Some(part);
-        if parts.iter().all(Option::is_some) {
-            let parts: Vec<Checkpoint> = open.remove(&rounds).into_iter().flatten().flatten().collect();
-            // Agents deposit in round order, so every older cut is complete or abandoned.
-            open.retain(|&k, _| k > rounds);
-            drop(open);
-            let mut complete = self.complete.lock().unwrap_or_else(|e| e.into_inner());
-            if complete.0.as_ref().is_none_or(|(k, _)| *k < rounds) {
-                complete.0 = Some((rounds, Arc::new(parts)));
-            }
-        }
-    }
-
-    fn set_last(&self, agent: usize, part: Checkpoint) {
-        self.last.lock().unwrap_or_else(|e| e.into_inner())[agent] = Some(part);
-    }
-
-    /// The newest complete cut if it is not written yet.
-    fn unwritten(&self) -> Option<(u64, Arc<Vec<Checkpoint>>)> {
-        let complete = self.complete.lock().unwrap_or_else(|e| e.into_inner());
-        complete.0.clone().filter(|(k, _)| complete.1 != Some(*k))
-    }
-
-    fn mark_written(&self, rounds: u64) {
-        self.complete.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(rounds);
-    }
-
-    /// Every agent's final state, when all threads deposited one.
-    fn finals(&self) -> Option<Vec<Checkpoint>> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
-    }
-
-    /// After a failure: each agent's latest state among its last one, the cuts' parts and the
-    /// resumed checkpoint; Err(agent) names an agent with none.
-    fn salvage(&self, resume: Option<&Checkpoint>) -> std::result::Result<Vec<Checkpoint>, usize> {
-        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let complete = self.complete.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
-        (0..self.agents)
-            .map(|r| {
-                let mut candidates: Vec<Checkpoint> = last[r].iter().cloned().collect();
-                candidates.extend(open.values().filter_map(|parts| parts[r].clone()));
-                candidates.extend(complete.as_ref().map(|(_, parts)| parts[r].clone()));
-                candidates.extend(resume.and_then(|ck| ck.agent_part(r).ok()));
-                candidates.into_iter().max_by_key(|c| c.updates).ok_or(r)
-            })
-            .collect()
-    }
-}
-
-/// What the run's checkpoint on disk holds, for messages.
-#[derive(Clone, Debug)]
-struct OnDisk {
-    rounds: Vec<u64>,
-    frames: u64,
-    /// A cut: every agent right after completing the same round (not a failure's salvage).
-    cut: bool,
-}
-
-impl OnDisk {
-    fn of(ck: &Checkpoint) -> Self {
-        OnDisk { rounds: ck.agent_rounds(), frames: ck.frames, cut: ck.agent_updates.is_none() }
-    }
-}
-
-/// Merges agents' parts and writes them as the run's checkpoint.
-fn write_parts(run: &RunDir, parts: &[Checkpoint], cut: bool) -> Result<OnDisk> {
-    let ck = Checkpoint::merge_agents(parts, cut)?;
-    ck.save(&run.checkpoint_path())?;
-    Ok(OnDisk::of(&ck))
-}
 
 /// What every agent thread of a session shares.
 struct Shared<'a> {
@@ -1167,58 +768,4 @@ pub fn train_async_session(
         }
     }
     Ok(AsyncTraining { summary, interrupted: outcome.interrupted, exact_resume: outcome.exact_resume })
-}
-
-/// After a failure: leaves the best checkpoint there is (see `train_async_session`) and says
-/// what it holds, where, and how to continue.
-fn failure_checkpoint(run: &RunDir, cuts: &Cuts, resume: Option<&Checkpoint>, lockstep: bool, on_disk: &mut Option<OnDisk>) -> String {
-    let path = run.checkpoint_path();
-    let resume_cmd = format!("continue with: gala-gpu train --resume {}", run.path().display());
-    // A complete cut not written yet (the failure came before the writer's next look).
-    let mut save_note = String::new();
-    if let Some((k, parts)) = cuts.unwritten() {
-        match write_parts(run, &parts, true) {
-            Ok(saved) => *on_disk = Some(saved),
-            Err(e) => save_note = format!(" (the cut of round {k} could not be written: {e})"),
-        }
-        cuts.mark_written(k);
-    }
-    let describe_cut = |d: &OnDisk| format!("round {}, frame {}", d.rounds.first().copied().unwrap_or(0), d.frames);
-    if lockstep {
-        if let Some(d) = on_disk.as_ref().filter(|d| d.cut) {
-            return format!(
-                "the last checkpoint ({}; every agent at the same round, so resuming it is exact) is kept in {}{save_note}; {resume_cmd}",
-                describe_cut(d),
-                path.display()
-            );
-        }
-    }
-    let salvage = cuts.salvage(resume).map_err(|r| format!("agent {r} left no state to save")).and_then(|parts| {
-        let newer = on_disk.as_ref().is_none_or(|d| {
-            let rounds: Vec<u64> = parts.iter().map(|c| c.updates).collect();
-            rounds.iter().zip(&d.rounds).all(|(a, b)| a >= b) && rounds != d.rounds
-        });
-        if !newer {
-            return Err("no agent got further than the checkpoint on disk".into());
-        }
-        write_parts(run, &parts, false).map_err(|e| e.to_string())
-    });
-    match (salvage, on_disk.as_ref()) {
-        (Ok(saved), _) => {
-            let text = format!(
-                "each agent's state after its last completed round (rounds {:?}, frame {}) is saved in {}; it is not a cut of the run (agents stopped at different points, the round that failed counts as unmixed, messages in flight are lost), so the resumed run will not match an uninterrupted one; {resume_cmd}",
-                saved.rounds,
-                saved.frames,
-                path.display()
-            );
-            *on_disk = Some(saved);
-            text
-        }
-        (Err(why), Some(d)) => format!(
-            "no newer checkpoint could be saved ({why}){save_note}; the last checkpoint ({}) is kept in {}; {resume_cmd}",
-            if d.cut { describe_cut(d) } else { format!("rounds {:?}, frame {}", d.rounds, d.frames) },
-            path.display()
-        ),
-        (Err(why), None) => format!("no checkpoint could be saved ({why}){save_note} and none had been saved yet (use --save-every to keep some)"),
-    }
 }
