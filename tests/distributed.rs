@@ -148,25 +148,31 @@ impl ProgressSink for StopAfterFirst {
     fn report(&mut self, _row: &gala_gpu::run::MetricsRow) {}
 }
 
+/// `config` on 2 in-process ranks, rank 0 writing a new run folder under `out`; rank 1's stop
+/// flag is set by its progress sink (`sink(flag)`), like a Ctrl-C that reached only rank 1.
+fn stopped_by_rank_1<S: ProgressSink + Send>(config: &Config, out: &Path, sink: impl FnOnce(Arc<AtomicBool>) -> S + Send) -> (Vec<DistTraining>, PathBuf) {
+    let mut run = RunDir::create(out, "catch", "gala", config.seed, &config.to_toml()).unwrap();
+    let path = run.path().to_path_buf();
+    let results = std::thread::scope(|s| {
+        let mut group = LocalRanks::group(2);
+        let (one, zero) = (group.pop().unwrap(), group.pop().unwrap());
+        let run = &mut run;
+        let h0 = s.spawn(move || train_distributed(config, Box::new(zero), Some(run), &mut NoProgress, &DistSession::default()));
+        let h1 = s.spawn(move || {
+            let stop = Arc::new(AtomicBool::new(false));
+            let session = DistSession { stop: Some(stop.clone()), ..DistSession::default() };
+            train_distributed(config, Box::new(one), None, &mut sink(stop), &session)
+        });
+        vec![h0.join().unwrap().unwrap(), h1.join().unwrap().unwrap()]
+    });
+    (results, path)
+}
+
 #[test]
 fn a_stop_on_one_rank_stops_every_rank_after_the_same_update_with_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(Topology::Ring, 4, 1, 100);
-    let mut run = RunDir::create(dir.path(), "catch", "gala", c.seed, &c.to_toml()).unwrap();
-    let path = run.path().to_path_buf();
-    let flag = Arc::new(AtomicBool::new(false));
-    let results: Vec<DistTraining> = std::thread::scope(|s| {
-        let mut group = LocalRanks::group(2);
-        let (one, zero) = (group.pop().unwrap(), group.pop().unwrap());
-        let (run, cfg) = (&mut run, &c);
-        let h0 = s.spawn(move || train_distributed(cfg, Box::new(zero), Some(run), &mut NoProgress, &DistSession::default()));
-        let stop = flag.clone();
-        let h1 = s.spawn(move || {
-            let session = DistSession { stop: Some(stop.clone()), ..DistSession::default() };
-            train_distributed(cfg, Box::new(one), None, &mut StopAfterFirst(stop), &session)
-        });
-        vec![h0.join().unwrap().unwrap(), h1.join().unwrap().unwrap()]
-    });
+    let (results, path) = stopped_by_rank_1(&c, dir.path(), StopAfterFirst);
     assert!(results.iter().all(|r| r.interrupted && r.summary.updates == results[0].summary.updates));
     let ck = Checkpoint::load(&path).unwrap();
     assert_eq!(ck.updates, results[0].summary.updates, "the checkpoint is the agreed stop update");
@@ -327,21 +333,7 @@ fn async_across_ranks_on_the_gpu_backend_mixes_messages_from_the_other_rank() {
 fn async_across_ranks_a_stop_on_one_rank_stops_every_rank_with_a_checkpoint_that_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let c = Config { sync_freq: 4, ..config(Topology::Ring, 4, 1, 100_000) };
-    let mut run = RunDir::create(dir.path(), "catch", "gala", c.seed, &c.to_toml()).unwrap();
-    let path = run.path().to_path_buf();
-    let flag = Arc::new(AtomicBool::new(false));
-    let results: Vec<DistTraining> = std::thread::scope(|s| {
-        let mut group = LocalRanks::group(2);
-        let (one, zero) = (group.pop().unwrap(), group.pop().unwrap());
-        let (run, cfg) = (&mut run, &c);
-        let h0 = s.spawn(move || train_distributed(cfg, Box::new(zero), Some(run), &mut NoProgress, &DistSession::default()));
-        let stop = flag.clone();
-        let h1 = s.spawn(move || {
-            let session = DistSession { stop: Some(stop.clone()), ..DistSession::default() };
-            train_distributed(cfg, Box::new(one), None, &mut StopOnceUnderWay(stop), &session)
-        });
-        vec![h0.join().unwrap().unwrap(), h1.join().unwrap().unwrap()]
-    });
+    let (results, path) = stopped_by_rank_1(&c, dir.path(), StopOnceUnderWay);
     assert!(results.iter().all(|r| r.interrupted), "rank 1's stop reached rank 0");
     assert!(!path.join("summary.json").exists());
     let ck = Checkpoint::load(&path).unwrap();
