@@ -137,6 +137,25 @@ fn async_on_2_processes_with_a_slow_rank_honours_sync_freq() {
 }
 
 #[test]
+fn async_on_3_and_4_processes_with_exp_and_all_keeps_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let rounds = 8;
+    for (np, topology) in [(4, "exp"), (3, "all"), (4, "all")] {
+        let (out, run) = train(np, &dir.path().join(format!("{topology}-{np}")), topology, rounds * ROUND, &["--sync-freq", "1"], &[]);
+        ok(&out);
+        let run = run.unwrap();
+        let events = common::events_from_csv(&run);
+        for agent in 0..4 {
+            let receives = common::receive_events(&events, agent);
+            assert_eq!(receives.iter().filter(|e| e.kind != "blocked").count() as u64, rounds, "{topology} on {np}: agent {agent}");
+            common::assert_sync_freq_bound(&receives, agent, 1, |_| {});
+        }
+        let ck = gala_gpu::checkpoint::Checkpoint::load(&run).unwrap();
+        assert_eq!(ck.agent_rounds(), vec![rounds; 4], "{topology} on {np}");
+    }
+}
+
+#[test]
 fn async_a_silent_rank_ends_the_job_naming_it_within_the_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
