@@ -141,7 +141,7 @@ fn async_on_3_and_4_processes_with_exp_and_all_keeps_the_bound() {
     let dir = tempfile::tempdir().unwrap();
     let rounds = 8;
     for (np, topology) in [(4, "exp"), (3, "all"), (4, "all")] {
-        let (out, run) = train(np, &dir.path().join(format!("{topology}-{np}")), topology, rounds * ROUND, &["--sync-freq", "1"], &[]);
+        let (out, run) = train(np, &dir.path().join(format!("{topology}-{np}")), topology, rounds * ROUND, &["--sync-freq", "1", "--gossip-timeout", "30"], &[]);
         ok(&out);
         let run = run.unwrap();
         let events = common::events_from_csv(&run);

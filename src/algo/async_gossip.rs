@@ -15,7 +15,9 @@
 //!
 //! Each round an agent (1) runs one update, (2) sends, (3) receives:
 //! * send: to `out_peers(s, round)`. If one of those slots still holds an unread message the
-//!   whole round's send is skipped (a message is never overwritten before it is read);
+//!   whole round's send is skipped (a message is never overwritten before it is read).
+//!   Out-peers that have finished or failed are left out: they never read again, and waiting
+//!   on their slots would starve the agents still running at the end of a run;
 //! * receive: every full slot addressed to r is consumed (in sender order) and mixed with
 //!   uniform weight, θ_r ← θ_r/(m+1) + Σ θ_s/(m+1) for m messages. With none, the round counts
 //!   as unmixed; after `sync_freq` unmixed rounds in a row the receiver blocks until a message

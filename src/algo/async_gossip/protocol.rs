@@ -157,7 +157,7 @@ impl Gossip {
     }
 
     pub(super) fn send(&self, s: usize, round: u64, trainer: &mut Trainer, counters: &AgentCounters) -> Result<()> {
-        let outs = self.graph.out_peers(s, round);
+        let mut outs = self.graph.out_peers(s, round);
         let n = self.n;
         let board = self.board();
         let board = if self.lockstep() {
@@ -169,12 +169,18 @@ impl Gossip {
                 false,
             )?
             .0
-        } else if outs.iter().any(|&r| board.full[s * n + r]) {
-            drop(board);
-            counters.skipped_sends.fetch_add(1, Ordering::Relaxed);
-            self.log(s, round, "send_skipped", outs);
-            return Ok(());
         } else {
+            // Out-peers that finished or failed never read again: they are left out, or their
+            // unread slot would stop every later send to the others, and two agents still
+            // running could end up blocked on each other (agents finish at different times).
+            let live: Vec<usize> = outs.iter().copied().filter(|&r| board.state[r] == AgentState::Running).collect();
+            if live.is_empty() || live.iter().any(|&r| board.full[s * n + r]) {
+                drop(board);
+                counters.skipped_sends.fetch_add(1, Ordering::Relaxed);
+                self.log(s, round, "send_skipped", outs);
+                return Ok(());
+            }
+            outs = live;
             board
         };
         drop(board);
