@@ -312,6 +312,21 @@ fn async_across_ranks_a_failed_agent_stops_its_receiver_on_the_other_rank_naming
     assert!(!run.join("summary.json").exists());
 }
 
+#[test]
+fn async_across_ranks_a_failure_on_rank_0_reaches_the_ranks_that_finished_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Fully asynchronous: rank 1's agents finish their rounds although agent 0 failed.
+    let c = Config { sync_freq: 1_000_000_000, gossip_timeout: 60.0, ..config(Topology::Ring, 4, 1, 6) };
+    let session = DistSession { fail_agent: Some((0, 1)), ..DistSession::default() };
+    let started = Instant::now();
+    let (results, _) = distributed_async(&c, 2, dir.path(), &session);
+    let err = results[0].as_ref().err().expect("rank 0 must fail").to_string();
+    assert!(err.contains("agent 0") && err.contains("injected failure"), "{err}");
+    let err = results[1].as_ref().err().expect("rank 1 must fail too").to_string();
+    assert!(err.contains("rank 0 failed") && err.contains("injected failure"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "rank 1 waited out its timeout: {:?}", started.elapsed());
+}
+
 /// On the GPU backend (the CUDA kernels under the simulator) messages from other ranks land in
 /// the device mailboxes (a host-to-device upload) and mix with the same fused kernel launch.
 #[test]

@@ -230,17 +230,32 @@ fn train_ranks_async(
     let async_session = AsyncSession { resume: session.resume, stop: session.stop.clone(), hooks, link: Some(link) };
     // Its errors name the agents and, for those of other ranks, their rank; the CLI adds this
     // rank's.
-    let t = train_async_session(config, run, progress, &async_session)?;
-    // Rank 0's summary (every agent) is the run's, on every rank.
+    let trained = train_async_session(config, run, progress, &async_session);
+    // Rank 0's summary (every agent) is the run's, on every rank; or its failure, so that the
+    // others stop at once rather than after their timeout (best effort: a rank that fell
+    // silent does not answer).
+    const FAILED: &[u8] = b"\0failed\0";
     let summary = if rank == 0 {
+        let t = match trained {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = lock(&transport).broadcast(&[FAILED, e.to_string().as_bytes()].concat(), timeout);
+                return Err(e);
+            }
+        };
         let json = serde_json::to_vec(&t.summary).map_err(|e| Error::Backend(format!("summary: {e}")))?;
         lock(&transport).broadcast(&json, timeout)?;
-        t.summary
+        return Ok(DistTraining { summary: t.summary, interrupted: t.interrupted, traffic: GossipTraffic::default(), phases: Default::default(), agents: mine });
     } else {
+        let t = trained?;
         let json = lock(&transport).broadcast(&[], timeout)?;
-        serde_json::from_slice(&json).map_err(|e| Error::Backend(format!("the summary from rank 0: {e}")))?
+        if let Some(why) = json.strip_prefix(FAILED) {
+            return Err(Error::Backend(format!("rank 0 failed: {}", String::from_utf8_lossy(why))));
+        }
+        (serde_json::from_slice(&json).map_err(|e| Error::Backend(format!("the summary from rank 0: {e}")))?, t.interrupted)
     };
-    Ok(DistTraining { summary, interrupted: t.interrupted, traffic: GossipTraffic::default(), phases: Default::default(), agents: mine })
+    let (summary, interrupted) = summary;
+    Ok(DistTraining { summary, interrupted, traffic: GossipTraffic::default(), phases: Default::default(), agents: mine })
 }
 
 /// Whether `mine` is true on any rank (every rank gets the answer).

@@ -93,6 +93,9 @@ pub(super) fn pump(
     // The metrics round of the snapshot each local agent last reported (rank 0 needs each once).
     let mut reported = vec![u64::MAX; counters.len()];
     let mut remote = Remote::default();
+    // Idle polls in a row: the pause between polls grows from 50 µs to 1 ms while nothing comes
+    // (a round takes milliseconds; a busy poll would take a core from the agents).
+    let mut idle: u32 = 0;
     let report = |reported: &mut Vec<u64>| -> Result<()> {
         for a in local.clone() {
             let c = &counters[a];
@@ -196,8 +199,11 @@ pub(super) fn pump(
             stop.halt.store(true, Ordering::SeqCst);
             return Err(Error::Backend(why));
         }
-        if !busy {
-            std::thread::sleep(Duration::from_micros(100));
+        if busy {
+            idle = 0;
+        } else {
+            idle = idle.saturating_add(1);
+            std::thread::sleep(Duration::from_micros(50u64 << idle.min(5)).min(Duration::from_millis(1)));
         }
     }
 }
