@@ -2,7 +2,7 @@
 //! rank r trains a contiguous block of the agents (`gala_gpu::dist`), rank 0 owns the run
 //! folder and prints the progress, the other ranks print only their errors.
 
-use super::{describe_interrupt, one_line, Progress, TrainArgs, INTERRUPTED};
+use super::{describe_interrupt, one_line, open_resume, Progress, TrainArgs, INTERRUPTED};
 use anyhow::{Context, Result};
 use gala_gpu::dist::RankTransport;
 use gala_gpu::run::RunDir;
@@ -61,15 +61,7 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
     let quiet = args.quiet || !lead;
     // As in one process: the lead locks the folder before the checkpoint is read, and the
     // folder's config.toml must belong to the checkpoint's run. Every rank reads the checkpoint.
-    let mut resumed = match &args.resume {
-        Some(dir) => {
-            let lock = if lead { Some(gala_gpu::run::RunLock::acquire(dir).context("cannot resume")?) } else { None };
-            let ck = gala_gpu::checkpoint::Checkpoint::load(dir).context("cannot resume")?;
-            let folder = gala_gpu::run::folder_config_for(dir, &ck).context("cannot resume")?;
-            Some((dir.clone(), ck, lock, folder))
-        }
-        None => None,
-    };
+    let mut resumed = args.resume.as_deref().map(|dir| open_resume(dir, lead)).transpose()?;
     let config = match &resumed {
         Some((dir, ck, _, folder)) => args.resolve_resume(&ck.config, folder, dir)?,
         None => {
@@ -98,8 +90,13 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
     };
     if !quiet {
         eprintln!("resolved configuration:\n{}", config_toml.trim_end());
+        let mode = if config.asynchronous() {
+            format!("asynchronous (sync_freq {}), every agent on its own thread, cross-process messages posted without waiting", config.sync_freq)
+        } else {
+            "lock-step across processes".to_string()
+        };
         eprintln!(
-            "processes: {ranks} ({}), agents per rank {:?}; gossip: lock-step across processes",
+            "processes: {ranks} ({}), agents per rank {:?}; gossip: {mode}",
             world.describe(),
             (0..ranks).map(|q| blocks.range(q).len()).collect::<Vec<_>>()
         );
@@ -124,16 +121,23 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
     gala_gpu::signals::install(stop.clone())?;
     let start = resumed.as_ref().map_or(0, |(_, ck, ..)| ck.frames);
     let mut progress = Progress::new(quiet, config.frames, start);
-    // Test hook (tests/mpi.rs): rank R stops answering before update U.
-    let hang_at = match std::env::var("GALA_GPU_DEBUG_HANG_RANK") {
-        Ok(v) => Some(
-            v.split_once(':')
-                .and_then(|(r, u)| Some((r.parse::<usize>().ok()?, u.parse::<u64>().ok()?)))
-                .context("GALA_GPU_DEBUG_HANG_RANK must be RANK:UPDATE")?,
-        ),
-        Err(_) => None,
+    // Test hooks (tests/mpi.rs): rank R stops answering before update U; every agent of rank R
+    // sleeps MS milliseconds after each update (asynchronous gossip); agent A fails at round R.
+    let pair = |name: &str, what: &str| -> Result<Option<(usize, u64)>> {
+        match std::env::var(name) {
+            Ok(v) => Ok(Some(
+                v.split_once(':').and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<u64>().ok()?))).with_context(|| format!("{name} must be {what}"))?,
+            )),
+            Err(_) => Ok(None),
+        }
     };
-    let session = gala_gpu::dist::train::DistSession { resume: resumed.as_ref().map(|(_, ck, ..)| ck), stop: Some(stop), hang_at };
+    let hang_at = pair("GALA_GPU_DEBUG_HANG_RANK", "RANK:UPDATE")?;
+    let slow_rank = pair("GALA_GPU_DEBUG_SLOW_RANK", "RANK:MILLISECONDS")?.map(|(q, ms)| (q, std::time::Duration::from_millis(ms)));
+    let fail_agent = pair("GALA_GPU_DEBUG_FAIL_AGENT", "AGENT:ROUND")?;
+    if (slow_rank.is_some() || fail_agent.is_some()) && !config.asynchronous() {
+        anyhow::bail!("GALA_GPU_DEBUG_SLOW_RANK and GALA_GPU_DEBUG_FAIL_AGENT apply to asynchronous runs (--sync-freq N) only");
+    }
+    let session = gala_gpu::dist::train::DistSession { resume: resumed.as_ref().map(|(_, ck, ..)| ck), stop: Some(stop), hang_at, slow_rank, fail_agent };
     let t = gala_gpu::dist::train::train_distributed(&config, world, run.as_mut(), &mut progress, &session)?;
     progress.finish();
     let summary = &t.summary;
@@ -152,7 +156,8 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
             summary.params_sha256
         );
         let (p, g, u) = (t.phases, t.traffic, summary.updates.max(1) as f64);
-        eprintln!(
+        // Per-phase times and traffic are the batched lock-step engine's.
+        if !config.asynchronous() { eprintln!(
             "rank 0 (agents {:?}) per update: act {:.1} ms, env {:.1} ms, learn {:.1} ms, mix {:.1} ms (of which cross-rank gossip {:.1} ms, waiting for the exchange {:.1} ms); {:.2} MB sent and {:.2} MB received per update in {:.1} messages",
             t.agents,
             p.act / u * 1e3,
@@ -164,7 +169,7 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
             g.bytes_sent as f64 / u / 1e6,
             g.bytes_received as f64 / u / 1e6,
             g.messages_sent as f64 / u
-        );
+        ); }
     }
     if let Some(run) = &run {
         println!("{}", run.path().display());

@@ -459,6 +459,20 @@ fn describe_interrupt(summary: &gala_gpu::run::Summary, run: &RunDir) {
     );
 }
 
+/// A run opened for `--resume`: its folder, its checkpoint, the folder's lock (when taken; a
+/// `RunDir` takes it over) and the folder's own configuration.
+type Resumed = (PathBuf, gala_gpu::checkpoint::Checkpoint, Option<gala_gpu::run::RunLock>, Config);
+
+/// Opens `dir` to resume it. With `take_lock` (the process that will write the folder) the
+/// folder is locked before its checkpoint is read, so that no other process writes it
+/// meanwhile; its config.toml must be the checkpoint's run's.
+fn open_resume(dir: &std::path::Path, take_lock: bool) -> Result<Resumed> {
+    let lock = if take_lock { Some(gala_gpu::run::RunLock::acquire(dir).context("cannot resume")?) } else { None };
+    let ck = gala_gpu::checkpoint::Checkpoint::load(dir).context("cannot resume")?;
+    let folder = gala_gpu::run::folder_config_for(dir, &ck).context("cannot resume")?;
+    Ok((dir.to_path_buf(), ck, lock, folder))
+}
+
 fn train(args: TrainArgs) -> Result<()> {
     // Started by mpirun/srun as one of several processes: this rank's share of the run.
     if let Some(world) = cli_ranks::launched()? {
@@ -469,15 +483,7 @@ fn train(args: TrainArgs) -> Result<()> {
     gala_gpu::signals::install(stop.clone())?;
     // A resumed run's folder is locked before its checkpoint is read, so that no other process
     // writes it meanwhile; its config.toml must be the checkpoint's run's.
-    let mut resumed = match &args.resume {
-        Some(dir) => {
-            let lock = gala_gpu::run::RunLock::acquire(dir).context("cannot resume")?;
-            let ck = gala_gpu::checkpoint::Checkpoint::load(dir).context("cannot resume")?;
-            let folder = gala_gpu::run::folder_config_for(dir, &ck).context("cannot resume")?;
-            Some((dir.clone(), ck, Some(lock), folder))
-        }
-        None => None,
-    };
+    let mut resumed = args.resume.as_deref().map(|dir| open_resume(dir, true)).transpose()?;
     let config = match &resumed {
         Some((dir, ck, _, folder)) => args.resolve_resume(&ck.config, folder, dir)?,
         None => {
@@ -581,6 +587,7 @@ fn train(args: TrainArgs) -> Result<()> {
                 resume: resumed.as_ref().map(|(_, ck, ..)| ck),
                 stop: Some(stop),
                 hooks: AsyncHooks { fail_agent, ..AsyncHooks::default() },
+                link: None,
             };
             let t = train_async_session(&config, Some(&mut run), &mut progress, &session)?;
             (t.summary, t.interrupted)

@@ -62,6 +62,21 @@ fn a_slow_agent_neither_deadlocks_nor_breaks_the_sync_freq_bound() {
     assert!(d < 0.2, "consensus distance stays bounded: {d}");
 }
 
+/// All-to-all: the fast agents finish first, leaving their slots from the slow ones unread; the
+/// slow ones must still reach each other (before, every later send was skipped on those slots
+/// and both blocked on each other until the timeout).
+#[test]
+fn agents_that_finish_early_do_not_starve_the_slow_ones() {
+    let c = Config { topology: Topology::All, peers: 3, sync_freq: 1, gossip_timeout: 20.0, ..config(4, 12) };
+    let hooks = AsyncHooks { slow_agents: Some((2, 4, Duration::from_millis(40))), ..AsyncHooks::default() };
+    let out = run(&c, &hooks);
+    assert!(out.first_error().is_none(), "{:?}", out.first_error());
+    assert!(out.agents.iter().all(|a| a.rounds == 12));
+    // After agents 0 and 1 finished, the slow agents kept mixing each other's messages.
+    let finished = (0..2).map(|a| out.events.iter().filter(|e| e.agent == a).map(|e| e.seconds).fold(0.0, f64::max)).fold(0.0, f64::max);
+    assert!(out.events.iter().any(|e| e.agent == 2 && e.kind == "mixed" && e.peers == vec![3] && e.seconds > finished), "agent 2 never heard from agent 3 after the others finished");
+}
+
 #[test]
 fn a_failed_peer_with_large_sync_freq_does_not_stop_the_others() {
     let c = Config { sync_freq: 1_000_000_000, ..config(3, 8) };

@@ -148,25 +148,31 @@ impl ProgressSink for StopAfterFirst {
     fn report(&mut self, _row: &gala_gpu::run::MetricsRow) {}
 }
 
+/// `config` on 2 in-process ranks, rank 0 writing a new run folder under `out`; rank 1's stop
+/// flag is set by its progress sink (`sink(flag)`), like a Ctrl-C that reached only rank 1.
+fn stopped_by_rank_1<S: ProgressSink + Send>(config: &Config, out: &Path, sink: impl FnOnce(Arc<AtomicBool>) -> S + Send) -> (Vec<DistTraining>, PathBuf) {
+    let mut run = RunDir::create(out, "catch", "gala", config.seed, &config.to_toml()).unwrap();
+    let path = run.path().to_path_buf();
+    let results = std::thread::scope(|s| {
+        let mut group = LocalRanks::group(2);
+        let (one, zero) = (group.pop().unwrap(), group.pop().unwrap());
+        let run = &mut run;
+        let h0 = s.spawn(move || train_distributed(config, Box::new(zero), Some(run), &mut NoProgress, &DistSession::default()));
+        let h1 = s.spawn(move || {
+            let stop = Arc::new(AtomicBool::new(false));
+            let session = DistSession { stop: Some(stop.clone()), ..DistSession::default() };
+            train_distributed(config, Box::new(one), None, &mut sink(stop), &session)
+        });
+        vec![h0.join().unwrap().unwrap(), h1.join().unwrap().unwrap()]
+    });
+    (results, path)
+}
+
 #[test]
 fn a_stop_on_one_rank_stops_every_rank_after_the_same_update_with_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(Topology::Ring, 4, 1, 100);
-    let mut run = RunDir::create(dir.path(), "catch", "gala", c.seed, &c.to_toml()).unwrap();
-    let path = run.path().to_path_buf();
-    let flag = Arc::new(AtomicBool::new(false));
-    let results: Vec<DistTraining> = std::thread::scope(|s| {
-        let mut group = LocalRanks::group(2);
-        let (one, zero) = (group.pop().unwrap(), group.pop().unwrap());
-        let (run, cfg) = (&mut run, &c);
-        let h0 = s.spawn(move || train_distributed(cfg, Box::new(zero), Some(run), &mut NoProgress, &DistSession::default()));
-        let stop = flag.clone();
-        let h1 = s.spawn(move || {
-            let session = DistSession { stop: Some(stop.clone()), ..DistSession::default() };
-            train_distributed(cfg, Box::new(one), None, &mut StopAfterFirst(stop), &session)
-        });
-        vec![h0.join().unwrap().unwrap(), h1.join().unwrap().unwrap()]
-    });
+    let (results, path) = stopped_by_rank_1(&c, dir.path(), StopAfterFirst);
     assert!(results.iter().all(|r| r.interrupted && r.summary.updates == results[0].summary.updates));
     let ck = Checkpoint::load(&path).unwrap();
     assert_eq!(ck.updates, results[0].summary.updates, "the checkpoint is the agreed stop update");
@@ -205,6 +211,164 @@ fn impossible_layouts_are_refused_clearly() {
     let c = config(Topology::Ring, 2, 1, 1);
     let err = gala_gpu::dist::train::check_config(&c, 3).unwrap_err().to_string();
     assert!(err.contains("2 agents cannot be spread over 3 processes"), "{err}");
-    let err = gala_gpu::dist::train::check_config(&Config { sync_freq: 2, ..c.clone() }, 2).unwrap_err().to_string();
-    assert!(err.contains("asynchronous gossip"), "{err}");
+    // Asynchronous gossip crosses processes; lock-step on threads and pipelining do not.
+    assert!(gala_gpu::dist::train::check_config(&Config { sync_freq: 2, ..c.clone() }, 2).is_ok());
+    let err = gala_gpu::dist::train::check_config(&Config { agent_threads: true, ..c.clone() }, 2).unwrap_err().to_string();
+    assert!(err.contains("drop --agent-threads"), "{err}");
+    let err = gala_gpu::dist::train::check_config(&Config { pipeline: true, ..c.clone() }, 2).unwrap_err().to_string();
+    assert!(err.contains("--pipeline across processes"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Asynchronous gossip across ranks (GALA's protocol, `algo::async_gossip`, over `async_link`).
+
+mod common;
+
+/// Runs `config` (asynchronous) on `ranks` in-process ranks with `session` (its hooks apply on
+/// every rank); rank 0 writes into a new run folder under `out`. Every rank's result.
+fn distributed_async(config: &Config, ranks: usize, out: &Path, session: &DistSession<'_>) -> (Vec<gala_gpu::error::Result<DistTraining>>, PathBuf) {
+    let mut run = RunDir::create(out, "catch", "gala", config.seed, &config.to_toml()).unwrap();
+    let path = run.path().to_path_buf();
+    let results = std::thread::scope(|s| {
+        let mut run0 = Some(&mut run);
+        let handles: Vec<_> = LocalRanks::group(ranks)
+            .into_iter()
+            .map(|ep| {
+                let run = if ep.rank() == 0 { run0.take() } else { None };
+                s.spawn(move || train_distributed(config, Box::new(ep), run, &mut NoProgress, session))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (results, path)
+}
+
+#[test]
+fn async_across_ranks_with_a_slow_rank_honours_sync_freq_and_logs_every_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sync_freq = 2;
+    let rounds = 12;
+    let c = Config { sync_freq, ..config(Topology::Ring, 4, 1, rounds) };
+    // Rank 1 (agents 2 and 3) sleeps 40 ms after each update: agent 0 waits on agent 3.
+    let session = DistSession { slow_rank: Some((1, Duration::from_millis(40))), ..DistSession::default() };
+    let (results, run) = distributed_async(&c, 2, dir.path(), &session);
+    let results: Vec<DistTraining> = results.into_iter().map(|r| r.unwrap()).collect();
+    for r in &results {
+        assert_eq!(r.summary.updates, rounds, "every agent completes its rounds");
+        assert_eq!(r.summary.params_sha256, results[0].summary.params_sha256, "one summary for the run");
+        assert!(r.summary.consensus_distance > 0.0 && r.summary.consensus_distance < 0.2, "{}", r.summary.consensus_distance);
+    }
+    // Rank 0's folder holds the audit log of every agent, with the sync_freq bound kept.
+    let events = common::events_from_csv(&run);
+    let finished_at: Vec<f64> = (0..4).map(|a| events.iter().filter(|e| e.agent == a).map(|e| e.seconds).fold(0.0, f64::max)).collect();
+    for agent in 0..4 {
+        let receives = common::receive_events(&events, agent);
+        // One outcome per round (a blocked wait is followed by its round's outcome).
+        assert_eq!(receives.iter().filter(|e| e.kind != "blocked").count() as u64, rounds, "agent {agent}: one receive per round");
+        common::assert_sync_freq_bound(&receives, agent, sync_freq, |e| {
+            let sender = (agent + 3) % 4;
+            assert!(e.seconds >= finished_at[sender] - 1.0, "agent {agent} gave up waiting at round {} before agent {sender} finished", e.round);
+        });
+    }
+    // Messages crossed the ranks both ways (ring 1 → 2 and 3 → 0), and the fast rank felt the
+    // slow one: skipped sends, unmixed rounds or blocked waits.
+    assert!(events.iter().any(|e| e.agent == 0 && e.kind == "mixed" && e.peers == vec![3]));
+    assert!(events.iter().any(|e| e.agent == 2 && e.kind == "mixed" && e.peers == vec![1]));
+    assert!(events.iter().any(|e| e.agent < 2 && matches!(e.kind, "send_skipped" | "unmixed" | "blocked")));
+    let agents_log = std::fs::read_to_string(run.join("gossip_agents.csv")).unwrap();
+    assert!((0..4).all(|a| agents_log.lines().any(|l| l.split(',').nth(1) == Some(&a.to_string()))), "{agents_log}");
+    assert!(run.join("summary.json").exists());
+    // The final checkpoint holds every agent, each after its last round.
+    let ck = Checkpoint::load(&run).unwrap();
+    assert_eq!((ck.agents, ck.agent_rounds()), (4, vec![rounds; 4]));
+}
+
+#[test]
+fn async_across_ranks_a_silent_rank_is_named_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // Fully asynchronous: no receiver ever blocks, so only the heartbeat can tell.
+    let c = Config { sync_freq: 1_000_000_000, gossip_timeout: 2.0, ..config(Topology::Ring, 4, 1, 100_000) };
+    let session = DistSession { hang_at: Some((1, 3)), ..DistSession::default() };
+    let started = Instant::now();
+    let (results, _) = distributed_async(&c, 2, dir.path(), &session);
+    let err = results[0].as_ref().err().expect("rank 0 must fail").to_string();
+    assert!(err.contains("rank 1 (agents 2..4) sent nothing"), "{err}");
+    assert!(results[1].is_err(), "the hung rank fails too");
+    // Detected within the timeout (2 s) plus a round; the hung rank wakes after 3 × timeout.
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn async_across_ranks_a_failed_agent_stops_its_receiver_on_the_other_rank_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config { sync_freq: 2, gossip_timeout: 5.0, ..config(Topology::Ring, 4, 1, 20) };
+    // Agent 3 (rank 1) fails at round 1; agent 0 (rank 0) receives only from it.
+    let session = DistSession { fail_agent: Some((3, 1)), ..DistSession::default() };
+    let (results, run) = distributed_async(&c, 2, dir.path(), &session);
+    let err = results[0].as_ref().err().expect("rank 0 must fail").to_string();
+    assert!(err.contains("agent 3 (on rank 1) stopped") && err.contains("injected failure"), "{err}");
+    let err = results[1].as_ref().err().expect("rank 1 must fail").to_string();
+    assert!(err.contains("agent 3") && err.contains("injected failure"), "{err}");
+    assert!(!run.join("summary.json").exists());
+}
+
+#[test]
+fn async_across_ranks_a_failure_on_rank_0_reaches_the_ranks_that_finished_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Fully asynchronous: rank 1's agents finish their rounds although agent 0 failed.
+    let c = Config { sync_freq: 1_000_000_000, gossip_timeout: 60.0, ..config(Topology::Ring, 4, 1, 6) };
+    let session = DistSession { fail_agent: Some((0, 1)), ..DistSession::default() };
+    let started = Instant::now();
+    let (results, _) = distributed_async(&c, 2, dir.path(), &session);
+    let err = results[0].as_ref().err().expect("rank 0 must fail").to_string();
+    assert!(err.contains("agent 0") && err.contains("injected failure"), "{err}");
+    let err = results[1].as_ref().err().expect("rank 1 must fail too").to_string();
+    assert!(err.contains("rank 0 failed") && err.contains("injected failure"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "rank 1 waited out its timeout: {:?}", started.elapsed());
+}
+
+/// On the GPU backend (the CUDA kernels under the simulator) messages from other ranks land in
+/// the device mailboxes (a host-to-device upload) and mix with the same fused kernel launch.
+#[test]
+fn async_across_ranks_on_the_gpu_backend_mixes_messages_from_the_other_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config { backend: BackendKind::Sim, sync_freq: 1, ..config(Topology::Ring, 4, 1, 6) };
+    let (results, run) = distributed_async(&c, 2, dir.path(), &DistSession::default());
+    let results: Vec<DistTraining> = results.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!((results[0].summary.backend.as_str(), results[0].summary.updates), ("sim", 6));
+    let events = common::events_from_csv(&run);
+    for agent in 0..4 {
+        common::assert_sync_freq_bound(&common::receive_events(&events, agent), agent, 1, |_| {});
+    }
+    assert!(events.iter().any(|e| e.agent == 0 && e.kind == "mixed" && e.peers == vec![3]), "agent 0 mixed agent 3's message from rank 1");
+    assert!(results[0].summary.consensus_distance < 0.2);
+}
+
+#[test]
+fn async_across_ranks_a_stop_on_one_rank_stops_every_rank_with_a_checkpoint_that_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config { sync_freq: 4, ..config(Topology::Ring, 4, 1, 100_000) };
+    let (results, path) = stopped_by_rank_1(&c, dir.path(), StopOnceUnderWay);
+    assert!(results.iter().all(|r| r.interrupted), "rank 1's stop reached rank 0");
+    assert!(!path.join("summary.json").exists());
+    let ck = Checkpoint::load(&path).unwrap();
+    let rounds = ck.agent_rounds();
+    assert!(rounds.iter().all(|&r| r >= 1 && r < 100_000), "{rounds:?}");
+    // It resumes (asynchronously, in one process) to a budget past every agent's round.
+    let target = rounds.iter().max().unwrap() + 2;
+    let total = Config { frames: target * round_frames(4), ..c.clone() };
+    let session = gala_gpu::algo::async_gossip::AsyncSession { resume: Some(&ck), ..Default::default() };
+    let t = gala_gpu::algo::async_gossip::train_async_session(&total, None, &mut NoProgress, &session).unwrap();
+    assert_eq!(t.summary.updates, target);
+}
+
+/// Sets a stop flag once this rank's agents have made some rounds.
+struct StopOnceUnderWay(Arc<AtomicBool>);
+impl ProgressSink for StopOnceUnderWay {
+    fn tick(&mut self, frames: u64) {
+        if frames >= 4 * round_frames(2) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    fn report(&mut self, _row: &gala_gpu::run::MetricsRow) {}
 }

@@ -1,8 +1,11 @@
 //! `mpirun -np R gala-gpu train …` (cargo feature `mpi`; needs Open MPI's `mpirun` on PATH):
-//! lock-step across processes equals one process, checkpoints resume across process counts, and
-//! a rank that stops answering ends the job with an error naming it.
+//! lock-step across processes equals one process, checkpoints resume across process counts, a
+//! rank that stops answering ends the job with an error naming it, and asynchronous gossip
+//! across processes keeps GALA's protocol (the sync_freq bound in the audit log).
 //! Run with: `cargo test --release --features mpi --test mpi` (CI: .ci/run).
 #![cfg(feature = "mpi")]
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -106,4 +109,84 @@ fn a_rank_that_stops_answering_ends_the_job_naming_it_and_the_last_checkpoint_re
     let (out, straight) = train(1, &dir.path().join("straight"), "ring", 6 * ROUND, &[], &[]);
     ok(&out);
     assert_eq!(sha(&run), sha(&straight.unwrap()));
+}
+
+#[test]
+fn async_on_2_processes_with_a_slow_rank_honours_sync_freq() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sync_freq, rounds) = (2, 12);
+    // Rank 1 (agents 2 and 3) sleeps 40 ms after each update; agent 0 receives from agent 3.
+    let (out, run) = train(2, &dir.path().join("async"), "ring", rounds * ROUND, &["--sync-freq", "2"], &[("GALA_GPU_DEBUG_SLOW_RANK", "1:40")]);
+    ok(&out);
+    let run = run.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), run.to_str().unwrap());
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((summary["updates"].as_u64(), summary["agents"].as_u64()), (Some(rounds), Some(4)));
+    let events = common::events_from_csv(&run);
+    for agent in 0..4 {
+        let receives = common::receive_events(&events, agent);
+        assert_eq!(receives.iter().filter(|e| e.kind != "blocked").count() as u64, rounds, "agent {agent}: one receive per round");
+        common::assert_sync_freq_bound(&receives, agent, sync_freq, |_| {});
+    }
+    // Messages crossed the processes both ways, and the fast rank felt the slow one.
+    assert!(events.iter().any(|e| e.agent == 0 && e.kind == "mixed" && e.peers == vec![3]));
+    assert!(events.iter().any(|e| e.agent == 2 && e.kind == "mixed" && e.peers == vec![1]));
+    assert!(events.iter().any(|e| e.agent < 2 && matches!(e.kind, "send_skipped" | "unmixed" | "blocked")));
+    let ck = gala_gpu::checkpoint::Checkpoint::load(&run).unwrap();
+    assert_eq!((ck.agents, ck.agent_rounds()), (4, vec![rounds; 4]));
+}
+
+#[test]
+fn async_on_3_and_4_processes_with_exp_and_all_keeps_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let rounds = 8;
+    for (np, topology) in [(4, "exp"), (3, "all"), (4, "all")] {
+        let (out, run) = train(np, &dir.path().join(format!("{topology}-{np}")), topology, rounds * ROUND, &["--sync-freq", "1", "--gossip-timeout", "30"], &[]);
+        ok(&out);
+        let run = run.unwrap();
+        let events = common::events_from_csv(&run);
+        for agent in 0..4 {
+            let receives = common::receive_events(&events, agent);
+            assert_eq!(receives.iter().filter(|e| e.kind != "blocked").count() as u64, rounds, "{topology} on {np}: agent {agent}");
+            common::assert_sync_freq_bound(&receives, agent, 1, |_| {});
+        }
+        let ck = gala_gpu::checkpoint::Checkpoint::load(&run).unwrap();
+        assert_eq!(ck.agent_rounds(), vec![rounds; 4], "{topology} on {np}");
+    }
+}
+
+#[test]
+fn async_a_silent_rank_ends_the_job_naming_it_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    // Fully asynchronous (no receiver ever blocks): rank 1 falls silent at round 5; cuts every
+    // 2 rounds (80 frames).
+    let (out, run) = train(2, &dir.path().join("hang"), "ring", 100_000 * ROUND, &[
+        "--sync-freq", "1000000000", "--gossip-timeout", "3", "--save-every", "80",
+    ], &[("GALA_GPU_DEBUG_HANG_RANK", "1:5")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("rank 0 of 2") && stderr.contains("rank 1 (agents 2..4) sent nothing"), "rank 0 names rank 1:\n{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    // As in one process, each agent's last state is kept: rank 0's after its last round, the
+    // silent rank's from the last cut it deposited (round 4); it resumes in one process.
+    let run = run.unwrap();
+    assert!(!run.join("summary.json").exists());
+    let rounds = gala_gpu::checkpoint::Checkpoint::load(&run).unwrap().agent_rounds();
+    assert!(rounds[2..] == [4, 4] && rounds[..2].iter().all(|&r| r >= 4), "{rounds:?}");
+    let target = rounds.iter().max().unwrap() + 2;
+    ok(&launch(1, &["train", "--resume", run.to_str().unwrap(), "--frames", &(target * ROUND).to_string(), "-q"], &[]));
+    let ck = gala_gpu::checkpoint::Checkpoint::load(&run).unwrap();
+    assert_eq!(ck.agent_rounds(), vec![target; 4]);
+    assert!(run.join("summary.json").exists());
+}
+
+#[test]
+fn async_a_failed_agent_on_one_rank_fails_the_job_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, run) = train(2, &dir.path().join("fail"), "ring", 20 * ROUND, &["--sync-freq", "2", "--gossip-timeout", "10"], &[("GALA_GPU_DEBUG_FAIL_AGENT", "3:1")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("agent 3") && stderr.contains("injected failure"), "{stderr}");
+    assert!(!run.unwrap().join("summary.json").exists());
 }

@@ -3,7 +3,7 @@
 //!
 //! Mailboxes are per directed pair (s → r) that can ever communicate: a slot holding θ_s and a
 //! `full` flag. The flags live here, on the host, under one lock; the slots are a
-//! [`Mailboxes`] transport chosen by the backend kind (`backend::mailbox`):
+//! [`Mailboxes`](crate::backend::mailbox::Mailboxes) transport chosen by the backend kind (`backend::mailbox`):
 //! * the CPU backend (the reference) uses host mailboxes: θ_s is read to the host and mixed
 //!   with `Backend::mix_messages`;
 //! * the GPU backend (CUDA or the simulator) uses device mailboxes: every agent's backend lives
@@ -15,7 +15,9 @@
 //!
 //! Each round an agent (1) runs one update, (2) sends, (3) receives:
 //! * send: to `out_peers(s, round)`. If one of those slots still holds an unread message the
-//!   whole round's send is skipped (a message is never overwritten before it is read);
+//!   whole round's send is skipped (a message is never overwritten before it is read).
+//!   Out-peers that have finished or failed are left out: they never read again, and waiting
+//!   on their slots would starve the agents still running at the end of a run;
 //! * receive: every full slot addressed to r is consumed (in sender order) and mixed with
 //!   uniform weight, θ_r ← θ_r/(m+1) + Σ θ_s/(m+1) for m messages. With none, the round counts
 //!   as unmixed; after `sync_freq` unmixed rounds in a row the receiver blocks until a message
@@ -36,20 +38,37 @@
 //! flight are not saved, so a resumed run starts with empty mailboxes. In lock-step a cut is
 //! exact and a resumed run is bit-identical to an uninterrupted one. Ctrl-C stops every agent at
 //! one agreed round; a failure leaves the last cut or each agent's last completed round.
+//!
+//! Across processes (`dist`, `mpirun`) each rank runs its block's agents here under the same
+//! protocol; for pairs that cross ranks the flags are mirrored — on the sender's rank `full`
+//! means "posted, not yet acknowledged", on the receiver's "arrived, not yet mixed" — and the
+//! rank's pump thread applies what other ranks post (messages, acknowledgements, finished or
+//! failed agents). Rank 0 gets the others' counters, checkpoint parts, outcomes and events, and
+//! writes the run folder as one process does. A rank silent for `gossip_timeout` is named.
+//!
+//! Files: `protocol` (the rules above, over any transport), `cuts` (checkpoints), `ranks` (the
+//! pump linking the agents of several processes: `dist::async_link`); here the agents' threads,
+//! the session (progress, logs, summary) and the stop agreement.
 
 use super::topology::GossipGraph;
 use super::trainer::{mean_of_last_games, GameRecord, ProgressSink, Trainer};
-use crate::backend::mailbox::{self, MailboxKind, MailboxPlan, Mailboxes};
 use crate::backend::SharedDevice;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::run::{params_sha256, MetricsRow, RunDir, Summary};
 use crate::checkpoint::Checkpoint;
-use std::collections::{BTreeMap, BTreeSet};
+use crate::dist::async_link::{Link, Wire};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod cuts;
+mod protocol;
+mod ranks;
+
+use cuts::{failure_checkpoint, write_parts, Cuts, OnDisk, SavePlan};
+use protocol::{AgentState, Gossip};
 
 /// Test hooks: make an agent slow or fail, to exercise the protocol's failure paths.
 #[derive(Clone, Debug, Default)]
@@ -58,21 +77,20 @@ pub struct AsyncHooks {
     pub slow_agent: Option<(usize, Duration)>,
     /// (agent, round at which its thread fails)
     pub fail_agent: Option<(usize, u64)>,
+    /// (first agent, end, extra sleep per round): every agent of a block made slow (a slow rank).
+    pub slow_agents: Option<(usize, usize, Duration)>,
+    /// (round, for how long): across ranks, this rank stops answering at that round, as a
+    /// hung process would (its agents and its gossip thread fall silent), then its agents fail.
+    pub hang: Option<(u64, Duration)>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-enum AgentState {
-    Running,
-    Finished,
-    Failed(String),
+impl AsyncHooks {
+    fn pause_of(&self, agent: usize) -> Option<Duration> {
+        let one = self.slow_agent.filter(|(a, _)| *a == agent).map(|(_, d)| d);
+        one.or(self.slow_agents.filter(|(a, b, _)| (*a..*b).contains(&agent)).map(|(_, _, d)| d))
+    }
 }
 
-/// Flags of every mailbox, under one lock (the messages themselves have their own locks).
-struct Board {
-    /// full[s * n + r]: slot s → r holds an unread message.
-    full: Vec<bool>,
-    state: Vec<AgentState>,
-}
 
 /// What happened in one agent's round (the audit log).
 #[derive(Clone, Debug)]
@@ -115,244 +133,6 @@ pub struct AgentSnapshot {
     pub games: Vec<GameRecord>,
 }
 
-struct Gossip {
-    n: usize,
-    graph: GossipGraph,
-    sync_freq: u64,
-    timeout: Duration,
-    /// The device every agent's backend is built on (see the module docs).
-    device: SharedDevice,
-    /// The slots themselves; `board` holds their flags.
-    mailboxes: Box<dyn Mailboxes>,
-    board: Mutex<Board>,
-    changed: Condvar,
-    /// possible_senders[r]: every agent that may ever send to r.
-    possible_senders: Vec<BTreeSet<usize>>,
-    events: Mutex<Vec<GossipEvent>>,
-    started: Instant,
-}
-
-impl Gossip {
-    /// The protocol state for `agents` agents of `param_count` parameters, with mailboxes on
-    /// `device` (host mailboxes for the CPU backend, device mailboxes otherwise).
-    fn new(config: &Config, graph: GossipGraph, agents: usize, device: SharedDevice, param_count: usize) -> Result<Self> {
-        let n = agents;
-        // Exponential peers cycle with a period of at most log2(n) rounds; 2n covers any graph.
-        let mut possible_senders = vec![BTreeSet::new(); n];
-        // The lock-step in-peer lists, in order: the mix must sum messages in that order.
-        let mut orders: Vec<Vec<Vec<usize>>> = vec![Vec::new(); n];
-        for round in 0..(2 * n as u64) {
-            for (r, ins) in graph.in_peers(round).into_iter().enumerate() {
-                possible_senders[r].extend(ins.iter().copied());
-                if !orders[r].contains(&ins) {
-                    orders[r].push(ins);
-                }
-            }
-        }
-        let plan = MailboxPlan {
-            agents: n,
-            param_count,
-            senders: possible_senders.iter().map(|s| s.iter().copied().collect()).collect(),
-            orders,
-        };
-        let mailboxes = mailbox::open(&device, plan)?;
-        Ok(Gossip {
-            n,
-            graph,
-            sync_freq: config.sync_freq,
-            timeout: Duration::from_secs_f64(config.gossip_timeout),
-            device,
-            mailboxes,
-            board: Mutex::new(Board { full: vec![false; n * n], state: vec![AgentState::Running; n] }),
-            changed: Condvar::new(),
-            possible_senders,
-            events: Mutex::new(Vec::new()),
-            started: Instant::now(),
-        })
-    }
-
-    fn lockstep(&self) -> bool {
-        self.sync_freq == 0
-    }
-
-    fn log(&self, agent: usize, round: u64, kind: &'static str, peers: Vec<usize>) {
-        let seconds = self.started.elapsed().as_secs_f64();
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).push(GossipEvent { agent, round, seconds, kind, peers });
-    }
-
-    fn board(&self) -> MutexGuard<'_, Board> {
-        self.board.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether the message in slot s → r, flagged full on `board`, may be read now (never
-    /// blocks: device messages are polled through their events).
-    fn arrived(&self, board: &Board, s: usize, r: usize) -> Result<bool> {
-        Ok(board.full[s * self.n + r] && self.mailboxes.landed(s, r)?)
-    }
-
-    /// Waits on the board until `ready` says Some, with the timeout; `who` explains a timeout.
-    /// With `poll`, `ready` is re-checked every few hundred microseconds even without a
-    /// notification: a device message lands when its copy finishes on the device, which
-    /// signals no condition variable.
-    fn wait_until<'a, T>(
-        &'a self, mut board: MutexGuard<'a, Board>, mut ready: impl FnMut(&Board) -> Result<Option<T>>, who: impl Fn() -> String,
-        poll: bool,
-    ) -> Result<(MutexGuard<'a, Board>, T)> {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            if let Some(v) = ready(&board)? {
-                return Ok((board, v));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Backend(format!(
-                    "gossip: waited {:.0} s for {} (raise `gossip_timeout`, or check that peer)",
-                    self.timeout.as_secs_f64(),
-                    who()
-                )));
-            }
-            let step = if poll { (deadline - now).min(Duration::from_micros(200)) } else { deadline - now };
-            board = self.changed.wait_timeout(board, step).unwrap_or_else(|e| e.into_inner()).0;
-        }
-    }
-
-    fn failed_peer(board: &Board, peers: impl IntoIterator<Item = usize>) -> Option<(usize, String)> {
-        peers.into_iter().find_map(|s| match &board.state[s] {
-            AgentState::Failed(why) => Some((s, why.clone())),
-            _ => None,
-        })
-    }
-
-    fn send(&self, s: usize, round: u64, trainer: &mut Trainer, counters: &AgentCounters) -> Result<()> {
-        let outs = self.graph.out_peers(s, round);
-        let n = self.n;
-        let board = self.board();
-        let board = if self.lockstep() {
-            // Wait until every out-peer has read the previous message (or can no longer read).
-            self.wait_until(
-                board,
-                |b| Ok(outs.iter().all(|&r| !b.full[s * n + r] || b.state[r] != AgentState::Running).then_some(())),
-                || format!("agents {outs:?} to read agent {s}'s message (round {round})"),
-                false,
-            )?
-            .0
-        } else if outs.iter().any(|&r| board.full[s * n + r]) {
-            drop(board);
-            counters.skipped_sends.fetch_add(1, Ordering::Relaxed);
-            self.log(s, round, "send_skipped", outs);
-            return Ok(());
-        } else {
-            board
-        };
-        drop(board);
-        // The slots are ours: receivers only read a slot while it is flagged full.
-        self.mailboxes.post(s, &outs, trainer.backend_mut())?;
-        if self.mailboxes.kind() == MailboxKind::Device {
-            counters.device_messages.fetch_add(outs.len() as u64, Ordering::Relaxed);
-        }
-        let mut board = self.board();
-        for &r in &outs {
-            board.full[s * n + r] = true;
-        }
-        drop(board);
-        self.changed.notify_all();
-        self.log(s, round, "sent", outs);
-        Ok(())
-    }
-
-    fn receive(&self, r: usize, round: u64, trainer: &mut Trainer, counters: &AgentCounters) -> Result<()> {
-        let n = self.n;
-        let poll = self.mailboxes.kind() == MailboxKind::Device;
-        let board = self.board();
-        let (board, take) = if self.lockstep() {
-            let expected = self.graph.in_peers(round).swap_remove(r);
-            self.wait_until(
-                board,
-                |b| {
-                    if let Some((s, why)) = Self::failed_peer(b, expected.iter().copied()) {
-                        return Err(Error::Backend(format!("gossip: agent {r} waits for agent {s}, which stopped: {why}")));
-                    }
-                    for &s in &expected {
-                        if !self.arrived(b, s, r)? {
-                            return Ok(None);
-                        }
-                    }
-                    Ok(Some(expected.clone()))
-                },
-                || format!("agent {r} to receive from agents {expected:?} (round {round})"),
-                poll,
-            )?
-        } else {
-            let pending = |b: &Board| -> Result<Vec<usize>> {
-                let mut fresh = Vec::new();
-                for &s in &self.possible_senders[r] {
-                    if self.arrived(b, s, r)? {
-                        fresh.push(s);
-                    }
-                }
-                Ok(fresh)
-            };
-            let now = pending(&board)?;
-            if !now.is_empty() {
-                (board, now)
-            } else if counters.staleness.load(Ordering::Relaxed) < self.sync_freq {
-                drop(board);
-                counters.staleness.fetch_add(1, Ordering::Relaxed);
-                self.log(r, round, "unmixed", vec![]);
-                return Ok(());
-            } else {
-                counters.blocked_waits.fetch_add(1, Ordering::Relaxed);
-                self.log(r, round, "blocked", vec![]);
-                let senders = &self.possible_senders[r];
-                self.wait_until(
-                    board,
-                    |b| {
-                        let got = pending(b)?;
-                        if !got.is_empty() {
-                            return Ok(Some(got));
-                        }
-                        if let Some((s, why)) = Self::failed_peer(b, senders.iter().copied()) {
-                            return Err(Error::Backend(format!(
-                                "gossip: agent {r} had no message for {} rounds (sync_freq {}) and its peer agent {s} stopped: {why}",
-                                self.sync_freq, self.sync_freq
-                            )));
-                        }
-                        // Every peer is done and has nothing in flight (a device message may be
-                        // flagged but still copying: it lands, so poll on): nothing will come;
-                        // carry on unmixed.
-                        Ok(senders.iter().all(|&s| b.state[s] == AgentState::Finished && !b.full[s * n + r]).then(Vec::new))
-                    },
-                    || format!("a message for agent {r} from agents {senders:?} (none for {} rounds)", self.sync_freq),
-                    poll,
-                )?
-            }
-        };
-        drop(board);
-        if take.is_empty() {
-            // Only after a blocked wait: every possible sender has finished its rounds.
-            counters.staleness.fetch_add(1, Ordering::Relaxed);
-            self.log(r, round, "peers_done", vec![]);
-            return Ok(());
-        }
-        // In `take`'s order: the lock-step in-peer order, or ascending senders.
-        self.mailboxes.mix(r, &take, trainer.backend_mut())?;
-        let mut board = self.board();
-        for &s in &take {
-            board.full[s * n + r] = false;
-        }
-        drop(board);
-        self.changed.notify_all();
-        counters.mixes.fetch_add(1, Ordering::Relaxed);
-        counters.staleness.store(0, Ordering::Relaxed);
-        self.log(r, round, "mixed", take);
-        Ok(())
-    }
-
-    fn set_state(&self, agent: usize, state: AgentState) {
-        self.board().state[agent] = state;
-        self.changed.notify_all();
-    }
-}
 
 /// What one agent's thread ended with.
 pub struct AgentOutcome {
@@ -376,12 +156,15 @@ pub struct AsyncOutcome {
     pub interrupted: bool,
     /// A resumed session restored every environment's state (false: some games restarted).
     pub exact_resume: bool,
+    /// Across ranks: the gossip with the other ranks failed (one fell silent, or the
+    /// transport failed).
+    pub ranks_error: Option<String>,
 }
 
 impl AsyncOutcome {
-    /// The first failure, as the run's error.
+    /// The first failure, as the run's error (a failure across ranks first: it names the rank).
     pub fn first_error(&self) -> Option<String> {
-        self.agents.iter().find_map(|a| a.result.as_ref().err().map(|e| format!("agent {}: {}", a.agent, cause(e))))
+        self.ranks_error.clone().or_else(|| self.agents.iter().find_map(|a| a.result.as_ref().err().map(|e| format!("agent {}: {}", a.agent, cause(e)))))
     }
 }
 
@@ -404,6 +187,9 @@ pub struct AsyncSession<'a> {
     /// ends there with a checkpoint (`AsyncTraining::interrupted`).
     pub stop: Option<Arc<AtomicBool>>,
     pub hooks: AsyncHooks,
+    /// The run spans several ranks (`dist::train`): this process hosts `link.local()` and
+    /// gossips with the others' agents through the link; rank 0 keeps the run folder.
+    pub link: Option<Arc<Link>>,
 }
 
 /// What `train_async_session` returns.
@@ -458,116 +244,6 @@ impl StopControl {
     }
 }
 
-/// Which rounds end with a checkpoint cut: those that cross a multiple of `save_every` frames
-/// (frames = rounds × the frames of one round of all agents), after the session's start and
-/// before its last round (whose cut every agent deposits anyway).
-#[derive(Clone, Copy)]
-struct SavePlan {
-    every: u64,
-    frames_per_round: u64,
-    after: u64,
-    before: u64,
-}
-
-impl SavePlan {
-    fn at(&self, rounds_done: u64) -> bool {
-        let f = |k: u64| k.saturating_mul(self.frames_per_round) / self.every;
-        self.every > 0 && rounds_done > self.after && rounds_done < self.before && f(rounds_done) > f(rounds_done - 1)
-    }
-}
-
-/// The agents' checkpoint parts (only with a run folder): cuts at `save_every` rounds, and
-/// each agent's state when its thread ends. Depositing never waits for other agents.
-struct Cuts {
-    agents: usize,
-    /// Rounds completed → each agent's state right after that round, until all are in.
-    open: Mutex<BTreeMap<u64, Vec<Option<Checkpoint>>>>,
-    /// The newest complete cut, and the rounds of the newest cut written to disk.
-    complete: Mutex<(Option<(u64, Arc<Vec<Checkpoint>>)>, Option<u64>)>,
-    /// Each agent's state when its thread ended: after its last round, or after a failure the
-    /// state it had then, when the failure struck between rounds' steps (not inside an update).
-    last: Mutex<Vec<Option<Checkpoint>>>,
-}
-
-impl Cuts {
-    fn new(agents: usize) -> Self {
-        Cuts { agents, open: Mutex::new(BTreeMap::new()), complete: Mutex::new((None, None)), last: Mutex::new(vec![None; agents]) }
-    }
-
-    fn deposit(&self, agent: usize, rounds: u64, part: Checkpoint) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let parts = open.entry(rounds).or_insert_with(|| vec![None; self.agents]);
-        parts[agent] = Some(part);
-        if parts.iter().all(Option::is_some) {
-            let parts: Vec<Checkpoint> = open.remove(&rounds).into_iter().flatten().flatten().collect();
-            // Agents deposit in round order, so every older cut is complete or abandoned.
-            open.retain(|&k, _| k > rounds);
-            drop(open);
-            let mut complete = self.complete.lock().unwrap_or_else(|e| e.into_inner());
-            if complete.0.as_ref().is_none_or(|(k, _)| *k < rounds) {
-                complete.0 = Some((rounds, Arc::new(parts)));
-            }
-        }
-    }
-
-    fn set_last(&self, agent: usize, part: Checkpoint) {
-        self.last.lock().unwrap_or_else(|e| e.into_inner())[agent] = Some(part);
-    }
-
-    /// The newest complete cut if it is not written yet.
-    fn unwritten(&self) -> Option<(u64, Arc<Vec<Checkpoint>>)> {
-        let complete = self.complete.lock().unwrap_or_else(|e| e.into_inner());
-        complete.0.clone().filter(|(k, _)| complete.1 != Some(*k))
-    }
-
-    fn mark_written(&self, rounds: u64) {
-        self.complete.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(rounds);
-    }
-
-    /// Every agent's final state, when all threads deposited one.
-    fn finals(&self) -> Option<Vec<Checkpoint>> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
-    }
-
-    /// After a failure: each agent's latest state among its last one, the cuts' parts and the
-    /// resumed checkpoint; Err(agent) names an agent with none.
-    fn salvage(&self, resume: Option<&Checkpoint>) -> std::result::Result<Vec<Checkpoint>, usize> {
-        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let complete = self.complete.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
-        (0..self.agents)
-            .map(|r| {
-                let mut candidates: Vec<Checkpoint> = last[r].iter().cloned().collect();
-                candidates.extend(open.values().filter_map(|parts| parts[r].clone()));
-                candidates.extend(complete.as_ref().map(|(_, parts)| parts[r].clone()));
-                candidates.extend(resume.and_then(|ck| ck.agent_part(r).ok()));
-                candidates.into_iter().max_by_key(|c| c.updates).ok_or(r)
-            })
-            .collect()
-    }
-}
-
-/// What the run's checkpoint on disk holds, for messages.
-#[derive(Clone, Debug)]
-struct OnDisk {
-    rounds: Vec<u64>,
-    frames: u64,
-    /// A cut: every agent right after completing the same round (not a failure's salvage).
-    cut: bool,
-}
-
-impl OnDisk {
-    fn of(ck: &Checkpoint) -> Self {
-        OnDisk { rounds: ck.agent_rounds(), frames: ck.frames, cut: ck.agent_updates.is_none() }
-    }
-}
-
-/// Merges agents' parts and writes them as the run's checkpoint.
-fn write_parts(run: &RunDir, parts: &[Checkpoint], cut: bool) -> Result<OnDisk> {
-    let ck = Checkpoint::merge_agents(parts, cut)?;
-    ck.save(&run.checkpoint_path())?;
-    Ok(OnDisk::of(&ck))
-}
 
 /// What every agent thread of a session shares.
 struct Shared<'a> {
@@ -584,6 +260,9 @@ struct Shared<'a> {
     align: u64,
     stop: &'a StopControl,
     cuts: Option<&'a Cuts>,
+    link: Option<&'a Link>,
+    /// Local agents whose thread has ended (with its last messages posted).
+    local_done: &'a AtomicUsize,
     save: SavePlan,
     started: Instant,
     /// Wall-clock seconds of earlier sessions of the run.
@@ -593,6 +272,24 @@ struct Shared<'a> {
 impl Shared<'_> {
     fn wall(&self) -> f64 {
         self.wall_before + self.started.elapsed().as_secs_f64()
+    }
+
+    /// Whether agents leave checkpoint parts: a run folder here, or on rank 0 of a run across
+    /// ranks.
+    fn saving(&self) -> bool {
+        self.cuts.is_some() || self.link.is_some_and(|l| !l.lead() && l.has_run)
+    }
+
+    /// Deposits an agent's part of a cut (after `rounds`) or, with `last`, its final state —
+    /// here, or at rank 0.
+    fn deposit(&self, agent: usize, rounds: u64, last: bool, part: Checkpoint) -> Result<()> {
+        match (self.cuts, self.link) {
+            (Some(cuts), _) if last => cuts.set_last(agent, part),
+            (Some(cuts), _) => cuts.deposit(agent, rounds, part),
+            (None, Some(link)) if self.saving() => link.send(0, &Wire::Part { agent, rounds, last, checkpoint: part.to_bytes()? })?,
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -631,14 +328,17 @@ fn agent_loop(shared: &Shared<'_>, agent: usize, counters: &AgentCounters) -> Ag
         if hooks.fail_agent == Some((agent, round)) {
             return Err(Error::Backend(format!("injected failure at round {round} (test hook)")));
         }
+        if let Some((at, pause)) = hooks.hang.filter(|(at, _)| round >= *at || gossip.hung.load(Ordering::SeqCst)) {
+            gossip.hung.store(true, Ordering::SeqCst);
+            std::thread::sleep(pause);
+            return Err(Error::Backend(format!("this rank stopped answering from round {at} (test hook)")));
+        }
         *clean = false;
         trainer.update()?;
         // After the update and before the mix: a valid (unmixed) round if gossip fails.
         *clean = true;
-        if let Some((slow, pause)) = hooks.slow_agent {
-            if slow == agent {
-                std::thread::sleep(pause);
-            }
+        if let Some(pause) = hooks.pause_of(agent) {
+            std::thread::sleep(pause);
         }
         if gossip.lockstep() && round < shared.align {
             gossip.log(agent, round, "catch_up", vec![]);
@@ -657,8 +357,8 @@ fn agent_loop(shared: &Shared<'_>, agent: usize, counters: &AgentCounters) -> Ag
             };
             *counters.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
         }
-        if let Some(cuts) = shared.cuts.filter(|_| shared.save.at(round + 1)) {
-            cuts.deposit(agent, round + 1, trainer.checkpoint(shared.wall())?);
+        if shared.saving() && shared.save.at(round + 1) {
+            shared.deposit(agent, round + 1, false, trainer.checkpoint(shared.wall())?)?;
         }
         Ok(())
     };
@@ -673,8 +373,8 @@ fn agent_loop(shared: &Shared<'_>, agent: usize, counters: &AgentCounters) -> Ag
             }
         }
         // The agent's final state: the end of the budget or the agreed stop round.
-        if let Some(cuts) = shared.cuts {
-            cuts.set_last(agent, trainer.checkpoint(shared.wall())?);
+        if shared.saving() {
+            shared.deposit(agent, trainer.updates(), true, trainer.checkpoint(shared.wall())?)?;
         }
         Ok(())
     };
@@ -729,7 +429,10 @@ fn run_agents(
     let device = SharedDevice::open(config.backend)?;
     let (rounds, frames_per_round, actions) = rounds_for_budget(&config, agents)?;
     let param_count = crate::model::NetSpec::new(config.net, actions).layout().total;
-    let gossip = Gossip::new(&config, graph, agents, device, param_count)?;
+    let link = session.link.as_deref();
+    let local = link.map_or(0..agents, Link::local);
+    let gossip = Gossip::new(&config, graph, agents, device, param_count, session.link.clone())?;
+    let local_done = AtomicUsize::new(0);
     let start_rounds = session.resume.map_or_else(|| vec![0; agents], Checkpoint::agent_rounds);
     let align = start_rounds.iter().copied().max().unwrap_or(0);
     let backend_name = Mutex::new(String::new());
@@ -737,7 +440,7 @@ fn run_agents(
     let shared = Shared {
         config: &config,
         rounds,
-        threads: (config.resolved_threads() / agents).max(1),
+        threads: (config.resolved_threads() / local.len().max(1)).max(1),
         gossip: &gossip,
         hooks: &session.hooks,
         backend_name: &backend_name,
@@ -745,12 +448,23 @@ fn run_agents(
         align,
         stop,
         cuts,
+        link,
+        local_done: &local_done,
         save: SavePlan { every: config.save_every, frames_per_round, after: align, before: rounds },
         started,
         wall_before: session.resume.map_or(0.0, |ck| ck.wall_seconds),
     };
-    let runs: Vec<(AgentOutcome, bool)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..agents)
+    let (mut runs, remote): (Vec<(AgentOutcome, bool)>, _) = std::thread::scope(|scope| {
+        // Across ranks: the pump applies what the other ranks post (`ranks`).
+        let pump = link.map(|l| {
+            let (gossip, local_done, metrics_every) = (&gossip, &local_done, config.metrics_every);
+            std::thread::Builder::new()
+                .name("gala-gossip-pump".into())
+                .spawn_scoped(scope, move || ranks::pump(gossip, l, counters, cuts, stop, local_done, metrics_every))
+                .expect("spawn the gossip pump")
+        });
+        let handles: Vec<_> = local
+            .clone()
             .map(|agent| {
                 let (shared, counters) = (&shared, &counters[agent]);
                 std::thread::Builder::new()
@@ -785,9 +499,9 @@ fn run_agents(
                         if let Some(mut t) = trainer {
                             // A failed agent's state, when the failure left it whole, for the
                             // checkpoint the run leaves behind.
-                            if let (Err(_), true, Some(cuts)) = (&outcome.result, clean, shared.cuts) {
+                            if let (Err(_), true, true) = (&outcome.result, clean, shared.saving()) {
                                 if let Ok(part) = t.checkpoint(shared.wall()) {
-                                    cuts.set_last(agent, part);
+                                    let _ = shared.deposit(agent, t.updates(), true, part);
                                 }
                             }
                             outcome.params = t.backend_mut().read_params().ok();
@@ -795,19 +509,60 @@ fn run_agents(
                             outcome.episodes = t.episodes();
                             outcome.frames = t.frames();
                         }
+                        // Across ranks, rank 0 gets every agent's outcome (best effort: a
+                        // missing one fails the run there).
+                        if let Some(link) = shared.link.filter(|l| !l.lead()) {
+                            let _ = link.send(0, &Wire::Outcome {
+                                agent,
+                                rounds: outcome.rounds,
+                                error: outcome.result.as_ref().err().map(cause),
+                                params: outcome.params.clone(),
+                                games: outcome.games.clone(),
+                                episodes: outcome.episodes,
+                                frames: outcome.frames,
+                                exact,
+                            });
+                        }
+                        shared.local_done.fetch_add(1, Ordering::SeqCst);
                         (outcome, exact)
                     })
                     .expect("spawn agent thread")
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("agent thread outcome")).collect()
+        let runs = handles.into_iter().map(|h| h.join().expect("agent thread outcome")).collect();
+        let remote = pump.map(|h| h.join().unwrap_or_else(|_| Err(Error::Backend("the gossip pump thread panicked".into()))));
+        (runs, remote)
     });
+    let mut ranks_error = None;
+    match remote {
+        Some(Ok(r)) => {
+            runs.extend(r.outcomes);
+            gossip.events.lock().unwrap_or_else(|e| e.into_inner()).extend(r.events);
+        }
+        Some(Err(e)) => ranks_error = Some(cause(&e)),
+        None => {}
+    }
+    // Rank 0 answers for every agent of the run: one whose outcome never came failed.
+    if let Some(link) = link.filter(|l| l.lead()) {
+        for a in 0..agents {
+            if !runs.iter().any(|(o, _)| o.agent == a) {
+                let why = format!("no outcome came from rank {}", link.rank_of(a));
+                let rounds = counters[a].rounds.load(Ordering::Relaxed);
+                runs.push((AgentOutcome { agent: a, rounds, result: Err(Error::Backend(why)), params: None, games: Vec::new(), episodes: 0, frames: 0 }, false));
+            }
+        }
+    }
+    runs.sort_by_key(|(o, _)| o.agent);
     let exact_resume = runs.iter().all(|(_, exact)| *exact);
     let outcomes: Vec<AgentOutcome> = runs.into_iter().map(|(o, _)| o).collect();
-    let events = std::mem::take(&mut *gossip.events.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut events = std::mem::take(&mut *gossip.events.lock().unwrap_or_else(|e| e.into_inner()));
+    if link.is_some() {
+        // Ranks' clocks started within the start-up handshake of each other.
+        events.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    }
     let backend = backend_name.into_inner().unwrap_or_else(|e| e.into_inner());
     let interrupted = stop.stop_round().is_some_and(|at| at < rounds);
-    Ok(AsyncOutcome { agents: outcomes, events, wall_seconds: started.elapsed().as_secs_f64(), backend, interrupted, exact_resume })
+    Ok(AsyncOutcome { agents: outcomes, events, wall_seconds: started.elapsed().as_secs_f64(), backend, interrupted, exact_resume, ranks_error })
 }
 
 /// A metrics row from the agents' latest snapshots (consensus distance once all have published).
@@ -987,7 +742,10 @@ pub fn train_async_session(
     for a in &outcome.agents {
         params.extend_from_slice(a.params.as_deref().unwrap_or_default());
     }
-    let p = params.len() / agents;
+    // Every agent here, except on ranks other than 0 of a run across ranks (whose summary is
+    // replaced by rank 0's).
+    let held = outcome.agents.len().max(1);
+    let p = params.len() / held;
     let mut games: Vec<GameRecord> = outcome.agents.iter().flat_map(|a| a.games.iter().copied()).collect();
     let frames = outcome.agents.iter().map(|a| a.frames).sum();
     let summary = Summary {
@@ -1000,7 +758,7 @@ pub fn train_async_session(
         updates: outcome.agents.iter().map(|a| a.rounds).min().unwrap_or(0),
         episodes: outcome.agents.iter().map(|a| a.episodes).sum(),
         mean_return_100: mean_of_last_games(&mut games),
-        consensus_distance: if p > 0 { crate::backend::cpu::gossip::consensus_distance(&params, agents) } else { 0.0 },
+        consensus_distance: if p > 0 { crate::backend::cpu::gossip::consensus_distance(&params, held) } else { 0.0 },
         sps: frames as f64 / wall.max(1e-9),
         wall_seconds: wall,
         backend: outcome.backend.clone(),
@@ -1012,58 +770,4 @@ pub fn train_async_session(
         }
     }
     Ok(AsyncTraining { summary, interrupted: outcome.interrupted, exact_resume: outcome.exact_resume })
-}
-
-/// After a failure: leaves the best checkpoint there is (see `train_async_session`) and says
-/// what it holds, where, and how to continue.
-fn failure_checkpoint(run: &RunDir, cuts: &Cuts, resume: Option<&Checkpoint>, lockstep: bool, on_disk: &mut Option<OnDisk>) -> String {
-    let path = run.checkpoint_path();
-    let resume_cmd = format!("continue with: gala-gpu train --resume {}", run.path().display());
-    // A complete cut not written yet (the failure came before the writer's next look).
-    let mut save_note = String::new();
-    if let Some((k, parts)) = cuts.unwritten() {
-        match write_parts(run, &parts, true) {
-            Ok(saved) => *on_disk = Some(saved),
-            Err(e) => save_note = format!(" (the cut of round {k} could not be written: {e})"),
-        }
-        cuts.mark_written(k);
-    }
-    let describe_cut = |d: &OnDisk| format!("round {}, frame {}", d.rounds.first().copied().unwrap_or(0), d.frames);
-    if lockstep {
-        if let Some(d) = on_disk.as_ref().filter(|d| d.cut) {
-            return format!(
-                "the last checkpoint ({}; every agent at the same round, so resuming it is exact) is kept in {}{save_note}; {resume_cmd}",
-                describe_cut(d),
-                path.display()
-            );
-        }
-    }
-    let salvage = cuts.salvage(resume).map_err(|r| format!("agent {r} left no state to save")).and_then(|parts| {
-        let newer = on_disk.as_ref().is_none_or(|d| {
-            let rounds: Vec<u64> = parts.iter().map(|c| c.updates).collect();
-            rounds.iter().zip(&d.rounds).all(|(a, b)| a >= b) && rounds != d.rounds
-        });
-        if !newer {
-            return Err("no agent got further than the checkpoint on disk".into());
-        }
-        write_parts(run, &parts, false).map_err(|e| e.to_string())
-    });
-    match (salvage, on_disk.as_ref()) {
-        (Ok(saved), _) => {
-            let text = format!(
-                "each agent's state after its last completed round (rounds {:?}, frame {}) is saved in {}; it is not a cut of the run (agents stopped at different points, the round that failed counts as unmixed, messages in flight are lost), so the resumed run will not match an uninterrupted one; {resume_cmd}",
-                saved.rounds,
-                saved.frames,
-                path.display()
-            );
-            *on_disk = Some(saved);
-            text
-        }
-        (Err(why), Some(d)) => format!(
-            "no newer checkpoint could be saved ({why}){save_note}; the last checkpoint ({}) is kept in {}; {resume_cmd}",
-            if d.cut { describe_cut(d) } else { format!("rounds {:?}, frame {}", d.rounds, d.frames) },
-            path.display()
-        ),
-        (Err(why), None) => format!("no checkpoint could be saved ({why}){save_note} and none had been saved yet (use --save-every to keep some)"),
-    }
 }

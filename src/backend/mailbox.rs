@@ -118,6 +118,10 @@ pub trait Mailboxes: Send + Sync {
     /// `to`'s parameters (held by `backend`): θ ← θ/(m+1) + Σ msg/(m+1), the arithmetic of
     /// `cpu::gossip::mix_one`.
     fn mix(&self, to: usize, from: &[usize], backend: &mut dyn Backend) -> Result<()>;
+    /// Stores a message that came from another process (asynchronous gossip across ranks,
+    /// host-staged) in slot `from` → `to`, under the same guarantee as `post`; it has landed
+    /// when this returns.
+    fn deliver(&self, from: usize, to: usize, params: &[f32]) -> Result<()>;
 }
 
 /// The transport for `device`: host mailboxes for the CPU backend, device mailboxes (on that
@@ -188,6 +192,16 @@ impl Mailboxes for HostMailboxes {
         let guards = from.iter().map(|&s| self.slot(s, to)).collect::<Result<Vec<_>>>()?;
         let messages: Vec<&[f32]> = guards.iter().map(|g| g.as_slice()).collect();
         backend.mix_messages(local, &messages)
+    }
+
+    fn deliver(&self, from: usize, to: usize, params: &[f32]) -> Result<()> {
+        if params.len() != self.plan.param_count {
+            return Err(Error::Shape(format!("gossip: a message of {} parameters from agent {from}, expected {}", params.len(), self.plan.param_count)));
+        }
+        let mut slot = self.slot(from, to)?;
+        slot.clear();
+        slot.extend_from_slice(params);
+        Ok(())
     }
 }
 

@@ -3,9 +3,9 @@
 //! sender of); a message that arrives before it is asked for waits in the rank's pending list,
 //! so only (sender, tag) order matters, as with MPI.
 
-use super::{Incoming, Outgoing, RankTransport};
+use super::{Incoming, Outgoing, RankTransport, ASYNC_TAG};
 use crate::error::{Error, Result};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 struct Packet {
@@ -57,6 +57,31 @@ impl RankTransport for LocalRanks {
 
     fn describe(&self) -> String {
         format!("in-process ranks ({} threads, host memory)", self.peers.len())
+    }
+
+    fn post(&mut self, to: usize, data: Vec<u8>) -> Result<()> {
+        let gone = || Error::Backend(format!("rank {to} is gone (its end of the group was closed)"));
+        let peer = self.peers.get(to).and_then(Option::as_ref).ok_or_else(gone)?;
+        peer.send(Packet { from: self.rank, tag: ASYNC_TAG, data }).map_err(|_| gone())
+    }
+
+    fn poll(&mut self) -> Result<Option<(usize, Vec<u8>)>> {
+        loop {
+            if let Some(at) = self.pending.iter().position(|p| p.tag == ASYNC_TAG) {
+                let p = self.pending.remove(at);
+                return Ok(Some((p.from, p.data)));
+            }
+            match self.inbox.try_recv() {
+                Ok(packet) => self.pending.push(packet),
+                // Every other rank gone: nothing more comes (the caller's deadlines name them).
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return Ok(None),
+            }
+        }
+    }
+
+    fn posted_done(&mut self) -> Result<bool> {
+        // A channel send is complete when it returns.
+        Ok(true)
     }
 
     fn exchange(&mut self, sends: &[Outgoing<'_>], recvs: &mut [Incoming<'_>], timeout: Duration) -> Result<()> {

@@ -17,6 +17,7 @@
 //! non-blocking MPI point-to-point, host-staged). Every wait has a deadline
 //! (`gossip_timeout`): a silent or dead rank is an error naming it, never a hang.
 
+pub mod async_link;
 pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
@@ -120,7 +121,19 @@ pub trait RankTransport: Send {
     fn broadcast(&mut self, bytes: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         broadcast_p2p(self, bytes, timeout)
     }
+    /// Asynchronous gossip (`async_link`): sends `data` to rank `to` without waiting; the
+    /// transport keeps the buffer until it has left. Posted messages from one rank arrive in
+    /// the order they were posted, apart from `exchange`'s (they carry [`ASYNC_TAG`]).
+    fn post(&mut self, to: usize, data: Vec<u8>) -> Result<()>;
+    /// A posted message that has arrived at this rank, with its sender; never blocks.
+    fn poll(&mut self) -> Result<Option<(usize, Vec<u8>)>>;
+    /// Whether every message this rank posted has left (drives their progress).
+    fn posted_done(&mut self) -> Result<bool>;
 }
+
+/// The tag of asynchronous gossip's messages (`RankTransport::post`), apart from the blocking
+/// exchanges' tags.
+pub const ASYNC_TAG: u32 = CONTROL_TAG + 2;
 
 const TAG_LEN: u32 = CONTROL_TAG;
 const TAG_BODY: u32 = CONTROL_TAG + 1;
@@ -223,7 +236,8 @@ pub struct GossipTraffic {
     pub bytes_received: u64,
     /// Wall seconds in `RankGossip::round` (reading θ, exchanging, mixing).
     pub seconds: f64,
-    /// Of which waiting for the exchange.
+    /// Of which waiting for the exchange, once the agents that need nothing from other ranks
+    /// have mixed meanwhile.
     pub exchange_seconds: f64,
 }
 
@@ -248,8 +262,14 @@ impl RankGossip {
 
     /// One round on `backend` (holding this rank's block): sends the post-update parameters its
     /// agents' out-peers on other ranks need, receives those its agents need, and mixes every
-    /// local agent with its in-peers in the batched trainer's order and arithmetic
-    /// (`Backend::mix_with_remote`). Messages from local peers never leave the backend.
+    /// local agent with its in-peers in the batched trainer's order and arithmetic. Messages
+    /// from local peers never leave the backend.
+    ///
+    /// The exchange runs on a helper thread while the agents whose in-peers are all local mix
+    /// (`Backend::mix`, the single process's own launch); then the others mix with what
+    /// arrived (`Backend::mix_with_remote`), their local in-peers taken from the pre-round
+    /// copy of the block's parameters (the one that was sent), so every sum reads the same
+    /// post-update values in the same order as one process and the result is bit-identical.
     pub fn round(&mut self, backend: &mut dyn Backend, round: u64) -> Result<()> {
         let t0 = Instant::now();
         let rank = lock(&self.transport).rank();
@@ -258,29 +278,64 @@ impl RankGossip {
             return backend.mix(&plan.in_peers);
         }
         let first = self.blocks.range(rank).start;
+        let n = plan.in_peers.len();
         let p = backend.spec().param_count();
-        // Host-staged: θ of the whole block once (the senders' rows are sent from it).
-        let params = if plan.sends.is_empty() { Vec::new() } else { backend.read_params()? };
+        // Which agents need a message from another rank (they mix after the exchange).
+        let waits: Vec<bool> = plan.in_peers.iter().map(|l| l.iter().any(|&j| j >= n)).collect();
+        // Host-staged: θ of the whole block once (the senders' rows are sent from it, and the
+        // waiting agents' local in-peers are read from it).
+        let params = backend.read_params()?;
         let mut received = vec![0f32; plan.recvs.len() * p];
-        let t1 = Instant::now();
-        {
-            let sends: Vec<Outgoing<'_>> = plan
-                .sends
-                .iter()
-                .map(|&(s, q)| Outgoing { to: q, tag: s as u32, data: bytemuck::cast_slice(&params[(s - first) * p..(s - first + 1) * p]) })
-                .collect();
-            let mut recvs: Vec<Incoming<'_>> = received
-                .chunks_mut(p)
-                .zip(&plan.recvs)
-                .map(|(buf, &s)| Incoming { from: self.blocks.rank_of(s), tag: s as u32, data: bytemuck::cast_slice_mut(buf) })
-                .collect();
-            lock(&self.transport).exchange(&sends, &mut recvs, self.timeout).map_err(|e| {
-                Error::Backend(format!("gossip round {round} across processes (rank {rank}, agents {:?}): {e}", self.blocks.range(rank)))
-            })?;
-        }
-        self.traffic.exchange_seconds += t1.elapsed().as_secs_f64();
-        let remote: Vec<&[f32]> = received.chunks(p).collect();
-        backend.mix_with_remote(&plan.in_peers, &remote)?;
+        let (transport, blocks, timeout) = (&self.transport, &self.blocks, self.timeout);
+        let (exchanged, waited) = std::thread::scope(|scope| {
+            let (plan, params, received) = (&plan, &params, &mut received);
+            let exchange = std::thread::Builder::new()
+                .name("gala-rank-exchange".into())
+                .spawn_scoped(scope, move || {
+                    let sends: Vec<Outgoing<'_>> = plan
+                        .sends
+                        .iter()
+                        .map(|&(s, q)| Outgoing { to: q, tag: s as u32, data: bytemuck::cast_slice(&params[(s - first) * p..(s - first + 1) * p]) })
+                        .collect();
+                    let mut recvs: Vec<Incoming<'_>> = received
+                        .chunks_mut(p)
+                        .zip(&plan.recvs)
+                        .map(|(buf, &s)| Incoming { from: blocks.rank_of(s), tag: s as u32, data: bytemuck::cast_slice_mut(buf) })
+                        .collect();
+                    lock(transport).exchange(&sends, &mut recvs, timeout)
+                });
+            let exchange = match exchange {
+                Ok(h) => h,
+                Err(e) => return (Err(Error::Backend(format!("cannot start the exchange thread: {e}"))), Duration::ZERO),
+            };
+            // Meanwhile: the agents that need nothing from other ranks.
+            let now: Vec<Vec<usize>> = plan.in_peers.iter().zip(&waits).map(|(l, &w)| if w { Vec::new() } else { l.clone() }).collect();
+            let local = if now.iter().any(|l| !l.is_empty()) { backend.mix(&now) } else { Ok(()) };
+            let t1 = Instant::now();
+            let exchanged = exchange.join().unwrap_or_else(|_| Err(Error::Backend("the exchange thread panicked".into())));
+            (local.and(exchanged), t1.elapsed())
+        });
+        exchanged.map_err(|e| Error::Backend(format!("gossip round {round} across processes (rank {rank}, agents {:?}): {e}", self.blocks.range(rank))))?;
+        self.traffic.exchange_seconds += waited.as_secs_f64();
+        // The waiting agents: messages from other ranks first, then the pre-round rows of the
+        // local in-peers they need (`needed`), as extra messages.
+        let mut needed: Vec<usize> = plan.in_peers.iter().zip(&waits).filter(|(_, &w)| w).flat_map(|(l, _)| l.iter().copied().filter(|&j| j < n)).collect();
+        needed.sort_unstable();
+        needed.dedup();
+        let later: Vec<Vec<usize>> = plan
+            .in_peers
+            .iter()
+            .zip(&waits)
+            .map(|(l, &w)| {
+                if !w {
+                    return Vec::new();
+                }
+                l.iter().map(|&j| if j < n { n + plan.recvs.len() + needed.binary_search(&j).expect("listed") } else { j }).collect()
+            })
+            .collect();
+        let mut messages: Vec<&[f32]> = received.chunks(p).collect();
+        messages.extend(needed.iter().map(|&j| &params[j * p..(j + 1) * p]));
+        backend.mix_with_remote(&later, &messages)?;
         self.traffic.rounds += 1;
         self.traffic.messages_sent += plan.sends.len() as u64;
         self.traffic.bytes_sent += (plan.sends.len() * p * 4) as u64;

@@ -7,7 +7,7 @@
 //! communicator's error handler is `MPI_ERRORS_RETURN`, so an MPI failure comes back as an
 //! error code that is turned into a message here instead of MPI aborting the job silently.
 
-use super::{Incoming, Outgoing, RankTransport};
+use super::{Incoming, Outgoing, RankTransport, ASYNC_TAG};
 use crate::error::{Error, Result};
 use mpi::ffi;
 use std::os::raw::{c_char, c_int, c_void};
@@ -29,6 +29,8 @@ pub struct MpiTransport {
     rank: usize,
     ranks: usize,
     processor: String,
+    /// Posted messages still leaving (asynchronous gossip): their requests own the buffers.
+    outbox: Vec<(ffi::MPI_Request, Vec<u8>, usize)>,
 }
 
 // SAFETY: MPI is initialised with MPI_THREAD_SERIALIZED and every call goes through `&mut self`
@@ -80,7 +82,7 @@ impl MpiTransport {
         } else {
             "?".into()
         };
-        Ok((MpiSession { _universe: universe }, MpiTransport { rank: rank as usize, ranks: size as usize, processor }))
+        Ok((MpiSession { _universe: universe }, MpiTransport { rank: rank as usize, ranks: size as usize, processor, outbox: Vec::new() }))
     }
 
 }
@@ -115,6 +117,64 @@ impl RankTransport for MpiTransport {
 
     fn describe(&self) -> String {
         format!("MPI ({} processes; rank {} on {}; host-staged point-to-point)", self.ranks, self.rank, self.processor)
+    }
+
+    fn post(&mut self, to: usize, data: Vec<u8>) -> Result<()> {
+        let count = c_int::try_from(data.len())
+            .map_err(|_| Error::Unsupported(format!("an asynchronous gossip message of {} bytes (MPI counts stop at 2 GiB)", data.len())))?;
+        // SAFETY: RSMPI_REQUEST_NULL is a valid initial handle value.
+        let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
+        // SAFETY: the buffer lives in `outbox` (a Vec's heap block does not move) until
+        // MPI_Test reports the send complete.
+        let rc = unsafe {
+            ffi::MPI_Isend(data.as_ptr() as *mut c_void, count, ffi::RSMPI_UINT8_T, to as c_int, ASYNC_TAG as c_int, ffi::RSMPI_COMM_WORLD, &mut request)
+        };
+        check(rc, || format!("sending to rank {to}"))?;
+        self.outbox.push((request, data, to));
+        Ok(())
+    }
+
+    fn poll(&mut self) -> Result<Option<(usize, Vec<u8>)>> {
+        self.posted_done()?;
+        let mut flag: c_int = 0;
+        // SAFETY: a zeroed MPI_Status is a valid out-parameter.
+        let mut status: ffi::MPI_Status = unsafe { std::mem::zeroed() };
+        // SAFETY: plain probe on the world communicator.
+        let rc = unsafe { ffi::MPI_Iprobe(ffi::RSMPI_ANY_SOURCE, ASYNC_TAG as c_int, ffi::RSMPI_COMM_WORLD, &mut flag, &mut status) };
+        check(rc, || "probing for gossip messages".into())?;
+        if flag == 0 {
+            return Ok(None);
+        }
+        let from = status.MPI_SOURCE;
+        let mut count: c_int = 0;
+        // SAFETY: `status` was filled by the probe above.
+        check(unsafe { ffi::MPI_Get_count(&status, ffi::RSMPI_UINT8_T, &mut count) }, || format!("a message from rank {from}"))?;
+        let mut data = vec![0u8; count.max(0) as usize];
+        // SAFETY: the probed message is matched by this receive (calls are serialised: no other
+        // thread can take it in between); `data` holds exactly its bytes.
+        let rc = unsafe {
+            ffi::MPI_Recv(data.as_mut_ptr() as *mut c_void, count, ffi::RSMPI_UINT8_T, from, ASYNC_TAG as c_int, ffi::RSMPI_COMM_WORLD, ffi::RSMPI_STATUS_IGNORE)
+        };
+        check(rc, || format!("receiving from rank {from}"))?;
+        Ok(Some((from as usize, data)))
+    }
+
+    fn posted_done(&mut self) -> Result<bool> {
+        let mut failure = Ok(());
+        self.outbox.retain_mut(|(request, _, to)| {
+            if failure.is_err() {
+                return true;
+            }
+            let mut flag: c_int = 0;
+            // SAFETY: a live request handle; MPI_Test frees it when complete.
+            let rc = unsafe { ffi::MPI_Test(request, &mut flag, ffi::RSMPI_STATUS_IGNORE) };
+            if rc != 0 {
+                failure = check(rc, || format!("sending to rank {to}"));
+                return true;
+            }
+            flag == 0
+        });
+        failure.map(|_| self.outbox.is_empty())
     }
 
     fn exchange(&mut self, sends: &[Outgoing<'_>], recvs: &mut [Incoming<'_>], timeout: Duration) -> Result<()> {

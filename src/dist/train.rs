@@ -37,7 +37,14 @@ pub struct DistSession<'a> {
     pub stop: Option<Arc<AtomicBool>>,
     /// Test hook (rank, update): that rank stops answering before that update, as a hung or
     /// crashed process would (the CLI reads it from `GALA_GPU_DEBUG_HANG_RANK=RANK:UPDATE`).
+    /// In asynchronous gossip it falls silent for 3 × gossip_timeout, then fails.
     pub hang_at: Option<(usize, u64)>,
+    /// Test hook (rank, pause): every agent of that rank sleeps that long after each update
+    /// (asynchronous gossip; `GALA_GPU_DEBUG_SLOW_RANK=RANK:MILLISECONDS`).
+    pub slow_rank: Option<(usize, Duration)>,
+    /// Test hook (agent, round): that agent fails at that round (asynchronous gossip;
+    /// `GALA_GPU_DEBUG_FAIL_AGENT=AGENT:ROUND`).
+    pub fail_agent: Option<(usize, u64)>,
 }
 
 /// What `train_distributed` returns on every rank.
@@ -61,13 +68,13 @@ pub fn check_config(config: &Config, ranks: usize) -> Result<Blocks> {
         let algo = format!("{:?}", config.algo).to_lowercase();
         return Err(Error::Config(format!("{ranks} processes need `algo = gala` with at least {ranks} agents (got {agents} learner(s) of {algo})")));
     }
-    if config.asynchronous() {
+    if config.agent_threads && config.sync_freq == 0 {
         return Err(Error::Unsupported(
-            "asynchronous gossip (sync_freq > 0 or agent_threads) across processes is not supported yet; run lock-step (sync_freq = 0) under mpirun, or asynchronously in one process".into(),
+            "lock-step gossip with agents on threads (agent_threads, sync_freq = 0) is not supported across processes: lock-step runs there batched per process and is bit-identical to one process without it (drop --agent-threads), or give --sync-freq N for asynchronous gossip".into(),
         ));
     }
     if config.pipeline {
-        return Err(Error::Unsupported("--pipeline across processes is not supported yet; run without it under mpirun".into()));
+        return Err(Error::Unsupported("--pipeline across processes is not supported yet; run without it under mpirun (or pipelined in one process)".into()));
     }
     Blocks::new(agents, ranks)
 }
@@ -98,6 +105,9 @@ pub fn train_distributed(
     }
     let has_run = has_run == "1";
     let mine = blocks.range(rank);
+    if config.asynchronous() {
+        return train_ranks_async(&config, blocks, transport, run, has_run, progress, session);
+    }
     let threads = config.resolved_threads();
     let mut trainer = Trainer::for_block(&config, mine.clone(), threads)?;
     if let Some(ck) = session.resume {
@@ -196,6 +206,56 @@ pub fn train_distributed(
     };
     let traffic = trainer.engine_mut().rank_gossip().map(RankGossip::traffic).unwrap_or_default();
     Ok(DistTraining { summary, interrupted, traffic, phases: trainer.phase_seconds(), agents: mine })
+}
+
+/// Asynchronous gossip across ranks: every rank runs its block's agents on threads under the
+/// protocol of `algo::async_gossip`, linked to the other ranks (`async_link`); rank 0 writes the
+/// run folder (metrics, audit logs, cuts, summary) as one process would, and its summary is
+/// every rank's.
+fn train_ranks_async(
+    config: &Config, blocks: Blocks, transport: SharedTransport, run: Option<&mut RunDir>, has_run: bool, progress: &mut dyn ProgressSink,
+    session: &DistSession<'_>,
+) -> Result<DistTraining> {
+    use crate::algo::async_gossip::{train_async_session, AsyncHooks, AsyncSession};
+    let rank = lock(&transport).rank();
+    let timeout = Duration::from_secs_f64(config.gossip_timeout);
+    let mine = blocks.range(rank);
+    let hooks = AsyncHooks {
+        fail_agent: session.fail_agent,
+        slow_agents: session.slow_rank.map(|(q, pause)| (blocks.range(q).start, blocks.range(q).end, pause)),
+        hang: session.hang_at.filter(|(q, _)| *q == rank).map(|(_, round)| (round, 3 * timeout)),
+        ..AsyncHooks::default()
+    };
+    let link = Arc::new(super::async_link::Link::new(blocks, rank, transport.clone(), has_run));
+    let async_session = AsyncSession { resume: session.resume, stop: session.stop.clone(), hooks, link: Some(link) };
+    // Its errors name the agents and, for those of other ranks, their rank; the CLI adds this
+    // rank's.
+    let trained = train_async_session(config, run, progress, &async_session);
+    // Rank 0's summary (every agent) is the run's, on every rank; or its failure, so that the
+    // others stop at once rather than after their timeout (best effort: a rank that fell
+    // silent does not answer).
+    const FAILED: &[u8] = b"\0failed\0";
+    let summary = if rank == 0 {
+        let t = match trained {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = lock(&transport).broadcast(&[FAILED, e.to_string().as_bytes()].concat(), timeout);
+                return Err(e);
+            }
+        };
+        let json = serde_json::to_vec(&t.summary).map_err(|e| Error::Backend(format!("summary: {e}")))?;
+        lock(&transport).broadcast(&json, timeout)?;
+        return Ok(DistTraining { summary: t.summary, interrupted: t.interrupted, traffic: GossipTraffic::default(), phases: Default::default(), agents: mine });
+    } else {
+        let t = trained?;
+        let json = lock(&transport).broadcast(&[], timeout)?;
+        if let Some(why) = json.strip_prefix(FAILED) {
+            return Err(Error::Backend(format!("rank 0 failed: {}", String::from_utf8_lossy(why))));
+        }
+        (serde_json::from_slice(&json).map_err(|e| Error::Backend(format!("the summary from rank 0: {e}")))?, t.interrupted)
+    };
+    let (summary, interrupted) = summary;
+    Ok(DistTraining { summary, interrupted, traffic: GossipTraffic::default(), phases: Default::default(), agents: mine })
 }
 
 /// Whether `mine` is true on any rank (every rank gets the answer).

@@ -81,3 +81,26 @@ pub fn assert_sync_freq_bound(
         }
     }
 }
+
+/// The audit log a run folder holds (`gossip_events.csv`), as the runner's events.
+pub fn events_from_csv(run: &Path) -> Vec<gala_gpu::algo::async_gossip::GossipEvent> {
+    let text = std::fs::read_to_string(run.join("gossip_events.csv")).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(gala_gpu::algo::async_gossip::GOSSIP_EVENTS_HEADER));
+    lines
+        .map(|line| {
+            let c: Vec<&str> = line.split(',').collect();
+            let kind = ["sent", "send_skipped", "mixed", "unmixed", "blocked", "peers_done", "catch_up", "failed"]
+                .into_iter()
+                .find(|k| *k == c[3])
+                .unwrap_or_else(|| panic!("unknown event in {line}"));
+            gala_gpu::algo::async_gossip::GossipEvent {
+                agent: c[0].parse().unwrap(),
+                round: c[1].parse().unwrap(),
+                seconds: c[2].parse().unwrap(),
+                kind,
+                peers: c[4].split(' ').filter(|p| !p.is_empty()).map(|p| p.parse().unwrap()).collect(),
+            }
+        })
+        .collect()
+}

@@ -67,6 +67,8 @@ pub struct DeviceMailboxes<D: Device> {
     tables: Vec<Vec<SlotTable>>,
     copies: AtomicU64,
     mixes: AtomicU64,
+    /// The mailboxes' own stream: table uploads, and messages from other processes.
+    stream: crate::device::Stream,
 }
 
 impl<D: Device> DeviceMailboxes<D> {
@@ -115,7 +117,7 @@ impl<D: Device> DeviceMailboxes<D> {
             }
             tables.push(receiver_tables);
         }
-        Ok(DeviceMailboxes { device, plan, slots, tables, copies: AtomicU64::new(0), mixes: AtomicU64::new(0) })
+        Ok(DeviceMailboxes { device, plan, slots, tables, copies: AtomicU64::new(0), mixes: AtomicU64::new(0), stream })
     }
 
     /// Device-to-device copies posted so far (one per message).
@@ -212,6 +214,24 @@ impl<D: Device> Mailboxes for DeviceMailboxes<D> {
             *lock(&slot.read) = Some(read.clone());
             *lock(&slot.written) = None;
         }
+        Ok(())
+    }
+
+    fn deliver(&self, from: usize, to: usize, params: &[f32]) -> Result<()> {
+        if params.len() != self.plan.param_count {
+            return Err(Error::Shape(format!("gossip: a message of {} parameters from agent {from}, expected {}", params.len(), self.plan.param_count)));
+        }
+        let slot = self.slot(from, to)?;
+        // The last mix that read the slot may still be queued on the receiver's stream: the
+        // upload waits for it (briefly, on the host: it is the pump thread's, not an agent's).
+        if let Some(read) = lock(&slot.read).take() {
+            while !self.device.event_done(&read)? {
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+        }
+        self.device.upload(self.stream, params, &mut lock(&slot.buffer), 0)?;
+        *lock(&slot.written) = Some(self.device.record_event(self.stream)?);
+        self.copies.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
