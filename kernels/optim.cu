@@ -7,7 +7,10 @@
 //   c_r = min(1, max_norm / (n_r + 1e-6))
 //   g   <- c_r * g                               (written back: the clipped gradient)
 //   v   <- alpha * v + (1 - alpha) * g^2
-//   th  <- th - lr * g / (sqrt(v) + eps)
+//   th  <- th - lr * g / (sqrt(v) + eps)        (tf_form 0: torch.optim.RMSprop)
+//   th  <- th - lr * g / sqrt(v + eps)          (tf_form 1: TensorFlow / SB3's RMSpropTFLike,
+//                                                whose v starts at 1: the launcher's caller
+//                                                fills square_avg; see src/backend/cpu/optim.rs)
 //
 // Shapes: params, grads, square_avg [agents][P] f32; partials [agents][chunks] f64;
 //         norms [agents] f64 (the pre-clip norm); skip [1] u32 (non-zero: leave params, grads
@@ -48,7 +51,8 @@ extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_sumsq_partials(
 extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_clip_rmsprop(
     float* __restrict__ params, float* __restrict__ grads, float* __restrict__ square_avg,
     const double* __restrict__ partials, double* __restrict__ norms, const unsigned int* __restrict__ skip,
-    unsigned int param_count, unsigned int chunks, double max_norm, float lr, float alpha, float eps) {
+    unsigned int param_count, unsigned int chunks, double max_norm, float lr, float alpha, float eps,
+    unsigned int tf_form) {
     __shared__ float clip_coef;
     const unsigned int agent = blockIdx.y, chunk = blockIdx.x;
     if (threadIdx.x == 0) {
@@ -69,7 +73,7 @@ extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_clip_rmsprop(
         grads[base + i] = g;
         const float v = alpha * square_avg[base + i] + (1.0f - alpha) * g * g;
         square_avg[base + i] = v;
-        params[base + i] -= lr * g / (sqrtf(v) + eps);
+        params[base + i] -= lr * g / (tf_form ? sqrtf(v + eps) : sqrtf(v) + eps);
     }
 }
 

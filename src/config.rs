@@ -8,6 +8,7 @@ use crate::env::{EnvPreset, GameId};
 use crate::error::{Error, Result};
 use crate::model::NetPreset;
 use serde::{Deserialize, Serialize};
+use crate::backend::cpu::optim::RmsForm;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -37,6 +38,10 @@ pub struct Config {
     pub lr: f64,
     pub rms_alpha: f64,
     pub rms_eps: f64,
+    /// RMSprop's form: `torch` (v from 0, eps outside √) or `tf` (v from 1, eps inside: baselines,
+    /// SB3's RMSpropTFLike). A file without the key is a run from before the key existed: torch.
+    #[serde(default)]
+    pub rms_form: RmsForm,
     pub entropy_coef: f64,
     pub value_coef: f64,
     pub max_grad_norm: f64,
@@ -88,6 +93,7 @@ impl Default for Config {
             lr: 7e-4,
             rms_alpha: 0.99,
             rms_eps: 1e-5,
+            rms_form: RmsForm::Torch,
             entropy_coef: 0.01,
             value_coef: 0.5,
             max_grad_norm: 0.5,
@@ -264,6 +270,7 @@ impl Config {
             lr: self.lr as f32,
             rms_alpha: self.rms_alpha as f32,
             rms_eps: self.rms_eps as f32,
+            rms_form: self.rms_form,
             entropy_coef: self.entropy_coef,
             value_coef: self.value_coef,
             max_grad_norm: self.max_grad_norm,

@@ -248,6 +248,10 @@ struct TrainArgs {
     rms_alpha: Option<f64>,
     #[arg(long)]
     rms_eps: Option<f64>,
+    /// RMSprop form: torch (v from 0, eps outside the root) or tf (v from 1, eps inside:
+    /// baselines' and SB3's Atari A2C).
+    #[arg(long, value_enum)]
+    rms_form: Option<gala_gpu::backend::cpu::optim::RmsForm>,
     #[arg(long, value_enum)]
     topology: Option<Topology>,
     /// Peers per gossip round.
@@ -308,7 +312,7 @@ impl TrainArgs {
             )*};
         }
         fixed!(config, preset, game, rom, algo, agents, envs_per_agent, n_steps, gamma,
-               rms_alpha, rms_eps, topology, peers, sync_freq, net, backend, seed, out);
+               rms_alpha, rms_eps, rms_form, topology, peers, sync_freq, net, backend, seed, out);
         // Switches cannot be turned off on the command line: repeating the saved setting is fine.
         if self.pipeline && !saved.pipeline {
             fixed.push("pipeline");
@@ -358,7 +362,7 @@ impl TrainArgs {
             )*};
         }
         set!(preset, game, algo, agents, envs_per_agent, n_steps, lr, gamma, entropy_coef, value_coef,
-             max_grad_norm, rms_alpha, rms_eps, topology, peers, sync_freq, net, backend, frames, seed,
+             max_grad_norm, rms_alpha, rms_eps, rms_form, topology, peers, sync_freq, net, backend, frames, seed,
              threads, out, save_every, metrics_every, gossip_timeout);
         if self.agent_threads {
             c.agent_threads = true;

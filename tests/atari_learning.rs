@@ -15,6 +15,7 @@
 
 use gala_gpu::backend::cpu::heads::{log_softmax_row, nstep_returns};
 use gala_gpu::backend::cpu::net::{forward, Activations};
+use gala_gpu::backend::cpu::optim::RmsForm;
 use gala_gpu::backend::{ActOutput, BackendKind, Segment};
 use gala_gpu::config::{Algo, Config};
 use gala_gpu::engine::Engine;
@@ -41,53 +42,112 @@ fn view_segment(net: &NetSpec, params: &[f32], obs: &[u8], actions: &[u32], acts
     SegmentView { log_prob_taken, values: acts.values.iter().map(|&v| v as f64).collect(), entropy: entropy / actions.len() as f64 }
 }
 
+/// One A2C learner on 16 Pong simulators driven through the `Engine` API the way `train`
+/// drives it, one segment (16 envs × 5 steps) at a time.
+struct PongLearner {
+    config: Config,
+    net: NetSpec,
+    venv: env::VecEnv,
+    engine: Engine,
+    step: u64,
+    obs: Vec<u8>,
+    actions: Vec<u32>,
+    rewards: Vec<f32>,
+    dones: Vec<f32>,
+    returns: Vec<f32>,
+    bootstrap: ActOutput,
+}
+
+impl PongLearner {
+    fn new(lr: f64, rms_form: RmsForm) -> PongLearner {
+        if !roms::any_installed() {
+            roms::install().expect("installing the ROMs (needs python3 -m pip and PyPI)");
+        }
+        let config = Config {
+            algo: Algo::A2c,
+            agents: 1,
+            envs_per_agent: 16,
+            game: "pong".into(),
+            backend: BackendKind::Cpu,
+            threads: 2,
+            seed: 1,
+            lr,
+            rms_form,
+            ..Config::default()
+        };
+        let settings = EnvSettings::new(GameId::parse(&config.game).unwrap(), config.preset, config.seed);
+        let venv = env::make_vec_env(&settings, config.envs_per_agent, 2).unwrap();
+        let engine = Engine::new(&config, venv.num_actions()).unwrap();
+        let net = NetSpec::new(NetPreset::Gala, venv.num_actions());
+        let n = engine.envs_per_agent() * engine.n_steps();
+        PongLearner {
+            config,
+            net,
+            venv,
+            engine,
+            step: 0,
+            obs: vec![0u8; n * OBS_BYTES],
+            actions: vec![0u32; n],
+            rewards: vec![0f32; n],
+            dones: vec![0f32; n],
+            returns: vec![0f32; n],
+            bootstrap: ActOutput::default(),
+        }
+    }
+
+    fn samples(&self) -> usize {
+        self.actions.len()
+    }
+
+    /// Plays one segment with the current policy and computes its n-step returns.
+    fn collect(&mut self) {
+        let (envs, steps) = (self.engine.envs_per_agent(), self.engine.n_steps());
+        let mut out = ActOutput::default();
+        for t in 0..steps {
+            self.engine.act(self.venv.observations(), self.step, false, &mut out).unwrap();
+            self.obs[t * envs * OBS_BYTES..(t + 1) * envs * OBS_BYTES].copy_from_slice(self.venv.observations());
+            self.actions[t * envs..(t + 1) * envs].copy_from_slice(&out.actions);
+            self.venv.step(&out.actions).unwrap();
+            self.rewards[t * envs..(t + 1) * envs].copy_from_slice(self.venv.rewards());
+            self.dones[t * envs..(t + 1) * envs].copy_from_slice(self.venv.dones());
+            self.venv.drain_finished();
+            self.step += 1;
+        }
+        self.engine.act(self.venv.observations(), self.step, false, &mut self.bootstrap).unwrap();
+        nstep_returns(&self.rewards, &self.dones, &self.bootstrap.values, self.config.gamma as f32, &mut self.returns);
+    }
+
+    /// One update on the last collected segment.
+    fn learn(&mut self) {
+        let segment = Segment {
+            obs: &self.obs,
+            actions: &self.actions,
+            rewards: &self.rewards,
+            dones: &self.dones,
+            bootstrap_values: &self.bootstrap.values,
+            behaviour_log_probs: None,
+        };
+        self.engine.learn(&segment).unwrap();
+    }
+
+    fn view(&mut self, acts: &mut Activations<f32>) -> SegmentView {
+        view_segment(&self.net, &self.engine.read_params().unwrap(), &self.obs, &self.actions, acts)
+    }
+}
+
 #[test]
 fn pong_a2c_updates_improve_policy_and_value_on_their_segments() {
-    if !roms::any_installed() {
-        roms::install().expect("installing the ROMs (needs python3 -m pip and PyPI)");
-    }
     let updates = 200;
-    let config = Config {
-        algo: Algo::A2c,
-        agents: 1,
-        envs_per_agent: 16,
-        game: "pong".into(),
-        backend: BackendKind::Cpu,
-        threads: 2,
-        seed: 1,
-        ..Config::default()
-    };
-    let settings = EnvSettings::new(GameId::parse(&config.game).unwrap(), config.preset, config.seed);
-    let mut venv = env::make_vec_env(&settings, config.envs_per_agent, 2).unwrap();
-    let mut engine = Engine::new(&config, venv.num_actions()).unwrap();
-    let net = NetSpec::new(NetPreset::Gala, venv.num_actions());
-    let (envs, steps) = (engine.envs_per_agent(), engine.n_steps());
-    let n = envs * steps;
-    let (mut obs, mut actions) = (vec![0u8; n * OBS_BYTES], vec![0u32; n]);
-    let (mut rewards, mut dones, mut returns) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-    let (mut out, mut bootstrap) = (ActOutput::default(), ActOutput::default());
+    let mut pong = PongLearner::new(7e-4, RmsForm::Torch);
+    let n = pong.samples();
     let mut acts = Activations::default();
     let (mut policy_gains, mut value_gains, mut entropies) = (vec![], vec![], vec![]);
-    let mut step = 0u64;
     for _ in 0..updates {
-        for t in 0..steps {
-            engine.act(venv.observations(), step, false, &mut out).unwrap();
-            obs[t * envs * OBS_BYTES..(t + 1) * envs * OBS_BYTES].copy_from_slice(venv.observations());
-            actions[t * envs..(t + 1) * envs].copy_from_slice(&out.actions);
-            venv.step(&out.actions).unwrap();
-            rewards[t * envs..(t + 1) * envs].copy_from_slice(venv.rewards());
-            dones[t * envs..(t + 1) * envs].copy_from_slice(venv.dones());
-            venv.drain_finished();
-            step += 1;
-        }
-        engine.act(venv.observations(), step, false, &mut bootstrap).unwrap();
-        nstep_returns(&rewards, &dones, &bootstrap.values, config.gamma as f32, &mut returns);
-
-        let before = view_segment(&net, &engine.read_params().unwrap(), &obs, &actions, &mut acts);
-        let segment = Segment { obs: &obs, actions: &actions, rewards: &rewards, dones: &dones, bootstrap_values: &bootstrap.values, behaviour_log_probs: None };
-        engine.learn(&segment).unwrap();
-        let after = view_segment(&net, &engine.read_params().unwrap(), &obs, &actions, &mut acts);
-
+        pong.collect();
+        let before = pong.view(&mut acts);
+        pong.learn();
+        let after = pong.view(&mut acts);
+        let returns = &pong.returns;
         let advantage = |i: usize| returns[i] as f64 - before.values[i];
         policy_gains.push((0..n).map(|i| advantage(i) * (after.log_prob_taken[i] - before.log_prob_taken[i])).sum::<f64>() / n as f64);
         value_gains.push((0..n).map(|i| advantage(i) * (after.values[i] - before.values[i])).sum::<f64>() / n as f64);
@@ -120,4 +180,64 @@ fn pong_a2c_updates_improve_policy_and_value_on_their_segments() {
     );
     assert!(frac_positive(value) >= 0.8 && mean(value) > 0.0, "the value step does not move V towards the returns: {value:?}");
     assert!(late_entropy < 6f64.ln() - 0.002, "the policy is still uniform after {updates} updates (entropy {late_entropy})");
+}
+
+/// Fraction of conv1's output channels active (ReLU input > 0) somewhere in the segment, and
+/// fraction of all its activations that are positive.
+fn conv1_alive(acts: &Activations<f32>) -> (f64, f64) {
+    let n = acts.n;
+    let per_sample = acts.conv[0].len() / n;
+    let channels = 32;
+    let pixels = per_sample / channels;
+    let mut alive = vec![false; channels];
+    let mut positive = 0usize;
+    for (i, &x) in acts.conv[0].iter().enumerate() {
+        if x > 0.0 {
+            alive[(i % per_sample) / pixels] = true;
+            positive += 1;
+        }
+    }
+    (alive.iter().filter(|&&a| a).count() as f64 / channels as f64, positive as f64 / acts.conv[0].len() as f64)
+}
+
+/// PyTorch's RMSprop starts its square average at 0, so its first steps move every parameter
+/// by about 10·lr, 7·lr, 5.8·lr, … whatever the gradient's size. conv1's weight gradient is
+/// nearly the same for all 256 taps of a filter (the inputs are mostly flat background), so a
+/// filter's pre-activation shifts by up to ~256·Σsteps·0.4 in one direction, and the units that
+/// go down die (a ReLU that never fires gets no gradient). On Pong at lr 1.4e-3 (GALA's README)
+/// that left conv1 97% dead after the first 10 updates of a 4×16 GALA run and its network blind
+/// for 40M frames (LEARNING.md). The TF form (square average from 1: baselines, SB3's
+/// RMSpropTFLike) ramps its steps up instead. This measures both on real frames.
+#[test]
+fn pong_conv1_survives_the_first_updates_with_the_tf_rmsprop_form() {
+    const UPDATES: usize = 15;
+    let mut acts = Activations::default();
+    let mut run = |form: RmsForm| {
+        let mut pong = PongLearner::new(1.4e-3, form);
+        pong.collect();
+        pong.view(&mut acts);
+        let start = conv1_alive(&acts);
+        for _ in 0..UPDATES {
+            pong.learn();
+            pong.collect();
+        }
+        pong.view(&mut acts);
+        let end = conv1_alive(&acts);
+        println!("{form:?}: conv1 channels alive {:.2} → {:.2}, activations > 0 {:.3} → {:.3}", start.0, end.0, start.1, end.1);
+        (start, end)
+    };
+    let (tf_start, tf_end) = run(RmsForm::Tf);
+    let (torch_start, torch_end) = run(RmsForm::Torch);
+    assert!(
+        tf_end.1 >= 0.8 * tf_start.1 && tf_end.0 >= 0.8 * tf_start.0,
+        "the TF form must keep conv1 alive: channels {:.2} → {:.2}, activations {:.3} → {:.3}",
+        tf_start.0, tf_end.0, tf_start.1, tf_end.1
+    );
+    // The measured reason for the TF form (a changed learner may move this; the TF form's
+    // check above is the guard): the PyTorch form kills most of conv1 at this lr.
+    assert!(
+        torch_end.1 <= 0.3 * torch_start.1,
+        "expected the PyTorch form at lr 1.4e-3 to kill most of conv1 (activations {:.3} → {:.3}); if it no longer does, revisit the rms_form default",
+        torch_start.1, torch_end.1
+    );
 }

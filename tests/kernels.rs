@@ -61,16 +61,18 @@ fn assert_rel_f64(what: &str, got: f64, want: f64, rel: f64) {
 // The comparisons, generic over the device.
 // ---------------------------------------------------------------------------------------------
 
-/// Two clip + RMSprop steps through `GpuArena` for every size and 1, 2, 5 agents.
+/// Two clip + RMSprop steps through `GpuArena` for every size and 1, 2, 5 agents, in both
+/// RMSprop forms (the TF form's square_avg starting at 1, as the backends start it).
 fn check_optimizer<D: Device>(dev: D) -> D {
     let mut dev = Some(dev);
-    let opt = optim::RmsProp { lr: 7e-4, alpha: 0.99, eps: 1e-5 };
-    for (case, &p) in SIZES.iter().enumerate() {
+    for ((case, &p), form) in SIZES.iter().enumerate().flat_map(|c| [optim::RmsForm::Torch, optim::RmsForm::Tf].map(|f| (c, f))) {
+        let opt = optim::RmsProp { lr: 7e-4, alpha: 0.99, eps: 1e-5, form };
         for agents in [1usize, 2, 5] {
             let n = agents * p;
             let params0 = normals(n, 10 + case as u64, 1.0);
             let mut arena = GpuArena::new(dev.take().unwrap(), agents, p, &params0).unwrap();
-            let (mut th, mut v) = (params0.clone(), vec![0f32; n]);
+            let (mut th, mut v) = (params0.clone(), vec![form.initial_square_avg(); n]);
+            arena.write_optimizer_state(&v).unwrap();
             for step in 0..2u64 {
                 let mut g = normals(n, 100 + step * 7 + case as u64, 1.0);
                 // Agent r's gradient norm is about 0.09·3.3^r: agents 0 and 1 are not clipped
@@ -82,7 +84,7 @@ fn check_optimizer<D: Device>(dev: D) -> D {
                 arena.write_grads(&g).unwrap();
                 let norms = arena.clip_and_rmsprop(0.5, opt).unwrap();
                 let want_norms = optim::clip_and_rmsprop(&mut th, &mut g, &mut v, agents, 0.5, opt);
-                let ctx = format!("optimizer P={p} agents={agents} step={step}");
+                let ctx = format!("optimizer {form:?} P={p} agents={agents} step={step}");
                 for (r, (&a, &b)) in norms.iter().zip(&want_norms).enumerate() {
                     assert_rel_f64(&format!("{ctx} norm[{r}]"), a, b, 1e-9);
                 }
@@ -115,7 +117,7 @@ fn check_optimizer_launchers<D: Device>(dev: &D) {
     let mut grads = grads;
     let mut v = poisoned(dev, agents * p, 0f32);
     let mut norms = poisoned(dev, agents, f64::NAN);
-    let opt = optim::RmsProp { lr: 1e-3, alpha: 0.99, eps: 1e-5 };
+    let opt = optim::RmsProp { lr: 1e-3, alpha: 0.99, eps: 1e-5, form: optim::RmsForm::Torch };
     // The device-side skip flag (set by the update's loss guard): norms written, nothing else.
     let skip = upload(dev, &[1u32]);
     launch::optim_clip_rmsprop(dev, s, &mut params, &mut grads, &mut v, &partials, &mut norms, &skip, agents, p, 0.5, opt)

@@ -40,6 +40,7 @@ pub struct LearnerHyper {
     pub lr: f32,
     pub rms_alpha: f32,
     pub rms_eps: f32,
+    pub rms_form: cpu::optim::RmsForm,
     pub entropy_coef: f64,
     pub value_coef: f64,
     pub max_grad_norm: f64,

@@ -79,7 +79,7 @@ impl CpuBackend {
         let n = spec.agents;
         Ok(CpuBackend {
             grads: vec![0.0; p * n],
-            square_avg: vec![0.0; p * n],
+            square_avg: vec![spec.hyper.rms_form.initial_square_avg(); p * n],
             params,
             layout,
             work: (0..n).map(|_| AgentWork::default()).collect(),
@@ -202,7 +202,7 @@ impl Backend for CpuBackend {
                 .collect()
         });
         super::check_losses_finite(&terms, coefs)?;
-        let opt = RmsProp { lr: spec.hyper.lr, alpha: spec.hyper.rms_alpha, eps: spec.hyper.rms_eps };
+        let opt = RmsProp { lr: spec.hyper.lr, alpha: spec.hyper.rms_alpha, eps: spec.hyper.rms_eps, form: spec.hyper.rms_form };
         let (agents, max_norm) = (spec.agents, spec.hyper.max_grad_norm);
         let (params, grads, sq) = (&mut self.params, &mut self.grads, &mut self.square_avg);
         let norms = self.pool.install(|| optim::clip_and_rmsprop(params, grads, sq, agents, max_norm, opt));

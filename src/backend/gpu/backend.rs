@@ -213,7 +213,11 @@ impl<D: Device> GpuBackend<D> {
                 launch::HEADS_MAX_OUT - 1
             )));
         }
-        let arena = GpuArena::new(CountingDevice::new(device), spec.agents, p, &arena_init)?;
+        let mut arena = GpuArena::new(CountingDevice::new(device), spec.agents, p, &arena_init)?;
+        let square_avg_start = spec.hyper.rms_form.initial_square_avg();
+        if square_avg_start != 0.0 {
+            arena.write_optimizer_state(&vec![square_avg_start; spec.agents * p])?;
+        }
         let dev = arena.device();
         let (a, n) = (spec.agents, spec.segment_samples());
         let net = &spec.net;
@@ -370,7 +374,7 @@ impl<D: Device> GpuBackend<D> {
         for l in (0..3).rev() {
             self.conv_backward(l)?;
         }
-        let opt = RmsProp { lr: hyper.lr, alpha: hyper.rms_alpha, eps: hyper.rms_eps };
+        let opt = RmsProp { lr: hyper.lr, alpha: hyper.rms_alpha, eps: hyper.rms_eps, form: hyper.rms_form };
         self.arena.enqueue_clip_and_rmsprop(hyper.max_grad_norm, opt, true)?;
         // The update's only waits: the loss sums and the norms, after its last launch.
         let mut sums = vec![0f64; agents * 3];

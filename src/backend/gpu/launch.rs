@@ -135,6 +135,7 @@ pub fn optim_clip_rmsprop<D: Device>(
             KernelArg::F32(opt.lr),
             KernelArg::F32(opt.alpha),
             KernelArg::F32(opt.eps),
+            KernelArg::U32(matches!(opt.form, crate::backend::cpu::optim::RmsForm::Tf) as u32),
         ],
     )
 }
