@@ -49,7 +49,7 @@ def summarize(run_dir: Path) -> str:
         mode += " pipeline"
     return (
         f"| {config['game']} | {mode} | {config['agents']}×{config['envs_per_agent']} "
-        f"| {config['lr']:g} | {config['seed']} | {millions(frames)} | {wall / 3600:.2f} h "
+        f"| {config['lr']:g} {config.get('rms_form', 'torch')} | {config['seed']} | {millions(frames)} | {wall / 3600:.2f} h "
         f"| {frames / wall:,.0f} | {reached} | {final} |"
     )
 
@@ -57,7 +57,7 @@ def summarize(run_dir: Path) -> str:
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
-    print("| game | algo | agents×envs | lr | seed | frames | wall | frames/s | first frame at mean_return_100 ≥ | final mean_return_100 |")
+    print("| game | algo | agents×envs | lr, RMSprop form | seed | frames | wall | frames/s | first frame at mean_return_100 ≥ | final mean_return_100 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for arg in sys.argv[1:]:
         print(summarize(Path(arg)))
