@@ -104,11 +104,14 @@ impl NcclLink {
             .map_err(|e| Error::Backend(format!("cannot start the NCCL set-up thread: {e}")))?;
         let comm = match rx.recv_timeout(timeout) {
             Ok(joined) => joined?.0,
-            Err(_) => {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 return Err(Error::Backend(format!(
                     "the NCCL communicator of {ranks} ranks was not complete within {:.0} s (gossip_timeout): a rank did not join",
                     timeout.as_secs_f64()
                 )))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::Backend("the NCCL set-up thread ended without an answer (a library it needed could not be loaded)".into()))
             }
         };
         let version = result::get_nccl_version().map_err(|e| nccl_error("ncclGetVersion", e.0, Some(comm)))?;
@@ -216,6 +219,27 @@ impl DeviceLink for NcclLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With libnccl loadable (`. bench/gpu/nccl-env.sh`; no GPU needed), cudarc loads the file
+    /// the probe found and answers what rank 0 asks before any GPU work: the version and a
+    /// unique id of 128 bytes that survives the broadcast's byte form. Without libnccl it says
+    /// so and passes, unless GALA_REQUIRE_NCCL=1.
+    #[test]
+    fn libnccl_answers_through_cudarc_when_present() {
+        if let Err(why) = super::super::link::probe_nccl() {
+            assert_ne!(std::env::var("GALA_REQUIRE_NCCL").as_deref(), Ok("1"), "GALA_REQUIRE_NCCL=1, but {why}");
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let v = result::get_nccl_version().map_err(|e| nccl_error("ncclGetVersion", e.0, None)).unwrap();
+        assert!(v >= 21900, "NCCL version code {v}: 2.19 or newer is needed");
+        let id = unique_id().unwrap();
+        assert_eq!(id.len(), 128);
+        assert!(id.iter().any(|&b| b != 0), "an all-zero unique id");
+        assert_eq!(id_from_bytes(&id).unwrap().internal.iter().map(|&c| c as u8).collect::<Vec<_>>(), id);
+        // A second id differs (each names its own bootstrap).
+        assert_ne!(unique_id().unwrap(), id);
+    }
 
     #[test]
     fn the_unique_id_crosses_as_its_128_bytes() {
