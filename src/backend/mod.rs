@@ -328,6 +328,11 @@ pub fn set_cuda_ordinal(ordinal: usize) {
     CUDA_ORDINAL.store(ordinal, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// The CUDA device this process opens (see [`set_cuda_ordinal`]).
+pub fn cuda_ordinal() -> usize {
+    CUDA_ORDINAL.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// GPUs the CUDA driver sees (0 when there is no usable driver).
 pub fn cuda_device_count() -> usize {
     // SAFETY: only tries to dlopen the driver library and drops the handle.

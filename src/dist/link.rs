@@ -87,15 +87,17 @@ impl Decision {
     }
 }
 
-/// A rank's readiness for a link, as rank 0 gathers it: `[1]`, or `[0]` and the reason.
-fn encode_ready(ready: &std::result::Result<(), String>) -> Vec<u8> {
+/// A rank's readiness for a link, as rank 0 gathers it: `[1]` and the device it would use
+/// (NCCL wants one GPU per rank), or `[0]` and the reason it cannot.
+fn encode_ready(ready: &std::result::Result<String, String>) -> Vec<u8> {
     match ready {
-        Ok(()) => vec![1],
+        Ok(device) => [&[1u8][..], device.as_bytes()].concat(),
         Err(why) => [&[0u8][..], why.as_bytes()].concat(),
     }
 }
 
-/// Rank 0's decision from every rank's readiness (rank order): a link only when all are ready.
+/// Rank 0's decision from every rank's readiness (rank order): a link only when all are ready,
+/// each on a device of its own.
 fn decide(ready: &[Vec<u8>], make_id: impl FnOnce() -> Result<Vec<u8>>) -> Decision {
     let refused: Vec<String> = ready
         .iter()
@@ -111,6 +113,14 @@ fn decide(ready: &[Vec<u8>], make_id: impl FnOnce() -> Result<Vec<u8>>) -> Decis
         }
         return Decision::HostStaged(refused.join("; "));
     }
+    for (q, r) in ready.iter().enumerate() {
+        if let Some(first) = ready[..q].iter().position(|o| o == r) {
+            return Decision::HostStaged(format!(
+                "ranks {first} and {q} share {}: NCCL needs a GPU per rank (start at most as many processes per machine as it has GPUs)",
+                String::from_utf8_lossy(&r[1..])
+            ));
+        }
+    }
     match make_id() {
         Ok(id) => Decision::Link(id),
         Err(e) => Decision::HostStaged(format!("rank 0 could not start NCCL: {e}")),
@@ -123,7 +133,7 @@ fn decide(ready: &[Vec<u8>], make_id: impl FnOnce() -> Result<Vec<u8>>) -> Decis
 /// learns the reason and stays host-staged. A rank that cannot connect after all agreed is an
 /// error (the others are connecting at the same moment).
 pub(crate) fn agree(
-    transport: &SharedTransport, ready: std::result::Result<(), String>, make_id: impl FnOnce() -> Result<Vec<u8>>,
+    transport: &SharedTransport, ready: std::result::Result<String, String>, make_id: impl FnOnce() -> Result<Vec<u8>>,
     connect: impl FnOnce(&[u8]) -> Result<Box<dyn DeviceLink>>, timeout: Duration,
 ) -> Result<CrossRankPath> {
     let decision = {
@@ -152,7 +162,8 @@ pub fn choose(
             return Err(Error::Config(format!("the host-memory device link runs on the simulator only, not on the {} backend", backend.name())));
         }
         let t = transport.clone();
-        return agree(transport, Ok(()), || Ok(Vec::new()), move |_| Ok(Box::new(HostMemoryLink::new(t))), timeout);
+        let device = format!("the simulator of rank {}", lock(transport).rank());
+        return agree(transport, Ok(device), || Ok(Vec::new()), move |_| Ok(Box::new(HostMemoryLink::new(t))), timeout);
     }
     match kind {
         BackendKind::Cpu | BackendKind::Sim => {
@@ -180,24 +191,43 @@ fn nccl_path(backend: &mut dyn Backend, transport: &SharedTransport, timeout: Du
         Ok(_) => backend.native_stream()?,
         Err(_) => None,
     };
-    let library = ready.clone().unwrap_or_default();
-    agree(transport, ready.map(|_| ()), super::nccl::unique_id, |id| {
+    let library = ready.clone().map(|(file, _)| file).unwrap_or_default();
+    agree(transport, ready.map(|(_, device)| device), super::nccl::unique_id, |id| {
         let native = native.ok_or_else(|| Error::Backend("no device stream".into()))?;
         Ok(Box::new(super::nccl::NcclLink::connect(id, rank, ranks, &native, library, timeout)?))
     }, timeout)
 }
 
-/// Whether this rank can use NCCL: on `cuda`, not turned off, with a loadable libnccl (its file
-/// name when so).
+/// Whether this rank can use NCCL: on `cuda`, not turned off, with a loadable libnccl; when so,
+/// the library's file name and the GPU this rank uses (machine, visible devices, ordinal).
 #[cfg(feature = "nccl")]
-fn nccl_ready(backend: &mut dyn Backend) -> std::result::Result<String, String> {
+fn nccl_ready(backend: &mut dyn Backend) -> std::result::Result<(String, String), String> {
     if backend.name() != "cuda" {
         return Err(format!("the {} backend (auto found no usable GPU)", backend.name()));
     }
     if std::env::var("GALA_GPU_NCCL").is_ok_and(|v| v == "0") {
         return Err("GALA_GPU_NCCL=0".into());
     }
-    probe_nccl()
+    let file = probe_nccl()?;
+    Ok((file, device_key(crate::backend::cuda_ordinal())))
+}
+
+/// Names the GPU `ordinal` of this process among those of the run: the machine, the devices
+/// CUDA_VISIBLE_DEVICES leaves visible, the ordinal. Two ranks with the same key share a GPU
+/// (different visible lists are taken as different GPUs).
+pub fn device_key(ordinal: usize) -> String {
+    let mut name = [0 as libc::c_char; 256];
+    // SAFETY: the buffer is 256 bytes and NUL-terminated below whatever gethostname wrote.
+    let host = if unsafe { libc::gethostname(name.as_mut_ptr(), name.len() - 1) } == 0 {
+        // SAFETY: NUL-terminated within the buffer (its last byte was never written).
+        unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned()
+    } else {
+        "?".into()
+    };
+    match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(v) => format!("GPU {ordinal} of CUDA_VISIBLE_DEVICES={v} on {host}"),
+        Err(_) => format!("GPU {ordinal} on {host}"),
+    }
 }
 
 /// The NCCL symbols the link calls: cudarc resolves each on first use and panics when one is
@@ -353,16 +383,20 @@ mod tests {
 
     #[test]
     fn a_link_needs_every_rank() {
-        let ok = encode_ready(&Ok(()));
+        let on = |d: usize| encode_ready(&Ok(device_key(d)));
+        let ok = on(0);
         let no = |w: &str| encode_ready(&Err(w.into()));
-        assert_eq!(decide(&[ok.clone(), ok.clone()], || Ok(vec![9; 128])), Decision::Link(vec![9; 128]));
+        assert_eq!(decide(&[on(0), on(1)], || Ok(vec![9; 128])), Decision::Link(vec![9; 128]));
+        // Two ranks on one GPU (more processes than GPUs on a machine): host-staged, naming them.
+        let d = decide(&[on(0), on(1), on(0)], || panic!("no id when ranks share a GPU"));
+        assert!(matches!(&d, Decision::HostStaged(w) if w.starts_with("ranks 0 and 2 share GPU 0") && w.contains("a GPU per rank")), "{d:?}");
         // One rank without: host-staged, naming it; rank 0 makes no id.
         let d = decide(&[ok.clone(), no("libnccl was not found")], || panic!("no id when a rank refuses"));
         assert_eq!(d, Decision::HostStaged("rank 1: libnccl was not found".into()));
         // Every rank for the same reason: said once.
         assert_eq!(decide(&[no("GALA_GPU_NCCL=0"), no("GALA_GPU_NCCL=0")], || Ok(vec![])), Decision::HostStaged("GALA_GPU_NCCL=0".into()));
         // Rank 0 cannot make the id: host-staged with its error.
-        let d = decide(&[ok.clone(), ok], || Err(Error::Backend("ncclGetUniqueId failed".into())));
+        let d = decide(&[ok, on(1)], || Err(Error::Backend("ncclGetUniqueId failed".into())));
         assert!(matches!(&d, Decision::HostStaged(w) if w.contains("rank 0 could not start NCCL") && w.contains("ncclGetUniqueId")), "{d:?}");
     }
 
@@ -379,7 +413,7 @@ mod tests {
                         s.spawn(move || {
                             let rank = ep.rank();
                             let shared: SharedTransport = Arc::new(Mutex::new(Box::new(ep)));
-                            let ready = if Some(rank) == unready { Err("libnccl was not found".to_string()) } else { Ok(()) };
+                            let ready = if Some(rank) == unready { Err("libnccl was not found".to_string()) } else { Ok(device_key(rank)) };
                             let make_id = move || {
                                 assert_eq!(rank, 0, "only rank 0 makes the id");
                                 Ok(vec![42u8; 128])

@@ -77,6 +77,10 @@ impl NcclLink {
             return Err(Error::Unsupported("NCCL needs a CUDA stream".into()));
         };
         let id = id_from_bytes(id)?;
+        // SAFETY: only tries to dlopen the driver library (the helper below calls into it).
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::Backend("NCCL needs the CUDA driver library (libcuda.so), which was not found".into()));
+        }
         let (nranks, me) = (i32::try_from(ranks), i32::try_from(rank));
         let (Ok(nranks), Ok(me)) = (nranks, me) else {
             return Err(Error::Unsupported(format!("{ranks} ranks are more than NCCL counts")));
@@ -239,6 +243,22 @@ mod tests {
         assert_eq!(id_from_bytes(&id).unwrap().internal.iter().map(|&c| c as u8).collect::<Vec<_>>(), id);
         // A second id differs (each names its own bootstrap).
         assert_ne!(unique_id().unwrap(), id);
+    }
+
+    /// Joining refuses, with a message, what it cannot do, before NCCL is called.
+    #[test]
+    fn joining_without_a_cuda_stream_or_a_valid_id_is_an_error() {
+        let t = Duration::from_secs(5);
+        let err = NcclLink::connect(&[0; 128], 0, 2, &NativeStream::Host, String::new(), t).err().unwrap().to_string();
+        assert!(err.contains("NCCL needs a CUDA stream"), "{err}");
+        let cuda = NativeStream::Cuda { stream: 0, context: 0, keep: std::sync::Arc::new(()) };
+        let err = NcclLink::connect(&[0; 7], 0, 2, &cuda, String::new(), t).err().unwrap().to_string();
+        assert!(err.contains("128 bytes, rank 0 sent 7"), "{err}");
+        // SAFETY: only tries to dlopen the driver library.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            let err = NcclLink::connect(&[0; 128], 0, 2, &cuda, String::new(), t).err().unwrap().to_string();
+            assert!(err.contains("libcuda.so"), "{err}");
+        }
     }
 
     #[test]
