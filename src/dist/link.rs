@@ -182,20 +182,25 @@ fn nccl_path(_backend: &mut dyn Backend, _transport: &SharedTransport, _timeout:
 
 #[cfg(feature = "nccl")]
 fn nccl_path(backend: &mut dyn Backend, transport: &SharedTransport, timeout: Duration) -> Result<CrossRankPath> {
-    let ready = nccl_ready(backend);
     let (rank, ranks) = {
         let t = lock(transport);
         (t.rank(), t.ranks())
     };
-    let native = match &ready {
-        Ok(_) => backend.native_stream()?,
-        Err(_) => None,
+    // Whatever fails here is this rank's reason, told to the others (who wait in `agree`).
+    let ready = nccl_ready(backend).and_then(|(file, device)| match backend.native_stream() {
+        Ok(Some(native)) => Ok((file, device, native)),
+        Ok(None) => Err("the backend has no device stream".to_string()),
+        Err(e) => Err(format!("its device stream: {e}")),
+    });
+    let (announced, joining) = match ready {
+        Ok((file, device, native)) => (Ok(device), Some((file, native))),
+        Err(why) => (Err(why), None),
     };
-    let library = ready.clone().map(|(file, _)| file).unwrap_or_default();
-    agree(transport, ready.map(|(_, device)| device), super::nccl::unique_id, |id| {
-        let native = native.ok_or_else(|| Error::Backend("no device stream".into()))?;
-        Ok(Box::new(super::nccl::NcclLink::connect(id, rank, ranks, &native, library, timeout)?))
-    }, timeout)
+    let connect = |id: &[u8]| -> Result<Box<dyn DeviceLink>> {
+        let (file, native) = joining.ok_or_else(|| Error::Backend("this rank was not ready for NCCL".into()))?;
+        Ok(Box::new(super::nccl::NcclLink::connect(id, rank, ranks, &native, file, timeout)?))
+    };
+    agree(transport, announced, super::nccl::unique_id, connect, timeout)
 }
 
 /// Whether this rank can use NCCL: on `cuda`, not turned off, with a loadable libnccl; when so,

@@ -358,7 +358,12 @@ impl<D: Device> GpuArena<D> {
         let mut peers: Vec<usize> = out.iter().chain(&into).map(|msg| msg.peer).collect();
         peers.sort_unstable();
         peers.dedup();
-        link.wait(&mut || dev.event_done(&done), &peers, timeout)?;
+        if let Err(e) = link.wait(&mut || dev.event_done(&done), &peers, timeout) {
+            // The stream may never get past the exchange: freeing the tables (cuMemFree waits
+            // for the device) could hang, so they are left to the process's end.
+            std::mem::forget(tables);
+            return Err(e);
+        }
         // The peer tables are freed on return: the stream is past the launch that reads them.
         dev.synchronize(s)
     }
