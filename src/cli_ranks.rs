@@ -4,7 +4,7 @@
 
 use super::{describe_interrupt, one_line, open_resume, Progress, TrainArgs, INTERRUPTED};
 use anyhow::{Context, Result};
-use gala_gpu::dist::RankTransport;
+use gala_gpu::dist::{CrossRankPath, RankTransport};
 use gala_gpu::run::RunDir;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -137,7 +137,20 @@ fn train_rank(args: &TrainArgs, world: Box<dyn RankTransport>) -> Result<()> {
     if (slow_rank.is_some() || fail_agent.is_some()) && !config.asynchronous() {
         anyhow::bail!("GALA_GPU_DEBUG_SLOW_RANK and GALA_GPU_DEBUG_FAIL_AGENT apply to asynchronous runs (--sync-freq N) only");
     }
-    let session = gala_gpu::dist::train::DistSession { resume: resumed.as_ref().map(|(_, ck, ..)| ck), stop: Some(stop), hang_at, slow_rank, fail_agent };
+    // Rank 0 says how the cross-rank messages travel, once the ranks have agreed.
+    let announce: &(dyn Fn(&CrossRankPath) + Sync) = &|path| match path {
+        CrossRankPath::Device(link) => eprintln!("cross-rank gossip: {}", link.describe()),
+        CrossRankPath::HostStaged(why) => eprintln!("cross-rank gossip: host-staged MPI ({why})"),
+    };
+    let session = gala_gpu::dist::train::DistSession {
+        resume: resumed.as_ref().map(|(_, ck, ..)| ck),
+        stop: Some(stop),
+        hang_at,
+        slow_rank,
+        fail_agent,
+        host_memory_link: false,
+        announce: (!quiet).then_some(announce),
+    };
     let t = gala_gpu::dist::train::train_distributed(&config, world, run.as_mut(), &mut progress, &session)?;
     progress.finish();
     let summary = &t.summary;

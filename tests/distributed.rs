@@ -108,6 +108,61 @@ fn lock_step_across_ranks_on_the_gpu_backend_equals_one_process() {
     assert_eq!(got[0].summary.params_sha256, want.params_sha256, "2 ranks on the simulated GPU backend differ from one process");
 }
 
+/// The device-link path (NCCL's on `cuda`) with the simulator's stand-in link: the backend
+/// points the link at rows of a device snapshot, the messages land in the rows after its
+/// agents, one `gossip_mix` launch mixes them — bit-identical to one process, like the
+/// host-staged path. What the real NCCL link adds (the calls themselves) needs two GPUs:
+/// bench/gpu/nccl.sh.
+#[test]
+fn lock_step_over_a_device_link_equals_one_process() {
+    for (topology, agents, peers, ranks) in [(Topology::Ring, 3, 1, 2), (Topology::Exp, 6, 2, 3), (Topology::All, 3, 2, 2)] {
+        let c = Config { backend: BackendKind::Sim, ..config(topology, agents, peers, 2) };
+        let want = single(&c);
+        let announced = std::sync::Mutex::new(Vec::new());
+        let announce = |p: &gala_gpu::dist::CrossRankPath| announced.lock().unwrap().push(p.describe());
+        let got: Vec<DistTraining> = std::thread::scope(|s| {
+            let handles: Vec<_> = LocalRanks::group(ranks)
+                .into_iter()
+                .map(|ep| {
+                    let (c, announce) = (&c, &announce);
+                    s.spawn(move || {
+                        let session = DistSession { host_memory_link: true, announce: Some(announce), ..DistSession::default() };
+                        train_distributed(c, Box::new(ep), None, &mut NoProgress, &session).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (q, g) in got.iter().enumerate() {
+            assert_eq!(g.summary.params_sha256, want.params_sha256, "{topology:?}: rank {q} over the device link differs from one process");
+            assert!(g.gossip_path.contains("device to device"), "{}", g.gossip_path);
+            assert!(g.traffic.rounds == 2 && g.traffic.bytes_received > 0, "{topology:?}");
+        }
+        assert_eq!(announced.lock().unwrap().len(), ranks);
+    }
+}
+
+/// Without a device (and without the `nccl` feature on `cuda`) the messages stay host-staged,
+/// and the run says why.
+#[test]
+fn the_host_staged_path_says_why() {
+    let c = config(Topology::Ring, 2, 1, 1);
+    let (got, _) = distributed(&c, 2, None, None);
+    assert!(got.iter().all(|g| g.gossip_path.starts_with("host-staged (the cpu backend keeps its parameters in host memory")), "{}", got[0].gossip_path);
+    // The stand-in link is the simulator's only.
+    let err = std::thread::scope(|s| {
+        let hs: Vec<_> = LocalRanks::group(2)
+            .into_iter()
+            .map(|ep| {
+                let c = &c;
+                s.spawn(move || train_distributed(c, Box::new(ep), None, &mut NoProgress, &DistSession { host_memory_link: true, ..DistSession::default() }).err())
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+    });
+    assert!(err.iter().all(|e| e.as_ref().is_some_and(|e| e.to_string().contains("simulator only"))), "{err:?}");
+}
+
 #[test]
 fn a_distributed_checkpoint_is_the_single_process_one_and_resumes_either_way() {
     let dir = tempfile::tempdir().unwrap();

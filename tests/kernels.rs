@@ -619,3 +619,75 @@ fn cuda_kernels_match_cpu_when_a_gpu_is_present() {
     let dev = check_gossip(dev);
     check_arena_mailbox(dev);
 }
+
+/// A device link for one arena under the simulator (device addresses are host addresses): it
+/// records what the arena sends and fills the receive rows with `inbox`, in order.
+struct Loopback {
+    inbox: Vec<Vec<f32>>,
+    sent: Vec<(usize, u32, Vec<f32>)>,
+    waited_for: Vec<usize>,
+}
+
+impl gala_gpu::dist::DeviceLink for Loopback {
+    fn describe(&self) -> String {
+        "loopback".into()
+    }
+    fn exchange(
+        &mut self, stream: &gala_gpu::device::NativeStream, sends: &[gala_gpu::dist::DeviceMessage], recvs: &[gala_gpu::dist::DeviceMessage],
+        _timeout: std::time::Duration,
+    ) -> gala_gpu::error::Result<()> {
+        assert!(matches!(stream, gala_gpu::device::NativeStream::Host));
+        for m in sends {
+            // SAFETY: under the simulator the address is that of the arena's live snapshot row.
+            let row = unsafe { std::slice::from_raw_parts(m.ptr as *const f32, m.len) };
+            self.sent.push((m.peer, m.tag, row.to_vec()));
+        }
+        assert_eq!(recvs.len(), self.inbox.len());
+        for (m, msg) in recvs.iter().zip(&self.inbox) {
+            assert_eq!(m.len, msg.len());
+            // SAFETY: as above; the receive rows are not the send rows.
+            unsafe { std::slice::from_raw_parts_mut(m.ptr as *mut f32, m.len) }.copy_from_slice(msg);
+        }
+        Ok(())
+    }
+    fn wait(&mut self, done: &mut dyn FnMut() -> gala_gpu::error::Result<bool>, peers: &[usize], _timeout: std::time::Duration) -> gala_gpu::error::Result<()> {
+        assert!(done()?, "the simulator's work is done on return");
+        self.waited_for = peers.to_vec();
+        Ok(())
+    }
+}
+
+/// The device-link round (`mix_over_link`, NCCL's path) sends each listed agent's pre-round θ
+/// from the snapshot, receives into the rows after the agents, and mixes exactly as
+/// `mix_with_remote` does with the same messages (bit for bit); bad lists are refused before
+/// anything moves.
+#[test]
+fn sim_mix_over_link_matches_mix_with_remote() {
+    let (a, p) = (3, 4099);
+    let initial = normals(a * p, 5, 1.0);
+    let inbox = vec![normals(p, 6, 1.0), normals(p, 7, 1.0)];
+    // Agent 0 mixes in agent 1 and message 0 (index 3), agent 1 nothing, agent 2 messages 1 then 0 and agent 0.
+    let in_peers = vec![vec![1, 3], vec![], vec![4, 3, 0]];
+    let mut over_link = GpuArena::new(SimDevice::new(), a, p, &initial).unwrap();
+    let mut link = Loopback { inbox: inbox.clone(), sent: Vec::new(), waited_for: Vec::new() };
+    let sends = [(0, 1, 10), (2, 2, 12), (2, 1, 12)];
+    over_link.mix_over_link(&in_peers, &sends, &[(1, 20), (2, 21)], &mut link, std::time::Duration::from_secs(5)).unwrap();
+    let mut staged = GpuArena::new(SimDevice::new(), a, p, &initial).unwrap();
+    let messages: Vec<&[f32]> = inbox.iter().map(Vec::as_slice).collect();
+    staged.mix_with_remote(&in_peers, &messages).unwrap();
+    assert!(over_link.read_params().unwrap() == staged.read_params().unwrap(), "the device-link round differs from mix_with_remote");
+    let sent: Vec<(usize, u32, &[f32])> = link.sent.iter().map(|(q, t, d)| (*q, *t, d.as_slice())).collect();
+    assert_eq!(sent, vec![(1, 10, &initial[..p]), (2, 12, &initial[2 * p..]), (1, 12, &initial[2 * p..])], "sends are the pre-round rows");
+    assert_eq!(link.waited_for, vec![1, 2]);
+    // Another round with fewer messages reuses nothing stale: one message, its own buffers.
+    let mut one = Loopback { inbox: vec![inbox[1].clone()], sent: Vec::new(), waited_for: Vec::new() };
+    over_link.mix_over_link(&[vec![3], vec![], vec![]], &[], &[(1, 20)], &mut one, std::time::Duration::from_secs(5)).unwrap();
+    staged.mix_with_remote(&[vec![3], vec![], vec![]], &[&inbox[1]]).unwrap();
+    assert!(over_link.read_params().unwrap() == staged.read_params().unwrap());
+    // Refused: a peer past the received rows, a sender that is not an agent of the arena.
+    let before = over_link.read_params().unwrap();
+    let t = std::time::Duration::from_secs(5);
+    assert!(over_link.mix_over_link(&[vec![4], vec![], vec![]], &[], &[(1, 20)], &mut one, t).unwrap_err().to_string().contains("mix_over_link"));
+    assert!(over_link.mix_over_link(&[vec![], vec![], vec![]], &[(3, 1, 13)], &[], &mut one, t).is_err());
+    assert!(over_link.read_params().unwrap() == before);
+}

@@ -190,3 +190,70 @@ fn async_a_failed_agent_on_one_rank_fails_the_job_naming_it() {
     assert!(stderr.contains("agent 3") && stderr.contains("injected failure"), "{stderr}");
     assert!(!run.unwrap().join("summary.json").exists());
 }
+
+/// GPU to GPU with NCCL (cargo feature `nccl`), for a machine with two GPUs or more, libnccl
+/// (`. bench/gpu/nccl-env.sh`) and Open MPI:
+///
+///   cargo test --release --features nccl --test mpi -- --ignored nccl --nocapture
+///
+/// Lock-step on 2 processes over NCCL, each on its own GPU, equals one process on one GPU bit for
+/// bit (ring, exp, all), and so does the host-staged path (`GALA_GPU_NCCL=0`); rank 0 says which
+/// path it took. Skips, saying why, with fewer than 2 GPUs or without libnccl (GALA_REQUIRE_GPU=1
+/// makes that a failure). Not run in CI (no GPU there); not yet run on hardware either.
+#[cfg(feature = "nccl")]
+#[test]
+#[ignore = "needs 2 GPUs, libnccl and Open MPI: cargo test --release --features nccl --test mpi -- --ignored nccl"]
+fn nccl_lock_step_on_2_gpus_equals_one_process() {
+    let gpus = gala_gpu::backend::cuda_device_count();
+    let missing = match (gpus, gala_gpu::dist::link::probe_nccl()) {
+        (g, _) if g < 2 => Some(format!("{g} GPU(s) visible; NCCL between processes needs 2")),
+        (_, Err(why)) => Some(why),
+        _ => None,
+    };
+    if let Some(why) = missing {
+        assert_ne!(std::env::var("GALA_REQUIRE_GPU").as_deref(), Ok("1"), "GALA_REQUIRE_GPU=1, but {why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |np: usize, topology: &str, env: &[(&str, &str)]| -> (String, String) {
+        let out_dir = dir.path().join(format!("{topology}-{np}-{}", env.len()));
+        let frames = (6 * ROUND).to_string();
+        let args = [
+            "train", "--game", "catch", "--agents", "4", "--envs-per-agent", "2", "--n-steps", "5", "--backend", "cuda", "--seed", "7",
+            "--topology", topology, "--frames", &frames, "--metrics-every", "2", "--out", out_dir.to_str().unwrap(),
+        ];
+        let out = launch(np, &args, env);
+        ok(&out);
+        let run = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).expect("a run folder");
+        (sha(&run), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for topology in ["ring", "exp", "all"] {
+        let (want, _) = run(1, topology, &[]);
+        let (got, stderr) = run(2, topology, &[]);
+        assert!(stderr.contains("cross-rank gossip: NCCL device to device"), "{topology}: rank 0 did not take the NCCL path:\n{stderr}");
+        assert_eq!(got, want, "{topology}: 2 processes over NCCL differ from one process");
+        let (staged, stderr) = run(2, topology, &[("GALA_GPU_NCCL", "0")]);
+        assert!(stderr.contains("cross-rank gossip: host-staged MPI (GALA_GPU_NCCL=0)"), "{stderr}");
+        assert_eq!(staged, want, "{topology}: 2 processes host-staged differ from one process");
+    }
+}
+
+/// Built with `nccl` but run where NCCL cannot be used (the CPU backend here): rank 0 says the
+/// run stays host-staged, and why.
+#[cfg(feature = "nccl")]
+#[test]
+fn with_the_nccl_feature_a_cpu_run_says_it_stays_host_staged() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = (2 * ROUND).to_string();
+    let out_dir = dir.path().join("cpu");
+    let args = [
+        "train", "--game", "catch", "--agents", "4", "--envs-per-agent", "2", "--n-steps", "5", "--backend", "cpu", "--threads", "1", "--seed", "7",
+        "--frames", &frames, "--out", out_dir.to_str().unwrap(),
+    ];
+    let out = launch(2, &args, &[]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cross-rank gossip: host-staged MPI (the cpu backend keeps its parameters in host memory"), "{stderr}");
+    assert_eq!(stderr.matches("cross-rank gossip:").count(), 1, "only rank 0 says it:\n{stderr}");
+}

@@ -252,6 +252,24 @@ pub trait Backend: Send {
         }
         self.write_params(&params)
     }
+    /// One lock-step round whose cross-rank messages travel device to device over `link` (NCCL,
+    /// `dist::DeviceLink`): `in_peers` as in `mix_with_remote`, where index `agents + j` is the
+    /// j-th entry of `recvs`, (source rank, tag), received straight into device memory; `sends`
+    /// are (local agent, destination rank, tag), sent from the pre-round parameters. Exchange
+    /// and mix are ordered on the backend's stream, then the host waits (at most `timeout`).
+    /// Only backends whose parameters live on a device can; the default refuses.
+    fn mix_over_link(
+        &mut self, _in_peers: &[Vec<usize>], _sends: &[(usize, usize, u32)], _recvs: &[(usize, u32)], _link: &mut dyn crate::dist::DeviceLink,
+        _timeout: std::time::Duration,
+    ) -> Result<()> {
+        Err(crate::Error::Unsupported(format!("the {} backend keeps its parameters in host memory: no device-to-device gossip", self.name())))
+    }
+    /// The native handle of the stream this backend's parameters are worked on (on CUDA, the
+    /// device's context is made current on the calling thread), for a device link to enqueue
+    /// on; None without a device (the CPU backend).
+    fn native_stream(&mut self) -> Result<Option<crate::device::NativeStream>> {
+        Ok(None)
+    }
     /// `len` zero bytes of page-locked host memory from this backend's device, for buffers the
     /// caller fills and then hands to `learn` (uploads from it are asynchronous DMA); None when
     /// the backend has no device (the CPU backend).
@@ -309,6 +327,11 @@ static CUDA_ORDINAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 /// Makes every CUDA device this process opens from now on GPU `ordinal`.
 pub fn set_cuda_ordinal(ordinal: usize) {
     CUDA_ORDINAL.store(ordinal, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The CUDA device this process opens (see [`set_cuda_ordinal`]).
+pub fn cuda_ordinal() -> usize {
+    CUDA_ORDINAL.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// GPUs the CUDA driver sees (0 when there is no usable driver).

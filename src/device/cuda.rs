@@ -291,6 +291,13 @@ impl super::Device for CudaDevice {
         s.synchronize().map_err(|e| driver_err("stream synchronize", e))?;
         self.ctx.check_err().map_err(|e| driver_err("an earlier asynchronous operation", e))
     }
+    fn native_stream(&self, stream: Stream) -> Result<super::NativeStream> {
+        let s = self.stream(stream)?;
+        self.bind()?;
+        // The handles stay valid while the device lives (the stream table holds the stream) and
+        // `keep` holds the context for a holder that outlives the device.
+        Ok(super::NativeStream::Cuda { stream: s.cu_stream() as usize, context: self.ctx.cu_ctx() as usize, keep: self.ctx.clone() })
+    }
 }
 
 impl CudaDevice {

@@ -231,6 +231,28 @@ pub struct Stream {
     owner: DeviceId,
 }
 
+/// A stream as a library outside this module sees it (NCCL enqueues its transfers on the
+/// agents' own stream, so they are ordered with the kernels without the host waiting).
+#[derive(Clone)]
+pub enum NativeStream {
+    /// The simulator: device memory is host memory (a buffer's `device_ptr` is a host address)
+    /// and every operation is complete when its call returns.
+    Host,
+    /// A CUDA stream (`CUstream`) of the context `context` (`CUcontext`), which
+    /// [`Device::native_stream`] made current on the calling thread. `keep` holds the context
+    /// alive for as long as whoever holds this (an NCCL communicator) needs it.
+    Cuda { stream: usize, context: usize, keep: std::sync::Arc<dyn Any + Send + Sync> },
+}
+
+impl std::fmt::Debug for NativeStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NativeStream::Host => f.write_str("NativeStream::Host"),
+            NativeStream::Cuda { stream, context, .. } => write!(f, "NativeStream::Cuda {{ stream: {stream:#x}, context: {context:#x} }}"),
+        }
+    }
+}
+
 /// A point in a stream's work; `event_done` polls it without blocking.
 pub struct Event {
     owner: DeviceId,
@@ -297,6 +319,9 @@ pub trait Device: Send + Sync + 'static {
     fn stream_wait_event(&self, stream: Stream, event: &Event) -> Result<()>;
     /// Blocks the host until `stream`'s work is done.
     fn synchronize(&self, stream: Stream) -> Result<()>;
+    /// `stream`'s native handle, for work another library enqueues on it (NCCL); on CUDA the
+    /// device's context is made current on the calling thread too.
+    fn native_stream(&self, stream: Stream) -> Result<NativeStream>;
 }
 
 /// Checks a launch against the kernel's signature and the device's ownership of its buffers.
@@ -416,5 +441,8 @@ impl<D: Device> Device for std::sync::Arc<D> {
     }
     fn synchronize(&self, stream: Stream) -> Result<()> {
         (**self).synchronize(stream)
+    }
+    fn native_stream(&self, stream: Stream) -> Result<NativeStream> {
+        (**self).native_stream(stream)
     }
 }

@@ -275,4 +275,9 @@ impl super::Device for SimDevice {
     fn synchronize(&self, stream: Stream) -> Result<()> {
         self.check_stream(stream)
     }
+
+    fn native_stream(&self, stream: Stream) -> Result<super::NativeStream> {
+        self.check_stream(stream)?;
+        Ok(super::NativeStream::Host)
+    }
 }

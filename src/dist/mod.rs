@@ -14,14 +14,22 @@
 //! The bytes travel through a [`RankTransport`], one small trait with two implementations:
 //! [`local::LocalRanks`] (ranks as threads of one process, over channels: the protocol's
 //! reference and its tests in the default build) and `mpi::MpiTransport` (cargo feature `mpi`:
-//! non-blocking MPI point-to-point, host-staged). Every wait has a deadline
-//! (`gossip_timeout`): a silent or dead rank is an error naming it, never a hang.
+//! non-blocking MPI point-to-point, host-staged). On `cuda`, lock-step gossip's parameter
+//! messages may instead go device to device through a [`DeviceLink`] (`nccl::NcclLink`, cargo
+//! feature `nccl`; [`link`] chooses, and holds the simulator's stand-in that tests the path).
+//! Every wait has a deadline (`gossip_timeout`): a silent or dead rank is an error naming it,
+//! never a hang.
 
 pub mod async_link;
+pub mod link;
 pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod train;
+
+pub use link::{CrossRankPath, DeviceLink, DeviceMessage};
 
 use crate::algo::topology::GossipGraph;
 use crate::backend::Backend;
@@ -237,7 +245,8 @@ pub struct GossipTraffic {
     /// Wall seconds in `RankGossip::round` (reading θ, exchanging, mixing).
     pub seconds: f64,
     /// Of which waiting for the exchange, once the agents that need nothing from other ranks
-    /// have mixed meanwhile.
+    /// have mixed meanwhile. Over a device link the host waits once for exchange and mix
+    /// together (ordered on the stream): all of the round.
     pub exchange_seconds: f64,
 }
 
@@ -249,11 +258,24 @@ pub struct RankGossip {
     transport: SharedTransport,
     timeout: Duration,
     traffic: GossipTraffic,
+    /// When set, the parameter messages travel device to device over it (the transport still
+    /// carries everything else).
+    link: Option<Box<dyn DeviceLink>>,
 }
 
 impl RankGossip {
     pub fn new(graph: GossipGraph, blocks: Blocks, transport: SharedTransport, timeout: Duration) -> Self {
-        RankGossip { graph, blocks, transport, timeout, traffic: GossipTraffic::default() }
+        RankGossip { graph, blocks, transport, timeout, traffic: GossipTraffic::default(), link: None }
+    }
+
+    /// The gossip over `path`: a device link carries the parameter messages, host-staged keeps
+    /// them on the transport.
+    pub fn with_path(mut self, path: CrossRankPath) -> Self {
+        self.link = match path {
+            CrossRankPath::Device(link) => Some(link),
+            CrossRankPath::HostStaged(_) => None,
+        };
+        self
     }
 
     pub fn traffic(&self) -> GossipTraffic {
@@ -280,6 +302,17 @@ impl RankGossip {
         let first = self.blocks.range(rank).start;
         let n = plan.in_peers.len();
         let p = backend.spec().param_count();
+        if let Some(link) = self.link.as_deref_mut() {
+            // Device to device: the backend points the link at its rows and mixes once the
+            // messages are in, on its stream; tags are the sending agents, as on the transport.
+            let sends: Vec<(usize, usize, u32)> = plan.sends.iter().map(|&(s, q)| (s - first, q, s as u32)).collect();
+            let recvs: Vec<(usize, u32)> = plan.recvs.iter().map(|&s| (self.blocks.rank_of(s), s as u32)).collect();
+            backend.mix_over_link(&plan.in_peers, &sends, &recvs, link, self.timeout).map_err(|e| {
+                Error::Backend(format!("gossip round {round} across processes over {} (rank {rank}, agents {:?}): {e}", link.describe(), self.blocks.range(rank)))
+            })?;
+            self.count(&plan, p, t0, t0.elapsed());
+            return Ok(());
+        }
         // Which agents need a message from another rank (they mix after the exchange).
         let waits: Vec<bool> = plan.in_peers.iter().map(|l| l.iter().any(|&j| j >= n)).collect();
         // Host-staged: θ of the whole block once (the senders' rows are sent from it, and the
@@ -316,7 +349,6 @@ impl RankGossip {
             (local.and(exchanged), t1.elapsed())
         });
         exchanged.map_err(|e| Error::Backend(format!("gossip round {round} across processes (rank {rank}, agents {:?}): {e}", self.blocks.range(rank))))?;
-        self.traffic.exchange_seconds += waited.as_secs_f64();
         // The waiting agents: messages from other ranks first, then the pre-round rows of the
         // local in-peers they need (`needed`), as extra messages.
         let mut needed: Vec<usize> = plan.in_peers.iter().zip(&waits).filter(|(_, &w)| w).flat_map(|(l, _)| l.iter().copied().filter(|&j| j < n)).collect();
@@ -336,12 +368,17 @@ impl RankGossip {
         let mut messages: Vec<&[f32]> = received.chunks(p).collect();
         messages.extend(needed.iter().map(|&j| &params[j * p..(j + 1) * p]));
         backend.mix_with_remote(&later, &messages)?;
+        self.count(&plan, p, t0, waited);
+        Ok(())
+    }
+
+    fn count(&mut self, plan: &RoundPlan, p: usize, started: Instant, waited: Duration) {
         self.traffic.rounds += 1;
         self.traffic.messages_sent += plan.sends.len() as u64;
         self.traffic.bytes_sent += (plan.sends.len() * p * 4) as u64;
         self.traffic.bytes_received += (plan.recvs.len() * p * 4) as u64;
-        self.traffic.seconds += t0.elapsed().as_secs_f64();
-        Ok(())
+        self.traffic.exchange_seconds += waited.as_secs_f64();
+        self.traffic.seconds += started.elapsed().as_secs_f64();
     }
 }
 
@@ -357,6 +394,27 @@ mod tests {
         assert_eq!((0..7).map(|a| b.rank_of(a)).collect::<Vec<_>>(), vec![0, 0, 0, 1, 1, 2, 2]);
         let err = Blocks::new(2, 3).unwrap_err().to_string();
         assert!(err.contains("2 agents cannot be spread over 3 processes"), "{err}");
+    }
+
+    /// NCCL matches the messages between two ranks by order, not by tag: the agents rank q
+    /// sends to rank r (in `sends` order) must be the agents r receives from q (in `recvs`
+    /// order), every round.
+    #[test]
+    fn messages_between_two_ranks_are_listed_in_the_same_order_on_both_sides() {
+        for (topo, n, k, ranks) in [(Topology::Ring, 7, 2, 3), (Topology::Exp, 16, 1, 4), (Topology::Exp, 12, 3, 5), (Topology::All, 6, 5, 3)] {
+            let g = GossipGraph::new(topo, n, k).unwrap();
+            let b = Blocks::new(n, ranks).unwrap();
+            for round in 0..6 {
+                let plans: Vec<RoundPlan> = (0..ranks).map(|q| RoundPlan::new(&g, &b, q, round)).collect();
+                for q in 0..ranks {
+                    for r in (0..ranks).filter(|&r| r != q) {
+                        let sent: Vec<usize> = plans[q].sends.iter().filter(|&&(_, to)| to == r).map(|&(s, _)| s).collect();
+                        let received: Vec<usize> = plans[r].recvs.iter().copied().filter(|&s| b.rank_of(s) == q).collect();
+                        assert_eq!(sent, received, "{topo:?} round {round}: rank {q} -> rank {r}");
+                    }
+                }
+            }
+        }
     }
 
     /// Every rank's plan together is exactly the batched round: each local in-peer list, mapped

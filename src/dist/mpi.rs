@@ -116,7 +116,7 @@ impl RankTransport for MpiTransport {
     }
 
     fn describe(&self) -> String {
-        format!("MPI ({} processes; rank {} on {}; host-staged point-to-point)", self.ranks, self.rank, self.processor)
+        format!("MPI ({} processes; rank {} on {}; non-blocking point-to-point through host memory)", self.ranks, self.rank, self.processor)
     }
 
     fn post(&mut self, to: usize, data: Vec<u8>) -> Result<()> {

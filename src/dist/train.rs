@@ -15,7 +15,7 @@
 //! A stop request (Ctrl-C, which `mpirun` forwards to every rank) is agreed on before each
 //! update, so all ranks stop after the same one.
 
-use super::{lock, Blocks, GossipTraffic, RankGossip, RankTransport, SharedTransport};
+use super::{lock, Blocks, CrossRankPath, GossipTraffic, RankGossip, RankTransport, SharedTransport};
 use crate::algo::topology::GossipGraph;
 use crate::algo::trainer::{mean_of_last_games, GameRecord, ProgressSink, Trainer};
 use crate::checkpoint::Checkpoint;
@@ -45,6 +45,12 @@ pub struct DistSession<'a> {
     /// Test hook (agent, round): that agent fails at that round (asynchronous gossip;
     /// `GALA_GPU_DEBUG_FAIL_AGENT=AGENT:ROUND`).
     pub fail_agent: Option<(usize, u64)>,
+    /// Test hook: lock-step messages take the device-link path on the simulator
+    /// (`link::HostMemoryLink`, NCCL's stand-in), so that path is tested without a GPU.
+    pub host_memory_link: bool,
+    /// Told how the cross-rank messages travel, once the ranks have agreed (the CLI's line on
+    /// rank 0).
+    pub announce: Option<&'a (dyn Fn(&CrossRankPath) + Sync)>,
 }
 
 /// What `train_distributed` returns on every rank.
@@ -58,6 +64,8 @@ pub struct DistTraining {
     pub phases: crate::algo::trainer::PhaseSeconds,
     /// Which agents this rank hosted.
     pub agents: Range<usize>,
+    /// How the cross-rank messages travelled (`CrossRankPath::describe`).
+    pub gossip_path: String,
 }
 
 /// Checks that a distributed run of `config` over `ranks` processes is possible (asking for
@@ -115,7 +123,13 @@ pub fn train_distributed(
         trainer.restore(&part)?;
     }
     let graph = GossipGraph::new(config.topology, blocks.agents, config.peers)?;
-    trainer.engine_mut().set_rank_gossip(RankGossip::new(graph, blocks, transport.clone(), timeout));
+    // Device to device (NCCL) when every rank can, else host-staged; agreed by all ranks here.
+    let path = super::link::choose(config.backend, trainer.backend_mut(), &transport, session.host_memory_link, timeout)?;
+    if let Some(announce) = session.announce {
+        announce(&path);
+    }
+    let gossip_path = path.describe();
+    trainer.engine_mut().set_rank_gossip(RankGossip::new(graph, blocks, transport.clone(), timeout).with_path(path));
     let mut on_disk = session.resume.map(|ck| ck.frames);
     let started = Instant::now();
     let wall_before = session.resume.map_or(0.0, |ck| ck.wall_seconds);
@@ -205,7 +219,7 @@ pub fn train_distributed(
         }
     };
     let traffic = trainer.engine_mut().rank_gossip().map(RankGossip::traffic).unwrap_or_default();
-    Ok(DistTraining { summary, interrupted, traffic, phases: trainer.phase_seconds(), agents: mine })
+    Ok(DistTraining { summary, interrupted, traffic, phases: trainer.phase_seconds(), agents: mine, gossip_path })
 }
 
 /// Asynchronous gossip across ranks: every rank runs its block's agents on threads under the
@@ -220,6 +234,14 @@ fn train_ranks_async(
     let rank = lock(&transport).rank();
     let timeout = Duration::from_secs_f64(config.gossip_timeout);
     let mine = blocks.range(rank);
+    // NCCL's send and receive are two-sided and complete in pairs on both ranks' streams;
+    // asynchronous gossip's messages are one-sided (posted whenever a sender is ready, mixed
+    // whenever its receiver looks), so they stay on the transport.
+    let path = CrossRankPath::HostStaged("asynchronous gossip: its one-sided messages stay on MPI; NCCL carries lock-step rounds".into());
+    if let Some(announce) = session.announce {
+        announce(&path);
+    }
+    let gossip_path = path.describe();
     let hooks = AsyncHooks {
         fail_agent: session.fail_agent,
         slow_agents: session.slow_rank.map(|(q, pause)| (blocks.range(q).start, blocks.range(q).end, pause)),
@@ -245,7 +267,14 @@ fn train_ranks_async(
         };
         let json = serde_json::to_vec(&t.summary).map_err(|e| Error::Backend(format!("summary: {e}")))?;
         lock(&transport).broadcast(&json, timeout)?;
-        return Ok(DistTraining { summary: t.summary, interrupted: t.interrupted, traffic: GossipTraffic::default(), phases: Default::default(), agents: mine });
+        return Ok(DistTraining {
+            summary: t.summary,
+            interrupted: t.interrupted,
+            traffic: GossipTraffic::default(),
+            phases: Default::default(),
+            agents: mine,
+            gossip_path,
+        });
     } else {
         let t = trained?;
         let json = lock(&transport).broadcast(&[], timeout)?;
@@ -255,7 +284,7 @@ fn train_ranks_async(
         (serde_json::from_slice(&json).map_err(|e| Error::Backend(format!("the summary from rank 0: {e}")))?, t.interrupted)
     };
     let (summary, interrupted) = summary;
-    Ok(DistTraining { summary, interrupted, traffic: GossipTraffic::default(), phases: Default::default(), agents: mine })
+    Ok(DistTraining { summary, interrupted, traffic: GossipTraffic::default(), phases: Default::default(), agents: mine, gossip_path })
 }
 
 /// Whether `mine` is true on any rank (every rank gets the answer).

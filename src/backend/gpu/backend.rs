@@ -106,6 +106,9 @@ impl<D: Device> Device for CountingDevice<D> {
     fn synchronize(&self, stream: Stream) -> Result<()> {
         self.inner.synchronize(stream)
     }
+    fn native_stream(&self, stream: Stream) -> Result<crate::device::NativeStream> {
+        self.inner.native_stream(stream)
+    }
 }
 
 /// The network's forward activations for a batch of `n` observations per agent.
@@ -556,6 +559,19 @@ impl<D: Device> Backend for GpuBackend<D> {
         let timed = self.begin_timed()?;
         self.arena.mix_with_remote(in_peers, remote)?;
         self.end_timed(timed)
+    }
+
+    fn mix_over_link(
+        &mut self, in_peers: &[Vec<usize>], sends: &[(usize, usize, u32)], recvs: &[(usize, u32)], link: &mut dyn crate::dist::DeviceLink,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        let timed = self.begin_timed()?;
+        self.arena.mix_over_link(in_peers, sends, recvs, link, timeout)?;
+        self.end_timed(timed)
+    }
+
+    fn native_stream(&mut self) -> Result<Option<crate::device::NativeStream>> {
+        self.arena.device().native_stream(self.arena.stream()).map(Some)
     }
 
     fn device_seconds(&self) -> Option<f64> {

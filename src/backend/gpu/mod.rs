@@ -15,6 +15,7 @@ pub use backend::{CountingDevice, GpuBackend};
 
 use crate::backend::cpu::optim::RmsProp;
 use crate::device::{Device, DeviceBuffer, Event, Stream};
+use crate::dist::DeviceMessage;
 use crate::error::{Error, Result};
 
 /// All agents' parameters, gradients and RMSprop state, [agents][P] each, in device memory,
@@ -39,6 +40,11 @@ pub struct GpuArena<D: Device> {
     no_guard: DeviceBuffer<u32>,
     consensus_partials: DeviceBuffer<f64>,
     consensus_result: DeviceBuffer<f64>,
+    /// Rounds over a device link (`mix_over_link`): (rows, snapshot [rows][P], mixed [rows][P])
+    /// per row count seen so far (local agents + received messages; with `exp` the count
+    /// changes with the round), kept because NCCL receives into them and reallocating every
+    /// round would synchronise the device each time.
+    link_rows: Vec<(usize, DeviceBuffer<f32>, DeviceBuffer<f32>)>,
 }
 
 impl<D: Device> GpuArena<D> {
@@ -70,6 +76,7 @@ impl<D: Device> GpuArena<D> {
             no_guard: device.alloc_zeros(1)?,
             consensus_partials: device.alloc_zeros((agents + 1) * gossip_chunks)?,
             consensus_result: device.alloc_zeros(1)?,
+            link_rows: Vec::new(),
             device,
             stream,
             agents,
@@ -237,26 +244,13 @@ impl<D: Device> GpuArena<D> {
         if in_peers.len() != self.agents {
             return Err(Error::Shape(format!("mix: {} peer lists for {} agents", in_peers.len(), self.agents)));
         }
-        let mut offsets = Vec::with_capacity(self.agents + 1);
-        let mut flat = Vec::new();
-        offsets.push(0u32);
-        for (r, list) in in_peers.iter().enumerate() {
-            for &s in list {
-                if s >= self.agents {
-                    return Err(Error::Shape(format!("mix: agent {r} lists peer {s}, but there are {} agents", self.agents)));
-                }
-                flat.push(s as u32);
-            }
-            offsets.push(flat.len() as u32);
+        if let Some((r, s)) = in_peers.iter().enumerate().find_map(|(r, l)| l.iter().find(|&&s| s >= self.agents).map(|&s| (r, s))) {
+            return Err(Error::Shape(format!("mix: agent {r} lists peer {s}, but there are {} agents", self.agents)));
         }
-        if flat.is_empty() {
+        let Some((offsets_dev, peers_dev)) = self.peer_tables(in_peers, self.agents)? else {
             return Ok(());
-        }
+        };
         let dev = &self.device;
-        let mut offsets_dev = dev.alloc_zeros::<u32>(offsets.len())?;
-        let mut peers_dev = dev.alloc_zeros::<u32>(flat.len())?;
-        dev.upload(self.stream, &offsets, &mut offsets_dev, 0)?;
-        dev.upload(self.stream, &flat, &mut peers_dev, 0)?;
         let n = self.params.len();
         dev.copy(self.stream, &self.params, 0, &mut self.snapshot, 0, n)?;
         launch::gossip_mix(dev, self.stream, &self.snapshot, &mut self.params, &offsets_dev, &peers_dev, self.agents, self.param_count)?;
@@ -280,23 +274,12 @@ impl<D: Device> GpuArena<D> {
             )));
         }
         let rows = a + m;
-        let mut offsets = Vec::with_capacity(rows + 1);
-        let mut flat = Vec::new();
-        offsets.push(0u32);
-        for r in 0..rows {
-            flat.extend(in_peers.get(r).into_iter().flatten().map(|&s| s as u32));
-            offsets.push(flat.len() as u32);
-        }
-        if flat.is_empty() {
+        let Some((offsets_dev, peers_dev)) = self.peer_tables(in_peers, rows)? else {
             return Ok(());
-        }
+        };
         let dev = &self.device;
         let mut snapshot = dev.alloc_zeros::<f32>(rows * p)?;
         let mut mixed = dev.alloc_zeros::<f32>(rows * p)?;
-        let mut offsets_dev = dev.alloc_zeros::<u32>(offsets.len())?;
-        let mut peers_dev = dev.alloc_zeros::<u32>(flat.len())?;
-        dev.upload(self.stream, &offsets, &mut offsets_dev, 0)?;
-        dev.upload(self.stream, &flat, &mut peers_dev, 0)?;
         dev.copy(self.stream, &self.params, 0, &mut snapshot, 0, a * p)?;
         for (j, msg) in remote.iter().enumerate() {
             dev.upload(self.stream, msg, &mut snapshot, (a + j) * p)?;
@@ -306,6 +289,83 @@ impl<D: Device> GpuArena<D> {
         dev.copy(self.stream, &mixed, 0, &mut self.params, 0, a * p)?;
         // The temporaries are freed on return; make sure the work that reads them is done.
         dev.synchronize(self.stream)
+    }
+
+    /// The CSR peer tables of a round over `rows` rows (lists past `in_peers.len()` are empty),
+    /// uploaded; None when no row has a peer (nothing to mix).
+    fn peer_tables(&self, in_peers: &[Vec<usize>], rows: usize) -> Result<Option<(DeviceBuffer<u32>, DeviceBuffer<u32>)>> {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        let mut flat = Vec::new();
+        offsets.push(0u32);
+        for r in 0..rows {
+            flat.extend(in_peers.get(r).into_iter().flatten().map(|&s| s as u32));
+            offsets.push(flat.len() as u32);
+        }
+        if flat.is_empty() {
+            return Ok(None);
+        }
+        let dev = &self.device;
+        let mut offsets_dev = dev.alloc_zeros::<u32>(offsets.len())?;
+        let mut peers_dev = dev.alloc_zeros::<u32>(flat.len())?;
+        dev.upload(self.stream, &offsets, &mut offsets_dev, 0)?;
+        dev.upload(self.stream, &flat, &mut peers_dev, 0)?;
+        Ok(Some((offsets_dev, peers_dev)))
+    }
+
+    /// One lock-step round whose cross-rank messages travel device to device over `link`
+    /// (scale-out with NCCL, `dist::RankGossip`). The same rows as `mix_with_remote` — this
+    /// arena's agents, then the messages `recvs` lists, (source rank, tag) — but the messages
+    /// are received by the link straight into rows `agents + j` of a device snapshot, and
+    /// `sends`, (local agent, destination rank, tag), go out from that snapshot's rows: the
+    /// pre-round parameters, the values every local sum reads too. Everything is ordered on the
+    /// arena's stream — snapshot copy, the link's group of receives and sends, the batched
+    /// `gossip_mix` launch over all rows, the copy back — so the mix waits for the messages on
+    /// the device, and the sums are those of the whole run's batched round bit for bit. The host
+    /// then waits once, at most `timeout` (the link names the silent ranks).
+    pub fn mix_over_link(
+        &mut self, in_peers: &[Vec<usize>], sends: &[(usize, usize, u32)], recvs: &[(usize, u32)], link: &mut dyn crate::dist::DeviceLink,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        let (a, p, m) = (self.agents, self.param_count, recvs.len());
+        if in_peers.len() != a || in_peers.iter().flatten().any(|&s| s >= a + m) || sends.iter().any(|&(r, ..)| r >= a) {
+            return Err(Error::Shape(format!(
+                "mix_over_link: {} peer lists for {a} agents, {m} received messages, senders {:?}",
+                in_peers.len(),
+                sends.iter().map(|s| s.0).collect::<Vec<_>>()
+            )));
+        }
+        let rows = a + m;
+        let tables = self.peer_tables(in_peers, rows)?;
+        if !self.link_rows.iter().any(|(r, ..)| *r == rows) {
+            let buffers = (rows, self.device.alloc_zeros::<f32>(rows * p)?, self.device.alloc_zeros::<f32>(rows * p)?);
+            self.link_rows.push(buffers);
+        }
+        let (dev, s) = (&self.device, self.stream);
+        let (_, snapshot, mixed) = self.link_rows.iter_mut().find(|(r, ..)| *r == rows).expect("allocated above");
+        dev.copy(s, &self.params, 0, snapshot, 0, a * p)?;
+        let row = |r: usize| snapshot.device_ptr() + (r * p * std::mem::size_of::<f32>()) as u64;
+        let out: Vec<DeviceMessage> = sends.iter().map(|&(r, peer, tag)| DeviceMessage { peer, tag, ptr: row(r), len: p }).collect();
+        let into: Vec<DeviceMessage> = recvs.iter().enumerate().map(|(j, &(peer, tag))| DeviceMessage { peer, tag, ptr: row(a + j), len: p }).collect();
+        let native = dev.native_stream(s)?;
+        link.exchange(&native, &out, &into, timeout)?;
+        if let Some((offsets_dev, peers_dev)) = &tables {
+            // Rows without peers are left alone by the kernel: start from the pre-round values.
+            dev.copy(s, snapshot, 0, mixed, 0, a * p)?;
+            launch::gossip_mix(dev, s, snapshot, mixed, offsets_dev, peers_dev, rows, p)?;
+            dev.copy(s, mixed, 0, &mut self.params, 0, a * p)?;
+        }
+        let done = dev.record_event(s)?;
+        let mut peers: Vec<usize> = out.iter().chain(&into).map(|msg| msg.peer).collect();
+        peers.sort_unstable();
+        peers.dedup();
+        if let Err(e) = link.wait(&mut || dev.event_done(&done), &peers, timeout) {
+            // The stream may never get past the exchange: freeing the tables (cuMemFree waits
+            // for the device) could hang, so they are left to the process's end.
+            std::mem::forget(tables);
+            return Err(e);
+        }
+        // The peer tables are freed on return: the stream is past the launch that reads them.
+        dev.synchronize(s)
     }
 
     /// Asynchronous gossip, sender side: enqueues on the arena's stream a device-to-device copy
