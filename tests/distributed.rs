@@ -408,7 +408,10 @@ fn async_across_ranks_a_stop_on_one_rank_stops_every_rank_with_a_checkpoint_that
     assert!(!path.join("summary.json").exists());
     let ck = Checkpoint::load(&path).unwrap();
     let rounds = ck.agent_rounds();
-    assert!(rounds.iter().all(|&r| r >= 1 && r < 100_000), "{rounds:?}");
+    // Rank 1 (agents 2, 3) stops once under way; rank 0's agents may not have finished a round
+    // by then (sync_freq 4 lets rank 1 run ahead of a rank that starts slowly: seen in CI as
+    // [0, 0, 5, 5]), so only the stopping rank's progress is certain.
+    assert!(rounds[2..].iter().all(|&r| r >= 1) && rounds.iter().all(|&r| r < 100_000), "{rounds:?}");
     // It resumes (asynchronously, in one process) to a budget past every agent's round.
     let target = rounds.iter().max().unwrap() + 2;
     let total = Config { frames: target * round_frames(4), ..c.clone() };
