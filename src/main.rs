@@ -421,6 +421,13 @@ impl ProgressSink for Progress {
             Progress::Quiet => {}
         }
     }
+
+    fn warn(&mut self, message: &str) {
+        match self {
+            Progress::Bar(bar) => bar.suspend(|| eprintln!("warning: {message}")),
+            _ => eprintln!("warning: {message}"),
+        }
+    }
 }
 
 impl Progress {

@@ -2,6 +2,7 @@
 //! config.toml, metrics.csv and, at the end, summary.json. Whole files are written to a
 //! temporary name, synced and renamed, so a crash never leaves a half-written config or summary.
 
+use crate::algo::health::{NetHealth, LAYERS};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -112,6 +113,10 @@ impl MetricsRow {
 /// metrics_agents.csv: one row per agent per metrics.csv row (long format, so any agent count
 /// fits one header).
 pub const AGENT_METRICS_HEADER: &str = "frames,updates,agent,episodes,mean_return_100,value_loss,policy_loss,entropy,grad_norm";
+
+/// The network-health log (`algo::health`): per agent and layer, units alive and active share.
+pub const HEALTH_FILE: &str = "health.csv";
+pub const HEALTH_HEADER: &str = "frames,updates,agent,conv1_units,conv1_active,conv2_units,conv2_active,conv3_units,conv3_active,fc_units,fc_active,logit_std";
 
 /// One agent's part of a metrics row.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -231,6 +236,8 @@ pub struct RunDir {
     _lock: RunLock,
     metrics: File,
     agent_metrics: File,
+    /// Per agent, how much of the network still fires (`algo::health`), at a sparse schedule.
+    health: File,
     events: crate::tfevents::EventWriter,
 }
 
@@ -286,8 +293,9 @@ impl RunDir {
         let mut metrics = OpenOptions::new().create_new(true).write(true).open(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
         writeln!(metrics, "{METRICS_HEADER}").map_err(|e| Error::io(&metrics_path, e))?;
         let agent_metrics = open_csv(&path.join("metrics_agents.csv"), AGENT_METRICS_HEADER)?;
+        let health = open_csv(&path.join(HEALTH_FILE), HEALTH_HEADER)?;
         let events = crate::tfevents::EventWriter::create(&path)?;
-        Ok(RunDir { path, _lock: lock, metrics, agent_metrics, events })
+        Ok(RunDir { path, _lock: lock, metrics, agent_metrics, health, events })
     }
 
     /// Reopens an existing run folder to continue it from a checkpoint taken at `frames`:
@@ -305,15 +313,41 @@ impl RunDir {
         let agents_path = path.join("metrics_agents.csv");
         truncate_csv_after(&metrics_path, frames)?;
         truncate_csv_after(&agents_path, frames)?;
+        let health_path = path.join(HEALTH_FILE);
+        truncate_csv_after(&health_path, frames)?;
         let metrics = open_csv(&metrics_path, METRICS_HEADER)?;
         let agent_metrics = open_csv(&agents_path, AGENT_METRICS_HEADER)?;
+        let health = open_csv(&health_path, HEALTH_HEADER)?;
         let events = crate::tfevents::EventWriter::create(path)?;
-        Ok(RunDir { path: path.to_path_buf(), _lock: lock, metrics, agent_metrics, events })
+        Ok(RunDir { path: path.to_path_buf(), _lock: lock, metrics, agent_metrics, health, events })
     }
 
     /// Where this run's checkpoint lives.
     pub fn checkpoint_path(&self) -> PathBuf {
         self.path.join(crate::checkpoint::CHECKPOINT_FILE)
+    }
+
+    /// health.csv rows, one per agent (`first_agent` numbers the first), and their mean per
+    /// layer as TensorBoard scalars.
+    pub fn append_health(&mut self, frames: u64, updates: u64, first_agent: usize, agents: &[NetHealth]) -> Result<()> {
+        let path = self.path.join(HEALTH_FILE);
+        let mut text = String::new();
+        for (i, h) in agents.iter().enumerate() {
+            text.push_str(&format!("{frames},{updates},{}", first_agent + i));
+            for l in &h.layers {
+                text.push_str(&format!(",{:.4},{:.4}", l.units_alive, l.active));
+            }
+            text.push_str(&format!(",{:.6e}\n", h.logit_std));
+        }
+        self.health.write_all(text.as_bytes()).and_then(|_| self.health.flush()).map_err(|e| Error::io(&path, e))?;
+        let n = agents.len().max(1) as f64;
+        let mut scalars: Vec<(String, f64)> = Vec::new();
+        for (l, name) in LAYERS.iter().enumerate() {
+            scalars.push((format!("health/{name}_units_alive"), agents.iter().map(|h| h.layers[l].units_alive).sum::<f64>() / n));
+            scalars.push((format!("health/{name}_active"), agents.iter().map(|h| h.layers[l].active).sum::<f64>() / n));
+        }
+        scalars.push(("health/logit_std".into(), agents.iter().map(|h| h.logit_std).sum::<f64>() / n));
+        self.events.scalars(frames, &scalars)
     }
 
     /// metrics_agents.csv rows and one TensorBoard event with the mean and per-agent scalars.

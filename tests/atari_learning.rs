@@ -13,6 +13,7 @@
 //! term's sign flipped, entropy and value loss over 400 updates look like the correct run's),
 //! which is why the per-update improvement is the main check.
 
+use gala_gpu::algo::health::NetHealth;
 use gala_gpu::backend::cpu::heads::{log_softmax_row, nstep_returns};
 use gala_gpu::backend::cpu::net::{forward, Activations};
 use gala_gpu::backend::cpu::optim::RmsForm;
@@ -133,6 +134,13 @@ impl PongLearner {
     fn view(&mut self, acts: &mut Activations<f32>) -> SegmentView {
         view_segment(&self.net, &self.engine.read_params().unwrap(), &self.obs, &self.actions, acts)
     }
+
+    /// conv1's (channels alive, activations > 0) on the current segment, as `train` logs them
+    /// to health.csv.
+    fn conv1_alive(&mut self) -> (f64, f64) {
+        let h = NetHealth::measure(&self.net, &self.net.layout(), &self.engine.read_params().unwrap(), &self.obs);
+        (h.layers[0].units_alive, h.layers[0].active)
+    }
 }
 
 #[test]
@@ -182,24 +190,6 @@ fn pong_a2c_updates_improve_policy_and_value_on_their_segments() {
     assert!(late_entropy < 6f64.ln() - 0.002, "the policy is still uniform after {updates} updates (entropy {late_entropy})");
 }
 
-/// Fraction of conv1's output channels active (ReLU input > 0) somewhere in the segment, and
-/// fraction of all its activations that are positive.
-fn conv1_alive(acts: &Activations<f32>) -> (f64, f64) {
-    let n = acts.n;
-    let per_sample = acts.conv[0].len() / n;
-    let channels = 32;
-    let pixels = per_sample / channels;
-    let mut alive = vec![false; channels];
-    let mut positive = 0usize;
-    for (i, &x) in acts.conv[0].iter().enumerate() {
-        if x > 0.0 {
-            alive[(i % per_sample) / pixels] = true;
-            positive += 1;
-        }
-    }
-    (alive.iter().filter(|&&a| a).count() as f64 / channels as f64, positive as f64 / acts.conv[0].len() as f64)
-}
-
 /// PyTorch's RMSprop starts its square average at 0, so its first steps move every parameter
 /// by about 10·lr, 7·lr, 5.8·lr, … whatever the gradient's size. conv1's weight gradient is
 /// nearly the same for all 256 taps of a filter (the inputs are mostly flat background), so a
@@ -211,18 +201,15 @@ fn conv1_alive(acts: &Activations<f32>) -> (f64, f64) {
 #[test]
 fn pong_conv1_survives_the_first_updates_with_the_tf_rmsprop_form() {
     const UPDATES: usize = 15;
-    let mut acts = Activations::default();
-    let mut run = |form: RmsForm| {
+    let run = |form: RmsForm| {
         let mut pong = PongLearner::new(1.4e-3, form);
         pong.collect();
-        pong.view(&mut acts);
-        let start = conv1_alive(&acts);
+        let start = pong.conv1_alive();
         for _ in 0..UPDATES {
             pong.learn();
             pong.collect();
         }
-        pong.view(&mut acts);
-        let end = conv1_alive(&acts);
+        let end = pong.conv1_alive();
         println!("{form:?}: conv1 channels alive {:.2} → {:.2}, activations > 0 {:.3} → {:.3}", start.0, end.0, start.1, end.1);
         (start, end)
     };

@@ -212,6 +212,20 @@ fn resume_is_bit_exact_and_the_run_folder_is_complete() {
     assert_eq!(metrics.lines().count() as u64, 1 + 2 * k);
     let agents = std::fs::read_to_string(run.join("metrics_agents.csv")).unwrap();
     assert_eq!(agents.lines().count() as u64, 1 + 2 * k * 2, "one row per agent per update");
+    // health.csv: per agent, after updates 1, 2 and 5 of the 6 (the straight run above logged
+    // none and ends with the same parameters: measuring health does not disturb training).
+    let health = std::fs::read_to_string(run.join("health.csv")).unwrap();
+    assert!(health.starts_with(gala_gpu::run::HEALTH_HEADER));
+    let rows: Vec<(u64, u64)> = health.lines().skip(1).map(|l| {
+        let f: Vec<&str> = l.split(',').collect();
+        assert_eq!(f.len(), gala_gpu::run::HEALTH_HEADER.split(',').count(), "{l}");
+        for x in &f[3..11] {
+            let v: f64 = x.parse().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{l}");
+        }
+        (f[1].parse().unwrap(), f[2].parse().unwrap())
+    }).collect();
+    assert_eq!(rows, [(1, 0), (1, 1), (2, 0), (2, 1), (5, 0), (5, 1)]);
     // Two sessions, two TensorBoard files, each a valid record stream with per-agent tags.
     let events: Vec<PathBuf> = std::fs::read_dir(&run)
         .unwrap()
@@ -225,7 +239,7 @@ fn resume_is_bit_exact_and_the_run_folder_is_complete() {
             tags.extend(decode_event(&r).2.into_iter().map(|(t, _)| t));
         }
     }
-    for t in ["charts/SPS", "charts/episodic_return", "losses/value_loss", "losses/entropy", "losses/grad_norm", "gossip/consensus_distance", "agent0/episodic_return", "agent1/entropy"] {
+    for t in ["charts/SPS", "charts/episodic_return", "losses/value_loss", "losses/entropy", "losses/grad_norm", "gossip/consensus_distance", "agent0/episodic_return", "agent1/entropy", "health/conv1_units_alive", "health/logit_std"] {
         assert!(tags.contains(t), "no `{t}` scalar in {tags:?}");
     }
 }

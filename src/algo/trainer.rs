@@ -29,6 +29,8 @@
 //! That is also why a checkpoint (parameters, RMSprop state, the step counter, the environments'
 //! states and frame stacks) resumes bit for bit: nothing else carries over between updates.
 
+use crate::algo::health::{self, NetHealth};
+use crate::backend::cpu::optim::RmsForm;
 use crate::backend::{ActOutput, AgentLearnStats, Backend, Segment, SharedDevice};
 use crate::config::Config;
 use crate::env::{self, EnvSettings, FinishedGame, GameId, VecEnv, FRAME_BYTES};
@@ -52,6 +54,10 @@ pub trait ProgressSink {
     fn tick(&mut self, _frames: u64) {}
     /// Called with every metrics row.
     fn report(&mut self, row: &MetricsRow);
+    /// Something the user should act on (e.g. a dead network); printed whatever the verbosity.
+    fn warn(&mut self, message: &str) {
+        eprintln!("warning: {message}");
+    }
 }
 
 /// A sink that ignores everything (library use, tests).
@@ -106,6 +112,8 @@ pub struct Trainer {
     debug_nan_at_update: Option<u64>,
     /// Frames at which the checkpoint on disk was taken, if any.
     last_checkpoint: Option<u64>,
+    /// Per agent, consecutive health checks with a dead layer (`check_health`).
+    dead_streak: Vec<u32>,
 }
 
 /// Wall-clock time spent in each phase of training (seconds, summed over updates).
@@ -385,6 +393,7 @@ impl Trainer {
             interrupted: false,
             debug_nan_at_update: None,
             last_checkpoint: None,
+            dead_streak: Vec::new(),
         })
     }
 
@@ -773,6 +782,38 @@ impl Trainer {
         })
     }
 
+    /// Measures every agent's network on its current observations (`algo::health`), logs it to
+    /// the run folder and warns when an agent's layer has been dead at `health::DEAD_CHECKS` checks
+    /// in a row.
+    fn check_health(&mut self, run: &mut RunDir, progress: &mut dyn ProgressSink) -> Result<()> {
+        let params = self.engine.read_params()?;
+        let spec = self.engine.spec().net.clone();
+        let layout = spec.layout();
+        let obs = self.venv.observations();
+        let per_agent = self.envs * OBS_BYTES;
+        let healths: Vec<NetHealth> = (0..self.agents)
+            .map(|a| NetHealth::measure(&spec, &layout, &params[a * layout.total..(a + 1) * layout.total], &obs[a * per_agent..(a + 1) * per_agent]))
+            .collect();
+        run.append_health(self.frames(), self.updates, self.agent_offset, &healths)?;
+        let torch_form = self.config.rms_form == RmsForm::Torch;
+        self.dead_streak.resize(healths.len(), 0);
+        let mut newly_dead = Vec::new();
+        for (a, h) in healths.iter().enumerate() {
+            // Counts on past the threshold, so each dying is reported once, not at every check.
+            self.dead_streak[a] = if h.dead_layers().is_empty() { 0 } else { self.dead_streak[a].saturating_add(1) };
+            if self.dead_streak[a] == health::DEAD_CHECKS {
+                newly_dead.push(a);
+            }
+        }
+        if let Some(&first) = newly_dead.first() {
+            let agents: Vec<usize> = newly_dead.iter().map(|a| self.agent_offset + a).collect();
+            if let Some(w) = healths[first].dead_layer_warning(&agents, self.config.lr, torch_form) {
+                progress.warn(&w);
+            }
+        }
+        Ok(())
+    }
+
     /// Saves a checkpoint into the run folder (durably; the previous one survives a failure).
     fn save_checkpoint(&mut self, run: &RunDir, started: Instant) -> Result<()> {
         let wall = self.wall_before + started.elapsed().as_secs_f64();
@@ -838,6 +879,11 @@ impl Trainer {
                     run.append_agent_metrics(&row, &self.agent_metrics())?;
                 }
                 progress.report(&row);
+            }
+            if health::due(self.updates) {
+                if let Some(run) = run.as_deref_mut() {
+                    self.check_health(run, progress)?;
+                }
             }
             if self.frames() >= save_at {
                 if let Some(run) = run.as_deref() {
