@@ -188,7 +188,8 @@ __device__ __forceinline__ void klane_store(float (*T)[STRIDE], const float* v, 
 //     R > CONV_PTAB refills it every CONV_PTAB rows, between a K-step's stores and its first
 //     barrier): a B load is then one shared read at a constant offset from the K-step's base,
 //     one add and the load;
-//   * a thread's weight rows and its column's origin become pointers, its rows' validity a mask;
+//   * a thread's weight rows and its column's origin become pointers, its rows' validity one
+//     compare against rows_left;
 //   * columns past the batch read the agent's first patch instead (always in bounds): their
 //     accumulators are never stored, so no per-load column test is needed. Rows past R still
 //     load 0 (a 0 weight times a non-finite input would be NaN, not 0).
@@ -203,6 +204,26 @@ __device__ __forceinline__ void klane_store(float (*T)[STRIDE], const float* v, 
 // Other uint8 layers (no preset has one) keep the previous body (conv_forward_body_cursor below:
 // offsets walked with a cursor, addresses rebuilt per load); with the per-row table they spill.
 #define CONV_PTAB 2048
+
+// The forward epilogue: this thread's 4x4 outputs, bias added and ReLU'd, into ya (one agent's y).
+__device__ __forceinline__ void conv_forward_store(float* __restrict__ ya, const float* __restrict__ b, const ConvGeom& g,
+                                                   unsigned int cols, unsigned int row0, unsigned int col0,
+                                                   unsigned int tx, unsigned int ty, const float acc[4][4],
+                                                   unsigned int relu) {
+    for (int i = 0; i < 4; ++i) {
+        const unsigned int m = row0 + ty * 4 + i;
+        if (m >= g.cout) continue;
+        const float bias = b[m];
+        for (int jx = 0; jx < 4; ++jx) {
+            const unsigned int j = col0 + tx * 4 + jx;
+            if (j >= cols) continue;
+            float v = acc[i][jx] + bias;
+            if (relu && !(v > 0.0f)) v = 0.0f;
+            const unsigned int s = j / g.pixels, p = j - s * g.pixels;
+            ya[(unsigned long long)s * g.out_len + m * g.pixels + p] = v;
+        }
+    }
+}
 
 template <class In, bool WORDS>
 __device__ __forceinline__ void conv_forward_body(float (*As)[CONV_AS_STRIDE], float (*Bs)[CONV_BS_STRIDE],
@@ -291,23 +312,11 @@ __device__ __forceinline__ void conv_forward_body(float (*As)[CONV_AS_STRIDE], f
         conv_tile_fma(As, Bs, acc, tx, ty);
         __syncthreads();
     }
-    float* ya = y + (unsigned long long)agent * n * g.out_len;
-    for (int i = 0; i < 4; ++i) {
-        const unsigned int m = row0 + ty * 4 + i;
-        if (m >= g.cout) continue;
-        const float bias = b[m];
-        for (int jx = 0; jx < 4; ++jx) {
-            const unsigned int j = col0 + tx * 4 + jx;
-            if (j >= cols) continue;
-            float v = acc[i][jx] + bias;
-            if (relu && !(v > 0.0f)) v = 0.0f;
-            const unsigned int s = j / g.pixels, p = j - s * g.pixels;
-            ya[(unsigned long long)s * g.out_len + m * g.pixels + p] = v;
-        }
-    }
+    conv_forward_store(y + (unsigned long long)agent * n * g.out_len, b, g, cols, row0, col0, tx, ty, acc, relu);
 }
 
-// conv1 (uint8 frames): the body before the offset table (see CONV_PTAB).
+// uint8 layers whose patch rows do not pack into words (no preset has one): the body before the
+// offset table (see CONV_PTAB).
 template <class In>
 __device__ __forceinline__ void conv_forward_body_cursor(float (*As)[CONV_AS_STRIDE], float (*Bs)[CONV_BS_STRIDE],
                                                          const In* __restrict__ x, const float* __restrict__ params,
@@ -357,20 +366,7 @@ __device__ __forceinline__ void conv_forward_body_cursor(float (*As)[CONV_AS_STR
         conv_tile_fma(As, Bs, acc, tx, ty);
         __syncthreads();
     }
-    float* ya = y + (unsigned long long)agent * n * g.out_len;
-    for (int i = 0; i < 4; ++i) {
-        const unsigned int m = row0 + ty * 4 + i;
-        if (m >= g.cout) continue;
-        const float bias = b[m];
-        for (int jx = 0; jx < 4; ++jx) {
-            const unsigned int j = col0 + tx * 4 + jx;
-            if (j >= cols) continue;
-            float v = acc[i][jx] + bias;
-            if (relu && !(v > 0.0f)) v = 0.0f;
-            const unsigned int s = j / g.pixels, p = j - s * g.pixels;
-            ya[(unsigned long long)s * g.out_len + m * g.pixels + p] = v;
-        }
-    }
+    conv_forward_store(y + (unsigned long long)agent * n * g.out_len, b, g, cols, row0, col0, tx, ty, acc, relu);
 }
 
 // The kernels own the shared memory (static __shared__ in a template would be one copy per instantiation).
