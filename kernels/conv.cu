@@ -205,6 +205,32 @@ __device__ __forceinline__ void klane_store(float (*T)[STRIDE], const float* v, 
 // offsets walked with a cursor, addresses rebuilt per load); with the per-row table they spill.
 #define CONV_PTAB 2048
 
+// A forward block's coordinates and its agent's weight, bias and input (both forward bodies).
+// (A function, not a constructor: the simulator's __device__ is `static inline`.)
+template <class In>
+struct ConvForwardBlock {
+    unsigned int agent, row0, col0, tid, tx, ty, cols;
+    const float *w, *b;
+    const In* xa;
+};
+template <class In>
+__device__ __forceinline__ ConvForwardBlock<In> conv_forward_block(const In* x, const float* params, const ConvGeom& g,
+                                                                   unsigned int n, unsigned int param_count,
+                                                                   unsigned int w_off, unsigned int b_off) {
+    ConvForwardBlock<In> k;
+    k.agent = blockIdx.z;
+    k.row0 = blockIdx.y * CONV_TILE_M;
+    k.col0 = blockIdx.x * CONV_TILE_N;
+    k.tid = threadIdx.x;
+    k.tx = threadIdx.x % 16;
+    k.ty = threadIdx.x / 16;
+    k.cols = n * g.pixels;
+    k.w = params + (unsigned long long)k.agent * param_count + w_off;
+    k.b = params + (unsigned long long)k.agent * param_count + b_off;
+    k.xa = x + (unsigned long long)k.agent * n * g.in_len;
+    return k;
+}
+
 // The forward epilogue: this thread's 4x4 outputs, bias added and ReLU'd, into ya (one agent's y).
 __device__ __forceinline__ void conv_forward_store(float* __restrict__ ya, const float* __restrict__ b, const ConvGeom& g,
                                                    unsigned int cols, unsigned int row0, unsigned int col0,
@@ -231,13 +257,11 @@ __device__ __forceinline__ void conv_forward_body(float (*As)[CONV_AS_STRIDE], f
                                                   const float* __restrict__ params, float* __restrict__ y,
                                                   const ConvGeom& g, unsigned int n, unsigned int param_count,
                                                   unsigned int w_off, unsigned int b_off, unsigned int relu) {
-    const unsigned int agent = blockIdx.z;
-    const unsigned int row0 = blockIdx.y * CONV_TILE_M, col0 = blockIdx.x * CONV_TILE_N;
-    const unsigned int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const unsigned int cols = n * g.pixels;
-    const float* w = params + (unsigned long long)agent * param_count + w_off;
-    const float* b = params + (unsigned long long)agent * param_count + b_off;
-    const In* xa = x + (unsigned long long)agent * n * g.in_len;
+    const ConvForwardBlock<In> blk = conv_forward_block(x, params, g, n, param_count, w_off, b_off);
+    const unsigned int agent = blk.agent, row0 = blk.row0, col0 = blk.col0, tid = blk.tid, tx = blk.tx, ty = blk.ty;
+    const unsigned int cols = blk.cols;
+    const float *w = blk.w, *b = blk.b;
+    const In* xa = blk.xa;
     // Table entries: one per patch row, or per group of 4 rows (WORDS). Window at entry `base`
     // (a multiple of CONV_PTAB, itself a multiple of a K-step's entries): entries up to the
     // K-step boundary past R, since the last K-step reads its entries up to there (and ignores
@@ -323,13 +347,11 @@ __device__ __forceinline__ void conv_forward_body_cursor(float (*As)[CONV_AS_STR
                                                          float* __restrict__ y, const ConvGeom& g, unsigned int n,
                                                   unsigned int param_count, unsigned int w_off,
                                                   unsigned int b_off, unsigned int relu) {
-    const unsigned int agent = blockIdx.z;
-    const unsigned int row0 = blockIdx.y * CONV_TILE_M, col0 = blockIdx.x * CONV_TILE_N;
-    const unsigned int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const unsigned int cols = n * g.pixels;
-    const float* w = params + (unsigned long long)agent * param_count + w_off;
-    const float* b = params + (unsigned long long)agent * param_count + b_off;
-    const In* xa = x + (unsigned long long)agent * n * g.in_len;
+    const ConvForwardBlock<In> blk = conv_forward_block(x, params, g, n, param_count, w_off, b_off);
+    const unsigned int agent = blk.agent, row0 = blk.row0, col0 = blk.col0, tid = blk.tid, tx = blk.tx, ty = blk.ty;
+    const unsigned int cols = blk.cols;
+    const float *w = blk.w, *b = blk.b;
+    const In* xa = blk.xa;
     // This thread's B-tile loads always hit column jj = tid % TILE_N (CONV_THREADS is a
     // multiple of TILE_N) and rows kk = tid / TILE_N + i * ROW_STEP: the column's origin is
     // computed once and the patch rows are walked with a cursor, so no division per element.
