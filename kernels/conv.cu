@@ -178,20 +178,180 @@ __device__ __forceinline__ void klane_store(float (*T)[STRIDE], const float* v, 
 // ---- forward -------------------------------------------------------------------------------
 // Grid: (ceil(N*P / TILE_N), ceil(Cout / TILE_M), agents).
 // A = w (contiguous along r: K-lane loads), B = the im2col gather (lanes along columns j).
+//
+// Index arithmetic is what bounds these kernels once the tiles are conflict-free (every load of
+// a K-step was ~30 issued instructions of cursor walking, 64-bit address building and bounds
+// tests, against 19 per FFMA-loop slot), so everything that does not change between K-steps is
+// computed once per block:
+//   * the patch offset (c*H + ky)*H + kx of every patch row r < R goes into a shared table
+//     `ptab` (CONV_PTAB entries, filled by the block before its first K-step; a layer with
+//     R > CONV_PTAB refills it every CONV_PTAB rows, between a K-step's stores and its first
+//     barrier): a B load is then one shared read at a constant offset from the K-step's base,
+//     one add and the load;
+//   * a thread's weight rows and its column's origin become pointers, its rows' validity one
+//     compare against rows_left;
+//   * columns past the batch read the agent's first patch instead (always in bounds): their
+//     accumulators are never stored, so no per-load column test is needed. Rows past R still
+//     load 0 (a 0 weight times a non-finite input would be NaN, not 0).
+//   * uint8 frames with K, stride and H multiples of 4 (conv1 of both presets: 8x8/4 on 84x84),
+//     WORDS = true (kernel conv_forward_u8_words): four consecutive patch rows r = 4e..4e+3
+//     share (c, ky) and are the bytes kx = 4t..4t+3 of one 4-byte-aligned word of every column's
+//     patch (the column origins, the patch offsets and the agent bases are all multiples of 4),
+//     so the table holds one offset per group of 4 rows and a thread loads its 16 rows (4 groups:
+//     rows 16*half .. +15 of the K-step, half = tid / TILE_N) as 4 word loads, unpacked to
+//     floats when stored. 16 byte loads in flight needed more than the 64 registers of the
+//     occupancy floor; 4 words fit.
+// Other uint8 layers (no preset has one) keep the previous body (conv_forward_body_cursor below:
+// offsets walked with a cursor, addresses rebuilt per load); with the per-row table they spill.
+#define CONV_PTAB 2048
+
+// A forward block's coordinates and its agent's weight, bias and input (both forward bodies).
+// (A function, not a constructor: the simulator's __device__ is `static inline`.)
 template <class In>
-__device__ __forceinline__ void conv_forward_body(const In* __restrict__ x, const float* __restrict__ params,
-                                                  float* __restrict__ y, const ConvGeom& g, unsigned int n,
+struct ConvForwardBlock {
+    unsigned int agent, row0, col0, tid, tx, ty, cols;
+    const float *w, *b;
+    const In* xa;
+};
+template <class In>
+__device__ __forceinline__ ConvForwardBlock<In> conv_forward_block(const In* x, const float* params, const ConvGeom& g,
+                                                                   unsigned int n, unsigned int param_count,
+                                                                   unsigned int w_off, unsigned int b_off) {
+    ConvForwardBlock<In> k;
+    k.agent = blockIdx.z;
+    k.row0 = blockIdx.y * CONV_TILE_M;
+    k.col0 = blockIdx.x * CONV_TILE_N;
+    k.tid = threadIdx.x;
+    k.tx = threadIdx.x % 16;
+    k.ty = threadIdx.x / 16;
+    k.cols = n * g.pixels;
+    k.w = params + (unsigned long long)k.agent * param_count + w_off;
+    k.b = params + (unsigned long long)k.agent * param_count + b_off;
+    k.xa = x + (unsigned long long)k.agent * n * g.in_len;
+    return k;
+}
+
+// The forward epilogue: this thread's 4x4 outputs, bias added and ReLU'd, into ya (one agent's y).
+__device__ __forceinline__ void conv_forward_store(float* __restrict__ ya, const float* __restrict__ b, const ConvGeom& g,
+                                                   unsigned int cols, unsigned int row0, unsigned int col0,
+                                                   unsigned int tx, unsigned int ty, const float acc[4][4],
+                                                   unsigned int relu) {
+    for (int i = 0; i < 4; ++i) {
+        const unsigned int m = row0 + ty * 4 + i;
+        if (m >= g.cout) continue;
+        const float bias = b[m];
+        for (int jx = 0; jx < 4; ++jx) {
+            const unsigned int j = col0 + tx * 4 + jx;
+            if (j >= cols) continue;
+            float v = acc[i][jx] + bias;
+            if (relu && !(v > 0.0f)) v = 0.0f;
+            const unsigned int s = j / g.pixels, p = j - s * g.pixels;
+            ya[(unsigned long long)s * g.out_len + m * g.pixels + p] = v;
+        }
+    }
+}
+
+template <class In, bool WORDS>
+__device__ __forceinline__ void conv_forward_body(float (*As)[CONV_AS_STRIDE], float (*Bs)[CONV_BS_STRIDE],
+                                                  unsigned int* ptab, const In* __restrict__ x,
+                                                  const float* __restrict__ params, float* __restrict__ y,
+                                                  const ConvGeom& g, unsigned int n, unsigned int param_count,
+                                                  unsigned int w_off, unsigned int b_off, unsigned int relu) {
+    const ConvForwardBlock<In> blk = conv_forward_block(x, params, g, n, param_count, w_off, b_off);
+    const unsigned int agent = blk.agent, row0 = blk.row0, col0 = blk.col0, tid = blk.tid, tx = blk.tx, ty = blk.ty;
+    const unsigned int cols = blk.cols;
+    const float *w = blk.w, *b = blk.b;
+    const In* xa = blk.xa;
+    // Table entries: one per patch row, or per group of 4 rows (WORDS). Window at entry `base`
+    // (a multiple of CONV_PTAB, itself a multiple of a K-step's entries): entries up to the
+    // K-step boundary past R, since the last K-step reads its entries up to there (and ignores
+    // those past R).
+    const unsigned int UNIT = WORDS ? 4u : 1u;
+    auto fill = [&](unsigned int base) {
+        const unsigned int entries = (g.patch + CONV_TILE_K - 1) / CONV_TILE_K * (CONV_TILE_K / UNIT);
+        const unsigned int end = entries - base < CONV_PTAB ? entries : base + CONV_PTAB;
+        for (unsigned int e = base + tid; e < end; e += CONV_THREADS)
+            ptab[e - base] = e * UNIT < g.patch ? conv_patch_offset(g, e * UNIT) : 0u;
+    };
+    fill(0);
+    __syncthreads();
+    // A (K-lane): load q of this thread reads w[m_first + delta(q)][k0 + lane], delta(q) =
+    // 16*(q/4) + q%4 (klane_row).
+    const unsigned int lane = tid % 32u;
+    const unsigned int m_first = row0 + (tid / 32u) * 4u;
+    const int rows_left = (int)g.cout - (int)m_first;  // load q's row is valid iff delta(q) < rows_left
+    const float* wp = w + (unsigned long long)(m_first < g.cout ? m_first : 0u) * g.patch + lane;
+    // B: this thread's loads hit column jj = tid % TILE_N and rows kk0 + i*ROW_STEP.
+    const unsigned int ROW_STEP = CONV_THREADS / CONV_TILE_N;
+    const unsigned int B_LOADS = CONV_TILE_K / ROW_STEP;
+    const unsigned int my_jj = tid % CONV_TILE_N, my_j = col0 + my_jj, kk0 = tid / CONV_TILE_N;
+    const In* xcol = xa + (my_j < cols ? conv_col_origin(g, my_j) : 0u);
+    // WORDS: rows 16*kk0 + 4t + byte of the K-step, t < 4 (R is a multiple of 16 there, so a
+    // thread's 16 rows are all inside the layer or all past it).
+    const unsigned int WORD_LOADS = WORDS ? B_LOADS / 4 : 1;
+    float a_reg[CONV_KLANE_A], b_reg[WORDS ? 1 : B_LOADS];
+    unsigned int words[WORD_LOADS];
+    // Issues every global load of the K-step at k0 into registers (no store in between).
+    auto prefetch = [&](unsigned int k0) {
+        const float* wk = wp + k0;
+        const unsigned int* pt = ptab + (k0 / UNIT) % CONV_PTAB + (WORDS ? kk0 * WORD_LOADS : kk0);
+        const bool k_ok = k0 + lane < g.patch;
+        for (unsigned int q = 0; q < CONV_KLANE_A; ++q)
+            a_reg[q] = (k_ok && (int)((q >> 2) * 16u + (q & 3u)) < rows_left) ? wk[((q >> 2) * 16u + (q & 3u)) * g.patch]
+                                                                          : 0.0f;
+        if (WORDS) {
+            const bool ok = k0 + 16u * kk0 < g.patch;
+            for (unsigned int t = 0; t < WORD_LOADS; ++t)
+                words[t] = ok ? *reinterpret_cast<const unsigned int*>(xcol + pt[t]) : 0u;
+            return;
+        }
+        // Rows r = k0 + kk0 + i*ROW_STEP: valid while i*ROW_STEP < left.
+        const bool any = k0 + kk0 < g.patch;
+        const unsigned int left = g.patch - k0 - kk0;  // wraps when !any: `any` decides then
+        for (unsigned int i = 0; i < B_LOADS; ++i) {
+            const bool ok = any && i * ROW_STEP < left;
+            const unsigned int off = pt[i * ROW_STEP];
+            b_reg[i] = ok ? conv_input_value(xcol[off]) : 0.0f;
+        }
+    };
+    float acc[4][4] = {};
+    prefetch(0);
+    for (unsigned int k0 = 0; k0 < g.patch; k0 += CONV_TILE_K) {
+        klane_store<CONV_AS_STRIDE, CONV_KLANE_A>(As, a_reg, tid);
+        if (WORDS) {
+            // Little-endian: the word's lowest byte is the lowest address, kx = 4t.
+            for (unsigned int t = 0; t < WORD_LOADS; ++t)
+                for (unsigned int byte = 0; byte < 4; ++byte)
+                    Bs[16u * kk0 + 4u * t + byte][my_jj] =
+                        conv_input_value((unsigned char)((words[t] >> (8u * byte)) & 0xffu));
+        } else {
+            for (unsigned int i = 0; i < B_LOADS; ++i) Bs[kk0 + i * ROW_STEP][my_jj] = b_reg[i];
+        }
+        // The next K-step opens a new table window: its last readers were the prefetch of this
+        // K-step, before the previous barrier.
+        // (A window is CONV_PTAB entries = CONV_PTAB * UNIT rows.)
+        if ((k0 + CONV_TILE_K) % (CONV_PTAB * UNIT) == 0 && k0 + CONV_TILE_K < g.patch) fill((k0 + CONV_TILE_K) / UNIT);
+        __syncthreads();
+        if (k0 + CONV_TILE_K < g.patch) prefetch(k0 + CONV_TILE_K);
+        conv_tile_fma(As, Bs, acc, tx, ty);
+        __syncthreads();
+    }
+    conv_forward_store(y + (unsigned long long)agent * n * g.out_len, b, g, cols, row0, col0, tx, ty, acc, relu);
+}
+
+// uint8 layers whose patch rows do not pack into words (no preset has one): the body before the
+// offset table (see CONV_PTAB).
+template <class In>
+__device__ __forceinline__ void conv_forward_body_cursor(float (*As)[CONV_AS_STRIDE], float (*Bs)[CONV_BS_STRIDE],
+                                                         const In* __restrict__ x, const float* __restrict__ params,
+                                                         float* __restrict__ y, const ConvGeom& g, unsigned int n,
                                                   unsigned int param_count, unsigned int w_off,
                                                   unsigned int b_off, unsigned int relu) {
-    __shared__ float As[CONV_TILE_K][CONV_AS_STRIDE];
-    __shared__ float Bs[CONV_TILE_K][CONV_BS_STRIDE];
-    const unsigned int agent = blockIdx.z;
-    const unsigned int row0 = blockIdx.y * CONV_TILE_M, col0 = blockIdx.x * CONV_TILE_N;
-    const unsigned int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const unsigned int cols = n * g.pixels;
-    const float* w = params + (unsigned long long)agent * param_count + w_off;
-    const float* b = params + (unsigned long long)agent * param_count + b_off;
-    const In* xa = x + (unsigned long long)agent * n * g.in_len;
+    const ConvForwardBlock<In> blk = conv_forward_block(x, params, g, n, param_count, w_off, b_off);
+    const unsigned int agent = blk.agent, row0 = blk.row0, col0 = blk.col0, tid = blk.tid, tx = blk.tx, ty = blk.ty;
+    const unsigned int cols = blk.cols;
+    const float *w = blk.w, *b = blk.b;
+    const In* xa = blk.xa;
     // This thread's B-tile loads always hit column jj = tid % TILE_N (CONV_THREADS is a
     // multiple of TILE_N) and rows kk = tid / TILE_N + i * ROW_STEP: the column's origin is
     // computed once and the patch rows are walked with a cursor, so no division per element.
@@ -228,20 +388,20 @@ __device__ __forceinline__ void conv_forward_body(const In* __restrict__ x, cons
         conv_tile_fma(As, Bs, acc, tx, ty);
         __syncthreads();
     }
-    float* ya = y + (unsigned long long)agent * n * g.out_len;
-    for (int i = 0; i < 4; ++i) {
-        const unsigned int m = row0 + ty * 4 + i;
-        if (m >= g.cout) continue;
-        const float bias = b[m];
-        for (int jx = 0; jx < 4; ++jx) {
-            const unsigned int j = col0 + tx * 4 + jx;
-            if (j >= cols) continue;
-            float v = acc[i][jx] + bias;
-            if (relu && !(v > 0.0f)) v = 0.0f;
-            const unsigned int s = j / g.pixels, p = j - s * g.pixels;
-            ya[(unsigned long long)s * g.out_len + m * g.pixels + p] = v;
-        }
-    }
+    conv_forward_store(y + (unsigned long long)agent * n * g.out_len, b, g, cols, row0, col0, tx, ty, acc, relu);
+}
+
+// The kernels own the shared memory (static __shared__ in a template would be one copy per instantiation).
+template <class In>
+__device__ __forceinline__ void conv_forward_dispatch(const In* __restrict__ x, const float* __restrict__ params,
+                                                      float* __restrict__ y, unsigned int cin, unsigned int cout,
+                                                      unsigned int ksize, unsigned int stride, unsigned int in_hw,
+                                                      unsigned int out_hw, unsigned int n, unsigned int param_count,
+                                                      unsigned int w_off, unsigned int b_off, unsigned int relu,
+                                                      float (*As)[CONV_AS_STRIDE], float (*Bs)[CONV_BS_STRIDE],
+                                                      unsigned int* ptab) {
+    const ConvGeom g = conv_geom(cin, cout, ksize, stride, in_hw, out_hw);
+    conv_forward_body<In, sizeof(In) == 1>(As, Bs, ptab, x, params, y, g, n, param_count, w_off, b_off, relu);
 }
 
 // conv1: uint8 frames in.
@@ -250,8 +410,24 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv
     unsigned int cin, unsigned int cout, unsigned int ksize, unsigned int stride, unsigned int in_hw,
     unsigned int out_hw, unsigned int n, unsigned int param_count, unsigned int w_off, unsigned int b_off,
     unsigned int relu) {
+    __shared__ float As[CONV_TILE_K][CONV_AS_STRIDE];
+    __shared__ float Bs[CONV_TILE_K][CONV_BS_STRIDE];
     const ConvGeom g = conv_geom(cin, cout, ksize, stride, in_hw, out_hw);
-    conv_forward_body(x, params, y, g, n, param_count, w_off, b_off, relu);
+    conv_forward_body_cursor(As, Bs, x, params, y, g, n, param_count, w_off, b_off, relu);
+}
+
+// conv1 of the presets: uint8 frames with K, stride and H multiples of 4 (the launcher checks),
+// loaded a word (4 patch rows) at a time; see WORDS above.
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv_forward_u8_words(
+    const unsigned char* __restrict__ x, const float* __restrict__ params, float* __restrict__ y,
+    unsigned int cin, unsigned int cout, unsigned int ksize, unsigned int stride, unsigned int in_hw,
+    unsigned int out_hw, unsigned int n, unsigned int param_count, unsigned int w_off, unsigned int b_off,
+    unsigned int relu) {
+    __shared__ float As[CONV_TILE_K][CONV_AS_STRIDE];
+    __shared__ float Bs[CONV_TILE_K][CONV_BS_STRIDE];
+    __shared__ unsigned int ptab[CONV_PTAB];
+    conv_forward_dispatch(x, params, y, cin, cout, ksize, stride, in_hw, out_hw, n, param_count, w_off, b_off, relu,
+                          As, Bs, ptab);
 }
 
 // conv2, conv3 (and a fully connected layer as a 1x1 conv; the backend runs fc with the fc_*
@@ -260,8 +436,11 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv
     const float* __restrict__ x, const float* __restrict__ params, float* __restrict__ y, unsigned int cin,
     unsigned int cout, unsigned int ksize, unsigned int stride, unsigned int in_hw, unsigned int out_hw,
     unsigned int n, unsigned int param_count, unsigned int w_off, unsigned int b_off, unsigned int relu) {
-    const ConvGeom g = conv_geom(cin, cout, ksize, stride, in_hw, out_hw);
-    conv_forward_body(x, params, y, g, n, param_count, w_off, b_off, relu);
+    __shared__ float As[CONV_TILE_K][CONV_AS_STRIDE];
+    __shared__ float Bs[CONV_TILE_K][CONV_BS_STRIDE];
+    __shared__ unsigned int ptab[CONV_PTAB];
+    conv_forward_dispatch(x, params, y, cin, cout, ksize, stride, in_hw, out_hw, n, param_count, w_off, b_off, relu,
+                          As, Bs, ptab);
 }
 
 // ---- backward-data -------------------------------------------------------------------------

@@ -154,10 +154,11 @@ fn bench_learner_profile_prints_the_memory_access_table_on_sim_only() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let launches = report["memory_profile"].as_array().expect("--profile adds the per-launch profile");
     assert_eq!(launches.len() as u64, report["launches_per_update"].as_u64().unwrap(), "one profile per launch of the update");
-    let fwd = launches.iter().find(|l| l["kernel"] == "conv_forward_u8").expect("conv1 forward is profiled");
+    // conv1 (8x8/4 on 84x84) runs the word-load forward kernel.
+    let fwd = launches.iter().find(|l| l["kernel"] == "conv_forward_u8_words").expect("conv1 forward is profiled");
     assert!(fwd["shared_store"]["requests"].as_u64().unwrap() > 0 && fwd["global_load"]["units"].as_u64().unwrap() > 0);
     let text = gala(&tiny.iter().copied().chain(["--backend", "sim", "--profile"]).collect::<Vec<_>>());
-    assert!(String::from_utf8_lossy(&text.stdout).contains("| conv_forward_u8 |"), "the text report prints the table");
+    assert!(String::from_utf8_lossy(&text.stdout).contains("| conv_forward_u8_words |"), "the text report prints the table");
     let cpu: Vec<&str> = tiny.iter().copied().chain(["--backend", "cpu", "--profile"]).collect();
     fails_with(&cpu, "--profile needs --backend sim");
 }

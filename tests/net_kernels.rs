@@ -246,6 +246,14 @@ fn check_all_layers<D: Device>(dev: &D) {
     check_layer::<D, f32>(dev, "ragged conv", ConvShape::new(3, 5, 3, 2, 11), 3, 7, 7);
     check_layer::<D, f32>(dev, "ragged conv", ConvShape::new(7, 33, 2, 1, 6), 2, 1, 8);
     check_layer::<D, u8>(dev, "ragged u8 conv", ConvShape::new(2, 9, 5, 3, 17), 2, 9, 9);
+    // R = 43*49 = 2107 > CONV_PTAB (2048): the forward kernel's patch-offset table is refilled
+    // once, and the last K-step is ragged.
+    check_layer::<D, f32>(dev, "wide-patch conv", ConvShape::new(43, 6, 7, 3, 13), 2, 3, 13);
+    // uint8 layers with K, stride and H multiples of 4 (like conv1) run conv_forward_u8_words:
+    // R = 48 ends in half a K-step, Cout and the columns (5 x 16) are ragged; then R = 8256 >
+    // 4 x CONV_PTAB, so its table of 4-row groups is refilled.
+    check_layer::<D, u8>(dev, "ragged u8 words conv", ConvShape::new(3, 5, 4, 4, 16), 2, 5, 14);
+    check_layer::<D, u8>(dev, "wide-patch u8 words conv", ConvShape::new(129, 3, 8, 4, 8), 2, 6, 15);
     check_layer::<D, f32>(dev, "ragged fc", lin(37, 45), 3, 9, 10);
     check_layer::<D, f32>(dev, "ragged fc", lin(65, 97), 1, 70, 11);
     // fc split-K: In = 601 → 3 forward slices (the last ragged), Out = 300 → 2 backward-data

@@ -12,12 +12,19 @@ the kernels changed, each edit with where its number comes from:
   * loads: every K-step's loads are issued as one batch into registers (the chain / 8 of the
     model's FIX_LOADS), but NOT its instruction cut: the issued instructions per warp per K-step
     are the ones measured in this branch's SASS (sass_loops.py on the NVRTC->ptxas cubin):
-      I_FWD  conv_forward: outer body 776 - 157 (FMA loop) + 4 x 157 + 16 x 9 (patch_advance) = 1391
+      I_FWD  conv_forward_u8 (the cursor body; no preset layer runs it since the word-load kernel):
+             outer body 776 - 157 (FMA loop) + 4 x 157 + 16 x 9 (patch_advance) = 1391
+      conv_forward_f32 with the patch-offset table (conv2, conv3): outer body 500 - 68 (the
+             table refill, skipped but in a layer with R > 2048) - 157 + 4 x 157 = 903
+      conv_forward_u8_words (conv1: 4 word loads instead of 16 byte loads): 443 - 66 - 151
+             + 4 x 151 = 830 (its latency chain is still modelled with 16 B loads, and its L1
+             line-wavefronts G with the byte loads' addresses: both overestimates, neither binds)
       I_BWD  conv_backward_data: 756 - 152 + 4 x 152 = 1212
       I_BWF  conv_backward_filter: 721 - 152 + 4 x 152 = 1177
       fc_forward 417 - 152 + 608 = 873; fc_backward_data 804 - 152 + 608 = 1260;
       fc_backward_filter 680 - 152 + 608 = 1136
     (the index arithmetic of the batched loads costs about what the serial loads did);
+  * conv1 runs conv_forward_u8_words (the launcher's choice for K, stride and H multiples of 4);
   * col2im specialised per stride: per element the 3 divisions of the decomposition stay
     (75 instructions, 9 slow ops), per tap only VALID taps are visited, ~12.5 instructions each
     and no slow op (SASS: 50 instructions for 4 taps in the stride-2 inner loop), per valid ky 27;
@@ -41,7 +48,7 @@ import model_update as M  # noqa: E402
 M.KN["FIX_BANKS"] = True
 M.KN["FIX_FC"] = True
 M.KN["FIX_LOADS"] = False   # instructions measured below; the chain division applied by hand
-I_MEASURED = {"conv_forward_u8": 1391, "conv_forward_f32": 1391, "conv_backward_data": 1212,
+I_MEASURED = {"conv_forward_u8": 1391, "conv_forward_f32": 903, "conv_forward_u8_words": 830, "conv_backward_data": 1212,
               "conv_backward_filter_f32": 1177, "conv_backward_filter_u8": 1177,
               "fc_forward": 873, "fc_backward_data": 1260, "fc_backward_filter": 1136}
 FC_SPLIT_K = 256
@@ -80,6 +87,9 @@ def build(res, net="gala", agents=8, envs=16, steps=5, act=False):
             continue
         if m["type"] == "gemm":
             fc = l["name"].startswith("fc ")
+            if l["kernel"] == "conv_forward_u8" and (net in ("gala", "nature")):
+                # conv1 (8x8/4 on 84x84): the launcher picks the word-load kernel
+                l["kernel"] = "conv_forward_u8_words"
             if fc:
                 l["kernel"] = {"fc fwd": "fc_forward", "fc bwd-filter": "fc_backward_filter",
                                "fc bwd-data": "fc_backward_data"}[l["name"]]

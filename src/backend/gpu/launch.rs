@@ -439,7 +439,19 @@ pub fn conv_forward<D: Device, In: ConvInput>(
     dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<In>, params: &DeviceBuffer<f32>,
     y: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
 ) -> Result<()> {
-    let k = In::FORWARD;
+    // uint8 frames whose patch rows come 4 to an aligned word (conv1 of both presets: 8x8/4 on
+    // 84x84) are loaded a word at a time (conv_forward_u8_words, see kernels/conv.cu): the
+    // kernel needs K, stride, H and the buffer's address to be multiples of 4.
+    let k = if In::FORWARD == "conv_forward_u8"
+        && shape.kernel % 4 == 0
+        && shape.stride % 4 == 0
+        && shape.in_hw % 4 == 0
+        && x.device_ptr() % 4 == 0
+    {
+        "conv_forward_u8_words"
+    } else {
+        In::FORWARD
+    };
     let geom = conv_shape_args(k, shape, n)?;
     let z = grid_dim(k, "agents", agents)?;
     check_layer_params(k, shape, &lp, params, agents)?;
