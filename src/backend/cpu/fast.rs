@@ -25,7 +25,7 @@
 //! count, and the weight gradients' per-chunk partials are summed in chunk order afterwards,
 //! so results are bit-identical for 1 or N threads.
 
-use super::gemm::gemm;
+use super::gemm::{gemm, gemm_gather, Gather};
 use super::layers::{linear_backward, linear_forward};
 use super::net::{split_tensors, two};
 use crate::model::{tensor, ConvShape, NetSpec, ParamLayout, OBS_BYTES};
@@ -43,8 +43,12 @@ const FC_ROWS: usize = 16;
 /// One task's scratch; contents are always overwritten before being read.
 #[derive(Default)]
 struct Scratch {
-    /// One observation after `space_to_depth_u8`.
+    /// Observations after `space_to_depth_u8` (the forward: the whole chunk; backward: one).
     xs: Vec<f32>,
+    /// The forward's implicit-GEMM row table (`conv_nhwc_forward`).
+    rows: Vec<usize>,
+    /// `gemm_gather`'s unfold buffer on the portable path.
+    tmp: Vec<f32>,
     cols: Vec<f32>,
     dcols: Vec<f32>,
     /// Pre-activation gradients of the chunk's conv outputs (NHWC).
@@ -72,6 +76,10 @@ pub struct FastNet {
     wperm: [Vec<f32>; 3],
     /// The same transposed, [Kp, Cout]: the B operand of the forward GEMM.
     wt: [Vec<f32>; 3],
+    /// The conv weights (bits) and shapes `wperm`/`wt` were made from: acting calls the forward
+    /// several times on unchanged parameters, and comparing is far cheaper than permuting.
+    wkey: [Vec<u32>; 3],
+    wshape: Option<[ConvShape; 3]>,
     /// Post-ReLU conv outputs, NHWC.
     conv: [Vec<f32>; 3],
     /// conv3's output in PyTorch's flatten order [N, C·H·W] (fc input).
@@ -183,6 +191,9 @@ fn space_to_depth_u8(s: &ConvShape, x: &[u8], out: &mut [f32]) {
     let (f, hw) = (fold_of(s), s.in_hw);
     let (hb, chs) = (hw / f, s.in_channels * f * f);
     let scale = (1.0f64 / 255.0) as f32;
+    if f == 4 {
+        return space_to_depth_fixed::<4>(s, x, out);
+    }
     for c in 0..s.in_channels {
         for y in 0..hw {
             let src = &x[(c * hw + y) * hw..][..hw];
@@ -190,6 +201,27 @@ fn space_to_depth_u8(s: &ConvShape, x: &[u8], out: &mut [f32]) {
             for xb in 0..hb {
                 let dst = &mut out[(yb * hb + xb) * chs + (c * f + iy) * f..][..f];
                 for (d, &b) in dst.iter_mut().zip(&src[xb * f..][..f]) {
+                    *d = b as f32 * scale;
+                }
+            }
+        }
+    }
+}
+
+/// `space_to_depth_u8` for a fold known at compile time (conv1's 4): each group of F bytes
+/// becomes F floats with fixed-size loads and stores, which the compiler vectorises.
+fn space_to_depth_fixed<const F: usize>(s: &ConvShape, x: &[u8], out: &mut [f32]) {
+    let hw = s.in_hw;
+    let (hb, chs) = (hw / F, s.in_channels * F * F);
+    let scale = (1.0f64 / 255.0) as f32;
+    for c in 0..s.in_channels {
+        for y in 0..hw {
+            let src = &x[(c * hw + y) * hw..][..hb * F];
+            let row = &mut out[(y / F) * hb * chs + (c * F + y % F) * F..];
+            for (xb, q) in src.chunks_exact(F).enumerate() {
+                let q: &[u8; F] = q.try_into().expect("chunks_exact(F)");
+                let d: &mut [f32; F] = (&mut row[xb * chs..][..F]).try_into().expect("F floats");
+                for (d, &b) in d.iter_mut().zip(q) {
                     *d = b as f32 * scale;
                 }
             }
@@ -235,24 +267,23 @@ fn col2im_nhwc(s: &ConvShape, dcols: &[f32], dx: &mut [f32]) {
     }
 }
 
-/// y[rows, Cout] = max(0, cols[rows, Kp] · wt + b), wt [Kp, Cout] row-major.
-fn gemm_bias_relu(cols: &[f32], wt: &[f32], b: &[f32], y: &mut [f32]) {
-    let cout = b.len();
-    let kp = wt.len() / cout;
-    let rows = y.len() / cout;
-    for row in y.chunks_exact_mut(cout) {
-        row.copy_from_slice(b);
+/// A conv layer on NHWC samples: y[rows, Cout] = max(0, unfold(x) · wt + b) as ONE implicit
+/// GEMM that reads each unfold row in place (K runs of K·Cin floats, see `Gather`): no unfold
+/// buffer is written (conv1's would be 16× its input), bias and ReLU happen in the epilogue.
+/// `rows` receives the row table, `tmp` is the portable path's unfold buffer.
+fn conv_nhwc_forward(rows: &mut Vec<usize>, tmp: &mut Vec<f32>, c: &ConvShape, x: &[f32], wt: &[f32], b: &[f32], y: &mut [f32]) {
+    let (k, st, hw, ohw, cin) = (c.kernel, c.stride, c.in_hw, c.out_hw, c.in_channels);
+    let n = x.len() / c.in_len();
+    rows.clear();
+    for i in 0..n {
+        for oy in 0..ohw {
+            for ox in 0..ohw {
+                rows.push(i * c.in_len() + (oy * st * hw + ox * st) * cin);
+            }
+        }
     }
-    gemm(rows, kp, cout, cols, kp, 1, wt, cout, y, cout, true);
-    y.iter_mut().for_each(|v| *v = v.max(0.0));
-}
-
-/// A conv layer on NHWC samples: unfold into `cols`, one GEMM, bias, ReLU.
-fn conv_nhwc_forward(cols: &mut Vec<f32>, c: &ConvShape, x: &[f32], wperm: &[f32], b: &[f32], y: &mut [f32]) {
-    let rows = y.len() / c.out_channels;
-    resize(cols, rows * c.patch_len());
-    im2col_nhwc(c, x, cols);
-    gemm_bias_relu(cols, wperm, b, y);
+    let g = Gather { rows, seg: k * cin, nseg: k, seg_stride: hw * cin };
+    gemm_gather(x, &g, wt, b, true, y, c.out_channels, tmp);
 }
 
 /// Weight-gradient partial of one chunk: pwt[Kp, Cout] (+)= colsᵀ · dy, pb[Cout] (+)= Σ_rows dy.
@@ -290,10 +321,18 @@ impl FastNet {
         assert_eq!(c1.in_len(), OBS_BYTES, "forward: conv1 reads one observation");
         self.n = n;
         let view = |i: usize| layout.view(params, i);
+        let same_shapes = self.wshape == Some(spec.convs);
         for l in 0..3 {
-            permute_weights(&spec.convs[l], view(tensor::CONV_W[l]), &mut self.wperm[l]);
-            transpose(&self.wperm[l], spec.convs[l].out_channels, spec.convs[l].patch_len(), &mut self.wt[l]);
+            let w = view(tensor::CONV_W[l]);
+            let bits: &[u32] = bytemuck::cast_slice(w);
+            if !same_shapes || self.wkey[l] != bits {
+                permute_weights(&spec.convs[l], w, &mut self.wperm[l]);
+                transpose(&self.wperm[l], spec.convs[l].out_channels, spec.convs[l].patch_len(), &mut self.wt[l]);
+                self.wkey[l].clear();
+                self.wkey[l].extend_from_slice(bits);
+            }
         }
+        self.wshape = Some(spec.convs);
         for (buf, c) in self.conv.iter_mut().zip(&spec.convs) {
             resize(buf, n * c.out_len());
         }
@@ -308,16 +347,15 @@ impl FastNet {
             .zip(frames.par_chunks(CHUNK * OBS_BYTES))
             .for_each(|((((y1, y2), y3), flat), frames)| {
                 let mut s = pool.take();
-                // conv1 one sample at a time (its unfold is 400 KB per sample: keep it in L2).
+                let Scratch { xs, rows, tmp, .. } = &mut s;
                 let f1 = folded(c1);
-                for (x, y) in frames.chunks_exact(OBS_BYTES).zip(y1.chunks_exact_mut(c1.out_len())) {
-                    resize(&mut s.xs, f1.in_len());
-                    space_to_depth_u8(c1, x, &mut s.xs);
-                    conv_nhwc_forward(&mut s.cols, &f1, &s.xs, &wperm[0], view(tensor::CONV_B[0]), y);
+                resize(xs, frames.len() / OBS_BYTES * f1.in_len());
+                for (x, xs) in frames.chunks_exact(OBS_BYTES).zip(xs.chunks_exact_mut(f1.in_len())) {
+                    space_to_depth_u8(c1, x, xs);
                 }
-                let w = [&wperm[0], &wperm[1], &wperm[2]];
-                conv_nhwc_forward(&mut s.cols, c2, y1, w[1], view(tensor::CONV_B[1]), y2);
-                conv_nhwc_forward(&mut s.cols, c3, y2, w[2], view(tensor::CONV_B[2]), y3);
+                conv_nhwc_forward(rows, tmp, &f1, xs, &wperm[0], view(tensor::CONV_B[0]), y1);
+                conv_nhwc_forward(rows, tmp, c2, y1, &wperm[1], view(tensor::CONV_B[1]), y2);
+                conv_nhwc_forward(rows, tmp, c3, y2, &wperm[2], view(tensor::CONV_B[2]), y3);
                 // NHWC → PyTorch's flatten order (c, y, x).
                 let (p3, co3) = (c3.out_pixels(), c3.out_channels);
                 for (ys, fs) in y3.chunks_exact(c3.out_len()).zip(flat.chunks_exact_mut(c3.out_len())) {
@@ -421,7 +459,7 @@ impl FastNet {
             let s0 = ci * CHUNK;
             let cn = CHUNK.min(n - s0);
             let mut s = pool.take();
-            let Scratch { xs, cols, dcols, dy } = &mut s;
+            let Scratch { xs, cols, dcols, dy, .. } = &mut s;
             let (p1, rest) = part.split_at_mut(glen[0]);
             let (p2, p3) = rest.split_at_mut(glen[1]);
             let parts = [p1, p2, p3];
