@@ -25,7 +25,7 @@
 //! count, and the weight gradients' per-chunk partials are summed in chunk order afterwards,
 //! so results are bit-identical for 1 or N threads.
 
-use super::gemm::{gemm, gemm_gather, Gather};
+use super::gemm::{gemm, gemm_gather, gemm_gather_b, Gather};
 use super::layers::{linear_backward, linear_forward};
 use super::net::{split_tensors, two};
 use crate::model::{tensor, ConvShape, NetSpec, ParamLayout, OBS_BYTES};
@@ -49,7 +49,6 @@ struct Scratch {
     rows: Vec<usize>,
     /// `gemm_gather`'s unfold buffer on the portable path.
     tmp: Vec<f32>,
-    cols: Vec<f32>,
     dcols: Vec<f32>,
     /// Pre-activation gradients of the chunk's conv outputs (NHWC).
     dy: [Vec<f32>; 3],
@@ -97,7 +96,7 @@ pub struct FastNet {
     dv: Vec<f32>,
     /// Per chunk: the conv layers' weight and bias gradient partials, [chunks][conv_grad_len].
     partials: Vec<f32>,
-    /// A conv weight gradient in the permuted, transposed order [Kp, Cout], before `unpermute_weights_t`.
+    /// A conv weight gradient in the permuted order [Cout, Kp], before `unpermute_weights`.
     gperm: Vec<f32>,
     pool: Pool,
 }
@@ -160,15 +159,15 @@ fn permute_weights(s: &ConvShape, w: &[f32], wp: &mut Vec<f32>) {
     }
 }
 
-/// The inverse of `permute_weights` composed with a transposition: wpt [Kp, Cout] → w.
-fn unpermute_weights_t(s: &ConvShape, wpt: &[f32], w: &mut [f32]) {
-    let (k, kk, cout) = (s.kernel, s.patch_len(), s.out_channels);
-    for o in 0..cout {
-        let dst = &mut w[o * kk..][..kk];
+/// The inverse of `permute_weights`: wp [Cout, Kp] → w.
+fn unpermute_weights(s: &ConvShape, wp: &[f32], w: &mut [f32]) {
+    let (k, kk) = (s.kernel, s.patch_len());
+    for o in 0..s.out_channels {
+        let (src, dst) = (&wp[o * kk..][..kk], &mut w[o * kk..][..kk]);
         for c in 0..s.in_channels {
             for ky in 0..k {
                 for kx in 0..k {
-                    dst[(c * k + ky) * k + kx] = wpt[perm_index(s, c, ky, kx) * cout + o];
+                    dst[(c * k + ky) * k + kx] = src[perm_index(s, c, ky, kx)];
                 }
             }
         }
@@ -229,7 +228,8 @@ fn space_to_depth_fixed<const F: usize>(s: &ConvShape, x: &[u8], out: &mut [f32]
     }
 }
 
-/// Unfold NHWC samples: cols[(i·P + p)][(ky·K + kx)·Cin + c] = x[i][oy·s+ky][ox·s+kx][c].
+/// Unfold NHWC samples (the tests' model of what `Gather` reads in place): cols[(i·P + p)][(ky·K + kx)·Cin + c] = x[i][oy·s+ky][ox·s+kx][c].
+#[cfg(test)]
 fn im2col_nhwc(s: &ConvShape, x: &[f32], cols: &mut [f32]) {
     let (k, st, hw, ohw, cin, kk) = (s.kernel, s.stride, s.in_hw, s.out_hw, s.in_channels, s.patch_len());
     let n = x.len() / s.in_len();
@@ -272,8 +272,14 @@ fn col2im_nhwc(s: &ConvShape, dcols: &[f32], dx: &mut [f32]) {
 /// buffer is written (conv1's would be 16× its input), bias and ReLU happen in the epilogue.
 /// `rows` receives the row table, `tmp` is the portable path's unfold buffer.
 fn conv_nhwc_forward(rows: &mut Vec<usize>, tmp: &mut Vec<f32>, c: &ConvShape, x: &[f32], wt: &[f32], b: &[f32], y: &mut [f32]) {
+    let g = gather_rows(rows, c, x.len() / c.in_len());
+    gemm_gather(x, &g, wt, b, true, y, c.out_channels, tmp);
+}
+
+/// The unfold of n NHWC samples for conv `c` as a `Gather` (row table written into `rows`):
+/// output pixel (i, oy, ox)'s patch is K runs of K·Cin floats, one input row apart.
+fn gather_rows<'a>(rows: &'a mut Vec<usize>, c: &ConvShape, n: usize) -> Gather<'a> {
     let (k, st, hw, ohw, cin) = (c.kernel, c.stride, c.in_hw, c.out_hw, c.in_channels);
-    let n = x.len() / c.in_len();
     rows.clear();
     for i in 0..n {
         for oy in 0..ohw {
@@ -282,19 +288,16 @@ fn conv_nhwc_forward(rows: &mut Vec<usize>, tmp: &mut Vec<f32>, c: &ConvShape, x
             }
         }
     }
-    let g = Gather { rows, seg: k * cin, nseg: k, seg_stride: hw * cin };
-    gemm_gather(x, &g, wt, b, true, y, c.out_channels, tmp);
+    Gather { rows, seg: k * cin, nseg: k, seg_stride: hw * cin }
 }
 
-/// Weight-gradient partial of one chunk: pwt[Kp, Cout] (+)= colsᵀ · dy, pb[Cout] (+)= Σ_rows dy.
-fn weight_grad(dy: &[f32], cols: &[f32], pwt: &mut [f32], pb: &mut [f32], accumulate: bool) {
-    let cout = pb.len();
-    let kp = pwt.len() / cout;
-    let rows = dy.len() / cout;
-    gemm(kp, rows, cout, cols, 1, kp, dy, cout, pwt, cout, accumulate);
-    if !accumulate {
-        pb.iter_mut().for_each(|v| *v = 0.0);
-    }
+/// Weight-gradient partial of one chunk of NHWC samples `x`: pw[Cout, Kp] = dyᵀ · unfold(x),
+/// the unfold read in place (`gemm_gather_b`), and pb[Cout] = Σ_rows dy.
+fn conv_weight_grad(rows: &mut Vec<usize>, tmp: &mut Vec<f32>, c: &ConvShape, x: &[f32], dy: &[f32], pw: &mut [f32], pb: &mut [f32]) {
+    let cout = c.out_channels;
+    let g = gather_rows(rows, c, x.len() / c.in_len());
+    gemm_gather_b(cout, dy, 1, cout, x, &g, pw, c.patch_len(), false, tmp);
+    pb.iter_mut().for_each(|v| *v = 0.0);
     for row in dy.chunks_exact(cout) {
         pb.iter_mut().zip(row).for_each(|(a, g)| *a += *g);
     }
@@ -459,7 +462,7 @@ impl FastNet {
             let s0 = ci * CHUNK;
             let cn = CHUNK.min(n - s0);
             let mut s = pool.take();
-            let Scratch { xs, cols, dcols, dy, .. } = &mut s;
+            let Scratch { xs, rows: gather, tmp, dcols, dy } = &mut s;
             let (p1, rest) = part.split_at_mut(glen[0]);
             let (p2, p3) = rest.split_at_mut(glen[1]);
             let parts = [p1, p2, p3];
@@ -485,9 +488,7 @@ impl FastNet {
                 let c = &spec.convs[l];
                 let rows = cn * c.out_pixels();
                 let (pw, pb) = parts[l].split_at_mut(c.out_channels * c.patch_len());
-                resize(cols, rows * c.patch_len());
-                im2col_nhwc(c, ys[l - 1], cols);
-                weight_grad(&dy[l], cols, pw, pb, false);
+                conv_weight_grad(gather, tmp, c, ys[l - 1], &dy[l], pw, pb);
                 // dcols = dy · W'; fold back into the lower layer's output gradient.
                 resize(dcols, rows * c.patch_len());
                 let kp = c.patch_len();
@@ -499,13 +500,11 @@ impl FastNet {
             let (pw, pb) = parts[0].split_at_mut(c1.out_channels * c1.patch_len());
             let frames = &frames[s0 * OBS_BYTES..][..cn * OBS_BYTES];
             let f1 = folded(c1);
-            resize(xs, f1.in_len());
-            resize(cols, f1.out_pixels() * f1.patch_len());
-            for (i, (x, d)) in frames.chunks_exact(OBS_BYTES).zip(dy[0].chunks_exact(c1.out_len())).enumerate() {
+            resize(xs, cn * f1.in_len());
+            for (x, xs) in frames.chunks_exact(OBS_BYTES).zip(xs.chunks_exact_mut(f1.in_len())) {
                 space_to_depth_u8(c1, x, xs);
-                im2col_nhwc(&f1, xs, cols);
-                weight_grad(d, cols, pw, pb, i > 0);
             }
+            conv_weight_grad(gather, tmp, &f1, xs, &dy[0], pw, pb);
             pool.give(s);
         });
         // Sum the partials in chunk order, then undo the weight permutation.
@@ -526,7 +525,7 @@ impl FastNet {
             };
             resize(&mut self.gperm, wl);
             sum_into(&mut self.gperm, off);
-            unpermute_weights_t(c, &self.gperm, gw);
+            unpermute_weights(c, &self.gperm, gw);
             sum_into(gb, off + wl);
             off += glen[l];
         }
@@ -616,9 +615,7 @@ mod tests {
         // w[o=1][c=2][ky=1][kx=0] sits at (ky·K + kx)·Cin + c in the permuted row.
         assert_eq!(wp[27 + 3 * 3 + 2], w[27 + 2 * 9 + 3]);
         let mut back = vec![0.0; w.len()];
-        let mut wpt = Vec::new();
-        transpose(&wp, s.out_channels, s.patch_len(), &mut wpt);
-        unpermute_weights_t(&s, &wpt, &mut back);
+        unpermute_weights(&s, &wp, &mut back);
         assert_eq!(back, w);
         // A folded layer (8×8 stride 4 → 2×2 stride 1 on 4·4·C channels): a bijection too.
         let s = ConvShape::new(4, 2, 8, 4, 84);
@@ -636,9 +633,7 @@ mod tests {
         let w: Vec<f32> = (0..s.out_channels * s.patch_len()).map(|i| i as f32).collect();
         permute_weights(&s, &w, &mut wp);
         let mut back = vec![0.0; w.len()];
-        let mut wpt = Vec::new();
-        transpose(&wp, s.out_channels, s.patch_len(), &mut wpt);
-        unpermute_weights_t(&s, &wpt, &mut back);
+        unpermute_weights(&s, &wp, &mut back);
         assert_eq!(back, w);
     }
 

@@ -115,6 +115,42 @@ pub fn gemm_gather(x: &[f32], g: &Gather, b: &[f32], bias: &[f32], relu: bool, c
     }
 }
 
+/// C[m, n] (+)= A[m, k] · B[k, n] with B gathered by `g` (B = the unfold, k = its rows, n = its
+/// length): B[l][j] = x[rows[l] + (j / seg)·seg_stride + j % seg]. A conv's weight gradient
+/// dW[Cout, Kp] = dyᵀ · unfold(x) reads its activations in place this way. Each element is one
+/// FMA chain over l in order (as in `gemm` on the unfolded B, which the portable path runs, with
+/// `tmp` as the unfold buffer). A[i][l] = a[i·rsa + l·csa]; C[i][j] = c[i·ldc + j].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_gather_b(
+    m: usize, a: &[f32], rsa: usize, csa: usize, x: &[f32], g: &Gather, c: &mut [f32], ldc: usize, accumulate: bool, tmp: &mut Vec<f32>,
+) {
+    let (k, n) = (g.rows.len(), g.seg * g.nseg);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let span = (g.nseg - 1) * g.seg_stride + g.seg;
+    let last = g.rows.iter().max().copied().unwrap_or(0) + span;
+    assert!(g.seg > 0 && last <= x.len(), "gemm_gather_b: rows reach {last}, input has {}", x.len());
+    check(a.len(), m, k, rsa, csa, "A");
+    check(c.len(), m, n, ldc, 1, "C");
+    #[cfg(target_arch = "x86_64")]
+    if uses_avx512() && g.seg % 16 == 0 && k > 0 {
+        // SAFETY: avx512f is present; each 16-float vector of a B row lies inside one segment
+        // (seg % 16 == 0), so every B read is below `last` ≤ x.len(); A and C were checked.
+        unsafe {
+            avx512_gather::gemm_gather_b(m, k, n, a.as_ptr(), rsa, csa, g.rows.as_ptr(), g.seg, g.seg_stride, x.as_ptr(), c.as_mut_ptr(), ldc, accumulate)
+        };
+        return;
+    }
+    tmp.resize(k * n, 0.0);
+    for (row, &r0) in tmp.chunks_exact_mut(n).zip(g.rows) {
+        for (s, dst) in row.chunks_exact_mut(g.seg).enumerate() {
+            dst.copy_from_slice(&x[r0 + s * g.seg_stride..][..g.seg]);
+        }
+    }
+    gemm(m, k, n, a, rsa, csa, tmp, n, c, ldc, accumulate);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -217,6 +253,75 @@ mod avx512_gather {
                 _ => block::<12, 1>(g, n, j0, b, bias, relu, c, ldc),
             }
             jv += v;
+        }
+    }
+
+    /// See `super::gemm_gather_b`: n = nseg·seg with seg % 16 == 0, so each B vector has its
+    /// own base pointer (its segment's) plus the row offset of the current l.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_gather_b(
+        m: usize, k: usize, n: usize, a: *const f32, rsa: usize, csa: usize, rows: *const usize, seg: usize, seg_stride: usize,
+        x: *const f32, c: *mut f32, ldc: usize, accumulate: bool,
+    ) {
+        let nv = n / 16;
+        let mut jv = 0;
+        while jv < nv {
+            let v = (nv - jv).min(3);
+            let j0 = jv * 16;
+            let g = (m, k, a, rsa, csa, rows, seg, seg_stride, x);
+            match v {
+                3 => block_b::<8, 3>(g, j0, c, ldc, accumulate),
+                2 => block_b::<8, 2>(g, j0, c, ldc, accumulate),
+                _ => block_b::<8, 1>(g, j0, c, ldc, accumulate),
+            }
+            jv += v;
+        }
+    }
+
+    type GB = (usize, usize, *const f32, usize, usize, *const usize, usize, usize, *const f32);
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block_b<const R: usize, const V: usize>(
+        (m, k, a, rsa, csa, rows, seg, seg_stride, x): GB, j0: usize, c: *mut f32, ldc: usize, accumulate: bool,
+    ) {
+        let mut xb = [x; V];
+        for (v, p) in xb.iter_mut().enumerate() {
+            let j = j0 + 16 * v;
+            *p = x.add((j / seg) * seg_stride + j % seg);
+        }
+        let mut i = 0;
+        while i < m {
+            let mut ap = [a; R];
+            for (r, p) in ap.iter_mut().enumerate() {
+                *p = a.add((i + r).min(m - 1) * rsa);
+            }
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            for l in 0..k {
+                let off = *rows.add(l);
+                let mut bv = [_mm512_setzero_ps(); V];
+                for v in 0..V {
+                    bv[v] = _mm512_loadu_ps(xb[v].add(off));
+                }
+                for r in 0..R {
+                    let av = _mm512_set1_ps(*ap[r]);
+                    ap[r] = ap[r].add(csa);
+                    for v in 0..V {
+                        acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate().take((m - i).min(R)) {
+                let cp = c.add((i + r) * ldc + j0);
+                for v in 0..V {
+                    let mut y = row[v];
+                    if accumulate {
+                        y = _mm512_add_ps(_mm512_loadu_ps(cp.add(16 * v)), y);
+                    }
+                    _mm512_storeu_ps(cp.add(16 * v), y);
+                }
+            }
+            i += R;
         }
     }
 
@@ -380,6 +485,42 @@ mod tests {
                             assert!((got[i * ldc + j] as f64 - s).abs() <= 1e-5 * mag + 1e-30, "C[{i}][{j}] = {}, want {s}", got[i * ldc + j]);
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The weight-gradient form (B gathered) equals `gemm` on the unfolded B bit for bit, on both
+    /// paths (segments of 16·k floats, as the nets' are, and one that is not: the portable route).
+    #[test]
+    fn gather_b_equals_gemm_on_the_unfold() {
+        let mut r = PhiloxStream::new(23, 0, Purpose::Init);
+        let paths: &[bool] = if cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx512f") { &[true, false] } else { &[false] };
+        for &avx in paths {
+            for &(m, k, seg, nseg, stride) in &[(1, 1, 16, 1, 0), (13, 29, 32, 2, 40), (32, 50, 128, 2, 150), (9, 7, 48, 3, 60), (5, 11, 12, 2, 20)] {
+                let n = seg * nseg;
+                let xlen = 200 + nseg * stride + seg;
+                let x: Vec<f32> = (0..xlen).map(|_| r.next_normal() as f32).collect();
+                let rows: Vec<usize> = (0..k).map(|_| r.below(200) as usize).collect();
+                let a: Vec<f32> = (0..m * k).map(|_| r.next_normal() as f32).collect();
+                let g = Gather { rows: &rows, seg, nseg, seg_stride: stride };
+                let bmat: Vec<f32> = rows.iter().flat_map(|&r0| (0..n).map(move |j| (r0, j))).map(|(r0, j)| x[r0 + (j / seg) * stride + j % seg]).collect();
+                for (transposed_a, accumulate) in [(false, false), (true, true)] {
+                    let (rsa, csa) = if transposed_a { (1, m) } else { (k, 1) };
+                    let ldc = n + 3;
+                    let c0: Vec<f32> = (0..m * ldc).map(|_| r.next_normal() as f32).collect();
+                    let (mut got, mut want) = (c0.clone(), c0.clone());
+                    force_portable(!avx);
+                    gemm_gather_b(m, &a, rsa, csa, &x, &g, &mut got, ldc, accumulate, &mut Vec::new());
+                    gemm(m, k, n, &a, rsa, csa, &bmat, n, &mut want, ldc, accumulate);
+                    force_portable(false);
+                    assert!(got.iter().zip(&want).all(|(p, q)| p.to_bits() == q.to_bits()), "avx512 {avx} {m}x{k}x{n}: differs from gemm on the unfold");
+                    let (i, j) = (m - 1, n - 1);
+                    let mut s = if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
+                    for l in 0..k {
+                        s += a[i * rsa + l * csa] as f64 * bmat[l * n + j] as f64;
+                    }
+                    assert!((got[i * ldc + j] as f64 - s).abs() < 1e-4, "C[{i}][{j}] = {}, want {s}", got[i * ldc + j]);
                 }
             }
         }
