@@ -26,7 +26,6 @@
 //! so results are bit-identical for 1 or N threads.
 
 use super::gemm::{gemm, gemm_gather, gemm_gather_b, Gather};
-use super::layers::{linear_backward, linear_forward};
 use super::net::{split_tensors, two};
 use crate::model::{tensor, ConvShape, NetSpec, ParamLayout, OBS_BYTES};
 use rayon::prelude::*;
@@ -91,9 +90,6 @@ pub struct FastNet {
     pub logits: Vec<f32>,
     pub values: Vec<f32>,
     dhidden: Vec<f32>,
-    dhidden_critic: Vec<f32>,
-    dl: Vec<f32>,
-    dv: Vec<f32>,
     /// Per chunk: the conv layers' weight and bias gradient partials, [chunks][conv_grad_len].
     partials: Vec<f32>,
     /// A conv weight gradient in the permuted order [Cout, Kp], before `unpermute_weights`.
@@ -309,6 +305,49 @@ fn relu_mask(y: &[f32], dy: &mut [f32]) {
     dy.iter_mut().zip(y).for_each(|(g, &v)| *g = if v > 0.0 { *g } else { 0.0 });
 }
 
+/// A linear head without activation: y[N, Out] = x[N, In] · w[Out, In]ᵀ + b, as dot products
+/// (Out is the action count or 1: too narrow for a GEMM tile, and unlike the generic layer's
+/// matrixmultiply call it allocates no packing buffers).
+fn head_forward(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+    let (out_f, in_f) = (b.len(), w.len() / b.len());
+    for (xr, yr) in x.chunks_exact(in_f).zip(y.chunks_exact_mut(out_f)) {
+        for (o, v) in yr.iter_mut().enumerate() {
+            *v = b[o] + dot(xr, &w[o * in_f..][..in_f]);
+        }
+    }
+}
+
+/// Σ a[l]·b[l] in 16 interleaved partial sums (vectorised), then a fixed pairwise tree.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut w = 16;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+    }
+    acc[0] + tail
+}
+
+/// Gradients of `head_forward` from dy [N, Out]: dw = dyᵀ·x, db = Σ dy, dx (+)= dy·w.
+fn head_backward(x: &[f32], w: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], dx: &mut [f32], accumulate: bool) {
+    let (out_f, in_f) = (db.len(), w.len() / db.len());
+    let n = dy.len() / out_f;
+    gemm(out_f, n, in_f, dy, 1, out_f, x, in_f, dw, in_f, false);
+    for (o, v) in db.iter_mut().enumerate() {
+        *v = (0..n).map(|i| dy[i * out_f + o]).sum();
+    }
+    gemm(n, out_f, in_f, dy, out_f, 1, w, in_f, dx, in_f, accumulate);
+}
+
 fn resize(v: &mut Vec<f32>, len: usize) {
     v.resize(len, 0.0);
 }
@@ -390,8 +429,8 @@ impl FastNet {
         });
         resize(&mut self.logits, n * spec.actions);
         resize(&mut self.values, n);
-        linear_forward(&self.hidden, view(tensor::ACTOR_W), view(tensor::ACTOR_B), &mut self.logits, false);
-        linear_forward(&self.hidden, view(tensor::CRITIC_W), view(tensor::CRITIC_B), &mut self.values, false);
+        head_forward(&self.hidden, view(tensor::ACTOR_W), view(tensor::ACTOR_B), &mut self.logits);
+        head_forward(&self.hidden, view(tensor::CRITIC_W), view(tensor::CRITIC_B), &mut self.values);
     }
 
     /// Backward pass after `forward` on the same parameters and frames. `dlogits` [N, A] and
@@ -410,28 +449,18 @@ impl FastNet {
         let mut g = split_tensors(layout, grads);
         let [c1, c2, c3] = &spec.convs;
         let hid = spec.hidden;
-        // Heads (tiny): the generic layers; hidden receives the sum of both heads' gradients.
+        // Heads (tiny); hidden receives the sum of both heads' gradients (actor, then + critic).
         resize(&mut self.dhidden, n * hid);
-        resize(&mut self.dhidden_critic, n * hid);
-        self.dl.clear();
-        self.dl.extend_from_slice(dlogits);
-        self.dv.clear();
-        self.dv.extend_from_slice(dvalues);
         {
             let (gw, gb) = two(&mut g, tensor::ACTOR_W, tensor::ACTOR_B);
-            linear_backward(&self.hidden, view(tensor::ACTOR_W), &self.logits, &mut self.dl, false, gw, gb, Some(&mut self.dhidden));
+            head_backward(&self.hidden, view(tensor::ACTOR_W), dlogits, gw, gb, &mut self.dhidden, false);
         }
         {
             let (gw, gb) = two(&mut g, tensor::CRITIC_W, tensor::CRITIC_B);
-            linear_backward(&self.hidden, view(tensor::CRITIC_W), &self.values, &mut self.dv, false, gw, gb, Some(&mut self.dhidden_critic));
+            head_backward(&self.hidden, view(tensor::CRITIC_W), dvalues, gw, gb, &mut self.dhidden, true);
         }
         let hidden = &self.hidden;
-        self.dhidden.par_chunks_mut(hid).zip(self.dhidden_critic.par_chunks(hid)).zip(hidden.par_chunks(hid)).for_each(
-            |((d, dc), h)| {
-                d.iter_mut().zip(dc).for_each(|(a, b)| *a += *b);
-                relu_mask(h, d);
-            },
-        );
+        self.dhidden.par_chunks_mut(hid).zip(hidden.par_chunks(hid)).for_each(|(d, h)| relu_mask(h, d));
         let dh: &[f32] = &self.dhidden;
         let f = c3.out_len();
         let (wfc, flat) = (view(tensor::FC_W), &self.flat);
