@@ -6,20 +6,25 @@
 //! rounding: the tests at the bottom compare the two on both presets). Why it is faster:
 //!
 //! - Activations are kept pixel-major (NHWC: [N, Ho, Wo, C]), so a conv layer over a chunk of
-//!   samples is ONE GEMM `y[rows, Cout] = cols[rows, K·K·Cin] · W'ᵀ`, rows = samples × pixels,
-//!   instead of one small GEMM per sample (conv3's per-sample GEMM had 49 columns, a third of a
-//!   micro-kernel tile wasted), and its im2col copies whole runs of K·Cin contiguous floats. The
-//!   weights of conv2/conv3 are permuted once per call to the matching (ky, kx, c) order.
+//!   samples is ONE GEMM `y[rows, Cout] = unfold(x)[rows, K·K·Cin] · W'ᵀ`, rows = samples ×
+//!   pixels, instead of one small GEMM per sample, and each unfold row is K runs of K·Cin
+//!   contiguous floats. The GEMM reads those runs in place (`gemm::gemm_gather`, an implicit
+//!   GEMM driven by a table of row offsets): no unfold buffer is written (conv1's would be 16×
+//!   its input), and bias + ReLU happen in the kernel's epilogue. The weights are permuted to
+//!   the matching (ky, kx, c) order once per change of the parameters (cached by their bits:
+//!   acting calls the forward several times between updates).
 //! - conv1 (8×8 stride 4) runs as a 2×2 stride-1 conv on the frames folded space-to-depth
-//!   into 21×21×64 (`fold_of`): bytes are converted once each, and its unfold copies runs too.
+//!   into 21×21×64 (`fold_of`): bytes are converted once each, and its rows are runs too.
 //! - Each chunk of `CHUNK` samples runs conv1→conv3 forward, and later conv3→conv1 backward, in
-//!   one task, so its activations and scratch stay in cache; the im2col buffers are rebuilt in
-//!   the backward instead of being stored (cheaper than the memory traffic).
+//!   one task, so its activations and scratch stay in cache. The conv weight gradients
+//!   dW[Cout, Kp] = dyᵀ · unfold(x) read the unfold in place as well (`gemm::gemm_gather_b`);
+//!   only the input gradients go through a (dy · W') buffer and its fold back (col2im).
 //! - The fc layer, whose 512×1568 weight matrix dominates the traffic of a small batch, is split
-//!   over output features (each task packs only its slice of the weights, once) and its input
-//!   gradient over input features, both written transposed so every task owns whole rows.
-//! - Scratch buffers come from a pool kept across calls: after warm-up a step allocates nothing
-//!   of its own (matrixmultiply still allocates its packing buffers inside each GEMM).
+//!   over output features and its input gradient over samples, both written so every task owns
+//!   whole rows. The heads (6 and 1 outputs) are dot products.
+//! - Scratch buffers come from a pool kept across calls: after warm-up an act allocates nothing
+//!   and a learn only a few small blocks (tests/cpu_alloc.rs counts), on the AVX-512 path; the
+//!   portable GEMM (matrixmultiply) allocates its packing buffers inside each call.
 //!
 //! Determinism: every task is a fixed chunk of samples or of features whatever the thread
 //! count, and the weight gradients' per-chunk partials are summed in chunk order afterwards,

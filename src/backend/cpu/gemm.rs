@@ -73,6 +73,26 @@ pub struct Gather<'a> {
     pub seg_stride: usize,
 }
 
+impl Gather<'_> {
+    /// Panics (a caller's bug, like a bad slice index) unless every element it names lies in x.
+    fn check(&self, x_len: usize, what: &str) {
+        let span = self.nseg.saturating_sub(1) * self.seg_stride + self.seg;
+        let last = self.rows.iter().max().copied().unwrap_or(0) + span;
+        assert!(self.seg > 0 && self.nseg > 0 && last <= x_len, "{what}: rows reach {last}, input has {x_len}");
+    }
+
+    /// The unfold it reads in place, materialised into `out` [rows, nseg·seg] (the portable path).
+    fn unfold(&self, x: &[f32], out: &mut Vec<f32>) {
+        let k = self.seg * self.nseg;
+        out.resize(self.rows.len() * k, 0.0);
+        for (row, &r0) in out.chunks_exact_mut(k).zip(self.rows) {
+            for (s, dst) in row.chunks_exact_mut(self.seg).enumerate() {
+                dst.copy_from_slice(&x[r0 + s * self.seg_stride..][..self.seg]);
+            }
+        }
+    }
+}
+
 /// C[i][j] = bias[j] + Σ_l A[i][l]·B[l][j] (then max(0, ·) if `relu`), A gathered from `x` by
 /// `g`, B [k, n] row-major with ldb = n = bias.len(), C [m, n] with row stride ldc. Bit-identical
 /// to unfolding A, setting C's rows to the bias and calling `gemm(.., accumulate = true)`, then
@@ -84,26 +104,19 @@ pub fn gemm_gather(x: &[f32], g: &Gather, b: &[f32], bias: &[f32], relu: bool, c
     if m == 0 || n == 0 {
         return;
     }
-    let span = (g.nseg - 1) * g.seg_stride + g.seg;
-    let last = g.rows.iter().max().copied().unwrap_or(0) + span;
-    assert!(g.seg > 0 && g.nseg > 0 && last <= x.len(), "gemm_gather: rows reach {last}, input has {}", x.len());
+    g.check(x.len(), "gemm_gather");
     check(b.len(), k, n, n, 1, "B");
     check(c.len(), m, n, ldc, 1, "C");
     #[cfg(target_arch = "x86_64")]
     if uses_avx512() {
-        // SAFETY: avx512f is present; every A element read lies below `last` ≤ x.len(), B and C
+        // SAFETY: avx512f is present; every A element read lies inside x (`Gather::check`), B and C
         // views were checked, and the kernel masks the column tail.
         unsafe {
             avx512_gather::gemm_gather(m, g.rows.as_ptr(), g.seg, g.nseg, g.seg_stride, x.as_ptr(), n, b.as_ptr(), bias.as_ptr(), relu, c.as_mut_ptr(), ldc)
         };
         return;
     }
-    tmp.resize(m * k, 0.0);
-    for (row, &r0) in tmp.chunks_exact_mut(k).zip(g.rows) {
-        for (s, dst) in row.chunks_exact_mut(g.seg).enumerate() {
-            dst.copy_from_slice(&x[r0 + s * g.seg_stride..][..g.seg]);
-        }
-    }
+    g.unfold(x, tmp);
     for i in 0..m {
         c[i * ldc..][..n].copy_from_slice(bias);
     }
@@ -128,26 +141,19 @@ pub fn gemm_gather_b(
     if m == 0 || n == 0 {
         return;
     }
-    let span = (g.nseg - 1) * g.seg_stride + g.seg;
-    let last = g.rows.iter().max().copied().unwrap_or(0) + span;
-    assert!(g.seg > 0 && last <= x.len(), "gemm_gather_b: rows reach {last}, input has {}", x.len());
+    g.check(x.len(), "gemm_gather_b");
     check(a.len(), m, k, rsa, csa, "A");
     check(c.len(), m, n, ldc, 1, "C");
     #[cfg(target_arch = "x86_64")]
     if uses_avx512() && g.seg % 16 == 0 && k > 0 {
         // SAFETY: avx512f is present; each 16-float vector of a B row lies inside one segment
-        // (seg % 16 == 0), so every B read is below `last` ≤ x.len(); A and C were checked.
+        // (seg % 16 == 0), so every B read lies inside x (`Gather::check`); A and C were checked.
         unsafe {
             avx512_gather::gemm_gather_b(m, k, n, a.as_ptr(), rsa, csa, g.rows.as_ptr(), g.seg, g.seg_stride, x.as_ptr(), c.as_mut_ptr(), ldc, accumulate)
         };
         return;
     }
-    tmp.resize(k * n, 0.0);
-    for (row, &r0) in tmp.chunks_exact_mut(n).zip(g.rows) {
-        for (s, dst) in row.chunks_exact_mut(g.seg).enumerate() {
-            dst.copy_from_slice(&x[r0 + s * g.seg_stride..][..g.seg]);
-        }
-    }
+    g.unfold(x, tmp);
     gemm(m, k, n, a, rsa, csa, tmp, n, c, ldc, accumulate);
 }
 
