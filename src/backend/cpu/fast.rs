@@ -6,27 +6,31 @@
 //! rounding: the tests at the bottom compare the two on both presets). Why it is faster:
 //!
 //! - Activations are kept pixel-major (NHWC: [N, Ho, Wo, C]), so a conv layer over a chunk of
-//!   samples is ONE GEMM `y[rows, Cout] = cols[rows, K·K·Cin] · W'ᵀ`, rows = samples × pixels,
-//!   instead of one small GEMM per sample (conv3's per-sample GEMM had 49 columns, a third of a
-//!   micro-kernel tile wasted), and its im2col copies whole runs of K·Cin contiguous floats. The
-//!   weights of conv2/conv3 are permuted once per call to the matching (ky, kx, c) order.
+//!   samples is ONE GEMM `y[rows, Cout] = unfold(x)[rows, K·K·Cin] · W'ᵀ`, rows = samples ×
+//!   pixels, instead of one small GEMM per sample, and each unfold row is K runs of K·Cin
+//!   contiguous floats. The GEMM reads those runs in place (`gemm::gemm_gather`, an implicit
+//!   GEMM driven by a table of row offsets): no unfold buffer is written (conv1's would be 16×
+//!   its input), and bias + ReLU happen in the kernel's epilogue. The weights are permuted to
+//!   the matching (ky, kx, c) order once per change of the parameters (cached by their bits:
+//!   acting calls the forward several times between updates).
 //! - conv1 (8×8 stride 4) runs as a 2×2 stride-1 conv on the frames folded space-to-depth
-//!   into 21×21×64 (`fold_of`): bytes are converted once each, and its unfold copies runs too.
+//!   into 21×21×64 (`fold_of`): bytes are converted once each, and its rows are runs too.
 //! - Each chunk of `CHUNK` samples runs conv1→conv3 forward, and later conv3→conv1 backward, in
-//!   one task, so its activations and scratch stay in cache; the im2col buffers are rebuilt in
-//!   the backward instead of being stored (cheaper than the memory traffic).
+//!   one task, so its activations and scratch stay in cache. The conv weight gradients
+//!   dW[Cout, Kp] = dyᵀ · unfold(x) read the unfold in place as well (`gemm::gemm_gather_b`);
+//!   only the input gradients go through a (dy · W') buffer and its fold back (col2im).
 //! - The fc layer, whose 512×1568 weight matrix dominates the traffic of a small batch, is split
-//!   over output features (each task packs only its slice of the weights, once) and its input
-//!   gradient over input features, both written transposed so every task owns whole rows.
-//! - Scratch buffers come from a pool kept across calls: after warm-up a step allocates nothing
-//!   of its own (matrixmultiply still allocates its packing buffers inside each GEMM).
+//!   over output features and its input gradient over samples, both written so every task owns
+//!   whole rows. The heads (6 and 1 outputs) are dot products.
+//! - Scratch buffers come from a pool kept across calls: after warm-up an act allocates nothing
+//!   and a learn only a few small blocks (tests/cpu_alloc.rs counts), on the AVX-512 path; the
+//!   portable GEMM (matrixmultiply) allocates its packing buffers inside each call.
 //!
 //! Determinism: every task is a fixed chunk of samples or of features whatever the thread
 //! count, and the weight gradients' per-chunk partials are summed in chunk order afterwards,
 //! so results are bit-identical for 1 or N threads.
 
-use super::gemm::gemm;
-use super::layers::{linear_backward, linear_forward};
+use super::gemm::{gemm, gemm_gather, gemm_gather_b, Gather};
 use super::net::{split_tensors, two};
 use crate::model::{tensor, ConvShape, NetSpec, ParamLayout, OBS_BYTES};
 use rayon::prelude::*;
@@ -43,9 +47,12 @@ const FC_ROWS: usize = 16;
 /// One task's scratch; contents are always overwritten before being read.
 #[derive(Default)]
 struct Scratch {
-    /// One observation after `space_to_depth_u8`.
+    /// Observations after `space_to_depth_u8` (the forward: the whole chunk; backward: one).
     xs: Vec<f32>,
-    cols: Vec<f32>,
+    /// The forward's implicit-GEMM row table (`conv_nhwc_forward`).
+    rows: Vec<usize>,
+    /// `gemm_gather`'s unfold buffer on the portable path.
+    tmp: Vec<f32>,
     dcols: Vec<f32>,
     /// Pre-activation gradients of the chunk's conv outputs (NHWC).
     dy: [Vec<f32>; 3],
@@ -72,6 +79,10 @@ pub struct FastNet {
     wperm: [Vec<f32>; 3],
     /// The same transposed, [Kp, Cout]: the B operand of the forward GEMM.
     wt: [Vec<f32>; 3],
+    /// The conv weights (bits) and shapes `wperm`/`wt` were made from: acting calls the forward
+    /// several times on unchanged parameters, and comparing is far cheaper than permuting.
+    wkey: [Vec<u32>; 3],
+    wshape: Option<[ConvShape; 3]>,
     /// Post-ReLU conv outputs, NHWC.
     conv: [Vec<f32>; 3],
     /// conv3's output in PyTorch's flatten order [N, C·H·W] (fc input).
@@ -84,12 +95,9 @@ pub struct FastNet {
     pub logits: Vec<f32>,
     pub values: Vec<f32>,
     dhidden: Vec<f32>,
-    dhidden_critic: Vec<f32>,
-    dl: Vec<f32>,
-    dv: Vec<f32>,
     /// Per chunk: the conv layers' weight and bias gradient partials, [chunks][conv_grad_len].
     partials: Vec<f32>,
-    /// A conv weight gradient in the permuted, transposed order [Kp, Cout], before `unpermute_weights_t`.
+    /// A conv weight gradient in the permuted order [Cout, Kp], before `unpermute_weights`.
     gperm: Vec<f32>,
     pool: Pool,
 }
@@ -152,15 +160,15 @@ fn permute_weights(s: &ConvShape, w: &[f32], wp: &mut Vec<f32>) {
     }
 }
 
-/// The inverse of `permute_weights` composed with a transposition: wpt [Kp, Cout] → w.
-fn unpermute_weights_t(s: &ConvShape, wpt: &[f32], w: &mut [f32]) {
-    let (k, kk, cout) = (s.kernel, s.patch_len(), s.out_channels);
-    for o in 0..cout {
-        let dst = &mut w[o * kk..][..kk];
+/// The inverse of `permute_weights`: wp [Cout, Kp] → w.
+fn unpermute_weights(s: &ConvShape, wp: &[f32], w: &mut [f32]) {
+    let (k, kk) = (s.kernel, s.patch_len());
+    for o in 0..s.out_channels {
+        let (src, dst) = (&wp[o * kk..][..kk], &mut w[o * kk..][..kk]);
         for c in 0..s.in_channels {
             for ky in 0..k {
                 for kx in 0..k {
-                    dst[(c * k + ky) * k + kx] = wpt[perm_index(s, c, ky, kx) * cout + o];
+                    dst[(c * k + ky) * k + kx] = src[perm_index(s, c, ky, kx)];
                 }
             }
         }
@@ -183,6 +191,9 @@ fn space_to_depth_u8(s: &ConvShape, x: &[u8], out: &mut [f32]) {
     let (f, hw) = (fold_of(s), s.in_hw);
     let (hb, chs) = (hw / f, s.in_channels * f * f);
     let scale = (1.0f64 / 255.0) as f32;
+    if f == 4 {
+        return space_to_depth_fixed::<4>(s, x, out);
+    }
     for c in 0..s.in_channels {
         for y in 0..hw {
             let src = &x[(c * hw + y) * hw..][..hw];
@@ -197,7 +208,29 @@ fn space_to_depth_u8(s: &ConvShape, x: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Unfold NHWC samples: cols[(i·P + p)][(ky·K + kx)·Cin + c] = x[i][oy·s+ky][ox·s+kx][c].
+/// `space_to_depth_u8` for a fold known at compile time (conv1's 4): each group of F bytes
+/// becomes F floats with fixed-size loads and stores, which the compiler vectorises.
+fn space_to_depth_fixed<const F: usize>(s: &ConvShape, x: &[u8], out: &mut [f32]) {
+    let hw = s.in_hw;
+    let (hb, chs) = (hw / F, s.in_channels * F * F);
+    let scale = (1.0f64 / 255.0) as f32;
+    for c in 0..s.in_channels {
+        for y in 0..hw {
+            let src = &x[(c * hw + y) * hw..][..hb * F];
+            let row = &mut out[(y / F) * hb * chs + (c * F + y % F) * F..];
+            for (xb, q) in src.chunks_exact(F).enumerate() {
+                let q: &[u8; F] = q.try_into().expect("chunks_exact(F)");
+                let d: &mut [f32; F] = (&mut row[xb * chs..][..F]).try_into().expect("F floats");
+                for (d, &b) in d.iter_mut().zip(q) {
+                    *d = b as f32 * scale;
+                }
+            }
+        }
+    }
+}
+
+/// Unfold NHWC samples (the tests' model of what `Gather` reads in place): cols[(i·P + p)][(ky·K + kx)·Cin + c] = x[i][oy·s+ky][ox·s+kx][c].
+#[cfg(test)]
 fn im2col_nhwc(s: &ConvShape, x: &[f32], cols: &mut [f32]) {
     let (k, st, hw, ohw, cin, kk) = (s.kernel, s.stride, s.in_hw, s.out_hw, s.in_channels, s.patch_len());
     let n = x.len() / s.in_len();
@@ -235,35 +268,37 @@ fn col2im_nhwc(s: &ConvShape, dcols: &[f32], dx: &mut [f32]) {
     }
 }
 
-/// y[rows, Cout] = max(0, cols[rows, Kp] · wt + b), wt [Kp, Cout] row-major.
-fn gemm_bias_relu(cols: &[f32], wt: &[f32], b: &[f32], y: &mut [f32]) {
-    let cout = b.len();
-    let kp = wt.len() / cout;
-    let rows = y.len() / cout;
-    for row in y.chunks_exact_mut(cout) {
-        row.copy_from_slice(b);
-    }
-    gemm(rows, kp, cout, cols, kp, 1, wt, cout, y, cout, true);
-    y.iter_mut().for_each(|v| *v = v.max(0.0));
+/// A conv layer on NHWC samples: y[rows, Cout] = max(0, unfold(x) · wt + b) as ONE implicit
+/// GEMM that reads each unfold row in place (K runs of K·Cin floats, see `Gather`): no unfold
+/// buffer is written (conv1's would be 16× its input), bias and ReLU happen in the epilogue.
+/// `rows` receives the row table, `tmp` is the portable path's unfold buffer.
+fn conv_nhwc_forward(rows: &mut Vec<usize>, tmp: &mut Vec<f32>, c: &ConvShape, x: &[f32], wt: &[f32], b: &[f32], y: &mut [f32]) {
+    let g = gather_rows(rows, c, x.len() / c.in_len());
+    gemm_gather(x, &g, wt, b, true, y, c.out_channels, tmp);
 }
 
-/// A conv layer on NHWC samples: unfold into `cols`, one GEMM, bias, ReLU.
-fn conv_nhwc_forward(cols: &mut Vec<f32>, c: &ConvShape, x: &[f32], wperm: &[f32], b: &[f32], y: &mut [f32]) {
-    let rows = y.len() / c.out_channels;
-    resize(cols, rows * c.patch_len());
-    im2col_nhwc(c, x, cols);
-    gemm_bias_relu(cols, wperm, b, y);
+/// The unfold of n NHWC samples for conv `c` as a `Gather` (row table written into `rows`):
+/// output pixel (i, oy, ox)'s patch is K runs of K·Cin floats, one input row apart.
+fn gather_rows<'a>(rows: &'a mut Vec<usize>, c: &ConvShape, n: usize) -> Gather<'a> {
+    let (k, st, hw, ohw, cin) = (c.kernel, c.stride, c.in_hw, c.out_hw, c.in_channels);
+    rows.clear();
+    for i in 0..n {
+        for oy in 0..ohw {
+            for ox in 0..ohw {
+                rows.push(i * c.in_len() + (oy * st * hw + ox * st) * cin);
+            }
+        }
+    }
+    Gather { rows, seg: k * cin, nseg: k, seg_stride: hw * cin }
 }
 
-/// Weight-gradient partial of one chunk: pwt[Kp, Cout] (+)= colsᵀ · dy, pb[Cout] (+)= Σ_rows dy.
-fn weight_grad(dy: &[f32], cols: &[f32], pwt: &mut [f32], pb: &mut [f32], accumulate: bool) {
-    let cout = pb.len();
-    let kp = pwt.len() / cout;
-    let rows = dy.len() / cout;
-    gemm(kp, rows, cout, cols, 1, kp, dy, cout, pwt, cout, accumulate);
-    if !accumulate {
-        pb.iter_mut().for_each(|v| *v = 0.0);
-    }
+/// Weight-gradient partial of one chunk of NHWC samples `x`: pw[Cout, Kp] = dyᵀ · unfold(x),
+/// the unfold read in place (`gemm_gather_b`), and pb[Cout] = Σ_rows dy.
+fn conv_weight_grad(rows: &mut Vec<usize>, tmp: &mut Vec<f32>, c: &ConvShape, x: &[f32], dy: &[f32], pw: &mut [f32], pb: &mut [f32]) {
+    let cout = c.out_channels;
+    let g = gather_rows(rows, c, x.len() / c.in_len());
+    gemm_gather_b(cout, dy, 1, cout, x, &g, pw, c.patch_len(), false, tmp);
+    pb.iter_mut().for_each(|v| *v = 0.0);
     for row in dy.chunks_exact(cout) {
         pb.iter_mut().zip(row).for_each(|(a, g)| *a += *g);
     }
@@ -273,6 +308,49 @@ fn weight_grad(dy: &[f32], cols: &[f32], pwt: &mut [f32], pb: &mut [f32], accumu
 fn relu_mask(y: &[f32], dy: &mut [f32]) {
     // Branch-free select (vectorises); NaN in y masks like the reference's `!(v > 0)`.
     dy.iter_mut().zip(y).for_each(|(g, &v)| *g = if v > 0.0 { *g } else { 0.0 });
+}
+
+/// A linear head without activation: y[N, Out] = x[N, In] · w[Out, In]ᵀ + b, as dot products
+/// (Out is the action count or 1: too narrow for a GEMM tile, and unlike the generic layer's
+/// matrixmultiply call it allocates no packing buffers).
+fn head_forward(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+    let (out_f, in_f) = (b.len(), w.len() / b.len());
+    for (xr, yr) in x.chunks_exact(in_f).zip(y.chunks_exact_mut(out_f)) {
+        for (o, v) in yr.iter_mut().enumerate() {
+            *v = b[o] + dot(xr, &w[o * in_f..][..in_f]);
+        }
+    }
+}
+
+/// Σ a[l]·b[l] in 16 interleaved partial sums (vectorised), then a fixed pairwise tree.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut w = 16;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+    }
+    acc[0] + tail
+}
+
+/// Gradients of `head_forward` from dy [N, Out]: dw = dyᵀ·x, db = Σ dy, dx (+)= dy·w.
+fn head_backward(x: &[f32], w: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], dx: &mut [f32], accumulate: bool) {
+    let (out_f, in_f) = (db.len(), w.len() / db.len());
+    let n = dy.len() / out_f;
+    gemm(out_f, n, in_f, dy, 1, out_f, x, in_f, dw, in_f, false);
+    for (o, v) in db.iter_mut().enumerate() {
+        *v = (0..n).map(|i| dy[i * out_f + o]).sum();
+    }
+    gemm(n, out_f, in_f, dy, out_f, 1, w, in_f, dx, in_f, accumulate);
 }
 
 fn resize(v: &mut Vec<f32>, len: usize) {
@@ -290,10 +368,18 @@ impl FastNet {
         assert_eq!(c1.in_len(), OBS_BYTES, "forward: conv1 reads one observation");
         self.n = n;
         let view = |i: usize| layout.view(params, i);
+        let same_shapes = self.wshape == Some(spec.convs);
         for l in 0..3 {
-            permute_weights(&spec.convs[l], view(tensor::CONV_W[l]), &mut self.wperm[l]);
-            transpose(&self.wperm[l], spec.convs[l].out_channels, spec.convs[l].patch_len(), &mut self.wt[l]);
+            let w = view(tensor::CONV_W[l]);
+            let bits: &[u32] = bytemuck::cast_slice(w);
+            if !same_shapes || self.wkey[l] != bits {
+                permute_weights(&spec.convs[l], w, &mut self.wperm[l]);
+                transpose(&self.wperm[l], spec.convs[l].out_channels, spec.convs[l].patch_len(), &mut self.wt[l]);
+                self.wkey[l].clear();
+                self.wkey[l].extend_from_slice(bits);
+            }
         }
+        self.wshape = Some(spec.convs);
         for (buf, c) in self.conv.iter_mut().zip(&spec.convs) {
             resize(buf, n * c.out_len());
         }
@@ -308,16 +394,15 @@ impl FastNet {
             .zip(frames.par_chunks(CHUNK * OBS_BYTES))
             .for_each(|((((y1, y2), y3), flat), frames)| {
                 let mut s = pool.take();
-                // conv1 one sample at a time (its unfold is 400 KB per sample: keep it in L2).
+                let Scratch { xs, rows, tmp, .. } = &mut s;
                 let f1 = folded(c1);
-                for (x, y) in frames.chunks_exact(OBS_BYTES).zip(y1.chunks_exact_mut(c1.out_len())) {
-                    resize(&mut s.xs, f1.in_len());
-                    space_to_depth_u8(c1, x, &mut s.xs);
-                    conv_nhwc_forward(&mut s.cols, &f1, &s.xs, &wperm[0], view(tensor::CONV_B[0]), y);
+                resize(xs, frames.len() / OBS_BYTES * f1.in_len());
+                for (x, xs) in frames.chunks_exact(OBS_BYTES).zip(xs.chunks_exact_mut(f1.in_len())) {
+                    space_to_depth_u8(c1, x, xs);
                 }
-                let w = [&wperm[0], &wperm[1], &wperm[2]];
-                conv_nhwc_forward(&mut s.cols, c2, y1, w[1], view(tensor::CONV_B[1]), y2);
-                conv_nhwc_forward(&mut s.cols, c3, y2, w[2], view(tensor::CONV_B[2]), y3);
+                conv_nhwc_forward(rows, tmp, &f1, xs, &wperm[0], view(tensor::CONV_B[0]), y1);
+                conv_nhwc_forward(rows, tmp, c2, y1, &wperm[1], view(tensor::CONV_B[1]), y2);
+                conv_nhwc_forward(rows, tmp, c3, y2, &wperm[2], view(tensor::CONV_B[2]), y3);
                 // NHWC → PyTorch's flatten order (c, y, x).
                 let (p3, co3) = (c3.out_pixels(), c3.out_channels);
                 for (ys, fs) in y3.chunks_exact(c3.out_len()).zip(flat.chunks_exact_mut(c3.out_len())) {
@@ -349,8 +434,8 @@ impl FastNet {
         });
         resize(&mut self.logits, n * spec.actions);
         resize(&mut self.values, n);
-        linear_forward(&self.hidden, view(tensor::ACTOR_W), view(tensor::ACTOR_B), &mut self.logits, false);
-        linear_forward(&self.hidden, view(tensor::CRITIC_W), view(tensor::CRITIC_B), &mut self.values, false);
+        head_forward(&self.hidden, view(tensor::ACTOR_W), view(tensor::ACTOR_B), &mut self.logits);
+        head_forward(&self.hidden, view(tensor::CRITIC_W), view(tensor::CRITIC_B), &mut self.values);
     }
 
     /// Backward pass after `forward` on the same parameters and frames. `dlogits` [N, A] and
@@ -369,28 +454,18 @@ impl FastNet {
         let mut g = split_tensors(layout, grads);
         let [c1, c2, c3] = &spec.convs;
         let hid = spec.hidden;
-        // Heads (tiny): the generic layers; hidden receives the sum of both heads' gradients.
+        // Heads (tiny); hidden receives the sum of both heads' gradients (actor, then + critic).
         resize(&mut self.dhidden, n * hid);
-        resize(&mut self.dhidden_critic, n * hid);
-        self.dl.clear();
-        self.dl.extend_from_slice(dlogits);
-        self.dv.clear();
-        self.dv.extend_from_slice(dvalues);
         {
             let (gw, gb) = two(&mut g, tensor::ACTOR_W, tensor::ACTOR_B);
-            linear_backward(&self.hidden, view(tensor::ACTOR_W), &self.logits, &mut self.dl, false, gw, gb, Some(&mut self.dhidden));
+            head_backward(&self.hidden, view(tensor::ACTOR_W), dlogits, gw, gb, &mut self.dhidden, false);
         }
         {
             let (gw, gb) = two(&mut g, tensor::CRITIC_W, tensor::CRITIC_B);
-            linear_backward(&self.hidden, view(tensor::CRITIC_W), &self.values, &mut self.dv, false, gw, gb, Some(&mut self.dhidden_critic));
+            head_backward(&self.hidden, view(tensor::CRITIC_W), dvalues, gw, gb, &mut self.dhidden, true);
         }
         let hidden = &self.hidden;
-        self.dhidden.par_chunks_mut(hid).zip(self.dhidden_critic.par_chunks(hid)).zip(hidden.par_chunks(hid)).for_each(
-            |((d, dc), h)| {
-                d.iter_mut().zip(dc).for_each(|(a, b)| *a += *b);
-                relu_mask(h, d);
-            },
-        );
+        self.dhidden.par_chunks_mut(hid).zip(hidden.par_chunks(hid)).for_each(|(d, h)| relu_mask(h, d));
         let dh: &[f32] = &self.dhidden;
         let f = c3.out_len();
         let (wfc, flat) = (view(tensor::FC_W), &self.flat);
@@ -421,7 +496,7 @@ impl FastNet {
             let s0 = ci * CHUNK;
             let cn = CHUNK.min(n - s0);
             let mut s = pool.take();
-            let Scratch { xs, cols, dcols, dy } = &mut s;
+            let Scratch { xs, rows: gather, tmp, dcols, dy } = &mut s;
             let (p1, rest) = part.split_at_mut(glen[0]);
             let (p2, p3) = rest.split_at_mut(glen[1]);
             let parts = [p1, p2, p3];
@@ -447,9 +522,7 @@ impl FastNet {
                 let c = &spec.convs[l];
                 let rows = cn * c.out_pixels();
                 let (pw, pb) = parts[l].split_at_mut(c.out_channels * c.patch_len());
-                resize(cols, rows * c.patch_len());
-                im2col_nhwc(c, ys[l - 1], cols);
-                weight_grad(&dy[l], cols, pw, pb, false);
+                conv_weight_grad(gather, tmp, c, ys[l - 1], &dy[l], pw, pb);
                 // dcols = dy · W'; fold back into the lower layer's output gradient.
                 resize(dcols, rows * c.patch_len());
                 let kp = c.patch_len();
@@ -461,13 +534,11 @@ impl FastNet {
             let (pw, pb) = parts[0].split_at_mut(c1.out_channels * c1.patch_len());
             let frames = &frames[s0 * OBS_BYTES..][..cn * OBS_BYTES];
             let f1 = folded(c1);
-            resize(xs, f1.in_len());
-            resize(cols, f1.out_pixels() * f1.patch_len());
-            for (i, (x, d)) in frames.chunks_exact(OBS_BYTES).zip(dy[0].chunks_exact(c1.out_len())).enumerate() {
+            resize(xs, cn * f1.in_len());
+            for (x, xs) in frames.chunks_exact(OBS_BYTES).zip(xs.chunks_exact_mut(f1.in_len())) {
                 space_to_depth_u8(c1, x, xs);
-                im2col_nhwc(&f1, xs, cols);
-                weight_grad(d, cols, pw, pb, i > 0);
             }
+            conv_weight_grad(gather, tmp, &f1, xs, &dy[0], pw, pb);
             pool.give(s);
         });
         // Sum the partials in chunk order, then undo the weight permutation.
@@ -488,7 +559,7 @@ impl FastNet {
             };
             resize(&mut self.gperm, wl);
             sum_into(&mut self.gperm, off);
-            unpermute_weights_t(c, &self.gperm, gw);
+            unpermute_weights(c, &self.gperm, gw);
             sum_into(gb, off + wl);
             off += glen[l];
         }
@@ -578,9 +649,7 @@ mod tests {
         // w[o=1][c=2][ky=1][kx=0] sits at (ky·K + kx)·Cin + c in the permuted row.
         assert_eq!(wp[27 + 3 * 3 + 2], w[27 + 2 * 9 + 3]);
         let mut back = vec![0.0; w.len()];
-        let mut wpt = Vec::new();
-        transpose(&wp, s.out_channels, s.patch_len(), &mut wpt);
-        unpermute_weights_t(&s, &wpt, &mut back);
+        unpermute_weights(&s, &wp, &mut back);
         assert_eq!(back, w);
         // A folded layer (8×8 stride 4 → 2×2 stride 1 on 4·4·C channels): a bijection too.
         let s = ConvShape::new(4, 2, 8, 4, 84);
@@ -598,9 +667,7 @@ mod tests {
         let w: Vec<f32> = (0..s.out_channels * s.patch_len()).map(|i| i as f32).collect();
         permute_weights(&s, &w, &mut wp);
         let mut back = vec![0.0; w.len()];
-        let mut wpt = Vec::new();
-        transpose(&wp, s.out_channels, s.patch_len(), &mut wpt);
-        unpermute_weights_t(&s, &wpt, &mut back);
+        unpermute_weights(&s, &wp, &mut back);
         assert_eq!(back, w);
     }
 
