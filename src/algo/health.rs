@@ -48,8 +48,7 @@ impl NetHealth {
         let mut layers = [LayerHealth::default(); 4];
         // Post-ReLU outputs: positive exactly where the pre-activation is.
         for (l, conv) in spec.convs.iter().enumerate() {
-            let plane = conv.out_len() / conv.out_channels; // [N, C, H, W]
-            layers[l] = layer_health(&acts.conv[l], n, conv.out_channels, plane);
+            layers[l] = layer_health(&acts.conv[l], n, conv.out_channels, conv.out_pixels()); // [N, C, H, W]
         }
         layers[3] = layer_health(&acts.hidden, n, spec.hidden, 1); // [N, hidden]: a neuron is a unit
         let a = spec.actions;

@@ -789,10 +789,10 @@ impl Trainer {
         let params = self.engine.read_params()?;
         let spec = self.engine.spec().net.clone();
         let layout = spec.layout();
-        let obs = self.venv.observations();
-        let per_agent = self.envs * OBS_BYTES;
-        let healths: Vec<NetHealth> = (0..self.agents)
-            .map(|a| NetHealth::measure(&spec, &layout, &params[a * layout.total..(a + 1) * layout.total], &obs[a * per_agent..(a + 1) * per_agent]))
+        let healths: Vec<NetHealth> = params
+            .chunks_exact(layout.total)
+            .zip(self.venv.observations().chunks_exact(self.envs * OBS_BYTES))
+            .map(|(agent_params, agent_obs)| NetHealth::measure(&spec, &layout, agent_params, agent_obs))
             .collect();
         run.append_health(self.frames(), self.updates, self.agent_offset, &healths)?;
         let torch_form = self.config.rms_form == RmsForm::Torch;
