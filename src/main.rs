@@ -156,6 +156,10 @@ struct LearnerBenchArgs {
     /// conflicts and global coalescing per kernel launch) and print the table.
     #[arg(long)]
     profile: bool,
+    /// GPU backends: upload the segment's frames every update (the fallback path; before issue
+    /// 12 every update did) instead of reading the device rollout `act` filled, as training does.
+    #[arg(long)]
+    host_frames: bool,
 }
 
 fn bench_learner(a: LearnerBenchArgs) -> Result<()> {
@@ -184,6 +188,7 @@ fn bench_learner(a: LearnerBenchArgs) -> Result<()> {
                 updates,
                 threads,
                 profile: a.profile,
+                host_frames: a.host_frames,
             };
             let report = gala_gpu::bench::bench_learner(&opts)?;
             if a.json {

@@ -18,6 +18,13 @@
 //! actor's forward passes overlap the learner's kernels on the GPU, and the hand-off of θ_{s+1}
 //! is a device-to-device copy ordered by events (`Engine::copy_params_into`), not a round trip
 //! through the host.
+//! Frames cross the bus once (issue 12): on a device backend every rollout has a device copy of
+//! its observations (`DeviceRollout`) that `act_recorded` fills as it uploads each step's frames
+//! and `learn_recorded` reads in place, so the learner uploads only actions, rewards, dones and
+//! the bootstrap values (and behaviour log-probs). The host copy is still kept, for checkpoints
+//! and as the fallback (a restored pending segment is uploaded). Pipelined, the device copy is
+//! double-buffered with the host one: the actor fills `next`'s while the learner reads
+//! `rollout`'s.
 //! Between two updates a pipelined trainer holds, besides the learner's state, the collected
 //! segment not learned from yet and (only after the update that spent the budget, which collects
 //! nothing) the actor's one-update-old parameters; checkpoints carry both, so a pipelined run
@@ -31,7 +38,7 @@
 
 use crate::algo::health::{self, NetHealth};
 use crate::backend::cpu::optim::RmsForm;
-use crate::backend::{ActOutput, AgentLearnStats, Backend, Segment, SharedDevice};
+use crate::backend::{ActOutput, AgentLearnStats, Backend, DeviceRollout, Segment, SharedDevice, TransferBytes};
 use crate::config::Config;
 use crate::env::{self, EnvSettings, FinishedGame, GameId, VecEnv, FRAME_BYTES};
 use crate::checkpoint::Checkpoint;
@@ -178,12 +185,15 @@ struct Rollout {
     /// Collected by parameters older than the learner's when it learns from it (pipelined,
     /// overlapped): the loss then applies the truncated importance ratio.
     stale: bool,
+    /// The device's copy of `obs` (device backends): filled while acting, read by the learner.
+    /// Whenever `obs` is written otherwise it must be cleared (see `DeviceRollout`).
+    device: Option<DeviceRollout>,
 }
 
 impl Rollout {
     /// A rollout of `samples` samples, its observations in pinned memory from `engine`'s device
-    /// when it has one.
-    fn new(samples: usize, engine: &Engine) -> Result<Self> {
+    /// when it has one, and (`device_frames`) a device copy of them there too.
+    fn new(samples: usize, engine: &Engine, device_frames: bool) -> Result<Self> {
         let bytes = samples * OBS_BYTES;
         let obs = match engine.alloc_pinned_bytes(bytes)? {
             Some(pinned) => ObsBytes::Pinned(pinned),
@@ -197,6 +207,7 @@ impl Rollout {
             log_probs: vec![0.0; samples],
             bootstrap: ActOutput::default(),
             stale: false,
+            device: if device_frames { engine.alloc_device_rollout()? } else { None },
         })
     }
 
@@ -233,10 +244,19 @@ fn collect_segment(
     let CollectPlan { agents, envs, steps, clip_rewards, first_step } = plan;
     let (mut act_s, mut env_s) = (0.0, 0.0);
     let mut finished = Vec::new();
+    // Every step is recorded afresh below; until then the device copy proves nothing.
+    if let Some(d) = ro.device.as_mut() {
+        d.clear();
+    }
     for t in 0..steps {
         let step = first_step + t as u64;
         let t0 = Instant::now();
-        actor.act(venv.observations(), step, false, act_out)?;
+        // The frames acted on are exactly the ones copied into `ro.obs` at step t below (the
+        // contract that lets the learner read the device copy instead).
+        match ro.device.as_mut() {
+            Some(d) => actor.act_recorded(venv.observations(), step, act_out, d, t)?,
+            None => actor.act(venv.observations(), step, false, act_out)?,
+        }
         let t1 = Instant::now();
         let obs_now = venv.observations();
         for a in 0..agents {
@@ -273,7 +293,10 @@ fn learn_and_mix(engine: &mut Engine, ro: &mut Rollout, poison: bool) -> Result<
         ro.rewards[last] = f32::NAN;
     }
     let t0 = Instant::now();
-    let stats = engine.learn(&ro.segment())?;
+    let stats = match &ro.device {
+        Some(d) => engine.learn_recorded(&ro.segment(), d)?,
+        None => engine.learn(&ro.segment())?,
+    };
     // Checked before gossip, so the agent that went non-finite is the one named.
     engine.check_params_finite()?;
     let t1 = Instant::now();
@@ -362,8 +385,8 @@ impl Trainer {
         let engine = Engine::build(config, venv.num_actions(), only.clone(), device)?;
         let actor = if pipelined { Some(Engine::build(config, venv.num_actions(), only, device)?) } else { None };
         let n = agents * config.n_steps * envs;
-        let rollout = Rollout::new(n, &engine)?;
-        let next = if actor.is_some() { Rollout::new(n, &engine)? } else { Rollout::default() };
+        let rollout = Rollout::new(n, &engine, true)?;
+        let next = if actor.is_some() { Rollout::new(n, &engine, true)? } else { Rollout::default() };
         Ok(Trainer {
             config: config.clone(),
             frames_per_step: venv.frames_per_step(),
@@ -444,6 +467,12 @@ impl Trainer {
         self.engine.write_params(&ck.params)?;
         self.engine.write_optimizer_state(&ck.square_avg)?;
         self.engine.set_round(ck.updates);
+        // The host frames may be replaced below: no device copy stands for them any more.
+        for ro in [&mut self.rollout, &mut self.next] {
+            if let Some(d) = ro.device.as_mut() {
+                d.clear();
+            }
+        }
         if let Some(actor) = self.actor.as_mut() {
             actor.write_params(ck.pipeline.actor_params.as_deref().unwrap_or(&ck.params))?;
             self.actor_behind = ck.pipeline.actor_params.is_some();
@@ -620,6 +649,27 @@ impl Trainer {
     /// None on the CPU backend (see `Backend::device_seconds`).
     pub fn device_seconds(&self) -> (Option<f64>, Option<f64>) {
         (self.engine.device_seconds(), self.actor.as_ref().and_then(Engine::device_seconds))
+    }
+
+    /// Bytes moved between host and device so far by the learner's engine and (pipelined) by
+    /// the actor's; None on the CPU backend.
+    pub fn transfer_bytes(&self) -> (Option<TransferBytes>, Option<TransferBytes>) {
+        (self.engine.transfer_bytes(), self.actor.as_ref().and_then(Engine::transfer_bytes))
+    }
+
+    /// Whether the rollouts keep a device copy of their frames for the learner (default on,
+    /// where the backend has a device). Off, `learn` uploads every segment's frames again as
+    /// before issue 12 — the same bytes, so the same result; tests and benchmarks compare the two.
+    pub fn set_device_frames(&mut self, on: bool) -> Result<()> {
+        let pipelined = self.actor.is_some();
+        for (ro, used) in [(&mut self.rollout, true), (&mut self.next, pipelined)] {
+            if !used || on == ro.device.is_some() {
+                continue;
+            }
+            // A fresh copy holds nothing: a pending segment is uploaded once, then recorded.
+            ro.device = if on { self.engine.alloc_device_rollout()? } else { None };
+        }
+        Ok(())
     }
 
     /// Seconds spent per phase so far.

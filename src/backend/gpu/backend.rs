@@ -25,24 +25,43 @@ use super::launch::{self, FilterTarget, HeadsLossBuffers, HeadsParams, LayerPara
 use super::GpuArena;
 use crate::backend::cpu::heads::LossTerms;
 use crate::backend::cpu::optim::RmsProp;
-use crate::backend::{ActOutput, AgentLearnStats, Backend, BackendSpec, Segment};
+use crate::backend::{ActOutput, AgentLearnStats, Backend, BackendSpec, DeviceRollout, Segment, TransferBytes};
 use crate::device::{Device, DeviceBuffer, DeviceElem, Event, HostBuffer, KernelArg, LaunchConfig, Stream};
 use crate::error::{Error, Result};
 use crate::model::{tensor, ConvShape, ParamLayout, OBS_BYTES};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A device that counts the kernel launches going through it (for launches-per-update reports).
+/// A device that counts the kernel launches going through it (for launches-per-update reports)
+/// and the bytes it copies (host to device, device to host, device to device), so tests and
+/// `bench learner` can tell what crosses the bus per update.
 pub struct CountingDevice<D: Device> {
     inner: D,
     launches: AtomicU64,
+    uploaded: AtomicU64,
+    downloaded: AtomicU64,
+    copied: AtomicU64,
+}
+
+/// Bytes in `len` elements of `T`.
+fn bytes_of<T: DeviceElem>(len: usize) -> u64 {
+    (len * std::mem::size_of::<T>()) as u64
 }
 
 impl<D: Device> CountingDevice<D> {
     pub fn new(inner: D) -> Self {
-        CountingDevice { inner, launches: AtomicU64::new(0) }
+        CountingDevice { inner, launches: AtomicU64::new(0), uploaded: AtomicU64::new(0), downloaded: AtomicU64::new(0), copied: AtomicU64::new(0) }
     }
     pub fn launches(&self) -> u64 {
         self.launches.load(Ordering::Relaxed)
+    }
+    /// Bytes copied so far, counted when each copy is enqueued (failed copies included: they
+    /// are errors that end the run anyway).
+    pub fn transfer_bytes(&self) -> TransferBytes {
+        TransferBytes {
+            uploaded: self.uploaded.load(Ordering::Relaxed),
+            downloaded: self.downloaded.load(Ordering::Relaxed),
+            copied: self.copied.load(Ordering::Relaxed),
+        }
     }
     pub fn inner(&self) -> &D {
         &self.inner
@@ -60,22 +79,26 @@ impl<D: Device> Device for CountingDevice<D> {
         self.inner.alloc_zeros(len)
     }
     fn upload<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {
+        self.uploaded.fetch_add(bytes_of::<T>(src.len()), Ordering::Relaxed);
         self.inner.upload(stream, src, dst, offset)
     }
     fn alloc_host<T: DeviceElem>(&self, len: usize) -> Result<HostBuffer<T>> {
         self.inner.alloc_host(len)
     }
     unsafe fn upload_async<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {
+        self.uploaded.fetch_add(bytes_of::<T>(src.len()), Ordering::Relaxed);
         // SAFETY: the caller upholds the contract, which is the same.
         unsafe { self.inner.upload_async(stream, src, dst, offset) }
     }
     fn download<T: DeviceElem>(&self, stream: Stream, src: &DeviceBuffer<T>, offset: usize, dst: &mut [T]) -> Result<()> {
+        self.downloaded.fetch_add(bytes_of::<T>(dst.len()), Ordering::Relaxed);
         self.inner.download(stream, src, offset, dst)
     }
     fn copy<T: DeviceElem>(
         &self, stream: Stream, src: &DeviceBuffer<T>, src_offset: usize, dst: &mut DeviceBuffer<T>, dst_offset: usize,
         len: usize,
     ) -> Result<()> {
+        self.copied.fetch_add(bytes_of::<T>(len), Ordering::Relaxed);
         self.inner.copy(stream, src, src_offset, dst, dst_offset, len)
     }
     fn launch(&self, stream: Stream, name: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()> {
@@ -190,6 +213,9 @@ pub struct GpuBackend<D: Device> {
     /// Device seconds between the first and the last operation of every act/learn/mix so far
     /// (timed events on the backend's stream), for the GPU-busy fraction of `bench e2e`.
     device_seconds: f64,
+    /// Test aid (`set_check_device_frames`): before learning from a device rollout, download it
+    /// and compare it with the segment's host frames.
+    check_device_frames: bool,
 }
 
 /// Length of conv layer `c`'s weight-gradient partials for a learning batch of `n` per agent.
@@ -275,12 +301,21 @@ impl<D: Device> GpuBackend<D> {
             spec,
             upload_stream,
             device_seconds: 0.0,
+            check_device_frames: false,
         })
     }
 
     /// Kernel launches so far (every launch of every method).
     pub fn launch_count(&self) -> u64 {
         self.arena.device().launches()
+    }
+
+    /// Test aid: when on, every `learn_recorded` that reads a device rollout first downloads it
+    /// and fails (changing nothing) unless it equals the segment's host frames byte for byte —
+    /// the check of the caller's side of the [`DeviceRollout`] contract. Costs a download of the
+    /// whole segment per update; off by default.
+    pub fn set_check_device_frames(&mut self, on: bool) {
+        self.check_device_frames = on;
     }
 
     /// Marks the start of a timed section on the backend's stream (see `device_seconds`).
@@ -301,8 +336,9 @@ impl<D: Device> GpuBackend<D> {
     /// stream of their own; from the trainer's pinned rollout buffers they are DMA transfers the
     /// host does not wait for) and makes the compute stream wait for them by an event. The
     /// upload stream first waits for the compute stream, whose earlier kernels read the same
-    /// buffers. The caller must drain the upload stream before `seg`'s borrow ends.
-    fn upload_segment(&mut self, seg: &Segment) -> Result<()> {
+    /// buffers. The caller must drain the upload stream before `seg`'s borrow ends. The frames
+    /// go up only with `frames` (not when `learn` reads them from a device rollout).
+    fn upload_segment(&mut self, seg: &Segment, frames: bool) -> Result<()> {
         let (s, up) = (self.arena.stream(), self.upload_stream);
         let dev = self.arena.device();
         let sc = &mut self.learn;
@@ -311,7 +347,9 @@ impl<D: Device> GpuBackend<D> {
         // SAFETY: every source is borrowed from `seg` for the whole `learn` call, which drains
         // the upload stream before returning (see `learn`).
         unsafe {
-            dev.upload_async(up, seg.obs, &mut self.learn_fwd.obs, 0)?;
+            if frames {
+                dev.upload_async(up, seg.obs, &mut self.learn_fwd.obs, 0)?;
+            }
             dev.upload_async(up, seg.actions, &mut sc.actions, 0)?;
             dev.upload_async(up, seg.rewards, &mut sc.rewards, 0)?;
             dev.upload_async(up, seg.dones, &mut sc.dones, 0)?;
@@ -325,7 +363,9 @@ impl<D: Device> GpuBackend<D> {
     }
 
     /// The update itself, on the compute stream, once `upload_segment` has enqueued the copies.
-    fn learn_uploaded(&mut self, seg: &Segment, timed: Event) -> Result<Vec<AgentLearnStats>> {
+    /// `frames` is the device rollout to read the observations from in place, None for the
+    /// uploaded `learn_fwd.obs`.
+    fn learn_uploaded(&mut self, seg: &Segment, frames: Option<&DeviceBuffer<u8>>, timed: Event) -> Result<Vec<AgentLearnStats>> {
         let (agents, envs, n) = (self.spec.agents, self.spec.envs_per_agent, self.spec.segment_samples());
         let hyper = self.spec.hyper;
         let s = self.arena.stream();
@@ -334,7 +374,7 @@ impl<D: Device> GpuBackend<D> {
             let sc = &mut self.learn;
             launch::nstep_returns(dev, s, &sc.rewards, &sc.dones, &sc.bootstrap, &mut sc.returns, agents, self.spec.n_steps, envs, hyper.gamma)?;
         }
-        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, None, &mut self.learn_fwd)?;
+        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, None, &mut self.learn_fwd, frames)?;
         {
             let (dev, s, params, grads) = self.arena.params_and_grads();
             let f = &mut self.learn_fwd;
@@ -375,7 +415,7 @@ impl<D: Device> GpuBackend<D> {
             launch::fc_backward_data(dev, s, &self.fc_shape, &sc.dhidden, &f.hidden, params, &mut sc.fc_data_partials, dconv3, agents, n, self.fc, true)?;
         }
         for l in (0..3).rev() {
-            self.conv_backward(l)?;
+            self.conv_backward(l, frames)?;
         }
         let opt = RmsProp { lr: hyper.lr, alpha: hyper.rms_alpha, eps: hyper.rms_eps, form: hyper.rms_form };
         self.arena.enqueue_clip_and_rmsprop(hyper.max_grad_norm, opt, true)?;
@@ -418,13 +458,16 @@ impl<D: Device> GpuBackend<D> {
         self.arena.mix_mailboxes(agent, slot_addresses, take_mask)
     }
 
-    /// Forward of `fwd.obs` (already uploaded) through the trunk and the heads' linear part.
+    /// Forward of `fwd.obs` (already uploaded), or of `frames` (a device rollout of the same
+    /// layout) when given, through the trunk and the heads' linear part.
+    #[allow(clippy::too_many_arguments)]
     fn forward(arena: &mut GpuArena<CountingDevice<D>>, spec: &BackendSpec, convs: &[LayerParams; 3], fc: LayerParams,
-               fc_shape: &ConvShape, heads: Option<HeadsParams>, fwd: &mut Forward) -> Result<()> {
+               fc_shape: &ConvShape, heads: Option<HeadsParams>, fwd: &mut Forward, frames: Option<&DeviceBuffer<u8>>) -> Result<()> {
         let (dev, s, params, _) = arena.params_and_grads();
         let (a, n, net) = (spec.agents, fwd.n, &spec.net);
+        let obs = frames.unwrap_or(&fwd.obs);
         let [c1, c2, c3] = &mut fwd.conv;
-        launch::conv_forward(dev, s, &net.convs[0], &fwd.obs, params, c1, a, n, convs[0], true)?;
+        launch::conv_forward(dev, s, &net.convs[0], obs, params, c1, a, n, convs[0], true)?;
         launch::conv_forward(dev, s, &net.convs[1], c1, params, c2, a, n, convs[1], true)?;
         launch::conv_forward(dev, s, &net.convs[2], c2, params, c3, a, n, convs[2], true)?;
         launch::fc_forward(dev, s, fc_shape, c3, params, &mut fwd.fc_partials, &mut fwd.hidden, a, n, fc, true)?;
@@ -439,7 +482,7 @@ impl<D: Device> GpuBackend<D> {
     fn act_enqueued(&mut self, step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
         let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
         let s = self.arena.stream();
-        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, Some(self.heads), &mut self.act_fwd)?;
+        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, Some(self.heads), &mut self.act_fwd, None)?;
         let dev = self.arena.device();
         let f = &self.act_fwd;
         launch::sample_actions(
@@ -470,9 +513,101 @@ impl<D: Device> GpuBackend<D> {
         Ok(())
     }
 
+    /// `act`, and with `record = (rollout, t)` the frames also go to step `t` of the device
+    /// rollout: `agents` device-to-device copies ([agents][envs] rows into [agents][n_steps][envs]
+    /// at step t) right after the upload, on the same stream, so the frames cross the bus once.
+    fn act_impl(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput, mut record: Option<(&mut DeviceRollout, usize)>) -> Result<()> {
+        self.spec.check_act_obs(obs.len())?;
+        if let Some((rollout, t)) = record.as_mut() {
+            rollout.forget(*t)?;
+            if !rollout.fits(&self.spec) {
+                return Err(Error::Shape(format!(
+                    "act: {rollout:?} does not fit this backend's {} agents x {} steps x {} envs",
+                    self.spec.agents, self.spec.n_steps, self.spec.envs_per_agent
+                )));
+            }
+        }
+        // A rollout on another device cannot take a device copy: its step stays unrecorded, so
+        // the learner uploads the segment (nothing is lost but the saving).
+        let mut record = record.filter(|(rollout, _)| rollout.obs.same_device(&self.act_fwd.obs));
+        let s = self.arena.stream();
+        let timed = self.begin_timed()?;
+        // The frames go up without a host wait (a DMA from the trainer's pinned rollout buffer);
+        // the one download at the end of `act_enqueued` waits for the stream, hence for this
+        // copy, and on an error the stream is drained here.
+        // SAFETY: so the stream's work up to this copy is finished before `obs`'s borrow ends.
+        unsafe { self.arena.device().upload_async(s, obs, &mut self.act_fwd.obs, 0)? };
+        let result = match record.as_mut() {
+            Some((rollout, t)) => self.record_frames(rollout, *t),
+            None => Ok(()),
+        }
+        .and_then(|()| self.act_enqueued(step, greedy, out));
+        if result.is_err() {
+            let _ = self.arena.device().synchronize(s);
+        }
+        result?;
+        // Only a whole act marks the step: a failed one leaves it unrecorded (upload path).
+        if let Some((rollout, t)) = record {
+            rollout.recorded[t] = Some(step);
+        }
+        self.end_timed(timed)
+    }
+
+    /// Enqueues the copies of the just-uploaded act frames into step `t` of `rollout` and
+    /// records the event a learner on another stream waits for before reading them.
+    fn record_frames(&mut self, rollout: &mut DeviceRollout, t: usize) -> Result<()> {
+        let (agents, envs, n_steps) = (self.spec.agents, self.spec.envs_per_agent, self.spec.n_steps);
+        let (dev, s) = (self.arena.device(), self.arena.stream());
+        let rows = envs * OBS_BYTES;
+        for a in 0..agents {
+            dev.copy(s, &self.act_fwd.obs, a * rows, &mut rollout.obs, (a * n_steps + t) * rows, rows)?;
+        }
+        rollout.ready = Some(dev.record_event(s)?);
+        Ok(())
+    }
+
+    /// `learn`, reading the frames from `rollout` in place when given (the caller checked it is
+    /// complete and fits), else uploading them from `seg.obs`.
+    fn learn_impl(&mut self, seg: &Segment, rollout: Option<&DeviceRollout>) -> Result<Vec<AgentLearnStats>> {
+        seg.check(&self.spec)?;
+        let num_actions = self.spec.net.actions;
+        if let Some((i, a)) = seg.actions.iter().enumerate().find(|(_, &a)| a as usize >= num_actions) {
+            return Err(Error::Shape(format!("segment action {a} at index {i} is out of range for {num_actions} actions")));
+        }
+        let s = self.arena.stream();
+        if let Some(ro) = rollout {
+            // The recording copies ran on the actor's stream (this backend's own when not
+            // pipelined): the update's kernels wait for the last of them.
+            if let Some(ready) = &ro.ready {
+                self.arena.device().stream_wait_event(s, ready)?;
+            }
+            if self.check_device_frames {
+                let mut on_device = vec![0u8; ro.obs.len()];
+                self.arena.device().download(s, &ro.obs, 0, &mut on_device)?;
+                if let Some(i) = on_device.iter().zip(seg.obs).position(|(d, h)| d != h) {
+                    return Err(Error::Backend(format!(
+                        "learn: the device rollout differs from the segment's frames at byte {i} (sample {}): the caller broke the DeviceRollout contract",
+                        i / OBS_BYTES
+                    )));
+                }
+            }
+        }
+        let timed = self.begin_timed()?;
+        // `seg` is borrowed for this whole call and the upload stream is drained before it
+        // returns, on every path: the asynchronous copies never outlive their sources. The
+        // rollout is borrowed as long; the update's last download waits for the compute stream,
+        // so its reads of the rollout are finished too before the caller may refill it.
+        let result = self.upload_segment(seg, rollout.is_none()).and_then(|()| self.learn_uploaded(seg, rollout.map(|r| &r.obs), timed));
+        let drained = self.arena.device().synchronize(self.upload_stream);
+        let stats = result?;
+        drained?;
+        Ok(stats)
+    }
+
     /// Backward of one conv layer `l`: weight/bias gradients into the arena (two passes), and
-    /// for l > 0 the gradient w.r.t. the layer's input into `dconv[l-1]`.
-    fn conv_backward(&mut self, l: usize) -> Result<()> {
+    /// for l > 0 the gradient w.r.t. the layer's input into `dconv[l-1]`. `frames` as in
+    /// `learn_uploaded` (conv1's input).
+    fn conv_backward(&mut self, l: usize, frames: Option<&DeviceBuffer<u8>>) -> Result<()> {
         let (a, n) = (self.spec.agents, self.learn_fwd.n);
         let shape = self.spec.net.convs[l];
         let lp = self.convs[l];
@@ -486,7 +621,8 @@ impl<D: Device> GpuBackend<D> {
         let chunks = launch::filter_chunks(n, per_chunk);
         let partials = &mut sc.partials[l];
         if l == 0 {
-            launch::conv_backward_filter(dev, s, &shape, &fwd.obs, dy, y, partials, a, n, per_chunk, FilterTarget::Partials, true)?;
+            let obs = frames.unwrap_or(&fwd.obs);
+            launch::conv_backward_filter(dev, s, &shape, obs, dy, y, partials, a, n, per_chunk, FilterTarget::Partials, true)?;
         } else {
             launch::conv_backward_filter(dev, s, &shape, &fwd.conv[l - 1], dy, y, partials, a, n, per_chunk, FilterTarget::Partials, true)?;
         }
@@ -515,36 +651,32 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 
     fn act(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
-        self.spec.check_act_obs(obs.len())?;
-        let s = self.arena.stream();
-        let timed = self.begin_timed()?;
-        // The frames go up without a host wait (a DMA from the trainer's pinned rollout buffer);
-        // the one download at the end of `act_enqueued` waits for the stream, hence for this
-        // copy, and on an error the stream is drained here.
-        // SAFETY: so the stream's work up to this copy is finished before `obs`'s borrow ends.
-        unsafe { self.arena.device().upload_async(s, obs, &mut self.act_fwd.obs, 0)? };
-        let result = self.act_enqueued(step, greedy, out);
-        if result.is_err() {
-            let _ = self.arena.device().synchronize(s);
-        }
-        result?;
-        self.end_timed(timed)
+        self.act_impl(obs, step, greedy, out, None)
+    }
+
+    fn act_recorded(&mut self, obs: &[u8], step: u64, out: &mut ActOutput, rollout: &mut DeviceRollout, t: usize) -> Result<()> {
+        self.act_impl(obs, step, false, out, Some((rollout, t)))
     }
 
     fn learn(&mut self, seg: &Segment) -> Result<Vec<AgentLearnStats>> {
-        seg.check(&self.spec)?;
-        let num_actions = self.spec.net.actions;
-        if let Some((i, a)) = seg.actions.iter().enumerate().find(|(_, &a)| a as usize >= num_actions) {
-            return Err(Error::Shape(format!("segment action {a} at index {i} is out of range for {num_actions} actions")));
-        }
-        let timed = self.begin_timed()?;
-        // `seg` is borrowed for this whole call and the upload stream is drained before it
-        // returns, on every path: the asynchronous copies never outlive their sources.
-        let result = self.upload_segment(seg).and_then(|()| self.learn_uploaded(seg, timed));
-        let drained = self.arena.device().synchronize(self.upload_stream);
-        let stats = result?;
-        drained?;
-        Ok(stats)
+        self.learn_impl(seg, None)
+    }
+
+    fn learn_recorded(&mut self, seg: &Segment, rollout: &DeviceRollout) -> Result<Vec<AgentLearnStats>> {
+        // Read in place only what is provably the acted-on frames of a rollout of this shape on
+        // this device; anything else (a partly recorded rollout after a failed or restored
+        // collection, another device) takes the upload path, which learns from the same bytes.
+        let usable = rollout.is_complete() && rollout.fits(&self.spec) && rollout.obs.same_device(&self.learn_fwd.obs);
+        self.learn_impl(seg, usable.then_some(rollout))
+    }
+
+    fn alloc_device_rollout(&self) -> Result<Option<DeviceRollout>> {
+        let bytes = self.spec.agents * self.spec.segment_samples() * OBS_BYTES;
+        DeviceRollout::new(self.arena.device().alloc_zeros(bytes)?, &self.spec).map(Some)
+    }
+
+    fn transfer_bytes(&self) -> Option<TransferBytes> {
+        Some(self.arena.device().transfer_bytes())
     }
 
     fn mix(&mut self, in_peers: &[Vec<usize>]) -> Result<()> {
