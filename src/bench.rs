@@ -174,8 +174,9 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         obs.copy_from_slice(&heap_obs);
         drop(heap_obs);
         let seg = Segment { obs: &obs, actions: &actions, rewards: &rewards, dones: &dones, bootstrap_values: &bootstrap, behaviour_log_probs: None };
-        // As in training, the frames reach the device once, while acting: `act_recorded` on each
-        // step's [agents][envs] frames fills the device rollout the timed updates read in place.
+        // As in training, the frames reach the device once, while acting: `act_training` on each
+        // step's [agents][envs] frames fills the device rollout the timed updates read in place
+        // (the synthetic frames are not one env step apart: each act uploads whole stacks).
         let rollout = if opts.host_frames {
             None
         } else {
@@ -187,7 +188,7 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
                     let src = (a * spec.n_steps + t) * rows;
                     step_obs[a * rows..(a + 1) * rows].copy_from_slice(&obs[src..src + rows]);
                 }
-                b.act_recorded(&step_obs, t as u64, &mut out, &mut rollout, t)?;
+                b.act_training(&step_obs, crate::backend::ObsChange::Unknown, t as u64, &mut out, Some((&mut rollout, t)))?;
             }
             Some(rollout)
         };

@@ -30,7 +30,7 @@
 //! `examples/engine_catch.rs` is a complete training loop.
 
 use crate::algo::topology::GossipGraph;
-use crate::backend::{self, ActOutput, AgentLearnStats, Backend, BackendSpec, DeviceRollout, Segment, SharedDevice, TransferBytes};
+use crate::backend::{self, ActOutput, AgentLearnStats, Backend, BackendSpec, DeviceRollout, ObsChange, Segment, SharedDevice, TransferBytes};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{init_params, NetSpec, OBS_BYTES};
@@ -170,7 +170,7 @@ impl Engine {
         self.backend.alloc_pinned_bytes(len)
     }
 
-    /// A device copy of one rollout's frames for `act_recorded` to fill and `learn_recorded`
+    /// A device copy of one rollout's frames for `act_training` to fill and `learn_recorded`
     /// to read, so that the frames `act` uploads are not uploaded again by `learn` (see
     /// [`DeviceRollout`]); None on the CPU backend.
     pub fn alloc_device_rollout(&self) -> Result<Option<DeviceRollout>> {
@@ -217,13 +217,16 @@ impl Engine {
         Ok(())
     }
 
-    /// [`Engine::act`] (sampling, not greedy) that also keeps the frames on the device as step
-    /// `t` of `rollout` (an engine on the same device fills the learner's rollout when
-    /// pipelined), recorded at RNG step `step`. The caller's side of the contract: step t of
-    /// the segment later passed to `learn_recorded` holds exactly these `obs`.
-    pub fn act_recorded(&mut self, obs: &[u8], step: u64, out: &mut ActOutput, rollout: &mut DeviceRollout, t: usize) -> Result<()> {
+    /// [`Engine::act`] (sampling, not greedy) on `obs`, which differ from this engine's previous
+    /// act's as `change` says (a device backend then uploads only the change: per env step each
+    /// env's newest frame), and with `record = (rollout, t)` that also keeps the frames on the
+    /// device as step `t` of `rollout` (an engine on the same device fills the learner's rollout
+    /// when pipelined), recorded at RNG step `step`. The caller's side of the contract: `change`
+    /// is true of `obs`, and step t of the segment later passed to `learn_recorded` holds
+    /// exactly these `obs` (see [`DeviceRollout`]).
+    pub fn act_training(&mut self, obs: &[u8], change: ObsChange, step: u64, out: &mut ActOutput, record: Option<(&mut DeviceRollout, usize)>) -> Result<()> {
         self.check_act_obs(obs)?;
-        self.backend.act_recorded(obs, step, out, rollout, t)
+        self.backend.act_training(obs, change, step, out, record)
     }
 
     /// [`Engine::learn`], reading the frames from `rollout` instead of uploading `segment.obs`

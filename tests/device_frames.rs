@@ -1,5 +1,7 @@
 //! Issue 12, "frames stay on the device": the frames `act` uploads are kept in a device rollout
-//! (`DeviceRollout`) that `learn` reads in place, so no frame of a segment crosses the bus twice.
+//! (`DeviceRollout`) that `learn` reads in place, so no frame of a segment crosses the bus twice;
+//! and per env step only each env's newest frame goes up, the device building the 4-frame
+//! stacks itself (`frame_stack_push`, whose CPU twin is the host's own stacking).
 //! Only where the bytes come from changes, so every result must be bit-identical to the upload
 //! path (which is still the fallback whenever the device copy cannot be proven whole). Checked
 //! under the CUDA simulator: training (lock-step and pipelined, and a pipelined resume whose
@@ -8,11 +10,14 @@
 
 use gala_gpu::algo::{NoProgress, Trainer};
 use gala_gpu::backend::gpu::GpuBackend;
-use gala_gpu::backend::{ActOutput, Backend, BackendKind, BackendSpec, Segment};
+use gala_gpu::backend::{ActOutput, Backend, BackendKind, BackendSpec, ObsChange, Segment};
 use gala_gpu::bench::{bench_learner, LearnerBenchOptions};
 use gala_gpu::config::Config;
 use gala_gpu::device::sim::SimDevice;
-use gala_gpu::model::{init_params, NetPreset, NetSpec, OBS_BYTES};
+use gala_gpu::env::{vec_env::push_frame, EnvPreset, EnvSettings, GameId, FRAME_BYTES};
+use gala_gpu::model::{init_params, NetPreset, NetSpec, FRAME_STACK, OBS_BYTES};
+use gala_gpu::backend::gpu::launch;
+use gala_gpu::device::Device;
 use gala_gpu::rng::{PhiloxStream, Purpose};
 use std::sync::Arc;
 
@@ -71,6 +76,12 @@ fn scalar_bytes(agents: usize, envs: usize, n: usize, behaviour: bool) -> u64 {
     4 * (3 * samples + (agents * envs) as u64 + if behaviour { samples } else { 0 })
 }
 
+/// Bytes one env step's act uploads when the device builds the stacks: each env's newest frame
+/// and its done flag (f32).
+fn stepped_bytes(agents: usize, envs: usize) -> u64 {
+    (agents * envs * (FRAME_BYTES + 4)) as u64
+}
+
 /// Bytes one lock-step gossip round on the ring uploads: the fused mix's peer table, offsets
 /// [agents + 1] and one in-peer per agent (u32 each).
 fn gossip_bytes(agents: usize) -> u64 {
@@ -83,12 +94,14 @@ fn lock_step_training_reads_its_frames_from_the_device_bit_identically() {
     let ((dev_sha, dev_up), (host_sha, host_up)) = both_paths(&config(false, agents, envs, n, updates));
     assert_eq!(dev_sha, host_sha, "the device rollout must give exactly the upload path's parameters");
     let act_bytes = (agents * envs * OBS_BYTES) as u64;
-    let segment_frames = n as u64 * act_bytes;
-    // Per update: n + 1 acts (the last for the bootstrap values) upload their frames once, the
-    // learner only the scalars, gossip its peer table.
+    // Per update: the first act sees the previous bootstrap act's observations (nothing goes
+    // up; the very first act of the run uploads whole stacks), the other n - 1 acts and the
+    // bootstrap act one env step each (newest frames and done flags); the learner only the
+    // scalars, gossip its peer table.
     let scalars = scalar_bytes(agents, envs, n, false) + gossip_bytes(agents);
-    assert_eq!(dev_up.0, updates * ((n as u64 + 1) * act_bytes + scalars), "no frame goes up twice");
-    assert_eq!(host_up.0, dev_up.0 + updates * segment_frames, "the upload path sends every segment's frames again");
+    assert_eq!(dev_up.0, act_bytes + updates * (n as u64 * stepped_bytes(agents, envs) + scalars), "no frame goes up twice, only the newest ones");
+    // Before issue 12: n + 1 acts uploaded whole stacks and the learner the segment's again.
+    assert_eq!(host_up.0, updates * ((2 * n as u64 + 1) * act_bytes + scalars), "the upload path sends every segment's frames again");
 }
 
 #[test]
@@ -103,9 +116,9 @@ fn pipelined_training_reads_the_actors_frames_from_the_device_bit_identically() 
     // others carry behaviour log-probs); the actor uploads each frame once, when acting.
     let scalars = scalar_bytes(agents, envs, n, false) + (updates - 1) * scalar_bytes(agents, envs, n, true) + updates * gossip_bytes(agents);
     assert_eq!(dev_up.0, scalars, "the pipelined learner uploads no frames");
-    assert_eq!(dev_up.1, updates * (n as u64 + 1) * act_bytes, "the actor uploads every frame once");
+    assert_eq!(dev_up.1, act_bytes + updates * n as u64 * stepped_bytes(agents, envs), "the actor uploads every new frame once");
     assert_eq!(host_up.0, dev_up.0 + updates * n as u64 * act_bytes);
-    assert_eq!(host_up.1, dev_up.1);
+    assert_eq!(host_up.1, updates * (n as u64 + 1) * act_bytes);
 }
 
 #[test]
@@ -193,7 +206,7 @@ fn learn_reads_a_whole_device_rollout_and_falls_back_to_uploading_otherwise() {
     let mut b = backend(&s);
     let mut ro = b.alloc_device_rollout().unwrap().unwrap();
     for t in 0..s.n_steps {
-        b.act_recorded(&d.step_obs(&s, t), 40 + t as u64, &mut out, &mut ro, t).unwrap();
+        b.act_training(&d.step_obs(&s, t), ObsChange::Unknown, 40 + t as u64, &mut out, Some((&mut ro, t))).unwrap();
     }
     assert!(ro.is_complete());
     let up = b.transfer_bytes().unwrap().uploaded;
@@ -210,7 +223,7 @@ fn learn_reads_a_whole_device_rollout_and_falls_back_to_uploading_otherwise() {
         let mut ro = b.alloc_device_rollout().unwrap().unwrap();
         for (t, step) in steps.iter().enumerate() {
             if let Some(step) = step {
-                b.act_recorded(&d.step_obs(&s, t), *step, &mut out, &mut ro, t).unwrap();
+                b.act_training(&d.step_obs(&s, t), ObsChange::Unknown, *step, &mut out, Some((&mut ro, t))).unwrap();
             }
         }
         assert!(!ro.is_complete(), "{steps:?}");
@@ -224,7 +237,7 @@ fn learn_reads_a_whole_device_rollout_and_falls_back_to_uploading_otherwise() {
     let mut b = backend(&s);
     let mut ro = b.alloc_device_rollout().unwrap().unwrap();
     for t in 0..s.n_steps {
-        b.act_recorded(&d.step_obs(&s, t), t as u64, &mut out, &mut ro, t).unwrap();
+        b.act_training(&d.step_obs(&s, t), ObsChange::Unknown, t as u64, &mut out, Some((&mut ro, t))).unwrap();
     }
     ro.clear();
     assert_eq!(ro.recorded_steps(), 0);
@@ -245,7 +258,7 @@ fn device_rollouts_of_another_device_or_shape_are_never_read() {
     let mut foreign = other.alloc_device_rollout().unwrap().unwrap();
     let mut b = backend(&s);
     for t in 0..s.n_steps {
-        b.act_recorded(&d.step_obs(&s, t), t as u64, &mut out, &mut foreign, t).unwrap();
+        b.act_training(&d.step_obs(&s, t), ObsChange::Unknown, t as u64, &mut out, Some((&mut foreign, t))).unwrap();
     }
     assert_eq!(foreign.recorded_steps(), 0);
     let up = b.transfer_bytes().unwrap().uploaded;
@@ -258,13 +271,13 @@ fn device_rollouts_of_another_device_or_shape_are_never_read() {
     let mut small = backend(&s3);
     let mut ro3 = small.alloc_device_rollout().unwrap().unwrap();
     let mut b = backend(&s);
-    let e = b.act_recorded(&d.step_obs(&s, 0), 0, &mut out, &mut ro3, 0).unwrap_err().to_string();
+    let e = b.act_training(&d.step_obs(&s, 0), ObsChange::Unknown, 0, &mut out, Some((&mut ro3, 0))).unwrap_err().to_string();
     assert!(e.contains("does not fit"), "{e}");
-    let e = b.act_recorded(&d.step_obs(&s, 0), 0, &mut out, &mut ro3, 7).unwrap_err().to_string();
+    let e = b.act_training(&d.step_obs(&s, 0), ObsChange::Unknown, 0, &mut out, Some((&mut ro3, 7))).unwrap_err().to_string();
     assert!(e.contains("step 7"), "{e}");
     let d3 = data(&s3, 3);
     for t in 0..s3.n_steps {
-        small.act_recorded(&d3.step_obs(&s3, t), t as u64, &mut out, &mut ro3, t).unwrap();
+        small.act_training(&d3.step_obs(&s3, t), ObsChange::Unknown, t as u64, &mut out, Some((&mut ro3, t))).unwrap();
     }
     assert!(ro3.is_complete());
     let up = b.transfer_bytes().unwrap().uploaded;
@@ -283,7 +296,7 @@ fn the_device_frames_check_catches_a_segment_that_is_not_what_was_acted_on() {
     let mut ro = b.alloc_device_rollout().unwrap().unwrap();
     let mut out = ActOutput::default();
     for t in 0..s.n_steps {
-        b.act_recorded(&d.step_obs(&s, t), t as u64, &mut out, &mut ro, t).unwrap();
+        b.act_training(&d.step_obs(&s, t), ObsChange::Unknown, t as u64, &mut out, Some((&mut ro, t))).unwrap();
     }
     let mut other = data(&s, 4);
     let i = OBS_BYTES * 4 + 1000;
@@ -316,4 +329,100 @@ fn bench_learner_reads_the_frames_from_the_device_as_training_does() {
     assert_eq!(host.uploaded_bytes_per_update, Some(scalars + (2 * 2 * 2 * OBS_BYTES) as u64));
     assert_eq!((dev.frames.as_str(), host.frames.as_str()), ("device rollout", "pinned upload"));
     assert_eq!(dev.launches_per_update, host.launches_per_update, "the same 24 launches either way");
+}
+
+// --- stage two: only the newest frame per env step goes up -----------------------------------
+
+#[test]
+fn sim_frame_stack_push_equals_the_host_stacking_on_ragged_shapes() {
+    // The kernel text under the simulator against its CPU twin (the host's own stacking), in
+    // place over several steps, on shapes that fit no block evenly; resets every few steps.
+    let dev = SimDevice::new();
+    let st = dev.default_stream();
+    for (rows, frame_len, depth) in [(1usize, 1usize, 1usize), (7, 13, 4), (3, 300, 3), (5, 257, 2), (2, FRAME_BYTES, FRAME_STACK)] {
+        let mut rng = PhiloxStream::new(rows as u64, frame_len as u64, Purpose::EnvStep);
+        let mut host: Vec<u8> = (0..rows * depth * frame_len).map(|_| rng.below(256) as u8).collect();
+        let mut stacks = dev.alloc_zeros::<u8>(host.len()).unwrap();
+        dev.upload(st, &host, &mut stacks, 0).unwrap();
+        let mut frames_dev = dev.alloc_zeros::<u8>(rows * frame_len).unwrap();
+        let mut resets_dev = dev.alloc_zeros::<f32>(rows).unwrap();
+        for step in 0..6 {
+            let frames: Vec<u8> = (0..rows * frame_len).map(|_| rng.below(256) as u8).collect();
+            // Any non-zero flag resets, as in the twin's `reset != 0.0`.
+            let resets: Vec<f32> = (0..rows).map(|_| [0.0, 0.0, 1.0, 2.0][rng.below(4) as usize]).collect();
+            dev.upload(st, &frames, &mut frames_dev, 0).unwrap();
+            dev.upload(st, &resets, &mut resets_dev, 0).unwrap();
+            launch::frame_stack_push(&dev, st, &mut stacks, &frames_dev, &resets_dev, rows, frame_len, depth).unwrap();
+            for r in 0..rows {
+                push_frame(&mut host[r * depth * frame_len..(r + 1) * depth * frame_len], &frames[r * frame_len..(r + 1) * frame_len], resets[r] != 0.0);
+            }
+            let mut got = vec![0u8; host.len()];
+            dev.download(st, &stacks, 0, &mut got).unwrap();
+            assert!(got == host, "rows {rows} frame_len {frame_len} depth {depth} step {step}: device stacks differ from the host's");
+        }
+        // Preconditions are errors, not out-of-bounds writes.
+        let e = launch::frame_stack_push(&dev, st, &mut stacks, &frames_dev, &resets_dev, rows + 1, frame_len, depth).unwrap_err().to_string();
+        assert!(e.contains("stacks"), "{e}");
+    }
+}
+
+#[test]
+fn acting_on_catch_with_only_the_newest_frames_uploaded_sees_the_hosts_stacks() {
+    // A real vector env (catch: a game ends every 9 steps, so stacks are zeroed on done) stepped
+    // 25 times; every act after the first gets only the newest frames and done flags, and the
+    // device-frames check compares the stacks it forwards with the host's observations.
+    let s = BackendSpec { net: NetSpec::new(NetPreset::Gala, 3), ..spec(2, 3, 5) }; // catch: 3 actions
+    let settings = EnvSettings { game: GameId::Catch, preset: EnvPreset::Gala, seed: 5, rom: None, episodic_life: None };
+    let mut venv = gala_gpu::env::make_vec_env(&settings, s.act_batch(), 1).unwrap();
+    let (mut gpu, mut reference) = (backend(&s), backend(&s));
+    reference.set_check_device_frames(false);
+    let (mut out, mut want) = (ActOutput::default(), ActOutput::default());
+    let rows = s.act_batch();
+    let mut dones = 0;
+    for step in 0..25u64 {
+        let change = if step == 0 { ObsChange::Unknown } else { ObsChange::Stepped { frames: venv.newest_frames(), resets: venv.dones() } };
+        let up = gpu.transfer_bytes().unwrap().uploaded;
+        gpu.act_training(venv.observations(), change, step, &mut out, None).unwrap();
+        let sent = gpu.transfer_bytes().unwrap().uploaded - up;
+        assert_eq!(sent, if step == 0 { (rows * OBS_BYTES) as u64 } else { stepped_bytes(s.agents, s.envs_per_agent) }, "step {step}");
+        // Acting on the same observations again: nothing goes up, the same outputs come back.
+        let again = out.clone();
+        gpu.act_training(venv.observations(), ObsChange::Same, step, &mut out, None).unwrap();
+        assert_eq!(out, again);
+        assert_eq!(gpu.transfer_bytes().unwrap().uploaded - up, sent);
+        reference.act(venv.observations(), step, false, &mut want).unwrap();
+        assert_eq!(out, want, "step {step}: the same actions, values and log-probs as whole-stack uploads");
+        venv.step(&out.actions).unwrap();
+        dones += venv.dones().iter().filter(|&&d| d != 0.0).count();
+    }
+    assert!(dones >= rows, "episodes ended ({dones} dones), so stacks were zeroed on the way");
+}
+
+#[test]
+fn a_change_without_the_previous_stacks_uploads_them_and_a_wrong_one_is_refused() {
+    let s = spec(2, 2, 2);
+    let d = data(&s, 6);
+    let obs = d.step_obs(&s, 0);
+    let rows = s.act_batch();
+    let (frames, resets) = (vec![7u8; rows * FRAME_BYTES], vec![0f32; rows]);
+    let mut out = ActOutput::default();
+    // No previous act: the change cannot be applied; the whole stacks go up (and match).
+    let mut b = backend(&s);
+    let up = b.transfer_bytes().unwrap().uploaded;
+    b.act_training(&obs, ObsChange::Stepped { frames: &frames, resets: &resets }, 0, &mut out, None).unwrap();
+    assert_eq!(b.transfer_bytes().unwrap().uploaded - up, (rows * OBS_BYTES) as u64, "a change without previous stacks uploads them whole");
+    let mut fresh = backend(&s);
+    let up = fresh.transfer_bytes().unwrap().uploaded;
+    fresh.act_training(&obs, ObsChange::Same, 0, &mut out, None).unwrap();
+    assert_eq!(fresh.transfer_bytes().unwrap().uploaded - up, (rows * OBS_BYTES) as u64, "Same without a previous act uploads the stacks");
+    // Wrong sizes are a caller bug: an error.
+    let e = b.act_training(&obs, ObsChange::Stepped { frames: &frames[1..], resets: &resets }, 1, &mut out, None).unwrap_err().to_string();
+    assert!(e.contains("frame bytes"), "{e}");
+    // A change that is not true of the observations is caught by the device-frames check, and
+    // the next act cannot build on the unproven stacks: it uploads them whole and succeeds.
+    let e = b.act_training(&obs, ObsChange::Stepped { frames: &frames, resets: &resets }, 1, &mut out, None).unwrap_err().to_string();
+    assert!(e.contains("differ"), "{e}");
+    let up = b.transfer_bytes().unwrap().uploaded;
+    b.act_training(&obs, ObsChange::Same, 2, &mut out, None).unwrap();
+    assert_eq!(b.transfer_bytes().unwrap().uploaded - up, (rows * OBS_BYTES) as u64);
 }

@@ -153,7 +153,7 @@ impl Segment<'_> {
 
 /// The device's own copy of one rollout's observations, `[agents][n_steps][envs][4][84][84]`
 /// (issue 12: frames stay on the device). `act` uploads every observation anyway; with
-/// [`Backend::act_recorded`] the backend also copies those frames, device to device, into step
+/// [`Backend::act_training`] the backend also copies those frames, device to device, into step
 /// `t` of this buffer, and [`Backend::learn_recorded`] reads them in place instead of uploading
 /// the segment's 18 MB (8 agents × 16 envs × 5 steps) a second time.
 ///
@@ -163,7 +163,7 @@ impl Segment<'_> {
 /// on the learner's device; otherwise it uploads the segment's host frames exactly as `learn`
 /// does. What the device cannot check by itself — that the segment passed along holds the same
 /// bytes — is the caller's side of the contract: fill the host rollout from exactly the frames
-/// given to `act_recorded` at those steps, and `clear` whenever the host frames are written any
+/// given to `act_training` at those steps, and `clear` whenever the host frames are written any
 /// other way (the trainer does both; `GpuBackend::set_check_device_frames` verifies it in tests).
 /// A buffer's work is ordered by events, so the actor of the pipelined trainer may fill it on its
 /// stream while a learner on another stream of the same device reads the other one.
@@ -236,6 +236,25 @@ impl std::fmt::Debug for DeviceRollout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DeviceRollout[{}x{}x{}, {} steps recorded]", self.agents, self.n_steps, self.envs, self.recorded_steps())
     }
+}
+
+/// What the observations of a training act are, relative to the previous act of the same
+/// backend — so that a device backend, which keeps the previous act's frame stacks on the
+/// device, uploads only what changed (issue 12): per env step only each env's newest 84×84
+/// frame instead of its whole 4-frame stack. The whole stacks are always passed as well: a
+/// backend that cannot use the change (the CPU backend, a device backend whose previous act
+/// failed or never happened) uses them.
+#[derive(Clone, Copy, Debug)]
+pub enum ObsChange<'a> {
+    /// Anything (the first act, after a restore): the whole stacks go up.
+    Unknown,
+    /// The same observations as the backend's previous act (a segment's first act after the
+    /// previous segment's bootstrap act): nothing goes up.
+    Same,
+    /// One environment step after the previous act's observations: every stack shifted by one
+    /// frame (all old frames zeroed where `resets` is non-zero: the episode ended) with `frames`
+    /// `[agents][envs][84][84]` as its newest; `env::vec_env::push_frame`, the host's stacking.
+    Stepped { frames: &'a [u8], resets: &'a [f32] },
 }
 
 /// Bytes a device backend has moved so far (counted where the copies are enqueued).
@@ -368,17 +387,22 @@ pub trait Backend: Send {
     fn native_stream(&mut self) -> Result<Option<crate::device::NativeStream>> {
         Ok(None)
     }
-    /// A device copy of one rollout's observations for `act_recorded` to fill and
+    /// A device copy of one rollout's observations for `act_training` to fill and
     /// `learn_recorded` to read (see [`DeviceRollout`]); None when the backend has no device
     /// (the CPU backend keeps its host path).
     fn alloc_device_rollout(&self) -> Result<Option<DeviceRollout>> {
         Ok(None)
     }
-    /// `act` (never greedy: it is the training rollout) that also keeps `obs` on the device as
-    /// step `t` of `rollout`, recorded at RNG step `step`. The default keeps nothing: step `t`
-    /// is marked unrecorded, so `learn_recorded` falls back to uploading.
-    fn act_recorded(&mut self, obs: &[u8], step: u64, out: &mut ActOutput, rollout: &mut DeviceRollout, t: usize) -> Result<()> {
-        rollout.forget(t)?;
+    /// The trainer's `act` (sampling, never greedy) on `obs`, which differ from the previous
+    /// act's as `change` says (a device backend then uploads only what changed; the caller's
+    /// contract is that `change` is true of `obs`), and with `record = (rollout, t)` that also
+    /// keeps `obs` on the device as step `t` of `rollout`, recorded at RNG step `step`. The
+    /// default (no device) acts on `obs` and keeps nothing: step `t` is marked unrecorded, so
+    /// `learn_recorded` falls back to uploading.
+    fn act_training(&mut self, obs: &[u8], _change: ObsChange, step: u64, out: &mut ActOutput, record: Option<(&mut DeviceRollout, usize)>) -> Result<()> {
+        if let Some((rollout, t)) = record {
+            rollout.forget(t)?;
+        }
         self.act(obs, step, false, out)
     }
     /// `learn` whose frames may come from `rollout` instead of `segment.obs`: when the rollout

@@ -25,7 +25,9 @@ use super::launch::{self, FilterTarget, HeadsLossBuffers, HeadsParams, LayerPara
 use super::GpuArena;
 use crate::backend::cpu::heads::LossTerms;
 use crate::backend::cpu::optim::RmsProp;
-use crate::backend::{ActOutput, AgentLearnStats, Backend, BackendSpec, DeviceRollout, Segment, TransferBytes};
+use crate::backend::{ActOutput, AgentLearnStats, Backend, BackendSpec, DeviceRollout, ObsChange, Segment, TransferBytes};
+use crate::env::FRAME_BYTES;
+use crate::model::FRAME_STACK;
 use crate::device::{Device, DeviceBuffer, DeviceElem, Event, HostBuffer, KernelArg, LaunchConfig, Stream};
 use crate::error::{Error, Result};
 use crate::model::{tensor, ConvShape, ParamLayout, OBS_BYTES};
@@ -206,6 +208,14 @@ pub struct GpuBackend<D: Device> {
     /// `launch::act_pack_outputs`) and their pinned host copy: one download per step.
     act_packed: DeviceBuffer<u32>,
     act_host: HostBuffer<u32>,
+    /// The newest frame of every env [agents][envs][84][84] and its reset flag [agents][envs]
+    /// (`ObsChange::Stepped`): what goes up per env step when `act_fwd.obs` holds the previous
+    /// act's stacks and `frame_stack_push` builds the new ones on the device.
+    act_frames: DeviceBuffer<u8>,
+    act_resets: DeviceBuffer<f32>,
+    /// `act_fwd.obs` holds the observations of this backend's previous act (it succeeded), so a
+    /// change relative to them (`ObsChange::Same`, `Stepped`) may be applied on the device.
+    act_obs_valid: bool,
     learn_fwd: Forward,
     learn: LearnScratch,
     /// The stream the learning segment goes up on (its copies overlap other streams' kernels).
@@ -283,6 +293,8 @@ impl<D: Device> GpuBackend<D> {
         let act_log_probs = dev.alloc_zeros(a * spec.envs_per_agent)?;
         let act_packed = dev.alloc_zeros(3 * a * spec.envs_per_agent)?;
         let act_host = dev.alloc_host(3 * a * spec.envs_per_agent)?;
+        let act_frames = dev.alloc_zeros(a * spec.envs_per_agent * FRAME_BYTES)?;
+        let act_resets = dev.alloc_zeros(a * spec.envs_per_agent)?;
         let upload_stream = dev.new_stream()?;
         Ok(GpuBackend {
             convs: [0, 1, 2].map(|l| LayerParams::of(&layout, tensor::CONV_W[l], tensor::CONV_B[l])),
@@ -294,6 +306,9 @@ impl<D: Device> GpuBackend<D> {
             act_log_probs,
             act_packed,
             act_host,
+            act_frames,
+            act_resets,
+            act_obs_valid: false,
             learn_fwd,
             learn,
             arena,
@@ -312,8 +327,9 @@ impl<D: Device> GpuBackend<D> {
 
     /// Test aid: when on, every `learn_recorded` that reads a device rollout first downloads it
     /// and fails (changing nothing) unless it equals the segment's host frames byte for byte —
-    /// the check of the caller's side of the [`DeviceRollout`] contract. Costs a download of the
-    /// whole segment per update; off by default.
+    /// the check of the caller's side of the [`DeviceRollout`] contract — and every act checks
+    /// likewise that the stacks it forwards (built on the device from an `ObsChange`) equal the
+    /// observations passed. Costs downloads of every frame; off by default.
     pub fn set_check_device_frames(&mut self, on: bool) {
         self.check_device_frames = on;
     }
@@ -513,10 +529,14 @@ impl<D: Device> GpuBackend<D> {
         Ok(())
     }
 
-    /// `act`, and with `record = (rollout, t)` the frames also go to step `t` of the device
-    /// rollout: `agents` device-to-device copies ([agents][envs] rows into [agents][n_steps][envs]
-    /// at step t) right after the upload, on the same stream, so the frames cross the bus once.
-    fn act_impl(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput, mut record: Option<(&mut DeviceRollout, usize)>) -> Result<()> {
+    /// `act` on `obs`, which differ from the previous act's as `change` says (only the change
+    /// goes up when `act_fwd.obs` holds the previous act's stacks), and with `record =
+    /// (rollout, t)` the frames also go to step `t` of the device rollout: `agents`
+    /// device-to-device copies ([agents][envs] rows into [agents][n_steps][envs] at step t), on
+    /// the same stream, so the frames cross the bus once.
+    fn act_impl(
+        &mut self, obs: &[u8], change: ObsChange, step: u64, greedy: bool, out: &mut ActOutput, mut record: Option<(&mut DeviceRollout, usize)>,
+    ) -> Result<()> {
         self.spec.check_act_obs(obs.len())?;
         if let Some((rollout, t)) = record.as_mut() {
             rollout.forget(*t)?;
@@ -527,30 +547,81 @@ impl<D: Device> GpuBackend<D> {
                 )));
             }
         }
+        let rows = self.spec.act_batch();
+        if let ObsChange::Stepped { frames, resets } = change {
+            if frames.len() != rows * FRAME_BYTES || resets.len() != rows {
+                return Err(Error::Shape(format!(
+                    "act: a step's change is {} frame bytes and {} resets, expected {} and {rows} ([agents][envs][84][84], [agents][envs])",
+                    frames.len(),
+                    resets.len(),
+                    rows * FRAME_BYTES
+                )));
+            }
+        }
+        // Without the previous act's stacks on the device a change means nothing: all goes up.
+        let change = if self.act_obs_valid { change } else { ObsChange::Unknown };
+        self.act_obs_valid = false;
         // A rollout on another device cannot take a device copy: its step stays unrecorded, so
         // the learner uploads the segment (nothing is lost but the saving).
         let mut record = record.filter(|(rollout, _)| rollout.obs.same_device(&self.act_fwd.obs));
         let s = self.arena.stream();
         let timed = self.begin_timed()?;
-        // The frames go up without a host wait (a DMA from the trainer's pinned rollout buffer);
-        // the one download at the end of `act_enqueued` waits for the stream, hence for this
-        // copy, and on an error the stream is drained here.
-        // SAFETY: so the stream's work up to this copy is finished before `obs`'s borrow ends.
-        unsafe { self.arena.device().upload_async(s, obs, &mut self.act_fwd.obs, 0)? };
-        let result = match record.as_mut() {
-            Some((rollout, t)) => self.record_frames(rollout, *t),
-            None => Ok(()),
-        }
-        .and_then(|()| self.act_enqueued(step, greedy, out));
+        // Every path below drains the stream before `obs` and `change`'s slices are released:
+        // the one download at the end of `act_enqueued` waits for it, and on an error the stream
+        // is synchronised here. So the asynchronous uploads (DMA from the trainer's pinned
+        // buffers) never outlive their sources.
+        let result = self
+            .enqueue_obs(obs, change)
+            .and_then(|()| if self.check_device_frames { self.check_act_stacks(obs) } else { Ok(()) })
+            .and_then(|()| match record.as_mut() {
+                Some((rollout, t)) => self.record_frames(rollout, *t),
+                None => Ok(()),
+            })
+            .and_then(|()| self.act_enqueued(step, greedy, out));
         if result.is_err() {
             let _ = self.arena.device().synchronize(s);
         }
         result?;
+        self.act_obs_valid = true;
         // Only a whole act marks the step: a failed one leaves it unrecorded (upload path).
         if let Some((rollout, t)) = record {
             rollout.recorded[t] = Some(step);
         }
         self.end_timed(timed)
+    }
+
+    /// Enqueues what makes `act_fwd.obs` equal `obs`: the whole stacks, nothing, or each env's
+    /// newest frame and reset flag and the device-side stacking. The caller drains the stream
+    /// before the slices' borrows end (see `act_impl`).
+    fn enqueue_obs(&mut self, obs: &[u8], change: ObsChange) -> Result<()> {
+        let (dev, s) = (self.arena.device(), self.arena.stream());
+        match change {
+            // SAFETY (both arms): the stream is drained before the sources' borrows end.
+            ObsChange::Unknown => unsafe { dev.upload_async(s, obs, &mut self.act_fwd.obs, 0) },
+            ObsChange::Same => Ok(()),
+            ObsChange::Stepped { frames, resets } => {
+                unsafe {
+                    dev.upload_async(s, frames, &mut self.act_frames, 0)?;
+                    dev.upload_async(s, resets, &mut self.act_resets, 0)?;
+                }
+                launch::frame_stack_push(dev, s, &mut self.act_fwd.obs, &self.act_frames, &self.act_resets, self.spec.act_batch(), FRAME_BYTES, FRAME_STACK)
+            }
+        }
+    }
+
+    /// Test aid (`set_check_device_frames`): the stacks the act is about to forward must equal
+    /// the host's observations byte for byte.
+    fn check_act_stacks(&self, obs: &[u8]) -> Result<()> {
+        let mut on_device = vec![0u8; obs.len()];
+        self.arena.device().download(self.arena.stream(), &self.act_fwd.obs, 0, &mut on_device)?;
+        match on_device.iter().zip(obs).position(|(d, h)| d != h) {
+            None => Ok(()),
+            Some(i) => Err(Error::Backend(format!(
+                "act: the device's frame stacks differ from the observations at byte {i} (env {}, frame {}): the caller's ObsChange is not true of them",
+                i / OBS_BYTES,
+                i % OBS_BYTES / FRAME_BYTES
+            ))),
+        }
     }
 
     /// Enqueues the copies of the just-uploaded act frames into step `t` of `rollout` and
@@ -651,11 +722,11 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 
     fn act(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
-        self.act_impl(obs, step, greedy, out, None)
+        self.act_impl(obs, ObsChange::Unknown, step, greedy, out, None)
     }
 
-    fn act_recorded(&mut self, obs: &[u8], step: u64, out: &mut ActOutput, rollout: &mut DeviceRollout, t: usize) -> Result<()> {
-        self.act_impl(obs, step, false, out, Some((rollout, t)))
+    fn act_training(&mut self, obs: &[u8], change: ObsChange, step: u64, out: &mut ActOutput, record: Option<(&mut DeviceRollout, usize)>) -> Result<()> {
+        self.act_impl(obs, change, step, false, out, record)
     }
 
     fn learn(&mut self, seg: &Segment) -> Result<Vec<AgentLearnStats>> {
