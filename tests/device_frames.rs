@@ -39,11 +39,17 @@ fn config(pipeline: bool, agents: usize, envs: usize, n_steps: usize, updates: u
     }
 }
 
-/// The trainer's learner backend, with the device-frames check on: every update that reads the
-/// device rollout first compares it with the segment's host frames byte for byte.
+/// The trainer's backends (learner, and the pipelined actor), with the device-frames check on:
+/// every update that reads the device rollout first compares it with the segment's host frames
+/// byte for byte, and every act the stacks built on the device with the host's observations.
 fn check_frames(t: &mut Trainer) {
-    let b = t.backend_mut().as_any_mut().downcast_mut::<SimBackend>().expect("a sim trainer's backend is a GpuBackend<Arc<SimDevice>>");
-    b.set_check_device_frames(true);
+    let sim = |b: &mut dyn Backend| {
+        b.as_any_mut().downcast_mut::<SimBackend>().expect("a sim trainer's backend is a GpuBackend<Arc<SimDevice>>").set_check_device_frames(true);
+    };
+    sim(t.backend_mut());
+    if let Some(actor) = t.actor_backend_mut() {
+        sim(actor);
+    }
 }
 
 fn uploaded(t: &Trainer) -> (u64, u64) {

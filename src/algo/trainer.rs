@@ -624,6 +624,12 @@ impl Trainer {
         self.engine.backend_mut()
     }
 
+    /// The pipelined trainer's actor backend (the one that acts), for tests and tools; None
+    /// unpipelined (then `backend_mut` both acts and learns).
+    pub fn actor_backend_mut(&mut self) -> Option<&mut dyn Backend> {
+        self.actor.as_mut().map(Engine::backend_mut)
+    }
+
     /// The engine the trainer drives.
     pub fn engine_mut(&mut self) -> &mut Engine {
         &mut self.engine
