@@ -23,6 +23,9 @@ step "bench learner (gala-gpu, cuda)"
 for agents in 1 4 8 16; do
     timeout 120 "$G/gala-gpu" bench learner --backend cuda --agents "$agents" --updates 50 --json | tee "$OUT/learner_cuda_$agents.json"
 done
+# Issue 12 "frames stay on the device": the same update uploading its 18 MB of frames from
+# pinned memory every time (the path before; still the fallback), for the PCIe time it costs.
+timeout 120 "$G/gala-gpu" bench learner --backend cuda --agents 8 --updates 50 --host-frames --json | tee "$OUT/learner_cuda_8_host_frames.json"
 step "bench learner (PyTorch peer)"
 (cd "$G" && timeout 300 python3 pytorch_gpu_update.py --agents 8 --json | tee "$OUT/learner_pytorch_8.json")
 step "bench e2e pong (cuda), plain and pipelined, all cores"

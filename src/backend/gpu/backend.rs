@@ -3,11 +3,16 @@
 //! Everything lives on the device for the backend's lifetime: parameters, gradients, RMSprop
 //! state (in the `GpuArena`), every activation and gradient of the network for the acting batch
 //! and the learning batch, and the scratch of the two-pass weight-gradient reductions. During
-//! training only observations, actions, rewards, dones, bootstrap values (and behaviour
-//! log-probs) go up; only actions, values, log-probs and per-agent loss/norm metrics come down.
-//! The learning segment goes up on a stream of its own (the compute stream waits for it by an
-//! event); when the trainer's rollout buffers are pinned (`alloc_pinned_bytes`), those copies
-//! are DMA transfers the host does not wait for. Each backend computes on its own stream, so
+//! training only each env's newest frame and done flag per step (the previous act's stacks stay
+//! on the device and `frame_stack_push` shifts them: `ObsChange`), actions, rewards, dones,
+//! bootstrap values (and behaviour log-probs) go up; only actions, values, log-probs and
+//! per-agent loss/norm metrics come down. The frames the learner reads are the ones the acts
+//! copied, device to device, into a `DeviceRollout` (`act_training`, `learn_recorded`): nothing
+//! of a segment is uploaded twice. Where that copy cannot be proven whole (`learn`, the C ABI,
+//! a restored segment) the segment's frames are uploaded as before. The learning segment goes
+//! up on a stream of its own (the compute stream waits for it by an event); when the trainer's
+//! rollout buffers are pinned (`alloc_pinned_bytes`), those copies are DMA transfers the host
+//! does not wait for. Each backend computes on its own stream, so
 //! several backends on one shared device (the pipelined actor and learner, the agents of
 //! asynchronous gossip) overlap on the GPU.
 //!
@@ -17,7 +22,8 @@
 //! backward 4 each (filter, chunk sum, data GEMM, col2im), conv1 backward 2 (no input
 //! gradient), the device-side loss guard 1, clip + RMSprop 2; nothing waits for the host until
 //! the loss sums and norms come down after the last launch. `act` is 8 launches (forward 5,
-//! heads, sampling, packing its outputs for one download into pinned memory). The split-K sums
+//! heads, sampling, packing its outputs for one download into pinned memory), 9 when it builds
+//! the stacks from the newest frames (`frame_stack_push`). The split-K sums
 //! run only where a layer's reduction spans more than one `FC_SPLIT_K` slice (the gala and
 //! nature fc layers do). `launch_count` reports the running total.
 
