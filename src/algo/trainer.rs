@@ -24,10 +24,10 @@
 //! the bootstrap values (and behaviour log-probs). And the acting engine keeps the stacks of its
 //! previous act on the device: per env step only each env's newest frame and done flag go up
 //! (`ObsChange::Stepped`), and the device shifts the stacks itself; a segment's first act sees
-//! the previous bootstrap act's observations (`ObsChange::Same`): nothing goes up. The host copy is still kept, for checkpoints
-//! and as the fallback (a restored pending segment is uploaded). Pipelined, the device copy is
-//! double-buffered with the host one: the actor fills `next`'s while the learner reads
-//! `rollout`'s.
+//! the previous bootstrap act's observations (`ObsChange::Same`): nothing goes up. The host copy
+//! is still kept, for checkpoints and as the fallback (a restored pending segment is uploaded).
+//! Pipelined, the device copy is double-buffered with the host one: the actor fills `next`'s
+//! while the learner reads `rollout`'s.
 //! Between two updates a pipelined trainer holds, besides the learner's state, the collected
 //! segment not learned from yet and (only after the update that spent the budget, which collects
 //! nothing) the actor's one-update-old parameters; checkpoints carry both, so a pipelined run
@@ -198,8 +198,8 @@ struct Rollout {
 
 impl Rollout {
     /// A rollout of `samples` samples, its observations in pinned memory from `engine`'s device
-    /// when it has one, and (`device_frames`) a device copy of them there too.
-    fn new(samples: usize, engine: &Engine, device_frames: bool) -> Result<Self> {
+    /// when it has one, and a device copy of them there too.
+    fn new(samples: usize, engine: &Engine) -> Result<Self> {
         let bytes = samples * OBS_BYTES;
         let obs = match engine.alloc_pinned_bytes(bytes)? {
             Some(pinned) => ObsBytes::Pinned(pinned),
@@ -213,7 +213,7 @@ impl Rollout {
             log_probs: vec![0.0; samples],
             bootstrap: ActOutput::default(),
             stale: false,
-            device: if device_frames { engine.alloc_device_rollout()? } else { None },
+            device: engine.alloc_device_rollout()?,
         })
     }
 
@@ -406,8 +406,8 @@ impl Trainer {
         let engine = Engine::build(config, venv.num_actions(), only.clone(), device)?;
         let actor = if pipelined { Some(Engine::build(config, venv.num_actions(), only, device)?) } else { None };
         let n = agents * config.n_steps * envs;
-        let rollout = Rollout::new(n, &engine, true)?;
-        let next = if actor.is_some() { Rollout::new(n, &engine, true)? } else { Rollout::default() };
+        let rollout = Rollout::new(n, &engine)?;
+        let next = if actor.is_some() { Rollout::new(n, &engine)? } else { Rollout::default() };
         Ok(Trainer {
             config: config.clone(),
             frames_per_step: venv.frames_per_step(),
