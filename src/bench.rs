@@ -279,6 +279,12 @@ pub struct E2eBenchReport {
     /// Pipelined GPU runs: the same for the actor engine's stream. The two streams may run at
     /// the same time, so the sum can exceed 1.
     pub actor_device_busy_fraction: Option<f64>,
+    /// GPU backends: host-to-device bytes per timed update, acting and learning (both engines
+    /// when pipelined).
+    pub uploaded_bytes_per_update: Option<u64>,
+    /// `--host-frames`: the learner uploaded every segment's frames and every act whole
+    /// frame stacks (the path before issue 12).
+    pub host_frames: bool,
 }
 
 impl std::fmt::Display for E2eBenchReport {
@@ -297,16 +303,26 @@ impl std::fmt::Display for E2eBenchReport {
         )?;
         let pct = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.0}%", x * 100.0));
         match (self.learner_device_busy_fraction, self.actor_device_busy_fraction) {
-            (None, _) => Ok(()),
-            (l, None) => write!(f, "\n  device busy {} of the wall time", pct(l)),
-            (l, a) => write!(f, "\n  device busy: learner stream {}, actor stream {} of the wall time", pct(l), pct(a)),
+            (None, _) => (),
+            (l, None) => write!(f, "\n  device busy {} of the wall time", pct(l))?,
+            (l, a) => write!(f, "\n  device busy: learner stream {}, actor stream {} of the wall time", pct(l), pct(a))?,
+        }
+        match self.uploaded_bytes_per_update {
+            Some(b) => write!(
+                f,
+                "\n  bytes uploaded per update: {b} ({:.2} MB; {})",
+                b as f64 / 1e6,
+                if self.host_frames { "whole stacks and segments, --host-frames" } else { "newest frames only, segments read on the device" }
+            ),
+            None => Ok(()),
         }
     }
 }
 
 /// Times `updates` training updates of `config` (after one warm-up update), then the pure
-/// emulation rate of the same environments on the same threads.
-pub fn bench_e2e(config: &Config, updates: u64) -> Result<E2eBenchReport> {
+/// emulation rate of the same environments on the same threads. `host_frames`: the frames go
+/// up as before issue 12 (`Trainer::set_device_frames(false)`).
+pub fn bench_e2e(config: &Config, updates: u64, host_frames: bool) -> Result<E2eBenchReport> {
     if updates == 0 {
         return Err(Error::Config("bench e2e: --updates must be at least 1".into()));
     }
@@ -315,8 +331,13 @@ pub fn bench_e2e(config: &Config, updates: u64) -> Result<E2eBenchReport> {
     // one a config may hold, as validate refuses more.
     config.frames = i64::MAX as u64;
     let mut trainer = crate::algo::Trainer::new(&config)?;
+    trainer.set_device_frames(!host_frames)?;
     trainer.update()?;
-    let (frames0, phases0, device0) = (trainer.frames(), trainer.phase_seconds(), trainer.device_seconds());
+    let uploaded = |t: &crate::algo::Trainer| {
+        let (l, a) = t.transfer_bytes();
+        l.map(|l| l.uploaded + a.map_or(0, |a| a.uploaded))
+    };
+    let (frames0, phases0, device0, uploaded0) = (trainer.frames(), trainer.phase_seconds(), trainer.device_seconds(), uploaded(&trainer));
     let started = Instant::now();
     for _ in 0..updates {
         trainer.update()?;
@@ -325,6 +346,7 @@ pub fn bench_e2e(config: &Config, updates: u64) -> Result<E2eBenchReport> {
     let frames = trainer.frames() - frames0;
     let p1 = trainer.phase_seconds();
     let device1 = trainer.device_seconds();
+    let uploaded_bytes_per_update = uploaded(&trainer).zip(uploaded0).map(|(b, a)| (b - a) / updates);
     let busy = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / wall);
     let phases = crate::algo::trainer::PhaseSeconds {
         act: p1.act - phases0.act,
@@ -364,6 +386,8 @@ pub fn bench_e2e(config: &Config, updates: u64) -> Result<E2eBenchReport> {
         learner_busy_fraction: ((phases.learn + phases.mix) / wall).min(1.0),
         learner_device_busy_fraction: busy(device0.0, device1.0),
         actor_device_busy_fraction: busy(device0.1, device1.1),
+        uploaded_bytes_per_update,
+        host_frames,
         phases,
     })
 }

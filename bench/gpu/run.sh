@@ -33,6 +33,9 @@ for p in "" "--pipeline"; do
     timeout 180 "$G/gala-gpu" bench e2e --game pong --backend cuda --agents 4 --envs-per-agent 16 --updates 40 $p --json |
         tee "$OUT/e2e_cuda${p:+_pipelined}.json"
 done
+# Issue 12: the same plain run uploading whole stacks and every segment again (the path before).
+timeout 180 "$G/gala-gpu" bench e2e --game pong --backend cuda --agents 4 --envs-per-agent 16 --updates 40 --host-frames --json |
+    tee "$OUT/e2e_cuda_host_frames.json"
 step "asynchronous gossip on cuda (sync_freq 4), 4 agents"
 timeout 180 "$G/gala-gpu" train -q --game pong --backend cuda --agents 4 --envs-per-agent 16 --sync-freq 4 --frames 400000 --out /tmp/gpu-runs
 step "done"
