@@ -33,6 +33,10 @@ pub struct LearnerBenchOptions {
     /// `sim` only: after the timed updates, one more update runs under the simulator's memory
     /// profiler (src/device/sim_profile.rs) and the report carries its per-launch table.
     pub profile: bool,
+    /// GPU backends: upload the segment's frames from pinned host memory every update (the path
+    /// before issue 12, and still the fallback of `learn`) instead of reading the device rollout
+    /// `act` filled, as training does.
+    pub host_frames: bool,
 }
 
 /// The measurement. Raw frames count agent steps × 4 (the Atari frame skip).
@@ -51,6 +55,11 @@ pub struct LearnerBenchReport {
     pub raw_frames_per_s: f64,
     /// Kernel launches per update (GPU backends; None on the CPU).
     pub launches_per_update: Option<u64>,
+    /// Host-to-device bytes per update (GPU backends; None on the CPU).
+    pub uploaded_bytes_per_update: Option<u64>,
+    /// Where the learner's frames came from: "device rollout" (filled by `act`, as in
+    /// training), "pinned upload" (`--host-frames`) or "host" (CPU backend).
+    pub frames: String,
     /// `--profile`: the memory-access profile of one update, per launch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_profile: Option<Vec<LaunchMemoryProfile>>,
@@ -71,8 +80,12 @@ impl std::fmt::Display for LearnerBenchReport {
         writeln!(f, "  {} updates in {:.3} s: {:.2} updates/s", self.updates, self.seconds, self.updates_per_s)?;
         writeln!(f, "  learner raw frames/s: {:.0} (agent steps/s {:.0}, x{ATARI_FRAME_SKIP} frame skip)", self.raw_frames_per_s, self.agent_steps_per_s)?;
         match self.launches_per_update {
-            Some(n) => write!(f, "  kernel launches per update: {n}")?,
-            None => write!(f, "  kernel launches per update: - (cpu backend)")?,
+            Some(n) => writeln!(f, "  kernel launches per update: {n}")?,
+            None => writeln!(f, "  kernel launches per update: - (cpu backend)")?,
+        }
+        match self.uploaded_bytes_per_update {
+            Some(b) => write!(f, "  bytes uploaded per update: {b} ({:.2} MB; frames from the {})", b as f64 / 1e6, self.frames)?,
+            None => write!(f, "  bytes uploaded per update: - (cpu backend)")?,
         }
         if let Some(p) = &self.memory_profile {
             write!(
@@ -141,45 +154,79 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
     if opts.profile && kind != BackendKind::Sim {
         return Err(Error::Config("bench learner: --profile needs --backend sim (the profiler is the simulator's)".into()));
     }
-    type GpuRun = (String, String, f64, Option<u64>, Option<Vec<LaunchMemoryProfile>>);
-    fn gpu_run<D: crate::device::Device>(dev: D, spec: &BackendSpec, initial: &[f32], updates: usize, profile: bool) -> Result<GpuRun> {
+    struct GpuRun {
+        name: String,
+        device: String,
+        seconds: f64,
+        launches: u64,
+        uploaded: u64,
+        profile: Option<Vec<LaunchMemoryProfile>>,
+    }
+    fn gpu_run<D: crate::device::Device>(dev: D, spec: &BackendSpec, initial: &[f32], opts: &LearnerBenchOptions) -> Result<GpuRun> {
         let mut b = GpuBackend::new(dev, spec.clone(), initial)?;
         let device = b.device_description();
         let name = b.name().to_string();
         // Launch counts need the concrete type: count around the timed loop by hand.
         let (heap_obs, actions, rewards, dones, bootstrap) = synthetic_segment(spec, 1);
         // The frames sit in pinned host memory, as the trainer's rollout buffers do on a device
-        // backend, so the segment goes up the way training uploads it (not a pageable copy).
+        // backend, so the fallback path uploads them as training would (not a pageable copy).
         let mut obs = b.alloc_pinned_bytes(heap_obs.len())?.ok_or_else(|| Error::Backend("bench learner: no pinned host memory".into()))?;
         obs.copy_from_slice(&heap_obs);
         drop(heap_obs);
         let seg = Segment { obs: &obs, actions: &actions, rewards: &rewards, dones: &dones, bootstrap_values: &bootstrap, behaviour_log_probs: None };
-        b.learn(&seg)?;
-        let before = b.launch_count();
+        // As in training, the frames reach the device once, while acting: `act_training` on each
+        // step's [agents][envs] frames fills the device rollout the timed updates read in place
+        // (the synthetic frames are not one env step apart: each act uploads whole stacks).
+        let rollout = if opts.host_frames {
+            None
+        } else {
+            let mut rollout = b.alloc_device_rollout()?.ok_or_else(|| Error::Backend("bench learner: no device rollout".into()))?;
+            let (rows, mut out) = (spec.envs_per_agent * OBS_BYTES, crate::backend::ActOutput::default());
+            let mut step_obs = vec![0u8; spec.act_batch() * OBS_BYTES];
+            for t in 0..spec.n_steps {
+                for a in 0..spec.agents {
+                    let src = (a * spec.n_steps + t) * rows;
+                    step_obs[a * rows..(a + 1) * rows].copy_from_slice(&obs[src..src + rows]);
+                }
+                b.act_training(&step_obs, crate::backend::ObsChange::Unknown, t as u64, &mut out, Some((&mut rollout, t)))?;
+            }
+            Some(rollout)
+        };
+        let learn = |b: &mut GpuBackend<D>| match &rollout {
+            Some(r) => b.learn_recorded(&seg, r),
+            None => b.learn(&seg),
+        };
+        learn(&mut b)?;
+        let (launches_before, bytes_before) = (b.launch_count(), b.transfer_bytes().map_or(0, |t| t.uploaded));
         let t = Instant::now();
-        for _ in 0..updates {
-            b.learn(&seg)?;
+        for _ in 0..opts.updates {
+            learn(&mut b)?;
         }
         let seconds = t.elapsed().as_secs_f64();
-        let launches = Some((b.launch_count() - before) / updates as u64);
+        let launches = (b.launch_count() - launches_before) / opts.updates as u64;
+        let uploaded = (b.transfer_bytes().map_or(0, |t| t.uploaded) - bytes_before) / opts.updates as u64;
         // Outside the timed loop: a profiled update is several times slower.
-        let memory_profile = if profile {
-            let (r, p) = profile_memory(|| b.learn(&seg));
+        let profile = if opts.profile {
+            let (r, p) = profile_memory(|| learn(&mut b));
             r?;
             Some(p)
         } else {
             None
         };
-        Ok((name, device, seconds, launches, memory_profile))
+        Ok(GpuRun { name, device, seconds, launches, uploaded, profile })
     }
-    let (backend, device, seconds, launches_per_update, memory_profile) = match kind {
+    let gpu = |r: GpuRun| {
+        let frames = if opts.host_frames { "pinned upload" } else { "device rollout" };
+        (r.name, r.device, r.seconds, Some(r.launches), Some(r.uploaded), frames, r.profile)
+    };
+    let (backend, device, seconds, launches_per_update, uploaded_bytes_per_update, frames, memory_profile) = match kind {
         BackendKind::Cpu => {
             let mut b = CpuBackend::new(spec.clone(), &initial, opts.threads.max(1))?;
             let (s, l) = time_updates(&mut b, &spec, opts.updates, &|_| None)?;
-            ("cpu".to_string(), format!("{} host threads", opts.threads.max(1)), s, l, None)
+            ("cpu".to_string(), format!("{} host threads", opts.threads.max(1)), s, l, None, "host", None)
         }
-        BackendKind::Sim => gpu_run(SimDevice::new(), &spec, &initial, opts.updates, opts.profile)?,
-        BackendKind::Cuda | BackendKind::Auto => gpu_run(CudaDevice::new(0)?, &spec, &initial, opts.updates, false)?,
+        BackendKind::Sim => gpu(gpu_run(SimDevice::new(), &spec, &initial, opts)?),
+        BackendKind::Cuda | BackendKind::Auto => gpu(gpu_run(CudaDevice::new(0)?, &spec, &initial, &LearnerBenchOptions { profile: false, ..opts.clone() })?),
     };
     let steps = (spec.agents * spec.segment_samples() * opts.updates) as f64;
     Ok(LearnerBenchReport {
@@ -195,6 +242,8 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         agent_steps_per_s: steps / seconds,
         raw_frames_per_s: steps * ATARI_FRAME_SKIP as f64 / seconds,
         launches_per_update,
+        uploaded_bytes_per_update,
+        frames: frames.to_string(),
         memory_profile,
     })
 }
@@ -230,6 +279,12 @@ pub struct E2eBenchReport {
     /// Pipelined GPU runs: the same for the actor engine's stream. The two streams may run at
     /// the same time, so the sum can exceed 1.
     pub actor_device_busy_fraction: Option<f64>,
+    /// GPU backends: host-to-device bytes per timed update, acting and learning (both engines
+    /// when pipelined).
+    pub uploaded_bytes_per_update: Option<u64>,
+    /// `--host-frames`: the learner uploaded every segment's frames and every act whole
+    /// frame stacks (the path before issue 12).
+    pub host_frames: bool,
 }
 
 impl std::fmt::Display for E2eBenchReport {
@@ -248,16 +303,26 @@ impl std::fmt::Display for E2eBenchReport {
         )?;
         let pct = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.0}%", x * 100.0));
         match (self.learner_device_busy_fraction, self.actor_device_busy_fraction) {
-            (None, _) => Ok(()),
-            (l, None) => write!(f, "\n  device busy {} of the wall time", pct(l)),
-            (l, a) => write!(f, "\n  device busy: learner stream {}, actor stream {} of the wall time", pct(l), pct(a)),
+            (None, _) => (),
+            (l, None) => write!(f, "\n  device busy {} of the wall time", pct(l))?,
+            (l, a) => write!(f, "\n  device busy: learner stream {}, actor stream {} of the wall time", pct(l), pct(a))?,
+        }
+        match self.uploaded_bytes_per_update {
+            Some(b) => write!(
+                f,
+                "\n  bytes uploaded per update: {b} ({:.2} MB; {})",
+                b as f64 / 1e6,
+                if self.host_frames { "whole stacks and segments, --host-frames" } else { "newest frames only, segments read on the device" }
+            ),
+            None => Ok(()),
         }
     }
 }
 
 /// Times `updates` training updates of `config` (after one warm-up update), then the pure
-/// emulation rate of the same environments on the same threads.
-pub fn bench_e2e(config: &Config, updates: u64) -> Result<E2eBenchReport> {
+/// emulation rate of the same environments on the same threads. `host_frames`: the frames go
+/// up as before issue 12 (`Trainer::set_device_frames(false)`).
+pub fn bench_e2e(config: &Config, updates: u64, host_frames: bool) -> Result<E2eBenchReport> {
     if updates == 0 {
         return Err(Error::Config("bench e2e: --updates must be at least 1".into()));
     }
@@ -266,8 +331,13 @@ pub fn bench_e2e(config: &Config, updates: u64) -> Result<E2eBenchReport> {
     // one a config may hold, as validate refuses more.
     config.frames = i64::MAX as u64;
     let mut trainer = crate::algo::Trainer::new(&config)?;
+    trainer.set_device_frames(!host_frames)?;
     trainer.update()?;
-    let (frames0, phases0, device0) = (trainer.frames(), trainer.phase_seconds(), trainer.device_seconds());
+    let uploaded = |t: &crate::algo::Trainer| {
+        let (l, a) = t.transfer_bytes();
+        l.map(|l| l.uploaded + a.map_or(0, |a| a.uploaded))
+    };
+    let (frames0, phases0, device0, uploaded0) = (trainer.frames(), trainer.phase_seconds(), trainer.device_seconds(), uploaded(&trainer));
     let started = Instant::now();
     for _ in 0..updates {
         trainer.update()?;
@@ -276,6 +346,7 @@ pub fn bench_e2e(config: &Config, updates: u64) -> Result<E2eBenchReport> {
     let frames = trainer.frames() - frames0;
     let p1 = trainer.phase_seconds();
     let device1 = trainer.device_seconds();
+    let uploaded_bytes_per_update = uploaded(&trainer).zip(uploaded0).map(|(b, a)| (b - a) / updates);
     let busy = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / wall);
     let phases = crate::algo::trainer::PhaseSeconds {
         act: p1.act - phases0.act,
@@ -315,6 +386,8 @@ pub fn bench_e2e(config: &Config, updates: u64) -> Result<E2eBenchReport> {
         learner_busy_fraction: ((phases.learn + phases.mix) / wall).min(1.0),
         learner_device_busy_fraction: busy(device0.0, device1.0),
         actor_device_busy_fraction: busy(device0.1, device1.1),
+        uploaded_bytes_per_update,
+        host_frames,
         phases,
     })
 }

@@ -30,7 +30,7 @@
 //! `examples/engine_catch.rs` is a complete training loop.
 
 use crate::algo::topology::GossipGraph;
-use crate::backend::{self, ActOutput, AgentLearnStats, Backend, BackendSpec, Segment, SharedDevice};
+use crate::backend::{self, ActOutput, AgentLearnStats, Backend, BackendSpec, DeviceRollout, ObsChange, Segment, SharedDevice, TransferBytes};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{init_params, NetSpec, OBS_BYTES};
@@ -170,6 +170,18 @@ impl Engine {
         self.backend.alloc_pinned_bytes(len)
     }
 
+    /// A device copy of one rollout's frames for `act_training` to fill and `learn_recorded`
+    /// to read, so that the frames `act` uploads are not uploaded again by `learn` (see
+    /// [`DeviceRollout`]); None on the CPU backend.
+    pub fn alloc_device_rollout(&self) -> Result<Option<DeviceRollout>> {
+        self.backend.alloc_device_rollout()
+    }
+
+    /// Bytes the backend has moved between host and device so far (None on the CPU backend).
+    pub fn transfer_bytes(&self) -> Option<TransferBytes> {
+        self.backend.transfer_bytes()
+    }
+
     /// Copies every agent's parameters into `dst` (an engine of the same configuration):
     /// device-to-device when both engines' backends share a device (`Engine::build` with the
     /// same `SharedDevice`), else through the host.
@@ -193,11 +205,36 @@ impl Engine {
     /// counter-based RNG at (seed, agent, env, `step`) — pass the number of agent steps taken
     /// so far — or, with `greedy`, are the argmax of the policy.
     pub fn act(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
+        self.check_act_obs(obs)?;
+        self.backend.act(obs, step, greedy, out)
+    }
+
+    fn check_act_obs(&self, obs: &[u8]) -> Result<()> {
         let want = self.obs_bytes_per_act();
         if obs.len() != want {
             return Err(Error::Shape(format!("act: {} observation bytes, expected {want} ([{}][{}][4][84][84])", obs.len(), self.agents(), self.envs_per_agent())));
         }
-        self.backend.act(obs, step, greedy, out)
+        Ok(())
+    }
+
+    /// [`Engine::act`] (sampling, not greedy) on `obs`, which differ from this engine's previous
+    /// act's as `change` says (a device backend then uploads only the change: per env step each
+    /// env's newest frame), and with `record = (rollout, t)` that also keeps the frames on the
+    /// device as step `t` of `rollout` (an engine on the same device fills the learner's rollout
+    /// when pipelined), recorded at RNG step `step`. The caller's side of the contract: `change`
+    /// is true of `obs`, and step t of the segment later passed to `learn_recorded` holds
+    /// exactly these `obs` (see [`DeviceRollout`]).
+    pub fn act_training(&mut self, obs: &[u8], change: ObsChange, step: u64, out: &mut ActOutput, record: Option<(&mut DeviceRollout, usize)>) -> Result<()> {
+        self.check_act_obs(obs)?;
+        self.backend.act_training(obs, change, step, out, record)
+    }
+
+    /// [`Engine::learn`], reading the frames from `rollout` instead of uploading `segment.obs`
+    /// when every step of it was recorded (see [`DeviceRollout`]); the result is bit-identical.
+    pub fn learn_recorded(&mut self, segment: &Segment, rollout: &DeviceRollout) -> Result<Vec<AgentLearnStats>> {
+        segment.check(self.spec())?;
+        check_segment_values(segment)?;
+        self.backend.learn_recorded(segment, rollout)
     }
 
     /// One A2C update of every agent from `segment` (layouts in [`crate::backend`]; sizes are

@@ -83,11 +83,15 @@ struct E2eBenchArgs {
     /// One JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
+    /// GPU backends: upload whole frame stacks at every act and every segment's frames again at
+    /// every update (the path before issue 12) instead of keeping the frames on the device.
+    #[arg(long)]
+    host_frames: bool,
 }
 
 fn bench_e2e(a: E2eBenchArgs) -> Result<()> {
     let config = a.train.resolve()?;
-    let report = gala_gpu::bench::bench_e2e(&config, a.updates)?;
+    let report = gala_gpu::bench::bench_e2e(&config, a.updates, a.host_frames)?;
     if a.json {
         out!("{}", serde_json::to_string(&report)?)?;
     } else {
@@ -156,6 +160,10 @@ struct LearnerBenchArgs {
     /// conflicts and global coalescing per kernel launch) and print the table.
     #[arg(long)]
     profile: bool,
+    /// GPU backends: upload the segment's frames every update (the fallback path; before issue
+    /// 12 every update did) instead of reading the device rollout `act` filled, as training does.
+    #[arg(long)]
+    host_frames: bool,
 }
 
 fn bench_learner(a: LearnerBenchArgs) -> Result<()> {
@@ -184,6 +192,7 @@ fn bench_learner(a: LearnerBenchArgs) -> Result<()> {
                 updates,
                 threads,
                 profile: a.profile,
+                host_frames: a.host_frames,
             };
             let report = gala_gpu::bench::bench_learner(&opts)?;
             if a.json {

@@ -71,11 +71,20 @@ impl Estimate {
         let (learners, envs) = config.learner_layout();
         let net = NetSpec::new(config.net, actions.max(1));
         let engines = if config.pipeline { 2.0 } else { 1.0 };
-        let mut e = Estimate::engine(&net, learners, envs, config.n_steps, Placement::of(config.backend));
+        let placement = Placement::of(config.backend);
+        let mut e = Estimate::engine(&net, learners, envs, config.n_steps, placement);
         e.host *= engines;
         e.device *= engines;
         let samples = learners as f64 * envs as f64 * config.n_steps as f64;
         e.host += engines * samples * (OBS_BYTES as f64 + 16.0) + learners as f64 * envs as f64 * OBS_BYTES as f64;
+        // The GPU backends also keep each rollout's frames on the device (`DeviceRollout`,
+        // issue 12): the simulator's in host memory, CUDA's in device memory.
+        let device_frames = engines * samples * OBS_BYTES as f64;
+        match (config.backend, placement) {
+            (BackendKind::Sim, _) => e.host += device_frames,
+            (_, Placement::Device) => e.device += device_frames,
+            _ => {}
+        }
         e
     }
 

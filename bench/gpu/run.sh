@@ -23,6 +23,9 @@ step "bench learner (gala-gpu, cuda)"
 for agents in 1 4 8 16; do
     timeout 120 "$G/gala-gpu" bench learner --backend cuda --agents "$agents" --updates 50 --json | tee "$OUT/learner_cuda_$agents.json"
 done
+# Issue 12 "frames stay on the device": the same update uploading its 18 MB of frames from
+# pinned memory every time (the path before; still the fallback), for the PCIe time it costs.
+timeout 120 "$G/gala-gpu" bench learner --backend cuda --agents 8 --updates 50 --host-frames --json | tee "$OUT/learner_cuda_8_host_frames.json"
 step "bench learner (PyTorch peer)"
 (cd "$G" && timeout 300 python3 pytorch_gpu_update.py --agents 8 --json | tee "$OUT/learner_pytorch_8.json")
 step "bench e2e pong (cuda), plain and pipelined, all cores"
@@ -30,6 +33,9 @@ for p in "" "--pipeline"; do
     timeout 180 "$G/gala-gpu" bench e2e --game pong --backend cuda --agents 4 --envs-per-agent 16 --updates 40 $p --json |
         tee "$OUT/e2e_cuda${p:+_pipelined}.json"
 done
+# Issue 12: the same plain run uploading whole stacks and every segment again (the path before).
+timeout 180 "$G/gala-gpu" bench e2e --game pong --backend cuda --agents 4 --envs-per-agent 16 --updates 40 --host-frames --json |
+    tee "$OUT/e2e_cuda_host_frames.json"
 step "asynchronous gossip on cuda (sync_freq 4), 4 agents"
 timeout 180 "$G/gala-gpu" train -q --game pong --backend cuda --agents 4 --envs-per-agent 16 --sync-freq 4 --frames 400000 --out /tmp/gpu-runs
 step "done"

@@ -18,6 +18,16 @@
 //! actor's forward passes overlap the learner's kernels on the GPU, and the hand-off of θ_{s+1}
 //! is a device-to-device copy ordered by events (`Engine::copy_params_into`), not a round trip
 //! through the host.
+//! Frames cross the bus once (issue 12): on a device backend every rollout has a device copy of
+//! its observations (`DeviceRollout`) that `act_training` fills from the stacks it acts on and
+//! `learn_recorded` reads in place, so the learner uploads only actions, rewards, dones and
+//! the bootstrap values (and behaviour log-probs). And the acting engine keeps the stacks of its
+//! previous act on the device: per env step only each env's newest frame and done flag go up
+//! (`ObsChange::Stepped`), and the device shifts the stacks itself; a segment's first act sees
+//! the previous bootstrap act's observations (`ObsChange::Same`): nothing goes up. The host copy
+//! is still kept, for checkpoints and as the fallback (a restored pending segment is uploaded).
+//! Pipelined, the device copy is double-buffered with the host one: the actor fills `next`'s
+//! while the learner reads `rollout`'s.
 //! Between two updates a pipelined trainer holds, besides the learner's state, the collected
 //! segment not learned from yet and (only after the update that spent the budget, which collects
 //! nothing) the actor's one-update-old parameters; checkpoints carry both, so a pipelined run
@@ -31,7 +41,7 @@
 
 use crate::algo::health::{self, NetHealth};
 use crate::backend::cpu::optim::RmsForm;
-use crate::backend::{ActOutput, AgentLearnStats, Backend, Segment, SharedDevice};
+use crate::backend::{ActOutput, AgentLearnStats, Backend, DeviceRollout, ObsChange, Segment, SharedDevice, TransferBytes};
 use crate::config::Config;
 use crate::env::{self, EnvSettings, FinishedGame, GameId, VecEnv, FRAME_BYTES};
 use crate::checkpoint::Checkpoint;
@@ -114,6 +124,9 @@ pub struct Trainer {
     last_checkpoint: Option<u64>,
     /// Per agent, consecutive health checks with a dead layer (`check_health`).
     dead_streak: Vec<u32>,
+    /// The collecting engine's (pipelined: the actor's) last act was on `venv`'s current
+    /// observations: set by every whole collection, cleared before one and by `restore`.
+    obs_acted: bool,
 }
 
 /// Wall-clock time spent in each phase of training (seconds, summed over updates).
@@ -178,11 +191,14 @@ struct Rollout {
     /// Collected by parameters older than the learner's when it learns from it (pipelined,
     /// overlapped): the loss then applies the truncated importance ratio.
     stale: bool,
+    /// The device's copy of `obs` (device backends): filled while acting, read by the learner.
+    /// Whenever `obs` is written otherwise it must be cleared (see `DeviceRollout`).
+    device: Option<DeviceRollout>,
 }
 
 impl Rollout {
     /// A rollout of `samples` samples, its observations in pinned memory from `engine`'s device
-    /// when it has one.
+    /// when it has one, and a device copy of them there too.
     fn new(samples: usize, engine: &Engine) -> Result<Self> {
         let bytes = samples * OBS_BYTES;
         let obs = match engine.alloc_pinned_bytes(bytes)? {
@@ -197,6 +213,7 @@ impl Rollout {
             log_probs: vec![0.0; samples],
             bootstrap: ActOutput::default(),
             stale: false,
+            device: engine.alloc_device_rollout()?,
         })
     }
 
@@ -222,6 +239,9 @@ struct CollectPlan {
     clip_rewards: bool,
     /// The RNG step counter of the segment's first step.
     first_step: u64,
+    /// The acting engine's previous act was on the environments' current observations (the
+    /// previous segment's bootstrap act), so the first act may say `ObsChange::Same`.
+    continuing: bool,
 }
 
 /// Acts for `plan.steps` steps in every env with `actor`, filling `ro` (and V(s_T)); returns the
@@ -230,13 +250,28 @@ struct CollectPlan {
 fn collect_segment(
     venv: &mut VecEnv, actor: &mut Engine, ro: &mut Rollout, act_out: &mut ActOutput, plan: CollectPlan,
 ) -> Result<(Vec<(u64, FinishedGame)>, f64, f64)> {
-    let CollectPlan { agents, envs, steps, clip_rewards, first_step } = plan;
+    let CollectPlan { agents, envs, steps, clip_rewards, first_step, continuing } = plan;
     let (mut act_s, mut env_s) = (0.0, 0.0);
     let mut finished = Vec::new();
+    // Every step is recorded afresh below; until then the device copy proves nothing.
+    if let Some(d) = ro.device.as_mut() {
+        d.clear();
+    }
     for t in 0..steps {
         let step = first_step + t as u64;
         let t0 = Instant::now();
-        actor.act(venv.observations(), step, false, act_out)?;
+        // The frames acted on are exactly the ones copied into `ro.obs` at step t below (the
+        // contract that lets the learner read the device copy instead), and they are what the
+        // last `venv.step` (or nothing) made of the previous act's.
+        let change = match (t, continuing) {
+            (0, true) => ObsChange::Same,
+            (0, false) => ObsChange::Unknown,
+            _ => ObsChange::Stepped { frames: venv.newest_frames(), resets: venv.dones() },
+        };
+        match ro.device.as_mut() {
+            Some(d) => actor.act_training(venv.observations(), change, step, act_out, Some((d, t)))?,
+            None => actor.act(venv.observations(), step, false, act_out)?,
+        }
         let t1 = Instant::now();
         let obs_now = venv.observations();
         for a in 0..agents {
@@ -260,7 +295,13 @@ fn collect_segment(
         env_s += t1.elapsed().as_secs_f64();
     }
     let t0 = Instant::now();
-    actor.act(venv.observations(), first_step + steps as u64, false, &mut ro.bootstrap)?;
+    let bootstrap_step = first_step + steps as u64;
+    if ro.device.is_some() {
+        let change = ObsChange::Stepped { frames: venv.newest_frames(), resets: venv.dones() };
+        actor.act_training(venv.observations(), change, bootstrap_step, &mut ro.bootstrap, None)?;
+    } else {
+        actor.act(venv.observations(), bootstrap_step, false, &mut ro.bootstrap)?;
+    }
     act_s += t0.elapsed().as_secs_f64();
     Ok((finished, act_s, env_s))
 }
@@ -273,7 +314,10 @@ fn learn_and_mix(engine: &mut Engine, ro: &mut Rollout, poison: bool) -> Result<
         ro.rewards[last] = f32::NAN;
     }
     let t0 = Instant::now();
-    let stats = engine.learn(&ro.segment())?;
+    let stats = match &ro.device {
+        Some(d) => engine.learn_recorded(&ro.segment(), d)?,
+        None => engine.learn(&ro.segment())?,
+    };
     // Checked before gossip, so the agent that went non-finite is the one named.
     engine.check_params_finite()?;
     let t1 = Instant::now();
@@ -394,6 +438,7 @@ impl Trainer {
             debug_nan_at_update: None,
             last_checkpoint: None,
             dead_streak: Vec::new(),
+            obs_acted: false,
         })
     }
 
@@ -444,6 +489,14 @@ impl Trainer {
         self.engine.write_params(&ck.params)?;
         self.engine.write_optimizer_state(&ck.square_avg)?;
         self.engine.set_round(ck.updates);
+        // The host frames may be replaced below: no device copy stands for them any more, and
+        // the environments' observations are not what the actor last acted on.
+        self.obs_acted = false;
+        for ro in [&mut self.rollout, &mut self.next] {
+            if let Some(d) = ro.device.as_mut() {
+                d.clear();
+            }
+        }
         if let Some(actor) = self.actor.as_mut() {
             actor.write_params(ck.pipeline.actor_params.as_deref().unwrap_or(&ck.params))?;
             self.actor_behind = ck.pipeline.actor_params.is_some();
@@ -571,6 +624,12 @@ impl Trainer {
         self.engine.backend_mut()
     }
 
+    /// The pipelined trainer's actor backend (the one that acts), for tests and tools; None
+    /// unpipelined (then `backend_mut` both acts and learns).
+    pub fn actor_backend_mut(&mut self) -> Option<&mut dyn Backend> {
+        self.actor.as_mut().map(Engine::backend_mut)
+    }
+
     /// The engine the trainer drives.
     pub fn engine_mut(&mut self) -> &mut Engine {
         &mut self.engine
@@ -622,6 +681,27 @@ impl Trainer {
         (self.engine.device_seconds(), self.actor.as_ref().and_then(Engine::device_seconds))
     }
 
+    /// Bytes moved between host and device so far by the learner's engine and (pipelined) by
+    /// the actor's; None on the CPU backend.
+    pub fn transfer_bytes(&self) -> (Option<TransferBytes>, Option<TransferBytes>) {
+        (self.engine.transfer_bytes(), self.actor.as_ref().and_then(Engine::transfer_bytes))
+    }
+
+    /// Whether the rollouts keep a device copy of their frames for the learner (default on,
+    /// where the backend has a device). Off, `learn` uploads every segment's frames again as
+    /// before issue 12 — the same bytes, so the same result; tests and benchmarks compare the two.
+    pub fn set_device_frames(&mut self, on: bool) -> Result<()> {
+        let pipelined = self.actor.is_some();
+        for (ro, used) in [(&mut self.rollout, true), (&mut self.next, pipelined)] {
+            if !used || on == ro.device.is_some() {
+                continue;
+            }
+            // A fresh copy holds nothing: a pending segment is uploaded once, then recorded.
+            ro.device = if on { self.engine.alloc_device_rollout()? } else { None };
+        }
+        Ok(())
+    }
+
     /// Seconds spent per phase so far.
     pub fn phase_seconds(&self) -> PhaseSeconds {
         self.phase_seconds
@@ -639,7 +719,14 @@ impl Trainer {
     }
 
     fn plan(&self) -> CollectPlan {
-        CollectPlan { agents: self.agents, envs: self.envs, steps: self.n_steps, clip_rewards: self.config.clip_rewards, first_step: self.step }
+        CollectPlan {
+            agents: self.agents,
+            envs: self.envs,
+            steps: self.n_steps,
+            clip_rewards: self.config.clip_rewards,
+            first_step: self.step,
+            continuing: self.obs_acted,
+        }
     }
 
     /// Books the games a collected segment finished and advances the step counter.
@@ -663,7 +750,9 @@ impl Trainer {
             return self.update_pipelined();
         }
         let plan = self.plan();
+        self.obs_acted = false;
         let (finished, act_s, env_s) = collect_segment(&mut self.venv, &mut self.engine, &mut self.rollout, &mut self.act_out, plan)?;
+        self.obs_acted = true;
         self.record_collection(finished, act_s, env_s);
         let poison = self.debug_nan_at_update == Some(self.updates);
         let (stats, learn_s, mix_s) = learn_and_mix(&mut self.engine, &mut self.rollout, poison)?;
@@ -679,8 +768,10 @@ impl Trainer {
         if !self.pending {
             // The first segment (and the first after a drained budget): nothing to overlap with.
             let plan = self.plan();
+            self.obs_acted = false;
             let actor = self.actor.as_mut().expect("pipelined trainer has an actor");
             let (finished, act_s, env_s) = collect_segment(&mut self.venv, actor, &mut self.rollout, &mut self.act_out, plan)?;
+            self.obs_acted = true;
             self.record_collection(finished, act_s, env_s);
             // The first segment is collected by the learner's current parameters: on-policy,
             // plain A2C. After a drained budget the actor still holds the parameters before the
@@ -696,6 +787,9 @@ impl Trainer {
         }
         let collect_next = self.run_frames() < self.config.frames;
         let plan = self.plan();
+        if collect_next {
+            self.obs_acted = false;
+        }
         let poison = self.debug_nan_at_update == Some(self.updates);
         let started = Instant::now();
         let (learned, collected) = {
@@ -717,6 +811,7 @@ impl Trainer {
         match collected {
             Some(result) => {
                 let (finished, act_s, env_s) = result?;
+                self.obs_acted = true;
                 self.record_collection(finished, act_s, env_s);
                 std::mem::swap(&mut self.rollout, &mut self.next);
                 // Collected by θ_s while the learner made θ_{s+1}: one update old.

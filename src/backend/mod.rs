@@ -151,6 +151,123 @@ impl Segment<'_> {
     }
 }
 
+/// The device's own copy of one rollout's observations, `[agents][n_steps][envs][4][84][84]`
+/// (issue 12: frames stay on the device). `act` uploads every observation anyway; with
+/// [`Backend::act_training`] the backend also copies those frames, device to device, into step
+/// `t` of this buffer, and [`Backend::learn_recorded`] reads them in place instead of uploading
+/// the segment's 18 MB (8 agents × 16 envs × 5 steps) a second time.
+///
+/// The buffer remembers which RNG step each of its steps was recorded at. `learn_recorded` uses
+/// it only when it can tell the copy is whole: every step `0..n_steps` recorded since the last
+/// [`clear`](DeviceRollout::clear), at consecutive RNG steps, by a backend of the same shape
+/// on the learner's device; otherwise it uploads the segment's host frames exactly as `learn`
+/// does. What the device cannot check by itself — that the segment passed along holds the same
+/// bytes — is the caller's side of the contract: fill the host rollout from exactly the frames
+/// given to `act_training` at those steps, and `clear` whenever the host frames are written any
+/// other way (the trainer does both; `GpuBackend::set_check_device_frames` verifies it in tests).
+/// A buffer's work is ordered by events, so the actor of the pipelined trainer may fill it on its
+/// stream while a learner on another stream of the same device reads the other one.
+pub struct DeviceRollout {
+    pub(crate) obs: crate::device::DeviceBuffer<u8>,
+    pub(crate) agents: usize,
+    pub(crate) envs: usize,
+    pub(crate) n_steps: usize,
+    /// Per step: the RNG step it was recorded at, None when not recorded since `clear`.
+    pub(crate) recorded: Vec<Option<u64>>,
+    /// Recorded after the last recording copy, on the recording backend's stream: a learner on
+    /// another stream waits for it before reading.
+    pub(crate) ready: Option<crate::device::Event>,
+}
+
+impl DeviceRollout {
+    /// An empty (nothing recorded) rollout over `obs`, shaped for `spec`.
+    pub(crate) fn new(obs: crate::device::DeviceBuffer<u8>, spec: &BackendSpec) -> Result<Self> {
+        let want = spec.agents * spec.segment_samples() * OBS_BYTES;
+        if obs.len() != want {
+            return Err(crate::Error::Shape(format!("device rollout: {} bytes, expected {want}", obs.len())));
+        }
+        Ok(DeviceRollout { obs, agents: spec.agents, envs: spec.envs_per_agent, n_steps: spec.n_steps, recorded: vec![None; spec.n_steps], ready: None })
+    }
+
+    /// Forgets every recorded step: the next `learn_recorded` uploads, unless all steps are
+    /// recorded again first. Call it whenever the host copy of the frames changes otherwise.
+    pub fn clear(&mut self) {
+        self.recorded.fill(None);
+    }
+
+    /// Whether step `t` is out of this rollout's range (an error for the recording call).
+    pub(crate) fn check_step(&self, t: usize) -> Result<()> {
+        if t < self.n_steps {
+            Ok(())
+        } else {
+            Err(crate::Error::Shape(format!("device rollout: step {t} is outside the rollout's {} steps", self.n_steps)))
+        }
+    }
+
+    /// Marks step `t` as not holding the frames of any act (before it is overwritten, and
+    /// where a backend keeps no device copy).
+    pub(crate) fn forget(&mut self, t: usize) -> Result<()> {
+        self.check_step(t)?;
+        self.recorded[t] = None;
+        Ok(())
+    }
+
+    /// Steps recorded since the last `clear`.
+    pub fn recorded_steps(&self) -> usize {
+        self.recorded.iter().flatten().count()
+    }
+
+    /// Whether every step holds the frames acted on at consecutive RNG steps (the segment's
+    /// steps 0..n_steps), so `learn_recorded` may read them instead of uploading.
+    pub fn is_complete(&self) -> bool {
+        match self.recorded.first().copied().flatten() {
+            Some(first) => self.recorded.iter().enumerate().all(|(t, r)| *r == first.checked_add(t as u64)),
+            None => false,
+        }
+    }
+
+    /// Whether this rollout is shaped for `spec`'s backend.
+    pub(crate) fn fits(&self, spec: &BackendSpec) -> bool {
+        (self.agents, self.envs, self.n_steps) == (spec.agents, spec.envs_per_agent, spec.n_steps)
+    }
+}
+
+impl std::fmt::Debug for DeviceRollout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceRollout[{}x{}x{}, {} steps recorded]", self.agents, self.n_steps, self.envs, self.recorded_steps())
+    }
+}
+
+/// What the observations of a training act are, relative to the previous act of the same
+/// backend — so that a device backend, which keeps the previous act's frame stacks on the
+/// device, uploads only what changed (issue 12): per env step only each env's newest 84×84
+/// frame instead of its whole 4-frame stack. The whole stacks are always passed as well: a
+/// backend that cannot use the change (the CPU backend, a device backend whose previous act
+/// failed or never happened) uses them.
+#[derive(Clone, Copy, Debug)]
+pub enum ObsChange<'a> {
+    /// Anything (the first act, after a restore): the whole stacks go up.
+    Unknown,
+    /// The same observations as the backend's previous act (a segment's first act after the
+    /// previous segment's bootstrap act): nothing goes up.
+    Same,
+    /// One environment step after the previous act's observations: every stack shifted by one
+    /// frame (all old frames zeroed where `resets` is non-zero: the episode ended) with `frames`
+    /// `[agents][envs][84][84]` as its newest; `env::vec_env::push_frame`, the host's stacking.
+    Stepped { frames: &'a [u8], resets: &'a [f32] },
+}
+
+/// Bytes a device backend has moved so far (counted where the copies are enqueued).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TransferBytes {
+    /// Host to device.
+    pub uploaded: u64,
+    /// Device to host.
+    pub downloaded: u64,
+    /// Device to device.
+    pub copied: u64,
+}
+
 /// Per-agent statistics of one update.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct AgentLearnStats {
@@ -269,6 +386,36 @@ pub trait Backend: Send {
     /// on; None without a device (the CPU backend).
     fn native_stream(&mut self) -> Result<Option<crate::device::NativeStream>> {
         Ok(None)
+    }
+    /// A device copy of one rollout's observations for `act_training` to fill and
+    /// `learn_recorded` to read (see [`DeviceRollout`]); None when the backend has no device
+    /// (the CPU backend keeps its host path).
+    fn alloc_device_rollout(&self) -> Result<Option<DeviceRollout>> {
+        Ok(None)
+    }
+    /// The trainer's `act` (sampling, never greedy) on `obs`, which differ from the previous
+    /// act's as `change` says (a device backend then uploads only what changed; the caller's
+    /// contract is that `change` is true of `obs`), and with `record = (rollout, t)` that also
+    /// keeps `obs` on the device as step `t` of `rollout`, recorded at RNG step `step`. The
+    /// default (no device) acts on `obs` and keeps nothing: step `t` is marked unrecorded, so
+    /// `learn_recorded` falls back to uploading.
+    fn act_training(&mut self, obs: &[u8], _change: ObsChange, step: u64, out: &mut ActOutput, record: Option<(&mut DeviceRollout, usize)>) -> Result<()> {
+        if let Some((rollout, t)) = record {
+            rollout.forget(t)?;
+        }
+        self.act(obs, step, false, out)
+    }
+    /// `learn` whose frames may come from `rollout` instead of `segment.obs`: when the rollout
+    /// is complete and fits this backend (see [`DeviceRollout`]) the backend reads it in place
+    /// and uploads none of the segment's frames; otherwise it is exactly `learn`. Either way
+    /// the bytes learned from are the same, so the result is bit-identical.
+    fn learn_recorded(&mut self, segment: &Segment, _rollout: &DeviceRollout) -> Result<Vec<AgentLearnStats>> {
+        self.learn(segment)
+    }
+    /// Bytes moved between host and device so far (None without a device), for tests and
+    /// benchmarks of what crosses the bus.
+    fn transfer_bytes(&self) -> Option<TransferBytes> {
+        None
     }
     /// `len` zero bytes of page-locked host memory from this backend's device, for buffers the
     /// caller fills and then hands to `learn` (uploads from it are asynchronous DMA); None when

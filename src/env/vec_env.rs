@@ -98,6 +98,14 @@ impl VecEnv {
         &self.obs
     }
 
+    /// The newest frame of every environment [E][84][84] after a `step` (the last channel of
+    /// each stack; the first frame of the next episode where one ended): with `dones`, all a
+    /// device that keeps the previous stacks needs to build the new ones (`push_frame`).
+    /// Meaningful only after a `step` (a `restore` replaces the stacks, not these).
+    pub fn newest_frames(&self) -> &[u8] {
+        &self.frames
+    }
+
     /// Unclipped rewards of the last step [E].
     pub fn rewards(&self) -> &[f32] {
         &self.rewards
@@ -208,12 +216,25 @@ fn step_one(
     *done = if out.done { 1.0 } else { 0.0 };
     if out.done {
         env.reset(frame);
-        obs.fill(0);
-    } else {
-        obs.copy_within(FRAME_BYTES.., 0);
     }
-    obs[(FRAME_STACK - 1) * FRAME_BYTES..].copy_from_slice(frame);
+    push_frame(obs, frame, out.done);
     out.game_over
+}
+
+/// One step of a frame stack `stack` ([depth][frame.len()] bytes): the oldest frame is dropped
+/// (or, on `reset`, every old frame becomes zeros) and `frame` becomes the newest, last one.
+/// The host's stacking (`VecEnv::step`) and the CPU twin of the device's `frame_stack_push`
+/// (kernels/frames.cu), which builds the same stacks from only the newest frames.
+pub fn push_frame(stack: &mut [u8], frame: &[u8], reset: bool) {
+    let len = frame.len();
+    debug_assert!(len > 0 && stack.len() % len == 0, "a stack is whole frames");
+    let last = stack.len() - len;
+    if reset {
+        stack[..last].fill(0);
+    } else {
+        stack.copy_within(len.., 0);
+    }
+    stack[last..].copy_from_slice(frame);
 }
 
 #[cfg(test)]

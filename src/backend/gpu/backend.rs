@@ -3,11 +3,16 @@
 //! Everything lives on the device for the backend's lifetime: parameters, gradients, RMSprop
 //! state (in the `GpuArena`), every activation and gradient of the network for the acting batch
 //! and the learning batch, and the scratch of the two-pass weight-gradient reductions. During
-//! training only observations, actions, rewards, dones, bootstrap values (and behaviour
-//! log-probs) go up; only actions, values, log-probs and per-agent loss/norm metrics come down.
-//! The learning segment goes up on a stream of its own (the compute stream waits for it by an
-//! event); when the trainer's rollout buffers are pinned (`alloc_pinned_bytes`), those copies
-//! are DMA transfers the host does not wait for. Each backend computes on its own stream, so
+//! training only each env's newest frame and done flag per step (the previous act's stacks stay
+//! on the device and `frame_stack_push` shifts them: `ObsChange`), actions, rewards, dones,
+//! bootstrap values (and behaviour log-probs) go up; only actions, values, log-probs and
+//! per-agent loss/norm metrics come down. The frames the learner reads are the ones the acts
+//! copied, device to device, into a `DeviceRollout` (`act_training`, `learn_recorded`): nothing
+//! of a segment is uploaded twice. Where that copy cannot be proven whole (`learn`, the C ABI,
+//! a restored segment) the segment's frames are uploaded as before. The learning segment goes
+//! up on a stream of its own (the compute stream waits for it by an event); when the trainer's
+//! rollout buffers are pinned (`alloc_pinned_bytes`), those copies are DMA transfers the host
+//! does not wait for. Each backend computes on its own stream, so
 //! several backends on one shared device (the pipelined actor and learner, the agents of
 //! asynchronous gossip) overlap on the GPU.
 //!
@@ -17,7 +22,8 @@
 //! backward 4 each (filter, chunk sum, data GEMM, col2im), conv1 backward 2 (no input
 //! gradient), the device-side loss guard 1, clip + RMSprop 2; nothing waits for the host until
 //! the loss sums and norms come down after the last launch. `act` is 8 launches (forward 5,
-//! heads, sampling, packing its outputs for one download into pinned memory). The split-K sums
+//! heads, sampling, packing its outputs for one download into pinned memory), 9 when it builds
+//! the stacks from the newest frames (`frame_stack_push`). The split-K sums
 //! run only where a layer's reduction spans more than one `FC_SPLIT_K` slice (the gala and
 //! nature fc layers do). `launch_count` reports the running total.
 
@@ -25,24 +31,45 @@ use super::launch::{self, FilterTarget, HeadsLossBuffers, HeadsParams, LayerPara
 use super::GpuArena;
 use crate::backend::cpu::heads::LossTerms;
 use crate::backend::cpu::optim::RmsProp;
-use crate::backend::{ActOutput, AgentLearnStats, Backend, BackendSpec, Segment};
+use crate::backend::{ActOutput, AgentLearnStats, Backend, BackendSpec, DeviceRollout, ObsChange, Segment, TransferBytes};
+use crate::env::FRAME_BYTES;
+use crate::model::FRAME_STACK;
 use crate::device::{Device, DeviceBuffer, DeviceElem, Event, HostBuffer, KernelArg, LaunchConfig, Stream};
 use crate::error::{Error, Result};
 use crate::model::{tensor, ConvShape, ParamLayout, OBS_BYTES};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A device that counts the kernel launches going through it (for launches-per-update reports).
+/// A device that counts the kernel launches going through it (for launches-per-update reports)
+/// and the bytes it copies (host to device, device to host, device to device), so tests and
+/// `bench learner` can tell what crosses the bus per update.
 pub struct CountingDevice<D: Device> {
     inner: D,
     launches: AtomicU64,
+    uploaded: AtomicU64,
+    downloaded: AtomicU64,
+    copied: AtomicU64,
+}
+
+/// Bytes in `len` elements of `T`.
+fn bytes_of<T: DeviceElem>(len: usize) -> u64 {
+    (len * std::mem::size_of::<T>()) as u64
 }
 
 impl<D: Device> CountingDevice<D> {
     pub fn new(inner: D) -> Self {
-        CountingDevice { inner, launches: AtomicU64::new(0) }
+        CountingDevice { inner, launches: AtomicU64::new(0), uploaded: AtomicU64::new(0), downloaded: AtomicU64::new(0), copied: AtomicU64::new(0) }
     }
     pub fn launches(&self) -> u64 {
         self.launches.load(Ordering::Relaxed)
+    }
+    /// Bytes copied so far, counted when each copy is enqueued (failed copies included: they
+    /// are errors that end the run anyway).
+    pub fn transfer_bytes(&self) -> TransferBytes {
+        TransferBytes {
+            uploaded: self.uploaded.load(Ordering::Relaxed),
+            downloaded: self.downloaded.load(Ordering::Relaxed),
+            copied: self.copied.load(Ordering::Relaxed),
+        }
     }
     pub fn inner(&self) -> &D {
         &self.inner
@@ -60,22 +87,26 @@ impl<D: Device> Device for CountingDevice<D> {
         self.inner.alloc_zeros(len)
     }
     fn upload<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {
+        self.uploaded.fetch_add(bytes_of::<T>(src.len()), Ordering::Relaxed);
         self.inner.upload(stream, src, dst, offset)
     }
     fn alloc_host<T: DeviceElem>(&self, len: usize) -> Result<HostBuffer<T>> {
         self.inner.alloc_host(len)
     }
     unsafe fn upload_async<T: DeviceElem>(&self, stream: Stream, src: &[T], dst: &mut DeviceBuffer<T>, offset: usize) -> Result<()> {
+        self.uploaded.fetch_add(bytes_of::<T>(src.len()), Ordering::Relaxed);
         // SAFETY: the caller upholds the contract, which is the same.
         unsafe { self.inner.upload_async(stream, src, dst, offset) }
     }
     fn download<T: DeviceElem>(&self, stream: Stream, src: &DeviceBuffer<T>, offset: usize, dst: &mut [T]) -> Result<()> {
+        self.downloaded.fetch_add(bytes_of::<T>(dst.len()), Ordering::Relaxed);
         self.inner.download(stream, src, offset, dst)
     }
     fn copy<T: DeviceElem>(
         &self, stream: Stream, src: &DeviceBuffer<T>, src_offset: usize, dst: &mut DeviceBuffer<T>, dst_offset: usize,
         len: usize,
     ) -> Result<()> {
+        self.copied.fetch_add(bytes_of::<T>(len), Ordering::Relaxed);
         self.inner.copy(stream, src, src_offset, dst, dst_offset, len)
     }
     fn launch(&self, stream: Stream, name: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()> {
@@ -183,6 +214,14 @@ pub struct GpuBackend<D: Device> {
     /// `launch::act_pack_outputs`) and their pinned host copy: one download per step.
     act_packed: DeviceBuffer<u32>,
     act_host: HostBuffer<u32>,
+    /// The newest frame of every env [agents][envs][84][84] and its reset flag [agents][envs]
+    /// (`ObsChange::Stepped`): what goes up per env step when `act_fwd.obs` holds the previous
+    /// act's stacks and `frame_stack_push` builds the new ones on the device.
+    act_frames: DeviceBuffer<u8>,
+    act_resets: DeviceBuffer<f32>,
+    /// `act_fwd.obs` holds the observations of this backend's previous act (it succeeded), so a
+    /// change relative to them (`ObsChange::Same`, `Stepped`) may be applied on the device.
+    act_obs_valid: bool,
     learn_fwd: Forward,
     learn: LearnScratch,
     /// The stream the learning segment goes up on (its copies overlap other streams' kernels).
@@ -190,6 +229,9 @@ pub struct GpuBackend<D: Device> {
     /// Device seconds between the first and the last operation of every act/learn/mix so far
     /// (timed events on the backend's stream), for the GPU-busy fraction of `bench e2e`.
     device_seconds: f64,
+    /// Test aid (`set_check_device_frames`): before learning from a device rollout, download it
+    /// and compare it with the segment's host frames.
+    check_device_frames: bool,
 }
 
 /// Length of conv layer `c`'s weight-gradient partials for a learning batch of `n` per agent.
@@ -257,6 +299,8 @@ impl<D: Device> GpuBackend<D> {
         let act_log_probs = dev.alloc_zeros(a * spec.envs_per_agent)?;
         let act_packed = dev.alloc_zeros(3 * a * spec.envs_per_agent)?;
         let act_host = dev.alloc_host(3 * a * spec.envs_per_agent)?;
+        let act_frames = dev.alloc_zeros(a * spec.envs_per_agent * FRAME_BYTES)?;
+        let act_resets = dev.alloc_zeros(a * spec.envs_per_agent)?;
         let upload_stream = dev.new_stream()?;
         Ok(GpuBackend {
             convs: [0, 1, 2].map(|l| LayerParams::of(&layout, tensor::CONV_W[l], tensor::CONV_B[l])),
@@ -268,6 +312,9 @@ impl<D: Device> GpuBackend<D> {
             act_log_probs,
             act_packed,
             act_host,
+            act_frames,
+            act_resets,
+            act_obs_valid: false,
             learn_fwd,
             learn,
             arena,
@@ -275,12 +322,22 @@ impl<D: Device> GpuBackend<D> {
             spec,
             upload_stream,
             device_seconds: 0.0,
+            check_device_frames: false,
         })
     }
 
     /// Kernel launches so far (every launch of every method).
     pub fn launch_count(&self) -> u64 {
         self.arena.device().launches()
+    }
+
+    /// Test aid: when on, every `learn_recorded` that reads a device rollout first downloads it
+    /// and fails (changing nothing) unless it equals the segment's host frames byte for byte —
+    /// the check of the caller's side of the [`DeviceRollout`] contract — and every act checks
+    /// likewise that the stacks it forwards (built on the device from an `ObsChange`) equal the
+    /// observations passed. Costs downloads of every frame; off by default.
+    pub fn set_check_device_frames(&mut self, on: bool) {
+        self.check_device_frames = on;
     }
 
     /// Marks the start of a timed section on the backend's stream (see `device_seconds`).
@@ -301,8 +358,9 @@ impl<D: Device> GpuBackend<D> {
     /// stream of their own; from the trainer's pinned rollout buffers they are DMA transfers the
     /// host does not wait for) and makes the compute stream wait for them by an event. The
     /// upload stream first waits for the compute stream, whose earlier kernels read the same
-    /// buffers. The caller must drain the upload stream before `seg`'s borrow ends.
-    fn upload_segment(&mut self, seg: &Segment) -> Result<()> {
+    /// buffers. The caller must drain the upload stream before `seg`'s borrow ends. The frames
+    /// go up only with `frames` (not when `learn` reads them from a device rollout).
+    fn upload_segment(&mut self, seg: &Segment, frames: bool) -> Result<()> {
         let (s, up) = (self.arena.stream(), self.upload_stream);
         let dev = self.arena.device();
         let sc = &mut self.learn;
@@ -311,7 +369,9 @@ impl<D: Device> GpuBackend<D> {
         // SAFETY: every source is borrowed from `seg` for the whole `learn` call, which drains
         // the upload stream before returning (see `learn`).
         unsafe {
-            dev.upload_async(up, seg.obs, &mut self.learn_fwd.obs, 0)?;
+            if frames {
+                dev.upload_async(up, seg.obs, &mut self.learn_fwd.obs, 0)?;
+            }
             dev.upload_async(up, seg.actions, &mut sc.actions, 0)?;
             dev.upload_async(up, seg.rewards, &mut sc.rewards, 0)?;
             dev.upload_async(up, seg.dones, &mut sc.dones, 0)?;
@@ -325,7 +385,9 @@ impl<D: Device> GpuBackend<D> {
     }
 
     /// The update itself, on the compute stream, once `upload_segment` has enqueued the copies.
-    fn learn_uploaded(&mut self, seg: &Segment, timed: Event) -> Result<Vec<AgentLearnStats>> {
+    /// `frames` is the device rollout to read the observations from in place, None for the
+    /// uploaded `learn_fwd.obs`.
+    fn learn_uploaded(&mut self, seg: &Segment, frames: Option<&DeviceBuffer<u8>>, timed: Event) -> Result<Vec<AgentLearnStats>> {
         let (agents, envs, n) = (self.spec.agents, self.spec.envs_per_agent, self.spec.segment_samples());
         let hyper = self.spec.hyper;
         let s = self.arena.stream();
@@ -334,7 +396,7 @@ impl<D: Device> GpuBackend<D> {
             let sc = &mut self.learn;
             launch::nstep_returns(dev, s, &sc.rewards, &sc.dones, &sc.bootstrap, &mut sc.returns, agents, self.spec.n_steps, envs, hyper.gamma)?;
         }
-        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, None, &mut self.learn_fwd)?;
+        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, None, &mut self.learn_fwd, frames)?;
         {
             let (dev, s, params, grads) = self.arena.params_and_grads();
             let f = &mut self.learn_fwd;
@@ -375,7 +437,7 @@ impl<D: Device> GpuBackend<D> {
             launch::fc_backward_data(dev, s, &self.fc_shape, &sc.dhidden, &f.hidden, params, &mut sc.fc_data_partials, dconv3, agents, n, self.fc, true)?;
         }
         for l in (0..3).rev() {
-            self.conv_backward(l)?;
+            self.conv_backward(l, frames)?;
         }
         let opt = RmsProp { lr: hyper.lr, alpha: hyper.rms_alpha, eps: hyper.rms_eps, form: hyper.rms_form };
         self.arena.enqueue_clip_and_rmsprop(hyper.max_grad_norm, opt, true)?;
@@ -418,13 +480,16 @@ impl<D: Device> GpuBackend<D> {
         self.arena.mix_mailboxes(agent, slot_addresses, take_mask)
     }
 
-    /// Forward of `fwd.obs` (already uploaded) through the trunk and the heads' linear part.
+    /// Forward of `fwd.obs` (already uploaded), or of `frames` (a device rollout of the same
+    /// layout) when given, through the trunk and the heads' linear part.
+    #[allow(clippy::too_many_arguments)]
     fn forward(arena: &mut GpuArena<CountingDevice<D>>, spec: &BackendSpec, convs: &[LayerParams; 3], fc: LayerParams,
-               fc_shape: &ConvShape, heads: Option<HeadsParams>, fwd: &mut Forward) -> Result<()> {
+               fc_shape: &ConvShape, heads: Option<HeadsParams>, fwd: &mut Forward, frames: Option<&DeviceBuffer<u8>>) -> Result<()> {
         let (dev, s, params, _) = arena.params_and_grads();
         let (a, n, net) = (spec.agents, fwd.n, &spec.net);
+        let obs = frames.unwrap_or(&fwd.obs);
         let [c1, c2, c3] = &mut fwd.conv;
-        launch::conv_forward(dev, s, &net.convs[0], &fwd.obs, params, c1, a, n, convs[0], true)?;
+        launch::conv_forward(dev, s, &net.convs[0], obs, params, c1, a, n, convs[0], true)?;
         launch::conv_forward(dev, s, &net.convs[1], c1, params, c2, a, n, convs[1], true)?;
         launch::conv_forward(dev, s, &net.convs[2], c2, params, c3, a, n, convs[2], true)?;
         launch::fc_forward(dev, s, fc_shape, c3, params, &mut fwd.fc_partials, &mut fwd.hidden, a, n, fc, true)?;
@@ -439,7 +504,7 @@ impl<D: Device> GpuBackend<D> {
     fn act_enqueued(&mut self, step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
         let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
         let s = self.arena.stream();
-        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, Some(self.heads), &mut self.act_fwd)?;
+        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, Some(self.heads), &mut self.act_fwd, None)?;
         let dev = self.arena.device();
         let f = &self.act_fwd;
         launch::sample_actions(
@@ -470,9 +535,156 @@ impl<D: Device> GpuBackend<D> {
         Ok(())
     }
 
+    /// `act` on `obs`, which differ from the previous act's as `change` says (only the change
+    /// goes up when `act_fwd.obs` holds the previous act's stacks), and with `record =
+    /// (rollout, t)` the frames also go to step `t` of the device rollout: `agents`
+    /// device-to-device copies ([agents][envs] rows into [agents][n_steps][envs] at step t), on
+    /// the same stream, so the frames cross the bus once.
+    fn act_impl(
+        &mut self, obs: &[u8], change: ObsChange, step: u64, greedy: bool, out: &mut ActOutput, mut record: Option<(&mut DeviceRollout, usize)>,
+    ) -> Result<()> {
+        self.spec.check_act_obs(obs.len())?;
+        if let Some((rollout, t)) = record.as_mut() {
+            rollout.forget(*t)?;
+            if !rollout.fits(&self.spec) {
+                return Err(Error::Shape(format!(
+                    "act: {rollout:?} does not fit this backend's {} agents x {} steps x {} envs",
+                    self.spec.agents, self.spec.n_steps, self.spec.envs_per_agent
+                )));
+            }
+        }
+        let rows = self.spec.act_batch();
+        if let ObsChange::Stepped { frames, resets } = change {
+            if frames.len() != rows * FRAME_BYTES || resets.len() != rows {
+                return Err(Error::Shape(format!(
+                    "act: a step's change is {} frame bytes and {} resets, expected {} and {rows} ([agents][envs][84][84], [agents][envs])",
+                    frames.len(),
+                    resets.len(),
+                    rows * FRAME_BYTES
+                )));
+            }
+        }
+        // Without the previous act's stacks on the device a change means nothing: all goes up.
+        let change = if self.act_obs_valid { change } else { ObsChange::Unknown };
+        self.act_obs_valid = false;
+        // A rollout on another device cannot take a device copy: its step stays unrecorded, so
+        // the learner uploads the segment (nothing is lost but the saving).
+        let mut record = record.filter(|(rollout, _)| rollout.obs.same_device(&self.act_fwd.obs));
+        let s = self.arena.stream();
+        let timed = self.begin_timed()?;
+        // Every path below drains the stream before `obs` and `change`'s slices are released:
+        // the one download at the end of `act_enqueued` waits for it, and on an error the stream
+        // is synchronised here. So the asynchronous uploads (DMA from the trainer's pinned
+        // buffers) never outlive their sources.
+        let result = self
+            .enqueue_obs(obs, change)
+            .and_then(|()| if self.check_device_frames { self.check_act_stacks(obs) } else { Ok(()) })
+            .and_then(|()| match record.as_mut() {
+                Some((rollout, t)) => self.record_frames(rollout, *t),
+                None => Ok(()),
+            })
+            .and_then(|()| self.act_enqueued(step, greedy, out));
+        if result.is_err() {
+            let _ = self.arena.device().synchronize(s);
+        }
+        result?;
+        self.act_obs_valid = true;
+        // Only a whole act marks the step: a failed one leaves it unrecorded (upload path).
+        if let Some((rollout, t)) = record {
+            rollout.recorded[t] = Some(step);
+        }
+        self.end_timed(timed)
+    }
+
+    /// Enqueues what makes `act_fwd.obs` equal `obs`: the whole stacks, nothing, or each env's
+    /// newest frame and reset flag and the device-side stacking. The caller drains the stream
+    /// before the slices' borrows end (see `act_impl`).
+    fn enqueue_obs(&mut self, obs: &[u8], change: ObsChange) -> Result<()> {
+        let (dev, s) = (self.arena.device(), self.arena.stream());
+        match change {
+            // SAFETY (both arms): the stream is drained before the sources' borrows end.
+            ObsChange::Unknown => unsafe { dev.upload_async(s, obs, &mut self.act_fwd.obs, 0) },
+            ObsChange::Same => Ok(()),
+            ObsChange::Stepped { frames, resets } => {
+                unsafe {
+                    dev.upload_async(s, frames, &mut self.act_frames, 0)?;
+                    dev.upload_async(s, resets, &mut self.act_resets, 0)?;
+                }
+                launch::frame_stack_push(dev, s, &mut self.act_fwd.obs, &self.act_frames, &self.act_resets, self.spec.act_batch(), FRAME_BYTES, FRAME_STACK)
+            }
+        }
+    }
+
+    /// Test aid (`set_check_device_frames`): the stacks the act is about to forward must equal
+    /// the host's observations byte for byte.
+    fn check_act_stacks(&self, obs: &[u8]) -> Result<()> {
+        let mut on_device = vec![0u8; obs.len()];
+        self.arena.device().download(self.arena.stream(), &self.act_fwd.obs, 0, &mut on_device)?;
+        match on_device.iter().zip(obs).position(|(d, h)| d != h) {
+            None => Ok(()),
+            Some(i) => Err(Error::Backend(format!(
+                "act: the device's frame stacks differ from the observations at byte {i} (env {}, frame {}): the caller's ObsChange is not true of them",
+                i / OBS_BYTES,
+                i % OBS_BYTES / FRAME_BYTES
+            ))),
+        }
+    }
+
+    /// Enqueues the copies of the just-uploaded act frames into step `t` of `rollout` and
+    /// records the event a learner on another stream waits for before reading them.
+    fn record_frames(&mut self, rollout: &mut DeviceRollout, t: usize) -> Result<()> {
+        let (agents, envs, n_steps) = (self.spec.agents, self.spec.envs_per_agent, self.spec.n_steps);
+        let (dev, s) = (self.arena.device(), self.arena.stream());
+        let rows = envs * OBS_BYTES;
+        for a in 0..agents {
+            dev.copy(s, &self.act_fwd.obs, a * rows, &mut rollout.obs, (a * n_steps + t) * rows, rows)?;
+        }
+        rollout.ready = Some(dev.record_event(s)?);
+        Ok(())
+    }
+
+    /// `learn`, reading the frames from `rollout` in place when given (the caller checked it is
+    /// complete and fits), else uploading them from `seg.obs`.
+    fn learn_impl(&mut self, seg: &Segment, rollout: Option<&DeviceRollout>) -> Result<Vec<AgentLearnStats>> {
+        seg.check(&self.spec)?;
+        let num_actions = self.spec.net.actions;
+        if let Some((i, a)) = seg.actions.iter().enumerate().find(|(_, &a)| a as usize >= num_actions) {
+            return Err(Error::Shape(format!("segment action {a} at index {i} is out of range for {num_actions} actions")));
+        }
+        let s = self.arena.stream();
+        if let Some(ro) = rollout {
+            // The recording copies ran on the actor's stream (this backend's own when not
+            // pipelined): the update's kernels wait for the last of them.
+            if let Some(ready) = &ro.ready {
+                self.arena.device().stream_wait_event(s, ready)?;
+            }
+            if self.check_device_frames {
+                let mut on_device = vec![0u8; ro.obs.len()];
+                self.arena.device().download(s, &ro.obs, 0, &mut on_device)?;
+                if let Some(i) = on_device.iter().zip(seg.obs).position(|(d, h)| d != h) {
+                    return Err(Error::Backend(format!(
+                        "learn: the device rollout differs from the segment's frames at byte {i} (sample {}): the caller broke the DeviceRollout contract",
+                        i / OBS_BYTES
+                    )));
+                }
+            }
+        }
+        let timed = self.begin_timed()?;
+        // `seg` is borrowed for this whole call and the upload stream is drained before it
+        // returns, on every path: the asynchronous copies never outlive their sources. The
+        // rollout is borrowed as long; the update's last download waits for the compute stream,
+        // so its reads of the rollout are finished too before the caller may refill it.
+        let result = self.upload_segment(seg, rollout.is_none()).and_then(|()| self.learn_uploaded(seg, rollout.map(|r| &r.obs), timed));
+        let drained = self.arena.device().synchronize(self.upload_stream);
+        let stats = result?;
+        drained?;
+        Ok(stats)
+    }
+
     /// Backward of one conv layer `l`: weight/bias gradients into the arena (two passes), and
-    /// for l > 0 the gradient w.r.t. the layer's input into `dconv[l-1]`.
-    fn conv_backward(&mut self, l: usize) -> Result<()> {
+    /// for l > 0 the gradient w.r.t. the layer's input into `dconv[l-1]`. `frames` as in
+    /// `learn_uploaded` (conv1's input).
+    fn conv_backward(&mut self, l: usize, frames: Option<&DeviceBuffer<u8>>) -> Result<()> {
         let (a, n) = (self.spec.agents, self.learn_fwd.n);
         let shape = self.spec.net.convs[l];
         let lp = self.convs[l];
@@ -486,7 +698,8 @@ impl<D: Device> GpuBackend<D> {
         let chunks = launch::filter_chunks(n, per_chunk);
         let partials = &mut sc.partials[l];
         if l == 0 {
-            launch::conv_backward_filter(dev, s, &shape, &fwd.obs, dy, y, partials, a, n, per_chunk, FilterTarget::Partials, true)?;
+            let obs = frames.unwrap_or(&fwd.obs);
+            launch::conv_backward_filter(dev, s, &shape, obs, dy, y, partials, a, n, per_chunk, FilterTarget::Partials, true)?;
         } else {
             launch::conv_backward_filter(dev, s, &shape, &fwd.conv[l - 1], dy, y, partials, a, n, per_chunk, FilterTarget::Partials, true)?;
         }
@@ -515,36 +728,32 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 
     fn act(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
-        self.spec.check_act_obs(obs.len())?;
-        let s = self.arena.stream();
-        let timed = self.begin_timed()?;
-        // The frames go up without a host wait (a DMA from the trainer's pinned rollout buffer);
-        // the one download at the end of `act_enqueued` waits for the stream, hence for this
-        // copy, and on an error the stream is drained here.
-        // SAFETY: so the stream's work up to this copy is finished before `obs`'s borrow ends.
-        unsafe { self.arena.device().upload_async(s, obs, &mut self.act_fwd.obs, 0)? };
-        let result = self.act_enqueued(step, greedy, out);
-        if result.is_err() {
-            let _ = self.arena.device().synchronize(s);
-        }
-        result?;
-        self.end_timed(timed)
+        self.act_impl(obs, ObsChange::Unknown, step, greedy, out, None)
+    }
+
+    fn act_training(&mut self, obs: &[u8], change: ObsChange, step: u64, out: &mut ActOutput, record: Option<(&mut DeviceRollout, usize)>) -> Result<()> {
+        self.act_impl(obs, change, step, false, out, record)
     }
 
     fn learn(&mut self, seg: &Segment) -> Result<Vec<AgentLearnStats>> {
-        seg.check(&self.spec)?;
-        let num_actions = self.spec.net.actions;
-        if let Some((i, a)) = seg.actions.iter().enumerate().find(|(_, &a)| a as usize >= num_actions) {
-            return Err(Error::Shape(format!("segment action {a} at index {i} is out of range for {num_actions} actions")));
-        }
-        let timed = self.begin_timed()?;
-        // `seg` is borrowed for this whole call and the upload stream is drained before it
-        // returns, on every path: the asynchronous copies never outlive their sources.
-        let result = self.upload_segment(seg).and_then(|()| self.learn_uploaded(seg, timed));
-        let drained = self.arena.device().synchronize(self.upload_stream);
-        let stats = result?;
-        drained?;
-        Ok(stats)
+        self.learn_impl(seg, None)
+    }
+
+    fn learn_recorded(&mut self, seg: &Segment, rollout: &DeviceRollout) -> Result<Vec<AgentLearnStats>> {
+        // Read in place only what is provably the acted-on frames of a rollout of this shape on
+        // this device; anything else (a partly recorded rollout after a failed or restored
+        // collection, another device) takes the upload path, which learns from the same bytes.
+        let usable = rollout.is_complete() && rollout.fits(&self.spec) && rollout.obs.same_device(&self.learn_fwd.obs);
+        self.learn_impl(seg, usable.then_some(rollout))
+    }
+
+    fn alloc_device_rollout(&self) -> Result<Option<DeviceRollout>> {
+        let bytes = self.spec.agents * self.spec.segment_samples() * OBS_BYTES;
+        DeviceRollout::new(self.arena.device().alloc_zeros(bytes)?, &self.spec).map(Some)
+    }
+
+    fn transfer_bytes(&self) -> Option<TransferBytes> {
+        Some(self.arena.device().transfer_bytes())
     }
 
     fn mix(&mut self, in_peers: &[Vec<usize>]) -> Result<()> {

@@ -1057,3 +1057,36 @@ pub fn act_pack_outputs<D: Device>(
         &[KernelArg::buf(actions), KernelArg::buf(values), KernelArg::buf(log_probs), KernelArg::buf(out), KernelArg::U32(rows as u32)],
     )
 }
+
+/// Threads per block of `frame_stack_push` (FRAME_PUSH_THREADS in kernels/frames.cu).
+pub const FRAME_PUSH_THREADS: u32 = 256;
+
+/// One environment step of `rows` frame stacks of `depth` frames of `frame_len` bytes, in place
+/// on the device (kernels/frames.cu; CPU twin `env::vec_env::push_frame`): each stack drops its
+/// oldest frame (or, where `resets[r] != 0`, all its old frames become zeros) and `frames[r]`
+/// becomes its newest.
+#[allow(clippy::too_many_arguments)]
+pub fn frame_stack_push<D: Device>(
+    dev: &D, stream: Stream, stacks: &mut DeviceBuffer<u8>, frames: &DeviceBuffer<u8>, resets: &DeviceBuffer<f32>, rows: usize,
+    frame_len: usize, depth: usize,
+) -> Result<()> {
+    const K: &str = "frame_stack_push";
+    ensure(rows >= 1 && frame_len >= 1 && depth >= 1, || format!("{K}: {rows} stacks of {depth} frames of {frame_len} bytes; all must be at least 1"))?;
+    ensure(rows <= MAX_GRID_Y, || format!("{K}: {rows} stacks; at most {MAX_GRID_Y} per launch"))?;
+    // 64-bit across stacks in the kernel; within one stack the index is 32-bit.
+    ensure_u32_index(K, depth * frame_len, FRAME_PUSH_THREADS)?;
+    ensure_len(K, "stacks", stacks, rows * depth * frame_len)?;
+    ensure_len(K, "frames", frames, rows * frame_len)?;
+    ensure_len(K, "resets", resets, rows)?;
+    let config = LaunchConfig {
+        grid: (frame_len.div_ceil(FRAME_PUSH_THREADS as usize) as u32, rows as u32, 1),
+        block: (FRAME_PUSH_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    dev.launch(
+        stream,
+        K,
+        config,
+        &[KernelArg::buf(stacks), KernelArg::buf(frames), KernelArg::buf(resets), KernelArg::U32(frame_len as u32), KernelArg::U32(depth as u32)],
+    )
+}
