@@ -231,42 +231,51 @@ struct TrainArgs {
     /// Load this ROM file instead of an installed one.
     #[arg(long, value_name = "PATH")]
     rom: Option<PathBuf>,
+    /// Algorithm [default: gala].
     #[arg(long, value_enum)]
     algo: Option<Algo>,
-    /// Actor-learners.
+    /// Actor-learners [default: 4].
     #[arg(long)]
     agents: Option<usize>,
-    /// Simulators per actor-learner.
+    /// Simulators per actor-learner [default: 16].
     #[arg(long)]
     envs_per_agent: Option<usize>,
-    /// Steps per update (n of the n-step returns).
+    /// Steps per update (n of the n-step returns) [default: 5].
     #[arg(long)]
     n_steps: Option<usize>,
-    /// RMSprop learning rate.
+    /// RMSprop learning rate [default: 7e-4].
     #[arg(long)]
     lr: Option<f64>,
+    /// Discount factor of the n-step returns [default: 0.99].
     #[arg(long)]
     gamma: Option<f64>,
+    /// Weight of the entropy bonus in the loss [default: 0.01].
     #[arg(long)]
     entropy_coef: Option<f64>,
+    /// Weight of the value loss [default: 0.5].
     #[arg(long)]
     value_coef: Option<f64>,
+    /// Clip each agent's gradient to this global L2 norm [default: 0.5].
     #[arg(long)]
     max_grad_norm: Option<f64>,
+    /// RMSprop smoothing constant of the squared-gradient average [default: 0.99].
     #[arg(long)]
     rms_alpha: Option<f64>,
+    /// RMSprop epsilon [default: 1e-5].
     #[arg(long)]
     rms_eps: Option<f64>,
     /// RMSprop form: torch (v from 0, eps outside the root) or tf (v from 1, eps inside:
-    /// baselines' and SB3's Atari A2C).
+    /// baselines' and SB3's Atari A2C) [default: torch].
     #[arg(long, value_enum)]
     rms_form: Option<gala_gpu::backend::cpu::optim::RmsForm>,
+    /// Gossip graph: each round an agent mixes with `--peers` of its neighbours [default: ring].
     #[arg(long, value_enum)]
     topology: Option<Topology>,
-    /// Peers per gossip round.
+    /// Peers per gossip round [default: 1].
     #[arg(long)]
     peers: Option<usize>,
-    /// Unmixed rounds before a receiver blocks (0 = lock-step); > 0 runs agents on threads.
+    /// Unmixed rounds before a receiver blocks (0 = lock-step); > 0 runs agents on threads
+    /// [default: 0].
     #[arg(long)]
     sync_freq: Option<u64>,
     /// Every agent on its own thread and backend, even with lock-step gossip.
@@ -278,13 +287,16 @@ struct TrainArgs {
     /// Overlap rollouts with learning (HTS-RL).
     #[arg(long)]
     pipeline: bool,
+    /// Policy network [default: gala].
     #[arg(long, value_enum)]
     net: Option<NetPreset>,
+    /// Where the network runs: auto picks cuda when a GPU is present, else cpu [default: auto].
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
     /// Budget in raw emulator frames (the total to train to; at least 1).
     #[arg(long, value_parser = frame_budget)]
     frames: Option<u64>,
+    /// Seed of the environments, the initial parameters and the action sampling [default: 1].
     #[arg(long)]
     seed: Option<u64>,
     /// Worker threads (0 = all cores).
@@ -731,5 +743,40 @@ fn main() -> ExitCode {
             note!("error: {}", one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `train --help` states the defaults in words; they must be Config::default()'s, value for
+    /// value (numbers compared as numbers, enums by their TOML names).
+    #[test]
+    fn train_help_defaults_are_the_config_defaults() {
+        let defaults = match toml::Value::try_from(Config::default()).unwrap() {
+            toml::Value::Table(t) => t,
+            other => panic!("Config serialises to a table, got {other:?}"),
+        };
+        let cli = Cli::command();
+        let train = cli.get_subcommands().find(|c| c.get_name() == "train").expect("train subcommand");
+        let mut checked = 0;
+        for arg in train.get_arguments() {
+            let Some(help) = arg.get_help().map(|h| h.to_string()) else { continue };
+            let Some(start) = help.find("[default: ") else { continue };
+            let stated = &help[start + 10..help[start..].find(']').unwrap() + start];
+            let key = arg.get_id().as_str();
+            let value = defaults.get(key).unwrap_or_else(|| panic!("--{key}: no such Config field"));
+            let same = match value {
+                toml::Value::Float(x) => stated.parse::<f64>().is_ok_and(|s| s == *x),
+                toml::Value::Integer(i) => stated.parse::<i64>().is_ok_and(|s| s == *i),
+                toml::Value::String(s) => s == stated,
+                other => panic!("--{key}: unexpected default {other:?}"),
+            };
+            assert!(same, "--{key}: help says [default: {stated}], Config::default() has {value}");
+            checked += 1;
+        }
+        assert!(checked >= 15, "only {checked} defaults stated");
     }
 }
