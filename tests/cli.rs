@@ -157,6 +157,17 @@ fn bench_learner_profile_prints_the_memory_access_table_on_sim_only() {
     // conv1 (8x8/4 on 84x84) runs the word-load forward kernel.
     let fwd = launches.iter().find(|l| l["kernel"] == "conv_forward_u8_words").expect("conv1 forward is profiled");
     assert!(fwd["shared_store"]["requests"].as_u64().unwrap() > 0 && fwd["global_load"]["units"].as_u64().unwrap() > 0);
+    // In this binary (not only in a test binary, whose thread-local layout differs) the GEMM
+    // kernels' tiles are conflict-free: every shared request takes the fewest wavefronts its
+    // bytes allow. Before the simulator aligned __shared__ arrays to 16 bytes, the tiles sat off
+    // a 16-byte boundary here and every 128-bit access was profiled as four scalar ones.
+    let gemm = ["conv_forward", "conv_backward_filter", "conv_backward_data", "fc_forward", "fc_backward"];
+    for l in launches.iter().filter(|l| gemm.iter().any(|g| l["kernel"].as_str().unwrap().starts_with(g))) {
+        for class in ["shared_load", "shared_store"] {
+            let (units, ideal) = (l[class]["units"].as_u64().unwrap(), l[class]["ideal_units"].as_u64().unwrap());
+            assert!(ideal > 0 && units == ideal, "{} {class}: {units} wavefronts for an ideal {ideal}", l["kernel"]);
+        }
+    }
     let text = gala(&tiny.iter().copied().chain(["--backend", "sim", "--profile"]).collect::<Vec<_>>());
     assert!(String::from_utf8_lossy(&text.stdout).contains("| conv_forward_u8_words |"), "the text report prints the table");
     let cpu: Vec<&str> = tiny.iter().copied().chain(["--backend", "cpu", "--profile"]).collect();

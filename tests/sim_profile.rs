@@ -1,7 +1,8 @@
 //! The simulator's memory-access profiler (src/device/sim_profile.rs, kernels/sim/sim_profile.cpp)
 //! pinned on kernels whose counts are checked by hand (kernels/test/profile_probe.cu): a
 //! conflict-free and a 32-way-conflicting shared store, a broadcast read, a coalesced and a
-//! strided global load, a 128-bit load made of four adjacent reads, and a divergent loop. Then
+//! strided global load, a 128-bit load made of four adjacent reads, two rows of 128-bit shared
+//! reads interleaved by the compiler, and a divergent loop. Then
 //! the engine's own update runs profiled, which must give the same numbers as unprofiled.
 
 use gala_gpu::device::sim::SimDevice;
@@ -94,6 +95,28 @@ fn global_loads_coalesced_strided_and_vector() {
 }
 
 #[test]
+fn interleaved_rows_of_adjacent_shared_reads_count_as_vector_accesses() {
+    let dev = SimDevice::new();
+    let input: Vec<f32> = (0..256).map(|i| (i % 7) as f32).collect();
+    let inp = upload(&dev, &input);
+    let out = dev.alloc_zeros::<f32>(33).unwrap();
+    let p = one_launch(&dev, "probe_smem_vec4_interleaved", 32, &[KernelArg::buf(&inp), KernelArg::buf(&out)]);
+    // Two row reads of 16 bytes per lane (a0 b0 a1 b1 ... merged into one run per row), 512
+    // bytes each: 4 wavefronts, the ideal. Before the fix these were 8 scalar requests of 2
+    // wavefronts (a misaligned array never merged), or of 1 (back-to-back merging only).
+    // Plus odd[t % 3]: one request, 3 distinct words, 1 wavefront.
+    assert_eq!(counts(&p.shared_load), (3, 96, 9, 9));
+    assert_eq!(p.shared_load.bytes, 2 * 512 + 32 * 4);
+    // 8 scalar stores of 32 consecutive words (1 wavefront each) and odd's 3 lanes (1).
+    assert_eq!(counts(&p.shared_store), (9, 259, 9, 9));
+    let mut host = vec![0.0f32; 33];
+    dev.download(dev.default_stream(), &out, 0, &mut host).unwrap();
+    assert_eq!(host.pop(), Some(0.0), "__shared__ arrays are 16-byte aligned, as on a GPU");
+    let want: Vec<f32> = (0..32).map(|t| (0..4).map(|i| input[4 * t + i] * input[128 + 4 * t + i]).sum()).collect();
+    assert_eq!(host, want, "the profiled kernel computes the same");
+}
+
+#[test]
 fn divergent_lanes_form_masked_requests() {
     let dev = SimDevice::new();
     let inp = upload(&dev, &vec![1.0f32; 128]);
@@ -151,6 +174,17 @@ fn learner_update_profile_covers_every_launch_and_changes_nothing() {
         assert!(total > 0, "{}: a kernel with no global traffic?", p.kernel);
         if p.kernel.starts_with("conv_forward") || p.kernel.starts_with("conv_backward_filter") {
             assert!(p.shared_store.requests > 0 && p.shared_load.requests > 0, "{}: tiles go through shared memory", p.kernel);
+        }
+        // Issue 12's goal for the GEMM kernels' tiles: no bank conflicts, i.e. every shared
+        // request takes the fewest wavefronts its bytes allow (16-byte rows: 4 per full warp).
+        // Needs the profiler to see the kernels' 128-bit accesses as such (aligned __shared__
+        // arrays, interleaved rows merged): it read 2 wavefronts per "request" of scalars when
+        // the simulator's tiles sat 4 bytes off a 16-byte boundary.
+        let gemm = ["conv_forward", "conv_backward_filter", "conv_backward_data", "fc_forward", "fc_backward"];
+        if gemm.iter().any(|g| p.kernel.starts_with(g)) {
+            for (what, s) in [("loads", &p.shared_load), ("stores", &p.shared_store)] {
+                assert!(s.requests > 0 && s.units == s.ideal_units, "{}: shared {what} {} wavefronts for an ideal {} ({} requests)", p.kernel, s.units, s.ideal_units, s.requests);
+            }
         }
     }
 }

@@ -40,7 +40,9 @@
 #define __forceinline__ __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
 #define __restrict__ __restrict
-#define __shared__ static thread_local
+// Aligned to 16 bytes as on a GPU (the NVPTX backend raises a __shared__ array's alignment so
+// that ptxas can emit 128-bit LDS/STS on it), so the profiler's vector accesses line up the same.
+#define __shared__ static thread_local __attribute__((aligned(16)))
 #define __constant__ static
 #define __launch_bounds__(...)
 

@@ -30,12 +30,22 @@ enum : unsigned { kShared = 0, kGlobal = 1 };
 // Access class: space * 2 + is_store (shared load, shared store, global load, global store).
 inline unsigned class_of(unsigned space, bool store) { return space * 2 + (store ? 1u : 0u); }
 
-struct Pending {
+// A lane's run of contiguous same-kind accesses from distinct call sites, which may become one
+// vector access (see `record`).
+struct Run {
     uintptr_t addr = 0;
     uint32_t bytes = 0, elem = 0;
     unsigned cls = 0;
     unsigned n = 0;
     uintptr_t pcs[4] = {};
+};
+
+// The runs a lane has open, oldest first. Four: the GEMM loops interleave two (a row of each
+// tile), and a K-step's prefetch a few more.
+constexpr unsigned kOpenRuns = 4;
+struct LaneRuns {
+    Run open[kOpenRuns];
+    unsigned count = 0;
 };
 
 struct ReqKey {
@@ -62,7 +72,7 @@ struct Warp {
     std::unordered_map<uint64_t, uint32_t> occurrences;  // (call site << 5 | lane) -> executions so far
     std::unordered_map<ReqKey, uint32_t, ReqKeyHash> index;
     std::vector<Request> requests;
-    Pending pending[32];
+    LaneRuns runs[32];
 };
 
 struct ThreadProfile {
@@ -140,17 +150,29 @@ void add_lane_access(Warp& w, unsigned lane, uintptr_t pc, uintptr_t addr, uint3
     }
 }
 
-// A lane's pending run of contiguous accesses becomes one vector access (8 or 16 bytes,
-// aligned) or stays the scalar accesses it was made of.
-void commit(Warp& w, unsigned lane) {
-    Pending& pd = w.pending[lane];
-    if (pd.n == 0) return;
-    if (pd.n > 1 && (pd.bytes == 8 || pd.bytes == 16) && pd.addr % pd.bytes == 0) {
-        add_lane_access(w, lane, pd.pcs[0], pd.addr, pd.bytes, pd.cls);
+// A finished run becomes one vector access (8 or 16 bytes, aligned to its size) or stays the
+// scalar accesses it was made of.
+void commit_run(Warp& w, unsigned lane, const Run& r) {
+    if (r.n > 1 && (r.bytes == 8 || r.bytes == 16) && r.addr % r.bytes == 0) {
+        add_lane_access(w, lane, r.pcs[0], r.addr, r.bytes, r.cls);
     } else {
-        for (unsigned i = 0; i < pd.n; ++i) add_lane_access(w, lane, pd.pcs[i], pd.addr + i * pd.elem, pd.elem, pd.cls);
+        for (unsigned i = 0; i < r.n; ++i) add_lane_access(w, lane, r.pcs[i], r.addr + i * r.elem, r.elem, r.cls);
     }
-    pd.n = 0;
+}
+
+// Every open run of a lane, oldest first (at a barrier or the end of the block).
+void commit(Warp& w, unsigned lane) {
+    LaneRuns& lr = w.runs[lane];
+    for (unsigned i = 0; i < lr.count; ++i) commit_run(w, lane, lr.open[i]);
+    lr.count = 0;
+}
+
+// Closes open run i of a lane, keeping the others in order.
+void close_run(Warp& w, unsigned lane, unsigned i) {
+    LaneRuns& lr = w.runs[lane];
+    commit_run(w, lane, lr.open[i]);
+    for (unsigned j = i + 1; j < lr.count; ++j) lr.open[j - 1] = lr.open[j];
+    --lr.count;
 }
 
 void analyse(ThreadProfile& p, const Request& r) {
@@ -210,20 +232,42 @@ inline void record(uintptr_t addr, uint32_t bytes, bool store, uintptr_t pc) {
     if (!t || t->warp >= p->warps.size()) return;
     Warp& w = p->warps[t->warp];
     const unsigned lane = t->lane, cls = class_of((unsigned)space, store);
-    Pending& pd = w.pending[lane];
-    if (pd.n > 0 && pd.n < 4 && pd.cls == cls && pd.elem == bytes && (bytes == 4 || bytes == 8) &&
-        addr == pd.addr + pd.bytes && pd.bytes + bytes <= 16) {
-        pd.pcs[pd.n++] = pc;
-        pd.bytes += bytes;
+    // Vector accesses (see sim_profile.h): a 4- or 8-byte access that continues one of the
+    // lane's open runs (same kind and element size, the next address, from a call site the run
+    // has not used: one instruction of an unrolled sequence, not the next trip of a loop) joins
+    // it; GCC may interleave the loads of two rows, so several runs stay open at once.
+    LaneRuns& lr = w.runs[lane];
+    if (bytes == 4 || bytes == 8) {
+        for (unsigned i = 0; i < lr.count; ++i) {
+            Run& r = lr.open[i];
+            if (r.cls != cls || r.elem != bytes || addr != r.addr + r.bytes || r.bytes + bytes > 16) continue;
+            bool seen = false;
+            for (unsigned k = 0; k < r.n; ++k) seen |= r.pcs[k] == pc;
+            if (seen) continue;
+            r.pcs[r.n++] = pc;
+            r.bytes += bytes;
+            if (r.bytes == 16) close_run(w, lane, i);
+            return;
+        }
+    }
+    if (bytes != 4 && bytes != 8) {  // already a vector access, or a byte/half: never merged
+        Run single;
+        single.addr = addr;
+        single.bytes = single.elem = bytes;
+        single.cls = cls;
+        single.pcs[0] = pc;
+        single.n = 1;
+        commit_run(w, lane, single);
         return;
     }
-    commit(w, lane);
-    pd.addr = addr;
-    pd.bytes = bytes;
-    pd.elem = bytes;
-    pd.cls = cls;
-    pd.pcs[0] = pc;
-    pd.n = 1;
+    if (lr.count == kOpenRuns) close_run(w, lane, 0);
+    Run& r = lr.open[lr.count++];
+    r.addr = addr;
+    r.bytes = bytes;
+    r.elem = bytes;
+    r.cls = cls;
+    r.pcs[0] = pc;
+    r.n = 1;
 }
 
 }  // namespace

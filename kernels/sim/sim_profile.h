@@ -19,9 +19,13 @@
 // lanes (their call sites are executed by nobody else), which is exactly a masked request; a
 // loop whose trip count differs across lanes matches iteration k of every lane still looping.
 // Vector accesses: GCC instruments before it vectorizes, so four adjacent float reads that nvcc
-// merges into one LDS.128 reach the hooks as four scalar reads; a lane's run of back-to-back
-// same-kind accesses to contiguous addresses, 8 or 16 bytes in all and aligned to that size,
-// is therefore counted as ONE vector access (what nvcc does when the alignment is provable).
+// merges into one LDS.128 reach the hooks as four scalar reads, and GCC's scheduler may
+// interleave them with another row's (the GEMM loops read a row of each tile). A lane keeps up
+// to four runs open: a 4- or 8-byte access joins the run it continues (same kind, the next
+// address, a call site the run has not used yet, so the trips of a loop never merge); a run of
+// 8 or 16 bytes in all, aligned to that size, is counted as ONE vector access (what nvcc does
+// when the alignment is provable), anything else as the scalar accesses it was made of. Runs
+// close when full, when a fifth opens (the oldest), or at the warp's barrier.
 #pragma once
 
 #include <stdint.h>
