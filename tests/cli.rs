@@ -1,5 +1,7 @@
 //! The command line: bad input fails cleanly on one line; a short catch run learns.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -161,8 +163,7 @@ fn bench_learner_profile_prints_the_memory_access_table_on_sim_only() {
     // kernels' tiles are conflict-free: every shared request takes the fewest wavefronts its
     // bytes allow. Before the simulator aligned __shared__ arrays to 16 bytes, the tiles sat off
     // a 16-byte boundary here and every 128-bit access was profiled as four scalar ones.
-    let gemm = ["conv_forward", "conv_backward_filter", "conv_backward_data", "fc_forward", "fc_backward"];
-    for l in launches.iter().filter(|l| gemm.iter().any(|g| l["kernel"].as_str().unwrap().starts_with(g))) {
+    for l in launches.iter().filter(|l| common::is_gemm_kernel(l["kernel"].as_str().unwrap())) {
         for class in ["shared_load", "shared_store"] {
             let (units, ideal) = (l[class]["units"].as_u64().unwrap(), l[class]["ideal_units"].as_u64().unwrap());
             assert!(ideal > 0 && units == ideal, "{} {class}: {units} wavefronts for an ideal {ideal}", l["kernel"]);

@@ -5,6 +5,8 @@
 //! reads interleaved by the compiler, and a divergent loop. Then
 //! the engine's own update runs profiled, which must give the same numbers as unprofiled.
 
+mod common;
+
 use gala_gpu::device::sim::SimDevice;
 use gala_gpu::device::sim_profile::{format_table, profile_memory, AccessStats, LaunchMemoryProfile};
 use gala_gpu::device::{Device, DeviceBuffer, KernelArg, LaunchConfig};
@@ -102,9 +104,9 @@ fn interleaved_rows_of_adjacent_shared_reads_count_as_vector_accesses() {
     let out = dev.alloc_zeros::<f32>(33).unwrap();
     let p = one_launch(&dev, "probe_smem_vec4_interleaved", 32, &[KernelArg::buf(&inp), KernelArg::buf(&out)]);
     // Two row reads of 16 bytes per lane (a0 b0 a1 b1 ... merged into one run per row), 512
-    // bytes each: 4 wavefronts, the ideal. Before the fix these were 8 scalar requests of 2
-    // wavefronts (a misaligned array never merged), or of 1 (back-to-back merging only).
-    // Plus odd[t % 3]: one request, 3 distinct words, 1 wavefront.
+    // bytes each: 4 wavefronts, the ideal. With back-to-back merging only (one open run) they
+    // stayed 8 scalar requests of 4 wavefronts each (lanes 16 bytes apart: measured (9, 288,
+    // 33, 9) with the odd read). Plus odd[t % 3]: one request, 3 distinct words, 1 wavefront.
     assert_eq!(counts(&p.shared_load), (3, 96, 9, 9));
     assert_eq!(p.shared_load.bytes, 2 * 512 + 32 * 4);
     // 8 scalar stores of 32 consecutive words (1 wavefront each) and odd's 3 lanes (1).
@@ -180,8 +182,7 @@ fn learner_update_profile_covers_every_launch_and_changes_nothing() {
         // Needs the profiler to see the kernels' 128-bit accesses as such (aligned __shared__
         // arrays, interleaved rows merged): it read 2 wavefronts per "request" of scalars when
         // the simulator's tiles sat 4 bytes off a 16-byte boundary.
-        let gemm = ["conv_forward", "conv_backward_filter", "conv_backward_data", "fc_forward", "fc_backward"];
-        if gemm.iter().any(|g| p.kernel.starts_with(g)) {
+        if common::is_gemm_kernel(&p.kernel) {
             for (what, s) in [("loads", &p.shared_load), ("stores", &p.shared_store)] {
                 assert!(s.requests > 0 && s.units == s.ideal_units, "{}: shared {what} {} wavefronts for an ideal {} ({} requests)", p.kernel, s.units, s.ideal_units, s.requests);
             }

@@ -232,42 +232,34 @@ inline void record(uintptr_t addr, uint32_t bytes, bool store, uintptr_t pc) {
     if (!t || t->warp >= p->warps.size()) return;
     Warp& w = p->warps[t->warp];
     const unsigned lane = t->lane, cls = class_of((unsigned)space, store);
+    Run access;
+    access.addr = addr;
+    access.bytes = access.elem = bytes;
+    access.cls = cls;
+    access.pcs[0] = pc;
+    access.n = 1;
+    if (bytes != 4 && bytes != 8) {  // already a vector access, or a byte/half: never merged
+        commit_run(w, lane, access);
+        return;
+    }
     // Vector accesses (see sim_profile.h): a 4- or 8-byte access that continues one of the
     // lane's open runs (same kind and element size, the next address, from a call site the run
     // has not used: one instruction of an unrolled sequence, not the next trip of a loop) joins
     // it; GCC may interleave the loads of two rows, so several runs stay open at once.
     LaneRuns& lr = w.runs[lane];
-    if (bytes == 4 || bytes == 8) {
-        for (unsigned i = 0; i < lr.count; ++i) {
-            Run& r = lr.open[i];
-            if (r.cls != cls || r.elem != bytes || addr != r.addr + r.bytes || r.bytes + bytes > 16) continue;
-            bool seen = false;
-            for (unsigned k = 0; k < r.n; ++k) seen |= r.pcs[k] == pc;
-            if (seen) continue;
-            r.pcs[r.n++] = pc;
-            r.bytes += bytes;
-            if (r.bytes == 16) close_run(w, lane, i);
-            return;
-        }
-    }
-    if (bytes != 4 && bytes != 8) {  // already a vector access, or a byte/half: never merged
-        Run single;
-        single.addr = addr;
-        single.bytes = single.elem = bytes;
-        single.cls = cls;
-        single.pcs[0] = pc;
-        single.n = 1;
-        commit_run(w, lane, single);
+    for (unsigned i = 0; i < lr.count; ++i) {
+        Run& r = lr.open[i];
+        if (r.cls != cls || r.elem != bytes || addr != r.addr + r.bytes || r.bytes + bytes > 16) continue;
+        bool seen = false;
+        for (unsigned k = 0; k < r.n; ++k) seen |= r.pcs[k] == pc;
+        if (seen) continue;
+        r.pcs[r.n++] = pc;
+        r.bytes += bytes;
+        if (r.bytes == 16) close_run(w, lane, i);
         return;
     }
     if (lr.count == kOpenRuns) close_run(w, lane, 0);
-    Run& r = lr.open[lr.count++];
-    r.addr = addr;
-    r.bytes = bytes;
-    r.elem = bytes;
-    r.cls = cls;
-    r.pcs[0] = pc;
-    r.n = 1;
+    lr.open[lr.count++] = access;
 }
 
 }  // namespace

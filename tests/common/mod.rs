@@ -104,3 +104,11 @@ pub fn events_from_csv(run: &Path) -> Vec<gala_gpu::algo::async_gossip::GossipEv
         })
         .collect()
 }
+
+/// The conv/fc GEMM kernels (by name prefix), whose shared-memory tiles issue 12 requires to be
+/// conflict-free (the simulator profiler's measured wavefronts equal to the ideal).
+pub const GEMM_KERNEL_PREFIXES: [&str; 5] = ["conv_forward", "conv_backward_filter", "conv_backward_data", "fc_forward", "fc_backward"];
+
+pub fn is_gemm_kernel(name: &str) -> bool {
+    GEMM_KERNEL_PREFIXES.iter().any(|g| name.starts_with(g))
+}
