@@ -1,41 +1,102 @@
 #!/usr/bin/env bash
-# Runs on the lent GPU machine (see prepare.sh): the GPU test suite, then the benchmarks, all
-# output to $OUT/gpu-session.txt plus one JSON file per benchmark. Never changes the card's
-# clocks or settings. Each step is time-boxed so one slow step cannot eat the whole call.
+# Runs on the lent GPU machine (see prepare.sh): the GPU tests, then the benchmarks, then one
+# Nsight Compute pass over one learner update. Output: $OUT/gpu-session.txt (the log),
+# $OUT/benches.jsonl (one JSON object per benchmark, tagged) and $OUT/ncu.csv — few files,
+# because the device tool brings back at most 8. Never changes the card's clocks or settings
+# (ncu runs with --clock-control none).
+#
+# The whole lease is 15 minutes of device time, start-up included, so every step has its own
+# time box and the script keeps to an overall budget (GALA_GPU_BUDGET_S, default 450 s): a step
+# that would start past it is skipped and says so. STEPS (default "all") picks steps by name:
+# machine tests learner pytorch e2e async ncu.
 set -u
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/gpu-out}"; mkdir -p "$OUT"
-log="$OUT/gpu-session.txt"
+log="$OUT/gpu-session.txt"; jsonl="$OUT/benches.jsonl"
 exec > >(tee -a "$log") 2>&1
 G=.gpu
+BUDGET="${GALA_GPU_BUDGET_S:-450}"
+STEPS="${STEPS:-all}"
 export GALA_ROM_DIR="$PWD/$G/roms" GALA_REQUIRE_GPU=1
 # libnvrtc: the CUDA toolkit's, else the nvidia-cuda-nvrtc wheel beside PyTorch.
 nvrtc="$(ls /usr/local/cuda/lib64/libnvrtc.so* 2>/dev/null | head -1)"
 [ -z "$nvrtc" ] && nvrtc="$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))' 2>/dev/null)/libnvrtc.so.13"
 export LD_LIBRARY_PATH="$(dirname "$nvrtc"):${LD_LIBRARY_PATH:-}"
-step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
-step "machine"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv; nproc
-"$G/gala-gpu" info
-step "GPU tests"
-for t in kernels net_kernels gpu_backend; do timeout 240 "$G/$t" --include-ignored --test-threads 1 2>&1 | tail -25; done
-for t in async_gossip pipeline; do timeout 120 "$G/$t" cuda 2>&1 | tail -8; done
-step "bench learner (gala-gpu, cuda)"
-for agents in 1 4 8 16; do
-    timeout 120 "$G/gala-gpu" bench learner --backend cuda --agents "$agents" --updates 50 --json | tee "$OUT/learner_cuda_$agents.json"
-done
-# Issue 12 "frames stay on the device": the same update uploading its 18 MB of frames from
-# pinned memory every time (the path before; still the fallback), for the PCIe time it costs.
-timeout 120 "$G/gala-gpu" bench learner --backend cuda --agents 8 --updates 50 --host-frames --json | tee "$OUT/learner_cuda_8_host_frames.json"
-step "bench learner (PyTorch peer)"
-(cd "$G" && timeout 300 python3 pytorch_gpu_update.py --agents 8 --json | tee "$OUT/learner_pytorch_8.json")
-step "bench e2e pong (cuda), plain and pipelined, all cores"
-for p in "" "--pipeline"; do
-    timeout 180 "$G/gala-gpu" bench e2e --game pong --backend cuda --agents 4 --envs-per-agent 16 --updates 40 $p --json |
-        tee "$OUT/e2e_cuda${p:+_pipelined}.json"
-done
-# Issue 12: the same plain run uploading whole stacks and every segment again (the path before).
-timeout 180 "$G/gala-gpu" bench e2e --game pong --backend cuda --agents 4 --envs-per-agent 16 --updates 40 --host-frames --json |
-    tee "$OUT/e2e_cuda_host_frames.json"
-step "asynchronous gossip on cuda (sync_freq 4), 4 agents"
-timeout 180 "$G/gala-gpu" train -q --game pong --backend cuda --agents 4 --envs-per-agent 16 --sync-freq 4 --frames 400000 --out /tmp/gpu-runs
-step "done"
+
+# want STEP: is this step selected and is there budget left to start it?
+want() {
+    case " $STEPS " in *" all "*|*" $1 "*) ;; *) return 1 ;; esac
+    if [ "$SECONDS" -ge "$BUDGET" ]; then echo "=== $1 skipped: ${SECONDS}s used of the ${BUDGET}s budget"; return 1; fi
+    echo; echo "=== $1 ($(date -u +%H:%M:%S), ${SECONDS}s in)"
+}
+# box SECONDS CMD...: run CMD under a time box no longer than the budget left.
+box() {
+    local t="$1"; shift
+    local left=$((BUDGET - SECONDS)); [ "$left" -lt "$t" ] && t="$left"; [ "$t" -lt 5 ] && t=5
+    timeout "$t" "$@"; local rc=$?
+    [ "$rc" -eq 124 ] && echo "(timed out after ${t}s: $*)"
+    return "$rc"
+}
+# bench TAG CMD...: run a benchmark that prints one JSON object; log it and append it tagged.
+bench() {
+    local tag="$1"; shift
+    local j; j="$(box 90 "$@")" || { echo "$tag failed (rc=$?): $j"; return; }
+    echo "$tag $j"
+    printf '{"tag":"%s","result":%s}\n' "$tag" "$j" >>"$jsonl"
+}
+
+if want machine; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv; nproc
+    echo "nvrtc: $nvrtc"
+    box 30 "$G/gala-gpu" info
+fi
+if want tests; then
+    # The three binaries' CUDA cases in parallel (each compiles its modules with NVRTC on the CPU).
+    for t in kernels net_kernels gpu_backend; do
+        box 150 "$G/$t" cuda --include-ignored --test-threads 1 >"/tmp/test_$t.log" 2>&1 &
+    done
+    wait
+    for t in kernels net_kernels gpu_backend; do echo "--- $t"; tail -30 "/tmp/test_$t.log"; done
+fi
+if want learner; then
+    for agents in 1 4 8 16; do
+        bench "learner_cuda_$agents" "$G/gala-gpu" bench learner --backend cuda --agents "$agents" --updates 50 --json
+    done
+    # Issue 12 "frames stay on the device": the same update uploading its 18 MB of frames from
+    # pinned memory every time (the path before; still the fallback), for the PCIe time it costs.
+    bench learner_cuda_8_host_frames "$G/gala-gpu" bench learner --backend cuda --agents 8 --updates 50 --host-frames --json
+fi
+if want pytorch; then
+    j="$(cd "$G" && box 120 python3 pytorch_gpu_update.py --agents 8 --json)" && {
+        echo "learner_pytorch_8 $j"; printf '{"tag":"learner_pytorch_8","result":%s}\n' "$j" >>"$jsonl"; } ||
+        echo "pytorch peer failed: $j"
+fi
+if want e2e; then
+    bench e2e_cuda "$G/gala-gpu" bench e2e --game pong --backend cuda --agents 4 --envs-per-agent 16 --updates 40 --json
+    bench e2e_cuda_pipelined "$G/gala-gpu" bench e2e --game pong --backend cuda --agents 4 --envs-per-agent 16 --updates 40 --pipeline --json
+    # Issue 12: the same plain run uploading whole stacks and every segment again (the path before).
+    bench e2e_cuda_host_frames "$G/gala-gpu" bench e2e --game pong --backend cuda --agents 4 --envs-per-agent 16 --updates 40 --host-frames --json
+fi
+if want async; then
+    box 90 "$G/gala-gpu" train -q --game pong --backend cuda --agents 4 --envs-per-agent 16 --sync-freq 4 --frames 400000 --out /tmp/gpu-runs
+    tail -3 /tmp/gpu-runs/*/metrics.csv 2>/dev/null
+fi
+if want ncu; then
+    # Per-kernel device time and memory behaviour of one learner update (8 agents x 16 envs x 5
+    # steps), hardware counters, clocks left alone: the measurement the static model predicts.
+    ncu_bin="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
+    if [ -n "$ncu_bin" ]; then
+        box 120 "$ncu_bin" --clock-control none --csv --page raw --metrics \
+gpu__time_duration.sum,launch__registers_per_thread,launch__grid_size,launch__block_size,\
+sm__warps_active.avg.pct_of_peak_sustained_active,dram__bytes_read.sum,dram__bytes_write.sum,\
+l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,\
+l1tex__t_requests_pipe_lsu_mem_global_op_st.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum,\
+l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,smsp__inst_executed_op_shared_ld.sum,\
+l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,smsp__inst_executed_op_shared_st.sum \
+            "$G/gala-gpu" bench learner --backend cuda --agents 8 --updates 1 >"$OUT/ncu.csv" 2>"/tmp/ncu.err"
+        echo "ncu rc=$? lines=$(wc -l <"$OUT/ncu.csv")"; tail -5 /tmp/ncu.err
+    else
+        echo "no ncu on this machine"
+    fi
+fi
+echo; echo "=== done (${SECONDS}s)"
