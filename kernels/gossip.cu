@@ -22,7 +22,11 @@
 // Grid: (chunks, 1) blocks of GOSSIP_BLOCK threads, grid-stride over P.
 // Arithmetic contract: identical to gossip_mix (and to mix_one in src/backend/cpu/gossip.rs):
 // w = 1/((float)m + 1), acc = th*w, then acc += msg*w per message in list order, so lock-step
-// gossip through mailboxes stays bit-identical to the batched gossip_mix.
+// gossip through mailboxes stays bit-identical to the batched gossip_mix. Both kernels write the
+// products and sums as __fmul_rn/__fadd_rn: NVRTC contracts a*b + c into one FMA by default
+// (fmad stays on for the GEMMs), which rounds once where the CPU rounds twice; on an H200 that
+// left the agents of an all-to-all round a few ulps apart where the CPU makes them equal. With
+// the intrinsics the mix is bit-identical to the CPU twin on every device.
 //
 // Consensus distance: max_r ||th_r - mean||_2 / ||mean||_2, mean over agents (f64 throughout).
 //   consensus_partials: block (c, q) sums, over its elements i, (th_q[i] - mean[i])^2 for q < agents
@@ -45,8 +49,9 @@ extern "C" __global__ void __launch_bounds__(GOSSIP_BLOCK) gossip_mix(
     const float w = 1.0f / ((float)(end - begin) + 1.0f);
     const unsigned long long base = (unsigned long long)agent * param_count;
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < param_count; i += chunks * blockDim.x) {
-        float acc = snapshot[base + i] * w;
-        for (unsigned int j = begin; j < end; ++j) acc += snapshot[(unsigned long long)peers[j] * param_count + i] * w;
+        float acc = __fmul_rn(snapshot[base + i], w);
+        for (unsigned int j = begin; j < end; ++j)
+            acc = __fadd_rn(acc, __fmul_rn(snapshot[(unsigned long long)peers[j] * param_count + i], w));
         params[base + i] = acc;
     }
 }
@@ -72,8 +77,8 @@ extern "C" __global__ void __launch_bounds__(GOSSIP_BLOCK) gossip_mix_mailbox(
     const float w = 1.0f / ((float)m + 1.0f);
     const unsigned long long base = (unsigned long long)agent * param_count;
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < param_count; i += chunks * blockDim.x) {
-        float acc = params[base + i] * w;
-        for (unsigned int j = 0; j < m; ++j) acc += taken[j][i] * w;
+        float acc = __fmul_rn(params[base + i], w);
+        for (unsigned int j = 0; j < m; ++j) acc = __fadd_rn(acc, __fmul_rn(taken[j][i], w));
         params[base + i] = acc;
     }
 }

@@ -64,3 +64,25 @@ fn nvrtc_log_reports_warnings() {
     println!("NVRTC log of the probe:\n{}", compiled.log);
     assert!(compiled.log.contains("warning"), "a kernel with warnings must leave them in the log");
 }
+
+/// The gossip mix promises bit-identity with its CPU twin (θ·w, then + msg·w per message, each
+/// rounded), which NVRTC's default FMA contraction breaks: on an H200 the agents of an all-to-all
+/// round came out a few ulps apart where the CPU leaves them equal. The kernels spell the
+/// arithmetic with __fmul_rn/__fadd_rn; this pins that no f32 FMA reaches their PTX.
+#[test]
+fn gossip_mix_ptx_has_no_fused_multiply_add() {
+    if !nvrtc::available() {
+        assert!(std::env::var_os("CI").is_none(), "CI is set, so the NVRTC check must run");
+        println!("SKIPPED gossip_mix_ptx_has_no_fused_multiply_add: libnvrtc not found");
+        return;
+    }
+    let source = KERNEL_SOURCES.iter().find(|s| s.file == "gossip.cu").expect("kernels/gossip.cu");
+    let ptx = nvrtc::compile(source, "compute_90").unwrap().ptx.expect("PTX for a virtual target");
+    for kernel in ["gossip_mix", "gossip_mix_mailbox"] {
+        let start = ptx.find(&format!(".entry {kernel}(")).unwrap_or_else(|| panic!("no PTX entry for {kernel}"));
+        let body = &ptx[start..];
+        let body = &body[..body[1..].find(".entry").map_or(body.len(), |e| e + 1)];
+        assert!(body.contains("mul.rn.f32") && body.contains("add.rn.f32"), "{kernel}: expected rounded mul/add:\n{body}");
+        assert!(!body.contains("fma.rn.f32"), "{kernel}: an f32 FMA in the mix breaks bit-identity with the CPU:\n{body}");
+    }
+}

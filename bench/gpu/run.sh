@@ -52,10 +52,14 @@ if want machine; then
 fi
 if want tests; then
     # The three binaries' CUDA cases in parallel (each compiles its modules with NVRTC on the CPU).
+    # `wait` on the PIDs: a bare `wait` also waits for the log's `tee` process substitution,
+    # which never ends (that cost the first GPU session 500 s of its lease).
+    pids=()
     for t in kernels net_kernels gpu_backend; do
         box 150 "$G/$t" cuda --include-ignored --test-threads 1 >"/tmp/test_$t.log" 2>&1 &
+        pids+=($!)
     done
-    wait
+    wait "${pids[@]}"
     for t in kernels net_kernels gpu_backend; do echo "--- $t"; tail -30 "/tmp/test_$t.log"; done
 fi
 if want learner; then

@@ -216,6 +216,10 @@ inline float __logf(float x) { return logf(x); }
 inline float __powf(float x, float y) { return powf(x, y); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __frcp_rn(float x) { return 1.0f / x; }
+// Round-to-nearest product and sum that the CUDA compiler never contracts into an FMA; the
+// simulator is built with -ffp-contract=off (build.rs), so the plain operators match.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsqrt_rn(float x) { return sqrtf(x); }
 inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
 inline float __int_as_float(int x) { return gala_sim::from_bits<float>((unsigned int)x); }
