@@ -338,6 +338,8 @@ fn same_seed_same_stream_any_thread_count() {
     let a = trajectory(&s, 4, 1, 80);
     let b = trajectory(&s, 4, 2, 80);
     assert!(a == b, "same seed, 1 vs 2 threads: identical observations");
+    // Built (emulators created and reset) on 4 threads at once, as a big vector env is.
+    assert!(trajectory(&s, 8, 1, 30) == trajectory(&s, 8, 4, 30), "same seed, 8 envs built on 1 vs 4 threads");
     let other = trajectory(&settings("pong", EnvPreset::Gala, 22), 4, 2, 80);
     assert!(a != other, "another seed gives other no-op starts");
 }

@@ -165,16 +165,15 @@ pub fn make_vec_env(settings: &EnvSettings, count: usize, threads: usize) -> Res
 /// Builds the environments with global indices `indices` (an agent's share of a run's
 /// simulators: each keeps the randomness it has in the whole run, keyed by (seed, index)).
 pub fn make_vec_env_range(settings: &EnvSettings, indices: std::ops::Range<usize>, threads: usize) -> Result<VecEnv> {
-    let envs: Vec<Box<dyn Environment>> = match &settings.game {
-        GameId::Catch => indices.map(|i| make_env(settings, i)).collect::<Result<_>>()?,
+    match &settings.game {
+        GameId::Catch => VecEnv::build(indices, threads, |i| make_env(settings, i)),
         // The ROM is resolved and hashed once, not once per environment.
         GameId::Atari(game) => {
             let rom = atari::resolve_rom(game, settings.rom.as_deref())?;
             let config = settings.atari_config(game);
-            indices
-                .map(|i| Ok(Box::new(atari::AtariEnv::new(&rom, config.clone(), settings.seed, i as u64)?) as Box<dyn Environment>))
-                .collect::<Result<_>>()?
+            VecEnv::build(indices, threads, |i| {
+                Ok(Box::new(atari::AtariEnv::new(&rom, config.clone(), settings.seed, i as u64)?) as Box<dyn Environment>)
+            })
         }
-    };
-    VecEnv::new(envs, threads)
+    }
 }

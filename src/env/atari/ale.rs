@@ -12,9 +12,14 @@ use std::sync::Mutex;
 pub const NOOP: i32 = 0;
 pub const FIRE: i32 = 1;
 
-/// ALE 0.6 keeps process-wide state that is touched while an emulator is created (the logger
-/// mode, Stella's lazily built lookup tables): creation is serialised, stepping is not.
+/// ALE 0.6 keeps process-wide state that its constructor touches (`ALEInterface()` switches
+/// stdout/stderr to unbuffered and logs): `ALE_new` is serialised. `loadROM` is not: it builds
+/// per-instance state (console, cartridge, the ~0.1 s PhosphorBlend palette tables that are most
+/// of an emulator's creation cost), reads the ROM prototypes (`static const`) and builds
+/// Stella's TIA tables under `std::call_once`; the logger mode it reads is set once, before any
+/// emulator exists (`LOGGER_MODE`). So a vector env builds its emulators on all its threads.
 static CREATE_LOCK: Mutex<()> = Mutex::new(());
+static LOGGER_MODE: std::sync::Once = std::sync::Once::new();
 
 /// Settings fixed when the emulator is created (ALE reads them in `loadROM`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -38,7 +43,7 @@ pub struct Ale {
 
 // SAFETY: an ALEInterface owns all its emulator state (its own OSystem, RNG and screen); ALE
 // keeps no thread affinity, and `Ale` is only used through `&mut self`, so moving it to another
-// thread is sound. Global state is only touched at creation, which is serialised above.
+// thread is sound. Global state is only touched by `ALE_new`, which is serialised above.
 unsafe impl Send for Ale {}
 
 impl Ale {
@@ -61,13 +66,14 @@ impl Ale {
         let path = rom.path.to_str().and_then(|s| CString::new(s).ok()).ok_or_else(|| {
             Error::Env(format!("ROM path {} is not valid UTF-8 without NUL bytes; set GALA_ROM_DIR to a plain path", rom.path.display()))
         })?;
-        let _guard = CREATE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: plain FFI calls on a freshly created, non-null handle; the key strings are
         // NUL-terminated literals, the path a valid CString that outlives the call.
         unsafe {
-            ale_sys::setLoggerMode(2); // errors only: no banner or per-ROM chatter on stdout
-            let handle = NonNull::new(ale_sys::ALE_new())
-                .ok_or_else(|| Error::Env("ALE_new returned null (out of memory?)".into()))?;
+            LOGGER_MODE.call_once(|| ale_sys::setLoggerMode(2)); // errors only: no banner or per-ROM chatter
+            let handle = {
+                let _guard = CREATE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+                NonNull::new(ale_sys::ALE_new()).ok_or_else(|| Error::Env("ALE_new returned null (out of memory?)".into()))?
+            };
             let ale = |h: NonNull<ale_sys::ALEInterface>| h.as_ptr();
             ale_sys::setInt(ale(handle), c"random_seed".as_ptr(), options.seed);
             ale_sys::setFloat(ale(handle), c"repeat_action_probability".as_ptr(), options.repeat_action_probability);
