@@ -9,7 +9,9 @@ alpha 0.99, eps 1e-5). Two implementations of the batch over agents:
   * vmap:  torch.func.vmap(grad(loss)) over stacked parameters (one batched kernel per layer, as
            gala-gpu does), clipping and RMSprop as whole-arena tensor ops;
   * loop:  one nn.Module + torch.optim.RMSprop per agent, updated one after another.
-Each is timed eagerly and captured in a CUDA graph (torch.cuda.graphs) and replayed.
+Each is timed eagerly and captured in a CUDA graph (torch.cuda.graphs) and replayed, in plain
+FP32 (what gala-gpu computes) and with TF32 convolutions and matmuls (PyTorch's cuDNN default,
+what users run): `precision` "fp32" or "tf32" in each result.
 
     python3 bench/pytorch_gpu_update.py [--agents 8] [--envs-per-agent 16] [--n-steps 5]
                                         [--net gala|nature] [--iters 100] [--json]
@@ -87,7 +89,8 @@ def make_vmap_update(models, data, lr=7e-4, alpha=0.99, eps=1e-5, max_norm=0.5):
 
 
 def make_loop_update(models, data, lr=7e-4):
-    opts = [torch.optim.RMSprop(m.parameters(), lr=lr, alpha=0.99, eps=1e-5) for m in models]
+    # capturable: the step count stays on the device, so the step can be graph-captured.
+    opts = [torch.optim.RMSprop(m.parameters(), lr=lr, alpha=0.99, eps=1e-5, capturable=True) for m in models]
 
     def update():
         returns = nstep_returns(data["rewards"], data["dones"], data["bootstrap"]).flatten(1)
@@ -139,25 +142,28 @@ def main():
         raise SystemExit("pytorch_gpu_update.py needs a CUDA GPU (torch.cuda.is_available() is False)")
     dev = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 like gala-gpu
-    torch.backends.cudnn.allow_tf32 = False
     c3 = 32 if a.net == "gala" else 64
     torch.manual_seed(0)
     data = synthetic(a.agents, a.envs_per_agent, a.n_steps, 6, dev)
     steps = a.agents * a.envs_per_agent * a.n_steps
     results = []
-    for name, make in [("vmap", make_vmap_update), ("loop", make_loop_update)]:
-        models = [Policy(6, c3).to(dev) for _ in range(a.agents)]
-        for m in models[1:]:
-            m.load_state_dict(models[0].state_dict())
-        update = make(models, data)
-        for mode in ["eager", "cuda_graph"]:
-            try:
-                fn = update if mode == "eager" else graphed(update)
-                sec = time_it(fn, a.iters)
-                results.append(dict(impl=name, mode=mode, updates_per_s=a.iters / sec, raw_frames_per_s=4 * steps * a.iters / sec))
-            except Exception as e:  # a capture can fail (e.g. an op that syncs); report, go on
-                results.append(dict(impl=name, mode=mode, error=str(e).splitlines()[0]))
+    for precision in ["fp32", "tf32"]:
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        for name, make in [("vmap", make_vmap_update), ("loop", make_loop_update)]:
+            models = [Policy(6, c3).to(dev) for _ in range(a.agents)]
+            for m in models[1:]:
+                m.load_state_dict(models[0].state_dict())
+            update = make(models, data)
+            for mode in ["eager", "cuda_graph"]:
+                r = dict(impl=name, mode=mode, precision=precision)
+                try:
+                    fn = update if mode == "eager" else graphed(update)
+                    sec = time_it(fn, a.iters)
+                    r.update(updates_per_s=a.iters / sec, raw_frames_per_s=4 * steps * a.iters / sec)
+                except Exception as e:  # a capture can fail (e.g. an op that syncs); report, go on
+                    r.update(error=str(e).splitlines()[0])
+                results.append(r)
     out = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, agents=a.agents,
                envs_per_agent=a.envs_per_agent, n_steps=a.n_steps, net=a.net, results=results)
     if a.json:
@@ -166,9 +172,9 @@ def main():
         print(f"{out['device']}, torch {out['torch']}: {a.agents} agents x {a.envs_per_agent} envs x {a.n_steps} steps, net {a.net}")
         for r in results:
             if "error" in r:
-                print(f"  {r['impl']:5s} {r['mode']:10s} failed: {r['error']}")
+                print(f"  {r['precision']} {r['impl']:5s} {r['mode']:10s} failed: {r['error']}")
             else:
-                print(f"  {r['impl']:5s} {r['mode']:10s} {r['updates_per_s']:8.1f} updates/s  {r['raw_frames_per_s']:10.0f} raw frames/s")
+                print(f"  {r['precision']} {r['impl']:5s} {r['mode']:10s} {r['updates_per_s']:8.1f} updates/s  {r['raw_frames_per_s']:10.0f} raw frames/s")
 
 
 if __name__ == "__main__":
