@@ -17,20 +17,34 @@
 //   dz_ij = [-A_i rho_i (delta_{j,a_i} - p_ij) + c_e p_ij (log p_ij + H_i)] / N
 //   terms_i = (A_i^2, A_i rho_i log p_i(a_i), H_i)   (the loss terms before the means)
 // in the CPU twin's float operations and order (the softmax is one thread's sequential loop).
-// Grid: (ceil(N / HEADS_ROWS), agents) blocks of HEADS_THREADS; the block's threads compute the
-// HEADS_ROWS x (A+1) dot products (each one thread's sequential sum over k), then one thread
-// per sample does the rest.
+// Grid: (ceil(N / HEADS_ROWS), agents) blocks of HEADS_THREADS. The block stages its HEADS_ROWS
+// hidden rows and the A+1 weight rows in shared memory, HEADS_KTILE columns at a time (coalesced
+// loads; rows padded to KTILE+1 floats, so the lanes of a warp, which read A+1 different weight
+// rows and a few hidden rows at the same k, hit different banks), and each of its threads owns
+// up to HEADS_PAIRS of the HEADS_ROWS x (A+1) dot products, summed over k in ascending order
+// across the tiles; then one thread per sample does the rest. (Each thread used to read its
+// two 2 KB rows straight from global memory: 45-52 us per launch on an H200, Nsight Compute,
+// 2026-12-04, for 16-80 blocks of serial loads.)
 //
-// heads_backward (grid (ceil(H / HEADS_THREADS), agents), one thread per hidden unit k):
-//   dWa[j][k] = sum_i dz_ij h_ik,   dWc[k] = sum_i dV_i h_ik
-//   dh_ik     = (sum_j dz_ij Wa[j][k]) + dV_i Wc[k]      (the fc layer masks it by h > 0)
-//   block 0:  dba[j] = sum_i dz_ij,  dbc = sum_i dV_i,  stats[a] = (sum_i terms_i) in f64
+// heads_backward (grid (ceil(H / HEADS_THREADS), agents, A + 1 + ceil(N / HEADS_ROWS)), one
+// thread per hidden unit k; blockIdx.z picks the work, so 17 blocks share what one did before):
+//   z = j < A:        dWa[j][k] = sum_i dz_ij h_ik
+//   z = A:            dWc[k]    = sum_i dV_i h_ik
+//   z = A + 1 + b:    dh_ik     = (sum_j dz_ij Wa[j][k]) + dV_i Wc[k] for the HEADS_ROWS samples
+//                     i of row block b (the fc layer masks it by h > 0)
+//   block (0, a, 0):  dba[j] = sum_i dz_ij,  dbc = sum_i dV_i,  stats[a] = (sum_i terms_i) in f64
 // Accumulation contract: every output is written (never accumulated into), each a sequential
-// sum over i (or j) in ascending order by one thread; no atomics. Requires A + 1 <= HEADS_MAX_OUT.
+// sum over i (or j, or k) in ascending order by one thread; no atomics. The split over blocks and
+// tiles changes which thread sums, never an order: results are bit-identical to the one-thread
+// loops these kernels had before. Requires A + 1 <= HEADS_MAX_OUT.
+
+#include "prelude.cuh"
 
 #define HEADS_ROWS 8
 #define HEADS_THREADS 128
 #define HEADS_MAX_OUT 32
+#define HEADS_KTILE 128
+#define HEADS_PAIRS ((HEADS_ROWS * HEADS_MAX_OUT + HEADS_THREADS - 1) / HEADS_THREADS)
 
 // The body shared by heads_forward (mode 0, the loss pointers unused) and heads_forward_loss.
 __device__ __forceinline__ void heads_body(
@@ -41,26 +55,55 @@ __device__ __forceinline__ void heads_body(
     unsigned int param_count, unsigned int actor_w, unsigned int actor_b, unsigned int critic_w,
     unsigned int critic_b, unsigned int mode, float value_coef, float entropy_coef) {
     __shared__ float z[HEADS_ROWS][HEADS_MAX_OUT];
+    __shared__ float h_tile[HEADS_ROWS][HEADS_KTILE + 1];
+    __shared__ float w_tile[HEADS_MAX_OUT][HEADS_KTILE + 1];
     const unsigned int agent = blockIdx.y, row0 = blockIdx.x * HEADS_ROWS;
     const unsigned int outs = num_actions + 1;
     const float* th = params + (unsigned long long)agent * param_count;
     const unsigned long long base = (unsigned long long)agent * n;
-    for (unsigned int e = threadIdx.x; e < HEADS_ROWS * outs; e += blockDim.x) {
+    float acc[HEADS_PAIRS];
+GALA_UNROLL
+    for (unsigned int q = 0; q < HEADS_PAIRS; ++q) acc[q] = 0.0f;
+    for (unsigned int k0 = 0; k0 < hidden_dim; k0 += HEADS_KTILE) {
+        const unsigned int kt = hidden_dim - k0 < HEADS_KTILE ? hidden_dim - k0 : HEADS_KTILE;
+        for (unsigned int e = threadIdx.x; e < HEADS_ROWS * HEADS_KTILE; e += blockDim.x) {
+            const unsigned int row = e / HEADS_KTILE, kk = e % HEADS_KTILE, i = row0 + row;
+            h_tile[row][kk] = i < n && kk < kt ? hidden[(base + i) * hidden_dim + k0 + kk] : 0.0f;
+        }
+        for (unsigned int e = threadIdx.x; e < outs * HEADS_KTILE; e += blockDim.x) {
+            const unsigned int j = e / HEADS_KTILE, kk = e % HEADS_KTILE;
+            const float* w = j < num_actions ? th + actor_w + j * hidden_dim : th + critic_w;
+            w_tile[j][kk] = kk < kt ? w[k0 + kk] : 0.0f;
+        }
+        __syncthreads();
+GALA_UNROLL
+        for (unsigned int q = 0; q < HEADS_PAIRS; ++q) {
+            const unsigned int e = threadIdx.x + q * blockDim.x;
+            if (e < HEADS_ROWS * outs) {
+                const float* w = w_tile[e % outs];
+                const float* h = h_tile[e / outs];
+                float a = acc[q];
+                for (unsigned int kk = 0; kk < kt; ++kk) a += w[kk] * h[kk];
+                acc[q] = a;
+            }
+        }
+        __syncthreads();
+    }
+GALA_UNROLL
+    for (unsigned int q = 0; q < HEADS_PAIRS; ++q) {
+        const unsigned int e = threadIdx.x + q * blockDim.x;
         const unsigned int row = e / outs, j = e % outs;
         const unsigned int i = row0 + row;
-        if (i >= n) continue;
-        const float* h = hidden + (base + i) * hidden_dim;
-        const float* w = j < num_actions ? th + actor_w + j * hidden_dim : th + critic_w;
-        float acc = 0.0f;
-        for (unsigned int k = 0; k < hidden_dim; ++k) acc += w[k] * h[k];
+        if (e >= HEADS_ROWS * outs || i >= n) continue;
+        float a = acc[q];
         if (j < num_actions) {
-            acc += th[actor_b + j];
-            logits[(base + i) * num_actions + j] = acc;
+            a += th[actor_b + j];
+            logits[(base + i) * num_actions + j] = a;
         } else {
-            acc += th[critic_b];
-            values[base + i] = acc;
+            a += th[critic_b];
+            values[base + i] = a;
         }
-        z[row][j] = acc;
+        z[row][j] = a;
     }
     if (mode == 0) return;
     __syncthreads();
@@ -106,7 +149,7 @@ extern "C" __global__ void __launch_bounds__(HEADS_THREADS) heads_backward(
     float* __restrict__ grads, double* __restrict__ stats, unsigned int n, unsigned int hidden_dim,
     unsigned int num_actions, unsigned int param_count, unsigned int actor_w, unsigned int actor_b,
     unsigned int critic_w, unsigned int critic_b) {
-    const unsigned int agent = blockIdx.y, k = blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned int agent = blockIdx.y, k = blockIdx.x * blockDim.x + threadIdx.x, part = blockIdx.z;
     const unsigned long long base = (unsigned long long)agent * n;
     const float* th = params + (unsigned long long)agent * param_count;
     float* g = grads + (unsigned long long)agent * param_count;
@@ -114,23 +157,28 @@ extern "C" __global__ void __launch_bounds__(HEADS_THREADS) heads_backward(
     const float* dv = dvalues + base;
     const float* h = hidden + base * hidden_dim;
     if (k < hidden_dim) {
-        for (unsigned int j = 0; j < num_actions; ++j) {
+        if (part < num_actions) {
+            const unsigned int j = part;
             float acc = 0.0f;
             for (unsigned int i = 0; i < n; ++i) acc += dz[i * num_actions + j] * h[(unsigned long long)i * hidden_dim + k];
             g[actor_w + j * hidden_dim + k] = acc;
-        }
-        float acc = 0.0f;
-        for (unsigned int i = 0; i < n; ++i) acc += dv[i] * h[(unsigned long long)i * hidden_dim + k];
-        g[critic_w + k] = acc;
-        const float wc = th[critic_w + k];
-        float* dh = dhidden + base * hidden_dim;
-        for (unsigned int i = 0; i < n; ++i) {
-            float s = 0.0f;
-            for (unsigned int j = 0; j < num_actions; ++j) s += dz[i * num_actions + j] * th[actor_w + j * hidden_dim + k];
-            dh[(unsigned long long)i * hidden_dim + k] = s + dv[i] * wc;
+        } else if (part == num_actions) {
+            float acc = 0.0f;
+            for (unsigned int i = 0; i < n; ++i) acc += dv[i] * h[(unsigned long long)i * hidden_dim + k];
+            g[critic_w + k] = acc;
+        } else {
+            const unsigned int i0 = (part - num_actions - 1) * HEADS_ROWS;
+            const unsigned int i1 = i0 + HEADS_ROWS < n ? i0 + HEADS_ROWS : n;
+            const float wc = th[critic_w + k];
+            float* dh = dhidden + base * hidden_dim;
+            for (unsigned int i = i0; i < i1; ++i) {
+                float s = 0.0f;
+                for (unsigned int j = 0; j < num_actions; ++j) s += dz[i * num_actions + j] * th[actor_w + j * hidden_dim + k];
+                dh[(unsigned long long)i * hidden_dim + k] = s + dv[i] * wc;
+            }
         }
     }
-    if (blockIdx.x != 0) return;
+    if (blockIdx.x != 0 || part != 0) return;
     const unsigned int t = threadIdx.x;
     if (t < num_actions) {
         float acc = 0.0f;

@@ -13,6 +13,14 @@
 
 #define GALA_WARP_SIZE 32
 
+// `#pragma unroll` for NVRTC; nothing for the simulator's host compiler (GCC warns on it), which
+// keeps small fixed-size register arrays in registers anyway.
+#ifdef __CUDA_SIM__
+#define GALA_UNROLL
+#else
+#define GALA_UNROLL _Pragma("unroll")
+#endif
+
 enum GalaReduceOp { GALA_REDUCE_SUM, GALA_REDUCE_MIN };
 
 template <GalaReduceOp OP, class T>

@@ -989,8 +989,12 @@ pub fn heads_backward<D: Device>(
     ensure_len(K, "dhidden", dhidden, rows * hp.hidden)?;
     ensure_len(K, "grads", grads, agents * hp.param_count)?;
     ensure_len(K, "stats", stats, agents * 3)?;
+    // grid.z: one slice per actor-weight row, one for the critic row, one per HEADS_ROWS samples
+    // of ∂L/∂hidden (the kernel's `part`).
+    let parts = hp.actions + 1 + n.div_ceil(HEADS_ROWS as usize);
+    let z = grid_dim(K, "actions + 1 + row blocks", parts)?;
     let config = LaunchConfig {
-        grid: (hp.hidden.div_ceil(HEADS_THREADS as usize).max(1) as u32, y, 1),
+        grid: (hp.hidden.div_ceil(HEADS_THREADS as usize).max(1) as u32, y, z),
         block: (HEADS_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
