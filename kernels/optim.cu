@@ -20,8 +20,12 @@
 // the host): first[r][c] = the smallest index i among block (c, r)'s elements with params[r][i]
 // NaN or infinite, or 0xffffffff when there is none; same grid as the optimizer. The host takes
 // the minimum over an agent's chunks. Integer minimum: exact whatever the order.
-// Grid: (chunks, agents) blocks of OPTIM_BLOCK threads for both passes; block (c, r) handles the
-//       elements i = c*OPTIM_BLOCK + t + k*chunks*OPTIM_BLOCK of agent r.
+// Grid: (chunks, agents) blocks of OPTIM_BLOCK threads for pass 1 and optim_find_nonfinite; block
+//       (c, r) handles the elements i = c*OPTIM_BLOCK + t + k*chunks*OPTIM_BLOCK of agent r.
+//       Pass 2 is elementwise, so its partition is free: (step_blocks, agents) blocks, about
+//       OPTIM_STEP_ELEMS_PER_THREAD elements per thread (the launcher's choice), grid-stride over
+//       gridDim.x; it still reads the `chunks` partials of pass 1. (With pass 1's 64 blocks per
+//       agent it held too few loads in flight: 1.3 TB/s on an H200, Nsight Compute, 2026-12-04.)
 // Accumulation contract: deterministic, no atomics. Pass 1 writes one f64 partial sum of squares
 // per (agent, chunk) through a fixed shuffle tree; pass 2 sums an agent's partials in chunk order
 // (every block recomputes the same sum, so no third launch is needed). The result depends on P
@@ -68,7 +72,7 @@ extern "C" __global__ void __launch_bounds__(OPTIM_BLOCK) optim_clip_rmsprop(
     if (skip[0] != 0u) return;
     const float coef = clip_coef;
     const unsigned long long base = (unsigned long long)agent * param_count;
-    for (unsigned int i = chunk * blockDim.x + threadIdx.x; i < param_count; i += chunks * blockDim.x) {
+    for (unsigned int i = chunk * blockDim.x + threadIdx.x; i < param_count; i += gridDim.x * blockDim.x) {
         const float g = grads[base + i] * coef;
         grads[base + i] = g;
         const float v = alpha * square_avg[base + i] + (1.0f - alpha) * g * g;

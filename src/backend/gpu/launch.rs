@@ -12,6 +12,9 @@ pub const OPTIM_BLOCK: u32 = 256;
 /// Blocks per agent for the optimizer passes: enough for a full GPU with a few agents, few
 /// enough that pass 2's serial sum of partials per block stays negligible.
 pub const OPTIM_MAX_CHUNKS: u32 = 64;
+/// Elements per thread of the optimizer's step (pass 2), which sets its grid: elementwise, so
+/// the result does not depend on it; small enough that every SM is full of loads in flight.
+pub const OPTIM_STEP_ELEMS_PER_THREAD: usize = 4;
 /// Threads per block of the gossip kernels (GOSSIP_BLOCK).
 pub const GOSSIP_BLOCK: u32 = 256;
 /// Blocks per agent (mixing) or per reduced quantity (consensus).
@@ -117,7 +120,10 @@ pub fn optim_clip_rmsprop<D: Device>(
     ensure(max_norm > 0.0 && opt.lr.is_finite() && (0.0..1.0).contains(&opt.alpha) && opt.eps > 0.0, || {
         format!("{K}: hyper-parameters out of range (max_norm {max_norm}, {opt:?})")
     })?;
-    let config = LaunchConfig { grid: (chunks, a, 1), block: (OPTIM_BLOCK, 1, 1), shared_mem_bytes: 0 };
+    // Never fewer blocks than pass 1's chunks (block 0 of each agent writes its norm).
+    let step_blocks = (param_count.div_ceil(OPTIM_BLOCK as usize * OPTIM_STEP_ELEMS_PER_THREAD) as u32).max(chunks);
+    ensure_u32_index(K, param_count, step_blocks * OPTIM_BLOCK)?;
+    let config = LaunchConfig { grid: (step_blocks, a, 1), block: (OPTIM_BLOCK, 1, 1), shared_mem_bytes: 0 };
     dev.launch(
         stream,
         K,
