@@ -8,7 +8,7 @@
 # The whole lease is 15 minutes of device time, start-up included, so every step has its own
 # time box and the script keeps to an overall budget (GALA_GPU_BUDGET_S, default 450 s): a step
 # that would start past it is skipped and says so. STEPS (default "all") picks steps by name:
-# machine tests learner pytorch e2e async ncu.
+# machine tests learner pytorch e2e async ncu sanitize.
 set -u
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/gpu-out}"; mkdir -p "$OUT"
@@ -101,6 +101,20 @@ l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,smsp__inst_executed_op_shar
         echo "ncu rc=$? lines=$(wc -l <"$OUT/ncu.csv")"; tail -5 /tmp/ncu.err
     else
         echo "no ncu on this machine"
+    fi
+fi
+if want sanitize; then
+    # compute-sanitizer (works on the Firecracker machines, KINDS.md): out-of-bounds and
+    # misaligned accesses (memcheck) and shared-memory races (racecheck) in the network kernels'
+    # CUDA comparison, which launches every conv/fc/heads kernel on ragged shapes.
+    cs="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)"
+    if [ -n "$cs" ]; then
+        for tool in memcheck racecheck; do
+            box 120 "$cs" --tool "$tool" --error-exitcode 3 "$G/net_kernels" cuda --test-threads 1 2>&1 | tail -15
+            echo "compute-sanitizer $tool rc=${PIPESTATUS[0]}"
+        done
+    else
+        echo "no compute-sanitizer on this machine"
     fi
 fi
 echo; echo "=== done (${SECONDS}s)"
