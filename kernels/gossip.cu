@@ -15,7 +15,8 @@
 //   th_r <- th_r/(m+1) + sum_{j : bit j of take_mask} slot_j/(m+1)
 // in place (each th_r element is read before it is written, by the same thread; the slots are
 // other buffers). m = 0 leaves th_r unchanged.
-// Shapes: params [agents][P] f32 (row `agent` is mixed); slot_addresses [slots] (1..=64): the
+// Shapes: params [agents][row_stride] f32 (the first P floats of row `agent` are mixed; the
+//         arena pads its rows, see arena_stride in launch.rs); slot_addresses [slots] (1..=64): the
 //         device addresses of the receiver's slots, each a [P] f32 buffer, in one fixed order —
 //         a persistent table uploaded once, so a round uploads nothing: the mask picks the fresh
 //         messages, summed in ascending slot order.
@@ -60,7 +61,7 @@ extern "C" __global__ void __launch_bounds__(GOSSIP_BLOCK) gossip_mix(
 
 extern "C" __global__ void __launch_bounds__(GOSSIP_BLOCK) gossip_mix_mailbox(
     float* __restrict__ params, const unsigned long long* __restrict__ slot_addresses, unsigned long long take_mask,
-    unsigned int slots, unsigned int agent, unsigned int param_count, unsigned int chunks) {
+    unsigned int slots, unsigned int agent, unsigned int param_count, unsigned int row_stride, unsigned int chunks) {
     // The picked slots, in ascending slot order, resolved once per block.
     __shared__ const float* taken[GOSSIP_MAILBOX_MAX_SLOTS];
     __shared__ unsigned int taken_count;
@@ -75,7 +76,7 @@ extern "C" __global__ void __launch_bounds__(GOSSIP_BLOCK) gossip_mix_mailbox(
     __syncthreads();
     const unsigned int m = taken_count;
     const float w = 1.0f / ((float)m + 1.0f);
-    const unsigned long long base = (unsigned long long)agent * param_count;
+    const unsigned long long base = (unsigned long long)agent * row_stride;
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < param_count; i += chunks * blockDim.x) {
         float acc = __fmul_rn(params[base + i], w);
         for (unsigned int j = 0; j < m; ++j) acc = __fadd_rn(acc, __fmul_rn(taken[j][i], w));

@@ -250,7 +250,7 @@ fn check_gossip_mailbox<D: Device>(dev: &D, exact: bool) {
             for mask in [0u64, 1, 1 << (slots - 1), all, random] {
                 let arena0 = normals(agents * p, seed + 99, 1.0);
                 let mut params = upload(dev, &arena0);
-                launch::gossip_mix_mailbox(dev, s, &mut params, &table, mask, agent, agents, p).unwrap();
+                launch::gossip_mix_mailbox(dev, s, &mut params, &table, mask, agent, agents, p, p).unwrap();
                 let mut want = arena0.clone();
                 let picked: Vec<&[f32]> = (0..slots).filter(|j| mask >> j & 1 == 1).map(|j| messages[j].as_slice()).collect();
                 gossip::mix_one(&mut want[agent * p..(agent + 1) * p], &picked);
@@ -272,14 +272,14 @@ fn check_gossip_mailbox<D: Device>(dev: &D, exact: bool) {
     let mut params = upload(dev, &normals(2 * p, 1, 1.0));
     let slot = upload(dev, &normals(p, 2, 1.0));
     let table = upload(dev, &[slot.device_ptr(); 3]);
-    let err = launch::gossip_mix_mailbox(dev, s, &mut params, &table, 1 << 3, 0, 2, p).unwrap_err();
+    let err = launch::gossip_mix_mailbox(dev, s, &mut params, &table, 1 << 3, 0, 2, p, p).unwrap_err();
     assert!(err.to_string().contains("beyond"), "{err}");
-    let err = launch::gossip_mix_mailbox(dev, s, &mut params, &table, 1, 2, 2, p).unwrap_err();
+    let err = launch::gossip_mix_mailbox(dev, s, &mut params, &table, 1, 2, 2, p, p).unwrap_err();
     assert!(err.to_string().contains("agent 2 of 2"), "{err}");
-    let err = launch::gossip_mix_mailbox(dev, s, &mut params, &table, 1, 0, 3, p).unwrap_err();
+    let err = launch::gossip_mix_mailbox(dev, s, &mut params, &table, 1, 0, 3, p, p).unwrap_err();
     assert!(err.to_string().contains("params"), "{err}");
     let too_many = upload(dev, &[slot.device_ptr(); 65]);
-    let err = launch::gossip_mix_mailbox(dev, s, &mut params, &too_many, 1, 0, 2, p).unwrap_err();
+    let err = launch::gossip_mix_mailbox(dev, s, &mut params, &too_many, 1, 0, 2, p, p).unwrap_err();
     assert!(err.to_string().contains("65 mailbox slots"), "{err}");
 }
 

@@ -192,7 +192,7 @@ pub const GOSSIP_MAILBOX_MAX_SLOTS: usize = 64;
 #[allow(clippy::too_many_arguments)]
 pub fn gossip_mix_mailbox<D: Device>(
     dev: &D, stream: Stream, params: &mut DeviceBuffer<f32>, slot_addresses: &DeviceBuffer<u64>, take_mask: u64,
-    agent: usize, agents: usize, param_count: usize,
+    agent: usize, agents: usize, param_count: usize, row_stride: usize,
 ) -> Result<()> {
     const K: &str = "gossip_mix_mailbox";
     ensure_agents(K, agents)?;
@@ -200,7 +200,9 @@ pub fn gossip_mix_mailbox<D: Device>(
     let chunks = gossip_chunks(param_count);
     let p = ensure_u32_index(K, param_count, chunks * GOSSIP_BLOCK)?;
     ensure(param_count > 0, || format!("{K}: empty parameter vector"))?;
-    ensure_len(K, "params", params, agents * param_count)?;
+    ensure(row_stride >= param_count, || format!("{K}: row stride {row_stride} below the {param_count} parameters"))?;
+    let stride = u32_of(K, "row stride", row_stride)?;
+    ensure_len(K, "params", params, agents * row_stride)?;
     let slots = slot_addresses.len();
     ensure((1..=GOSSIP_MAILBOX_MAX_SLOTS).contains(&slots), || {
         format!("{K}: {slots} mailbox slots; 1..={GOSSIP_MAILBOX_MAX_SLOTS} supported (the take mask is 64 bits)")
@@ -223,6 +225,7 @@ pub fn gossip_mix_mailbox<D: Device>(
             KernelArg::U32(slots as u32),
             KernelArg::U32(agent as u32),
             KernelArg::U32(p),
+            KernelArg::U32(stride),
             KernelArg::U32(chunks),
         ],
     )
@@ -358,6 +361,16 @@ pub const CONV_FILTER_SAMPLES_PER_CHUNK: usize = 4;
 pub const HEADS_ROWS: u32 = 8;
 pub const HEADS_THREADS: u32 = 128;
 pub const HEADS_MAX_OUT: usize = 32;
+/// Floats between two agents' rows of the parameter arena (params, grads, RMSprop state):
+/// P rounded up to a multiple of 32, so every agent's row starts on a 128-byte line and a warp's
+/// 32 consecutive floats of it are 4 sectors, not 5 (P = 866,439 for the gala net is odd: the
+/// fc and optimizer loads took 4.25–4.87 sectors per request on an H200 before). The pad floats
+/// stay 0 — no gradient reaches them, so RMSprop, gossip and the norms leave them 0 and every
+/// sum over a row is unchanged.
+pub const ARENA_ROW_ALIGN: usize = 32;
+pub fn arena_stride(param_count: usize) -> usize {
+    param_count.div_ceil(ARENA_ROW_ALIGN) * ARENA_ROW_ALIGN
+}
 /// Largest grid.y / grid.z.
 const MAX_GRID_YZ: u64 = 65_535;
 
@@ -387,7 +400,7 @@ pub struct LayerParams {
 impl LayerParams {
     /// Weight and bias views `w`, `b` of `layout` (tensor indices, see `model::tensor`).
     pub fn of(layout: &crate::model::ParamLayout, w: usize, b: usize) -> Self {
-        LayerParams { param_count: layout.total, w_off: layout.tensors[w].offset, b_off: layout.tensors[b].offset }
+        LayerParams { param_count: arena_stride(layout.total), w_off: layout.tensors[w].offset, b_off: layout.tensors[b].offset }
     }
 }
 
@@ -855,7 +868,7 @@ impl HeadsParams {
         use crate::model::tensor;
         let off = |i: usize| layout.tensors[i].offset;
         HeadsParams {
-            param_count: layout.total,
+            param_count: arena_stride(layout.total),
             hidden: spec.hidden,
             actions: spec.actions,
             actor_w: off(tensor::ACTOR_W),

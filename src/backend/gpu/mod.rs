@@ -25,6 +25,9 @@ pub struct GpuArena<D: Device> {
     stream: Stream,
     agents: usize,
     param_count: usize,
+    /// Floats per agent row on the device (`launch::arena_stride`: P padded to 128-byte lines);
+    /// the host sees [agents][P], the pads stay 0.
+    stride: usize,
     params: DeviceBuffer<f32>,
     grads: DeviceBuffer<f32>,
     square_avg: DeviceBuffer<f32>,
@@ -54,16 +57,17 @@ impl<D: Device> GpuArena<D> {
         if agents == 0 || param_count == 0 {
             return Err(Error::Shape(format!("GpuArena: {agents} agents of {param_count} parameters")));
         }
-        let n = agents * param_count;
-        if initial.len() != n {
-            return Err(Error::Shape(format!("GpuArena: initial parameters hold {}, expected {n}", initial.len())));
+        if initial.len() != agents * param_count {
+            return Err(Error::Shape(format!("GpuArena: initial parameters hold {}, expected {}", initial.len(), agents * param_count)));
         }
+        let stride = launch::arena_stride(param_count);
+        let n = agents * stride;
         // A stream of its own, never the default one: on CUDA the default stream is the legacy
         // NULL stream, which serialises with every blocking stream, so backends sharing a GPU
         // (one per agent in asynchronous gossip) would never overlap. Harmless for one backend.
         let stream = device.new_stream()?;
-        let optim_chunks = launch::optim_chunks(param_count) as usize;
-        let gossip_chunks = launch::gossip_chunks(param_count) as usize;
+        let optim_chunks = launch::optim_chunks(stride) as usize;
+        let gossip_chunks = launch::gossip_chunks(stride) as usize;
         let mut arena = GpuArena {
             params: device.alloc_zeros(n)?,
             grads: device.alloc_zeros(n)?,
@@ -81,6 +85,7 @@ impl<D: Device> GpuArena<D> {
             stream,
             agents,
             param_count,
+            stride,
         };
         arena.write_params(initial)?;
         Ok(arena)
@@ -100,10 +105,32 @@ impl<D: Device> GpuArena<D> {
         self.param_count
     }
 
+    /// Floats per agent row on the device (P rounded up to `launch::ARENA_ROW_ALIGN`).
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// A whole arena buffer as the host sees it, [agents][P] (the rows' pads dropped).
     fn read(&self, buf: &DeviceBuffer<f32>) -> Result<Vec<f32>> {
-        let mut out = vec![0f32; buf.len()];
-        self.device.download(self.stream, buf, 0, &mut out)?;
-        Ok(out)
+        let mut padded = vec![0f32; buf.len()];
+        self.device.download(self.stream, buf, 0, &mut padded)?;
+        if self.stride == self.param_count {
+            return Ok(padded);
+        }
+        Ok(padded.chunks(self.stride).flat_map(|row| &row[..self.param_count]).copied().collect())
+    }
+
+    /// Uploads [agents][P] from the host into a whole arena buffer `dst` of rows of `stride`,
+    /// the rows' pads 0. (An associated function, so callers can borrow `dst` beside the device.)
+    fn upload_rows(dev: &D, stream: Stream, host: &[f32], dst: &mut DeviceBuffer<f32>, p: usize, stride: usize) -> Result<()> {
+        if stride == p {
+            return dev.upload(stream, host, dst, 0);
+        }
+        let mut padded = vec![0f32; host.len() / p * stride];
+        for (row, src) in padded.chunks_mut(stride).zip(host.chunks(p)) {
+            row[..p].copy_from_slice(src);
+        }
+        dev.upload(stream, &padded, dst, 0)
     }
 
     fn check_arena(&self, what: &str, len: usize) -> Result<()> {
@@ -130,7 +157,7 @@ impl<D: Device> GpuArena<D> {
     }
     pub fn write_params(&mut self, params: &[f32]) -> Result<()> {
         self.check_arena("write_params", params.len())?;
-        self.device.upload(self.stream, params, &mut self.params, 0)
+        Self::upload_rows(&self.device, self.stream, params, &mut self.params, self.param_count, self.stride)
     }
     /// The gradients [agents][P] (after `clip_and_rmsprop`: the clipped ones).
     pub fn read_grads(&self) -> Result<Vec<f32>> {
@@ -139,7 +166,7 @@ impl<D: Device> GpuArena<D> {
     /// Sets the gradients; until the backward kernels land, tests and callers provide them.
     pub fn write_grads(&mut self, grads: &[f32]) -> Result<()> {
         self.check_arena("write_grads", grads.len())?;
-        self.device.upload(self.stream, grads, &mut self.grads, 0)
+        Self::upload_rows(&self.device, self.stream, grads, &mut self.grads, self.param_count, self.stride)
     }
     /// RMSprop square averages [agents][P].
     pub fn read_optimizer_state(&self) -> Result<Vec<f32>> {
@@ -147,7 +174,7 @@ impl<D: Device> GpuArena<D> {
     }
     pub fn write_optimizer_state(&mut self, square_avg: &[f32]) -> Result<()> {
         self.check_arena("write_optimizer_state", square_avg.len())?;
-        self.device.upload(self.stream, square_avg, &mut self.square_avg, 0)
+        Self::upload_rows(&self.device, self.stream, square_avg, &mut self.square_avg, self.param_count, self.stride)
     }
 
     /// Per-agent clipping to `max_norm` and one RMSprop step for every agent (two launches);
@@ -160,7 +187,9 @@ impl<D: Device> GpuArena<D> {
     /// The optimizer's two launches, enqueued without waiting; with `guarded`, the step is
     /// skipped on the device when the guard flag (`step_guard_mut`) is set.
     pub(crate) fn enqueue_clip_and_rmsprop(&mut self, max_norm: f64, opt: RmsProp, guarded: bool) -> Result<()> {
-        let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.param_count);
+        // Over whole padded rows: the pads' gradients are 0, so they add nothing to the norms
+        // and RMSprop leaves them 0.
+        let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.stride);
         launch::optim_sumsq_partials(dev, s, &self.grads, &mut self.norm_partials, a, p)?;
         launch::optim_clip_rmsprop(
             dev,
@@ -223,7 +252,8 @@ impl<D: Device> GpuArena<D> {
     /// one launch and a download of agents × chunks indices, so checking after every update
     /// does not move the arena to the host.
     pub fn find_nonfinite(&mut self) -> Result<Option<(usize, usize, f32)>> {
-        let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.param_count);
+        // Over whole padded rows (the pads are 0, never the hit); `p` is the row stride.
+        let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.stride);
         launch::optim_find_nonfinite(dev, s, &self.params, &mut self.nonfinite_first, a, p)?;
         let mut first = vec![0u32; self.nonfinite_first.len()];
         dev.download(s, &self.nonfinite_first, 0, &mut first)?;
@@ -253,7 +283,7 @@ impl<D: Device> GpuArena<D> {
         let dev = &self.device;
         let n = self.params.len();
         dev.copy(self.stream, &self.params, 0, &mut self.snapshot, 0, n)?;
-        launch::gossip_mix(dev, self.stream, &self.snapshot, &mut self.params, &offsets_dev, &peers_dev, self.agents, self.param_count)?;
+        launch::gossip_mix(dev, self.stream, &self.snapshot, &mut self.params, &offsets_dev, &peers_dev, self.agents, self.stride)?;
         // The peer tables are freed on return; make sure the launch that reads them is done.
         dev.synchronize(self.stream)
     }
@@ -266,17 +296,19 @@ impl<D: Device> GpuArena<D> {
     /// whole run's batched round on this device (on CUDA too, where the kernel's sums may be
     /// fused and a host-side mix would differ in the last bit).
     pub fn mix_with_remote(&mut self, in_peers: &[Vec<usize>], remote: &[&[f32]]) -> Result<()> {
-        let (a, p, m) = (self.agents, self.param_count, remote.len());
-        if in_peers.len() != a || remote.iter().any(|r| r.len() != p) || in_peers.iter().flatten().any(|&s| s >= a + m) {
+        let (a, p, m) = (self.agents, self.stride, remote.len());
+        if in_peers.len() != a || remote.iter().any(|r| r.len() != self.param_count) || in_peers.iter().flatten().any(|&s| s >= a + m) {
             return Err(Error::Shape(format!(
-                "mix_with_remote: {} peer lists for {a} agents, {m} remote messages of {p} parameters each expected",
-                in_peers.len()
+                "mix_with_remote: {} peer lists for {a} agents, {m} remote messages of {} parameters each expected",
+                in_peers.len(),
+                self.param_count
             )));
         }
         let rows = a + m;
         let Some((offsets_dev, peers_dev)) = self.peer_tables(in_peers, rows)? else {
             return Ok(());
         };
+        // Rows of the arena's stride (`p` here); a message fills the first P floats of its row.
         let dev = &self.device;
         let mut snapshot = dev.alloc_zeros::<f32>(rows * p)?;
         let mut mixed = dev.alloc_zeros::<f32>(rows * p)?;
@@ -326,7 +358,8 @@ impl<D: Device> GpuArena<D> {
         &mut self, in_peers: &[Vec<usize>], sends: &[(usize, usize, u32)], recvs: &[(usize, u32)], link: &mut dyn crate::dist::DeviceLink,
         timeout: std::time::Duration,
     ) -> Result<()> {
-        let (a, p, m) = (self.agents, self.param_count, recvs.len());
+        // Rows of the arena's stride (`p`); messages are the first P floats of a row (`len`).
+        let (a, p, m, len) = (self.agents, self.stride, recvs.len(), self.param_count);
         if in_peers.len() != a || in_peers.iter().flatten().any(|&s| s >= a + m) || sends.iter().any(|&(r, ..)| r >= a) {
             return Err(Error::Shape(format!(
                 "mix_over_link: {} peer lists for {a} agents, {m} received messages, senders {:?}",
@@ -344,8 +377,8 @@ impl<D: Device> GpuArena<D> {
         let (_, snapshot, mixed) = self.link_rows.iter_mut().find(|(r, ..)| *r == rows).expect("allocated above");
         dev.copy(s, &self.params, 0, snapshot, 0, a * p)?;
         let row = |r: usize| snapshot.device_ptr() + (r * p * std::mem::size_of::<f32>()) as u64;
-        let out: Vec<DeviceMessage> = sends.iter().map(|&(r, peer, tag)| DeviceMessage { peer, tag, ptr: row(r), len: p }).collect();
-        let into: Vec<DeviceMessage> = recvs.iter().enumerate().map(|(j, &(peer, tag))| DeviceMessage { peer, tag, ptr: row(a + j), len: p }).collect();
+        let out: Vec<DeviceMessage> = sends.iter().map(|&(r, peer, tag)| DeviceMessage { peer, tag, ptr: row(r), len }).collect();
+        let into: Vec<DeviceMessage> = recvs.iter().enumerate().map(|(j, &(peer, tag))| DeviceMessage { peer, tag, ptr: row(a + j), len }).collect();
         let native = dev.native_stream(s)?;
         link.exchange(&native, &out, &into, timeout)?;
         if let Some((offsets_dev, peers_dev)) = &tables {
@@ -385,7 +418,7 @@ impl<D: Device> GpuArena<D> {
         if let Some(e) = after {
             self.device.stream_wait_event(self.stream, e)?;
         }
-        self.device.copy(self.stream, &self.params, agent * p, slot, 0, p)?;
+        self.device.copy(self.stream, &self.params, agent * self.stride, slot, 0, p)?;
         self.device.record_event(self.stream)
     }
 
@@ -396,13 +429,14 @@ impl<D: Device> GpuArena<D> {
     /// landed (their copy events are done). Never blocks the host.
     pub fn mix_mailboxes(&mut self, agent: usize, slot_addresses: &DeviceBuffer<u64>, take_mask: u64) -> Result<Event> {
         let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.param_count);
-        launch::gossip_mix_mailbox(dev, s, &mut self.params, slot_addresses, take_mask, agent, a, p)?;
+        launch::gossip_mix_mailbox(dev, s, &mut self.params, slot_addresses, take_mask, agent, a, p, self.stride)?;
         dev.record_event(s)
     }
 
     /// max_r ‖θ_r − θ̄‖ / ‖θ̄‖ over the agents' parameters.
     pub fn consensus_distance(&mut self) -> Result<f64> {
-        let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.param_count);
+        // Over whole padded rows: the pads are 0 in every agent and add 0 to every sum.
+        let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.stride);
         launch::consensus_partials(dev, s, &self.params, &mut self.consensus_partials, a, p)?;
         launch::consensus_finish(dev, s, &self.consensus_partials, &mut self.consensus_result, a, p)?;
         let mut out = [0f64];
