@@ -11,9 +11,13 @@
 //! segment s+1 with θ_s on another thread, into the other half of a double buffer; then the actor
 //! takes θ_{s+1}. So every segment after the first is exactly one update old when it is learned
 //! from, always: the behaviour log-probs are stored with the rollout and the policy-gradient term
-//! is weighted by the truncated ratio min(1, π_θ(a|s)/μ(a|s)) (IMPALA's ρ̄ = 1), and V(s_T) for
-//! the bootstrap comes from the behaviour parameters, like the values HTS-RL stores with its
-//! rollouts. The two threads share no state, so pipelined runs are as deterministic as plain ones.
+//! is weighted by the truncated ratio min(1, π_θ(a|s)/μ(a|s)) (IMPALA's ρ̄ = 1). V(s_T) for the
+//! bootstrap is the learner's own, computed at the start of the update on a copy of s_T's frame
+//! stacks, not the behaviour parameters' (what HTS-RL stores with its rollouts): with the
+//! behaviour's V, one update old, the value targets lag the values they train, and right after
+//! PyTorch-RMSprop's first ~10·lr steps that lag drove the shared trunk's ReLUs dead on 2 of 3
+//! Pong seeds (LEARNING.md; with the learner's V, 0 of 2, like lock-step). The two threads share
+//! no state, so pipelined runs are as deterministic as plain ones.
 //! On a device backend both engines live on one shared device, each with its own stream, so the
 //! actor's forward passes overlap the learner's kernels on the GPU, and the hand-off of θ_{s+1}
 //! is a device-to-device copy ordered by events (`Engine::copy_params_into`), not a round trip
@@ -101,6 +105,9 @@ pub struct Trainer {
     /// uninterrupted run would have, and then the actor catches up.
     actor_behind: bool,
     act_out: ActOutput,
+    /// Pipelined: s_T's frame stacks of the segment being learned from, copied before the actor
+    /// steps the envs on, for the learner's own V(s_T).
+    bootstrap_obs: Vec<u8>,
     /// Wall-clock seconds per phase, for `bench e2e` (phases overlap when pipelined).
     phase_seconds: PhaseSeconds,
     /// Agent steps taken by every env so far (the RNG step counter).
@@ -186,7 +193,8 @@ struct Rollout {
     dones: Vec<f32>,
     /// log μ(a|s) of the parameters that acted.
     log_probs: Vec<f32>,
-    /// V(s_T) after the segment, by the parameters that acted.
+    /// V(s_T) after the segment, by the parameters that acted; for a stale segment the learner
+    /// replaces the values by its own before learning (module docs).
     bootstrap: ActOutput,
     /// Collected by parameters older than the learner's when it learns from it (pipelined,
     /// overlapped): the loss then applies the truncated importance ratio.
@@ -308,12 +316,20 @@ fn collect_segment(
 
 /// Learns from `ro` (optionally poisoned by the NaN test hook), checks the parameters, and runs
 /// the engine's next gossip round; returns the per-agent statistics and the seconds (learn, mix).
-fn learn_and_mix(engine: &mut Engine, ro: &mut Rollout, poison: bool) -> Result<(Vec<AgentLearnStats>, f64, f64)> {
+/// With `bootstrap_from` (s_T's frame stacks and the RNG step of an act on them), the bootstrap
+/// values are first recomputed by `engine`'s own parameters (a stale segment, module docs).
+fn learn_and_mix(
+    engine: &mut Engine, ro: &mut Rollout, poison: bool, bootstrap_from: Option<(&[u8], u64)>,
+) -> Result<(Vec<AgentLearnStats>, f64, f64)> {
     if poison {
         let last = ro.rewards.len() - ro.rewards.len() / engine.agents();
         ro.rewards[last] = f32::NAN;
     }
     let t0 = Instant::now();
+    if let Some((obs, step)) = bootstrap_from {
+        // Only the values are used; the sampled actions are dropped.
+        engine.act(obs, step, false, &mut ro.bootstrap)?;
+    }
     let stats = match &ro.device {
         Some(d) => engine.learn_recorded(&ro.segment(), d)?,
         None => engine.learn(&ro.segment())?,
@@ -423,6 +439,7 @@ impl Trainer {
             pending: false,
             actor_behind: false,
             act_out: ActOutput::default(),
+            bootstrap_obs: Vec::new(),
             phase_seconds: PhaseSeconds::default(),
             step: 0,
             updates: 0,
@@ -755,7 +772,7 @@ impl Trainer {
         self.obs_acted = true;
         self.record_collection(finished, act_s, env_s);
         let poison = self.debug_nan_at_update == Some(self.updates);
-        let (stats, learn_s, mix_s) = learn_and_mix(&mut self.engine, &mut self.rollout, poison)?;
+        let (stats, learn_s, mix_s) = learn_and_mix(&mut self.engine, &mut self.rollout, poison, None)?;
         self.last_stats = stats;
         self.phase_seconds.learn += learn_s;
         self.phase_seconds.mix += mix_s;
@@ -792,12 +809,20 @@ impl Trainer {
         }
         let poison = self.debug_nan_at_update == Some(self.updates);
         let started = Instant::now();
+        // The segment's s_T (the envs' current stacks), kept before the collector steps on; an
+        // act on it is the one this segment's bootstrap act would be, so it takes its RNG step.
+        let stale = self.rollout.stale;
+        if stale {
+            self.bootstrap_obs.clear();
+            self.bootstrap_obs.extend_from_slice(self.venv.observations());
+        }
         let (learned, collected) = {
-            let Trainer { engine, actor, venv, rollout, next, act_out, .. } = self;
+            let Trainer { engine, actor, venv, rollout, next, act_out, bootstrap_obs, .. } = self;
             let actor = actor.as_mut().expect("pipelined trainer has an actor");
+            let bootstrap_from = stale.then_some((&bootstrap_obs[..], plan.first_step));
             std::thread::scope(|scope| {
                 let collector = collect_next.then(|| scope.spawn(|| collect_segment(venv, actor, next, act_out, plan)));
-                let learned = learn_and_mix(engine, rollout, poison);
+                let learned = learn_and_mix(engine, rollout, poison, bootstrap_from);
                 let collected = collector
                     .map(|h| h.join().unwrap_or_else(|_| Err(Error::Backend("the rollout collector thread panicked".into()))));
                 (learned, collected)

@@ -37,11 +37,7 @@ pub struct VecEnv {
 
 impl VecEnv {
     pub fn new(envs: Vec<Box<dyn Environment>>, threads: usize) -> Result<Self> {
-        if envs.is_empty() {
-            return Err(Error::Config("a vector environment needs at least one environment".into()));
-        }
-        let threads = threads.max(1).min(envs.len());
-        let pool = env_pool(threads)?;
+        let (threads, pool) = env_pool(envs.len(), threads)?;
         Self::assemble(envs, threads, pool)
     }
 
@@ -54,11 +50,7 @@ impl VecEnv {
     where
         F: Fn(usize) -> Result<Box<dyn Environment>> + Sync,
     {
-        if indices.is_empty() {
-            return Err(Error::Config("a vector environment needs at least one environment".into()));
-        }
-        let threads = threads.max(1).min(indices.len());
-        let pool = env_pool(threads)?;
+        let (threads, pool) = env_pool(indices.len(), threads)?;
         let envs = match &pool {
             Some(pool) => pool.install(|| indices.into_par_iter().map(&make).collect::<Result<Vec<_>>>())?,
             None => indices.map(&make).collect::<Result<Vec<_>>>()?,
@@ -222,15 +214,21 @@ impl VecEnv {
 }
 
 /// The vector env's private worker pool (`None` for one thread: the caller's thread works).
-fn env_pool(threads: usize) -> Result<Option<rayon::ThreadPool>> {
-    if threads <= 1 {
-        return Ok(None);
+/// The worker threads for `envs` environments: at most one per environment, none for one thread.
+/// Returns the thread count in use and the pool.
+fn env_pool(envs: usize, threads: usize) -> Result<(usize, Option<rayon::ThreadPool>)> {
+    if envs == 0 {
+        return Err(Error::Config("a vector environment needs at least one environment".into()));
+    }
+    let threads = threads.max(1).min(envs);
+    if threads == 1 {
+        return Ok((1, None));
     }
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("gala-env-{i}"))
         .build()
-        .map(Some)
+        .map(|pool| (threads, Some(pool)))
         .map_err(|e| Error::Env(format!("cannot start {threads} environment threads: {e}; lower --threads")))
 }
 

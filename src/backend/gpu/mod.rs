@@ -105,11 +105,6 @@ impl<D: Device> GpuArena<D> {
         self.param_count
     }
 
-    /// Floats per agent row on the device (P rounded up to `launch::ARENA_ROW_ALIGN`).
-    pub fn stride(&self) -> usize {
-        self.stride
-    }
-
     /// A whole arena buffer as the host sees it, [agents][P] (the rows' pads dropped).
     fn read(&self, buf: &DeviceBuffer<f32>) -> Result<Vec<f32>> {
         let mut padded = vec![0f32; buf.len()];
@@ -189,8 +184,8 @@ impl<D: Device> GpuArena<D> {
     pub(crate) fn enqueue_clip_and_rmsprop(&mut self, max_norm: f64, opt: RmsProp, guarded: bool) -> Result<()> {
         // Over whole padded rows: the pads' gradients are 0, so they add nothing to the norms
         // and RMSprop leaves them 0.
-        let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.stride);
-        launch::optim_sumsq_partials(dev, s, &self.grads, &mut self.norm_partials, a, p)?;
+        let (dev, s, a, stride) = (&self.device, self.stream, self.agents, self.stride);
+        launch::optim_sumsq_partials(dev, s, &self.grads, &mut self.norm_partials, a, stride)?;
         launch::optim_clip_rmsprop(
             dev,
             s,
@@ -201,7 +196,7 @@ impl<D: Device> GpuArena<D> {
             &mut self.norms,
             if guarded { &self.step_guard } else { &self.no_guard },
             a,
-            p,
+            stride,
             max_norm,
             opt,
         )
@@ -252,9 +247,9 @@ impl<D: Device> GpuArena<D> {
     /// one launch and a download of agents × chunks indices, so checking after every update
     /// does not move the arena to the host.
     pub fn find_nonfinite(&mut self) -> Result<Option<(usize, usize, f32)>> {
-        // Over whole padded rows (the pads are 0, never the hit); `p` is the row stride.
-        let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.stride);
-        launch::optim_find_nonfinite(dev, s, &self.params, &mut self.nonfinite_first, a, p)?;
+        // Over whole padded rows (the pads are 0, never the hit).
+        let (dev, s, a, stride) = (&self.device, self.stream, self.agents, self.stride);
+        launch::optim_find_nonfinite(dev, s, &self.params, &mut self.nonfinite_first, a, stride)?;
         let mut first = vec![0u32; self.nonfinite_first.len()];
         dev.download(s, &self.nonfinite_first, 0, &mut first)?;
         let chunks = first.len() / a;
@@ -263,7 +258,7 @@ impl<D: Device> GpuArena<D> {
             None => Ok(None),
             Some((r, i)) => {
                 let mut value = [0f32];
-                dev.download(s, &self.params, r * p + i, &mut value)?;
+                dev.download(s, &self.params, r * stride + i, &mut value)?;
                 Ok(Some((r, i, value[0])))
             }
         }
@@ -296,7 +291,7 @@ impl<D: Device> GpuArena<D> {
     /// whole run's batched round on this device (on CUDA too, where the kernel's sums may be
     /// fused and a host-side mix would differ in the last bit).
     pub fn mix_with_remote(&mut self, in_peers: &[Vec<usize>], remote: &[&[f32]]) -> Result<()> {
-        let (a, p, m) = (self.agents, self.stride, remote.len());
+        let (a, stride, m) = (self.agents, self.stride, remote.len());
         if in_peers.len() != a || remote.iter().any(|r| r.len() != self.param_count) || in_peers.iter().flatten().any(|&s| s >= a + m) {
             return Err(Error::Shape(format!(
                 "mix_with_remote: {} peer lists for {a} agents, {m} remote messages of {} parameters each expected",
@@ -308,17 +303,17 @@ impl<D: Device> GpuArena<D> {
         let Some((offsets_dev, peers_dev)) = self.peer_tables(in_peers, rows)? else {
             return Ok(());
         };
-        // Rows of the arena's stride (`p` here); a message fills the first P floats of its row.
+        // Rows of the arena's stride; a message fills the first P floats of its row.
         let dev = &self.device;
-        let mut snapshot = dev.alloc_zeros::<f32>(rows * p)?;
-        let mut mixed = dev.alloc_zeros::<f32>(rows * p)?;
-        dev.copy(self.stream, &self.params, 0, &mut snapshot, 0, a * p)?;
+        let mut snapshot = dev.alloc_zeros::<f32>(rows * stride)?;
+        let mut mixed = dev.alloc_zeros::<f32>(rows * stride)?;
+        dev.copy(self.stream, &self.params, 0, &mut snapshot, 0, a * stride)?;
         for (j, msg) in remote.iter().enumerate() {
-            dev.upload(self.stream, msg, &mut snapshot, (a + j) * p)?;
+            dev.upload(self.stream, msg, &mut snapshot, (a + j) * stride)?;
         }
-        dev.copy(self.stream, &snapshot, 0, &mut mixed, 0, rows * p)?;
-        launch::gossip_mix(dev, self.stream, &snapshot, &mut mixed, &offsets_dev, &peers_dev, rows, p)?;
-        dev.copy(self.stream, &mixed, 0, &mut self.params, 0, a * p)?;
+        dev.copy(self.stream, &snapshot, 0, &mut mixed, 0, rows * stride)?;
+        launch::gossip_mix(dev, self.stream, &snapshot, &mut mixed, &offsets_dev, &peers_dev, rows, stride)?;
+        dev.copy(self.stream, &mixed, 0, &mut self.params, 0, a * stride)?;
         // The temporaries are freed on return; make sure the work that reads them is done.
         dev.synchronize(self.stream)
     }
@@ -358,8 +353,8 @@ impl<D: Device> GpuArena<D> {
         &mut self, in_peers: &[Vec<usize>], sends: &[(usize, usize, u32)], recvs: &[(usize, u32)], link: &mut dyn crate::dist::DeviceLink,
         timeout: std::time::Duration,
     ) -> Result<()> {
-        // Rows of the arena's stride (`p`); messages are the first P floats of a row (`len`).
-        let (a, p, m, len) = (self.agents, self.stride, recvs.len(), self.param_count);
+        // Rows of the arena's stride; messages are the first P floats of a row (`len`).
+        let (a, stride, m, len) = (self.agents, self.stride, recvs.len(), self.param_count);
         if in_peers.len() != a || in_peers.iter().flatten().any(|&s| s >= a + m) || sends.iter().any(|&(r, ..)| r >= a) {
             return Err(Error::Shape(format!(
                 "mix_over_link: {} peer lists for {a} agents, {m} received messages, senders {:?}",
@@ -370,22 +365,22 @@ impl<D: Device> GpuArena<D> {
         let rows = a + m;
         let tables = self.peer_tables(in_peers, rows)?;
         if !self.link_rows.iter().any(|(r, ..)| *r == rows) {
-            let buffers = (rows, self.device.alloc_zeros::<f32>(rows * p)?, self.device.alloc_zeros::<f32>(rows * p)?);
+            let buffers = (rows, self.device.alloc_zeros::<f32>(rows * stride)?, self.device.alloc_zeros::<f32>(rows * stride)?);
             self.link_rows.push(buffers);
         }
         let (dev, s) = (&self.device, self.stream);
         let (_, snapshot, mixed) = self.link_rows.iter_mut().find(|(r, ..)| *r == rows).expect("allocated above");
-        dev.copy(s, &self.params, 0, snapshot, 0, a * p)?;
-        let row = |r: usize| snapshot.device_ptr() + (r * p * std::mem::size_of::<f32>()) as u64;
+        dev.copy(s, &self.params, 0, snapshot, 0, a * stride)?;
+        let row = |r: usize| snapshot.device_ptr() + (r * stride * std::mem::size_of::<f32>()) as u64;
         let out: Vec<DeviceMessage> = sends.iter().map(|&(r, peer, tag)| DeviceMessage { peer, tag, ptr: row(r), len }).collect();
         let into: Vec<DeviceMessage> = recvs.iter().enumerate().map(|(j, &(peer, tag))| DeviceMessage { peer, tag, ptr: row(a + j), len }).collect();
         let native = dev.native_stream(s)?;
         link.exchange(&native, &out, &into, timeout)?;
         if let Some((offsets_dev, peers_dev)) = &tables {
             // Rows without peers are left alone by the kernel: start from the pre-round values.
-            dev.copy(s, snapshot, 0, mixed, 0, a * p)?;
-            launch::gossip_mix(dev, s, snapshot, mixed, offsets_dev, peers_dev, rows, p)?;
-            dev.copy(s, mixed, 0, &mut self.params, 0, a * p)?;
+            dev.copy(s, snapshot, 0, mixed, 0, a * stride)?;
+            launch::gossip_mix(dev, s, snapshot, mixed, offsets_dev, peers_dev, rows, stride)?;
+            dev.copy(s, mixed, 0, &mut self.params, 0, a * stride)?;
         }
         let done = dev.record_event(s)?;
         let mut peers: Vec<usize> = out.iter().chain(&into).map(|msg| msg.peer).collect();
@@ -436,9 +431,9 @@ impl<D: Device> GpuArena<D> {
     /// max_r ‖θ_r − θ̄‖ / ‖θ̄‖ over the agents' parameters.
     pub fn consensus_distance(&mut self) -> Result<f64> {
         // Over whole padded rows: the pads are 0 in every agent and add 0 to every sum.
-        let (dev, s, a, p) = (&self.device, self.stream, self.agents, self.stride);
-        launch::consensus_partials(dev, s, &self.params, &mut self.consensus_partials, a, p)?;
-        launch::consensus_finish(dev, s, &self.consensus_partials, &mut self.consensus_result, a, p)?;
+        let (dev, s, a, stride) = (&self.device, self.stream, self.agents, self.stride);
+        launch::consensus_partials(dev, s, &self.params, &mut self.consensus_partials, a, stride)?;
+        launch::consensus_finish(dev, s, &self.consensus_partials, &mut self.consensus_result, a, stride)?;
         let mut out = [0f64];
         dev.download(s, &self.consensus_result, 0, &mut out)?;
         Ok(out[0])
