@@ -118,10 +118,12 @@ fn pipelined_training_reads_the_actors_frames_from_the_device_bit_identically() 
     let ((dev_sha, dev_up), (host_sha, host_up)) = both_paths(&config(true, agents, envs, n, updates));
     assert_eq!(dev_sha, host_sha, "pipelined: the device rollout must give exactly the upload path's parameters");
     let act_bytes = (agents * envs * OBS_BYTES) as u64;
-    // The learner never acts: it uploads only scalars (the first segment is on-policy, the
-    // others carry behaviour log-probs); the actor uploads each frame once, when acting.
+    // The learner uploads the scalars (the first segment is on-policy, the others carry
+    // behaviour log-probs) and, for each of those stale segments, s_T's stacks for its own
+    // V(s_T) (the trainer's module docs): one act's worth, never the segment's frames; the
+    // actor uploads each frame once, when acting.
     let scalars = scalar_bytes(agents, envs, n, false) + (updates - 1) * scalar_bytes(agents, envs, n, true) + updates * gossip_bytes(agents);
-    assert_eq!(dev_up.0, scalars, "the pipelined learner uploads no frames");
+    assert_eq!(dev_up.0, scalars + (updates - 1) * act_bytes, "the pipelined learner uploads no segment frames, only s_T's stacks");
     assert_eq!(dev_up.1, act_bytes + updates * n as u64 * stepped_bytes(agents, envs), "the actor uploads every new frame once");
     assert_eq!(host_up.0, dev_up.0 + updates * n as u64 * act_bytes);
     assert_eq!(host_up.1, updates * (n as u64 + 1) * act_bytes);
@@ -147,7 +149,9 @@ fn a_resumed_pipelined_run_uploads_its_restored_segment_and_stays_bit_exact() {
     let before = uploaded(&resumed).0;
     resumed.update().unwrap();
     let act_bytes = (agents * envs * OBS_BYTES) as u64;
-    assert_eq!(uploaded(&resumed).0 - before, n as u64 * act_bytes + scalar_bytes(agents, envs, n, true) + gossip_bytes(agents), "the restored segment's frames go up once");
+    // The restored (stale) segment's frames, plus s_T's stacks for the learner's V(s_T).
+    let restored = n as u64 * act_bytes + act_bytes;
+    assert_eq!(uploaded(&resumed).0 - before, restored + scalar_bytes(agents, envs, n, true) + gossip_bytes(agents), "the restored segment's frames go up once");
     let summary = resumed.train(None, &mut NoProgress).unwrap();
     assert_eq!(summary.updates, updates);
     assert_eq!(summary.params_sha256, straight.params_sha256, "resumed pipelined run on the simulator must equal the straight one");

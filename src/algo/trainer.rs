@@ -1063,3 +1063,39 @@ pub fn clip_reward(r: f32) -> f32 {
 
 // The observation layout the trainer copies relies on whole frames.
 const _: () = assert!(OBS_BYTES % FRAME_BYTES == 0);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pipelined, a stale segment is learned from with V(s_T) by the learner's parameters, not
+    /// by the behaviour parameters that acted (module docs: the lagging targets killed the trunk).
+    /// Without the learner's act in `update_pipelined` the last assertion fails.
+    #[test]
+    fn a_stale_segment_bootstraps_from_the_learners_values() {
+        let config = Config {
+            game: "catch".into(),
+            agents: 2,
+            envs_per_agent: 3,
+            n_steps: 5,
+            frames: 4 * 2 * 3 * 5,
+            backend: crate::backend::BackendKind::Cpu,
+            threads: 1,
+            seed: 5,
+            pipeline: true,
+            ..Config::default()
+        };
+        let mut t = Trainer::new(&config).unwrap();
+        t.update().unwrap(); // learns segment 0 (θ0 → θ1) while the actor collects segment 1 with θ0
+        assert!(t.rollout.stale, "segment 1 is one update old when it is learned from");
+        let s_t = t.venv.observations().to_vec();
+        let (mut learner_v, mut actor_v) = (ActOutput::default(), ActOutput::default());
+        t.engine.act(&s_t, t.step, false, &mut learner_v).unwrap();
+        let mut behaviour = Trainer::new(&config).unwrap(); // θ0, as the actor held it
+        behaviour.engine.act(&s_t, t.step, false, &mut actor_v).unwrap();
+        assert_eq!(t.rollout.bootstrap.values, actor_v.values, "collected: the actor's V(s_T)");
+        assert_ne!(learner_v.values, actor_v.values, "one update must change V");
+        t.update().unwrap(); // learns segment 1; the learned-from rollout is now `next`
+        assert_eq!(t.next.bootstrap.values, learner_v.values, "learned from with the learner's V(s_T)");
+    }
+}
