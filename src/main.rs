@@ -127,12 +127,15 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct PlotArgs {
-    /// The run folder.
-    #[arg(value_name = "RUN_DIR")]
-    run: PathBuf,
-    /// Output file (default RUN_DIR/learning_curve.svg).
+    /// The run folder; with several, their all-agents curves on one chart (needs --out).
+    #[arg(value_name = "RUN_DIR", required = true)]
+    runs: Vec<PathBuf>,
+    /// Output file (default RUN_DIR/learning_curve.svg for one run).
     #[arg(long, value_name = "FILE.svg")]
     out: Option<PathBuf>,
+    /// Legend text of each run of a comparison, in the order of the runs (default: folder names).
+    #[arg(long = "label", value_name = "TEXT")]
+    labels: Vec<String>,
 }
 
 #[derive(Args)]
@@ -668,7 +671,11 @@ fn eval(args: EvalArgs) -> Result<()> {
 }
 
 fn plot(args: PlotArgs) -> Result<()> {
-    let path = gala_gpu::plot::plot_run(&args.run, args.out.as_deref())?;
+    let path = match (&args.runs[..], &args.out) {
+        ([run], _) if args.labels.is_empty() => gala_gpu::plot::plot_run(run, args.out.as_deref())?,
+        (runs, Some(out)) => gala_gpu::plot::plot_comparison(runs, &args.labels, out)?,
+        (_, None) => anyhow::bail!("plotting several runs (or labelled runs) on one chart needs --out FILE.svg"),
+    };
     out!("{}", path.display())?;
     Ok(())
 }

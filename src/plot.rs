@@ -1,5 +1,7 @@
 //! `gala-gpu plot RUN_DIR`: the learning curve (mean return over the last 100 games vs frames,
 //! for every agent and their mean) as an SVG, from metrics.csv and metrics_agents.csv.
+//! `gala-gpu plot RUN_A RUN_B … --out F.svg`: the runs' all-agents curves on one chart, to set
+//! runs beside each other (e.g. lock-step, pipelined and asynchronous gossip).
 //! An agent's curve averages its own last 100 games, which span more frames than the last 100
 //! games of all agents together, so it lags the all-agents line; the legend says so.
 //! plotters' SVG backend emits `<text>` elements, so no font library is needed.
@@ -93,11 +95,38 @@ pub fn frames_label(x: f64) -> String {
     format!("{text}{unit}")
 }
 
-/// Renders the SVG text.
+/// One line of a chart: its legend text, points, colour and width.
+struct Series<'a> {
+    label: String,
+    points: &'a Curve,
+    color: RGBAColor,
+    width: u32,
+}
+
+/// Renders the SVG text of one run: every agent's curve and the all-agents mean.
 pub fn render_svg(title: &str, mean: &Curve, agents: &[Curve]) -> Result<String> {
-    let all = mean.iter().chain(agents.iter().flatten());
+    let mut series: Vec<Series> = agents
+        .iter()
+        .enumerate()
+        .map(|(r, points)| Series { label: format!("agent {r} (its own last 100 games)"), points, color: Palette99::pick(r).mix(0.5), width: 1 })
+        .collect();
+    series.push(Series { label: "all agents (last 100 games of any agent)".into(), points: mean, color: BLACK.to_rgba(), width: 3 });
+    render_series(title, &series)
+}
+
+/// Renders the SVG text of several runs' all-agents curves, one colour each.
+pub fn render_comparison_svg(title: &str, runs: &[(String, Curve)]) -> Result<String> {
+    let series: Vec<Series> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, (label, points))| Series { label: label.clone(), points, color: Palette99::pick(i).to_rgba(), width: 2 })
+        .collect();
+    render_series(title, &series)
+}
+
+fn render_series(title: &str, series: &[Series]) -> Result<String> {
     let (mut x1, mut y0, mut y1) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
-    for &(x, y) in all {
+    for &(x, y) in series.iter().flat_map(|s| s.points.iter()) {
         x1 = x1.max(x);
         y0 = y0.min(y);
         y1 = y1.max(y);
@@ -125,19 +154,14 @@ pub fn render_svg(title: &str, mean: &Curve, agents: &[Curve]) -> Result<String>
             .y_desc("mean return (last 100 games)")
             .draw()
             .map_err(|e| draw_err(e.to_string()))?;
-        for (r, curve) in agents.iter().enumerate() {
-            let color = Palette99::pick(r).mix(0.5);
+        for s in series {
+            let style = s.color.stroke_width(s.width);
             chart
-                .draw_series(LineSeries::new(curve.iter().copied(), color.stroke_width(1)))
+                .draw_series(LineSeries::new(s.points.iter().copied(), style))
                 .map_err(|e| draw_err(e.to_string()))?
-                .label(format!("agent {r} (its own last 100 games)"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+                .label(s.label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
         }
-        chart
-            .draw_series(LineSeries::new(mean.iter().copied(), BLACK.stroke_width(3)))
-            .map_err(|e| draw_err(e.to_string()))?
-            .label("all agents (last 100 games of any agent)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
@@ -150,18 +174,45 @@ pub fn render_svg(title: &str, mean: &Curve, agents: &[Curve]) -> Result<String>
     Ok(svg)
 }
 
+fn no_games_yet(run: &Path) -> Error {
+    Error::Config(format!(
+        "{}: no finished games logged yet, so there is no return to plot; train longer (or lower --metrics-every)",
+        run.display()
+    ))
+}
+
+fn run_name(run: &Path) -> String {
+    run.file_name().and_then(|n| n.to_str()).unwrap_or("learning curve").to_string()
+}
+
 /// Writes `out` (default `RUN_DIR/learning_curve.svg`) and returns its path.
 pub fn plot_run(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
     let (mean, agents) = learning_curves(run)?;
     if mean.is_empty() && agents.iter().all(Vec::is_empty) {
-        return Err(Error::Config(format!(
-            "{}: no finished games logged yet, so there is no return to plot; train longer (or lower --metrics-every)",
-            run.display()
-        )));
+        return Err(no_games_yet(run));
     }
-    let title = run.file_name().and_then(|n| n.to_str()).unwrap_or("learning curve").to_string();
+    let title = run_name(run);
     let svg = render_svg(&title, &mean, &agents)?;
     let path = out.map(Path::to_path_buf).unwrap_or_else(|| run.join("learning_curve.svg"));
     crate::run::write_atomic(&path, svg.as_bytes())?;
     Ok(path)
+}
+
+/// Writes the runs' all-agents curves side by side to `out`, each labelled by `labels[i]` (or
+/// its folder's name when `labels` is empty), and returns `out`.
+pub fn plot_comparison(runs: &[PathBuf], labels: &[String], out: &Path) -> Result<PathBuf> {
+    if !labels.is_empty() && labels.len() != runs.len() {
+        return Err(Error::Config(format!("{} --label values for {} runs; give one per run, in the same order, or none", labels.len(), runs.len())));
+    }
+    let mut curves = Vec::with_capacity(runs.len());
+    for (i, run) in runs.iter().enumerate() {
+        let (mean, _) = learning_curves(run)?;
+        if mean.is_empty() {
+            return Err(no_games_yet(run));
+        }
+        curves.push((labels.get(i).cloned().unwrap_or_else(|| run_name(run)), mean));
+    }
+    let svg = render_comparison_svg("mean return of the last 100 games (all agents)", &curves)?;
+    crate::run::write_atomic(out, svg.as_bytes())?;
+    Ok(out.to_path_buf())
 }

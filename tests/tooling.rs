@@ -410,6 +410,20 @@ fn eval_gif_and_plot_on_the_built_in_game() {
     assert!(texts.iter().any(|t| t.contains("agent 1")) && texts.iter().any(|t| t.contains("frames")), "{texts:?}");
     let lines = doc.descendants().filter(|n| n.has_tag_name("polyline") || n.has_tag_name("path")).count();
     assert!(lines >= 3, "expected a curve per agent and the mean, found {lines}");
+
+    // Several runs on one chart: one labelled curve each; --out is required, labels must match.
+    let (r, cmp) = (run.to_str().unwrap(), dir.path().join("cmp.svg"));
+    let out = gala(&["plot", r, r, "--out", cmp.to_str().unwrap(), "--label", "lock-step", "--label", "pipelined"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let svg = std::fs::read_to_string(&cmp).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+    let texts: Vec<&str> = doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).map(str::trim).collect();
+    assert!(texts.contains(&"lock-step") && texts.contains(&"pipelined") && !texts.iter().any(|t| t.contains("agent 1")), "{texts:?}");
+    for (args, says) in [(vec!["plot", r, r], "--out"), (vec!["plot", r, r, "--out", "x.svg", "--label", "one"], "--label")] {
+        let out = gala(&args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.trim().lines().count() == 1 && stderr.contains(says), "{args:?}: {stderr}");
+    }
 }
 
 #[test]
