@@ -136,6 +136,9 @@ struct PlotArgs {
     /// Legend text of each run of a comparison, in the order of the runs (default: folder names).
     #[arg(long = "label", value_name = "TEXT")]
     labels: Vec<String>,
+    /// A comparison's last frame count (default: all of every run).
+    #[arg(long, value_name = "FRAMES")]
+    until: Option<f64>,
 }
 
 #[derive(Args)]
@@ -672,8 +675,8 @@ fn eval(args: EvalArgs) -> Result<()> {
 
 fn plot(args: PlotArgs) -> Result<()> {
     let path = match (&args.runs[..], &args.out) {
-        ([run], _) if args.labels.is_empty() => gala_gpu::plot::plot_run(run, args.out.as_deref())?,
-        (runs, Some(out)) => gala_gpu::plot::plot_comparison(runs, &args.labels, out)?,
+        ([run], _) if args.labels.is_empty() && args.until.is_none() => gala_gpu::plot::plot_run(run, args.out.as_deref())?,
+        (runs, Some(out)) => gala_gpu::plot::plot_comparison(runs, &args.labels, args.until, out)?,
         (_, None) => anyhow::bail!("plotting several runs (or labelled runs) on one chart needs --out FILE.svg"),
     };
     out!("{}", path.display())?;

@@ -199,14 +199,16 @@ pub fn plot_run(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// Writes the runs' all-agents curves side by side to `out`, each labelled by `labels[i]` (or
-/// its folder's name when `labels` is empty), and returns `out`.
-pub fn plot_comparison(runs: &[PathBuf], labels: &[String], out: &Path) -> Result<PathBuf> {
+/// its folder's name when `labels` is empty) and cut at `until` frames if given (a 10M-frame
+/// run beside a 40M one), and returns `out`.
+pub fn plot_comparison(runs: &[PathBuf], labels: &[String], until: Option<f64>, out: &Path) -> Result<PathBuf> {
     if !labels.is_empty() && labels.len() != runs.len() {
         return Err(Error::Config(format!("{} --label values for {} runs; give one per run, in the same order, or none", labels.len(), runs.len())));
     }
     let mut curves = Vec::with_capacity(runs.len());
     for (i, run) in runs.iter().enumerate() {
-        let (mean, _) = learning_curves(run)?;
+        let (mut mean, _) = learning_curves(run)?;
+        mean.retain(|&(x, _)| until.is_none_or(|u| x <= u));
         if mean.is_empty() {
             return Err(no_games_yet(run));
         }
