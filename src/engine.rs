@@ -209,6 +209,13 @@ impl Engine {
         self.backend.act(obs, step, greedy, out)
     }
 
+    /// [`Engine::act`] (sampling) on step `t` of the segment the next `learn` learns from (see
+    /// `Backend::act_segment_step`: the CPU backend keeps the forward pass for that learn).
+    pub fn act_segment_step(&mut self, obs: &[u8], step: u64, out: &mut ActOutput, t: usize) -> Result<()> {
+        self.check_act_obs(obs)?;
+        self.backend.act_segment_step(obs, step, out, t)
+    }
+
     fn check_act_obs(&self, obs: &[u8]) -> Result<()> {
         let want = self.obs_bytes_per_act();
         if obs.len() != want {

@@ -278,7 +278,7 @@ fn collect_segment(
         };
         match ro.device.as_mut() {
             Some(d) => actor.act_training(venv.observations(), change, step, act_out, Some((d, t)))?,
-            None => actor.act(venv.observations(), step, false, act_out)?,
+            None => actor.act_segment_step(venv.observations(), step, act_out, t)?,
         }
         let t1 = Instant::now();
         let obs_now = venv.observations();

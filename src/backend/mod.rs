@@ -399,6 +399,17 @@ pub trait Backend: Send {
     /// keeps `obs` on the device as step `t` of `rollout`, recorded at RNG step `step`. The
     /// default (no device) acts on `obs` and keeps nothing: step `t` is marked unrecorded, so
     /// `learn_recorded` falls back to uploading.
+    /// `act` (sampling) on step `t` of the segment the next `learn` learns from, by the
+    /// parameters that learn starts from. A backend may keep the forward pass for that learn:
+    /// the CPU backend does, so a lock-step update skips the learner's forward over the segment
+    /// (it is exactly the acts'; `FastNet::forward_rows`). The caller's side: steps are acted
+    /// in order from t = 0, and step t of the segment then passed to `learn` holds exactly these
+    /// `obs`; the backend itself forgets the kept pass whenever its parameters change. The
+    /// default just acts.
+    fn act_segment_step(&mut self, obs: &[u8], step: u64, out: &mut ActOutput, t: usize) -> Result<()> {
+        let _ = t;
+        self.act(obs, step, false, out)
+    }
     fn act_training(&mut self, obs: &[u8], _change: ObsChange, step: u64, out: &mut ActOutput, record: Option<(&mut DeviceRollout, usize)>) -> Result<()> {
         if let Some((rollout, t)) = record {
             rollout.forget(t)?;

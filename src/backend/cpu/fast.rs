@@ -361,12 +361,24 @@ impl FastNet {
     /// Forward pass for one agent: `frames` [N, 4, 84, 84] uint8 → logits [N, A], values [N]
     /// (and every activation the backward needs).
     pub fn forward(&mut self, spec: &NetSpec, layout: &ParamLayout, params: &[f32], frames: &[u8]) {
+        let n = frames.len() / OBS_BYTES;
+        self.forward_rows(spec, layout, params, frames, 0, n);
+    }
+
+    /// Forward on `frames` (m observations) as samples `row0..row0 + m` of a batch of `total`,
+    /// keeping the other samples' activations: acting on a segment step by step this way leaves
+    /// the learner's forward over the whole segment done (`CpuBackend::act_segment_step`). Every
+    /// output is bit-identical to the whole batch's `forward`: each element's sum runs over its
+    /// own reduction in a fixed order, whatever the batch, the rows around it or the chunking
+    /// (tested below on ragged slices).
+    pub fn forward_rows(&mut self, spec: &NetSpec, layout: &ParamLayout, params: &[f32], frames: &[u8], row0: usize, total: usize) {
         assert_eq!(params.len(), layout.total, "forward: parameter count");
         let n = frames.len() / OBS_BYTES;
         assert_eq!(frames.len(), n * OBS_BYTES, "forward: frames must be whole observations");
+        assert!(row0 + n <= total, "forward: samples {row0}..{} of a batch of {total}", row0 + n);
         let [c1, c2, c3] = &spec.convs;
         assert_eq!(c1.in_len(), OBS_BYTES, "forward: conv1 reads one observation");
-        self.n = n;
+        self.n = total;
         let view = |i: usize| layout.view(params, i);
         let same_shapes = self.wshape == Some(spec.convs);
         for l in 0..3 {
@@ -381,16 +393,18 @@ impl FastNet {
         }
         self.wshape = Some(spec.convs);
         for (buf, c) in self.conv.iter_mut().zip(&spec.convs) {
-            resize(buf, n * c.out_len());
+            resize(buf, total * c.out_len());
         }
-        resize(&mut self.flat, n * c3.out_len());
+        resize(&mut self.flat, total * c3.out_len());
         let (wperm, pool) = (&self.wt, &self.pool);
         let [y1, y2, y3] = &mut self.conv;
+        let rows_of = |len: usize| row0 * len..(row0 + n) * len;
+        let (r1, r2, r3) = (rows_of(c1.out_len()), rows_of(c2.out_len()), rows_of(c3.out_len()));
         // conv1 → conv3 for each chunk of samples, in one task.
-        y1.par_chunks_mut(CHUNK * c1.out_len())
-            .zip(y2.par_chunks_mut(CHUNK * c2.out_len()))
-            .zip(y3.par_chunks_mut(CHUNK * c3.out_len()))
-            .zip(self.flat.par_chunks_mut(CHUNK * c3.out_len()))
+        y1[r1].par_chunks_mut(CHUNK * c1.out_len())
+            .zip(y2[r2].par_chunks_mut(CHUNK * c2.out_len()))
+            .zip(y3[r3.clone()].par_chunks_mut(CHUNK * c3.out_len()))
+            .zip(self.flat[r3].par_chunks_mut(CHUNK * c3.out_len()))
             .zip(frames.par_chunks(CHUNK * OBS_BYTES))
             .for_each(|((((y1, y2), y3), flat), frames)| {
                 let mut s = pool.take();
@@ -418,24 +432,27 @@ impl FastNet {
         let (hid, f) = (spec.hidden, c3.out_len());
         let (wfc, bfc) = (view(tensor::FC_W), view(tensor::FC_B));
         resize(&mut self.tbuf, hid * n);
-        transpose(&self.flat, n, f, &mut self.flat_t);
+        transpose(&self.flat[row0 * f..(row0 + n) * f], n, f, &mut self.flat_t);
         let flat_t = &self.flat_t;
         self.tbuf.par_chunks_mut(FC_TASK * n).enumerate().for_each(|(t, ht)| {
             let o0 = t * FC_TASK;
             let rows = ht.len() / n.max(1);
             gemm(rows, f, n, &wfc[o0 * f..], f, 1, flat_t, n, ht, n, false);
         });
-        resize(&mut self.hidden, n * hid);
+        resize(&mut self.hidden, total * hid);
         let tbuf = &self.tbuf;
-        self.hidden.par_chunks_mut(hid).enumerate().for_each(|(i, h)| {
+        let hidden = &mut self.hidden[row0 * hid..(row0 + n) * hid];
+        hidden.par_chunks_mut(hid).enumerate().for_each(|(i, h)| {
             for (o, v) in h.iter_mut().enumerate() {
                 *v = (bfc[o] + tbuf[o * n + i]).max(0.0);
             }
         });
-        resize(&mut self.logits, n * spec.actions);
-        resize(&mut self.values, n);
-        head_forward(&self.hidden, view(tensor::ACTOR_W), view(tensor::ACTOR_B), &mut self.logits);
-        head_forward(&self.hidden, view(tensor::CRITIC_W), view(tensor::CRITIC_B), &mut self.values);
+        let a = spec.actions;
+        resize(&mut self.logits, total * a);
+        resize(&mut self.values, total);
+        let hidden = &self.hidden[row0 * hid..(row0 + n) * hid];
+        head_forward(hidden, view(tensor::ACTOR_W), view(tensor::ACTOR_B), &mut self.logits[row0 * a..(row0 + n) * a]);
+        head_forward(hidden, view(tensor::CRITIC_W), view(tensor::CRITIC_B), &mut self.values[row0..row0 + n]);
     }
 
     /// Backward pass after `forward` on the same parameters and frames. `dlogits` [N, A] and
@@ -636,6 +653,36 @@ mod tests {
         let one = fast(1, &c);
         let three = fast(3, &c);
         assert!(one.0 == three.0 && one.1 == three.1 && one.2 == three.2, "thread count changed the result");
+    }
+
+    #[test]
+    fn a_batch_forwarded_slice_by_slice_is_bit_identical_to_one_forward() {
+        // Slices of 16 (whole chunks) and ragged ones of 3 and 5, as acting on a segment step
+        // by step with 16, 3 or 5 envs fills it (CpuBackend::act_segment_step).
+        for (preset, n) in [(NetPreset::Gala, 32), (NetPreset::Gala, 15), (NetPreset::Nature, 10)] {
+            let (spec, layout, params, frames, ..) = case(preset, n);
+            let mut whole = FastNet::default();
+            whole.forward(&spec, &layout, &params, &frames);
+            for slice in [16, 5, 3] {
+                let mut parts = FastNet::default();
+                for row0 in (0..n).step_by(slice).collect::<Vec<_>>().into_iter().rev() {
+                    let m = slice.min(n - row0);
+                    parts.forward_rows(&spec, &layout, &params, &frames[row0 * OBS_BYTES..(row0 + m) * OBS_BYTES], row0, n);
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                for (what, a, b) in [
+                    ("conv1", &whole.conv[0], &parts.conv[0]),
+                    ("conv2", &whole.conv[1], &parts.conv[1]),
+                    ("conv3", &whole.conv[2], &parts.conv[2]),
+                    ("flat", &whole.flat, &parts.flat),
+                    ("hidden", &whole.hidden, &parts.hidden),
+                    ("logits", &whole.logits, &parts.logits),
+                    ("values", &whole.values, &parts.values),
+                ] {
+                    assert!(bits(a) == bits(b), "{preset:?} n={n} slices of {slice}: {what} differs");
+                }
+            }
+        }
     }
 
     #[test]

@@ -62,6 +62,12 @@ pub struct CpuBackend {
     act_work: Vec<AgentWork>,
     /// Run the generic reference network (net.rs) instead of the fast f32 path (fast.rs).
     reference: bool,
+    /// Bumped whenever the parameters change (learn, mix, write_params).
+    params_gen: u64,
+    /// Per segment step: the `params_gen` at which `act_segment_step` left that step's forward
+    /// pass in `work` (None: not since the segment's first step). When every step holds the
+    /// current generation, `learn` takes the forward from there instead of recomputing it.
+    recorded: Vec<Option<u64>>,
     pool: rayon::ThreadPool,
 }
 
@@ -85,6 +91,8 @@ impl CpuBackend {
             work: (0..n).map(|_| AgentWork::default()).collect(),
             act_work: (0..n).map(|_| AgentWork::default()).collect(),
             reference: false,
+            params_gen: 0,
+            recorded: vec![None; spec.n_steps],
             pool,
             spec,
         })
@@ -95,6 +103,12 @@ impl CpuBackend {
     /// the two end to end and for benches timing both in one run. Same results to f32 rounding.
     pub fn use_reference_net(&mut self, on: bool) {
         self.reference = on;
+    }
+
+    /// The parameters changed: a kept forward pass no longer belongs to them.
+    fn params_changed(&mut self) {
+        self.params_gen += 1;
+        self.recorded.fill(None);
     }
 
     fn check_arena(&self, what: &str, len: usize) -> Result<()> {
@@ -152,8 +166,53 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn act_segment_step(&mut self, obs: &[u8], step: u64, out: &mut ActOutput, t: usize) -> Result<()> {
+        if self.reference {
+            return self.act(obs, step, false, out);
+        }
+        self.spec.check_act_obs(obs.len())?;
+        if t >= self.spec.n_steps {
+            return Err(Error::Shape(format!("act_segment_step: step {t} of a {}-step segment", self.spec.n_steps)));
+        }
+        if t == 0 {
+            self.recorded.fill(None);
+        }
+        let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
+        let (spec, layout, params, seed) = (&self.spec, &self.layout, &self.params, self.spec.seed);
+        let (p, a_n, total) = (layout.total, spec.net.actions, spec.segment_samples());
+        out.actions.resize(agents * envs, 0);
+        out.values.resize(agents * envs, 0.0);
+        out.log_probs.resize(agents * envs, 0.0);
+        let work = &mut self.work;
+        // The learner's work: step t's samples are rows t*envs.. of the agent's segment.
+        self.pool.install(|| {
+            work.par_iter_mut()
+                .zip(out.actions.par_chunks_mut(envs))
+                .zip(out.values.par_chunks_mut(envs))
+                .zip(out.log_probs.par_chunks_mut(envs))
+                .enumerate()
+                .for_each(|(r, (((w, actions), values), log_probs))| {
+                    let frames = &obs[r * envs * OBS_BYTES..(r + 1) * envs * OBS_BYTES];
+                    let row0 = t * envs;
+                    w.net.forward_rows(&spec.net, layout, &params[r * p..(r + 1) * p], frames, row0, total);
+                    let (logits, vals) = (&w.net.logits[row0 * a_n..], &w.net.values[row0..]);
+                    for e in 0..envs {
+                        let (a, lp) = sample_action(&logits[e * a_n..(e + 1) * a_n], seed, (spec.agent_offset + r) as u32, e as u32, step, false);
+                        actions[e] = a;
+                        log_probs[e] = lp;
+                        values[e] = vals[e];
+                    }
+                });
+        });
+        self.recorded[t] = Some(self.params_gen);
+        Ok(())
+    }
+
     fn learn(&mut self, seg: &Segment) -> Result<Vec<AgentLearnStats>> {
         seg.check(&self.spec)?;
+        // Every step acted by these very parameters (`act_segment_step`): the forward is done.
+        let kept = !self.reference && self.recorded.iter().all(|r| *r == Some(self.params_gen));
+        self.params_changed();
         let spec = &self.spec;
         let layout = &self.layout;
         let p = layout.total;
@@ -184,7 +243,8 @@ impl Backend for CpuBackend {
                     let mut dlogits = std::mem::take(&mut w.dlogits);
                     let mut dvalues = std::mem::take(&mut w.dvalues);
                     let returns = std::mem::take(&mut w.returns);
-                    let (logits, values) = w.forward(reference, &spec.net, layout, theta, frames);
+                    let (logits, values) =
+                        if kept { (&w.net.logits[..], &w.net.values[..]) } else { w.forward(reference, &spec.net, layout, theta, frames) };
                     let t = a2c_loss_backward(
                         logits,
                         values,
@@ -214,6 +274,7 @@ impl Backend for CpuBackend {
         super::check_peer_lists(in_peers, agents)?;
         let params = &mut self.params;
         self.pool.install(|| gossip::mix(params, agents, in_peers));
+        self.params_changed();
         Ok(())
     }
 
@@ -223,6 +284,7 @@ impl Backend for CpuBackend {
             return Err(Error::Shape(format!("mix_messages: agent {agent} or message sizes (expected {p}) out of range")));
         }
         gossip::mix_one(&mut self.params[agent * p..(agent + 1) * p], messages);
+        self.params_changed();
         Ok(())
     }
 
@@ -238,6 +300,7 @@ impl Backend for CpuBackend {
     fn write_params(&mut self, params: &[f32]) -> Result<()> {
         self.check_arena("write_params", params.len())?;
         self.params.copy_from_slice(params);
+        self.params_changed();
         Ok(())
     }
 
@@ -296,5 +359,53 @@ mod tests {
             assert!((x - y).abs() < 1e-5, "act outputs differ: {x} vs {y}");
         }
         assert_eq!(a_fast.actions, a_ref.actions);
+    }
+
+    /// A segment acted step by step (`act_segment_step`) is learned from with the acts' forward
+    /// pass, bit-identically to a learn that computes it; once the parameters change between
+    /// the acts and the learn, the kept pass is not used (ragged envs: 3 per agent).
+    #[test]
+    fn a_learn_after_acting_the_segment_reuses_the_forward_bit_identically() {
+        let net = NetSpec::new(NetPreset::Gala, 4);
+        let (agents, envs, steps) = (2, 3, 3);
+        let spec = BackendSpec { net: net.clone(), agents, agent_offset: 0, envs_per_agent: envs, n_steps: steps, seed: 7, hyper: Config::default().hyper() };
+        let n = agents * envs * steps;
+        let mut r = PhiloxStream::new(9, 0, Purpose::Init);
+        let obs: Vec<u8> = (0..n * OBS_BYTES).map(|_| r.below(256) as u8).collect();
+        let rewards: Vec<f32> = (0..n).map(|_| r.below(3) as f32 - 1.0).collect();
+        let (dones, boot) = (vec![0.0f32; n], vec![0.2f32; agents * envs]);
+        // The segment's layout is [agents][steps][envs]; an act's is [agents][envs].
+        let step_obs = |t: usize| -> Vec<u8> {
+            (0..agents).flat_map(|a| obs[((a * steps + t) * envs) * OBS_BYTES..((a * steps + t + 1) * envs) * OBS_BYTES].to_vec()).collect()
+        };
+        let learn_after = |act_first: bool, poke: bool| {
+            let mut b = CpuBackend::new(spec.clone(), &init_params(&net, 3), 2).unwrap();
+            let mut actions = vec![0u32; n];
+            let mut out = ActOutput::default();
+            for t in 0..steps {
+                // Both variants act (same actions); only the recorded one keeps the forward.
+                if act_first { b.act_segment_step(&step_obs(t), t as u64, &mut out, t).unwrap() } else { b.act(&step_obs(t), t as u64, false, &mut out).unwrap() }
+                for a in 0..agents {
+                    actions[(a * steps + t) * envs..][..envs].copy_from_slice(&out.actions[a * envs..][..envs]);
+                }
+            }
+            let kept = b.recorded.iter().all(|g| *g == Some(b.params_gen));
+            if poke {
+                let mut p = b.read_params().unwrap();
+                p[0] += 0.5;
+                b.write_params(&p).unwrap();
+            }
+            let seg = Segment { obs: &obs, actions: &actions, rewards: &rewards, dones: &dones, bootstrap_values: &boot, behaviour_log_probs: None };
+            b.learn(&seg).unwrap();
+            (b.read_params().unwrap(), kept)
+        };
+        let (computed, kept_none) = learn_after(false, false);
+        let (reused, kept_all) = learn_after(true, false);
+        assert!(!kept_none && kept_all, "only act_segment_step keeps the forward");
+        assert!(computed.iter().zip(&reused).all(|(a, b)| a.to_bits() == b.to_bits()), "reusing the acts' forward must not change a bit");
+        let (poked_computed, _) = learn_after(false, true);
+        let (poked_acted, _) = learn_after(true, true);
+        assert_ne!(poked_computed, computed);
+        assert!(poked_computed.iter().zip(&poked_acted).all(|(a, b)| a.to_bits() == b.to_bits()), "a forward kept for older parameters must not be used");
     }
 }
