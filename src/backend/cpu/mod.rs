@@ -52,6 +52,21 @@ impl AgentWork {
     }
 }
 
+/// One agent's act outputs from its forward pass: per env e, an action sampled from logits row e
+/// (`sample_action` at (seed, agent, e, step), or the argmax when greedy), its log-probability,
+/// and V. `key` = (seed, agent, step, greedy).
+fn sample_envs(
+    logits: &[f32], vals: &[f32], actions_n: usize, key: (u64, u32, u64, bool), actions: &mut [u32], values: &mut [f32], log_probs: &mut [f32],
+) {
+    let (seed, agent, step, greedy) = key;
+    for e in 0..actions.len() {
+        let (a, lp) = sample_action(&logits[e * actions_n..(e + 1) * actions_n], seed, agent, e as u32, step, greedy);
+        actions[e] = a;
+        log_probs[e] = lp;
+        values[e] = vals[e];
+    }
+}
+
 pub struct CpuBackend {
     spec: BackendSpec,
     layout: ParamLayout,
@@ -154,13 +169,7 @@ impl Backend for CpuBackend {
                 .for_each(|(r, (((acts, actions), values), log_probs))| {
                     let frames = &obs[r * envs * OBS_BYTES..(r + 1) * envs * OBS_BYTES];
                     let (logits, vals) = acts.forward(reference, &spec.net, layout, &params[r * p..(r + 1) * p], frames);
-                    for e in 0..envs {
-                        let (a, lp) =
-                            sample_action(&logits[e * a_n..(e + 1) * a_n], seed, (agent_offset + r) as u32, e as u32, step, greedy);
-                        actions[e] = a;
-                        log_probs[e] = lp;
-                        values[e] = vals[e];
-                    }
+                    sample_envs(logits, vals, a_n, (seed, (agent_offset + r) as u32, step, greedy), actions, values, log_probs);
                 });
         });
         Ok(())
@@ -196,12 +205,7 @@ impl Backend for CpuBackend {
                     let row0 = t * envs;
                     w.net.forward_rows(&spec.net, layout, &params[r * p..(r + 1) * p], frames, row0, total);
                     let (logits, vals) = (&w.net.logits[row0 * a_n..], &w.net.values[row0..]);
-                    for e in 0..envs {
-                        let (a, lp) = sample_action(&logits[e * a_n..(e + 1) * a_n], seed, (spec.agent_offset + r) as u32, e as u32, step, false);
-                        actions[e] = a;
-                        log_probs[e] = lp;
-                        values[e] = vals[e];
-                    }
+                    sample_envs(logits, vals, a_n, (seed, (spec.agent_offset + r) as u32, step, false), actions, values, log_probs);
                 });
         });
         self.recorded[t] = Some(self.params_gen);
