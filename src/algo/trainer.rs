@@ -25,7 +25,9 @@
 //! Frames cross the bus once (issue 12): on a device backend every rollout has a device copy of
 //! its observations (`DeviceRollout`) that `act_training` fills from the stacks it acts on and
 //! `learn_recorded` reads in place, so the learner uploads only actions, rewards, dones and
-//! the bootstrap values (and behaviour log-probs). And the acting engine keeps the stacks of its
+//! the bootstrap values (and behaviour log-probs; pipelined, also s_T's stacks for its own
+//! V(s_T), one act's worth). On the CPU backend the acts of a lock-step segment leave their
+//! forward pass in the learner's buffers, and `learn` reuses it (`act_segment_step`). And the acting engine keeps the stacks of its
 //! previous act on the device: per env step only each env's newest frame and done flag go up
 //! (`ObsChange::Stepped`), and the device shifts the stacks itself; a segment's first act sees
 //! the previous bootstrap act's observations (`ObsChange::Same`): nothing goes up. The host copy
