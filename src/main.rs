@@ -677,7 +677,7 @@ fn plot(args: PlotArgs) -> Result<()> {
     let path = match (&args.runs[..], &args.out) {
         ([run], _) if args.labels.is_empty() && args.until.is_none() => gala_gpu::plot::plot_run(run, args.out.as_deref())?,
         (runs, Some(out)) => gala_gpu::plot::plot_comparison(runs, &args.labels, args.until, out)?,
-        (_, None) => anyhow::bail!("plotting several runs (or labelled runs) on one chart needs --out FILE.svg"),
+        (_, None) => anyhow::bail!("plotting several runs on one chart (or with --label / --until) needs --out FILE.svg"),
     };
     out!("{}", path.display())?;
     Ok(())

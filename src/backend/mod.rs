@@ -393,12 +393,6 @@ pub trait Backend: Send {
     fn alloc_device_rollout(&self) -> Result<Option<DeviceRollout>> {
         Ok(None)
     }
-    /// The trainer's `act` (sampling, never greedy) on `obs`, which differ from the previous
-    /// act's as `change` says (a device backend then uploads only what changed; the caller's
-    /// contract is that `change` is true of `obs`), and with `record = (rollout, t)` that also
-    /// keeps `obs` on the device as step `t` of `rollout`, recorded at RNG step `step`. The
-    /// default (no device) acts on `obs` and keeps nothing: step `t` is marked unrecorded, so
-    /// `learn_recorded` falls back to uploading.
     /// `act` (sampling) on step `t` of the segment the next `learn` learns from, by the
     /// parameters that learn starts from. A backend may keep the forward pass for that learn:
     /// the CPU backend does, so a lock-step update skips the learner's forward over the segment
@@ -410,6 +404,12 @@ pub trait Backend: Send {
         let _ = t;
         self.act(obs, step, false, out)
     }
+    /// The trainer's `act` (sampling, never greedy) on `obs`, which differ from the previous
+    /// act's as `change` says (a device backend then uploads only what changed; the caller's
+    /// contract is that `change` is true of `obs`), and with `record = (rollout, t)` that also
+    /// keeps `obs` on the device as step `t` of `rollout`, recorded at RNG step `step`. The
+    /// default (no device) acts on `obs` and keeps nothing: step `t` is marked unrecorded, so
+    /// `learn_recorded` falls back to uploading.
     fn act_training(&mut self, obs: &[u8], _change: ObsChange, step: u64, out: &mut ActOutput, record: Option<(&mut DeviceRollout, usize)>) -> Result<()> {
         if let Some((rollout, t)) = record {
             rollout.forget(t)?;

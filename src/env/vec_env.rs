@@ -213,9 +213,9 @@ impl VecEnv {
     }
 }
 
-/// The vector env's private worker pool (`None` for one thread: the caller's thread works).
-/// The worker threads for `envs` environments: at most one per environment, none for one thread.
-/// Returns the thread count in use and the pool.
+/// The vector env's private worker pool for `envs` environments on `threads` threads (at most
+/// one per environment): the thread count in use, and the pool (`None` for one thread: the
+/// caller's thread works).
 fn env_pool(envs: usize, threads: usize) -> Result<(usize, Option<rayon::ThreadPool>)> {
     if envs == 0 {
         return Err(Error::Config("a vector environment needs at least one environment".into()));

@@ -52,21 +52,6 @@ impl AgentWork {
     }
 }
 
-/// One agent's act outputs from its forward pass: per env e, an action sampled from logits row e
-/// (`sample_action` at (seed, agent, e, step), or the argmax when greedy), its log-probability,
-/// and V. `key` = (seed, agent, step, greedy).
-fn sample_envs(
-    logits: &[f32], vals: &[f32], actions_n: usize, key: (u64, u32, u64, bool), actions: &mut [u32], values: &mut [f32], log_probs: &mut [f32],
-) {
-    let (seed, agent, step, greedy) = key;
-    for e in 0..actions.len() {
-        let (a, lp) = sample_action(&logits[e * actions_n..(e + 1) * actions_n], seed, agent, e as u32, step, greedy);
-        actions[e] = a;
-        log_probs[e] = lp;
-        values[e] = vals[e];
-    }
-}
-
 pub struct CpuBackend {
     spec: BackendSpec,
     layout: ParamLayout,
@@ -77,12 +62,10 @@ pub struct CpuBackend {
     act_work: Vec<AgentWork>,
     /// Run the generic reference network (net.rs) instead of the fast f32 path (fast.rs).
     reference: bool,
-    /// Bumped whenever the parameters change (learn, mix, write_params).
-    params_gen: u64,
-    /// Per segment step: the `params_gen` at which `act_segment_step` left that step's forward
-    /// pass in `work` (None: not since the segment's first step). When every step holds the
-    /// current generation, `learn` takes the forward from there instead of recomputing it.
-    recorded: Vec<Option<u64>>,
+    /// Per segment step: `act_segment_step` left that step's forward pass in `work`, by the
+    /// current parameters (every change of them clears all: `params_changed`). When every step
+    /// is set, `learn` takes the forward from there instead of recomputing it.
+    recorded: Vec<bool>,
     pool: rayon::ThreadPool,
 }
 
@@ -106,8 +89,7 @@ impl CpuBackend {
             work: (0..n).map(|_| AgentWork::default()).collect(),
             act_work: (0..n).map(|_| AgentWork::default()).collect(),
             reference: false,
-            params_gen: 0,
-            recorded: vec![None; spec.n_steps],
+            recorded: vec![false; spec.n_steps],
             pool,
             spec,
         })
@@ -122,8 +104,50 @@ impl CpuBackend {
 
     /// The parameters changed: a kept forward pass no longer belongs to them.
     fn params_changed(&mut self) {
-        self.params_gen += 1;
-        self.recorded.fill(None);
+        self.recorded.fill(false);
+    }
+
+    /// `act` on every agent in parallel; with `segment_step = Some(t)` the forward runs into
+    /// the learner's `work` as rows t·envs.. of the segment (`act_segment_step`), otherwise
+    /// into `act_work`, leaving the learner's buffers alone.
+    fn act_agents(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput, segment_step: Option<usize>) -> Result<()> {
+        self.spec.check_act_obs(obs.len())?;
+        let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
+        let (spec, layout, params, seed) = (&self.spec, &self.layout, &self.params, self.spec.seed);
+        let (p, a_n, total) = (layout.total, spec.net.actions, spec.segment_samples());
+        out.actions.resize(agents * envs, 0);
+        out.values.resize(agents * envs, 0.0);
+        out.log_probs.resize(agents * envs, 0.0);
+        let reference = self.reference;
+        let works = if segment_step.is_some() { &mut self.work } else { &mut self.act_work };
+        self.pool.install(|| {
+            works
+                .par_iter_mut()
+                .zip(out.actions.par_chunks_mut(envs))
+                .zip(out.values.par_chunks_mut(envs))
+                .zip(out.log_probs.par_chunks_mut(envs))
+                .enumerate()
+                .for_each(|(r, (((w, actions), values), log_probs))| {
+                    let frames = &obs[r * envs * OBS_BYTES..(r + 1) * envs * OBS_BYTES];
+                    let theta = &params[r * p..(r + 1) * p];
+                    let (logits, vals) = match segment_step {
+                        Some(t) => {
+                            let row0 = t * envs;
+                            w.net.forward_rows(&spec.net, layout, theta, frames, row0, total);
+                            (&w.net.logits[row0 * a_n..], &w.net.values[row0..])
+                        }
+                        None => w.forward(reference, &spec.net, layout, theta, frames),
+                    };
+                    for e in 0..envs {
+                        let (a, lp) =
+                            sample_action(&logits[e * a_n..(e + 1) * a_n], seed, (spec.agent_offset + r) as u32, e as u32, step, greedy);
+                        actions[e] = a;
+                        log_probs[e] = lp;
+                        values[e] = vals[e];
+                    }
+                });
+        });
+        Ok(())
     }
 
     fn check_arena(&self, what: &str, len: usize) -> Result<()> {
@@ -149,73 +173,28 @@ impl Backend for CpuBackend {
     }
 
     fn act(&mut self, obs: &[u8], step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
-        self.spec.check_act_obs(obs.len())?;
-        let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
-        let (spec, layout, params, seed) = (&self.spec, &self.layout, &self.params, self.spec.seed);
-        let agent_offset = spec.agent_offset;
-        let p = layout.total;
-        let a_n = spec.net.actions;
-        out.actions.resize(agents * envs, 0);
-        out.values.resize(agents * envs, 0.0);
-        out.log_probs.resize(agents * envs, 0.0);
-        let (act_work, reference) = (&mut self.act_work, self.reference);
-        self.pool.install(|| {
-            act_work
-                .par_iter_mut()
-                .zip(out.actions.par_chunks_mut(envs))
-                .zip(out.values.par_chunks_mut(envs))
-                .zip(out.log_probs.par_chunks_mut(envs))
-                .enumerate()
-                .for_each(|(r, (((acts, actions), values), log_probs))| {
-                    let frames = &obs[r * envs * OBS_BYTES..(r + 1) * envs * OBS_BYTES];
-                    let (logits, vals) = acts.forward(reference, &spec.net, layout, &params[r * p..(r + 1) * p], frames);
-                    sample_envs(logits, vals, a_n, (seed, (agent_offset + r) as u32, step, greedy), actions, values, log_probs);
-                });
-        });
-        Ok(())
+        self.act_agents(obs, step, greedy, out, None)
     }
 
     fn act_segment_step(&mut self, obs: &[u8], step: u64, out: &mut ActOutput, t: usize) -> Result<()> {
         if self.reference {
             return self.act(obs, step, false, out);
         }
-        self.spec.check_act_obs(obs.len())?;
         if t >= self.spec.n_steps {
             return Err(Error::Shape(format!("act_segment_step: step {t} of a {}-step segment", self.spec.n_steps)));
         }
         if t == 0 {
-            self.recorded.fill(None);
+            self.recorded.fill(false);
         }
-        let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
-        let (spec, layout, params, seed) = (&self.spec, &self.layout, &self.params, self.spec.seed);
-        let (p, a_n, total) = (layout.total, spec.net.actions, spec.segment_samples());
-        out.actions.resize(agents * envs, 0);
-        out.values.resize(agents * envs, 0.0);
-        out.log_probs.resize(agents * envs, 0.0);
-        let work = &mut self.work;
-        // The learner's work: step t's samples are rows t*envs.. of the agent's segment.
-        self.pool.install(|| {
-            work.par_iter_mut()
-                .zip(out.actions.par_chunks_mut(envs))
-                .zip(out.values.par_chunks_mut(envs))
-                .zip(out.log_probs.par_chunks_mut(envs))
-                .enumerate()
-                .for_each(|(r, (((w, actions), values), log_probs))| {
-                    let frames = &obs[r * envs * OBS_BYTES..(r + 1) * envs * OBS_BYTES];
-                    let row0 = t * envs;
-                    w.net.forward_rows(&spec.net, layout, &params[r * p..(r + 1) * p], frames, row0, total);
-                    let (logits, vals) = (&w.net.logits[row0 * a_n..], &w.net.values[row0..]);
-                    sample_envs(logits, vals, a_n, (seed, (spec.agent_offset + r) as u32, step, false), actions, values, log_probs);
-                });
-        });
-        self.recorded[t] = Some(self.params_gen);
+        self.act_agents(obs, step, false, out, Some(t))?;
+        self.recorded[t] = true;
         Ok(())
     }
 
     fn learn(&mut self, seg: &Segment) -> Result<Vec<AgentLearnStats>> {
         seg.check(&self.spec)?;
         // Every step acted by these very parameters (`act_segment_step`): the forward is done.
-        let kept = !self.reference && self.recorded.iter().all(|r| *r == Some(self.params_gen));
+        let kept = !self.reference && self.recorded.iter().all(|&r| r);
         self.params_changed();
         let spec = &self.spec;
         let layout = &self.layout;
@@ -393,7 +372,7 @@ mod tests {
                     actions[(a * steps + t) * envs..][..envs].copy_from_slice(&out.actions[a * envs..][..envs]);
                 }
             }
-            let kept = b.recorded.iter().all(|g| *g == Some(b.params_gen));
+            let kept = b.recorded.iter().all(|&r| r);
             if poke {
                 let mut p = b.read_params().unwrap();
                 p[0] += 0.5;
