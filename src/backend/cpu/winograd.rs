@@ -194,21 +194,24 @@ impl WinoConv {
         assert_eq!(wperm.len(), cout * k * k * cin, "winograd: weight size");
         u.clear();
         u.resize(n * n * c * cout, 0.0);
-        for o in 0..cout {
-            for ch in 0..c {
-                // Folded channel ch = (iy·f + ix)·Cin + c0; its 2×2 kernel g[by][bx] is the
-                // original tap (f·by + iy, f·bx + ix) of input channel c0.
-                let (iy, ix, c0) = (ch / cin / f, ch / cin % f, ch % cin);
-                let g = |by: usize, bx: usize| wperm[o * k * k * cin + ((f * by + iy) * k + f * bx + ix) * cin + c0];
-                for a in 0..n {
+        for ch in 0..c {
+            // Folded channel ch = (iy·f + ix)·Cin + c0; its 2×2 kernel g[by][bx] is the
+            // original tap (f·by + iy, f·bx + ix) of input channel c0.
+            let (iy, ix, c0) = (ch / cin / f, ch / cin % f, ch % cin);
+            let taps = [[0, 0], [0, 1], [1, 0], [1, 1]].map(|[by, bx]| ((f * by + iy) * k + f * bx + ix) * cin + c0);
+            for o in 0..cout {
+                let w = &wperm[o * k * k * cin..][..k * k * cin];
+                let g = [[w[taps[0]], w[taps[1]]], [w[taps[2]], w[taps[3]]]];
+                // U = (G·g)·Gᵀ, the left product first (a fixed order: the same U every time).
+                let mut gg = [[0.0f32; 2]; 4];
+                for (a, row) in gg.iter_mut().enumerate().take(n) {
+                    for (bx, v) in row.iter_mut().enumerate() {
+                        *v = T::G[a][0] * g[0][bx] + T::G[a][1] * g[1][bx];
+                    }
+                }
+                for (a, row) in gg.iter().enumerate().take(n) {
                     for b in 0..n {
-                        let mut acc = 0.0f32;
-                        for by in 0..2 {
-                            for bx in 0..2 {
-                                acc += T::G[a][by] * g(by, bx) * T::G[b][bx];
-                            }
-                        }
-                        u[((a * n + b) * c + ch) * cout + o] = acc;
+                        u[((a * n + b) * c + ch) * cout + o] = row[0] * T::G[b][0] + row[1] * T::G[b][1];
                     }
                 }
             }
