@@ -122,7 +122,7 @@ impl Tile for F3 {
     }
 }
 
-/// Which tile a layer uses, by what divides its output side (no wasted outputs).
+/// Which tile a layer uses: one that divides its output side (F3 first), so every tile is whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileSize {
     F2,
@@ -146,8 +146,9 @@ pub struct WinoConv {
 impl WinoConv {
     /// The Winograd form of conv `s` on its stored NHWC input, read with space-to-depth by
     /// its stride (conv2: 4×4 stride 2 → 2×2 stride 1 on 4·Cin channels; conv1, whose input
-    /// `fast.rs` folds beforehand, is already 2×2 stride 1), or None when `s` is not such a conv
-    /// or its channels do not fill whole vectors.
+    /// `fast.rs` folds beforehand, is already 2×2 stride 1), or None when `s` is not such a conv,
+    /// its channels do not fill whole vectors, or no tile divides its output side (those layers
+    /// stay on the implicit GEMM).
     pub fn of(s: &ConvShape) -> Option<WinoConv> {
         let f = s.stride;
         let tile = if s.out_hw % 3 == 0 {
