@@ -15,9 +15,6 @@
 //!   acting calls the forward several times between updates).
 //! - conv1 (8×8 stride 4) runs as a 2×2 stride-1 conv on the frames folded space-to-depth
 //!   into 21×21×64 (`fold_of`): bytes are converted once each, and its rows are runs too.
-//! - The forward of conv1 and conv2 (4×4 stride 2, read folded into 2×2 stride 1) is Winograd's
-//!   F(2×2, 2×2) and F(3×3, 2×2) (`winograd.rs`): 1.78× and 2.25× fewer multiplies than the
-//!   direct sum, equal to it within f32 rounding; conv3 and every backward stay direct.
 //! - Each chunk of `CHUNK` samples runs conv1→conv3 forward, and later conv3→conv1 backward, in
 //!   one task, so its activations and scratch stay in cache. The conv weight gradients
 //!   dW[Cout, Kp] = dyᵀ · unfold(x) read the unfold in place as well (`gemm::gemm_gather_b`);
@@ -34,7 +31,6 @@
 //! so results are bit-identical for 1 or N threads.
 
 use super::gemm::{gemm, gemm_gather, gemm_gather_b, Gather};
-use super::winograd::WinoConv;
 use super::net::{split_tensors, two};
 use crate::model::{tensor, ConvShape, NetSpec, ParamLayout, OBS_BYTES};
 use rayon::prelude::*;
@@ -60,9 +56,6 @@ struct Scratch {
     dcols: Vec<f32>,
     /// Pre-activation gradients of the chunk's conv outputs (NHWC).
     dy: [Vec<f32>; 3],
-    /// The Winograd forward's transformed inputs and products (`WinoConv::forward`).
-    wino_v: Vec<f32>,
-    wino_m: Vec<f32>,
 }
 
 /// A pool of scratch buffers, so tasks reuse memory across calls without owning a fixed slot.
@@ -89,10 +82,6 @@ pub struct FastNet {
     /// The conv weights (bits) and shapes `wperm`/`wt` were made from: acting calls the forward
     /// several times on unchanged parameters, and comparing is far cheaper than permuting.
     wkey: [Vec<u32>; 3],
-    /// Per conv layer: its Winograd form (`winograd.rs`) and transformed weights, for the
-    /// layers that have one (conv1 and conv2); the others run the implicit GEMM.
-    wino: [Option<WinoConv>; 3],
-    wino_u: [Vec<f32>; 3],
     wshape: Option<[ConvShape; 3]>,
     /// Post-ReLU conv outputs, NHWC.
     conv: [Vec<f32>; 3],
@@ -132,7 +121,7 @@ fn fold_of(s: &ConvShape) -> usize {
 }
 
 /// The stride-1 (or unfolded) NHWC conv equivalent to `s` after space-to-depth by `fold_of(s)`.
-pub(super) fn folded(s: &ConvShape) -> ConvShape {
+fn folded(s: &ConvShape) -> ConvShape {
     let f = fold_of(s);
     let c = ConvShape {
         in_channels: s.in_channels * f * f,
@@ -398,11 +387,6 @@ impl FastNet {
             if !same_shapes || self.wkey[l] != bits {
                 permute_weights(&spec.convs[l], w, &mut self.wperm[l]);
                 transpose(&self.wperm[l], spec.convs[l].out_channels, spec.convs[l].patch_len(), &mut self.wt[l]);
-                // conv1's Winograd form is that of its folded conv, the input `space_to_depth_u8` makes.
-                self.wino[l] = WinoConv::of(&if l == 0 { folded(&spec.convs[0]) } else { spec.convs[l] });
-                if let Some(wc) = &self.wino[l] {
-                    wc.transform_weights(&self.wperm[l], &mut self.wino_u[l]);
-                }
                 self.wkey[l].clear();
                 self.wkey[l].extend_from_slice(bits);
             }
@@ -412,7 +396,7 @@ impl FastNet {
             resize(buf, total * c.out_len());
         }
         resize(&mut self.flat, total * c3.out_len());
-        let (wperm, pool, wino, wino_u) = (&self.wt, &self.pool, &self.wino, &self.wino_u);
+        let (wperm, pool) = (&self.wt, &self.pool);
         let [y1, y2, y3] = &mut self.conv;
         let rows_of = |len: usize| row0 * len..(row0 + n) * len;
         let (r1, r2, r3) = (rows_of(c1.out_len()), rows_of(c2.out_len()), rows_of(c3.out_len()));
@@ -424,22 +408,15 @@ impl FastNet {
             .zip(frames.par_chunks(CHUNK * OBS_BYTES))
             .for_each(|((((y1, y2), y3), flat), frames)| {
                 let mut s = pool.take();
-                let Scratch { xs, rows, tmp, wino_v, wino_m, .. } = &mut s;
+                let Scratch { xs, rows, tmp, .. } = &mut s;
                 let f1 = folded(c1);
                 resize(xs, frames.len() / OBS_BYTES * f1.in_len());
                 for (x, xs) in frames.chunks_exact(OBS_BYTES).zip(xs.chunks_exact_mut(f1.in_len())) {
                     space_to_depth_u8(c1, x, xs);
                 }
-                let (ins, outs) = ([&f1, c2, c3], [y1, y2, y3]);
-                let mut input: &[f32] = xs;
-                for (l, y) in outs.into_iter().enumerate() {
-                    let b = view(tensor::CONV_B[l]);
-                    match &wino[l] {
-                        Some(wc) => wc.forward(input, &wino_u[l], b, y, wino_v, wino_m),
-                        None => conv_nhwc_forward(rows, tmp, ins[l], input, &wperm[l], b, y),
-                    }
-                    input = y;
-                }
+                conv_nhwc_forward(rows, tmp, &f1, xs, &wperm[0], view(tensor::CONV_B[0]), y1);
+                conv_nhwc_forward(rows, tmp, c2, y1, &wperm[1], view(tensor::CONV_B[1]), y2);
+                conv_nhwc_forward(rows, tmp, c3, y2, &wperm[2], view(tensor::CONV_B[2]), y3);
                 // NHWC → PyTorch's flatten order (c, y, x).
                 let (p3, co3) = (c3.out_pixels(), c3.out_channels);
                 for (ys, fs) in y3.chunks_exact(c3.out_len()).zip(flat.chunks_exact_mut(c3.out_len())) {
@@ -536,7 +513,7 @@ impl FastNet {
             let s0 = ci * CHUNK;
             let cn = CHUNK.min(n - s0);
             let mut s = pool.take();
-            let Scratch { xs, rows: gather, tmp, dcols, dy, .. } = &mut s;
+            let Scratch { xs, rows: gather, tmp, dcols, dy } = &mut s;
             let (p1, rest) = part.split_at_mut(glen[0]);
             let (p2, p3) = rest.split_at_mut(glen[1]);
             let parts = [p1, p2, p3];

@@ -8,7 +8,6 @@ pub mod layers;
 pub mod net;
 pub mod optim;
 pub mod real;
-pub mod winograd;
 
 use super::{ActOutput, AgentLearnStats, Backend, BackendSpec, Segment};
 use crate::error::{Error, Result};
