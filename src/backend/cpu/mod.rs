@@ -317,13 +317,19 @@ mod tests {
     use crate::model::{init_params, NetPreset};
     use crate::rng::{PhiloxStream, Purpose};
 
+    /// The gala net (4 actions) on `agents` × `envs` × `steps` with the default hyper-parameters.
+    fn gala_spec(agents: usize, envs: usize, steps: usize, seed: u64) -> BackendSpec {
+        let net = NetSpec::new(NetPreset::Gala, 4);
+        BackendSpec { net, agents, agent_offset: 0, envs_per_agent: envs, n_steps: steps, seed, hyper: Config::default().hyper() }
+    }
+
     /// Two updates and an act through the fast path and through the reference network agree to
     /// f32 rounding (parameters after RMSprop, values, log-probabilities).
     #[test]
     fn fast_path_learns_and_acts_like_the_reference() {
-        let net = NetSpec::new(NetPreset::Gala, 4);
         let (agents, envs, steps) = (2, 3, 2);
-        let spec = BackendSpec { net: net.clone(), agents, agent_offset: 0, envs_per_agent: envs, n_steps: steps, seed: 5, hyper: Config::default().hyper() };
+        let spec = gala_spec(agents, envs, steps, 5);
+        let net = &spec.net;
         let n = agents * envs * steps;
         let mut r = PhiloxStream::new(8, 0, Purpose::Init);
         let obs: Vec<u8> = (0..n * OBS_BYTES).map(|_| r.below(256) as u8).collect();
@@ -332,7 +338,7 @@ mod tests {
         let dones = vec![0.0f32; n];
         let boot = vec![0.3f32; agents * envs];
         let run = |reference: bool| {
-            let mut b = CpuBackend::new(spec.clone(), &init_params(&net, 2), 2).unwrap();
+            let mut b = CpuBackend::new(spec.clone(), &init_params(net, 2), 2).unwrap();
             b.use_reference_net(reference);
             let mut stats = Vec::new();
             for _ in 0..2 {
@@ -349,7 +355,7 @@ mod tests {
         // Two RMSprop steps of lr 7e-4 move each weight ~1.4e-3; f32 rounding differences in the
         // gradients shift that by far less than 1e-5.
         assert!(max_diff < 1e-5, "parameters differ by {max_diff}");
-        assert_ne!(p_fast, init_params(&net, 2).repeat(agents), "the updates changed nothing");
+        assert_ne!(p_fast, init_params(net, 2).repeat(agents), "the updates changed nothing");
         for (x, y) in a_fast.values.iter().zip(&a_ref.values).chain(a_fast.log_probs.iter().zip(&a_ref.log_probs)) {
             assert!((x - y).abs() < 1e-5, "act outputs differ: {x} vs {y}");
         }
@@ -360,9 +366,8 @@ mod tests {
     /// (a scan of a copy) does, in later agents and blocks too, and finds none in a clean arena.
     #[test]
     fn the_nonfinite_scan_names_the_first_bad_parameter() {
-        let net = NetSpec::new(NetPreset::Gala, 4);
-        let spec = BackendSpec { net: net.clone(), agents: 3, agent_offset: 0, envs_per_agent: 1, n_steps: 1, seed: 1, hyper: Config::default().hyper() };
-        let mut b = CpuBackend::new(spec, &init_params(&net, 1), 2).unwrap();
+        let spec = gala_spec(3, 1, 1, 1);
+        let mut b = CpuBackend::new(spec.clone(), &init_params(&spec.net, 1), 2).unwrap();
         assert_eq!(b.find_nonfinite_param().unwrap(), None);
         let p = b.layout.total;
         let clean = b.read_params().unwrap();
@@ -382,9 +387,9 @@ mod tests {
     /// the acts and the learn, the kept pass is not used (ragged envs: 3 per agent).
     #[test]
     fn a_learn_after_acting_the_segment_reuses_the_forward_bit_identically() {
-        let net = NetSpec::new(NetPreset::Gala, 4);
         let (agents, envs, steps) = (2, 3, 3);
-        let spec = BackendSpec { net: net.clone(), agents, agent_offset: 0, envs_per_agent: envs, n_steps: steps, seed: 7, hyper: Config::default().hyper() };
+        let spec = gala_spec(agents, envs, steps, 7);
+        let net = &spec.net;
         let n = agents * envs * steps;
         let mut r = PhiloxStream::new(9, 0, Purpose::Init);
         let obs: Vec<u8> = (0..n * OBS_BYTES).map(|_| r.below(256) as u8).collect();
@@ -395,7 +400,7 @@ mod tests {
             (0..agents).flat_map(|a| obs[((a * steps + t) * envs) * OBS_BYTES..((a * steps + t + 1) * envs) * OBS_BYTES].to_vec()).collect()
         };
         let learn_after = |act_first: bool, poke: bool| {
-            let mut b = CpuBackend::new(spec.clone(), &init_params(&net, 3), 2).unwrap();
+            let mut b = CpuBackend::new(spec.clone(), &init_params(net, 3), 2).unwrap();
             let mut actions = vec![0u32; n];
             let mut out = ActOutput::default();
             for t in 0..steps {
