@@ -30,6 +30,7 @@
 //! count, and the weight gradients' per-chunk partials are summed in chunk order afterwards,
 //! so results are bit-identical for 1 or N threads.
 
+use super::amx;
 use super::gemm::{gemm, gemm_gather, gemm_gather_b, Gather};
 use super::net::{split_tensors, two};
 use crate::model::{tensor, ConvShape, NetSpec, ParamLayout, OBS_BYTES};
@@ -54,6 +55,9 @@ struct Scratch {
     /// `gemm_gather`'s unfold buffer on the portable path.
     tmp: Vec<f32>,
     dcols: Vec<f32>,
+    /// conv1's folded input as bf16 for AMX (one observation), and the kernel's C tiles.
+    xb: amx::AlignedBf16,
+    ctiles: Box<amx::CTiles>,
     /// Pre-activation gradients of the chunk's conv outputs (NHWC).
     dy: [Vec<f32>; 3],
 }
@@ -83,6 +87,12 @@ pub struct FastNet {
     /// several times on unchanged parameters, and comparing is far cheaper than permuting.
     wkey: [Vec<u32>; 3],
     wshape: Option<[ConvShape; 3]>,
+    /// conv1's weights packed as AMX tiles of their exact bf16 split (`amx::pack_weights`),
+    /// made with `wperm` when conv1 runs on AMX.
+    w1_amx: amx::AlignedBf16,
+    w1_packed: bool,
+    /// Keep conv1 off AMX even where it is available (tests of the f32 path).
+    no_amx: bool,
     /// Post-ReLU conv outputs, NHWC.
     conv: [Vec<f32>; 3],
     /// conv3's output in PyTorch's flatten order [N, C·H·W] (fc input).
@@ -188,11 +198,92 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut Vec<f32>) {
 /// One observation [C, H, W] uint8 → f32 ÷ 255 (exactly the generic path's input scaling),
 /// space-to-depth by f into NHWC [H/f, W/f, (c, iy, ix)] = `folded(s)`'s input layout.
 fn space_to_depth_u8(s: &ConvShape, x: &[u8], out: &mut [f32]) {
+    let scale = (1.0f64 / 255.0) as f32;
+    #[cfg(target_arch = "x86_64")]
+    if fold4_avx512_applies(s, x.len(), out.len()) {
+        // SAFETY: AVX-512F present; shapes and lengths checked by fold4_avx512_applies.
+        unsafe { fold4_avx512::<false>(s.in_channels, s.in_hw, x.as_ptr(), out.as_mut_ptr().cast(), scale) };
+        return;
+    }
+    space_to_depth(s, x, out, |b| b as f32 * scale);
+}
+
+/// The same fold of the raw bytes as bfloat16 bits (exact: bytes have 8 significant bits), the
+/// input of conv1 on AMX, which applies the 1/255 after its sums; `out` holds
+/// `amx::input_rows` pixels, the ones past the image zeroed.
+fn space_to_depth_bf16<'a>(s: &ConvShape, x: &[u8], out: &'a mut amx::AlignedBf16) -> &'a [u16] {
+    let f = folded(s);
+    let len = amx::input_rows(f.in_hw, f.out_hw, f.kernel) * f.in_channels;
+    let (image, pad) = out.slice_mut(len).split_at_mut(f.in_len());
+    pad.iter_mut().for_each(|v| *v = 0);
+    #[cfg(target_arch = "x86_64")]
+    if fold4_avx512_applies(s, x.len(), image.len()) {
+        // SAFETY: AVX-512F present; shapes and lengths checked by fold4_avx512_applies.
+        unsafe { fold4_avx512::<true>(s.in_channels, s.in_hw, x.as_ptr(), image.as_mut_ptr().cast(), 1.0) };
+        return out.slice(len);
+    }
+    space_to_depth(s, x, image, bf16_of_byte);
+    out.slice(len)
+}
+
+/// A byte's f32 has its low 16 bits zero: the bf16 is its top half, exactly.
+fn bf16_of_byte(b: u8) -> u16 {
+    ((b as f32).to_bits() >> 16) as u16
+}
+
+/// Whether `fold4_avx512` runs: fold 4 of one whole observation, on a CPU with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+fn fold4_avx512_applies(s: &ConvShape, x_len: usize, out_len: usize) -> bool {
+    fold_of(s) == 4 && x_len == s.in_len() && out_len == s.in_len() && !FOLD_PORTABLE.with(|p| p.get()) && std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// Tests: fold with the portable loop on this thread.
+    static FOLD_PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `space_to_depth` by 4 with AVX-512: for each folded pixel and input channel, the 4 × 4 bytes
+/// (4 rows of 4) become one vector of 16 values stored contiguously — f32 × `scale`, or bf16
+/// bits (`BF16`) — where the portable loop writes 4 scattered groups of 4. Same values bit for
+/// bit (tested). `out` is f32 or u16 elements, `s.in_len()` of them, laid out as the portable
+/// loop's.
+///
+/// # Safety
+/// AVX-512F present; x holds cin·hw·hw bytes, out as many elements of the chosen type; hw % 4 == 0.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fold4_avx512<const BF16: bool>(cin: usize, hw: usize, x: *const u8, out: *mut u8, scale: f32) {
+    use std::arch::x86_64::*;
+    let (hb, chs) = (hw / 4, cin * 16);
+    let vscale = _mm512_set1_ps(scale);
+    for yb in 0..hb {
+        for c in 0..cin {
+            let row = |iy: usize| x.add((c * hw + yb * 4 + iy) * hw);
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            for xb in 0..hb {
+                let word = |r: *const u8| (r.add(4 * xb) as *const i32).read_unaligned();
+                // Lane iy holds row iy's 4 bytes: byte order iy·4 + ix, the fold's channel order.
+                let v = _mm_set_epi32(word(r3), word(r2), word(r1), word(r0));
+                let f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
+                let at = (yb * hb + xb) * chs + c * 16;
+                if BF16 {
+                    let h = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(_mm512_castps_si512(f)));
+                    _mm256_storeu_si256(out.add(at * 2).cast(), h);
+                } else {
+                    _mm512_storeu_ps(out.add(at * 4).cast(), _mm512_mul_ps(f, vscale));
+                }
+            }
+        }
+    }
+}
+
+/// Fold one observation by `fold_of(s)`, converting each byte with `cvt`.
+fn space_to_depth<T: Copy>(s: &ConvShape, x: &[u8], out: &mut [T], cvt: impl Fn(u8) -> T) {
     let (f, hw) = (fold_of(s), s.in_hw);
     let (hb, chs) = (hw / f, s.in_channels * f * f);
-    let scale = (1.0f64 / 255.0) as f32;
     if f == 4 {
-        return space_to_depth_fixed::<4>(s, x, out);
+        return space_to_depth_fixed::<4, T>(s, x, out, cvt);
     }
     for c in 0..s.in_channels {
         for y in 0..hw {
@@ -201,28 +292,27 @@ fn space_to_depth_u8(s: &ConvShape, x: &[u8], out: &mut [f32]) {
             for xb in 0..hb {
                 let dst = &mut out[(yb * hb + xb) * chs + (c * f + iy) * f..][..f];
                 for (d, &b) in dst.iter_mut().zip(&src[xb * f..][..f]) {
-                    *d = b as f32 * scale;
+                    *d = cvt(b);
                 }
             }
         }
     }
 }
 
-/// `space_to_depth_u8` for a fold known at compile time (conv1's 4): each group of F bytes
-/// becomes F floats with fixed-size loads and stores, which the compiler vectorises.
-fn space_to_depth_fixed<const F: usize>(s: &ConvShape, x: &[u8], out: &mut [f32]) {
+/// `space_to_depth` for a fold known at compile time (conv1's 4): each group of F bytes
+/// becomes F values with fixed-size loads and stores, which the compiler vectorises.
+fn space_to_depth_fixed<const F: usize, T: Copy>(s: &ConvShape, x: &[u8], out: &mut [T], cvt: impl Fn(u8) -> T) {
     let hw = s.in_hw;
     let (hb, chs) = (hw / F, s.in_channels * F * F);
-    let scale = (1.0f64 / 255.0) as f32;
     for c in 0..s.in_channels {
         for y in 0..hw {
             let src = &x[(c * hw + y) * hw..][..hb * F];
             let row = &mut out[(y / F) * hb * chs + (c * F + y % F) * F..];
             for (xb, q) in src.chunks_exact(F).enumerate() {
                 let q: &[u8; F] = q.try_into().expect("chunks_exact(F)");
-                let d: &mut [f32; F] = (&mut row[xb * chs..][..F]).try_into().expect("F floats");
+                let d: &mut [T; F] = (&mut row[xb * chs..][..F]).try_into().expect("F values");
                 for (d, &b) in d.iter_mut().zip(q) {
-                    *d = b as f32 * scale;
+                    *d = cvt(b);
                 }
             }
         }
@@ -381,14 +471,21 @@ impl FastNet {
         self.n = total;
         let view = |i: usize| layout.view(params, i);
         let same_shapes = self.wshape == Some(spec.convs);
+        let f1 = folded(c1);
+        let use_amx = !self.no_amx && fold_of(c1) > 1 && amx::supports(f1.in_channels, f1.out_channels, f1.stride) && amx::enabled();
         for l in 0..3 {
             let w = view(tensor::CONV_W[l]);
             let bits: &[u32] = bytemuck::cast_slice(w);
-            if !same_shapes || self.wkey[l] != bits {
+            let stale = !same_shapes || self.wkey[l] != bits;
+            if stale {
                 permute_weights(&spec.convs[l], w, &mut self.wperm[l]);
                 transpose(&self.wperm[l], spec.convs[l].out_channels, spec.convs[l].patch_len(), &mut self.wt[l]);
                 self.wkey[l].clear();
                 self.wkey[l].extend_from_slice(bits);
+            }
+            if l == 0 && use_amx && (stale || !self.w1_packed) {
+                amx::pack_weights(&self.wperm[0], f1.out_channels, f1.patch_len(), &mut self.w1_amx);
+                self.w1_packed = true;
             }
         }
         self.wshape = Some(spec.convs);
@@ -397,6 +494,7 @@ impl FastNet {
         }
         resize(&mut self.flat, total * c3.out_len());
         let (wperm, pool) = (&self.wt, &self.pool);
+        let w1_amx = self.w1_amx.slice(if use_amx { amx::packed_len(f1.out_channels, f1.patch_len()) } else { 0 });
         let [y1, y2, y3] = &mut self.conv;
         let rows_of = |len: usize| row0 * len..(row0 + n) * len;
         let (r1, r2, r3) = (rows_of(c1.out_len()), rows_of(c2.out_len()), rows_of(c3.out_len()));
@@ -408,13 +506,22 @@ impl FastNet {
             .zip(frames.par_chunks(CHUNK * OBS_BYTES))
             .for_each(|((((y1, y2), y3), flat), frames)| {
                 let mut s = pool.take();
-                let Scratch { xs, rows, tmp, .. } = &mut s;
-                let f1 = folded(c1);
-                resize(xs, frames.len() / OBS_BYTES * f1.in_len());
-                for (x, xs) in frames.chunks_exact(OBS_BYTES).zip(xs.chunks_exact_mut(f1.in_len())) {
-                    space_to_depth_u8(c1, x, xs);
+                let Scratch { xs, rows, tmp, xb, ctiles, .. } = &mut s;
+                if use_amx {
+                    // Exact products of the bytes and the weights' bf16 split; ÷255 once per sum.
+                    let scale = (1.0f64 / 255.0) as f32;
+                    for (x, y1) in frames.chunks_exact(OBS_BYTES).zip(y1.chunks_exact_mut(c1.out_len())) {
+                        let xb = space_to_depth_bf16(c1, x, xb);
+                        let (cin, cout, kf) = (f1.in_channels, f1.out_channels, f1.kernel);
+                        amx::conv_forward(xb, w1_amx, cin, cout, f1.in_hw, f1.out_hw, kf, scale, view(tensor::CONV_B[0]), y1, ctiles);
+                    }
+                } else {
+                    resize(xs, frames.len() / OBS_BYTES * f1.in_len());
+                    for (x, xs) in frames.chunks_exact(OBS_BYTES).zip(xs.chunks_exact_mut(f1.in_len())) {
+                        space_to_depth_u8(c1, x, xs);
+                    }
+                    conv_nhwc_forward(rows, tmp, &f1, xs, &wperm[0], view(tensor::CONV_B[0]), y1);
                 }
-                conv_nhwc_forward(rows, tmp, &f1, xs, &wperm[0], view(tensor::CONV_B[0]), y1);
                 conv_nhwc_forward(rows, tmp, c2, y1, &wperm[1], view(tensor::CONV_B[1]), y2);
                 conv_nhwc_forward(rows, tmp, c3, y2, &wperm[2], view(tensor::CONV_B[2]), y3);
                 // NHWC → PyTorch's flatten order (c, y, x).
@@ -513,7 +620,7 @@ impl FastNet {
             let s0 = ci * CHUNK;
             let cn = CHUNK.min(n - s0);
             let mut s = pool.take();
-            let Scratch { xs, rows: gather, tmp, dcols, dy } = &mut s;
+            let Scratch { xs, rows: gather, tmp, dcols, dy, .. } = &mut s;
             let (p1, rest) = part.split_at_mut(glen[0]);
             let (p2, p3) = rest.split_at_mut(glen[1]);
             let parts = [p1, p2, p3];
@@ -604,10 +711,15 @@ mod tests {
     }
 
     fn fast(threads: usize, c: &(NetSpec, ParamLayout, Vec<f32>, Vec<u8>, Vec<f32>, Vec<f32>)) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        fast_on(threads, true, c)
+    }
+
+    /// `fast` with conv1 on AMX where the machine has it (`amx`), or on the f32 path.
+    fn fast_on(threads: usize, amx: bool, c: &(NetSpec, ParamLayout, Vec<f32>, Vec<u8>, Vec<f32>, Vec<f32>)) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (spec, layout, params, frames, dl, dv) = c;
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
-            let mut net = FastNet::default();
+            let mut net = FastNet { no_amx: !amx, ..FastNet::default() };
             let mut grads = vec![f32::NAN; layout.total];
             // Twice, so stale scratch from the first call would show.
             for _ in 0..2 {
@@ -627,8 +739,44 @@ mod tests {
         }
     }
 
+    /// Largest |got − want| relative to max |want|.
+    fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+        let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max).max(1e-30);
+        got.iter().zip(want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max) / scale
+    }
+
+    /// Both conv1 paths (AMX where available, and f32) against the generic network in f64:
+    /// the AMX path must be as accurate as the f32 one.
+    #[test]
+    fn conv1_on_amx_is_as_accurate_as_f32() {
+        for (preset, n) in [(NetPreset::Gala, 7), (NetPreset::Nature, 5)] {
+            let c = case(preset, n);
+            let (spec, layout, params, frames, dl, dv) = &c;
+            let p64: Vec<f64> = params.iter().map(|&v| v as f64).collect();
+            let mut acts = Activations::default();
+            forward(spec, layout, &p64, frames, &mut acts);
+            let mut want = vec![f64::NAN; layout.total];
+            let (dl64, dv64): (Vec<f64>, Vec<f64>) = (dl.iter().map(|&v| v as f64).collect(), dv.iter().map(|&v| v as f64).collect());
+            backward(spec, layout, &p64, &acts, &dl64, &dv64, &mut want, &mut BackwardScratch::default());
+            let errs = |amx: bool| {
+                let (logits, values, grads) = fast_on(2, amx, &c);
+                let g = layout.tensors.iter().map(|t| rel_err(&grads[t.range()], &want[t.range()])).fold(0.0, f64::max);
+                (rel_err(&logits, &acts.logits), rel_err(&values, &acts.values), g)
+            };
+            let (f32_path, amx_path) = (errs(false), errs(true));
+            eprintln!("{preset:?} (logits, values, grads): f32 path {f32_path:?}, amx path {amx_path:?} (AMX here: {})", amx::enabled());
+            // The f32 path's own error against f64 reaches 1.3e-5 on Nature's value head
+            // (cancellation over 512 products), 2.2e-6 on gradients.
+            for (what, f, a, tol) in [("logits", f32_path.0, amx_path.0, 5e-5), ("values", f32_path.1, amx_path.1, 5e-5), ("grads", f32_path.2, amx_path.2, 2e-5)] {
+                assert!(f <= tol && a <= tol, "{preset:?} {what}: f32 path {f:e}, amx path {a:e} vs f64 (tolerance {tol:e})");
+                assert!(a <= 2.0 * f + 1e-7, "{preset:?} {what}: amx path {a:e} less accurate than the f32 path {f:e}");
+            }
+        }
+    }
+
     /// The fast path computes the reference's function and gradients (both presets, a batch
-    /// that is not a multiple of CHUNK), to f32 rounding.
+    /// that is not a multiple of CHUNK), to f32 rounding. With conv1 in f32, as the reference
+    /// computes it (x = b·(1/255) first): the AMX path is checked against f64 above.
     #[test]
     fn matches_the_generic_reference() {
         for (preset, n) in [(NetPreset::Gala, 7), (NetPreset::Nature, 5)] {
@@ -638,7 +786,7 @@ mod tests {
             forward(spec, layout, params, frames, &mut acts);
             let mut want = vec![f32::NAN; layout.total];
             backward(spec, layout, params, &acts, dl, dv, &mut want, &mut BackwardScratch::default());
-            let (logits, values, grads) = fast(2, &c);
+            let (logits, values, grads) = fast_on(2, false, &c);
             assert_close("logits", &logits, &acts.logits, 1e-5);
             assert_close("values", &values, &acts.values, 1e-5);
             for t in &layout.tensors {
@@ -683,6 +831,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The AVX-512 fold writes the portable loop's values bit for bit (f32 and bf16).
+    #[test]
+    fn the_vector_fold_equals_the_portable_one() {
+        let spec = NetSpec::new(NetPreset::Gala, 6);
+        let c1 = &spec.convs[0];
+        let mut r = PhiloxStream::new(3, 0, Purpose::Init);
+        let x: Vec<u8> = (0..OBS_BYTES).map(|_| r.below(256) as u8).collect();
+        let run = |portable: bool| {
+            #[cfg(target_arch = "x86_64")]
+            FOLD_PORTABLE.with(|p| p.set(portable));
+            let mut f = vec![f32::NAN; c1.in_len()];
+            space_to_depth_u8(c1, &x, &mut f);
+            let mut b = amx::AlignedBf16::default();
+            let bits = space_to_depth_bf16(c1, &x, &mut b).to_vec();
+            (f.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), bits)
+        };
+        let (vector, portable) = (run(false), run(true));
+        assert!(vector == portable, "the AVX-512 fold differs from the portable one");
+        let scale = (1.0f64 / 255.0) as f32;
+        assert_eq!(portable.0[1], (x[1] as f32 * scale).to_bits(), "pixel (0, 0), channel 1 is byte 1");
+        assert_eq!(portable.1[64 + 5], bf16_of_byte(x[84 + 4 + 1]), "pixel (0, 1), channel (c 0, iy 1, ix 1)");
     }
 
     #[test]
@@ -742,6 +913,59 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+#[cfg(test)]
+mod timing_probe {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn conv1_timing() {
+        let spec = NetSpec::new(crate::model::NetPreset::Gala, 6);
+        let c1 = spec.convs[0];
+        let f1 = folded(&c1);
+        let frames: Vec<u8> = (0..16 * OBS_BYTES).map(|i| (i * 7 % 251) as u8).collect();
+        let w: Vec<f32> = (0..c1.out_channels * c1.patch_len()).map(|i| ((i * 13 % 97) as f32 - 48.0) * 1e-3).collect();
+        let b = vec![0.01f32; 32];
+        let mut wp = Vec::new();
+        permute_weights(&c1, &w, &mut wp);
+        let mut wt = Vec::new();
+        transpose(&wp, c1.out_channels, c1.patch_len(), &mut wt);
+        let mut packed = amx::AlignedBf16::default();
+        amx::pack_weights(&wp, 32, f1.patch_len(), &mut packed);
+        let packed = packed.slice(amx::packed_len(32, f1.patch_len()));
+        let mut y = vec![0f32; 16 * c1.out_len()];
+        let (mut xs, mut rows, mut tmp, mut xb, mut ct) = (vec![0f32; 16 * f1.in_len()], Vec::new(), Vec::new(), amx::AlignedBf16::default(), Box::<amx::CTiles>::default());
+        for _ in 0..2 {
+            let t = std::time::Instant::now();
+            for _ in 0..100 {
+                for (x, xs) in frames.chunks_exact(OBS_BYTES).zip(xs.chunks_exact_mut(f1.in_len())) {
+                    space_to_depth_u8(&c1, x, xs);
+                }
+            }
+            let s2d = t.elapsed().as_secs_f64() / 1600.0 * 1e6;
+            let t = std::time::Instant::now();
+            for _ in 0..100 {
+                conv_nhwc_forward(&mut rows, &mut tmp, &f1, &xs, &wt, &b, &mut y);
+            }
+            let f32c = t.elapsed().as_secs_f64() / 1600.0 * 1e6;
+            let t = std::time::Instant::now();
+            for _ in 0..100 {
+                for x in frames.chunks_exact(OBS_BYTES) {
+                    space_to_depth_bf16(&c1, x, &mut xb);
+                }
+            }
+            let s2b = t.elapsed().as_secs_f64() / 1600.0 * 1e6;
+            let xbs = space_to_depth_bf16(&c1, &frames[..OBS_BYTES], &mut xb);
+            let t = std::time::Instant::now();
+            for _ in 0..100 {
+                for yo in y.chunks_exact_mut(c1.out_len()) {
+                    amx::conv_forward(xbs, packed, 64, 32, 21, 20, 2, 1.0 / 255.0, &b, yo, &mut ct);
+                }
+            }
+            let am = t.elapsed().as_secs_f64() / 1600.0 * 1e6;
+            eprintln!("per obs µs: s2d f32 {s2d:.1}, conv f32 {f32c:.1}, s2d bf16 {s2b:.1}, conv amx {am:.1}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The plain-Rust backend: the spec every GPU kernel is tested against, and the CPU fallback.
 
+pub mod amx;
 pub mod fast;
 pub mod gemm;
 pub mod gossip;
