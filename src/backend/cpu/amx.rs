@@ -156,22 +156,53 @@ pub fn input_rows(wf: usize, wo: usize, kf: usize) -> usize {
     (wo * wf).div_ceil(MPAIR) * MPAIR + (kf - 1) * (wf + 1)
 }
 
-/// y [Wo·Wo, Cout] = max(0, scale · (x ⋆ w) + bias) for one observation: `x` the bf16 input rows
-/// (`input_rows` of them, Cin each; padding zero), `wpack` from `pack_weights`, both from
-/// `AlignedBf16` (64-byte aligned). Panics unless `enabled()` and the shapes fit (a caller's bug).
+/// The input of `conv_forward`: bf16 rows (`input_rows` positions × Cin each, padding zero),
+/// 64-byte aligned (`AlignedBf16`).
+pub enum Input<'a> {
+    /// Values exact in bf16 (conv1's bytes): one product per weight split.
+    Exact(&'a [u16]),
+    /// f32 activations as their exact split x = hi + mid + lo (`split3`): per weight split w the
+    /// products x_h·w_h, x_h·w_m, x_h·w_l, x_l·w_h, x_m·w_h, x_m·w_m (all but the three below
+    /// 2⁻²⁴ of the product), each exact in f32.
+    Split([&'a [u16]; SPLITS]),
+}
+
+/// Where `conv_forward` also writes its output, as the next conv's `Input::Split`: folded by 2
+/// (pixel (oy, ox) → (oy/2, ox/2), channel ((oy%2)·2 + ox%2)·Cout + o, the order
+/// `pack_weights_folded` packs), `input_rows` of the next conv per buffer. The caller zeroes
+/// the padding rows past the image.
+pub struct NextSplit<'a>(pub [&'a mut [u16]; SPLITS]);
+
+/// y [Wo·Wo, Cout] = max(0, scale · (x ⋆ w) + bias) for one observation of a stride-1 Kf×Kf
+/// conv on Wf×Wf pixels, `wpack` from `pack_weights` (64-byte aligned); with `next`, the output
+/// also goes there as the next conv's folded split input. Panics unless `enabled()` and the
+/// shapes fit (a caller's bug).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_forward(
-    x: &[u16], wpack: &[u16], cin: usize, cout: usize, wf: usize, wo: usize, kf: usize,
-    scale: f32, bias: &[f32], y: &mut [f32], ctiles: &mut CTiles,
+    x: Input, wpack: &[u16], cin: usize, cout: usize, wf: usize, wo: usize, kf: usize,
+    scale: f32, bias: &[f32], y: &mut [f32], next: Option<NextSplit>, ctiles: &mut CTiles,
 ) {
     assert!(enabled(), "amx::conv_forward without AMX");
     assert!(supports(cin, cout, 1), "amx::conv_forward: Cin {cin}, Cout {cout}");
     let (rows, kp) = (input_rows(wf, wo, kf), kf * kf * cin);
-    assert!(x.len() >= rows * cin, "amx::conv_forward: input {} < {} rows × {cin}", x.len(), rows);
+    let xs: &[&[u16]] = match &x {
+        Input::Exact(x) => std::slice::from_ref(x),
+        Input::Split(xs) => xs,
+    };
+    for x in xs {
+        assert!(x.len() >= rows * cin, "amx::conv_forward: input {} < {} rows × {cin}", x.len(), rows);
+        assert!(x.as_ptr() as usize % 64 == 0, "amx::conv_forward: unaligned input");
+    }
     assert_eq!(wpack.len(), packed_len(cout, kp), "amx::conv_forward: packed weights");
+    assert!(wpack.as_ptr() as usize % 64 == 0, "amx::conv_forward: unaligned weights");
     assert_eq!(bias.len(), cout, "amx::conv_forward: bias");
     assert_eq!(y.len(), wo * wo * cout, "amx::conv_forward: output");
-    assert!(x.as_ptr() as usize % 64 == 0 && wpack.as_ptr() as usize % 64 == 0, "amx::conv_forward: unaligned tiles");
+    if let Some(NextSplit(n)) = &next {
+        assert!(wo % 2 == 0, "amx::conv_forward: folding an odd output {wo}");
+        for b in n.iter() {
+            assert!(b.len() >= wo * wo * cout, "amx::conv_forward: next input {} < {}", b.len(), wo * wo * cout);
+        }
+    }
     // The K steps' byte offsets from a tile's first position: tap (dy, dx), half h.
     let per_tap = cin / KSTEP;
     let mut offs = [0usize; 64];
@@ -182,9 +213,10 @@ pub fn conv_forward(
         *o = (((tap / kf) * wf + tap % kf) * cin + h * KSTEP) * 2;
     }
     let shape = Shape { cin, cout, wf, wo, scale };
+    let mut next = next;
     // SAFETY: enabled() implies AVX-512F and the tile permission; the pointers handed to the
-    // kernel stay inside x and wpack (checked above, see `tiles`).
-    imp::with_tiles(|| unsafe { tiles(x, wpack, &offs[..ksteps], &shape, bias, y, ctiles) });
+    // kernels stay inside the inputs and wpack (checked above, see `tiles`).
+    imp::with_tiles(|| unsafe { tiles(xs, wpack, &offs[..ksteps], &shape, bias, y, next.as_mut(), ctiles) });
 }
 
 struct Shape {
@@ -200,8 +232,9 @@ struct Shape {
 ///
 /// # Safety
 /// AMX configured (`with_tiles`), AVX-512F present, shapes checked by `conv_forward`.
+#[allow(clippy::too_many_arguments)]
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-unsafe fn tiles(x: &[u16], wpack: &[u16], offs: &[usize], s: &Shape, bias: &[f32], y: &mut [f32], ct: &mut CTiles) {
+unsafe fn tiles(xs: &[&[u16]], wpack: &[u16], offs: &[usize], s: &Shape, bias: &[f32], y: &mut [f32], mut next: Option<&mut NextSplit>, ct: &mut CTiles) {
     let computed = s.wo * s.wf;
     let per_np = offs.len() * SPLITS * 2 * BTILE;
     for np in 0..s.cout / NPAIR {
@@ -209,22 +242,30 @@ unsafe fn tiles(x: &[u16], wpack: &[u16], offs: &[usize], s: &Shape, bias: &[f32
         let pairs = computed.div_ceil(MPAIR);
         for i in 0..=pairs {
             if i < pairs {
-                // The kernel reads 2 × 16 rows of 32 bf16 at x[(p0 + r)·cin + offs[ks]/2 ..],
-                // all below input_rows·cin (p0 + 31 + the farthest tap < input_rows), the whole
-                // of `b`, and writes one C buffer.
-                imp::kernel(x[i * MPAIR * s.cin..].as_ptr(), s.cin * 2, offs, b.as_ptr(), ct.0[i % 2].as_mut_ptr());
+                // The kernels read 2 × 16 rows of 32 bf16 at x[(p0 + r)·cin + offs[ks]/2 ..] of
+                // each input, all below input_rows·cin (p0 + 31 + the farthest tap <
+                // input_rows), the whole of `b`, and write one C buffer.
+                let at = |x: &[u16]| x[i * MPAIR * s.cin..].as_ptr();
+                let c = ct.0[i % 2].as_mut_ptr();
+                match xs {
+                    [x] => imp::kernel(at(x), s.cin * 2, offs, b.as_ptr(), c),
+                    [h, m, l] => imp::kernel6([at(h), at(m), at(l)], s.cin * 2, offs, b.as_ptr(), c),
+                    _ => unreachable!("1 or 3 inputs"),
+                }
             }
             if i > 0 {
-                epilogue(&ct.0[(i - 1) % 2], (i - 1) * MPAIR, np * NPAIR, s, bias, y);
+                epilogue(&ct.0[(i - 1) % 2], (i - 1) * MPAIR, np * NPAIR, s, bias, y, next.as_deref_mut());
             }
         }
     }
 }
 
-/// y = max(0, scale · C + bias) for the valid positions of one M pair's four C tiles.
+/// y = max(0, scale · C + bias) for the valid positions of one M pair's four C tiles (and its
+/// split into `next`).
 #[inline(always)]
-fn epilogue(c: &[f32; 4 * TILE * TILE], p0: usize, n0: usize, s: &Shape, bias: &[f32], y: &mut [f32]) {
+fn epilogue(c: &[f32; 4 * TILE * TILE], p0: usize, n0: usize, s: &Shape, bias: &[f32], y: &mut [f32], next: Option<&mut NextSplit>) {
     let computed = s.wo * s.wf;
+    let mut next = next;
     for (t, c) in c.chunks_exact(TILE * TILE).enumerate() {
         let (mt, nt) = (t / 2, t % 2);
         let o0 = n0 + nt * TILE;
@@ -235,14 +276,62 @@ fn epilogue(c: &[f32; 4 * TILE * TILE], p0: usize, n0: usize, s: &Shape, bias: &
             if p >= computed || ox >= s.wo {
                 continue;
             }
-            // Fixed-size rows: one vector each for scale, bias and ReLU.
+            // Fixed-size rows: one vector each for scale, bias and ReLU, and for the split.
             let acc: &[f32; TILE] = acc.try_into().expect("a tile row");
             let dst: &mut [f32; TILE] = (&mut y[(oy * s.wo + ox) * s.cout + o0..][..TILE]).try_into().expect("16 outputs");
             for j in 0..TILE {
                 dst[j] = (s.scale * acc[j] + bias[j]).max(0.0);
             }
+            if let Some(NextSplit(bufs)) = next.as_deref_mut() {
+                let wn = s.wo / 2;
+                let at = ((oy / 2) * wn + ox / 2) * 4 * s.cout + ((oy % 2) * 2 + ox % 2) * s.cout + o0;
+                let (mut hi, mut mid, mut lo) = ([0u16; TILE], [0u16; TILE], [0u16; TILE]);
+                for j in 0..TILE {
+                    [hi[j], mid[j], lo[j]] = split3_finite(dst[j]);
+                }
+                for (buf, part) in bufs.iter_mut().zip([hi, mid, lo]) {
+                    buf[at..at + TILE].copy_from_slice(&part);
+                }
+            }
         }
     }
+}
+
+/// `split3` without the NaN case (the epilogue's values have passed max(0, ·)), so it
+/// vectorises: round to nearest even on the bits, three times.
+#[inline(always)]
+fn split3_finite(w: f32) -> [u16; SPLITS] {
+    let rne = |x: f32| {
+        let b = x.to_bits();
+        (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    };
+    let hi = rne(w);
+    let r1 = w - f32_of(hi);
+    let mid = rne(r1);
+    [hi, mid, rne(r1 - f32_of(mid))]
+}
+
+/// `pack_weights` for a conv whose input arrives folded by 2 (`NextSplit`): w in PyTorch's
+/// layout [Cout, Cin, K, K] (K even), packed in the folded conv's patch order
+/// (by, bx, iy, ix, c) with ky = 2·by + iy, kx = 2·bx + ix. `tmp` is scratch.
+pub fn pack_weights_folded(w: &[f32], cout: usize, cin: usize, k: usize, tmp: &mut Vec<f32>, out: &mut AlignedBf16) {
+    assert!(k % 2 == 0, "amx::pack_weights_folded: odd kernel {k}");
+    assert_eq!(w.len(), cout * cin * k * k, "amx::pack_weights_folded: weight count");
+    let (kb, kp) = (k / 2, cin * k * k);
+    tmp.clear();
+    tmp.resize(cout * kp, 0.0);
+    for o in 0..cout {
+        for c in 0..cin {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let (by, bx, iy, ix) = (ky / 2, kx / 2, ky % 2, kx % 2);
+                    let kidx = ((by * kb + bx) * 4 + iy * 2 + ix) * cin + c;
+                    tmp[o * kp + kidx] = w[((o * cin + c) * k + ky) * k + kx];
+                }
+            }
+        }
+    }
+    pack_weights(tmp, cout, kp, out);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -355,6 +444,101 @@ mod imp {
             options(nostack),
         );
     }
+
+    /// `kernel` for split inputs a = [hi, mid, lo]: per K step the six products (see
+    /// `Input::Split`) in the order hh, hm, hl, lh, mh, mm — 24 TDPBF16PS on 16 tile loads.
+    ///
+    /// # Safety
+    /// As `kernel`, for each of the three inputs.
+    pub unsafe fn kernel6(a: [*const u16; 3], lda: usize, offs: &[usize], b: *const u16, c: *mut f32) {
+        if offs.is_empty() {
+            return;
+        }
+        let dm = (a[1] as isize).wrapping_sub(a[0] as isize);
+        let dl = (a[2] as isize).wrapping_sub(a[0] as isize);
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "mov {t}, [{offs}]",
+            "add {t}, {a}",
+            // A hi × B hi, mid, lo
+            "tileloadd tmm4, [{t} + {lda}*1]",
+            "add {t}, {a16}",
+            "tileloadd tmm5, [{t} + {lda}*1]",
+            "sub {t}, {a16}",
+            "tileloadd tmm6, [{b} + {s64}*1]",
+            "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "tileloadd tmm6, [{b} + {s64}*1 + 2048]",
+            "tileloadd tmm7, [{b} + {s64}*1 + 3072]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "tileloadd tmm6, [{b} + {s64}*1 + 4096]",
+            "tileloadd tmm7, [{b} + {s64}*1 + 5120]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            // A lo × B hi
+            "add {t}, {dl}",
+            "tileloadd tmm4, [{t} + {lda}*1]",
+            "add {t}, {a16}",
+            "tileloadd tmm5, [{t} + {lda}*1]",
+            "sub {t}, {a16}",
+            "sub {t}, {dl}",
+            "tileloadd tmm6, [{b} + {s64}*1]",
+            "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            // A mid × B hi, mid
+            "add {t}, {dm}",
+            "tileloadd tmm4, [{t} + {lda}*1]",
+            "add {t}, {a16}",
+            "tileloadd tmm5, [{t} + {lda}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "tileloadd tmm6, [{b} + {s64}*1 + 2048]",
+            "tileloadd tmm7, [{b} + {s64}*1 + 3072]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {b}, 6144",
+            "add {offs}, 8",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c} + {s64}*1], tmm0",
+            "tilestored [{c} + {s64}*1 + 1024], tmm1",
+            "tilestored [{c} + {s64}*1 + 2048], tmm2",
+            "tilestored [{c} + {s64}*1 + 3072], tmm3",
+            a = in(reg) a[0],
+            dm = in(reg) dm,
+            dl = in(reg) dl,
+            a16 = in(reg) 16 * lda,
+            lda = in(reg) lda,
+            offs = inout(reg) offs.as_ptr() => _,
+            n = inout(reg) offs.len() => _,
+            b = inout(reg) b => _,
+            c = in(reg) c,
+            s64 = in(reg) 64usize,
+            t = out(reg) _,
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+            options(nostack),
+        );
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -366,6 +550,9 @@ mod imp {
         f()
     }
     pub unsafe fn kernel(_: *const u16, _: usize, _: &[usize], _: *const u16, _: *mut f32) {
+        unreachable!("AMX is x86-64 only")
+    }
+    pub unsafe fn kernel6(_: [*const u16; 3], _: usize, _: &[usize], _: *const u16, _: *mut f32) {
         unreachable!("AMX is x86-64 only")
     }
 }
@@ -467,7 +654,7 @@ mod tests {
             let packed = pbuf.slice(packed_len(cout, kp));
             let scale = (1.0f64 / 255.0) as f32;
             let mut y = vec![f32::NAN; wo * wo * cout];
-            conv_forward(x, packed, cin, cout, wf, wo, kf, scale, &bias, &mut y, &mut CTiles::default());
+            conv_forward(Input::Exact(x), packed, cin, cout, wf, wo, kf, scale, &bias, &mut y, None, &mut CTiles::default());
             for oy in 0..wo {
                 for ox in 0..wo {
                     for o in 0..cout {

@@ -57,6 +57,8 @@ struct Scratch {
     dcols: Vec<f32>,
     /// conv1's folded input as bf16 for AMX (one observation), and the kernel's C tiles.
     xb: amx::AlignedBf16,
+    /// conv2's input on AMX: conv1's output folded by 2, as its exact bf16 split (one observation).
+    x2: [amx::AlignedBf16; 3],
     ctiles: Box<amx::CTiles>,
     /// Pre-activation gradients of the chunk's conv outputs (NHWC).
     dy: [Vec<f32>; 3],
@@ -91,6 +93,11 @@ pub struct FastNet {
     /// made with `wperm` when conv1 runs on AMX.
     w1_amx: amx::AlignedBf16,
     w1_packed: bool,
+    /// conv2's weights for AMX (`amx::pack_weights_folded`), when conv2 runs there too.
+    w2_amx: amx::AlignedBf16,
+    w2_packed: bool,
+    /// Scratch of `amx::pack_weights_folded`.
+    w2_tmp: Vec<f32>,
     /// Keep conv1 off AMX even where it is available (tests of the f32 path).
     no_amx: bool,
     /// Post-ReLU conv outputs, NHWC.
@@ -143,6 +150,15 @@ fn folded(s: &ConvShape) -> ConvShape {
     };
     debug_assert_eq!((c.in_hw - c.kernel) / c.stride + 1, c.out_hw);
     c
+}
+
+/// conv2 as the stride-1 conv on conv1's output folded by 2 that it runs as on AMX (`amx`
+/// module: `NextSplit`, `pack_weights_folded`), when its shape allows: stride 2, even kernel,
+/// conv1's even output as its input, whole tiles of channels.
+fn conv2_folded(c1: &ConvShape, c2: &ConvShape) -> Option<ConvShape> {
+    let ok = c2.stride == 2 && c2.kernel % 2 == 0 && c2.in_hw % 2 == 0 && c1.out_hw == c2.in_hw && c1.out_channels == c2.in_channels;
+    let f = ConvShape { in_channels: c2.in_channels * 4, out_channels: c2.out_channels, kernel: c2.kernel / 2, stride: 1, in_hw: c2.in_hw / 2, out_hw: c2.out_hw };
+    (ok && f.in_hw - f.kernel + 1 == f.out_hw && amx::supports(f.in_channels, f.out_channels, 1)).then_some(f)
 }
 
 /// Where PyTorch's weight w[o][c][ky][kx] sits in the row of the permuted weights [Cout, Kp]
@@ -473,6 +489,7 @@ impl FastNet {
         let same_shapes = self.wshape == Some(spec.convs);
         let f1 = folded(c1);
         let use_amx = !self.no_amx && fold_of(c1) > 1 && amx::supports(f1.in_channels, f1.out_channels, f1.stride) && amx::enabled();
+        let f2 = conv2_folded(c1, c2).filter(|_| use_amx);
         for l in 0..3 {
             let w = view(tensor::CONV_W[l]);
             let bits: &[u32] = bytemuck::cast_slice(w);
@@ -487,6 +504,11 @@ impl FastNet {
                 amx::pack_weights(&self.wperm[0], f1.out_channels, f1.patch_len(), &mut self.w1_amx);
                 self.w1_packed = true;
             }
+            if l == 1 && f2.is_some() && (stale || !self.w2_packed) {
+                let c = &spec.convs[1];
+                amx::pack_weights_folded(w, c.out_channels, c.in_channels, c.kernel, &mut self.w2_tmp, &mut self.w2_amx);
+                self.w2_packed = true;
+            }
         }
         self.wshape = Some(spec.convs);
         for (buf, c) in self.conv.iter_mut().zip(&spec.convs) {
@@ -495,6 +517,7 @@ impl FastNet {
         resize(&mut self.flat, total * c3.out_len());
         let (wperm, pool) = (&self.wt, &self.pool);
         let w1_amx = self.w1_amx.slice(if use_amx { amx::packed_len(f1.out_channels, f1.patch_len()) } else { 0 });
+        let w2_amx = self.w2_amx.slice(f2.map_or(0, |f| amx::packed_len(f.out_channels, f.patch_len())));
         let [y1, y2, y3] = &mut self.conv;
         let rows_of = |len: usize| row0 * len..(row0 + n) * len;
         let (r1, r2, r3) = (rows_of(c1.out_len()), rows_of(c2.out_len()), rows_of(c3.out_len()));
@@ -506,14 +529,34 @@ impl FastNet {
             .zip(frames.par_chunks(CHUNK * OBS_BYTES))
             .for_each(|((((y1, y2), y3), flat), frames)| {
                 let mut s = pool.take();
-                let Scratch { xs, rows, tmp, xb, ctiles, .. } = &mut s;
-                if use_amx {
+                let Scratch { xs, rows, tmp, xb, x2, ctiles, .. } = &mut s;
+                if let Some(f2) = f2 {
+                    // conv1 as below, its epilogue also writing conv2's folded split input; conv2
+                    // from the six exact products of the splits.
+                    let scale = (1.0f64 / 255.0) as f32;
+                    let frames = frames.chunks_exact(OBS_BYTES);
+                    for ((x, y1), y2) in frames.zip(y1.chunks_exact_mut(c1.out_len())).zip(y2.chunks_exact_mut(c2.out_len())) {
+                        let xb = space_to_depth_bf16(c1, x, xb);
+                        let len = amx::input_rows(f2.in_hw, f2.out_hw, f2.kernel) * f2.in_channels;
+                        let [h, m, l] = x2;
+                        let mut parts = [h.slice_mut(len), m.slice_mut(len), l.slice_mut(len)];
+                        for part in parts.iter_mut() {
+                            part[f2.in_len()..].iter_mut().for_each(|v| *v = 0);
+                        }
+                        let next = Some(amx::NextSplit(parts));
+                        let (cin, cout, kf) = (f1.in_channels, f1.out_channels, f1.kernel);
+                        amx::conv_forward(amx::Input::Exact(xb), w1_amx, cin, cout, f1.in_hw, f1.out_hw, kf, scale, view(tensor::CONV_B[0]), y1, next, ctiles);
+                        let parts = [h.slice(len), m.slice(len), l.slice(len)];
+                        let (cin, cout, kf) = (f2.in_channels, f2.out_channels, f2.kernel);
+                        amx::conv_forward(amx::Input::Split(parts), w2_amx, cin, cout, f2.in_hw, f2.out_hw, kf, 1.0, view(tensor::CONV_B[1]), y2, None, ctiles);
+                    }
+                } else if use_amx {
                     // Exact products of the bytes and the weights' bf16 split; ÷255 once per sum.
                     let scale = (1.0f64 / 255.0) as f32;
                     for (x, y1) in frames.chunks_exact(OBS_BYTES).zip(y1.chunks_exact_mut(c1.out_len())) {
                         let xb = space_to_depth_bf16(c1, x, xb);
                         let (cin, cout, kf) = (f1.in_channels, f1.out_channels, f1.kernel);
-                        amx::conv_forward(xb, w1_amx, cin, cout, f1.in_hw, f1.out_hw, kf, scale, view(tensor::CONV_B[0]), y1, ctiles);
+                        amx::conv_forward(amx::Input::Exact(xb), w1_amx, cin, cout, f1.in_hw, f1.out_hw, kf, scale, view(tensor::CONV_B[0]), y1, None, ctiles);
                     }
                 } else {
                     resize(xs, frames.len() / OBS_BYTES * f1.in_len());
@@ -522,7 +565,9 @@ impl FastNet {
                     }
                     conv_nhwc_forward(rows, tmp, &f1, xs, &wperm[0], view(tensor::CONV_B[0]), y1);
                 }
-                conv_nhwc_forward(rows, tmp, c2, y1, &wperm[1], view(tensor::CONV_B[1]), y2);
+                if f2.is_none() {
+                    conv_nhwc_forward(rows, tmp, c2, y1, &wperm[1], view(tensor::CONV_B[1]), y2);
+                }
                 conv_nhwc_forward(rows, tmp, c3, y2, &wperm[2], view(tensor::CONV_B[2]), y3);
                 // NHWC → PyTorch's flatten order (c, y, x).
                 let (p3, co3) = (c3.out_pixels(), c3.out_channels);
@@ -961,7 +1006,7 @@ mod timing_probe {
             let t = std::time::Instant::now();
             for _ in 0..100 {
                 for yo in y.chunks_exact_mut(c1.out_len()) {
-                    amx::conv_forward(xbs, packed, 64, 32, 21, 20, 2, 1.0 / 255.0, &b, yo, &mut ct);
+                    amx::conv_forward(amx::Input::Exact(xbs), packed, 64, 32, 21, 20, 2, 1.0 / 255.0, &b, yo, None, &mut ct);
                 }
             }
             let am = t.elapsed().as_secs_f64() / 1600.0 * 1e6;
