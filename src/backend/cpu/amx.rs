@@ -1,39 +1,44 @@
-//! conv1 on Intel AMX tiles, exact products in BF16: the frames are bytes, so they are exact in
-//! bfloat16, and every f32 weight is exactly the sum of three bfloat16 numbers.
+//! conv1 and conv2 on Intel AMX tiles, with exact products in bfloat16: every f32 is exactly
+//! the sum of three bf16 numbers, and the frames' bytes are exact in one.
 //!
-//! Math. conv1 reads x = b / 255 for pixel bytes b ∈ [0, 255]. Folded space-to-depth (as
-//! `fast.rs` does) it is a stride-1 conv with a Kf×Kf kernel on Cin = 64 channels:
+//! Math. Split w = hi + mid + lo with hi, mid, lo bfloat16 (`split3`; exact: each step takes the
+//! top 8 significant bits of what is left, and 24 = 3 × 8). The product of two bf16 numbers is
+//! exact in f32 (8 × 8 significant bits), and `TDPBF16PS` adds 32 such products to an f32
+//! accumulator per instruction with the error of a few roundings (measured in the tests; the
+//! hardware's internal order is not documented), where the AVX-512 path rounds once per FMA.
 //!
-//!   y[p, o] = max(0, s · Σ_k b[p, k] · w[o, k] + bias[o]),   s = 1/255 (as f32),
+//! - conv1 reads x = b / 255 for pixel bytes b. Folded space-to-depth (as `fast.rs` does) it is
+//!   a stride-1 2×2 conv on 64 channels, computed as y = max(0, s · Σ_k b_k (hi_k + mid_k +
+//!   lo_k) + bias) with s = 1/255 applied once (`Input::Exact`): 3 products per term.
+//! - conv2 reads conv1's f32 output. conv1's epilogue writes it a second time, folded by 2 and
+//!   split x = x_h + x_m + x_l (`NextSplit`), so the 4×4 stride-2 conv is a 2×2 stride-1 conv on
+//!   128 channels, summed over the six split products whose size is at least 2⁻¹⁶ of x·w
+//!   (`Input::Split`; the three dropped ones are below 2⁻²⁴ of it, f32's own rounding).
 //!
-//! where w = hi + mid + lo with hi, mid, lo bfloat16 (the split is exact: each step takes the top
-//! 8 significant bits of what is left, and 24 = 3 × 8), so b · hi, b · mid and b · lo are exact
-//! in f32 (8 × 8 significant bits). `TDPBF16PS` adds 32 such products to an f32 accumulator per
-//! instruction with the error of a few roundings (measured in the tests; the hardware's internal
-//! order is not documented exactly), so each output sees 3 · Kf² · Cin / 32 = 24 such steps
-//! instead of 256 rounded FMAs on the AVX-512 path, and the scale once: as accurate as the f32
-//! path (tested against a float64 network in `fast.rs`), not bit-equal to it.
-//! An all-zero receptive field gives exactly 0 and the output is exactly the bias (the ReLU
-//! mask at 0 stays as on the other paths and on the GPU).
+//! Both are as accurate as the f32 path (tested against a float64 network in `fast.rs`, and
+//! against float64 direct sums here), not bit-equal to it. A receptive field that is all zero
+//! gives exactly 0 and the output is exactly the bias, so ReLU masks at 0 agree with the other
+//! paths and with the GPU kernels.
 //!
-//! Shapes. Input per observation: the folded bytes as bf16, NHWC [Hf·Wf (+ padding)][Cin],
-//! Cin % 32 == 0; the rows of a 16-row A tile are 16 consecutive flat positions p = oy·Wf + ox
-//! of the *input* width Wf (so a tile is one strided load, no unfold): positions with
-//! ox ≥ Wo, or past the last output row, are computed and discarded (Wf·Ho ≤ 448 of 400 for
-//! conv1: 12% extra). Weights: per N pair (32 outputs), per K step (32 of the Kf²·Cin patch
-//! elements), per split, two 16×16 VNNI-packed B tiles [k/2][n][k%2].
+//! Shapes. Per observation, the input is NHWC bf16 [Wf·Wf (+ padding)][Cin], Cin % 32 == 0; a
+//! 16-row A tile is 16 consecutive flat positions p = oy·Wf + ox of the *input* width Wf (one
+//! strided load, no unfold); positions with ox ≥ Wo, or past the last output row, are computed
+//! and discarded (conv1 448 for 400 outputs, conv2 96 for 81). Weights: per N pair (32 outputs),
+//! per K step (32 patch elements), per split, two VNNI-packed 16×16 B tiles [k/2][n][k%2].
 //!
 //! Accumulation contract: each output's sum runs over the K steps in patch order, within one
-//! the three splits hi, mid, lo, each instruction over its 32 products in hardware order: a
-//! function of the shapes only (not of threads, batch or chunking), so results are
-//! bit-identical for any thread count and any slicing of the batch, like the other paths.
+//! over the products in a fixed order (hi, mid, lo of the weights; for split inputs hh, hm, hl,
+//! lh, mh, mm), each instruction over its 32 products in hardware order: a function of the shapes
+//! only (not of threads, batch or chunking), so results are bit-identical for any thread count
+//! and any slicing of the batch, like the other paths.
 //!
-//! Why: conv1 is 43% of the gala net's multiply-adds, and the AVX-512 path runs it at the FMA
-//! units' peak; a `TDPBF16PS` does 16×16×32 multiply-adds in ~16 cycles, 16× the FMA rate, so
-//! even three of them per product (the exact split) leave conv1 several times faster.
+//! Why: conv1 and conv2 are 78% of the gala net's multiply-adds, and the AVX-512 path runs them
+//! near the FMA units' peak; one `TDPBF16PS` does 16×16×32 multiply-adds in ~16 cycles (measured
+//! 5.4 ns here, vs 0.16 ns for a 16-lane FMA: 15× the rate), so even 3 or 6 of them per product
+//! leave both convs 2–3× faster.
 //!
-//! Availability: x86-64 with AMX-TILE and AMX-BF16 (Sapphire Rapids and later), and a Linux
-//! kernel that grants the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`). `GALA_CPU_AMX=0`
+//! Availability: x86-64 with AMX-TILE, AMX-BF16 and AVX-512F (Sapphire Rapids and later), and a
+//! Linux kernel that grants the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`). `GALA_CPU_AMX=0`
 //! turns it off (the AVX-512 / portable f32 path then runs, e.g. to compare runs bit for bit
 //! with a machine without AMX).
 
@@ -673,6 +678,82 @@ mod tests {
                             assert_eq!(got, bias[o].max(0.0), "{cin}/{cout}/{wf}/{kf}: zero window ({oy}, {ox}, {o})");
                         }
                         assert!((got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "{cin}/{cout}/{wf}/{kf}: ({oy}, {ox}, {o}) {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The split path end to end: a conv whose epilogue writes the next conv's folded split
+    /// input (`NextSplit`), then that conv (`Input::Split`, `pack_weights_folded`) — against a
+    /// float64 stride-2 conv of the first one's f32 outputs; ragged sizes (a 6×6 output
+    /// folding to 3×3, one M pair partly used), and zero windows giving exactly the bias.
+    #[test]
+    fn split_inputs_match_a_float64_strided_conv() {
+        if !enabled() {
+            eprintln!("skipped: no AMX on this machine");
+            return;
+        }
+        let mut r = PhiloxStream::new(8, 0, Purpose::Init);
+        // First conv: 1×1 on 6×6×32 bytes → 6×6×32 (ReLU makes some outputs 0: negative weights).
+        // Second: 4×4 stride 2 on that 6×6×32, so 2×2 stride 1 on 3×3×128 → 2×2×64.
+        for (wf1, c1, k2, c2) in [(6, 32, 4, 64), (8, 32, 2, 32)] {
+            let rows1 = input_rows(wf1, wf1, 1);
+            let mut xbuf = AlignedBf16::default();
+            let x = xbuf.slice_mut(rows1 * 32);
+            x.iter_mut().for_each(|v| *v = 0);
+            let mut bytes = vec![0u8; wf1 * wf1 * 32];
+            for (p, px) in bytes.chunks_exact_mut(32).enumerate() {
+                // The first two rows stay black: the second conv's first output row reads zeros.
+                if p / wf1 >= 2 {
+                    px.iter_mut().for_each(|b| *b = r.below(256) as u8);
+                }
+            }
+            for (d, &b) in x.iter_mut().zip(&bytes) {
+                *d = bf16(b as f32);
+            }
+            let w1 = normals(&mut r, c1 * 32, 0.1);
+            let b1 = vec![0.0f32; c1];
+            let mut p1 = AlignedBf16::default();
+            pack_weights(&w1, c1, 32, &mut p1);
+            let (wf2, kf2) = (wf1 / 2, k2 / 2);
+            let wo2 = wf2 - kf2 + 1;
+            let len2 = input_rows(wf2, wo2, kf2) * 4 * c1;
+            let (mut h, mut m, mut l) = (AlignedBf16::default(), AlignedBf16::default(), AlignedBf16::default());
+            let mut y1 = vec![f32::NAN; wf1 * wf1 * c1];
+            {
+                let mut parts = [h.slice_mut(len2), m.slice_mut(len2), l.slice_mut(len2)];
+                parts.iter_mut().for_each(|p| p.iter_mut().for_each(|v| *v = 0));
+                let next = Some(NextSplit(parts));
+                let x = xbuf.slice(rows1 * 32);
+                conv_forward(Input::Exact(x), p1.slice(packed_len(c1, 32)), 32, c1, wf1, wf1, 1, 0.01, &b1, &mut y1, next, &mut CTiles::default());
+            }
+            assert!(y1.iter().any(|v| *v == 0.0) && y1.iter().any(|v| *v > 0.0), "ReLU left both zeros and positives");
+            let w2 = normals(&mut r, c2 * c1 * k2 * k2, 0.05);
+            let b2 = normals(&mut r, c2, 0.1);
+            let mut p2 = AlignedBf16::default();
+            pack_weights_folded(&w2, c2, c1, k2, &mut Vec::new(), &mut p2);
+            let mut y2 = vec![f32::NAN; wo2 * wo2 * c2];
+            let parts = [h.slice(len2), m.slice(len2), l.slice(len2)];
+            conv_forward(Input::Split(parts), p2.slice(packed_len(c2, 4 * c1 * kf2 * kf2)), 4 * c1, c2, wf2, wo2, kf2, 1.0, &b2, &mut y2, None, &mut CTiles::default());
+            for oy in 0..wo2 {
+                for ox in 0..wo2 {
+                    for o in 0..c2 {
+                        let mut acc = 0.0f64;
+                        for ky in 0..k2 {
+                            for kx in 0..k2 {
+                                for c in 0..c1 {
+                                    let v = y1[((2 * oy + ky) * wf1 + 2 * ox + kx) * c1 + c] as f64;
+                                    acc += v * w2[((o * c1 + c) * k2 + ky) * k2 + kx] as f64;
+                                }
+                            }
+                        }
+                        let want = (acc + b2[o] as f64).max(0.0);
+                        let got = y2[(oy * wo2 + ox) * c2 + o];
+                        if oy == 0 && k2 == 2 {
+                            assert_eq!(got, b2[o].max(0.0), "zero window ({oy}, {ox}, {o})");
+                        }
+                        assert!((got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "k{k2}: ({oy}, {ox}, {o}) {got} vs {want}");
                     }
                 }
             }

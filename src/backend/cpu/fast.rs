@@ -22,6 +22,12 @@
 //! - The fc layer, whose 512×1568 weight matrix dominates the traffic of a small batch, is split
 //!   over output features and its input gradient over samples, both written so every task owns
 //!   whole rows. The heads (6 and 1 outputs) are dot products.
+//! - On a CPU with AMX (`amx.rs`) conv1 and conv2 of the forward run on tiles instead: conv1 on
+//!   the folded bytes (exact in bf16) times the exact 3-way bf16 split of its weights, ÷255 once
+//!   per sum; its epilogue also writes its output folded by 2 and split the same way, and conv2
+//!   (4×4 stride 2 = 2×2 stride 1 on that fold) sums the six significant split products. As
+//!   accurate as the f32 path (`conv1_on_amx_is_as_accurate_as_f32`), not bit-equal to it; the
+//!   backward is the same either way. `GALA_CPU_AMX=0` keeps everything on the f32 path.
 //! - Scratch buffers come from a pool kept across calls: after warm-up an act allocates nothing
 //!   and a learn only a few small blocks (tests/cpu_alloc.rs counts), on the AVX-512 path; the
 //!   portable GEMM (matrixmultiply) allocates its packing buffers inside each call.
@@ -790,8 +796,8 @@ mod tests {
         got.iter().zip(want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max) / scale
     }
 
-    /// Both conv1 paths (AMX where available, and f32) against the generic network in f64:
-    /// the AMX path must be as accurate as the f32 one.
+    /// Both forward paths (conv1 and conv2 on AMX where available, and all f32) against the
+    /// generic network in f64: the AMX path must be as accurate as the f32 one.
     #[test]
     fn conv1_on_amx_is_as_accurate_as_f32() {
         for (preset, n) in [(NetPreset::Gala, 7), (NetPreset::Nature, 5)] {
@@ -958,59 +964,6 @@ mod tests {
                     }
                 }
             }
-        }
-    }
-}
-#[cfg(test)]
-mod timing_probe {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn conv1_timing() {
-        let spec = NetSpec::new(crate::model::NetPreset::Gala, 6);
-        let c1 = spec.convs[0];
-        let f1 = folded(&c1);
-        let frames: Vec<u8> = (0..16 * OBS_BYTES).map(|i| (i * 7 % 251) as u8).collect();
-        let w: Vec<f32> = (0..c1.out_channels * c1.patch_len()).map(|i| ((i * 13 % 97) as f32 - 48.0) * 1e-3).collect();
-        let b = vec![0.01f32; 32];
-        let mut wp = Vec::new();
-        permute_weights(&c1, &w, &mut wp);
-        let mut wt = Vec::new();
-        transpose(&wp, c1.out_channels, c1.patch_len(), &mut wt);
-        let mut packed = amx::AlignedBf16::default();
-        amx::pack_weights(&wp, 32, f1.patch_len(), &mut packed);
-        let packed = packed.slice(amx::packed_len(32, f1.patch_len()));
-        let mut y = vec![0f32; 16 * c1.out_len()];
-        let (mut xs, mut rows, mut tmp, mut xb, mut ct) = (vec![0f32; 16 * f1.in_len()], Vec::new(), Vec::new(), amx::AlignedBf16::default(), Box::<amx::CTiles>::default());
-        for _ in 0..2 {
-            let t = std::time::Instant::now();
-            for _ in 0..100 {
-                for (x, xs) in frames.chunks_exact(OBS_BYTES).zip(xs.chunks_exact_mut(f1.in_len())) {
-                    space_to_depth_u8(&c1, x, xs);
-                }
-            }
-            let s2d = t.elapsed().as_secs_f64() / 1600.0 * 1e6;
-            let t = std::time::Instant::now();
-            for _ in 0..100 {
-                conv_nhwc_forward(&mut rows, &mut tmp, &f1, &xs, &wt, &b, &mut y);
-            }
-            let f32c = t.elapsed().as_secs_f64() / 1600.0 * 1e6;
-            let t = std::time::Instant::now();
-            for _ in 0..100 {
-                for x in frames.chunks_exact(OBS_BYTES) {
-                    space_to_depth_bf16(&c1, x, &mut xb);
-                }
-            }
-            let s2b = t.elapsed().as_secs_f64() / 1600.0 * 1e6;
-            let xbs = space_to_depth_bf16(&c1, &frames[..OBS_BYTES], &mut xb);
-            let t = std::time::Instant::now();
-            for _ in 0..100 {
-                for yo in y.chunks_exact_mut(c1.out_len()) {
-                    amx::conv_forward(amx::Input::Exact(xbs), packed, 64, 32, 21, 20, 2, 1.0 / 255.0, &b, yo, None, &mut ct);
-                }
-            }
-            let am = t.elapsed().as_secs_f64() / 1600.0 * 1e6;
-            eprintln!("per obs µs: s2d f32 {s2d:.1}, conv f32 {f32c:.1}, s2d bf16 {s2b:.1}, conv amx {am:.1}");
         }
     }
 }
