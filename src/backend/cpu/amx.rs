@@ -446,6 +446,24 @@ pub fn conv_weight_grad(
 mod imp {
     use std::arch::asm;
 
+    /// The four accumulators: C(m, n) += A(m) · B(n) for A tiles tmm4, tmm5 and B tiles tmm6, tmm7.
+    macro_rules! tdp_2x2 {
+        () => {
+            "tdpbf16ps tmm0, tmm4, tmm6\ntdpbf16ps tmm1, tmm4, tmm7\ntdpbf16ps tmm2, tmm5, tmm6\ntdpbf16ps tmm3, tmm5, tmm7"
+        };
+    }
+    macro_rules! zero_c {
+        () => {
+            "tilezero tmm0\ntilezero tmm1\ntilezero tmm2\ntilezero tmm3"
+        };
+    }
+    /// C tiles (m0,n0), (m0,n1), (m1,n0), (m1,n1) to {c} as 4 × [16][16] f32 ({s64} = 64).
+    macro_rules! store_c {
+        () => {
+            "tilestored [{c} + {s64}*1], tmm0\ntilestored [{c} + {s64}*1 + 1024], tmm1\ntilestored [{c} + {s64}*1 + 2048], tmm2\ntilestored [{c} + {s64}*1 + 3072], tmm3"
+        };
+    }
+
     /// The 64-byte tile configuration (palette 1): tiles 0–7 all 16 rows × 64 bytes.
     #[repr(C, align(64))]
     struct TileConfig {
@@ -502,10 +520,7 @@ mod imp {
         // One asm block for the whole K loop: the accumulators live in tmm0–3 from the
         // tilezero to the tilestored, which nothing outside an asm block could keep.
         asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
+            zero_c!(),
             "2:",
             "mov {t}, [{offs}]",
             "add {t}, {a}",
@@ -514,30 +529,18 @@ mod imp {
             "tileloadd tmm5, [{t} + {lda}*1]",
             "tileloadd tmm6, [{b} + {s64}*1]",
             "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            tdp_2x2!(),
             "tileloadd tmm6, [{b} + {s64}*1 + 2048]",
             "tileloadd tmm7, [{b} + {s64}*1 + 3072]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            tdp_2x2!(),
             "tileloadd tmm6, [{b} + {s64}*1 + 4096]",
             "tileloadd tmm7, [{b} + {s64}*1 + 5120]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            tdp_2x2!(),
             "add {b}, 6144",
             "add {offs}, 8",
             "dec {n}",
             "jnz 2b",
-            "tilestored [{c} + {s64}*1], tmm0",
-            "tilestored [{c} + {s64}*1 + 1024], tmm1",
-            "tilestored [{c} + {s64}*1 + 2048], tmm2",
-            "tilestored [{c} + {s64}*1 + 3072], tmm3",
+            store_c!(),
             a = in(reg) a,
             a16 = in(reg) 16 * lda,
             lda = in(reg) lda,
@@ -565,10 +568,7 @@ mod imp {
         let dm = (a[1] as isize).wrapping_sub(a[0] as isize);
         let dl = (a[2] as isize).wrapping_sub(a[0] as isize);
         asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
+            zero_c!(),
             "2:",
             "mov {t}, [{offs}]",
             "add {t}, {a}",
@@ -579,22 +579,13 @@ mod imp {
             "sub {t}, {a16}",
             "tileloadd tmm6, [{b} + {s64}*1]",
             "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            tdp_2x2!(),
             "tileloadd tmm6, [{b} + {s64}*1 + 2048]",
             "tileloadd tmm7, [{b} + {s64}*1 + 3072]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            tdp_2x2!(),
             "tileloadd tmm6, [{b} + {s64}*1 + 4096]",
             "tileloadd tmm7, [{b} + {s64}*1 + 5120]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            tdp_2x2!(),
             // A lo × B hi
             "add {t}, {dl}",
             "tileloadd tmm4, [{t} + {lda}*1]",
@@ -604,33 +595,21 @@ mod imp {
             "sub {t}, {dl}",
             "tileloadd tmm6, [{b} + {s64}*1]",
             "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            tdp_2x2!(),
             // A mid × B hi, mid
             "add {t}, {dm}",
             "tileloadd tmm4, [{t} + {lda}*1]",
             "add {t}, {a16}",
             "tileloadd tmm5, [{t} + {lda}*1]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            tdp_2x2!(),
             "tileloadd tmm6, [{b} + {s64}*1 + 2048]",
             "tileloadd tmm7, [{b} + {s64}*1 + 3072]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            tdp_2x2!(),
             "add {b}, 6144",
             "add {offs}, 8",
             "dec {n}",
             "jnz 2b",
-            "tilestored [{c} + {s64}*1], tmm0",
-            "tilestored [{c} + {s64}*1 + 1024], tmm1",
-            "tilestored [{c} + {s64}*1 + 2048], tmm2",
-            "tilestored [{c} + {s64}*1 + 3072], tmm3",
+            store_c!(),
             a = in(reg) a[0],
             dm = in(reg) dm,
             dl = in(reg) dl,
@@ -659,10 +638,7 @@ mod imp {
             return;
         }
         asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
+            zero_c!(),
             "2:",
             "mov {t}, [{offs} + 8]",
             "add {t}, {b}",
@@ -673,35 +649,23 @@ mod imp {
             "tileloadd tmm4, [{u} + {lda}*1]",
             "add {u}, {a16}",
             "tileloadd tmm5, [{u} + {lda}*1]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            tdp_2x2!(),
             "sub {u}, {a16}",
             "add {u}, {ds}",
             "tileloadd tmm4, [{u} + {lda}*1]",
             "add {u}, {a16}",
             "tileloadd tmm5, [{u} + {lda}*1]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            tdp_2x2!(),
             "sub {u}, {a16}",
             "add {u}, {ds}",
             "tileloadd tmm4, [{u} + {lda}*1]",
             "add {u}, {a16}",
             "tileloadd tmm5, [{u} + {lda}*1]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
+            tdp_2x2!(),
             "add {offs}, 16",
             "dec {n}",
             "jnz 2b",
-            "tilestored [{c} + {s64}*1], tmm0",
-            "tilestored [{c} + {s64}*1 + 1024], tmm1",
-            "tilestored [{c} + {s64}*1 + 2048], tmm2",
-            "tilestored [{c} + {s64}*1 + 3072], tmm3",
+            store_c!(),
             a = in(reg) a,
             b = in(reg) b,
             lda = in(reg) lda,
@@ -803,6 +767,37 @@ mod tests {
         assert!(worst <= 4.0, "TDPBF16PS error {worst} u·Σ|p|");
     }
 
+    /// y [Wo, Wo, Cout] against max(0, scale · Σ x(st·oy + ky, st·ox + kx, c) · w(o, c, ky, kx) +
+    /// bias) in float64 (shape = (Wo, Cout, Cin, K, st)); with `zero_row0`, output row 0 reads
+    /// only zeros and must be exactly max(0, bias).
+    #[allow(clippy::too_many_arguments)]
+    fn assert_conv(
+        what: &str, y: &[f32], shape: (usize, usize, usize, usize, usize), scale: f32, bias: &[f32], zero_row0: bool,
+        x: impl Fn(usize, usize, usize) -> f64, w: impl Fn(usize, usize, usize, usize) -> f64,
+    ) {
+        let (wo, cout, cin, k, st) = shape;
+        for oy in 0..wo {
+            for ox in 0..wo {
+                for o in 0..cout {
+                    let mut acc = 0.0f64;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            for c in 0..cin {
+                                acc += x(st * oy + ky, st * ox + kx, c) * w(o, c, ky, kx);
+                            }
+                        }
+                    }
+                    let want = (scale as f64 * acc + bias[o] as f64).max(0.0);
+                    let got = y[(oy * wo + ox) * cout + o];
+                    if zero_row0 && oy == 0 {
+                        assert_eq!(got, bias[o].max(0.0), "{what}: zero window ({oy}, {ox}, {o})");
+                    }
+                    assert!((got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "{what}: ({oy}, {ox}, {o}) {got} vs {want}");
+                }
+            }
+        }
+    }
+
     /// conv_forward against a float64 direct convolution on ragged shapes (positions that do not
     /// fill the tiles, widths that are not multiples of 16, 1–3 taps, 1–2 N pairs, 1–2 K
     /// steps per tap), with some all-zero receptive fields, which must give exactly the bias.
@@ -838,27 +833,10 @@ mod tests {
             let scale = (1.0f64 / 255.0) as f32;
             let mut y = vec![f32::NAN; wo * wo * cout];
             conv_forward(Input::Exact(x), packed, cin, cout, wf, wo, kf, scale, &bias, &mut y, None, &mut CTiles::default());
-            for oy in 0..wo {
-                for ox in 0..wo {
-                    for o in 0..cout {
-                        let mut acc = 0.0f64;
-                        for dy in 0..kf {
-                            for dx in 0..kf {
-                                for c in 0..cin {
-                                    let b = bytes[((oy + dy) * wf + ox + dx) * cin + c] as f64;
-                                    acc += b * w[o * kp + (dy * kf + dx) * cin + c] as f64;
-                                }
-                            }
-                        }
-                        let want = (scale as f64 * acc + bias[o] as f64).max(0.0);
-                        let got = y[(oy * wo + ox) * cout + o];
-                        if oy == 0 {
-                            assert_eq!(got, bias[o].max(0.0), "{cin}/{cout}/{wf}/{kf}: zero window ({oy}, {ox}, {o})");
-                        }
-                        assert!((got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "{cin}/{cout}/{wf}/{kf}: ({oy}, {ox}, {o}) {got} vs {want}");
-                    }
-                }
-            }
+            let x_at = |r: usize, c: usize, ch: usize| bytes[(r * wf + c) * cin + ch] as f64;
+            let w_at = |o: usize, c: usize, ky: usize, kx: usize| w[o * kp + (ky * kf + kx) * cin + c] as f64;
+            let what = format!("{cin}/{cout}/{wf}/{kf}");
+            assert_conv(&what, &y, (wo, cout, cin, kf, 1), scale, &bias, true, x_at, w_at);
         }
     }
 
@@ -914,27 +892,9 @@ mod tests {
             let mut y2 = vec![f32::NAN; wo2 * wo2 * c2];
             let parts = [h.slice(len2), m.slice(len2), l.slice(len2)];
             conv_forward(Input::Split(parts), p2.slice(packed_len(c2, 4 * c1 * kf2 * kf2)), 4 * c1, c2, wf2, wo2, kf2, 1.0, &b2, &mut y2, None, &mut CTiles::default());
-            for oy in 0..wo2 {
-                for ox in 0..wo2 {
-                    for o in 0..c2 {
-                        let mut acc = 0.0f64;
-                        for ky in 0..k2 {
-                            for kx in 0..k2 {
-                                for c in 0..c1 {
-                                    let v = y1[((2 * oy + ky) * wf1 + 2 * ox + kx) * c1 + c] as f64;
-                                    acc += v * w2[((o * c1 + c) * k2 + ky) * k2 + kx] as f64;
-                                }
-                            }
-                        }
-                        let want = (acc + b2[o] as f64).max(0.0);
-                        let got = y2[(oy * wo2 + ox) * c2 + o];
-                        if oy == 0 && k2 == 2 {
-                            assert_eq!(got, b2[o].max(0.0), "zero window ({oy}, {ox}, {o})");
-                        }
-                        assert!((got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "k{k2}: ({oy}, {ox}, {o}) {got} vs {want}");
-                    }
-                }
-            }
+            let x_at = |r: usize, c: usize, ch: usize| y1[(r * wf1 + c) * c1 + ch] as f64;
+            let w_at = |o: usize, c: usize, ky: usize, kx: usize| w2[((o * c1 + c) * k2 + ky) * k2 + kx] as f64;
+            assert_conv(&format!("k{k2}"), &y2, (wo2, c2, c1, k2, 2), 1.0, &b2, k2 == 2, x_at, w_at);
         }
     }
 
