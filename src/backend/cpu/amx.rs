@@ -339,109 +339,6 @@ pub fn pack_weights_folded(w: &[f32], cout: usize, cin: usize, k: usize, tmp: &m
     pack_weights(tmp, cout, kp, out);
 }
 
-/// Scratch of `conv_weight_grad`, kept across calls.
-#[derive(Default)]
-pub struct WgradScratch {
-    /// dyᵀ as its three splits [split][Cout][rows], rows = samples × computed positions.
-    dyt: AlignedBf16,
-    /// Per sample the input as row pairs [pair][Cin][2] from even and from odd rows.
-    pairs: AlignedBf16,
-    offs: Vec<[usize; 2]>,
-    c: Box<CTiles>,
-}
-
-/// The weight gradient of the `Input::Exact` conv (conv1) for a chunk of samples:
-/// pw[o][k] = scale · Σ_i Σ_(oy,ox) dy_i[oy·Wo + ox][o] · x_i[(oy, ox) + tap(k)][c(k)], k in the
-/// patch order of `pack_weights` (tap-major, then channel), `x[i]` sample i's input as
-/// `conv_forward` reads it (`input_rows` × Cin bf16 values exact in bf16), `dy` [samples · Wo², Cout].
-///
-/// As a tile product C[o][k] = Σ_r A[o][r] · B[r][k] over the rows r = (sample, flat position):
-/// A = dyᵀ split three ways (dy is f32), B = the input, pairs of consecutive positions
-/// interleaved (the VNNI layout: a tap's pairs start at even or odd positions, so both are
-/// kept). Each product is exact; per output the sum runs over samples, then positions in
-/// steps of 32, within one the splits hi, mid, lo. Positions with ox ≥ Wo carry dy = 0.
-#[allow(clippy::too_many_arguments)]
-pub fn conv_weight_grad(
-    x: &[&[u16]], dy: &[f32], cin: usize, cout: usize, wf: usize, wo: usize, kf: usize,
-    scale: f32, pw: &mut [f32], ws: &mut WgradScratch,
-) {
-    assert!(enabled(), "amx::conv_weight_grad without AMX");
-    assert!(supports(cin, cout, 1), "amx::conv_weight_grad: Cin {cin}, Cout {cout}");
-    let (n, rows, kp) = (x.len(), input_rows(wf, wo, kf), kf * kf * cin);
-    assert_eq!(dy.len(), n * wo * wo * cout, "amx::conv_weight_grad: dy");
-    assert_eq!(pw.len(), cout * kp, "amx::conv_weight_grad: pw");
-    let pk = (wo * wf).div_ceil(MPAIR) * MPAIR; // computed positions per sample: whole K steps
-    let r_total = n * pk;
-    // A: dyᵀ splits, zero at the discarded positions.
-    let dyt = ws.dyt.slice_mut(SPLITS * cout * r_total);
-    for i in 0..n {
-        for p in 0..pk {
-            let (oy, ox) = (p / wf, p % wf);
-            let valid = p < wo * wf && ox < wo;
-            for o in 0..cout {
-                let parts = if valid { split3_finite(dy[((i * wo + oy) * wo + ox) * cout + o]) } else { [0; SPLITS] };
-                for (sp, v) in parts.into_iter().enumerate() {
-                    dyt[(sp * cout + o) * r_total + i * pk + p] = v;
-                }
-            }
-        }
-    }
-    // B: per sample, pairs from even rows then pairs from odd rows, [pair][c][2].
-    let off_max = (kf - 1) * (wf + 1);
-    let npairs = (pk + off_max) / 2 + 1;
-    let per_sample = 2 * npairs * cin * 2;
-    let pairs = ws.pairs.slice_mut(n * per_sample);
-    for (i, xi) in x.iter().enumerate() {
-        assert!(xi.len() >= rows * cin, "amx::conv_weight_grad: input {i} shorter than {rows} rows");
-        assert!(xi.as_ptr() as usize % 64 == 0, "amx::conv_weight_grad: unaligned input");
-        let at = |r: usize, c: usize| if r < rows { xi[r * cin + c] } else { 0 };
-        for (odd, buf) in pairs[i * per_sample..][..per_sample].chunks_exact_mut(npairs * cin * 2).enumerate() {
-            for j in 0..npairs {
-                for c in 0..cin {
-                    buf[(j * cin + c) * 2] = at(2 * j + odd, c);
-                    buf[(j * cin + c) * 2 + 1] = at(2 * j + odd + 1, c);
-                }
-            }
-        }
-    }
-    let (pairs, dyt) = (ws.pairs.slice(n * per_sample), ws.dyt.slice(SPLITS * cout * r_total));
-    let per_tap = cin / KSTEP;
-    for tap in 0..kf * kf {
-        let off = (tap / kf) * wf + tap % kf;
-        for h in 0..per_tap {
-            // K steps of this N pair (channels h·32 .. h·32 + 32 of the tap): byte offsets of A
-            // (from dyt) and B (from pairs).
-            ws.offs.clear();
-            for i in 0..n {
-                for p0 in (0..pk).step_by(MPAIR) {
-                    let (half, j) = ((p0 + off) % 2, (p0 + off) / 2);
-                    let b = (i * per_sample + half * npairs * cin * 2 + (j * cin + h * KSTEP) * 2) * 2;
-                    ws.offs.push([(i * pk + p0) * 2, b]);
-                }
-            }
-            for mp in 0..cout / NPAIR {
-                let a = dyt[mp * NPAIR * r_total..].as_ptr();
-                // SAFETY: AMX enabled and configured below; every A row read lies in dyt (rows
-                // mp·32 .. +32 of each split, 32 positions from offs[0]), every B row in pairs
-                // (pair j + 15 < npairs, channels h·32 + 32 ≤ cin), C in ws.c.
-                imp::with_tiles(|| unsafe {
-                    imp::kernel_w(a, r_total * 2, cout * r_total * 2, &ws.offs, pairs.as_ptr(), cin * 4, ws.c.0[0].as_mut_ptr())
-                });
-                for (t, c) in ws.c.0[0].chunks_exact(TILE * TILE).enumerate() {
-                    let (mt, nt) = (t / 2, t % 2);
-                    for (r, row) in c.chunks_exact(TILE).enumerate() {
-                        let o = mp * NPAIR + mt * TILE + r;
-                        let k0 = tap * cin + h * KSTEP + nt * TILE;
-                        for (d, v) in pw[o * kp + k0..][..TILE].iter_mut().zip(row) {
-                            *d = scale * v;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use std::arch::asm;
@@ -626,63 +523,6 @@ mod imp {
             options(nostack),
         );
     }
-
-    /// Weight-gradient tiles: C (2 M × 2 N) = Σ over K steps of A·B with A = rows of dyᵀ in its
-    /// three splits (`dsplit` bytes apart, 16 rows `lda` apart per M tile) and B = 16 row pairs
-    /// `ldb` apart (two N tiles 64 bytes apart); offs[ks] = [A byte offset, B byte offset].
-    ///
-    /// # Safety
-    /// Tiles configured; every row named above readable; c writable (4 KB).
-    pub unsafe fn kernel_w(a: *const u16, lda: usize, dsplit: usize, offs: &[[usize; 2]], b: *const u16, ldb: usize, c: *mut f32) {
-        if offs.is_empty() {
-            return;
-        }
-        asm!(
-            zero_c!(),
-            "2:",
-            "mov {t}, [{offs} + 8]",
-            "add {t}, {b}",
-            "tileloadd tmm6, [{t} + {ldb}*1]",
-            "tileloadd tmm7, [{t} + {ldb}*1 + 64]",
-            "mov {u}, [{offs}]",
-            "add {u}, {a}",
-            "tileloadd tmm4, [{u} + {lda}*1]",
-            "add {u}, {a16}",
-            "tileloadd tmm5, [{u} + {lda}*1]",
-            tdp_2x2!(),
-            "sub {u}, {a16}",
-            "add {u}, {ds}",
-            "tileloadd tmm4, [{u} + {lda}*1]",
-            "add {u}, {a16}",
-            "tileloadd tmm5, [{u} + {lda}*1]",
-            tdp_2x2!(),
-            "sub {u}, {a16}",
-            "add {u}, {ds}",
-            "tileloadd tmm4, [{u} + {lda}*1]",
-            "add {u}, {a16}",
-            "tileloadd tmm5, [{u} + {lda}*1]",
-            tdp_2x2!(),
-            "add {offs}, 16",
-            "dec {n}",
-            "jnz 2b",
-            store_c!(),
-            a = in(reg) a,
-            b = in(reg) b,
-            lda = in(reg) lda,
-            ldb = in(reg) ldb,
-            a16 = in(reg) 16 * lda,
-            ds = in(reg) dsplit,
-            offs = inout(reg) offs.as_ptr() => _,
-            n = inout(reg) offs.len() => _,
-            c = in(reg) c,
-            s64 = in(reg) 64usize,
-            t = out(reg) _,
-            u = out(reg) _,
-            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
-            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
-            options(nostack),
-        );
-    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -697,9 +537,6 @@ mod imp {
         unreachable!("AMX is x86-64 only")
     }
     pub unsafe fn kernel6(_: [*const u16; 3], _: usize, _: &[usize], _: *const u16, _: *mut f32) {
-        unreachable!("AMX is x86-64 only")
-    }
-    pub unsafe fn kernel_w(_: *const u16, _: usize, _: usize, _: &[[usize; 2]], _: *const u16, _: usize, _: *mut f32) {
         unreachable!("AMX is x86-64 only")
     }
 }
@@ -895,58 +732,6 @@ mod tests {
             let x_at = |r: usize, c: usize, ch: usize| y1[(r * wf1 + c) * c1 + ch] as f64;
             let w_at = |o: usize, c: usize, ky: usize, kx: usize| w2[((o * c1 + c) * k2 + ky) * k2 + kx] as f64;
             assert_conv(&format!("k{k2}"), &y2, (wo2, c2, c1, k2, 2), 1.0, &b2, k2 == 2, x_at, w_at);
-        }
-    }
-
-    /// conv_weight_grad against a float64 sum over samples and positions, ragged shapes and
-    /// 1–3 samples; zero dy rows (the ReLU mask) included.
-    #[test]
-    fn weight_grad_matches_a_float64_sum() {
-        if !enabled() {
-            eprintln!("skipped: no AMX on this machine");
-            return;
-        }
-        let mut r = PhiloxStream::new(9, 0, Purpose::Init);
-        for (cin, cout, wf, kf, n) in [(64, 32, 21, 2, 3), (32, 32, 7, 2, 1), (32, 64, 5, 1, 2), (64, 32, 9, 3, 2)] {
-            let wo = wf - kf + 1;
-            let rows = input_rows(wf, wo, kf);
-            let len = (rows * cin).next_multiple_of(32);
-            let mut xbuf = AlignedBf16::default();
-            let mut bytes = vec![0u8; n * wf * wf * cin];
-            bytes.iter_mut().for_each(|b| *b = r.below(256) as u8);
-            let xs = xbuf.slice_mut(n * len);
-            xs.iter_mut().for_each(|v| *v = 0);
-            for i in 0..n {
-                for (d, &b) in xs[i * len..].iter_mut().zip(&bytes[i * wf * wf * cin..][..wf * wf * cin]) {
-                    *d = bf16(b as f32);
-                }
-            }
-            let dy: Vec<f32> = normals(&mut r, n * wo * wo * cout, 1.0).into_iter().map(|v| if v < -0.5 { 0.0 } else { v }).collect();
-            let kp = kf * kf * cin;
-            let mut pw = vec![f32::NAN; cout * kp];
-            let inputs: Vec<&[u16]> = xbuf.slice(n * len).chunks_exact(len).collect();
-            let scale = (1.0f64 / 255.0) as f32;
-            conv_weight_grad(&inputs, &dy, cin, cout, wf, wo, kf, scale, &mut pw, &mut WgradScratch::default());
-            for o in 0..cout {
-                for tap in 0..kf * kf {
-                    for c in 0..cin {
-                        let (mut acc, mut mass) = (0.0f64, 0.0f64);
-                        for i in 0..n {
-                            for oy in 0..wo {
-                                for ox in 0..wo {
-                                    let b = bytes[((i * wf + oy + tap / kf) * wf + ox + tap % kf) * cin + c] as f64;
-                                    let t = b * dy[((i * wo + oy) * wo + ox) * cout + o] as f64;
-                                    acc += t;
-                                    mass += t.abs();
-                                }
-                            }
-                        }
-                        let want = scale as f64 * acc;
-                        let got = pw[o * kp + tap * cin + c] as f64;
-                        assert!((got - want).abs() <= 1e-6 * scale as f64 * mass, "{cin}/{cout}/{wf}/{kf}/{n}: pw[{o}][{tap}·{cin} + {c}] {got} vs {want}");
-                    }
-                }
-            }
         }
     }
 }

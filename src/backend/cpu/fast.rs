@@ -66,9 +66,6 @@ struct Scratch {
     /// conv2's input on AMX: conv1's output folded by 2, as its exact bf16 split (one observation).
     x2: [amx::AlignedBf16; 3],
     ctiles: Box<amx::CTiles>,
-    /// The backward's conv1 inputs on AMX (the chunk's observations, `bf16_input_len` each).
-    xbs: amx::AlignedBf16,
-    wgrad: amx::WgradScratch,
     /// Pre-activation gradients of the chunk's conv outputs (NHWC).
     dy: [Vec<f32>; 3],
 }
@@ -237,28 +234,18 @@ fn space_to_depth_u8(s: &ConvShape, x: &[u8], out: &mut [f32]) {
 /// input of conv1 on AMX, which applies the 1/255 after its sums; `out` holds
 /// `amx::input_rows` pixels, the ones past the image zeroed.
 fn space_to_depth_bf16<'a>(s: &ConvShape, x: &[u8], out: &'a mut amx::AlignedBf16) -> &'a [u16] {
-    let len = bf16_input_len(s);
-    fold_bf16_into(s, x, out.slice_mut(len));
-    out.slice(len)
-}
-
-/// Elements of one observation's AMX input (`space_to_depth_bf16`): whole cache lines.
-fn bf16_input_len(s: &ConvShape) -> usize {
     let f = folded(s);
-    (amx::input_rows(f.in_hw, f.out_hw, f.kernel) * f.in_channels).next_multiple_of(32)
-}
-
-/// `space_to_depth_bf16` into `out` (`bf16_input_len` elements).
-fn fold_bf16_into(s: &ConvShape, x: &[u8], out: &mut [u16]) {
-    let (image, pad) = out.split_at_mut(s.in_len());
+    let len = amx::input_rows(f.in_hw, f.out_hw, f.kernel) * f.in_channels;
+    let (image, pad) = out.slice_mut(len).split_at_mut(f.in_len());
     pad.iter_mut().for_each(|v| *v = 0);
     #[cfg(target_arch = "x86_64")]
     if fold4_avx512_applies(s, x.len(), image.len()) {
         // SAFETY: AVX-512F present; shapes and lengths checked by fold4_avx512_applies.
         unsafe { fold4_avx512::<true>(s.in_channels, s.in_hw, x.as_ptr(), image.as_mut_ptr().cast(), 1.0) };
-        return;
+        return out.slice(len);
     }
     space_to_depth(s, x, image, bf16_of_byte);
+    out.slice(len)
 }
 
 /// A byte's f32 has its low 16 bits zero: the bf16 is its top half, exactly.
@@ -423,13 +410,8 @@ fn conv_weight_grad(rows: &mut Vec<usize>, tmp: &mut Vec<f32>, c: &ConvShape, x:
     let cout = c.out_channels;
     let g = gather_rows(rows, c, x.len() / c.in_len());
     gemm_gather_b(cout, dy, 1, cout, x, &g, pw, c.patch_len(), false, tmp);
-    bias_grad(dy, pb);
-}
-
-/// pb[Cout] = Σ_rows dy[row][·], rows in order.
-fn bias_grad(dy: &[f32], pb: &mut [f32]) {
     pb.iter_mut().for_each(|v| *v = 0.0);
-    for row in dy.chunks_exact(pb.len()) {
+    for row in dy.chunks_exact(cout) {
         pb.iter_mut().zip(row).for_each(|(a, g)| *a += *g);
     }
 }
@@ -488,12 +470,6 @@ fn resize(v: &mut Vec<f32>, len: usize) {
 }
 
 impl FastNet {
-    /// Whether conv1 (forward and weight gradient) runs on AMX tiles.
-    fn conv1_on_amx(&self, c1: &ConvShape) -> bool {
-        let f1 = folded(c1);
-        !self.no_amx && fold_of(c1) > 1 && amx::supports(f1.in_channels, f1.out_channels, f1.stride) && amx::enabled()
-    }
-
     /// Forward pass for one agent: `frames` [N, 4, 84, 84] uint8 → logits [N, A], values [N]
     /// (and every activation the backward needs).
     pub fn forward(&mut self, spec: &NetSpec, layout: &ParamLayout, params: &[f32], frames: &[u8]) {
@@ -518,7 +494,7 @@ impl FastNet {
         let view = |i: usize| layout.view(params, i);
         let same_shapes = self.wshape == Some(spec.convs);
         let f1 = folded(c1);
-        let use_amx = self.conv1_on_amx(c1);
+        let use_amx = !self.no_amx && fold_of(c1) > 1 && amx::supports(f1.in_channels, f1.out_channels, f1.stride) && amx::enabled();
         let f2 = conv2_folded(c1, c2).filter(|_| use_amx);
         for l in 0..3 {
             let w = view(tensor::CONV_W[l]);
@@ -689,14 +665,13 @@ impl FastNet {
         let row_len: usize = glen.iter().sum();
         let chunks = n.div_ceil(CHUNK);
         resize(&mut self.partials, chunks * row_len);
-        let amx1 = self.conv1_on_amx(c1);
         let (dft, wperm, pool) = (&self.tbuf, &self.wperm, &self.pool);
         let [y1, y2, y3] = &self.conv;
         self.partials.par_chunks_mut(row_len).enumerate().for_each(|(ci, part)| {
             let s0 = ci * CHUNK;
             let cn = CHUNK.min(n - s0);
             let mut s = pool.take();
-            let Scratch { xs, rows: gather, tmp, dcols, dy, xbs, wgrad, .. } = &mut s;
+            let Scratch { xs, rows: gather, tmp, dcols, dy, .. } = &mut s;
             let (p1, rest) = part.split_at_mut(glen[0]);
             let (p2, p3) = rest.split_at_mut(glen[1]);
             let parts = [p1, p2, p3];
@@ -734,28 +709,11 @@ impl FastNet {
             let (pw, pb) = parts[0].split_at_mut(c1.out_channels * c1.patch_len());
             let frames = &frames[s0 * OBS_BYTES..][..cn * OBS_BYTES];
             let f1 = folded(c1);
-            if amx1 {
-                // Exact products of dy's bf16 split and the bytes; ÷255 once per sum.
-                let len = bf16_input_len(c1);
-                let buf = xbs.slice_mut(cn * len);
-                for (x, out) in frames.chunks_exact(OBS_BYTES).zip(buf.chunks_exact_mut(len)) {
-                    fold_bf16_into(c1, x, out);
-                }
-                let mut inputs: [&[u16]; CHUNK] = [&[]; CHUNK];
-                for (slot, x) in inputs.iter_mut().zip(xbs.slice(cn * len).chunks_exact(len)) {
-                    *slot = x;
-                }
-                let scale = (1.0f64 / 255.0) as f32;
-                let (cin, cout) = (f1.in_channels, f1.out_channels);
-                amx::conv_weight_grad(&inputs[..cn], &dy[0], cin, cout, f1.in_hw, f1.out_hw, f1.kernel, scale, pw, wgrad);
-                bias_grad(&dy[0], pb);
-            } else {
-                resize(xs, cn * f1.in_len());
-                for (x, xs) in frames.chunks_exact(OBS_BYTES).zip(xs.chunks_exact_mut(f1.in_len())) {
-                    space_to_depth_u8(c1, x, xs);
-                }
-                conv_weight_grad(gather, tmp, &f1, xs, &dy[0], pw, pb);
+            resize(xs, cn * f1.in_len());
+            for (x, xs) in frames.chunks_exact(OBS_BYTES).zip(xs.chunks_exact_mut(f1.in_len())) {
+                space_to_depth_u8(c1, x, xs);
             }
+            conv_weight_grad(gather, tmp, &f1, xs, &dy[0], pw, pb);
             pool.give(s);
         });
         // Sum the partials in chunk order, then undo the weight permutation.
