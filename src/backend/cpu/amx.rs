@@ -89,8 +89,8 @@ impl Default for CTiles {
     }
 }
 
-/// Whether conv1 runs on AMX on this machine (checked once: CPUID, the kernel's permission, and
-/// `GALA_CPU_AMX` not `0`).
+/// Whether conv1 and conv2 run on AMX on this machine (checked once: CPUID, the kernel's
+/// permission, and `GALA_CPU_AMX` not `0`).
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("GALA_CPU_AMX").map_or(true, |v| v != "0") && imp::request())
