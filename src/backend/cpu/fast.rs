@@ -26,7 +26,7 @@
 //!   the folded bytes (exact in bf16) times the exact 3-way bf16 split of its weights, ÷255 once
 //!   per sum; its epilogue also writes its output folded by 2 and split the same way, and conv2
 //!   (4×4 stride 2 = 2×2 stride 1 on that fold) sums the six significant split products. As
-//!   accurate as the f32 path (`conv1_on_amx_is_as_accurate_as_f32`), not bit-equal to it; the
+//!   accurate as the f32 path (`the_amx_forward_is_as_accurate_as_f32`), not bit-equal to it; the
 //!   backward is the same either way. `GALA_CPU_AMX=0` keeps everything on the f32 path.
 //! - Scratch buffers come from a pool kept across calls: after warm-up an act allocates nothing
 //!   and a learn only a few small blocks (tests/cpu_alloc.rs counts), on the AVX-512 path; the
@@ -799,7 +799,7 @@ mod tests {
     /// Both forward paths (conv1 and conv2 on AMX where available, and all f32) against the
     /// generic network in f64: the AMX path must be as accurate as the f32 one.
     #[test]
-    fn conv1_on_amx_is_as_accurate_as_f32() {
+    fn the_amx_forward_is_as_accurate_as_f32() {
         for (preset, n) in [(NetPreset::Gala, 7), (NetPreset::Nature, 5)] {
             let c = case(preset, n);
             let (spec, layout, params, frames, dl, dv) = &c;
