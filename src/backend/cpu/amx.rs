@@ -108,11 +108,17 @@ pub fn supports(cin: usize, cout: usize, stride: usize) -> bool {
 
 /// Round an f32 to the nearest bfloat16 (ties to even); NaN stays NaN.
 pub fn bf16(x: f32) -> u16 {
-    let b = x.to_bits();
     if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
+        return ((x.to_bits() >> 16) | 0x40) as u16;
     }
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    rne(x)
+}
+
+/// Round to nearest even on the bits: `bf16` for non-NaN values, branch-free (vectorises).
+#[inline(always)]
+fn rne(x: f32) -> u16 {
+    let b = x.to_bits();
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
 /// The f32 value of a bfloat16.
@@ -122,11 +128,23 @@ pub fn f32_of(h: u16) -> f32 {
 
 /// w = hi + mid + lo exactly (for finite w away from the bottom of the exponent range).
 pub fn split3(w: f32) -> [u16; SPLITS] {
-    let hi = bf16(w);
+    split3_by(w, bf16)
+}
+
+/// `split3` for values known not to be NaN (the epilogue's have passed max(0, ·)): branch-free,
+/// so the epilogue's loop vectorises.
+#[inline(always)]
+fn split3_finite(w: f32) -> [u16; SPLITS] {
+    split3_by(w, rne)
+}
+
+/// Each part the rounding of what the parts before it left.
+#[inline(always)]
+fn split3_by(w: f32, round: impl Fn(f32) -> u16) -> [u16; SPLITS] {
+    let hi = round(w);
     let r1 = w - f32_of(hi);
-    let mid = bf16(r1);
-    let lo = bf16(r1 - f32_of(mid));
-    [hi, mid, lo]
+    let mid = round(r1);
+    [hi, mid, round(r1 - f32_of(mid))]
 }
 
 /// Pack permuted weights wperm [Cout, Kp] (Kp = taps · Cin, patch order) into the kernel's B
@@ -300,20 +318,6 @@ fn epilogue(c: &[f32; 4 * TILE * TILE], p0: usize, n0: usize, s: &Shape, bias: &
             }
         }
     }
-}
-
-/// `split3` without the NaN case (the epilogue's values have passed max(0, ·)), so it
-/// vectorises: round to nearest even on the bits, three times.
-#[inline(always)]
-fn split3_finite(w: f32) -> [u16; SPLITS] {
-    let rne = |x: f32| {
-        let b = x.to_bits();
-        (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
-    };
-    let hi = rne(w);
-    let r1 = w - f32_of(hi);
-    let mid = rne(r1);
-    [hi, mid, rne(r1 - f32_of(mid))]
 }
 
 /// `pack_weights` for a conv whose input arrives folded by 2 (`NextSplit`): w in PyTorch's

@@ -96,15 +96,14 @@ pub struct FastNet {
     wkey: [Vec<u32>; 3],
     wshape: Option<[ConvShape; 3]>,
     /// conv1's weights packed as AMX tiles of their exact bf16 split (`amx::pack_weights`),
-    /// made with `wperm` when conv1 runs on AMX.
+    /// made with `wperm` (and like it, only when the weights change) when conv1 runs on AMX.
     w1_amx: amx::AlignedBf16,
-    w1_packed: bool,
     /// conv2's weights for AMX (`amx::pack_weights_folded`), when conv2 runs there too.
     w2_amx: amx::AlignedBf16,
-    w2_packed: bool,
     /// Scratch of `amx::pack_weights_folded`.
     w2_tmp: Vec<f32>,
-    /// Keep conv1 off AMX even where it is available (tests of the f32 path).
+    /// Keep conv1 and conv2 off AMX even where it is available (tests of the f32 path). Fixed
+    /// for the life of a `FastNet`, so the packed weights follow `wkey` like `wperm` does.
     no_amx: bool,
     /// Post-ReLU conv outputs, NHWC.
     conv: [Vec<f32>; 3],
@@ -506,14 +505,12 @@ impl FastNet {
                 self.wkey[l].clear();
                 self.wkey[l].extend_from_slice(bits);
             }
-            if l == 0 && use_amx && (stale || !self.w1_packed) {
+            if l == 0 && use_amx && stale {
                 amx::pack_weights(&self.wperm[0], f1.out_channels, f1.patch_len(), &mut self.w1_amx);
-                self.w1_packed = true;
             }
-            if l == 1 && f2.is_some() && (stale || !self.w2_packed) {
+            if l == 1 && f2.is_some() && stale {
                 let c = &spec.convs[1];
                 amx::pack_weights_folded(w, c.out_channels, c.in_channels, c.kernel, &mut self.w2_tmp, &mut self.w2_amx);
-                self.w2_packed = true;
             }
         }
         self.wshape = Some(spec.convs);
@@ -536,33 +533,30 @@ impl FastNet {
             .for_each(|((((y1, y2), y3), flat), frames)| {
                 let mut s = pool.take();
                 let Scratch { xs, rows, tmp, xb, x2, ctiles, .. } = &mut s;
-                if let Some(f2) = f2 {
-                    // conv1 as below, its epilogue also writing conv2's folded split input; conv2
-                    // from the six exact products of the splits.
+                if use_amx {
+                    // Exact products of the bytes and the weights' bf16 split, ÷255 once per sum;
+                    // with conv2 on AMX too, conv1's epilogue also writes conv2's folded split
+                    // input, and conv2 sums the six exact products of the splits.
                     let scale = (1.0f64 / 255.0) as f32;
+                    let len2 = f2.map_or(0, |f| amx::input_rows(f.in_hw, f.out_hw, f.kernel) * f.in_channels);
                     let frames = frames.chunks_exact(OBS_BYTES);
                     for ((x, y1), y2) in frames.zip(y1.chunks_exact_mut(c1.out_len())).zip(y2.chunks_exact_mut(c2.out_len())) {
                         let xb = space_to_depth_bf16(c1, x, xb);
-                        let len = amx::input_rows(f2.in_hw, f2.out_hw, f2.kernel) * f2.in_channels;
                         let [h, m, l] = x2;
-                        let mut parts = [h.slice_mut(len), m.slice_mut(len), l.slice_mut(len)];
-                        for part in parts.iter_mut() {
-                            part[f2.in_len()..].iter_mut().for_each(|v| *v = 0);
-                        }
-                        let next = Some(amx::NextSplit(parts));
+                        let next = f2.map(|f2| {
+                            let mut parts = [h.slice_mut(len2), m.slice_mut(len2), l.slice_mut(len2)];
+                            for part in parts.iter_mut() {
+                                part[f2.in_len()..].iter_mut().for_each(|v| *v = 0);
+                            }
+                            amx::NextSplit(parts)
+                        });
                         let (cin, cout, kf) = (f1.in_channels, f1.out_channels, f1.kernel);
                         amx::conv_forward(amx::Input::Exact(xb), w1_amx, cin, cout, f1.in_hw, f1.out_hw, kf, scale, view(tensor::CONV_B[0]), y1, next, ctiles);
-                        let parts = [h.slice(len), m.slice(len), l.slice(len)];
-                        let (cin, cout, kf) = (f2.in_channels, f2.out_channels, f2.kernel);
-                        amx::conv_forward(amx::Input::Split(parts), w2_amx, cin, cout, f2.in_hw, f2.out_hw, kf, 1.0, view(tensor::CONV_B[1]), y2, None, ctiles);
-                    }
-                } else if use_amx {
-                    // Exact products of the bytes and the weights' bf16 split; ÷255 once per sum.
-                    let scale = (1.0f64 / 255.0) as f32;
-                    for (x, y1) in frames.chunks_exact(OBS_BYTES).zip(y1.chunks_exact_mut(c1.out_len())) {
-                        let xb = space_to_depth_bf16(c1, x, xb);
-                        let (cin, cout, kf) = (f1.in_channels, f1.out_channels, f1.kernel);
-                        amx::conv_forward(amx::Input::Exact(xb), w1_amx, cin, cout, f1.in_hw, f1.out_hw, kf, scale, view(tensor::CONV_B[0]), y1, None, ctiles);
+                        if let Some(f2) = f2 {
+                            let parts = [h.slice(len2), m.slice(len2), l.slice(len2)];
+                            let (cin, cout, kf) = (f2.in_channels, f2.out_channels, f2.kernel);
+                            amx::conv_forward(amx::Input::Split(parts), w2_amx, cin, cout, f2.in_hw, f2.out_hw, kf, 1.0, view(tensor::CONV_B[1]), y2, None, ctiles);
+                        }
                     }
                 } else {
                     resize(xs, frames.len() / OBS_BYTES * f1.in_len());
@@ -765,7 +759,7 @@ mod tests {
         fast_on(threads, true, c)
     }
 
-    /// `fast` with conv1 on AMX where the machine has it (`amx`), or on the f32 path.
+    /// `fast` with conv1 and conv2 on AMX where the machine has it (`amx`), or on the f32 path.
     fn fast_on(threads: usize, amx: bool, c: &(NetSpec, ParamLayout, Vec<f32>, Vec<u8>, Vec<f32>, Vec<f32>)) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (spec, layout, params, frames, dl, dv) = c;
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
