@@ -14,13 +14,15 @@
 // Implicit GEMM, with column index j = n*P + p over the agent's samples n and output pixels
 // p = oy*Ho + ox, and patch index r = (c*K + ky)*K + kx (R = Cin*K*K):
 //   forward           y[o][j]     = relu( b[o] + sum_r w[o][r] * col[r][j] )
-//   backward-data     dcols[r][j] = sum_o w[o][r] * g[o][j]          (then col2im below)
-//   col2im            dx[c][iy][ix] = sum over (ky, kx) in that order, where iy = oy*s + ky and
-//                     ix = ox*s + kx, of dcols[(c*K+ky)*K+kx][oy*Ho+ox]
 //   backward-filter   dw[o][r]    = sum_j g[o][j] * col[r][j],   db[o] = sum_j g[o][j]
+//   backward-data     dx[c][iy][ix] = sum over the taps (ky, kx) that reach (iy, ix) and o of
+//                     w[o][c][ky][kx] * g[o][(iy-ky)/s][(ix-kx)/s]   (a transposed conv, per
+//                     sub-pixel phase; see its section below)
 // with col[r][j] = x[n][c][oy*s+ky][ox*s+kx] (never materialised) and g = dy masked by y > 0
-// when the layer has a ReLU (the mask is fused into the loads of dy, like the CPU reference's
-// relu_backward_inplace before its GEMMs). For a 1x1 layer dcols IS dx, so no col2im runs.
+// when the layer has a ReLU. Both backward kernels take g ALREADY masked: whoever produces a
+// layer's gradient masks it (fc_backward_data for conv3, conv_backward_data's epilogue with the
+// ReLU of the layer underneath for conv2 and conv1), so no backward kernel loads y (16 loads and
+// registers per thread fewer: what kept backward-data above the 64-register cap).
 //
 // Tiling: every GEMM kernel computes a CONV_TILE_M x CONV_TILE_N output tile per block of
 // CONV_THREADS threads, each thread a 4x4 micro-tile of adjacent rows 4ty+i and columns 4tx+j (a
@@ -38,11 +40,13 @@
 //     stores them as one 16-byte row segment As[k][m..m+3]. Eight lanes of a quarter-warp then
 //     hit rows k..k+7, i.e. banks 4k+m..: all 32 banks once, no conflict (unpadded, every lane
 //     hit the same 4 banks: the 32-way conflict of the previous layout).
-//   * An operand contiguous along the tile's ROWS (backward-data's w and g) is loaded "M-lane":
+//   * An operand contiguous along the tile's ROWS (backward-data's per-tap weights and g) is
+//     loaded "M-lane":
 //     consecutive lanes take consecutive rows of one k, coalesced and conflict-free as is.
 //   * Register double buffering: all of a K-step's global loads go into registers at once
 //     (prefetch), the previous step's FMA loop runs while they are in flight, and only then are
-//     they stored; the ReLU mask is a select on y and dy loaded in the same batch.
+//     they stored; where a kernel masks its gradient itself (the fc kernels, whose dy comes
+//     unmasked from the heads), the mask is a select on y and dy loaded in the same batch.
 //
 // Accumulation contract: outputs are WRITTEN, never accumulated into; no atomics anywhere.
 // Each output element is one thread's sequential sum over the reduction in ascending order.
@@ -444,139 +448,140 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv
 }
 
 // ---- backward-data -------------------------------------------------------------------------
-// dcols [agents][N][R][P] (for a 1x1 layer: dx [agents][N][Cin]).
-// Grid: (ceil(N*P / TILE_N), ceil(R / TILE_M), agents).
-// Both operands are M-lane (w along r, g along j): the stores were conflict-free already; the
-// loads are batched and double-buffered, and the mask is a select on y and dy loaded together.
-extern "C" __global__ void __launch_bounds__(CONV_THREADS, 7) conv_backward_data(
-    const float* __restrict__ dy, const float* __restrict__ y, const float* __restrict__ params,
-    float* __restrict__ dcols, unsigned int cin, unsigned int cout, unsigned int ksize, unsigned int stride,
-    unsigned int in_hw, unsigned int out_hw, unsigned int n, unsigned int param_count, unsigned int w_off,
-    unsigned int relu) {
+// The input gradient as a transposed-convolution implicit GEMM, straight into dx (no dcols
+// [N][R][P] buffer and no col2im pass: that round trip was a third of an update's DRAM bytes).
+//
+// Sub-pixel phases: an input pixel (iy, ix) = (py + s*u, px + s*v) with phase (py, px) =
+// (iy mod s, ix mod s) is reached by the taps ky = py + s*a, kx = px + s*b only (a < Ta =
+// ceil((K - py)/s), b < Tb), each from the output pixel (oy, ox) = (u - a, v - b) when that lies
+// inside the Ho x Ho output. So per phase it is a GEMM with
+//   rows c < Cin,  columns j = (n*U + u)*U + v (U = ceil(H/s); pixels past H idle),
+//   reduction over (tap t = a*Tb + b, o < Cout):
+//   dx[n][c][iy][ix] = below(n, c, iy, ix) ? sum_t sum_o wt[t][o][c] * g[n][o][u-a][v-b] : 0
+// with g = dL/d(pre-ReLU output), ALREADY MASKED by the layer's own ReLU where it was produced
+// (fc_backward_data's or this kernel's epilogue for the layer above), a tap's out-of-range output pixels
+// loading 0, and `below` the optional ReLU mask of the layer underneath (y_below > 0), fused
+// here so the next layer's kernels read a masked gradient too. wt [agents][K*K][Cout][Cin] is
+// the layer's weights regrouped per tap by conv_weight_taps (so the A loads run along c,
+// coalesced; w itself is strided by K*K along c).
+//
+// Accumulation contract: one thread's running sum per dx element, taps in ascending (ky, kx)
+// then o ascending, starting from 0 — one fixed order that depends on the shapes only. (The
+// dcols + col2im path this replaces rounded each tap's sum over o before adding the taps, also
+// in ascending (ky, kx): same terms, one rounding step fewer per tap.)
+// Grid: (ceil(N*U*U / TILE_N), ceil(Cin / TILE_M), agents * s*s); z = agent * s*s + phase.
+// Both operands are M-lane (wt along c, g along the columns), their stores conflict-free.
+
+// Most taps per phase (ceil(K/s)^2) conv_backward_data takes; the launcher checks.
+#define CONV_MAX_TAPS 256
+
+// wt[a][t][o][c] = w[a][o][c][t] for t < K*K (the layer's weights, one row of Cin per (tap, o)).
+// Grid: (ceil(Cout*Cin*K*K / CONV_REDUCE_BLOCK), agents).
+extern "C" __global__ void __launch_bounds__(CONV_REDUCE_BLOCK) conv_weight_taps(
+    const float* __restrict__ params, float* __restrict__ wt, unsigned int cin, unsigned int cout, unsigned int ksize,
+    unsigned int param_count, unsigned int w_off) {
+    const unsigned int agent = blockIdx.y;
+    const unsigned int kk = ksize * ksize, len = cout * cin * kk;
+    const unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    const unsigned int t = i / (cout * cin), oc = i - t * (cout * cin);  // oc = o*Cin + c
+    wt[(unsigned long long)agent * len + i] = params[(unsigned long long)agent * param_count + w_off + oc * kk + t];
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv_backward_data(
+    const float* __restrict__ g, const float* __restrict__ wt, const float* __restrict__ below,
+    float* __restrict__ dx, unsigned int cin, unsigned int cout, unsigned int ksize, unsigned int stride,
+    unsigned int in_hw, unsigned int out_hw, unsigned int n, unsigned int has_below) {
     __shared__ float As[CONV_TILE_K][CONV_AS_STRIDE];
     __shared__ float Bs[CONV_TILE_K][CONV_BS_STRIDE];
-    const ConvGeom g = conv_geom(cin, cout, ksize, stride, in_hw, out_hw);
-    const unsigned int agent = blockIdx.z;
+    __shared__ unsigned int tap_w[CONV_MAX_TAPS], tap_ab[CONV_MAX_TAPS];
+    const ConvGeom geo = conv_geom(cin, cout, ksize, stride, in_hw, out_hw);
+    const unsigned int phases = stride * stride;
+    const unsigned int agent = blockIdx.z / phases, phase = blockIdx.z - agent * phases;
+    const unsigned int py = phase / stride, px = phase - py * stride;
+    const unsigned int ta = py < ksize ? (ksize - py + stride - 1) / stride : 0u;
+    const unsigned int tb = px < ksize ? (ksize - px + stride - 1) / stride : 0u;
+    const unsigned int taps = ta * tb;
+    const unsigned int U = (in_hw + stride - 1) / stride, UU = U * U;
+    const unsigned int cols = n * UU;
     const unsigned int row0 = blockIdx.y * CONV_TILE_M, col0 = blockIdx.x * CONV_TILE_N;
     const unsigned int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const unsigned int cols = n * g.pixels;
-    const float* w = params + (unsigned long long)agent * param_count + w_off;
-    const unsigned long long act_base = (unsigned long long)agent * n * g.out_len;
-    const float* dya = dy + act_base;
-    const float* ya = y + act_base;
-    // As in the forward pass, this thread's B-tile loads stay in one column.
-    const unsigned int my_jj = tid % CONV_TILE_N, my_j = col0 + my_jj;
-    const bool my_col_ok = my_j < cols;
-    const unsigned int out_origin = my_col_ok ? conv_out_origin(g, my_j) : 0u;
+    const float* ga = g + (unsigned long long)agent * n * geo.out_len;
+    const float* wa = wt + (unsigned long long)agent * cout * geo.patch;
+    // A: thread loads wt[t][o0 + a_o + i*A_STEP][row0 + my_c].
     const unsigned int A_LOADS = CONV_TILE_K * CONV_TILE_M / CONV_THREADS, A_STEP = CONV_THREADS / CONV_TILE_M;
+    const unsigned int my_cc = tid % CONV_TILE_M, a_o = tid / CONV_TILE_M;
+    // B: thread loads column my_jj at reduction rows b_o + i*B_STEP.
     const unsigned int B_LOADS = CONV_TILE_K * CONV_TILE_N / CONV_THREADS, B_STEP = CONV_THREADS / CONV_TILE_N;
-    const unsigned int my_rr = tid % CONV_TILE_M, my_r = row0 + my_rr;
-    float a_reg[A_LOADS], dy_reg[B_LOADS], y_reg[B_LOADS];
-    // A = w^T: As[oo][rr] = w[o][r] (consecutive threads read consecutive r).
-    auto load_w = [&](unsigned int o0) {
-        for (unsigned int i = 0; i < A_LOADS; ++i) {
-            const unsigned int o = o0 + tid / CONV_TILE_M + i * A_STEP;
-            a_reg[i] = (o < g.cout && my_r < g.patch) ? w[o * g.patch + my_r] : 0.0f;
-        }
+    const unsigned int my_jj = tid % CONV_TILE_N, b_o = tid / CONV_TILE_N;
+    const unsigned int my_j = col0 + my_jj;
+    const bool my_col_ok = my_j < cols;
+    const unsigned int my_s = my_col_ok ? my_j / UU : 0u, my_uv = my_j - my_s * UU;
+    const unsigned int my_u = my_col_ok ? my_uv / U : 0u, my_v = my_col_ok ? my_uv - my_u * U : 0u;
+    // The phase's taps, filled once per block: tap_w = the tap's first wt element (its block of
+    // Cout x Cin), tap_ab = (a << 16) | b. (A table rather than the arithmetic in the loop: fewer
+    // registers live across it, 64 being the cap.)
+    for (unsigned int e = tid; e < taps; e += CONV_THREADS) {
+        const unsigned int a = e / tb, b = e - a * tb;
+        tap_w[e] = ((py + stride * a) * ksize + (px + stride * b)) * cout * cin;
+        tap_ab[e] = (a << 16) | b;
+    }
+    __syncthreads();
+    float a_reg[A_LOADS], b_reg[B_LOADS];
+    // The prefetch cursor: tap t, output channel o0, and this thread's A and B offsets at them.
+    // A load's reduction row o is valid below a_limit (Cout, or 0 when the thread's row c is past
+    // Cin), a B load's below b_limit (Cout, or 0 when the tap's output pixel for this column does
+    // not exist): one compare per load.
+    unsigned int t = 0, o0 = 0, b_limit = 0, w_at = 0, g_at = 0;
+    const unsigned int a_limit = row0 + my_cc < cin ? cout : 0u;
+    auto enter_tap = [&]() {
+        const unsigned int a = tap_ab[t] >> 16, b = tap_ab[t] & 0xffffu;
+        w_at = tap_w[t] + a_o * cin + row0 + my_cc;
+        const bool ok = my_col_ok && my_u >= a && my_u - a < out_hw && my_v >= b && my_v - b < out_hw;
+        b_limit = ok ? cout : 0u;
+        g_at = ok ? my_s * geo.out_len + (my_u - a) * out_hw + (my_v - b) + b_o * geo.pixels : 0u;
     };
-    auto prefetch = [&](unsigned int o0) {
-        const unsigned int o_first = o0 + tid / CONV_TILE_N;
-        const float* dyp = dya + out_origin + o_first * g.pixels;
-        const float* yp = ya + out_origin + o_first * g.pixels;
-        for (unsigned int i = 0; i < B_LOADS; ++i) {
-            const bool ok = o_first + i * B_STEP < g.cout && my_col_ok;
-            const unsigned int at = i * B_STEP * g.pixels;
-            dy_reg[i] = ok ? dyp[at] : 0.0f;
-            y_reg[i] = (ok && relu) ? yp[at] : 1.0f;
-        }
-        // The select waits for y and dy (issued together above) and retires the y registers.
-        for (unsigned int i = 0; i < B_LOADS; ++i) dy_reg[i] = y_reg[i] > 0.0f ? dy_reg[i] : 0.0f;
-    };
-    float acc[4][4] = {};
-    load_w(0);
-    prefetch(0);
-    for (unsigned int o0 = 0; o0 < g.cout; o0 += CONV_TILE_K) {
-        for (unsigned int i = 0; i < A_LOADS; ++i) As[tid / CONV_TILE_M + i * A_STEP][my_rr] = a_reg[i];
+    auto prefetch = [&]() {
+        for (unsigned int i = 0; i < A_LOADS; ++i)
+            a_reg[i] = o0 + a_o + i * A_STEP < a_limit ? wa[w_at + i * A_STEP * cin] : 0.0f;
         for (unsigned int i = 0; i < B_LOADS; ++i)
-            Bs[tid / CONV_TILE_N + i * B_STEP][my_jj] = dy_reg[i];
-        __syncthreads();
-        if (o0 + CONV_TILE_K < g.cout) {
-            load_w(o0 + CONV_TILE_K);
-            prefetch(o0 + CONV_TILE_K);
+            b_reg[i] = o0 + b_o + i * B_STEP < b_limit ? ga[g_at + i * B_STEP * geo.pixels] : 0.0f;
+        o0 += CONV_TILE_K;
+        w_at += CONV_TILE_K * cin;
+        g_at += CONV_TILE_K * geo.pixels;
+        if (o0 >= cout) {
+            o0 = 0;
+            if (++t < taps) enter_tap();
         }
+    };
+    const unsigned int steps = taps * ((cout + CONV_TILE_K - 1) / CONV_TILE_K);
+    float acc[4][4] = {};
+    if (steps > 0) {
+        enter_tap();
+        prefetch();
+    }
+    for (unsigned int step = 0; step < steps; ++step) {
+        for (unsigned int i = 0; i < A_LOADS; ++i) As[a_o + i * A_STEP][my_cc] = a_reg[i];
+        for (unsigned int i = 0; i < B_LOADS; ++i) Bs[b_o + i * B_STEP][my_jj] = b_reg[i];
+        __syncthreads();
+        if (step + 1 < steps) prefetch();
         conv_tile_fma(As, Bs, acc, tx, ty);
         __syncthreads();
     }
-    float* da = dcols + (unsigned long long)agent * n * g.patch * g.pixels;
-    for (int i = 0; i < 4; ++i) {
-        const unsigned int r = row0 + ty * 4 + i;
-        if (r >= g.patch) continue;
-        for (int jx = 0; jx < 4; ++jx) {
-            const unsigned int j = col0 + tx * 4 + jx;
-            if (j >= cols) continue;
-            const unsigned int s = j / g.pixels, p = j - s * g.pixels;
-            da[((unsigned long long)s * g.patch + r) * g.pixels + p] = acc[i][jx];
+    const unsigned long long act_base = (unsigned long long)agent * n * geo.in_len;
+    for (int jx = 0; jx < 4; ++jx) {
+        const unsigned int j = col0 + tx * 4 + jx;
+        if (j >= cols) continue;
+        const unsigned int sn = j / UU, uv = j - sn * UU, u = uv / U, v = uv - u * U;
+        const unsigned int iy = py + stride * u, ix = px + stride * v;
+        if (iy >= in_hw || ix >= in_hw) continue;
+        const unsigned long long base = act_base + (unsigned long long)sn * geo.in_len + iy * in_hw + ix;
+        for (int i = 0; i < 4; ++i) {
+            const unsigned int c = row0 + ty * 4 + i;
+            if (c >= cin) continue;
+            const unsigned long long at = base + (unsigned long long)c * in_hw * in_hw;
+            dx[at] = (has_below && !(below[at] > 0.0f)) ? 0.0f : acc[i][jx];
         }
-    }
-}
-
-// dx [agents][N][Cin][H][H] from dcols [agents][N][R][P]; one thread per dx element, its
-// contributions summed in (ky, kx) order like the CPU's col2im. Specialised per stride S (a
-// compile-time constant: no runtime division per tap): a tap (ky, kx) reaches pixel (iy, ix)
-// only when ky = iy mod S (mod S), so the loops start at iy % S and step by S, visiting the
-// valid taps only and in the same ascending order as the generic walk (same sum, bit for bit).
-template <unsigned int S>
-__device__ __forceinline__ float conv_col2im_pixel(const float* __restrict__ d, unsigned int c, unsigned int iy,
-                                                   unsigned int ix, unsigned int ksize, unsigned int out_hw,
-                                                   unsigned int pixels) {
-    float acc = 0.0f;
-    const unsigned int ky_end = ksize < iy + 1 ? ksize : iy + 1, kx_end = ksize < ix + 1 ? ksize : ix + 1;
-    for (unsigned int ky = iy % S; ky < ky_end; ky += S) {
-        const unsigned int oy = (iy - ky) / S;
-        if (oy >= out_hw) continue;
-        const float* row = d + ((c * ksize + ky) * ksize) * pixels + oy * out_hw;
-        for (unsigned int kx = ix % S; kx < kx_end; kx += S) {
-            const unsigned int ox = (ix - kx) / S;
-            if (ox < out_hw) acc += row[kx * pixels + ox];
-        }
-    }
-    return acc;
-}
-
-// Grid: (ceil(N*Cin*H*H / CONV_REDUCE_BLOCK / per-thread), agents); strides 1..4 specialised,
-// larger ones take the generic path (runtime division).
-extern "C" __global__ void __launch_bounds__(CONV_REDUCE_BLOCK) conv_col2im(
-    const float* __restrict__ dcols, float* __restrict__ dx, unsigned int cin, unsigned int ksize,
-    unsigned int stride, unsigned int in_hw, unsigned int out_hw, unsigned int n) {
-    const unsigned int agent = blockIdx.y;
-    const unsigned int in_len = cin * in_hw * in_hw;
-    const unsigned int patch = cin * ksize * ksize, pixels = out_hw * out_hw;
-    // Grid-stride: the launcher gives each thread a few elements (fewer, longer threads).
-    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n * in_len; i += gridDim.x * blockDim.x) {
-        const unsigned int s = i / in_len, rest = i - s * in_len;
-        const unsigned int c = rest / (in_hw * in_hw), pix = rest - c * in_hw * in_hw;
-        const unsigned int iy = pix / in_hw, ix = pix - iy * in_hw;
-        const float* d = dcols + ((unsigned long long)agent * n + s) * patch * pixels;
-        float acc = 0.0f;
-        switch (stride) {  // uniform across the grid: no divergence
-        case 1: acc = conv_col2im_pixel<1>(d, c, iy, ix, ksize, out_hw, pixels); break;
-        case 2: acc = conv_col2im_pixel<2>(d, c, iy, ix, ksize, out_hw, pixels); break;
-        case 3: acc = conv_col2im_pixel<3>(d, c, iy, ix, ksize, out_hw, pixels); break;
-        case 4: acc = conv_col2im_pixel<4>(d, c, iy, ix, ksize, out_hw, pixels); break;
-        default:
-            for (unsigned int ky = 0; ky < ksize; ++ky) {
-                if (iy < ky || (iy - ky) % stride != 0) continue;
-                const unsigned int oy = (iy - ky) / stride;
-                if (oy >= out_hw) continue;
-                for (unsigned int kx = 0; kx < ksize; ++kx) {
-                    if (ix < kx || (ix - kx) % stride != 0) continue;
-                    const unsigned int ox = (ix - kx) / stride;
-                    if (ox >= out_hw) continue;
-                    acc += d[((c * ksize + ky) * ksize + kx) * pixels + oy * out_hw + ox];
-                }
-            }
-        }
-        dx[(unsigned long long)agent * n * in_len + i] = acc;
     }
 }
 
@@ -585,11 +590,24 @@ extern "C" __global__ void __launch_bounds__(CONV_REDUCE_BLOCK) conv_col2im(
 // The reduction runs over sample columns j; both operands are contiguous along j within a
 // sample (g[o][j], and the im2col gather), so both are K-lane: lane l takes column j0 + l, and
 // the conflict-free 16-byte row stores of the layout notes apply to both tiles.
-template <class In>
+//
+// How a thread's 16 x values (its B-tile rows of the K-step) travel, by kernel:
+//   X_PREFETCH (f32): loaded as floats for the next K-step while this one's FMA loop runs;
+//   X_WORDS (uint8 with K, stride and H multiples of 4: conv1 of the presets): a quad of adjacent
+//     patch rows 4m..4m+3 (klane_row) is kx = 4t..4t+3 of one (c, ky): four bytes of one aligned
+//     word of the column's patch (as in conv_forward_u8_words), so 4 word loads are in flight;
+//   X_LATE (other uint8 layers, no preset has one): loaded right before they are stored, a quad
+//     (4 loads) at a time. 16 byte loads in flight, beside the 8 of g, spill at the 64-register
+//     cap (so do 16 late loads issued together).
+// The g loads are always prefetched (g arrives masked: no y to load, see the top of this file).
+#define X_PREFETCH 0
+#define X_WORDS 1
+#define X_LATE 2
+template <class In, int XMODE>
 __device__ __forceinline__ void conv_backward_filter_body(
-    const In* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ y, float* __restrict__ out,
-    const ConvGeom& g, unsigned int n, unsigned int samples_per_chunk, unsigned int chunks,
-    unsigned long long agent_stride, unsigned int chunk_stride, unsigned int out_off, unsigned int relu) {
+    const In* __restrict__ x, const float* __restrict__ gr, float* __restrict__ out, const ConvGeom& g, unsigned int n,
+    unsigned int samples_per_chunk, unsigned int chunks, unsigned long long agent_stride, unsigned int chunk_stride,
+    unsigned int out_off) {
     __shared__ float As[CONV_TILE_K][CONV_AS_STRIDE];
     __shared__ float Bs[CONV_TILE_K][CONV_BS_STRIDE];
     // Patch offsets of this block's TILE_N patch rows (0xffffffff past R), computed once.
@@ -601,9 +619,7 @@ __device__ __forceinline__ void conv_backward_filter_body(
     const unsigned int last = first + samples_per_chunk < n ? first + samples_per_chunk : n;
     const unsigned int j_begin = first * g.pixels, j_end = last * g.pixels;
     const In* xa = x + (unsigned long long)agent * n * g.in_len;
-    const unsigned long long act_base = (unsigned long long)agent * n * g.out_len;
-    const float* dya = dy + act_base;
-    const float* ya = y + act_base;
+    const float* ga = gr + (unsigned long long)agent * n * g.out_len;
     // The bias gradient rides along in the blocks of the first column tile: thread t < TILE_M
     // sums row t of each g tile it has already loaded, in ascending j.
     const bool bias_block = blockIdx.x == 0;
@@ -614,33 +630,65 @@ __device__ __forceinline__ void conv_backward_filter_body(
     }
     __syncthreads();
     const unsigned int my_jj = tid % CONV_TILE_K;
-    float dy_reg[CONV_KLANE_A], y_reg[CONV_KLANE_A], x_reg[CONV_KLANE_B];
-    auto prefetch = [&](unsigned int j0) {
+    const unsigned int WORDS_N = XMODE == X_WORDS ? CONV_KLANE_B / 4 : 1;
+    float g_reg[CONV_KLANE_A], x_reg[XMODE == X_PREFETCH ? CONV_KLANE_B : 1];
+    unsigned int words[WORDS_N];
+    // Column j0 + lane's validity and origins in x and g (one division chain per K-step).
+    auto column = [&](unsigned int j0, bool& col_ok, unsigned int& in_origin, unsigned int& out_origin) {
         const unsigned int j = j0 + my_jj;
-        const bool col_ok = j < j_end;
-        // One division chain per thread and step for the column's origins.
-        const unsigned int in_origin = col_ok ? conv_col_origin(g, j) : 0u;
-        const unsigned int out_origin = col_ok ? conv_out_origin(g, j) : 0u;
-        for (unsigned int q = 0; q < CONV_KLANE_B; ++q) {
-            const unsigned int off = row_off[klane_row(tid, q)];
-            x_reg[q] = (off != 0xffffffffu && col_ok) ? conv_input_value(xa[(unsigned long long)in_origin + off]) : 0.0f;
+        col_ok = j < j_end;
+        in_origin = col_ok ? conv_col_origin(g, j) : 0u;
+        out_origin = col_ok ? conv_out_origin(g, j) : 0u;
+    };
+    // x value of the thread's load q at a column (0 past R or past the chunk).
+    auto x_at = [&](bool col_ok, unsigned int in_origin, unsigned int q) {
+        const unsigned int off = row_off[klane_row(tid, q)];
+        return (off != 0xffffffffu && col_ok) ? conv_input_value(xa[(unsigned long long)in_origin + off]) : 0.0f;
+    };
+    // The K-step's prefetched loads: g, and x unless X_LATE.
+    auto prefetch = [&](unsigned int j0) {
+        bool col_ok;
+        unsigned int in_origin, out_origin;
+        column(j0, col_ok, in_origin, out_origin);
+        if (XMODE == X_WORDS) {
+            // Quad m's rows share validity (R is a multiple of 4 there).
+            for (unsigned int m = 0; m < WORDS_N; ++m) {
+                const unsigned int off = row_off[klane_row(tid, 4 * m)];
+                words[m] = (off != 0xffffffffu && col_ok)
+                               ? *reinterpret_cast<const unsigned int*>(xa + (unsigned long long)in_origin + off)
+                               : 0u;
+            }
+        } else if (XMODE == X_PREFETCH) {
+            for (unsigned int q = 0; q < CONV_KLANE_B; ++q) x_reg[q] = x_at(col_ok, in_origin, q);
         }
         for (unsigned int q = 0; q < CONV_KLANE_A; ++q) {
             const unsigned int o = row0 + klane_row(tid, q);
-            const bool ok = o < g.cout && col_ok;
-            const unsigned int at = out_origin + o * g.pixels;
-            dy_reg[q] = ok ? dya[at] : 0.0f;
-            y_reg[q] = (ok && relu) ? ya[at] : 1.0f;
+            g_reg[q] = (o < g.cout && col_ok) ? ga[out_origin + o * g.pixels] : 0.0f;
         }
-        // As in backward-data: the select retires the y registers; x stays in flight.
-        for (unsigned int q = 0; q < CONV_KLANE_A; ++q) dy_reg[q] = y_reg[q] > 0.0f ? dy_reg[q] : 0.0f;
     };
     float acc[4][4] = {};
     if (j_begin < j_end) prefetch(j_begin);
     for (unsigned int j0 = j_begin; j0 < j_end; j0 += CONV_TILE_K) {
         // A = g^T: As[jj][oo] = g[o][j]; B = col^T: Bs[jj][rr] = col[r][j].
-        klane_store<CONV_AS_STRIDE, CONV_KLANE_A>(As, dy_reg, tid);
-        klane_store<CONV_BS_STRIDE, CONV_KLANE_B>(Bs, x_reg, tid);
+        klane_store<CONV_AS_STRIDE, CONV_KLANE_A>(As, g_reg, tid);
+        if (XMODE == X_WORDS) {
+            float xv[CONV_KLANE_B];
+            // Little-endian: the word's lowest byte is the lowest address (row 4m, kx = 4t).
+            for (unsigned int q = 0; q < CONV_KLANE_B; ++q)
+                xv[q] = conv_input_value((unsigned char)((words[q / 4] >> (8u * (q % 4))) & 0xffu));
+            klane_store<CONV_BS_STRIDE, CONV_KLANE_B>(Bs, xv, tid);
+        } else if (XMODE == X_PREFETCH) {
+            klane_store<CONV_BS_STRIDE, CONV_KLANE_B>(Bs, x_reg, tid);
+        } else {
+            bool col_ok;
+            unsigned int in_origin, out_origin;
+            column(j0, col_ok, in_origin, out_origin);
+            for (unsigned int m = 0; m < CONV_KLANE_B / 4; ++m) {
+                float v[4];
+                for (unsigned int t = 0; t < 4; ++t) v[t] = x_at(col_ok, in_origin, 4 * m + t);
+                for (unsigned int t = 0; t < 4; ++t) Bs[tid % 32u][klane_row(tid, 4 * m + t)] = v[t];
+            }
+        }
         __syncthreads();
         if (j0 + CONV_TILE_K < j_end) prefetch(j0 + CONV_TILE_K);
         if (bias_block && tid < CONV_TILE_M)
@@ -660,24 +708,36 @@ __device__ __forceinline__ void conv_backward_filter_body(
     if (bias_block && tid < CONV_TILE_M && row0 + tid < g.cout) o_base[g.cout * g.patch + row0 + tid] = bias_acc;
 }
 
+// g: the layer's output gradient, masked by its ReLU already (see the top of this file).
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv_backward_filter_u8(
-    const unsigned char* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ y,
-    float* __restrict__ out, unsigned int cin, unsigned int cout, unsigned int ksize, unsigned int stride,
-    unsigned int in_hw, unsigned int out_hw, unsigned int n, unsigned int samples_per_chunk, unsigned int chunks,
-    unsigned long long agent_stride, unsigned int chunk_stride, unsigned int out_off, unsigned int relu) {
-    const ConvGeom g = conv_geom(cin, cout, ksize, stride, in_hw, out_hw);
-    conv_backward_filter_body(x, dy, y, out, g, n, samples_per_chunk, chunks, agent_stride, chunk_stride, out_off,
-                              relu);
+    const unsigned char* __restrict__ x, const float* __restrict__ g, float* __restrict__ out, unsigned int cin,
+    unsigned int cout, unsigned int ksize, unsigned int stride, unsigned int in_hw, unsigned int out_hw,
+    unsigned int n, unsigned int samples_per_chunk, unsigned int chunks, unsigned long long agent_stride,
+    unsigned int chunk_stride, unsigned int out_off) {
+    const ConvGeom geo = conv_geom(cin, cout, ksize, stride, in_hw, out_hw);
+    conv_backward_filter_body<unsigned char, X_LATE>(x, g, out, geo, n, samples_per_chunk, chunks, agent_stride,
+                                      chunk_stride, out_off);
+}
+
+// uint8 with K, stride and H multiples of 4 (the launcher checks, with the buffer's address).
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv_backward_filter_u8_words(
+    const unsigned char* __restrict__ x, const float* __restrict__ g, float* __restrict__ out, unsigned int cin,
+    unsigned int cout, unsigned int ksize, unsigned int stride, unsigned int in_hw, unsigned int out_hw,
+    unsigned int n, unsigned int samples_per_chunk, unsigned int chunks, unsigned long long agent_stride,
+    unsigned int chunk_stride, unsigned int out_off) {
+    const ConvGeom geo = conv_geom(cin, cout, ksize, stride, in_hw, out_hw);
+    conv_backward_filter_body<unsigned char, X_WORDS>(x, g, out, geo, n, samples_per_chunk, chunks, agent_stride,
+                                      chunk_stride, out_off);
 }
 
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv_backward_filter_f32(
-    const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ y, float* __restrict__ out,
-    unsigned int cin, unsigned int cout, unsigned int ksize, unsigned int stride, unsigned int in_hw,
-    unsigned int out_hw, unsigned int n, unsigned int samples_per_chunk, unsigned int chunks,
-    unsigned long long agent_stride, unsigned int chunk_stride, unsigned int out_off, unsigned int relu) {
-    const ConvGeom g = conv_geom(cin, cout, ksize, stride, in_hw, out_hw);
-    conv_backward_filter_body(x, dy, y, out, g, n, samples_per_chunk, chunks, agent_stride, chunk_stride, out_off,
-                              relu);
+    const float* __restrict__ x, const float* __restrict__ g, float* __restrict__ out, unsigned int cin,
+    unsigned int cout, unsigned int ksize, unsigned int stride, unsigned int in_hw, unsigned int out_hw,
+    unsigned int n, unsigned int samples_per_chunk, unsigned int chunks, unsigned long long agent_stride,
+    unsigned int chunk_stride, unsigned int out_off) {
+    const ConvGeom geo = conv_geom(cin, cout, ksize, stride, in_hw, out_hw);
+    conv_backward_filter_body<float, X_PREFETCH>(x, g, out, geo, n, samples_per_chunk, chunks, agent_stride,
+                                      chunk_stride, out_off);
 }
 
 // Second pass of backward-filter: grads[a][grad_off + i] = sum over chunks c, in order, of
@@ -795,10 +855,11 @@ __device__ __forceinline__ void fc_gemm(const float* __restrict__ a, const float
     }
 }
 
-// Writes this thread's 4x4 of C(m, n) to c[m*c_ms + n*c_ns] (+ bias[m], ReLU when `finish`).
+// Writes this thread's 4x4 of C(m, n) to c[m*c_ms + n*c_ns] (+ bias[m], then the ReLU when
+// `relu`; then 0 where mask[same index] > 0 fails, when `mask` is given).
 __device__ __forceinline__ void fc_write(float* __restrict__ c, unsigned int c_ms, unsigned int c_ns, unsigned int M,
                                          unsigned int N, const float acc[4][4], const float* __restrict__ bias,
-                                         unsigned int relu) {
+                                         unsigned int relu, const float* __restrict__ mask) {
     const unsigned int row0 = blockIdx.y * CONV_TILE_M, col0 = blockIdx.x * CONV_TILE_N;
     const unsigned int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     for (int i = 0; i < 4; ++i) {
@@ -810,7 +871,9 @@ __device__ __forceinline__ void fc_write(float* __restrict__ c, unsigned int c_m
             float v = acc[i][j];
             if (bias) v += bias[m];
             if (relu && !(v > 0.0f)) v = 0.0f;
-            c[m * c_ms + nn * c_ns] = v;
+            const unsigned int at = m * c_ms + nn * c_ns;
+            if (mask && !(mask[at] > 0.0f)) v = 0.0f;
+            c[at] = v;
         }
     }
 }
@@ -829,15 +892,18 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) fc_f
     fc_gemm<true, false, true, false>(th + w_off, nullptr, in_f, 1u, x + (unsigned long long)agent * n * in_f, nullptr,
                                       in_f, 1u, 0u, out_f, n, k_begin, k_end, acc, false, unused);
     float* c = out + ((unsigned long long)agent * splits + split) * n * out_f;
-    if (splits == 1) fc_write(c, 1u, out_f, out_f, n, acc, th + b_off, relu);
-    else fc_write(c, 1u, out_f, out_f, n, acc, nullptr, 0u);
+    if (splits == 1) fc_write(c, 1u, out_f, out_f, n, acc, th + b_off, relu, nullptr);
+    else fc_write(c, 1u, out_f, out_f, n, acc, nullptr, 0u, nullptr);
 }
 
-// out: dx [agents][n][In] when splits == 1, else partials [agents][splits][n][In].
+// out: dx [agents][n][In] when splits == 1 (masked by below > 0 when has_below: the ReLU of the
+// layer underneath, as conv_backward_data does), else partials [agents][splits][n][In] (the
+// mask is then fc_sum_splits').
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) fc_backward_data(
     const float* __restrict__ dy, const float* __restrict__ y, const float* __restrict__ params,
-    float* __restrict__ out, unsigned int in_f, unsigned int out_f, unsigned int n, unsigned int param_count,
-    unsigned int w_off, unsigned int relu, unsigned int k_split, unsigned int splits) {
+    const float* __restrict__ below, float* __restrict__ out, unsigned int in_f, unsigned int out_f, unsigned int n,
+    unsigned int param_count, unsigned int w_off, unsigned int relu, unsigned int has_below, unsigned int k_split,
+    unsigned int splits) {
     const unsigned int agent = blockIdx.z / splits, split = blockIdx.z % splits;
     const float* w = params + (unsigned long long)agent * param_count + w_off;
     const unsigned long long act = (unsigned long long)agent * n * out_f;
@@ -847,7 +913,8 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) fc_b
     float unused = 0.0f;
     fc_gemm<false, false, true, true>(w, nullptr, 1u, in_f, dy + act, y + act, out_f, 1u, relu, in_f, n, k_begin, k_end,
                                       acc, false, unused);
-    fc_write(out + ((unsigned long long)agent * splits + split) * n * in_f, 1u, in_f, in_f, n, acc, nullptr, 0u);
+    const float* mask = (has_below && splits == 1) ? below + (unsigned long long)agent * n * in_f : nullptr;
+    fc_write(out + ((unsigned long long)agent * splits + split) * n * in_f, 1u, in_f, in_f, n, acc, nullptr, 0u, mask);
 }
 
 // dw, db straight into grads [agents][param_count] at w_off (and b_off for db).
@@ -863,18 +930,19 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) fc_b
     fc_gemm<false, true, false, false>(dy + act, y + act, 1u, out_f, x + (unsigned long long)agent * n * in_f, nullptr,
                                        1u, in_f, relu, out_f, in_f, 0u, n, acc, bias_rows, bias_acc);
     float* gr = grads + (unsigned long long)agent * param_count;
-    fc_write(gr + w_off, in_f, 1u, out_f, in_f, acc, nullptr, 0u);
+    fc_write(gr + w_off, in_f, 1u, out_f, in_f, acc, nullptr, 0u, nullptr);
     const unsigned int o = blockIdx.y * CONV_TILE_M + threadIdx.x;
     if (bias_rows && threadIdx.x < CONV_TILE_M && o < out_f) gr[b_off + o] = bias_acc;
 }
 
 // Second pass of the split-K launches: out[a][i] = sum over splits s, in order, of
-// partials[a][s][i] (then + b[i % width] when has_bias, then the ReLU when relu), i < len.
+// partials[a][s][i] (then + b[i % width] when has_bias, then the ReLU when relu, then 0 where
+// below[a][i] > 0 fails when has_below), i < len.
 // Grid: (ceil(len / CONV_REDUCE_BLOCK), agents).
 extern "C" __global__ void __launch_bounds__(CONV_REDUCE_BLOCK) fc_sum_splits(
-    const float* __restrict__ partials, const float* __restrict__ params, float* __restrict__ out, unsigned int len,
-    unsigned int width, unsigned int splits, unsigned int param_count, unsigned int b_off, unsigned int has_bias,
-    unsigned int relu) {
+    const float* __restrict__ partials, const float* __restrict__ params, const float* __restrict__ below,
+    float* __restrict__ out, unsigned int len, unsigned int width, unsigned int splits, unsigned int param_count,
+    unsigned int b_off, unsigned int has_bias, unsigned int relu, unsigned int has_below) {
     const unsigned int agent = blockIdx.y;
     const unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= len) return;
@@ -883,5 +951,7 @@ extern "C" __global__ void __launch_bounds__(CONV_REDUCE_BLOCK) fc_sum_splits(
     for (unsigned int s = 0; s < splits; ++s) v += p[(unsigned long long)s * len];
     if (has_bias) v += params[(unsigned long long)agent * param_count + b_off + i % width];
     if (relu && !(v > 0.0f)) v = 0.0f;
-    out[(unsigned long long)agent * len + i] = v;
+    const unsigned long long at = (unsigned long long)agent * len + i;
+    if (has_below && !(below[at] > 0.0f)) v = 0.0f;
+    out[at] = v;
 }

@@ -101,6 +101,11 @@ fn compare_with_cpu<D: Device>(dev: D, spec: BackendSpec, updates: usize, behavi
     let mut rng = PhiloxStream::new(77, 9, Purpose::Init);
     let perturbed: Vec<f32> = initial.iter().map(|&v| v * (1.0 + 1e-7 * rng.next_normal() as f32)).collect();
     let mut cpu_perturbed = if updates > 1 { Some(CpuBackend::new(spec.clone(), &perturbed, 2).unwrap()) } else { None };
+    // One step at a time: before every update this CPU backend takes the GPU backend's parameters
+    // and RMSprop state, so the two differ by one update's arithmetic only, whatever the
+    // free-running trajectories have done by then (see the per-agent note at the end).
+    let mut cpu_step = if updates > 1 { Some(CpuBackend::new(spec.clone(), &initial, 2).unwrap()) } else { None };
+    let (mut worst_step, mut flipped_steps) = (0f64, Vec::new());
     let ctx = format!("{:?} A={} agents={} envs={} steps={}", spec.net.preset, spec.net.actions, spec.agents, spec.envs_per_agent, spec.n_steps);
 
     let obs = frames(spec.act_batch(), 99);
@@ -120,12 +125,28 @@ fn compare_with_cpu<D: Device>(dev: D, spec: BackendSpec, updates: usize, behavi
     for u in 0..updates {
         let r = rollout(&spec, 1000 + u as u64);
         let seg = segment(&r, behaviour);
+        let before = cpu_step.as_ref().map(|_| (gpu.read_params().unwrap(), gpu.read_optimizer_state().unwrap()));
         let t = Instant::now();
         let gs = gpu.learn(&seg).unwrap();
         let gpu_s = t.elapsed().as_secs_f64();
         let cs = cpu.learn(&seg).unwrap();
         if let Some(c) = cpu_perturbed.as_mut() {
             c.learn(&seg).unwrap();
+        }
+        if let (Some(c), Some((params, square_avg))) = (cpu_step.as_mut(), before) {
+            c.write_params(&params).unwrap();
+            c.write_optimizer_state(&square_avg).unwrap();
+            c.learn(&seg).unwrap();
+            let (gp, cp) = (gpu.read_params().unwrap(), c.read_params().unwrap());
+            let p = gp.len() / spec.agents;
+            for r in 0..spec.agents {
+                let (rel, max_abs) = rel_diff(&gp[r * p..(r + 1) * p], &cp[r * p..(r + 1) * p]);
+                assert!(rel <= 1e-3, "{ctx}: update {u} of agent {r} from the same parameters differs by {rel} (max {max_abs})");
+                if rel > 1e-6 {
+                    flipped_steps.push(format!("update {u} agent {r}: {rel:.2e}"));
+                }
+                worst_step = worst_step.max(rel);
+            }
         }
         if u == 0 {
             println!("{ctx}: learn on {} in {gpu_s:.2}s, {} launches", gpu.name(), gpu.launch_count() - l0);
@@ -156,18 +177,23 @@ fn compare_with_cpu<D: Device>(dev: D, spec: BackendSpec, updates: usize, behavi
             "{ctx}: after {updates} updates ‖Δθ‖/‖θ‖ = {rel:.2e} (max |Δθ| = {max_abs:.2e}); CPU vs CPU from a 1e-7 perturbation: {yardstick:.2e}"
         );
         // Per agent: a ReLU pre-activation within rounding of 0 switches on in one backend and off
-        // in the other, after which that agent's trajectory separates at the rate the dynamics
-        // set (seen: agents at 2e-7 for 20 updates while one jumps to 2e-5 at update 11 and
-        // grows to 1e-2). A kernel bug would move every agent, so: the median agent must stay at
-        // rounding level, and no agent may separate by more than 5e-2 (or 10x the CPU yardstick).
+        // in the other — within ONE update from identical parameters, since the forward passes
+        // sum in different orders — after which that agent's trajectory separates at the rate the
+        // dynamics set (seen: all agents at 1e-7 for 13 updates, then one step of one agent at
+        // 5e-6, growing to 1e-3 by update 20; the 1e-7-perturbed CPU run separates the same way,
+        // one agent at 7.2e-5 after 20). So how many agents have separated after 20 updates is
+        // no test of the kernels (the median criterion this replaced failed when backward-data's
+        // summation order changed, its single steps at rounding level but for 3 flips). What is,
+        // per agent and update, from the same parameters (`cpu_step`): rounding level (1e-6) but
+        // for rare flips, never more than 1e-3 — a kernel bug moves every step of every agent;
+        // and the free-running runs within 5e-2 (or 10x the CPU yardstick) of each other.
+        let steps = updates * spec.agents;
+        println!("{ctx}: single updates from the same parameters: worst ‖Δθ‖/‖θ‖ {worst_step:.2e}; {} of {steps} over 1e-6: {flipped_steps:?}", flipped_steps.len());
+        assert!(flipped_steps.len() * 10 <= steps, "{ctx}: {} of {steps} single updates differ by more than rounding: {flipped_steps:?}", flipped_steps.len());
         let gp = gpu.read_params().unwrap();
         let p = gp.len() / spec.agents;
-        let mut per_agent: Vec<f64> = (0..spec.agents).map(|r| rel_diff(&gp[r * p..(r + 1) * p], &cpu_params[r * p..(r + 1) * p]).0).collect();
-        let shown: Vec<String> = per_agent.iter().map(|v| format!("{v:.2e}")).collect();
-        println!("{ctx}: per-agent drift after {updates} updates: {}", shown.join(", "));
-        per_agent.sort_by(f64::total_cmp);
-        let median = per_agent[(per_agent.len() - 1) / 2];
-        assert!(median <= 1e-5, "{ctx}: median agent drifted {median} after {updates} updates ({per_agent:?})");
+        let per_agent: Vec<String> = (0..spec.agents).map(|r| format!("{:.2e}", rel_diff(&gp[r * p..(r + 1) * p], &cpu_params[r * p..(r + 1) * p]).0)).collect();
+        println!("{ctx}: per-agent drift after {updates} updates: {}", per_agent.join(", "));
         let bound = (10.0 * yardstick).max(5e-2);
         assert!(rel <= bound, "{ctx}: parameters after {updates} updates drifted apart: rel {rel} > {bound} (yardstick {yardstick})");
     }

@@ -30,15 +30,9 @@ const OCCUPANCY_FLOORS: &[(&str, f64)] = &[
 
 /// Kernels below their floor today, with the occupancy they have: the check accepts exactly
 /// this value for them (lower fails, and so does reaching the floor: then delete the entry).
-/// Issue 12 rewrites these kernels; the lead decides whether the floor or this list gives way.
-const KNOWN_BELOW_FLOOR: &[(&str, f64)] = &[
-    // 72 registers x 128 threads: 7 blocks = 28 of 64 warps. Capped at 64 registers
-    // (__launch_bounds__(128, 8)) it spills; three restructurings of its K-step did not fit it
-    // (gpukern branch, issue 12). The backward-filter kernels reached the floor in that rewrite.
-    // Dropping its per-load column and row tests still spills 40-48 bytes at 64 (gpu12 branch):
-    // what it lacks are the 16 registers of the `y` loads (a pre-masked dy would remove them).
-    ("conv_backward_data", 0.4375),
-];
+/// Empty since conv_backward_data became the transposed-conv GEMM on a pre-masked gradient (it
+/// was 72 registers, 43.75%: the `y` loads of its fused ReLU mask did not fit under 64).
+const KNOWN_BELOW_FLOOR: &[(&str, f64)] = &[];
 
 // sm_90 limits (CUDA occupancy calculator, compute capability 9.0).
 const REGS_PER_SM: u32 = 65536;

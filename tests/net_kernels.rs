@@ -116,9 +116,12 @@ enum Path {
 }
 
 /// The fc kernels (forward with split-K, backward-filter straight into the arena, backward-data
-/// with split-K) on `dev`; the partial buffers are poisoned so an unsummed slice shows.
+/// with split-K, its output masked by `below` > 0 when given) on `dev`; the partial buffers are
+/// poisoned so an unsummed slice shows.
+#[allow(clippy::too_many_arguments)]
 fn run_fc<D: Device>(
-    dev: &D, shape: &ConvShape, lp: LayerParams, x: &[f32], params: &[f32], dy: &[f32], agents: usize, n: usize,
+    dev: &D, shape: &ConvShape, lp: LayerParams, x: &[f32], params: &[f32], dy: &[f32], below: Option<&[f32]>,
+    agents: usize, n: usize,
 ) -> LayerRun {
     let s = dev.default_stream();
     let (i, o) = (shape.in_channels, shape.out_channels);
@@ -132,18 +135,22 @@ fn run_fc<D: Device>(
     launch::fc_backward_filter(dev, s, shape, &x_dev, &dy_dev, &y_dev, &mut grads_dev, agents, n, lp, true).unwrap();
     let mut part = poisoned(dev, launch::fc_partials_len(agents, n, o, i));
     let mut dx_dev = poisoned(dev, agents * n * i);
-    launch::fc_backward_data(dev, s, shape, &dy_dev, &y_dev, &params_dev, &mut part, &mut dx_dev, agents, n, lp, true).unwrap();
+    let below_dev = below.map(|b| upload(dev, b));
+    launch::fc_backward_data(dev, s, shape, &dy_dev, &y_dev, &params_dev, &mut part, below_dev.as_ref(), &mut dx_dev, agents, n, lp, true)
+        .unwrap();
     LayerRun { y: download(dev, &y_dev), grads: download(dev, &grads_dev), dx: Some(download(dev, &dx_dev)) }
 }
 
-/// Forward, backward-filter (+ chunk sum) and backward-data (+ col2im) of one layer on `dev`.
+/// Forward, backward-filter (+ chunk sum) and backward-data of one layer on `dev`; dx is masked
+/// by `below` > 0 when given (the ReLU of the layer underneath, fused into backward-data).
+#[allow(clippy::too_many_arguments)]
 fn run_layer<D: Device, In: TestInput>(
-    dev: &D, shape: &ConvShape, lp: LayerParams, x: &[In], params: &[f32], dy: &[f32], agents: usize, n: usize,
-    path: Path,
+    dev: &D, shape: &ConvShape, lp: LayerParams, x: &[In], params: &[f32], dy: &[f32], below: Option<&[f32]>,
+    agents: usize, n: usize, path: Path,
 ) -> LayerRun {
     if path == Path::Fc {
         let xf = In::to_f32(x);
-        return run_fc(dev, shape, lp, &xf, params, dy, agents, n);
+        return run_fc(dev, shape, lp, &xf, params, dy, below, agents, n);
     }
     let direct_filter = path == Path::ConvDirect;
     let s = dev.default_stream();
@@ -151,29 +158,26 @@ fn run_layer<D: Device, In: TestInput>(
     let params_dev = upload(dev, params);
     let mut y_dev = poisoned(dev, agents * n * shape.out_len());
     launch::conv_forward(dev, s, shape, &x_dev, &params_dev, &mut y_dev, agents, n, lp, true).unwrap();
-    let dy_dev = upload(dev, dy);
+    // The gradient masked by the layer's own ReLU, as the backend hands it to both backward
+    // kernels: dy masked by this forward's y.
+    let y = download(dev, &y_dev);
+    let g: Vec<f32> = dy.iter().zip(&y).map(|(&d, &v)| if v > 0.0 { d } else { 0.0 }).collect();
+    let g_dev = upload(dev, &g);
     let mut grads_dev = poisoned(dev, agents * lp.param_count);
     if direct_filter {
-        launch::conv_backward_filter(dev, s, shape, &x_dev, &dy_dev, &y_dev, &mut grads_dev, agents, n, n, FilterTarget::Grads(lp), true)
-            .unwrap();
+        launch::conv_backward_filter(dev, s, shape, &x_dev, &g_dev, &mut grads_dev, agents, n, n, FilterTarget::Grads(lp)).unwrap();
     } else {
         let per = launch::CONV_FILTER_SAMPLES_PER_CHUNK;
         let chunks = launch::filter_chunks(n, per);
         let mut partials = poisoned(dev, agents * chunks * launch::filter_grad_len(shape));
-        launch::conv_backward_filter(dev, s, shape, &x_dev, &dy_dev, &y_dev, &mut partials, agents, n, per, FilterTarget::Partials, true)
-            .unwrap();
+        launch::conv_backward_filter(dev, s, shape, &x_dev, &g_dev, &mut partials, agents, n, per, FilterTarget::Partials).unwrap();
         launch::conv_grad_sum_chunks(dev, s, shape, &partials, &mut grads_dev, agents, chunks, lp).unwrap();
     }
-    let mut dcols = poisoned(dev, agents * n * shape.patch_len() * shape.out_pixels());
-    launch::conv_backward_data(dev, s, shape, &dy_dev, &y_dev, &params_dev, &mut dcols, agents, n, lp, true).unwrap();
-    let dx = if is_linear(shape) {
-        download(dev, &dcols)
-    } else {
-        let mut dx_dev = poisoned(dev, agents * n * shape.in_len());
-        launch::conv_col2im(dev, s, shape, &dcols, &mut dx_dev, agents, n).unwrap();
-        download(dev, &dx_dev)
-    };
-    LayerRun { y: download(dev, &y_dev), grads: download(dev, &grads_dev), dx: Some(dx) }
+    let mut taps = poisoned(dev, launch::weight_taps_len(shape, agents));
+    let below_dev = below.map(|b| upload(dev, b));
+    let mut dx_dev = poisoned(dev, agents * n * shape.in_len());
+    launch::conv_backward_data(dev, s, shape, &g_dev, &params_dev, &mut taps, below_dev.as_ref(), &mut dx_dev, agents, n, lp).unwrap();
+    LayerRun { y, grads: download(dev, &grads_dev), dx: Some(download(dev, &dx_dev)) }
 }
 
 fn check_layer<D: Device, In: TestInput>(dev: &D, name: &str, shape: ConvShape, agents: usize, n: usize, seed: u64) {
@@ -190,9 +194,13 @@ fn check_layer<D: Device, In: TestInput>(dev: &D, name: &str, shape: ConvShape, 
         params[a * p + lp.b_off..a * p + lp.b_off + shape.out_channels].copy_from_slice(&b);
     }
     let dy = normals(agents * n * shape.out_len(), seed + 7, 1.0);
+    // The output of the layer underneath, whose ReLU masks dx (about half the elements > 0).
+    let below_all = normals(agents * n * shape.in_len(), seed + 11, 1.0);
     let linear = is_linear(&shape);
-    for path in if linear { vec![Path::ConvChunks, Path::ConvDirect, Path::Fc] } else { vec![Path::ConvChunks] } {
-        let got = run_layer(dev, &shape, lp, &x, &params, &dy, agents, n, path);
+    for path in if linear { vec![Path::ConvChunks, Path::ConvDirect, Path::Fc] } else { vec![Path::ConvChunks, Path::ConvDirect] } {
+        // Backward-data with the mask on the chunked and fc paths, without it on the direct one.
+        let below = (path != Path::ConvDirect).then_some(&below_all[..]);
+        let got = run_layer(dev, &shape, lp, &x, &params, &dy, below, agents, n, path);
         let xf = In::to_f32(&x);
         let ctx = format!("{name} {shape:?} agents={agents} n={n} path={path:?} on {}", dev.kind());
         for a in 0..agents {
@@ -219,16 +227,26 @@ fn check_layer<D: Device, In: TestInput>(dev: &D, name: &str, shape: ConvShape, 
             assert_close(&format!("{ctx} agent {a} db"), &g[lp.b_off..lp.b_off + b.len()], &db);
             let outside = g[..lp.w_off].iter().chain(&g[lp.b_off + b.len()..]).filter(|v| !v.is_nan()).count();
             assert_eq!(outside, 0, "{ctx}: agent {a}: {outside} gradient elements outside the layer were written");
+            if let Some(b) = below {
+                for (d, &m) in dx.iter_mut().zip(&b[a * xs.len()..(a + 1) * xs.len()]) {
+                    if !(m > 0.0) {
+                        *d = 0.0;
+                    }
+                }
+            }
             if let Some(gdx) = &got.dx {
                 assert_close(&format!("{ctx} agent {a} dx"), &gdx[a * dx.len()..(a + 1) * dx.len()], &dx);
             }
         }
         // Batch composition: agent 0 alone gives bit-identical results to agent 0 in the batch.
         if agents > 1 {
-            let alone = run_layer(dev, &shape, lp, &x[..n * shape.in_len()], &params[..p], &dy[..n * shape.out_len()], 1, n, path);
+            let below0 = below.map(|b| &b[..n * shape.in_len()]);
+            let alone = run_layer(dev, &shape, lp, &x[..n * shape.in_len()], &params[..p], &dy[..n * shape.out_len()], below0, 1, n, path);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&alone.y), bits(&got.y[..alone.y.len()]), "{ctx}: forward depends on the other agents");
             assert_eq!(bits(&alone.grads), bits(&got.grads[..p]), "{ctx}: gradients depend on the other agents");
+            let (gdx, adx) = (got.dx.as_ref().unwrap(), alone.dx.as_ref().unwrap());
+            assert_eq!(bits(adx), bits(&gdx[..adx.len()]), "{ctx}: dx depends on the other agents");
         }
     }
 }
@@ -246,6 +264,9 @@ fn check_all_layers<D: Device>(dev: &D) {
     check_layer::<D, f32>(dev, "ragged conv", ConvShape::new(3, 5, 3, 2, 11), 3, 7, 7);
     check_layer::<D, f32>(dev, "ragged conv", ConvShape::new(7, 33, 2, 1, 6), 2, 1, 8);
     check_layer::<D, u8>(dev, "ragged u8 conv", ConvShape::new(2, 9, 5, 3, 17), 2, 9, 9);
+    // Kernel narrower than the stride: backward-data's phase py = 2 has no tap (dx exactly 0
+    // there), and 11 = 3*3 + 2 leaves ragged phases.
+    check_layer::<D, f32>(dev, "gapped conv", ConvShape::new(3, 4, 2, 3, 11), 2, 3, 16);
     // R = 43*49 = 2107 > CONV_PTAB (2048): the forward kernel's patch-offset table is refilled
     // once, and the last K-step is ragged.
     check_layer::<D, f32>(dev, "wide-patch conv", ConvShape::new(43, 6, 7, 3, 13), 2, 3, 13);
@@ -401,8 +422,16 @@ fn launchers_reject_bad_sizes() {
     let dy = dev.alloc_zeros::<f32>(4 * shape.out_len()).unwrap();
     let x4 = dev.alloc_zeros::<f32>(4 * shape.in_len()).unwrap();
     let mut grads = dev.alloc_zeros::<f32>(lp.param_count).unwrap();
-    let err = launch::conv_backward_filter(&dev, s, &shape, &x4, &dy, &dy, &mut grads, 1, 4, 2, FilterTarget::Grads(lp), true).unwrap_err();
+    let err = launch::conv_backward_filter(&dev, s, &shape, &x4, &dy, &mut grads, 1, 4, 2, FilterTarget::Grads(lp)).unwrap_err();
     assert!(err.to_string().contains("one chunk"), "{err}");
+    // Backward-data's tap table: a 17x17 kernel at stride 1 has 289 taps in its one phase.
+    let wide = ConvShape::new(1, 1, 17, 1, 17);
+    let lpw = layer_params(&wide);
+    let (g, pw) = (dev.alloc_zeros::<f32>(1).unwrap(), dev.alloc_zeros::<f32>(lpw.param_count).unwrap());
+    let mut taps = dev.alloc_zeros::<f32>(launch::weight_taps_len(&wide, 1)).unwrap();
+    let mut dx = dev.alloc_zeros::<f32>(wide.in_len()).unwrap();
+    let err = launch::conv_backward_data(&dev, s, &wide, &g, &pw, &mut taps, None, &mut dx, 1, 1, lpw).unwrap_err();
+    assert!(err.to_string().contains("289 taps"), "{err}");
 }
 
 #[test]

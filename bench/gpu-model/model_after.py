@@ -28,6 +28,20 @@ the kernels changed, each edit with where its number comes from:
   * col2im specialised per stride: per element the 3 divisions of the decomposition stay
     (75 instructions, 9 slow ops), per tap only VALID taps are visited, ~12.5 instructions each
     and no slow op (SASS: 50 instructions for 4 taps in the stride-2 inner loop), per valid ky 27;
+  * backward-data of conv2/conv3 is the transposed-conv GEMM straight into dx (session 12): per
+    sub-pixel phase, rows c < Cin, columns n*U*U (U = ceil(H/s)), K-steps taps x ceil(Cout/32)
+    with taps = ceil(K/s)^2 (4 for conv2, 9 for conv3: out-of-range taps at the image edges are
+    multiplied as zeros and counted as FLOPs); no dcols and no col2im launch; one small
+    conv_weight_taps launch regroups the weights per tap; the gradient arrives masked, so the B
+    loads are 16 (no y) and dx's mask reads y of the layer below in the epilogue. Issued
+    instructions per K-step from the SASS: outer body 498 - 152 + 4 x 152 = 954 (the per-tap
+    setup, run once per ceil(Cout/32) K-steps, is counted in every one: an overestimate). Its L1
+    line-wavefronts are emulated from its index formulas (bwd_t_lines below). backward-filter
+    reads the masked gradient too (no y loads: DRAM bytes lose the y read), and conv1's runs
+    conv_backward_filter_u8_words (4 word loads for its 16 frame bytes, like the forward);
+    SASS per K-step: f32 540 - 152 + 608 = 996 (was 1177), u8 words 518 - 152 + 608 = 974;
+    their load chains are left as before (an overestimate: the select that waited for dy and y
+    before the FMA loop is gone);
   * act: one more launch packs its outputs, which then come down in ONE pinned copy (the
     model never counted act's downloads, so that saving is not in its figure);
   * the update's mid-way stats download is gone (heads_loss_guard on the device, one launch);
@@ -49,7 +63,7 @@ M.KN["FIX_BANKS"] = True
 M.KN["FIX_FC"] = True
 M.KN["FIX_LOADS"] = False   # instructions measured below; the chain division applied by hand
 I_MEASURED = {"conv_forward_u8": 1391, "conv_forward_f32": 903, "conv_forward_u8_words": 830, "conv_backward_data": 1212,
-              "conv_backward_filter_f32": 1177, "conv_backward_filter_u8": 1177,
+              "conv_backward_filter_f32": 996, "conv_backward_filter_u8": 1177, "conv_backward_filter_u8_words": 974,
               "fc_forward": 873, "fc_backward_data": 1260, "fc_backward_filter": 1136}
 FC_SPLIT_K = 256
 C2I_TAP, C2I_KY = 12.5, 27
@@ -75,21 +89,101 @@ def col2im_cost(g, n, agents, lat):
 M.col2im_cost = col2im_cost
 _build = M.build
 
+I_BWD_T = 954   # conv_backward_data, transposed-conv GEMM (SASS, see the docstring)
+
+
+def phase_taps(g):
+    """(taps, columns per sample) of each sub-pixel phase of conv_backward_data."""
+    U = M.ceil_div(g.in_hw, g.stride)
+    out = []
+    for py in range(g.stride):
+        for px in range(g.stride):
+            ta = M.ceil_div(g.k - py, g.stride) if py < g.k else 0
+            tb = M.ceil_div(g.k - px, g.stride) if px < g.k else 0
+            out.append((ta, tb, U * U))
+    return out
+
+
+def bwd_t_lines(g, n, col0, row0, phase, t, o0, warp):
+    """L1 line-wavefronts of one warp's global loads in one K-step of conv_backward_data, from
+    its index formulas: A = wt[(tap*Cout + o)*Cin + c] (lanes along c), B = g[s][o][u-a][v-b]
+    (lanes along the phase's columns j = (s*U + u)*U + v, 0 outside the output)."""
+    U = M.ceil_div(g.in_hw, g.stride)
+    py, px = divmod(phase, g.stride)
+    ta, tb, _ = phase_taps(g)[phase]
+    a, b = divmod(t, tb)
+    tap = (py + g.stride * a) * g.k + (px + g.stride * b)
+    tids = [warp * 32 + l for l in range(32)]
+    gl = 0
+    for i in range(8):
+        es = [tt + 128 * i for tt in tids]
+        gl += M.lines([((tap * g.cout + o0 + e // 32) * g.cin + row0 + e % 32) * 4 for e in es
+                       if o0 + e // 32 < g.cout and row0 + e % 32 < g.cin])
+    for i in range(16):
+        ad = []
+        for tt in tids:
+            oo, jj = tt // 64 + 2 * i, tt % 64
+            j, o = col0 + jj, o0 + oo
+            sn, uv = divmod(j, U * U); u, v = divmod(uv, U)
+            if sn < n and o < g.cout and 0 <= u - a < g.out_hw and 0 <= v - b < g.out_hw:
+                ad.append((sn * g.out_len + o * g.pixels + (u - a) * g.out_hw + (v - b)) * 4)
+        gl += M.lines(ad)
+    return gl
+
+
+def bwd_t_launch(name, g, n, agents):
+    """conv_backward_data's launch entry (see the docstring)."""
+    U = M.ceil_div(g.in_hw, g.stride)
+    phases = phase_taps(g)
+    grid = (M.ceil_div(n * U * U, 64), M.ceil_div(g.cin, 32), agents * len(phases))
+    ostep = M.ceil_div(g.cout, 32)
+    ks = M.ceil_div(sum(ta * tb for ta, tb, _ in phases) * ostep, len(phases))   # exact for the presets' layers
+    flops = 2 * g.cin * g.cout * sum(ta * tb * cols for ta, tb, cols in phases) * n * agents
+    byts = (n * g.out_len * 4 + g.cout * g.patch * 4 + 2 * n * g.in_len * 4) * agents
+    samples = []
+    for bx in sorted({0, grid[0] // 2, grid[0] - 1}):
+        for by in sorted({0, grid[1] - 1}):
+            for ph, (ta, tb, _) in enumerate(phases):
+                for t in sorted({0, ta * tb - 1}):
+                    for w in range(4):
+                        samples.append(bwd_t_lines(g, n, bx * 64, by * 32, ph, t, 0, w))
+    gl = sum(samples) / len(samples)
+    chain = (2 * 60 + 16 * M.LAT["l2"]) / 8
+    return dict(name=name, kernel="conv_backward_data", grid=grid, block=128, flops=flops, bytes=byts,
+                model=dict(type="gemm", ksteps=ks, I=I_BWD_T, smem=24 + M.fma_lds_wavefronts(), gl=gl, chain=chain))
+
 
 def build(res, net="gala", agents=8, envs=16, steps=5, act=False):
     L, P, n = _build(res, net, agents, envs, steps, act)
+    c3 = 32 if net == "gala" else 64
+    convs = {"conv2": M.Geom(32, 64, 4, 2, 20), "conv3": M.Geom(64, c3, 3, 1, 9)}
     out = []
     for l in L:
         m = l["model"]
+        kernel = l["kernel"] or ""
+        if kernel == "conv_col2im":
+            continue   # gone: backward-data writes dx itself
+        layer = l["name"].split(" ")[0]
+        if kernel == "conv_backward_data" and layer in convs:
+            g = convs[layer]
+            out.append(dict(name=f"{layer} weight taps", kernel="conv_weight_taps",
+                            grid=(M.ceil_div(g.cout * g.patch, 256), agents, 1), block=256, flops=0,
+                            bytes=2 * g.cout * g.patch * 4 * agents,
+                            model=dict(type="latency", cycles=2 * M.LAT["l2"] + 300)))
+            out.append(bwd_t_launch(l["name"], g, n, agents))
+            continue
+        if kernel.startswith("conv_backward_filter") and layer != "fc":
+            gi = {"conv1": M.Geom(4, 32, 8, 4, 84), **convs}[layer]
+            l["bytes"] -= n * gi.out_len * 4 * agents   # the pre-masked dy: no y read
         if l["name"] == "(sync: stats download)":
             out.append(dict(name="loss guard", kernel="heads_loss_guard", grid=(1, 1, 1), block=1, flops=0,
                             bytes=agents * 24, model=dict(type="latency", cycles=M.LAT["l2"] + 40 * agents)))
             continue
         if m["type"] == "gemm":
             fc = l["name"].startswith("fc ")
-            if l["kernel"] == "conv_forward_u8" and (net in ("gala", "nature")):
-                # conv1 (8x8/4 on 84x84): the launcher picks the word-load kernel
-                l["kernel"] = "conv_forward_u8_words"
+            if l["kernel"] in ("conv_forward_u8", "conv_backward_filter_u8") and (net in ("gala", "nature")):
+                # conv1 (8x8/4 on 84x84): the launcher picks the word-load kernels
+                l["kernel"] += "_words"
             if fc:
                 l["kernel"] = {"fc fwd": "fc_forward", "fc bwd-filter": "fc_backward_filter",
                                "fc bwd-data": "fc_backward_data"}[l["name"]]

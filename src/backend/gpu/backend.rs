@@ -19,8 +19,8 @@
 //! One update (`learn`) is 24 launches whatever the number of agents (every kernel has an agent
 //! dimension in its grid): returns 1, forward 5 (conv1-3, fc GEMM + its split-K sum), heads 2
 //! (forward+loss, backward), fc backward 3 (filter, data GEMM + split-K sum), conv3 and conv2
-//! backward 4 each (filter, chunk sum, data GEMM, col2im), conv1 backward 2 (no input
-//! gradient), the device-side loss guard 1, clip + RMSprop 2; nothing waits for the host until
+//! backward 4 each (filter, chunk sum, weights regrouped per tap, data GEMM straight into the
+//! input gradient), conv1 backward 2 (no input gradient), the device-side loss guard 1, clip + RMSprop 2; nothing waits for the host until
 //! the loss sums and norms come down after the last launch. `act` is 8 launches (forward 5,
 //! heads, sampling, packing its outputs for one download into pinned memory), 9 when it builds
 //! the stacks from the newest frames (`frame_stack_push`). The split-K sums
@@ -188,10 +188,12 @@ struct LearnScratch {
     terms: DeviceBuffer<f32>,
     stats: DeviceBuffer<f64>,
     dhidden: DeviceBuffer<f32>,
-    /// ∂L/∂(post-ReLU conv output) per layer (always Some; Option so layers can be split).
+    /// ∂L/∂(pre-ReLU conv output) per layer, i.e. already masked by the layer's ReLU where it is
+    /// produced (fc backward-data for conv3, conv backward-data for the layers below), so the
+    /// backward kernels read no `y` (always Some; Option so layers can be split).
     dconv: [Option<DeviceBuffer<f32>>; 3],
-    /// Backward-data GEMM output of conv2/conv3 before col2im, [agents][n][R][P] per layer.
-    dcols: [Option<DeviceBuffer<f32>>; 3],
+    /// conv2/conv3's weights regrouped per tap for their backward-data GEMM (the larger of the two).
+    weight_taps: DeviceBuffer<f32>,
     /// fc backward-data's split-K partials (see `launch::fc_backward_data`).
     fc_data_partials: DeviceBuffer<f32>,
     /// Per-chunk weight-gradient partials per conv layer, [agents][chunks][Cout*R + Cout].
@@ -267,7 +269,6 @@ impl<D: Device> GpuBackend<D> {
         let (a, n) = (spec.agents, spec.segment_samples());
         let net = &spec.net;
         let fc_shape = launch::linear_shape(net.flat_features(), net.hidden);
-        let dcols_len = |c: &ConvShape| a * n * c.patch_len() * c.out_pixels();
         let learn = LearnScratch {
             actions: dev.alloc_zeros(a * n)?,
             rewards: dev.alloc_zeros(a * n)?,
@@ -285,7 +286,7 @@ impl<D: Device> GpuBackend<D> {
                 Some(dev.alloc_zeros(a * n * net.convs[1].out_len())?),
                 Some(dev.alloc_zeros(a * n * net.convs[2].out_len())?),
             ],
-            dcols: [None, Some(dev.alloc_zeros(dcols_len(&net.convs[1]))?), Some(dev.alloc_zeros(dcols_len(&net.convs[2]))?)],
+            weight_taps: dev.alloc_zeros(launch::weight_taps_len(&net.convs[1], a).max(launch::weight_taps_len(&net.convs[2], a)))?,
             fc_data_partials: dev.alloc_zeros(launch::fc_partials_len(a, n, net.hidden, net.flat_features()))?,
             partials: [
                 dev.alloc_zeros(partials_len(&spec, &net.convs[0], n))?,
@@ -434,7 +435,8 @@ impl<D: Device> GpuBackend<D> {
             // fc as a GEMM: the weight gradient is one ascending sum over the batch straight into
             // the arena; the input gradient is split-K over the 512 outputs (fixed slices).
             launch::fc_backward_filter(dev, s, &self.fc_shape, &f.conv[2], &sc.dhidden, &f.hidden, grads, agents, n, self.fc, true)?;
-            launch::fc_backward_data(dev, s, &self.fc_shape, &sc.dhidden, &f.hidden, params, &mut sc.fc_data_partials, dconv3, agents, n, self.fc, true)?;
+            let below = Some(&f.conv[2]);
+            launch::fc_backward_data(dev, s, &self.fc_shape, &sc.dhidden, &f.hidden, params, &mut sc.fc_data_partials, below, dconv3, agents, n, self.fc, true)?;
         }
         for l in (0..3).rev() {
             self.conv_backward(l, frames)?;
@@ -693,22 +695,21 @@ impl<D: Device> GpuBackend<D> {
         let (dev, s, params, grads) = self.arena.params_and_grads();
         let (lower, upper) = sc.dconv.split_at_mut(l);
         let dy = upper[0].as_ref().expect("dconv of every layer exists");
-        let y = &fwd.conv[l];
         let per_chunk = launch::CONV_FILTER_SAMPLES_PER_CHUNK;
         let chunks = launch::filter_chunks(n, per_chunk);
         let partials = &mut sc.partials[l];
+        // dy is masked already (see `dconv`).
         if l == 0 {
             let obs = frames.unwrap_or(&fwd.obs);
-            launch::conv_backward_filter(dev, s, &shape, obs, dy, y, partials, a, n, per_chunk, FilterTarget::Partials, true)?;
+            launch::conv_backward_filter(dev, s, &shape, obs, dy, partials, a, n, per_chunk, FilterTarget::Partials)?;
         } else {
-            launch::conv_backward_filter(dev, s, &shape, &fwd.conv[l - 1], dy, y, partials, a, n, per_chunk, FilterTarget::Partials, true)?;
+            launch::conv_backward_filter(dev, s, &shape, &fwd.conv[l - 1], dy, partials, a, n, per_chunk, FilterTarget::Partials)?;
         }
         launch::conv_grad_sum_chunks(dev, s, &shape, partials, grads, a, chunks, lp)?;
         if l > 0 {
-            let dcols = sc.dcols[l].as_mut().expect("dcols of layers 1 and 2 exist");
-            launch::conv_backward_data(dev, s, &shape, dy, y, params, dcols, a, n, lp, true)?;
             let dx = lower[l - 1].as_mut().expect("dconv of every layer exists");
-            launch::conv_col2im(dev, s, &shape, dcols, dx, a, n)?;
+            let below = Some(&fwd.conv[l - 1]);
+            launch::conv_backward_data(dev, s, &shape, dy, params, &mut sc.weight_taps, below, dx, a, n, lp)?;
         }
         Ok(())
     }

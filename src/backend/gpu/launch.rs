@@ -349,13 +349,14 @@ pub const CONV_TILE_M: u32 = 32;
 pub const CONV_TILE_N: u32 = 64;
 /// Threads per block of the conv GEMM kernels (CONV_THREADS: 4x4 outputs per thread).
 pub const CONV_THREADS: u32 = 128;
-/// Threads per block of conv_col2im and conv_grad_sum_chunks (CONV_REDUCE_BLOCK).
+/// Threads per block of conv_weight_taps and conv_grad_sum_chunks (CONV_REDUCE_BLOCK).
 pub const CONV_REDUCE_BLOCK: u32 = 256;
-/// Elements of dx per thread of conv_col2im (a grid-stride loop; the result does not depend on it).
-pub const CONV_COL2IM_PER_THREAD: usize = 4;
 /// Samples per partial sum of a conv layer's weight gradient. Fixed (not derived from the
 /// batch), so a gradient depends on the samples only; 4 is the CPU reference's chunk too.
 pub const CONV_FILTER_SAMPLES_PER_CHUNK: usize = 4;
+/// Most taps per sub-pixel phase, ceil(K / stride)², that conv_backward_data's per-block tap
+/// table holds (CONV_MAX_TAPS).
+pub const CONV_MAX_TAPS: usize = 256;
 /// Samples per block of the heads kernels (HEADS_ROWS), threads per block (HEADS_THREADS), and
 /// the most outputs (actions + 1) the heads kernels hold in shared memory (HEADS_MAX_OUT).
 pub const HEADS_ROWS: u32 = 8;
@@ -428,7 +429,6 @@ fn conv_shape_args(kernel: &str, s: &ConvShape, n: usize) -> Result<[KernelArg; 
     for (what, v) in [
         ("N*Cin*H*W", n as u64 * s.in_len() as u64),
         ("N*Cout*P", n as u64 * s.out_len() as u64),
-        ("N*R*P", n as u64 * s.patch_len() as u64 * s.out_pixels() as u64),
     ] {
         ensure(v < u32::MAX as u64 / 2, || format!("{kernel}: {what} = {v} per agent exceeds the kernels' 32-bit indexing"))?;
     }
@@ -495,64 +495,80 @@ pub fn conv_forward<D: Device, In: ConvInput>(
     dev.launch(stream, k, config, &args)
 }
 
-/// Backward-data GEMM: dcols [agents][n][R][P] = wᵀ·g with g = dy masked by y > 0 when `relu`
-/// (dy, y [agents][n][Cout][Ho][Ho]). For a 1x1 layer (`shape.kernel == 1 && in_hw == 1`) dcols
-/// is dx [agents][n][Cin] and no col2im is needed.
+/// Elements of the per-tap weight copy `conv_backward_data` needs for `agents` agents of a layer
+/// (a larger buffer will do: the layers of a network can share one).
+pub fn weight_taps_len(shape: &ConvShape, agents: usize) -> usize {
+    agents * shape.out_channels * shape.patch_len()
+}
+
+/// Backward-data as a transposed-conv implicit GEMM, straight into dx [agents][n][Cin][H][H]:
+/// dx = below ⊙ (the sum over every (tap, o) reaching a pixel of w·g), with `g` [agents][n][Cout]
+/// [Ho][Ho] the gradient ALREADY masked by the layer's own ReLU, and `below` the layer
+/// underneath's output (dx is 0 where it is not > 0; None: no mask). Two launches: the weights
+/// regrouped per tap into `taps` (at least `weight_taps_len` elements; `conv_weight_taps`), then the GEMM,
+/// one block column per sub-pixel phase (`conv_backward_data`).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward_data<D: Device>(
-    dev: &D, stream: Stream, shape: &ConvShape, dy: &DeviceBuffer<f32>, y: &DeviceBuffer<f32>,
-    params: &DeviceBuffer<f32>, dcols: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
+    dev: &D, stream: Stream, shape: &ConvShape, g: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>,
+    taps: &mut DeviceBuffer<f32>, below: Option<&DeviceBuffer<f32>>, dx: &mut DeviceBuffer<f32>, agents: usize, n: usize,
+    lp: LayerParams,
 ) -> Result<()> {
     const K: &str = "conv_backward_data";
     let geom = conv_shape_args(K, shape, n)?;
-    let z = grid_dim(K, "agents", agents)?;
     check_layer_params(K, shape, &lp, params, agents)?;
-    ensure_len(K, "dy", dy, agents * n * shape.out_len())?;
-    ensure_len(K, "y", y, agents * n * shape.out_len())?;
-    ensure_len(K, "dcols", dcols, agents * n * shape.patch_len() * shape.out_pixels())?;
-    let cols = n * shape.out_pixels();
+    ensure_len(K, "g", g, agents * n * shape.out_len())?;
+    ensure_len(K, "dx", dx, agents * n * shape.in_len())?;
+    // Scratch: one buffer may serve several layers, so at least this layer's length.
+    let want = weight_taps_len(shape, agents);
+    ensure(taps.len() >= want, || format!("{K}: `taps` holds {} elements, needs at least {want}", taps.len()))?;
+    if let Some(b) = below {
+        ensure_len(K, "below", b, agents * n * shape.in_len())?;
+    }
+    let phase_taps = shape.kernel.div_ceil(shape.stride).pow(2);
+    ensure(phase_taps <= CONV_MAX_TAPS, || {
+        format!("{K}: {phase_taps} taps per sub-pixel phase (kernel {} / stride {}); at most {CONV_MAX_TAPS} supported", shape.kernel, shape.stride)
+    })?;
+    conv_weight_taps(dev, stream, shape, params, taps, agents, lp)?;
+    let u = shape.in_hw.div_ceil(shape.stride);
+    let cols = n * u * u;
+    ensure(cols < u32::MAX as usize / 2, || format!("{K}: {cols} phase columns per agent exceed 32-bit indexing"))?;
     let grid = (
         cols.div_ceil(CONV_TILE_N as usize) as u32,
-        grid_dim(K, "row tiles", shape.patch_len().div_ceil(CONV_TILE_M as usize))?,
-        z,
+        grid_dim(K, "row tiles", shape.in_channels.div_ceil(CONV_TILE_M as usize))?,
+        grid_dim(K, "agents*phases", agents * shape.stride * shape.stride)?,
     );
     let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
-    let mut args = vec![KernelArg::buf(dy), KernelArg::buf(y), KernelArg::buf(params), KernelArg::buf(dcols)];
+    // Without a mask the kernel never reads `below`; any valid buffer stands in for it.
+    let mut args = vec![KernelArg::buf(g), KernelArg::buf(taps), KernelArg::buf(below.unwrap_or(params)), KernelArg::buf(dx)];
     args.extend(geom);
-    args.extend([
-        KernelArg::U32(n as u32),
-        KernelArg::U32(lp.param_count as u32),
-        KernelArg::U32(lp.w_off as u32),
-        KernelArg::U32(relu as u32),
-    ]);
+    args.extend([KernelArg::U32(n as u32), KernelArg::U32(below.is_some() as u32)]);
     dev.launch(stream, K, config, &args)
 }
 
-/// col2im: dx [agents][n][Cin][H][H] from dcols [agents][n][R][P] (a gather; no atomics).
-pub fn conv_col2im<D: Device>(
-    dev: &D, stream: Stream, shape: &ConvShape, dcols: &DeviceBuffer<f32>, dx: &mut DeviceBuffer<f32>, agents: usize,
-    n: usize,
+/// taps [agents][K*K][Cout][Cin] = the layer's weights [Cout][Cin][K][K] regrouped per tap.
+fn conv_weight_taps<D: Device>(
+    dev: &D, stream: Stream, shape: &ConvShape, params: &DeviceBuffer<f32>, taps: &mut DeviceBuffer<f32>, agents: usize,
+    lp: LayerParams,
 ) -> Result<()> {
-    const K: &str = "conv_col2im";
-    conv_shape_args(K, shape, n)?;
-    let y = grid_dim(K, "agents", agents)?;
-    ensure_len(K, "dcols", dcols, agents * n * shape.patch_len() * shape.out_pixels())?;
-    ensure_len(K, "dx", dx, agents * n * shape.in_len())?;
-    let blocks = (n * shape.in_len()).div_ceil(CONV_REDUCE_BLOCK as usize * CONV_COL2IM_PER_THREAD) as u32;
-    let config = LaunchConfig { grid: (blocks, y, 1), block: (CONV_REDUCE_BLOCK, 1, 1), shared_mem_bytes: 0 };
+    const K: &str = "conv_weight_taps";
+    let len = shape.out_channels * shape.patch_len();
+    let config = LaunchConfig {
+        grid: (len.div_ceil(CONV_REDUCE_BLOCK as usize) as u32, grid_dim(K, "agents", agents)?, 1),
+        block: (CONV_REDUCE_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
     dev.launch(
         stream,
         K,
         config,
         &[
-            KernelArg::buf(dcols),
-            KernelArg::buf(dx),
+            KernelArg::buf(params),
+            KernelArg::buf(taps),
             KernelArg::U32(shape.in_channels as u32),
+            KernelArg::U32(shape.out_channels as u32),
             KernelArg::U32(shape.kernel as u32),
-            KernelArg::U32(shape.stride as u32),
-            KernelArg::U32(shape.in_hw as u32),
-            KernelArg::U32(shape.out_hw as u32),
-            KernelArg::U32(n as u32),
+            KernelArg::U32(lp.param_count as u32),
+            KernelArg::U32(lp.w_off as u32),
         ],
     )
 }
@@ -577,20 +593,31 @@ pub enum FilterTarget {
 }
 
 /// Backward-filter: dw[o][r] = Σ_j g[o][j]·col[r][j], db[o] = Σ_j g[o][j] per chunk of
-/// `samples_per_chunk` samples (g = dy masked by y > 0 when `relu`).
+/// `samples_per_chunk` samples, with `g` [agents][n][Cout][Ho][Ho] the layer's output gradient
+/// ALREADY masked by its ReLU (as `conv_backward_data` and `fc_backward_data` leave it).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward_filter<D: Device, In: ConvInput>(
-    dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<In>, dy: &DeviceBuffer<f32>, y: &DeviceBuffer<f32>,
-    out: &mut DeviceBuffer<f32>, agents: usize, n: usize, samples_per_chunk: usize, target: FilterTarget, relu: bool,
+    dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<In>, g: &DeviceBuffer<f32>, out: &mut DeviceBuffer<f32>,
+    agents: usize, n: usize, samples_per_chunk: usize, target: FilterTarget,
 ) -> Result<()> {
-    let k = In::BACKWARD_FILTER;
+    // uint8 frames whose patch rows come 4 to an aligned word load them a word at a time, as
+    // the forward pass does (conv_backward_filter_u8_words; conv1 of both presets).
+    let k = if In::BACKWARD_FILTER == "conv_backward_filter_u8"
+        && shape.kernel % 4 == 0
+        && shape.stride % 4 == 0
+        && shape.in_hw % 4 == 0
+        && x.device_ptr() % 4 == 0
+    {
+        "conv_backward_filter_u8_words"
+    } else {
+        In::BACKWARD_FILTER
+    };
     let geom = conv_shape_args(k, shape, n)?;
     ensure(samples_per_chunk >= 1, || format!("{k}: samples_per_chunk must be at least 1"))?;
     let chunks = filter_chunks(n, samples_per_chunk);
     let len = filter_grad_len(shape);
     ensure_len(k, "x", x, agents * n * shape.in_len())?;
-    ensure_len(k, "dy", dy, agents * n * shape.out_len())?;
-    ensure_len(k, "y", y, agents * n * shape.out_len())?;
+    ensure_len(k, "g", g, agents * n * shape.out_len())?;
     let (agent_stride, chunk_stride, out_off) = match target {
         FilterTarget::Grads(lp) => {
             ensure(chunks == 1, || format!("{k}: writing straight into the gradients needs one chunk, got {chunks}"))?;
@@ -613,7 +640,7 @@ pub fn conv_backward_filter<D: Device, In: ConvInput>(
         z,
     );
     let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
-    let mut args = vec![KernelArg::buf(x), KernelArg::buf(dy), KernelArg::buf(y), KernelArg::buf(out)];
+    let mut args = vec![KernelArg::buf(x), KernelArg::buf(g), KernelArg::buf(out)];
     args.extend(geom);
     args.extend([
         KernelArg::U32(n as u32),
@@ -622,7 +649,6 @@ pub fn conv_backward_filter<D: Device, In: ConvInput>(
         KernelArg::U64(agent_stride),
         KernelArg::U32(chunk_stride),
         KernelArg::U32(out_off),
-        KernelArg::U32(relu as u32),
     ]);
     dev.launch(stream, k, config, &args)
 }
@@ -695,6 +721,7 @@ fn fc_check(kernel: &str, shape: &ConvShape, n: usize) -> Result<(u32, u32)> {
 fn fc_sum_splits<D: Device>(
     dev: &D, stream: Stream, partials: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>, out: &mut DeviceBuffer<f32>,
     agents: usize, len: usize, width: usize, splits: usize, bias: Option<&LayerParams>, relu: bool,
+    below: Option<&DeviceBuffer<f32>>,
 ) -> Result<()> {
     const K: &str = "fc_sum_splits";
     let y = grid_dim(K, "agents", agents)?;
@@ -711,6 +738,7 @@ fn fc_sum_splits<D: Device>(
         &[
             KernelArg::buf(partials),
             KernelArg::buf(params),
+            KernelArg::buf(below.unwrap_or(params)),
             KernelArg::buf(out),
             KernelArg::U32(u32_of(K, "len", len)?),
             KernelArg::U32(width as u32),
@@ -719,6 +747,7 @@ fn fc_sum_splits<D: Device>(
             KernelArg::U32(b_off as u32),
             KernelArg::U32(bias.is_some() as u32),
             KernelArg::U32(relu as u32),
+            KernelArg::U32(below.is_some() as u32),
         ],
     )
 }
@@ -746,19 +775,19 @@ pub fn fc_forward<D: Device>(
         KernelArg::U32(lp.b_off as u32),
         KernelArg::U32(relu as u32),
     ];
-    fc_split_launch(dev, stream, K, &head, &tail, params, partials, y, agents, n, (in_f as usize, out_f as usize), Some(&lp), relu)
+    fc_split_launch(dev, stream, K, &head, &tail, params, partials, y, agents, n, (in_f as usize, out_f as usize), Some(&lp), relu, None)
 }
 
 /// The split-K launch shared by `fc_forward` and `fc_backward_data`: `k_width` = (reduction
 /// length, output rows), grid (batch tiles, row tiles, agents × slices); with one slice the GEMM
 /// writes `out` itself, else `partials`, summed into `out` by `fc_sum_splits` (then `bias` and
-/// the ReLU when `relu`). `head`/`tail`: the kernel's arguments before and after its output
-/// pointer (the slice length and count are appended).
+/// the ReLU when `relu`, then the mask `below` > 0). `head`/`tail`: the kernel's arguments before
+/// and after its output pointer (the slice length and count are appended).
 #[allow(clippy::too_many_arguments)]
 fn fc_split_launch<D: Device>(
     dev: &D, stream: Stream, kernel: &str, head: &[KernelArg], tail: &[KernelArg], params: &DeviceBuffer<f32>,
     partials: &mut DeviceBuffer<f32>, out: &mut DeviceBuffer<f32>, agents: usize, n: usize, k_width: (usize, usize),
-    bias: Option<&LayerParams>, relu: bool,
+    bias: Option<&LayerParams>, relu: bool, below: Option<&DeviceBuffer<f32>>,
 ) -> Result<()> {
     let (k, width) = k_width;
     let splits = fc_splits(k);
@@ -773,19 +802,20 @@ fn fc_split_launch<D: Device>(
     args.extend([KernelArg::U32(FC_SPLIT_K as u32), KernelArg::U32(splits as u32)]);
     dev.launch(stream, kernel, config, &args)?;
     if splits > 1 {
-        fc_sum_splits(dev, stream, partials, params, out, agents, n * width, width, splits, bias, relu)?;
+        fc_sum_splits(dev, stream, partials, params, out, agents, n * width, width, splits, bias, relu, below)?;
     }
     Ok(())
 }
 
 /// Fully connected backward-data: dx [agents][n][In] = g·w with g = dy masked by y > 0 when
-/// `relu` (dy, y [agents][n][Out]); split-K over Out like `fc_forward` (`partials`:
+/// `relu` (dy, y [agents][n][Out]), then 0 wherever `below` [agents][n][In] (the layer
+/// underneath's output) is not > 0; split-K over Out like `fc_forward` (`partials`:
 /// `fc_partials_len(agents, n, Out, In)` elements).
 #[allow(clippy::too_many_arguments)]
 pub fn fc_backward_data<D: Device>(
     dev: &D, stream: Stream, shape: &ConvShape, dy: &DeviceBuffer<f32>, y: &DeviceBuffer<f32>,
-    params: &DeviceBuffer<f32>, partials: &mut DeviceBuffer<f32>, dx: &mut DeviceBuffer<f32>, agents: usize, n: usize,
-    lp: LayerParams, relu: bool,
+    params: &DeviceBuffer<f32>, partials: &mut DeviceBuffer<f32>, below: Option<&DeviceBuffer<f32>>,
+    dx: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
 ) -> Result<()> {
     const K: &str = "fc_backward_data";
     let (in_f, out_f) = fc_check(K, shape, n)?;
@@ -793,7 +823,10 @@ pub fn fc_backward_data<D: Device>(
     ensure_len(K, "dy", dy, agents * n * shape.out_len())?;
     ensure_len(K, "y", y, agents * n * shape.out_len())?;
     ensure_len(K, "dx", dx, agents * n * shape.in_len())?;
-    let head = [KernelArg::buf(dy), KernelArg::buf(y), KernelArg::buf(params)];
+    if let Some(b) = below {
+        ensure_len(K, "below", b, agents * n * shape.in_len())?;
+    }
+    let head = [KernelArg::buf(dy), KernelArg::buf(y), KernelArg::buf(params), KernelArg::buf(below.unwrap_or(params))];
     let tail = [
         KernelArg::U32(in_f),
         KernelArg::U32(out_f),
@@ -801,8 +834,9 @@ pub fn fc_backward_data<D: Device>(
         KernelArg::U32(lp.param_count as u32),
         KernelArg::U32(lp.w_off as u32),
         KernelArg::U32(relu as u32),
+        KernelArg::U32(below.is_some() as u32),
     ];
-    fc_split_launch(dev, stream, K, &head, &tail, params, partials, dx, agents, n, (out_f as usize, in_f as usize), None, false)
+    fc_split_launch(dev, stream, K, &head, &tail, params, partials, dx, agents, n, (out_f as usize, in_f as usize), None, false, below)
 }
 
 /// Fully connected backward-filter: dw [Out][In] = gᵀ·x and db = Σ g over the batch, straight
