@@ -760,7 +760,8 @@ extern "C" __global__ void __launch_bounds__(CONV_REDUCE_BLOCK) conv_grad_sum_ch
 //   fc_forward          y[n][o]  = relu( b[o] + sum_k w[o][k] x[n][k] )      M = Out, N = n, K = In
 //   fc_backward_data    dx[n][r] = sum_o w[o][r] g[n][o]                     M = In,  N = n, K = Out
 //   fc_backward_filter  dw[o][r] = sum_s g[s][o] x[s][r], db[o] = sum_s g[s][o]  M = Out, N = In, K = n
-// with g = dy masked by y > 0 when relu. Run as a 1x1 conv, the batch was the column index and
+// with g the output gradient masked by the fc layer's ReLU already (heads_backward writes it so,
+// see the top of this file: no fc kernel loads y). Run as a 1x1 conv, the batch was the column index and
 // the lanes of a warp stepped across samples (one cache line per lane). Here every operand is
 // loaded along its contiguous dimension: w and x along k (K-lane) in the forward pass, w along r
 // (M-lane) and g along o (K-lane) in backward-data, g along o and x along r (M-lane) in
@@ -788,57 +789,40 @@ __device__ __forceinline__ unsigned int fc_k(unsigned int tid, unsigned int q) {
 }
 
 // One operand's loads for the K-step at k0 into registers: v[q] = src[m*ms + k*ks] for this
-// thread's (m, k) of load q (0 outside rows [row0, rows) or past k_end), and with MASK the y
-// value at the same place (1 when !relu or outside), for the caller's select.
-template <unsigned int ROWS, bool KLANE, bool MASK>
-__device__ __forceinline__ void fc_load(const float* __restrict__ src, const float* __restrict__ ysrc, unsigned int ms,
-                                        unsigned int ks, unsigned int relu, unsigned int row0, unsigned int rows,
-                                        unsigned int k0, unsigned int k_end, float* v, float* y) {
+// thread's (m, k) of load q (0 outside rows [row0, rows) or past k_end).
+template <unsigned int ROWS, bool KLANE>
+__device__ __forceinline__ void fc_load(const float* __restrict__ src, unsigned int ms, unsigned int ks,
+                                        unsigned int row0, unsigned int rows, unsigned int k0, unsigned int k_end,
+                                        float* v) {
     const unsigned int tid = threadIdx.x;
     for (unsigned int q = 0; q < ROWS * CONV_TILE_K / CONV_THREADS; ++q) {
         const unsigned int m = row0 + fc_row<ROWS, KLANE>(tid, q), k = k0 + fc_k<ROWS, KLANE>(tid, q);
         const bool ok = m < rows && k < k_end;
         const unsigned int at = m * ms + k * ks;
         v[q] = ok ? src[at] : 0.0f;
-        if (MASK) y[q] = (ok && relu) ? ysrc[at] : 1.0f;
     }
 }
 
 // acc = this thread's 4x4 of C(m, n) = sum_{k in [k_begin, k_end)} A(m, k) B(n, k), where
-// A(m, k) = a[m*a_ms + k*a_ks], masked by ya[same] > 0 when AM && relu (B likewise); AK / BK:
-// K-lane loads for A / B. bias_acc (thread t < TILE_M of the blocks with blockIdx.x == 0, when
-// `bias_rows`): sum over k of the masked A(row0 + t, k), ascending.
-template <bool AK, bool AM, bool BK, bool BM>
-__device__ __forceinline__ void fc_gemm(const float* __restrict__ a, const float* __restrict__ ya, unsigned int a_ms,
-                                        unsigned int a_ks, const float* __restrict__ b, const float* __restrict__ yb,
-                                        unsigned int b_ms, unsigned int b_ks, unsigned int relu, unsigned int M,
-                                        unsigned int N, unsigned int k_begin, unsigned int k_end, float acc[4][4],
-                                        bool bias_rows, float& bias_acc) {
+// A(m, k) = a[m*a_ms + k*a_ks] and B(n, k) = b[n*b_ms + k*b_ks]; AK / BK: K-lane loads for A / B.
+// bias_acc (thread t < TILE_M of the blocks with blockIdx.x == 0, when `bias_rows`): sum over k
+// of A(row0 + t, k), ascending.
+template <bool AK, bool BK>
+__device__ __forceinline__ void fc_gemm(const float* __restrict__ a, unsigned int a_ms, unsigned int a_ks,
+                                        const float* __restrict__ b, unsigned int b_ms, unsigned int b_ks,
+                                        unsigned int M, unsigned int N, unsigned int k_begin, unsigned int k_end,
+                                        float acc[4][4], bool bias_rows, float& bias_acc) {
     __shared__ float As[CONV_TILE_K][CONV_AS_STRIDE];
     __shared__ float Bs[CONV_TILE_K][CONV_BS_STRIDE];
     const unsigned int row0 = blockIdx.y * CONV_TILE_M, col0 = blockIdx.x * CONV_TILE_N;
     const unsigned int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    float av[CONV_KLANE_A], ay[CONV_KLANE_A], bv[CONV_KLANE_B], by[CONV_KLANE_B];
-    auto load_a = [&](unsigned int k0) {
-        fc_load<CONV_TILE_M, AK, AM>(a, ya, a_ms, a_ks, relu, row0, M, k0, k_end, av, ay);
-    };
-    auto load_b = [&](unsigned int k0) {
-        fc_load<CONV_TILE_N, BK, BM>(b, yb, b_ms, b_ks, relu, col0, N, k0, k_end, bv, by);
-    };
-    // The unmasked operand's loads first (they stay in flight across the FMA loop), then the
-    // masked one's value and y together, selected at once so the y registers die early.
+    float av[CONV_KLANE_A], bv[CONV_KLANE_B];
+    auto load_a = [&](unsigned int k0) { fc_load<CONV_TILE_M, AK>(a, a_ms, a_ks, row0, M, k0, k_end, av); };
+    auto load_b = [&](unsigned int k0) { fc_load<CONV_TILE_N, BK>(b, b_ms, b_ks, col0, N, k0, k_end, bv); };
+    // Both operands' loads go out together and stay in flight across the FMA loop.
     auto prefetch = [&](unsigned int k0) {
-        if (AM) {
-            load_b(k0);
-            load_a(k0);
-        } else {
-            load_a(k0);
-            load_b(k0);
-        }
-        if (AM)
-            for (unsigned int q = 0; q < CONV_KLANE_A; ++q) av[q] = ay[q] > 0.0f ? av[q] : 0.0f;
-        if (BM)
-            for (unsigned int q = 0; q < CONV_KLANE_B; ++q) bv[q] = by[q] > 0.0f ? bv[q] : 0.0f;
+        load_a(k0);
+        load_b(k0);
     };
     if (k_begin < k_end) prefetch(k_begin);
     for (unsigned int k0 = k_begin; k0 < k_end; k0 += CONV_TILE_K) {
@@ -889,21 +873,20 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) fc_f
     const unsigned int k_end = k_begin + k_split < in_f ? k_begin + k_split : in_f;
     float acc[4][4] = {};
     float unused = 0.0f;
-    fc_gemm<true, false, true, false>(th + w_off, nullptr, in_f, 1u, x + (unsigned long long)agent * n * in_f, nullptr,
-                                      in_f, 1u, 0u, out_f, n, k_begin, k_end, acc, false, unused);
+    fc_gemm<true, true>(th + w_off, in_f, 1u, x + (unsigned long long)agent * n * in_f, in_f, 1u, out_f, n, k_begin,
+                        k_end, acc, false, unused);
     float* c = out + ((unsigned long long)agent * splits + split) * n * out_f;
     if (splits == 1) fc_write(c, 1u, out_f, out_f, n, acc, th + b_off, relu, nullptr);
     else fc_write(c, 1u, out_f, out_f, n, acc, nullptr, 0u, nullptr);
 }
 
-// out: dx [agents][n][In] when splits == 1 (masked by below > 0 when has_below: the ReLU of the
-// layer underneath, as conv_backward_data does), else partials [agents][splits][n][In] (the
-// mask is then fc_sum_splits').
+// g: the output gradient, masked (see above). out: dx [agents][n][In] when splits == 1 (masked
+// by below > 0 when has_below: the ReLU of the layer underneath, as conv_backward_data does),
+// else partials [agents][splits][n][In] (the mask is then fc_sum_splits').
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) fc_backward_data(
-    const float* __restrict__ dy, const float* __restrict__ y, const float* __restrict__ params,
-    const float* __restrict__ below, float* __restrict__ out, unsigned int in_f, unsigned int out_f, unsigned int n,
-    unsigned int param_count, unsigned int w_off, unsigned int relu, unsigned int has_below, unsigned int k_split,
-    unsigned int splits) {
+    const float* __restrict__ g, const float* __restrict__ params, const float* __restrict__ below,
+    float* __restrict__ out, unsigned int in_f, unsigned int out_f, unsigned int n, unsigned int param_count,
+    unsigned int w_off, unsigned int has_below, unsigned int k_split, unsigned int splits) {
     const unsigned int agent = blockIdx.z / splits, split = blockIdx.z % splits;
     const float* w = params + (unsigned long long)agent * param_count + w_off;
     const unsigned long long act = (unsigned long long)agent * n * out_f;
@@ -911,24 +894,22 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) fc_b
     const unsigned int k_end = k_begin + k_split < out_f ? k_begin + k_split : out_f;
     float acc[4][4] = {};
     float unused = 0.0f;
-    fc_gemm<false, false, true, true>(w, nullptr, 1u, in_f, dy + act, y + act, out_f, 1u, relu, in_f, n, k_begin, k_end,
-                                      acc, false, unused);
+    fc_gemm<false, true>(w, 1u, in_f, g + act, out_f, 1u, in_f, n, k_begin, k_end, acc, false, unused);
     const float* mask = (has_below && splits == 1) ? below + (unsigned long long)agent * n * in_f : nullptr;
     fc_write(out + ((unsigned long long)agent * splits + split) * n * in_f, 1u, in_f, in_f, n, acc, nullptr, 0u, mask);
 }
 
-// dw, db straight into grads [agents][param_count] at w_off (and b_off for db).
+// dw, db straight into grads [agents][param_count] at w_off (and b_off for db); g masked.
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) fc_backward_filter(
-    const float* __restrict__ x, const float* __restrict__ dy, const float* __restrict__ y, float* __restrict__ grads,
-    unsigned int in_f, unsigned int out_f, unsigned int n, unsigned int param_count, unsigned int w_off,
-    unsigned int b_off, unsigned int relu) {
+    const float* __restrict__ x, const float* __restrict__ g, float* __restrict__ grads, unsigned int in_f,
+    unsigned int out_f, unsigned int n, unsigned int param_count, unsigned int w_off, unsigned int b_off) {
     const unsigned int agent = blockIdx.z;
     const unsigned long long act = (unsigned long long)agent * n * out_f;
     const bool bias_rows = blockIdx.x == 0;
     float acc[4][4] = {};
     float bias_acc = 0.0f;
-    fc_gemm<false, true, false, false>(dy + act, y + act, 1u, out_f, x + (unsigned long long)agent * n * in_f, nullptr,
-                                       1u, in_f, relu, out_f, in_f, 0u, n, acc, bias_rows, bias_acc);
+    fc_gemm<false, false>(g + act, 1u, out_f, x + (unsigned long long)agent * n * in_f, 1u, in_f, out_f, in_f, 0u, n,
+                          acc, bias_rows, bias_acc);
     float* gr = grads + (unsigned long long)agent * param_count;
     fc_write(gr + w_off, in_f, 1u, out_f, in_f, acc, nullptr, 0u, nullptr);
     const unsigned int o = blockIdx.y * CONV_TILE_M + threadIdx.x;

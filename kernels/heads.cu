@@ -30,8 +30,9 @@
 // thread per hidden unit k; blockIdx.z picks the work, so 17 blocks share what one did before):
 //   z = j < A:        dWa[j][k] = sum_i dz_ij h_ik
 //   z = A:            dWc[k]    = sum_i dV_i h_ik
-//   z = A + 1 + b:    dh_ik     = (sum_j dz_ij Wa[j][k]) + dV_i Wc[k] for the HEADS_ROWS samples
-//                     i of row block b (the fc layer masks it by h > 0)
+//   z = A + 1 + b:    dh_ik     = h_ik > 0 ? (sum_j dz_ij Wa[j][k]) + dV_i Wc[k] : 0 for the
+//                     HEADS_ROWS samples i of row block b: masked by the fc layer's ReLU here,
+//                     so the fc backward kernels read a masked gradient (no y loads)
 //   block (0, a, 0):  dba[j] = sum_i dz_ij,  dbc = sum_i dV_i,  stats[a] = (sum_i terms_i) in f64
 // Accumulation contract: every output is written (never accumulated into), each a sequential
 // sum over i (or j, or k) in ascending order by one thread; no atomics. The split over blocks and
@@ -174,7 +175,8 @@ extern "C" __global__ void __launch_bounds__(HEADS_THREADS) heads_backward(
             for (unsigned int i = i0; i < i1; ++i) {
                 float s = 0.0f;
                 for (unsigned int j = 0; j < num_actions; ++j) s += dz[i * num_actions + j] * th[actor_w + j * hidden_dim + k];
-                dh[(unsigned long long)i * hidden_dim + k] = s + dv[i] * wc;
+                const unsigned long long at = (unsigned long long)i * hidden_dim + k;
+                dh[at] = h[at] > 0.0f ? s + dv[i] * wc : 0.0f;
             }
         }
     }

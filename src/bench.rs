@@ -57,6 +57,9 @@ pub struct LearnerBenchReport {
     pub launches_per_update: Option<u64>,
     /// Host-to-device bytes per update (GPU backends; None on the CPU).
     pub uploaded_bytes_per_update: Option<u64>,
+    /// Whether the update ran as a replayed CUDA graph (GPU backends; None on the CPU; false on
+    /// the simulator and with `GALA_CUDA_GRAPHS=0`).
+    pub cuda_graph: Option<bool>,
     /// Where the learner's frames came from: "device rollout" (filled by `act`, as in
     /// training), "pinned upload" (`--host-frames`) or "host" (CPU backend).
     pub frames: String,
@@ -79,9 +82,10 @@ impl std::fmt::Display for LearnerBenchReport {
         )?;
         writeln!(f, "  {} updates in {:.3} s: {:.2} updates/s", self.updates, self.seconds, self.updates_per_s)?;
         writeln!(f, "  learner raw frames/s: {:.0} (agent steps/s {:.0}, x{ATARI_FRAME_SKIP} frame skip)", self.raw_frames_per_s, self.agent_steps_per_s)?;
-        match self.launches_per_update {
-            Some(n) => writeln!(f, "  kernel launches per update: {n}")?,
-            None => writeln!(f, "  kernel launches per update: - (cpu backend)")?,
+        match (self.launches_per_update, self.cuda_graph) {
+            (Some(n), Some(true)) => writeln!(f, "  kernel launches per update: {n} (replayed as one CUDA graph)")?,
+            (Some(n), _) => writeln!(f, "  kernel launches per update: {n} (launch by launch)")?,
+            (None, _) => writeln!(f, "  kernel launches per update: - (cpu backend)")?,
         }
         match self.uploaded_bytes_per_update {
             Some(b) => write!(f, "  bytes uploaded per update: {b} ({:.2} MB; frames from the {})", b as f64 / 1e6, self.frames)?,
@@ -160,6 +164,7 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         seconds: f64,
         launches: u64,
         uploaded: u64,
+        graph: bool,
         profile: Option<Vec<LaunchMemoryProfile>>,
     }
     fn gpu_run<D: crate::device::Device>(dev: D, spec: &BackendSpec, initial: &[f32], opts: &LearnerBenchOptions) -> Result<GpuRun> {
@@ -213,17 +218,18 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         } else {
             None
         };
-        Ok(GpuRun { name, device, seconds, launches, uploaded, profile })
+        let graph = b.update_graphs_recorded() > 0;
+        Ok(GpuRun { name, device, seconds, launches, uploaded, graph, profile })
     }
     let gpu = |r: GpuRun| {
         let frames = if opts.host_frames { "pinned upload" } else { "device rollout" };
-        (r.name, r.device, r.seconds, Some(r.launches), Some(r.uploaded), frames, r.profile)
+        (r.name, r.device, r.seconds, Some(r.launches), Some(r.uploaded), Some(r.graph), frames, r.profile)
     };
-    let (backend, device, seconds, launches_per_update, uploaded_bytes_per_update, frames, memory_profile) = match kind {
+    let (backend, device, seconds, launches_per_update, uploaded_bytes_per_update, cuda_graph, frames, memory_profile) = match kind {
         BackendKind::Cpu => {
             let mut b = CpuBackend::new(spec.clone(), &initial, opts.threads.max(1))?;
             let (s, l) = time_updates(&mut b, &spec, opts.updates, &|_| None)?;
-            ("cpu".to_string(), format!("{} host threads", opts.threads.max(1)), s, l, None, "host", None)
+            ("cpu".to_string(), format!("{} host threads", opts.threads.max(1)), s, l, None, None, "host", None)
         }
         BackendKind::Sim => gpu(gpu_run(SimDevice::new(), &spec, &initial, opts)?),
         BackendKind::Cuda | BackendKind::Auto => gpu(gpu_run(CudaDevice::new(0)?, &spec, &initial, &LearnerBenchOptions { profile: false, ..opts.clone() })?),
@@ -243,6 +249,7 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         raw_frames_per_s: steps * ATARI_FRAME_SKIP as f64 / seconds,
         launches_per_update,
         uploaded_bytes_per_update,
+        cuda_graph,
         frames: frames.to_string(),
         memory_profile,
     })

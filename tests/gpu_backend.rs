@@ -346,6 +346,53 @@ fn sim_pipelined_handoff_copies_parameters_on_the_device() {
     check_params_handoff(std::sync::Arc::new(SimDevice::new()), std::sync::Arc::new(SimDevice::new()));
 }
 
+/// The update replayed from its CUDA graph against the same update launched kernel by kernel:
+/// bit-identical parameters, RMSprop state and losses after every update, the same launches.
+fn check_update_graphs<D: Device + Clone>(dev: D, expect_graphs: bool) {
+    let spec = spec(NetPreset::Gala, 6, 2, 4, 5);
+    let initial = init_params(&spec.net, 5);
+    let mut graphed = GpuBackend::new(dev.clone(), spec.clone(), &initial).unwrap();
+    let mut eager = GpuBackend::new(dev, spec.clone(), &initial).unwrap();
+    eager.set_update_graphs(false);
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    for u in 0..4 {
+        // Updates 2 and 3 with the behaviour ratio: a second graph.
+        let r = rollout(&spec, 500 + u);
+        let seg = segment(&r, u >= 2);
+        let (l0, e0) = (graphed.launch_count(), eager.launch_count());
+        let gs = graphed.learn(&seg).unwrap();
+        let es = eager.learn(&seg).unwrap();
+        assert_eq!(graphed.launch_count() - l0, eager.launch_count() - e0, "update {u}: launches differ");
+        assert_eq!(format!("{gs:?}"), format!("{es:?}"), "update {u}: losses differ");
+        assert_eq!(bits(graphed.read_params().unwrap()), bits(eager.read_params().unwrap()), "update {u}: parameters differ");
+        assert_eq!(
+            bits(graphed.read_optimizer_state().unwrap()),
+            bits(eager.read_optimizer_state().unwrap()),
+            "update {u}: RMSprop state differs"
+        );
+    }
+    assert_eq!(graphed.update_graphs_recorded(), if expect_graphs { 2 } else { 0 });
+    assert_eq!(eager.update_graphs_recorded(), 0);
+}
+
+#[test]
+fn sim_records_no_update_graphs_and_runs_the_same_launches() {
+    check_update_graphs(std::sync::Arc::new(SimDevice::new()), false);
+}
+
+#[test]
+fn cuda_update_graphs_replay_the_launches_bit_for_bit_when_a_gpu_is_present() {
+    match CudaDevice::new(0) {
+        Ok(d) => check_update_graphs(std::sync::Arc::new(d), true),
+        Err(e) => {
+            if std::env::var_os("GALA_REQUIRE_GPU").is_some() {
+                panic!("GALA_REQUIRE_GPU is set but no CUDA device could be opened: {e}");
+            }
+            println!("SKIPPED cuda_update_graphs_replay_the_launches_bit_for_bit_when_a_gpu_is_present: {e}");
+        }
+    }
+}
+
 #[test]
 fn cuda_backend_matches_cpu_when_a_gpu_is_present() {
     let dev = match CudaDevice::new(0) {

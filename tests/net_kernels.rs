@@ -130,15 +130,18 @@ fn run_fc<D: Device>(
     let mut y_dev = poisoned(dev, agents * n * o);
     let mut part = poisoned(dev, launch::fc_partials_len(agents, n, i, o));
     launch::fc_forward(dev, s, shape, &x_dev, &params_dev, &mut part, &mut y_dev, agents, n, lp, true).unwrap();
-    let dy_dev = upload(dev, dy);
+    // The fc backward kernels take the gradient masked by the layer's ReLU (heads_backward's
+    // dhidden): dy masked by this forward's y.
+    let y = download(dev, &y_dev);
+    let g: Vec<f32> = dy.iter().zip(&y).map(|(&d, &v)| if v > 0.0 { d } else { 0.0 }).collect();
+    let g_dev = upload(dev, &g);
     let mut grads_dev = poisoned(dev, agents * lp.param_count);
-    launch::fc_backward_filter(dev, s, shape, &x_dev, &dy_dev, &y_dev, &mut grads_dev, agents, n, lp, true).unwrap();
+    launch::fc_backward_filter(dev, s, shape, &x_dev, &g_dev, &mut grads_dev, agents, n, lp).unwrap();
     let mut part = poisoned(dev, launch::fc_partials_len(agents, n, o, i));
     let mut dx_dev = poisoned(dev, agents * n * i);
     let below_dev = below.map(|b| upload(dev, b));
-    launch::fc_backward_data(dev, s, shape, &dy_dev, &y_dev, &params_dev, &mut part, below_dev.as_ref(), &mut dx_dev, agents, n, lp, true)
-        .unwrap();
-    LayerRun { y: download(dev, &y_dev), grads: download(dev, &grads_dev), dx: Some(download(dev, &dx_dev)) }
+    launch::fc_backward_data(dev, s, shape, &g_dev, &params_dev, &mut part, below_dev.as_ref(), &mut dx_dev, agents, n, lp).unwrap();
+    LayerRun { y, grads: download(dev, &grads_dev), dx: Some(download(dev, &dx_dev)) }
 }
 
 /// Forward, backward-filter (+ chunk sum) and backward-data of one layer on `dev`; dx is masked
@@ -385,7 +388,8 @@ fn check_heads<D: Device>(dev: &D, exact_loss: bool) {
             linear_backward(ha, aw, &z, &mut dlc, false, &mut gaw, &mut gab, Some(&mut dh_a));
             let mut dvc = dv[rng_a.clone()].to_vec();
             linear_backward(ha, cw, &v, &mut dvc, false, &mut gcw, &mut gcb, Some(&mut dh_c));
-            let want_dh: Vec<f32> = dh_a.iter().zip(&dh_c).map(|(x, y)| x + y).collect();
+            // Masked by the fc layer's ReLU (hidden > 0), as the kernel writes it.
+            let want_dh: Vec<f32> = dh_a.iter().zip(&dh_c).zip(ha).map(|((x, y), &h)| if h > 0.0 { x + y } else { 0.0 }).collect();
             let g = &grads[a * p..(a + 1) * p];
             assert_close(&format!("{ctx} agent {a} d actor.weight"), &g[hp.actor_w..hp.actor_b], &gaw);
             assert_close(&format!("{ctx} agent {a} d actor.bias"), &g[hp.actor_b..hp.critic_w], &gab);

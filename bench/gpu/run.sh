@@ -69,6 +69,9 @@ if want learner; then
     # Issue 12 "frames stay on the device": the same update uploading its 18 MB of frames from
     # pinned memory every time (the path before; still the fallback), for the PCIe time it costs.
     bench learner_cuda_8_host_frames "$G/gala-gpu" bench learner --backend cuda --agents 8 --updates 50 --host-frames --json
+    # Issue 12 item 3: the update replayed from a CUDA graph (the default) against launch by
+    # launch, same shape.
+    bench learner_cuda_8_no_graphs env GALA_CUDA_GRAPHS=0 "$G/gala-gpu" bench learner --backend cuda --agents 8 --updates 50 --json
 fi
 if want pytorch; then
     j="$(cd "$G" && box 120 python3 pytorch_gpu_update.py --agents 8 --json)" && {

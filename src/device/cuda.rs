@@ -5,11 +5,11 @@
 //! libnvrtc; a kernel that does not compile fails with NVRTC's log.
 
 use super::{
-    check_launch, check_range, nvrtc, DeviceBuffer, DeviceElem, DeviceId, Event, HostBuffer, KernelArg, LaunchConfig, Stream,
-    KERNEL_SOURCES,
+    check_launch, check_range, nvrtc, DeviceBuffer, DeviceElem, DeviceId, Event, Graph, HostBuffer, KernelArg, LaunchConfig,
+    Stream, KERNEL_SOURCES,
 };
 use crate::error::{Error, Result};
-use cudarc::driver::{result as cu, sys, CudaContext, CudaEvent, CudaFunction, CudaStream, PushKernelArg};
+use cudarc::driver::{result as cu, sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaStream, PushKernelArg};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,14 @@ use std::sync::{Arc, Mutex};
 fn driver_err(what: &str, e: cu::DriverError) -> Error {
     Error::Backend(format!("CUDA {what} failed: {e:?}"))
 }
+
+/// An instantiated CUDA graph, movable between threads.
+struct SendGraph(CudaGraph);
+// SAFETY: CUDA graph objects are not internally synchronised, so they must not be used by two
+// threads at once — and they are not: a `Graph` is owned by one backend and used through
+// `&self` of that backend's calls, which its owner serialises (`Backend` methods take `&mut`).
+// Moving one to another thread between uses is allowed by the driver.
+unsafe impl Send for SendGraph {}
 
 /// A device allocation, freed on drop.
 struct CudaStorage {
@@ -297,6 +305,28 @@ impl super::Device for CudaDevice {
         // The handles stay valid while the device lives (the stream table holds the stream) and
         // `keep` holds the context for a holder that outlives the device.
         Ok(super::NativeStream::Cuda { stream: s.cu_stream() as usize, context: self.ctx.cu_ctx() as usize, keep: self.ctx.clone() })
+    }
+
+    fn begin_capture(&self, stream: Stream) -> Result<bool> {
+        let s = self.stream(stream)?;
+        // Relaxed: other threads (the pipelined actor, other agents' backends) keep launching and
+        // copying on their own streams while this one records.
+        s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED).map_err(|e| driver_err("stream capture begin", e))?;
+        Ok(true)
+    }
+
+    fn end_capture(&self, stream: Stream) -> Result<Graph> {
+        let s = self.stream(stream)?;
+        let graph = s
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| driver_err("stream capture end / graph instantiation", e))?
+            .ok_or_else(|| Error::Backend("stream capture recorded no graph".into()))?;
+        Ok(Graph::new(self.id, Box::new(SendGraph(graph))))
+    }
+
+    fn launch_graph(&self, graph: &Graph) -> Result<()> {
+        let g: &SendGraph = graph.native(self.id)?;
+        g.0.launch().map_err(|e| driver_err("graph launch", e))
     }
 }
 

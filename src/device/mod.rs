@@ -266,6 +266,21 @@ impl std::fmt::Debug for Event {
     }
 }
 
+/// A recorded sequence of one stream's work, replayable as a whole (a CUDA graph): see
+/// [`Device::begin_capture`].
+pub struct Graph {
+    owner: DeviceId,
+    /// Kernel launches recorded in it (for launch counting: one replay runs them all).
+    pub launches: u64,
+    inner: Box<dyn Any + Send>,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Graph({} launches)", self.launches)
+    }
+}
+
 /// What the kernel launchers need from a device. Implemented by the CUDA driver device and the
 /// simulator; the GPU backend and the tests are written once, generic over it. (`'static`: a
 /// backend over a device is reached through `Any` by the device mailboxes of asynchronous gossip.)
@@ -322,6 +337,37 @@ pub trait Device: Send + Sync + 'static {
     /// `stream`'s native handle, for work another library enqueues on it (NCCL); on CUDA the
     /// device's context is made current on the calling thread too.
     fn native_stream(&self, stream: Stream) -> Result<NativeStream>;
+    /// Starts recording the work enqueued on `stream` into a graph instead of running it (CUDA
+    /// stream capture, relaxed mode: other threads' work on other streams goes on). Only kernel
+    /// launches and device-side copies may be enqueued until `end_capture`: no host transfer,
+    /// synchronisation or event. Ok(false): this device records no graphs (the simulator) and the
+    /// work runs as it is enqueued, eagerly.
+    fn begin_capture(&self, _stream: Stream) -> Result<bool> {
+        Ok(false)
+    }
+    /// Ends the recording `begin_capture` started on `stream` and instantiates the graph. Also
+    /// the way out of a failed recording (drop what it returns).
+    fn end_capture(&self, _stream: Stream) -> Result<Graph> {
+        Err(Error::Unsupported(format!("{}: no graph capture", self.kind())))
+    }
+    /// Runs `graph` on the stream it was recorded from, after that stream's earlier work.
+    fn launch_graph(&self, _graph: &Graph) -> Result<()> {
+        Err(Error::Unsupported(format!("{}: no graph capture", self.kind())))
+    }
+}
+
+impl Graph {
+    /// A graph of device `owner` around its native handle.
+    pub(crate) fn new(owner: DeviceId, inner: Box<dyn Any + Send>) -> Self {
+        Graph { owner, launches: 0, inner }
+    }
+    /// The native handle, when the graph is `owner`'s.
+    pub(crate) fn native<T: 'static>(&self, owner: DeviceId) -> Result<&T> {
+        if self.owner != owner {
+            return Err(Error::Backend("graph belongs to another device".into()));
+        }
+        self.inner.downcast_ref::<T>().ok_or_else(|| Error::Backend("graph of another device kind".into()))
+    }
 }
 
 /// Checks a launch against the kernel's signature and the device's ownership of its buffers.
@@ -444,5 +490,14 @@ impl<D: Device> Device for std::sync::Arc<D> {
     }
     fn native_stream(&self, stream: Stream) -> Result<NativeStream> {
         (**self).native_stream(stream)
+    }
+    fn begin_capture(&self, stream: Stream) -> Result<bool> {
+        (**self).begin_capture(stream)
+    }
+    fn end_capture(&self, stream: Stream) -> Result<Graph> {
+        (**self).end_capture(stream)
+    }
+    fn launch_graph(&self, graph: &Graph) -> Result<()> {
+        (**self).launch_graph(graph)
     }
 }

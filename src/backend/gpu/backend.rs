@@ -34,7 +34,7 @@ use crate::backend::cpu::optim::RmsProp;
 use crate::backend::{ActOutput, AgentLearnStats, Backend, BackendSpec, DeviceRollout, ObsChange, Segment, TransferBytes};
 use crate::env::FRAME_BYTES;
 use crate::model::FRAME_STACK;
-use crate::device::{Device, DeviceBuffer, DeviceElem, Event, HostBuffer, KernelArg, LaunchConfig, Stream};
+use crate::device::{Device, DeviceBuffer, DeviceElem, Event, Graph, HostBuffer, KernelArg, LaunchConfig, Stream};
 use crate::error::{Error, Result};
 use crate::model::{tensor, ConvShape, ParamLayout, OBS_BYTES};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +45,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct CountingDevice<D: Device> {
     inner: D,
     launches: AtomicU64,
+    /// `launches` when the current graph capture began: the launches recorded since then did
+    /// not run; they are counted when the graph is (each replay runs them all).
+    capture_start: AtomicU64,
     uploaded: AtomicU64,
     downloaded: AtomicU64,
     copied: AtomicU64,
@@ -57,7 +60,14 @@ fn bytes_of<T: DeviceElem>(len: usize) -> u64 {
 
 impl<D: Device> CountingDevice<D> {
     pub fn new(inner: D) -> Self {
-        CountingDevice { inner, launches: AtomicU64::new(0), uploaded: AtomicU64::new(0), downloaded: AtomicU64::new(0), copied: AtomicU64::new(0) }
+        CountingDevice {
+            inner,
+            launches: AtomicU64::new(0),
+            capture_start: AtomicU64::new(0),
+            uploaded: AtomicU64::new(0),
+            downloaded: AtomicU64::new(0),
+            copied: AtomicU64::new(0),
+        }
     }
     pub fn launches(&self) -> u64 {
         self.launches.load(Ordering::Relaxed)
@@ -140,6 +150,21 @@ impl<D: Device> Device for CountingDevice<D> {
     fn native_stream(&self, stream: Stream) -> Result<crate::device::NativeStream> {
         self.inner.native_stream(stream)
     }
+    fn begin_capture(&self, stream: Stream) -> Result<bool> {
+        self.capture_start.store(self.launches(), Ordering::Relaxed);
+        self.inner.begin_capture(stream)
+    }
+    fn end_capture(&self, stream: Stream) -> Result<Graph> {
+        let recorded = self.launches() - self.capture_start.load(Ordering::Relaxed);
+        self.launches.fetch_sub(recorded, Ordering::Relaxed);
+        let mut graph = self.inner.end_capture(stream)?;
+        graph.launches = recorded;
+        Ok(graph)
+    }
+    fn launch_graph(&self, graph: &Graph) -> Result<()> {
+        self.launches.fetch_add(graph.launches, Ordering::Relaxed);
+        self.inner.launch_graph(graph)
+    }
 }
 
 /// The network's forward activations for a batch of `n` observations per agent.
@@ -200,6 +225,25 @@ struct LearnScratch {
     partials: [DeviceBuffer<f32>; 3],
 }
 
+/// Graphs kept per backend (one per rollout buffer the update reads and behaviour-ratio mode).
+const UPDATE_GRAPHS_KEPT: usize = 4;
+
+/// The update's recorded CUDA graphs (see `GpuBackend::run_update`).
+struct UpdateGraphs {
+    /// Record and replay (the device records graphs, `GALA_CUDA_GRAPHS` is not `0`, and no
+    /// recording has failed).
+    enabled: bool,
+    /// (frames buffer address or None for the uploaded frames, behaviour ratio on) -> graph.
+    recorded: Vec<((Option<u64>, bool), Graph)>,
+}
+
+impl UpdateGraphs {
+    fn new(device_kind: &str) -> Self {
+        let wanted = std::env::var("GALA_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        UpdateGraphs { enabled: wanted && device_kind == "cuda", recorded: Vec::new() }
+    }
+}
+
 /// The GPU backend over device `D`.
 pub struct GpuBackend<D: Device> {
     arena: GpuArena<CountingDevice<D>>,
@@ -226,6 +270,7 @@ pub struct GpuBackend<D: Device> {
     act_obs_valid: bool,
     learn_fwd: Forward,
     learn: LearnScratch,
+    update_graphs: UpdateGraphs,
     /// The stream the learning segment goes up on (its copies overlap other streams' kernels).
     upload_stream: Stream,
     /// Device seconds between the first and the last operation of every act/learn/mix so far
@@ -318,6 +363,7 @@ impl<D: Device> GpuBackend<D> {
             act_obs_valid: false,
             learn_fwd,
             learn,
+            update_graphs: UpdateGraphs::new(dev.kind()),
             arena,
             layout,
             spec,
@@ -339,6 +385,17 @@ impl<D: Device> GpuBackend<D> {
     /// observations passed. Costs downloads of every frame; off by default.
     pub fn set_check_device_frames(&mut self, on: bool) {
         self.check_device_frames = on;
+    }
+
+    /// Turns the update's CUDA graphs off (or back on, where the device records graphs): for
+    /// comparing the two paths. `GALA_CUDA_GRAPHS=0` turns them off for a whole run.
+    pub fn set_update_graphs(&mut self, on: bool) {
+        self.update_graphs = UpdateGraphs { enabled: on && self.arena.device().kind() == "cuda", recorded: Vec::new() };
+    }
+
+    /// How many update graphs this backend has recorded and keeps (0 where it records none).
+    pub fn update_graphs_recorded(&self) -> usize {
+        self.update_graphs.recorded.len()
     }
 
     /// Marks the start of a timed section on the backend's stream (see `device_seconds`).
@@ -389,6 +446,75 @@ impl<D: Device> GpuBackend<D> {
     /// `frames` is the device rollout to read the observations from in place, None for the
     /// uploaded `learn_fwd.obs`.
     fn learn_uploaded(&mut self, seg: &Segment, frames: Option<&DeviceBuffer<u8>>, timed: Event) -> Result<Vec<AgentLearnStats>> {
+        let (agents, n) = (self.spec.agents, self.spec.segment_samples());
+        let hyper = self.spec.hyper;
+        let s = self.arena.stream();
+        self.run_update(seg, frames)?;
+        // The update's only waits: the loss sums and the norms, after its last launch.
+        let mut sums = vec![0f64; agents * 3];
+        self.arena.device().download(s, &self.learn.stats, 0, &mut sums)?;
+        let norms = self.arena.read_norms()?;
+        self.end_timed(timed)?;
+        let nf = n as f64;
+        let coefs = crate::backend::cpu::heads::LossCoefs { value: hyper.value_coef, entropy: hyper.entropy_coef };
+        let terms: Vec<LossTerms> = sums
+            .chunks(3)
+            .map(|t| LossTerms { value_loss: t[0] / nf, policy_loss: -t[1] / nf, entropy: t[2] / nf })
+            .collect();
+        crate::backend::check_losses_finite(&terms, coefs)?;
+        crate::backend::learn_stats(&terms, &norms)
+    }
+
+    /// The update's kernels: replayed from a CUDA graph where the device records graphs
+    /// (`cuda`; one graph per frames buffer and behaviour-ratio mode, recorded on first use),
+    /// enqueued one by one otherwise (`sim`, `GALA_CUDA_GRAPHS=0`, or after a failed recording).
+    /// Every argument of every launch is fixed for a backend — the buffers, the shapes, the
+    /// hyperparameters — but for those two keys, so a replay is the same work as the launches.
+    fn run_update(&mut self, seg: &Segment, frames: Option<&DeviceBuffer<u8>>) -> Result<()> {
+        if !self.update_graphs.enabled {
+            return self.enqueue_update(seg, frames);
+        }
+        let key = (frames.map(|f| f.device_ptr()), seg.behaviour_log_probs.is_some());
+        if let Some((_, graph)) = self.update_graphs.recorded.iter().find(|(k, _)| *k == key) {
+            return self.arena.device().launch_graph(graph);
+        }
+        let s = self.arena.stream();
+        match self.arena.device().begin_capture(s) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.update_graphs.enabled = false;
+                return self.enqueue_update(seg, frames);
+            }
+            Err(e) => return self.graphs_failed(e, seg, frames),
+        }
+        let enqueued = self.enqueue_update(seg, frames);
+        // Always end the recording, also after a failed enqueue: the stream leaves capture mode.
+        let recorded = self.arena.device().end_capture(s);
+        let graph = match (enqueued, recorded) {
+            (Ok(()), Ok(graph)) => graph,
+            (Err(e), _) | (Ok(()), Err(e)) => return self.graphs_failed(e, seg, frames),
+        };
+        self.arena.device().launch_graph(&graph)?;
+        // A bounded cache: a caller cycling through more rollout buffers than this re-records.
+        if self.update_graphs.recorded.len() == UPDATE_GRAPHS_KEPT {
+            self.update_graphs.recorded.remove(0);
+        }
+        self.update_graphs.recorded.push((key, graph));
+        Ok(())
+    }
+
+    /// A graph could not be recorded: say so once, run this and every later update launch by
+    /// launch (the same kernels, the same results).
+    fn graphs_failed(&mut self, e: Error, seg: &Segment, frames: Option<&DeviceBuffer<u8>>) -> Result<()> {
+        eprintln!("warning: recording the update as a CUDA graph failed ({e}); updates run launch by launch from now on");
+        self.update_graphs.enabled = false;
+        self.update_graphs.recorded.clear();
+        self.enqueue_update(seg, frames)
+    }
+
+    /// Enqueues the update's kernels on the compute stream (no host transfer, no wait: the
+    /// sequence a graph records).
+    fn enqueue_update(&mut self, seg: &Segment, frames: Option<&DeviceBuffer<u8>>) -> Result<()> {
         let (agents, envs, n) = (self.spec.agents, self.spec.envs_per_agent, self.spec.segment_samples());
         let hyper = self.spec.hyper;
         let s = self.arena.stream();
@@ -434,28 +560,18 @@ impl<D: Device> GpuBackend<D> {
             let dconv3 = sc.dconv[2].as_mut().expect("dconv3 exists");
             // fc as a GEMM: the weight gradient is one ascending sum over the batch straight into
             // the arena; the input gradient is split-K over the 512 outputs (fixed slices).
-            launch::fc_backward_filter(dev, s, &self.fc_shape, &f.conv[2], &sc.dhidden, &f.hidden, grads, agents, n, self.fc, true)?;
+            // dhidden is masked by the fc ReLU already (heads_backward), dconv3 comes out masked by
+            // conv3's.
+            launch::fc_backward_filter(dev, s, &self.fc_shape, &f.conv[2], &sc.dhidden, grads, agents, n, self.fc)?;
             let below = Some(&f.conv[2]);
-            launch::fc_backward_data(dev, s, &self.fc_shape, &sc.dhidden, &f.hidden, params, &mut sc.fc_data_partials, below, dconv3, agents, n, self.fc, true)?;
+            launch::fc_backward_data(dev, s, &self.fc_shape, &sc.dhidden, params, &mut sc.fc_data_partials, below, dconv3, agents, n, self.fc)?;
         }
         for l in (0..3).rev() {
             self.conv_backward(l, frames)?;
         }
         let opt = RmsProp { lr: hyper.lr, alpha: hyper.rms_alpha, eps: hyper.rms_eps, form: hyper.rms_form };
         self.arena.enqueue_clip_and_rmsprop(hyper.max_grad_norm, opt, true)?;
-        // The update's only waits: the loss sums and the norms, after its last launch.
-        let mut sums = vec![0f64; agents * 3];
-        self.arena.device().download(s, &self.learn.stats, 0, &mut sums)?;
-        let norms = self.arena.read_norms()?;
-        self.end_timed(timed)?;
-        let nf = n as f64;
-        let coefs = crate::backend::cpu::heads::LossCoefs { value: hyper.value_coef, entropy: hyper.entropy_coef };
-        let terms: Vec<LossTerms> = sums
-            .chunks(3)
-            .map(|t| LossTerms { value_loss: t[0] / nf, policy_loss: -t[1] / nf, entropy: t[2] / nf })
-            .collect();
-        crate::backend::check_losses_finite(&terms, coefs)?;
-        crate::backend::learn_stats(&terms, &norms)
+        Ok(())
     }
 
     /// What runs the kernels.

@@ -807,51 +807,48 @@ fn fc_split_launch<D: Device>(
     Ok(())
 }
 
-/// Fully connected backward-data: dx [agents][n][In] = g·w with g = dy masked by y > 0 when
-/// `relu` (dy, y [agents][n][Out]), then 0 wherever `below` [agents][n][In] (the layer
-/// underneath's output) is not > 0; split-K over Out like `fc_forward` (`partials`:
-/// `fc_partials_len(agents, n, Out, In)` elements).
+/// Fully connected backward-data: dx [agents][n][In] = g·w with `g` [agents][n][Out] the output
+/// gradient ALREADY masked by the layer's ReLU (as `heads_backward` leaves it), then 0 wherever
+/// `below` [agents][n][In] (the layer underneath's output) is not > 0; split-K over Out like
+/// `fc_forward` (`partials`: `fc_partials_len(agents, n, Out, In)` elements).
 #[allow(clippy::too_many_arguments)]
 pub fn fc_backward_data<D: Device>(
-    dev: &D, stream: Stream, shape: &ConvShape, dy: &DeviceBuffer<f32>, y: &DeviceBuffer<f32>,
-    params: &DeviceBuffer<f32>, partials: &mut DeviceBuffer<f32>, below: Option<&DeviceBuffer<f32>>,
-    dx: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
+    dev: &D, stream: Stream, shape: &ConvShape, g: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>,
+    partials: &mut DeviceBuffer<f32>, below: Option<&DeviceBuffer<f32>>, dx: &mut DeviceBuffer<f32>, agents: usize,
+    n: usize, lp: LayerParams,
 ) -> Result<()> {
     const K: &str = "fc_backward_data";
     let (in_f, out_f) = fc_check(K, shape, n)?;
     check_layer_params(K, shape, &lp, params, agents)?;
-    ensure_len(K, "dy", dy, agents * n * shape.out_len())?;
-    ensure_len(K, "y", y, agents * n * shape.out_len())?;
+    ensure_len(K, "g", g, agents * n * shape.out_len())?;
     ensure_len(K, "dx", dx, agents * n * shape.in_len())?;
     if let Some(b) = below {
         ensure_len(K, "below", b, agents * n * shape.in_len())?;
     }
-    let head = [KernelArg::buf(dy), KernelArg::buf(y), KernelArg::buf(params), KernelArg::buf(below.unwrap_or(params))];
+    let head = [KernelArg::buf(g), KernelArg::buf(params), KernelArg::buf(below.unwrap_or(params))];
     let tail = [
         KernelArg::U32(in_f),
         KernelArg::U32(out_f),
         KernelArg::U32(n as u32),
         KernelArg::U32(lp.param_count as u32),
         KernelArg::U32(lp.w_off as u32),
-        KernelArg::U32(relu as u32),
         KernelArg::U32(below.is_some() as u32),
     ];
     fc_split_launch(dev, stream, K, &head, &tail, params, partials, dx, agents, n, (out_f as usize, in_f as usize), None, false, below)
 }
 
-/// Fully connected backward-filter: dw [Out][In] = gᵀ·x and db = Σ g over the batch, straight
-/// into the gradient arena at the layer's offsets (bias after weight), one ascending sum over
-/// the batch per element.
+/// Fully connected backward-filter: dw [Out][In] = gᵀ·x and db = Σ g over the batch (`g` masked
+/// by the layer's ReLU already), straight into the gradient arena at the layer's offsets (bias
+/// after weight), one ascending sum over the batch per element.
 #[allow(clippy::too_many_arguments)]
 pub fn fc_backward_filter<D: Device>(
-    dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<f32>, dy: &DeviceBuffer<f32>, y: &DeviceBuffer<f32>,
-    grads: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
+    dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<f32>, g: &DeviceBuffer<f32>,
+    grads: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams,
 ) -> Result<()> {
     const K: &str = "fc_backward_filter";
     let (in_f, out_f) = fc_check(K, shape, n)?;
     ensure_len(K, "x", x, agents * n * shape.in_len())?;
-    ensure_len(K, "dy", dy, agents * n * shape.out_len())?;
-    ensure_len(K, "y", y, agents * n * shape.out_len())?;
+    ensure_len(K, "g", g, agents * n * shape.out_len())?;
     ensure_len(K, "grads", grads, agents * lp.param_count)?;
     ensure(
         lp.w_off + shape.out_channels * shape.patch_len() <= lp.param_count && lp.b_off + shape.out_channels <= lp.param_count,
@@ -871,8 +868,7 @@ pub fn fc_backward_filter<D: Device>(
         config,
         &[
             KernelArg::buf(x),
-            KernelArg::buf(dy),
-            KernelArg::buf(y),
+            KernelArg::buf(g),
             KernelArg::buf(grads),
             KernelArg::U32(in_f),
             KernelArg::U32(out_f),
@@ -880,7 +876,6 @@ pub fn fc_backward_filter<D: Device>(
             KernelArg::U32(lp.param_count as u32),
             KernelArg::U32(lp.w_off as u32),
             KernelArg::U32(lp.b_off as u32),
-            KernelArg::U32(relu as u32),
         ],
     )
 }
@@ -1023,8 +1018,8 @@ pub fn heads_forward_loss<D: Device>(
 }
 
 /// The heads' backward: actor/critic weight and bias gradients into the arena, ∂L/∂hidden
-/// [agents][n][H] (unmasked; the fc layer's backward masks it), and per-agent sums of the loss
-/// terms stats [agents][3] (f64).
+/// [agents][n][H] masked by hidden > 0 (the fc layer's ReLU: what the fc backward kernels take),
+/// and per-agent sums of the loss terms stats [agents][3] (f64).
 #[allow(clippy::too_many_arguments)]
 pub fn heads_backward<D: Device>(
     dev: &D, stream: Stream, hidden: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>, dlogits: &DeviceBuffer<f32>,
