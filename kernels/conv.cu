@@ -179,6 +179,23 @@ __device__ __forceinline__ void klane_store(float (*T)[STRIDE], const float* v, 
     for (unsigned int q = 0; q < NREG; ++q) T[kk][klane_row(tid, q)] = v[q];
 }
 
+// Epilogue staging (backward-data; the forward kernels store their 4x4 directly: staging there
+// costs conv_forward_u8_words a spill at the 64-register cap): after a GEMM's last K-step (its final barrier passed, so the B tile is free)
+// each thread parks its 4x4 outputs at Cs[4ty+i][4tx+j] and the block meets at a barrier; the
+// stores then go out row by row: thread tid takes column jj = tid % TILE_N and rows
+// tid / TILE_N + 2k, so a warp writes 32 adjacent columns of one output row (a row segment of
+// the output, or every s-th pixel of one for backward-data's phases) instead of a 4x4 scatter
+// over 16 columns and 2 rows (16-31 sectors per store request on the simulator profile). Values
+// are unchanged: only where they are stored from.
+#define CONV_STAGE_ROWS (CONV_TILE_M * CONV_TILE_N / CONV_THREADS)
+static_assert(CONV_TILE_M <= CONV_TILE_K, "the epilogue stages a TILE_M x TILE_N tile in the TILE_K-row B tile");
+__device__ __forceinline__ void conv_stage_tile(float (*Cs)[CONV_BS_STRIDE], const float acc[4][4], unsigned int tx,
+                                                unsigned int ty) {
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) Cs[ty * 4 + i][tx * 4 + j] = acc[i][j];
+    __syncthreads();
+}
+
 // ---- forward -------------------------------------------------------------------------------
 // Grid: (ceil(N*P / TILE_N), ceil(Cout / TILE_M), agents).
 // A = w (contiguous along r: K-lane loads), B = the im2col gather (lanes along columns j).
@@ -568,20 +585,19 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv
         conv_tile_fma(As, Bs, acc, tx, ty);
         __syncthreads();
     }
-    const unsigned long long act_base = (unsigned long long)agent * n * geo.in_len;
-    for (int jx = 0; jx < 4; ++jx) {
-        const unsigned int j = col0 + tx * 4 + jx;
-        if (j >= cols) continue;
-        const unsigned int sn = j / UU, uv = j - sn * UU, u = uv / U, v = uv - u * U;
-        const unsigned int iy = py + stride * u, ix = px + stride * v;
-        if (iy >= in_hw || ix >= in_hw) continue;
-        const unsigned long long base = act_base + (unsigned long long)sn * geo.in_len + iy * in_hw + ix;
-        for (int i = 0; i < 4; ++i) {
-            const unsigned int c = row0 + ty * 4 + i;
-            if (c >= cin) continue;
-            const unsigned long long at = base + (unsigned long long)c * in_hw * in_hw;
-            dx[at] = (has_below && !(below[at] > 0.0f)) ? 0.0f : acc[i][jx];
-        }
+    // Staged through the free B tile: a warp stores 32 adjacent phase columns of one channel.
+    conv_stage_tile(Bs, acc, tx, ty);
+    const unsigned int jj = tid % CONV_TILE_N, j = col0 + jj;
+    if (j >= cols) return;
+    const unsigned int sn = j / UU, uv = j - sn * UU, u = uv / U, v = uv - u * U;
+    const unsigned int iy = py + stride * u, ix = px + stride * v;
+    if (iy >= in_hw || ix >= in_hw) return;
+    const unsigned long long base = (unsigned long long)agent * n * geo.in_len + (unsigned long long)sn * geo.in_len + iy * in_hw + ix;
+    for (unsigned int k = 0; k < CONV_STAGE_ROWS; ++k) {
+        const unsigned int cc = tid / CONV_TILE_N + k * (CONV_THREADS / CONV_TILE_N), c = row0 + cc;
+        if (c >= cin) break;
+        const unsigned long long at = base + (unsigned long long)c * in_hw * in_hw;
+        dx[at] = (has_below && !(below[at] > 0.0f)) ? 0.0f : Bs[cc][jj];
     }
 }
 
