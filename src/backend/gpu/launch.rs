@@ -451,6 +451,13 @@ fn check_layer_params(kernel: &str, s: &ConvShape, lp: &LayerParams, params: &De
     Ok(())
 }
 
+/// Whether a uint8 layer's patch rows come 4 to an aligned word of its frames (conv1 of both
+/// presets: 8x8/4 on 84x84), so that its forward and backward-filter kernels load them a word at
+/// a time (`*_u8_words`, see kernels/conv.cu): K, stride, H and the buffer's address multiples of 4.
+fn loads_frame_words<In: ConvInput>(shape: &ConvShape, x: &DeviceBuffer<In>) -> bool {
+    shape.kernel % 4 == 0 && shape.stride % 4 == 0 && shape.in_hw % 4 == 0 && x.device_ptr() % 4 == 0
+}
+
 /// Convolution (or 1x1 = fully connected) forward for every agent, ReLU fused when `relu`:
 /// x [agents][n][Cin][H][H] (u8 frames or f32), params [agents][P], y [agents][n][Cout][Ho][Ho].
 #[allow(clippy::too_many_arguments)]
@@ -458,19 +465,7 @@ pub fn conv_forward<D: Device, In: ConvInput>(
     dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<In>, params: &DeviceBuffer<f32>,
     y: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
 ) -> Result<()> {
-    // uint8 frames whose patch rows come 4 to an aligned word (conv1 of both presets: 8x8/4 on
-    // 84x84) are loaded a word at a time (conv_forward_u8_words, see kernels/conv.cu): the
-    // kernel needs K, stride, H and the buffer's address to be multiples of 4.
-    let k = if In::FORWARD == "conv_forward_u8"
-        && shape.kernel % 4 == 0
-        && shape.stride % 4 == 0
-        && shape.in_hw % 4 == 0
-        && x.device_ptr() % 4 == 0
-    {
-        "conv_forward_u8_words"
-    } else {
-        In::FORWARD
-    };
+    let k = if In::FORWARD == "conv_forward_u8" && loads_frame_words(shape, x) { "conv_forward_u8_words" } else { In::FORWARD };
     let geom = conv_shape_args(k, shape, n)?;
     let z = grid_dim(k, "agents", agents)?;
     check_layer_params(k, shape, &lp, params, agents)?;
@@ -600,14 +595,7 @@ pub fn conv_backward_filter<D: Device, In: ConvInput>(
     dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<In>, g: &DeviceBuffer<f32>, out: &mut DeviceBuffer<f32>,
     agents: usize, n: usize, samples_per_chunk: usize, target: FilterTarget,
 ) -> Result<()> {
-    // uint8 frames whose patch rows come 4 to an aligned word load them a word at a time, as
-    // the forward pass does (conv_backward_filter_u8_words; conv1 of both presets).
-    let k = if In::BACKWARD_FILTER == "conv_backward_filter_u8"
-        && shape.kernel % 4 == 0
-        && shape.stride % 4 == 0
-        && shape.in_hw % 4 == 0
-        && x.device_ptr() % 4 == 0
-    {
+    let k = if In::BACKWARD_FILTER == "conv_backward_filter_u8" && loads_frame_words(shape, x) {
         "conv_backward_filter_u8_words"
     } else {
         In::BACKWARD_FILTER
