@@ -180,9 +180,9 @@ __device__ __forceinline__ void klane_store(float (*T)[STRIDE], const float* v, 
 }
 
 // Epilogue staging (backward-data; the forward kernels store their 4x4 directly: staging there
-// costs conv_forward_u8_words a spill at the 64-register cap): after a GEMM's last K-step (its final barrier passed, so the B tile is free)
-// each thread parks its 4x4 outputs at Cs[4ty+i][4tx+j] and the block meets at a barrier; the
-// stores then go out row by row: thread tid takes column jj = tid % TILE_N and rows
+// costs conv_forward_u8_words a spill at the 64-register cap): after a GEMM's last K-step (its
+// final barrier passed, so the B tile is free) each thread parks its 4x4 outputs at
+// Cs[4ty+i][4tx+j] and the block meets at a barrier; the stores then go out row by row: thread tid takes column jj = tid % TILE_N and rows
 // tid / TILE_N + 2k, so a warp writes 32 adjacent columns of one output row (a row segment of
 // the output, or every s-th pixel of one for backward-data's phases) instead of a 4x4 scatter
 // over 16 columns and 2 rows (16-31 sectors per store request on the simulator profile). Values
@@ -476,9 +476,9 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv
 //   reduction over (tap t = a*Tb + b, o < Cout):
 //   dx[n][c][iy][ix] = below(n, c, iy, ix) ? sum_t sum_o wt[t][o][c] * g[n][o][u-a][v-b] : 0
 // with g = dL/d(pre-ReLU output), ALREADY MASKED by the layer's own ReLU where it was produced
-// (fc_backward_data's or this kernel's epilogue for the layer above), a tap's out-of-range output pixels
-// loading 0, and `below` the optional ReLU mask of the layer underneath (y_below > 0), fused
-// here so the next layer's kernels read a masked gradient too. wt [agents][K*K][Cout][Cin] is
+// (fc_backward_data's or this kernel's epilogue for the layer above), a tap's out-of-range
+// output pixels loading 0, and `below` the optional ReLU mask of the layer underneath
+// (y_below > 0), fused here so the next layer's kernels read a masked gradient too. wt [agents][K*K][Cout][Cin] is
 // the layer's weights regrouped per tap by conv_weight_taps (so the A loads run along c,
 // coalesced; w itself is strided by K*K along c).
 //
@@ -592,7 +592,7 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv
     const unsigned int sn = j / UU, uv = j - sn * UU, u = uv / U, v = uv - u * U;
     const unsigned int iy = py + stride * u, ix = px + stride * v;
     if (iy >= in_hw || ix >= in_hw) return;
-    const unsigned long long base = (unsigned long long)agent * n * geo.in_len + (unsigned long long)sn * geo.in_len + iy * in_hw + ix;
+    const unsigned long long base = ((unsigned long long)agent * n + sn) * geo.in_len + iy * in_hw + ix;
     for (unsigned int k = 0; k < CONV_STAGE_ROWS; ++k) {
         const unsigned int cc = tid / CONV_TILE_N + k * (CONV_THREADS / CONV_TILE_N), c = row0 + cc;
         if (c >= cin) break;
