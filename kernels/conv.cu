@@ -179,8 +179,8 @@ __device__ __forceinline__ void klane_store(float (*T)[STRIDE], const float* v, 
     for (unsigned int q = 0; q < NREG; ++q) T[kk][klane_row(tid, q)] = v[q];
 }
 
-// Epilogue staging (backward-data; the forward kernels store their 4x4 directly: staging there
-// costs conv_forward_u8_words a spill at the 64-register cap): after a GEMM's last K-step (its
+// Epilogue staging (backward-data and conv_forward_f32; the uint8 forward kernels store their 4x4
+// directly: staging there costs conv_forward_u8_words a spill at the 64-register cap): after a GEMM's last K-step (its
 // final barrier passed, so the B tile is free) each thread parks its 4x4 outputs at
 // Cs[4ty+i][4tx+j] and the block meets at a barrier; the stores then go out row by row: thread tid takes column jj = tid % TILE_N and rows
 // tid / TILE_N + 2k, so a warp writes 32 adjacent columns of one output row (a row segment of
@@ -272,6 +272,30 @@ __device__ __forceinline__ void conv_forward_store(float* __restrict__ ya, const
     }
 }
 
+// The same, staged through the free B tile (see conv_stage_tile) so that a warp stores 32
+// adjacent columns of one output row; everything is rederived from the block's coordinates and
+// the kernel's arguments, so nothing but the accumulators stays live across the K-loop for it.
+// conv_forward_f32 (conv2, conv3) stores this way; the uint8 kernels keep the direct stores
+// (staged, conv_forward_u8_words spills 4 bytes at the 64-register cap).
+__device__ __forceinline__ void conv_forward_store_staged(float* __restrict__ y, const float* __restrict__ params,
+                                                          const ConvGeom& g, unsigned int n, unsigned int param_count,
+                                                          unsigned int b_off, unsigned int relu, const float acc[4][4],
+                                                          float (*Cs)[CONV_BS_STRIDE]) {
+    conv_stage_tile(Cs, acc, threadIdx.x % 16, threadIdx.x / 16);
+    const unsigned int row0 = blockIdx.y * CONV_TILE_M, jj = threadIdx.x % CONV_TILE_N, j = blockIdx.x * CONV_TILE_N + jj;
+    if (j >= n * g.pixels) return;
+    const float* b = params + (unsigned long long)blockIdx.z * param_count + b_off;
+    const unsigned int s = j / g.pixels, p = j - s * g.pixels;
+    float* yc = y + ((unsigned long long)blockIdx.z * n + s) * g.out_len + p;
+    for (unsigned int k = 0; k < CONV_STAGE_ROWS; ++k) {
+        const unsigned int mm = threadIdx.x / CONV_TILE_N + k * (CONV_THREADS / CONV_TILE_N), m = row0 + mm;
+        if (m >= g.cout) break;
+        float v = Cs[mm][jj] + b[m];
+        if (relu && !(v > 0.0f)) v = 0.0f;
+        yc[m * g.pixels] = v;
+    }
+}
+
 template <class In, bool WORDS>
 __device__ __forceinline__ void conv_forward_body(float (*As)[CONV_AS_STRIDE], float (*Bs)[CONV_BS_STRIDE],
                                                   unsigned int* ptab, const In* __restrict__ x,
@@ -357,7 +381,8 @@ __device__ __forceinline__ void conv_forward_body(float (*As)[CONV_AS_STRIDE], f
         conv_tile_fma(As, Bs, acc, tx, ty);
         __syncthreads();
     }
-    conv_forward_store(y + (unsigned long long)agent * n * g.out_len, b, g, cols, row0, col0, tx, ty, acc, relu);
+    if (WORDS) conv_forward_store(y + (unsigned long long)agent * n * g.out_len, b, g, cols, row0, col0, tx, ty, acc, relu);
+    else conv_forward_store_staged(y, params, g, n, param_count, b_off, relu, acc, Bs);
 }
 
 // uint8 layers whose patch rows do not pack into words (no preset has one): the body before the
