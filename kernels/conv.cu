@@ -622,7 +622,9 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv
         const unsigned int cc = tid / CONV_TILE_N + k * (CONV_THREADS / CONV_TILE_N), c = row0 + cc;
         if (c >= cin) break;
         const unsigned long long at = base + (unsigned long long)c * in_hw * in_hw;
-        dx[at] = (has_below && !(below[at] > 0.0f)) ? 0.0f : Bs[cc][jj];
+        // Read before the select: every lane reads its tile element (no divergent shared reads).
+        const float v = Bs[cc][jj];
+        dx[at] = (has_below && !(below[at] > 0.0f)) ? 0.0f : v;
     }
 }
 
