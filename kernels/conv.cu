@@ -19,9 +19,9 @@
 //                     w[o][c][ky][kx] * g[o][(iy-ky)/s][(ix-kx)/s]   (a transposed conv, per
 //                     sub-pixel phase; see its section below)
 // with col[r][j] = x[n][c][oy*s+ky][ox*s+kx] (never materialised) and g = dy masked by y > 0
-// when the layer has a ReLU. Both backward kernels take g ALREADY masked: whoever produces a
-// layer's gradient masks it (fc_backward_data for conv3, conv_backward_data's epilogue with the
-// ReLU of the layer underneath for conv2 and conv1), so no backward kernel loads y (16 loads and
+// when the layer has a ReLU. The backward kernels take g ALREADY masked: whoever produces a
+// layer's gradient masks it (heads_backward for fc, fc_backward_data for conv3,
+// conv_backward_data's epilogue with the ReLU of the layer underneath for conv2 and conv1), so no backward kernel loads y (16 loads and
 // registers per thread fewer: what kept backward-data above the 64-register cap).
 //
 // Tiling: every GEMM kernel computes a CONV_TILE_M x CONV_TILE_N output tile per block of
@@ -45,8 +45,7 @@
 //     consecutive lanes take consecutive rows of one k, coalesced and conflict-free as is.
 //   * Register double buffering: all of a K-step's global loads go into registers at once
 //     (prefetch), the previous step's FMA loop runs while they are in flight, and only then are
-//     they stored; where a kernel masks its gradient itself (the fc kernels, whose dy comes
-//     unmasked from the heads), the mask is a select on y and dy loaded in the same batch.
+//     they stored. (No kernel here masks a gradient by y: each receives it masked, see above.)
 //
 // Accumulation contract: outputs are WRITTEN, never accumulated into; no atomics anywhere.
 // Each output element is one thread's sequential sum over the reduction in ascending order.
@@ -101,6 +100,11 @@ __device__ __forceinline__ ConvGeom conv_geom(unsigned int cin, unsigned int cou
 __device__ __forceinline__ float conv_input_value(float v) { return v; }
 // The CPU reference computes (float)byte * (float)(1.0/255.0).
 __device__ __forceinline__ float conv_input_value(unsigned char v) { return (float)v * (1.0f / 255.0f); }
+// Frame byte `byte` of a word of four (the word-load kernels): little-endian, so byte 0 is the
+// lowest address, i.e. the lowest kx of the four patch rows the word holds.
+__device__ __forceinline__ float conv_word_byte_value(unsigned int word, unsigned int byte) {
+    return conv_input_value((unsigned char)((word >> (8u * byte)) & 0xffu));
+}
 
 // Offset of column j's patch origin in one agent's input: n*in_len + (oy*s)*H + ox*s.
 __device__ __forceinline__ unsigned int conv_col_origin(const ConvGeom& g, unsigned int j) {
@@ -364,11 +368,10 @@ __device__ __forceinline__ void conv_forward_body(float (*As)[CONV_AS_STRIDE], f
     for (unsigned int k0 = 0; k0 < g.patch; k0 += CONV_TILE_K) {
         klane_store<CONV_AS_STRIDE, CONV_KLANE_A>(As, a_reg, tid);
         if (WORDS) {
-            // Little-endian: the word's lowest byte is the lowest address, kx = 4t.
+            // Word t holds rows kx = 4t .. 4t+3.
             for (unsigned int t = 0; t < WORD_LOADS; ++t)
                 for (unsigned int byte = 0; byte < 4; ++byte)
-                    Bs[16u * kk0 + 4u * t + byte][my_jj] =
-                        conv_input_value((unsigned char)((words[t] >> (8u * byte)) & 0xffu));
+                    Bs[16u * kk0 + 4u * t + byte][my_jj] = conv_word_byte_value(words[t], byte);
         } else {
             for (unsigned int i = 0; i < B_LOADS; ++i) Bs[kk0 + i * ROW_STEP][my_jj] = b_reg[i];
         }
@@ -716,9 +719,8 @@ __device__ __forceinline__ void conv_backward_filter_body(
         klane_store<CONV_AS_STRIDE, CONV_KLANE_A>(As, g_reg, tid);
         if (XMODE == X_WORDS) {
             float xv[CONV_KLANE_B];
-            // Little-endian: the word's lowest byte is the lowest address (row 4m, kx = 4t).
-            for (unsigned int q = 0; q < CONV_KLANE_B; ++q)
-                xv[q] = conv_input_value((unsigned char)((words[q / 4] >> (8u * (q % 4))) & 0xffu));
+            // Word m holds the quad of rows 4m .. 4m+3 (klane_row).
+            for (unsigned int q = 0; q < CONV_KLANE_B; ++q) xv[q] = conv_word_byte_value(words[q / 4], q % 4);
             klane_store<CONV_BS_STRIDE, CONV_KLANE_B>(Bs, xv, tid);
         } else if (XMODE == X_PREFETCH) {
             klane_store<CONV_BS_STRIDE, CONV_KLANE_B>(Bs, x_reg, tid);

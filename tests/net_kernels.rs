@@ -68,6 +68,12 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
 
 /// A layer's place in a synthetic parameter arena: padding before, between and after, so a
 /// kernel writing outside the layer is caught.
+/// `dy` masked by the ReLU whose output is `y` (0 where y is not > 0): the gradient the backward
+/// kernels take, as the backend hands it over.
+fn masked_by_relu(dy: &[f32], y: &[f32]) -> Vec<f32> {
+    dy.iter().zip(y).map(|(&d, &v)| if v > 0.0 { d } else { 0.0 }).collect()
+}
+
 fn layer_params(shape: &ConvShape) -> LayerParams {
     let w_len = shape.out_channels * shape.patch_len();
     LayerParams { param_count: 3 + w_len + shape.out_channels + 5, w_off: 3, b_off: 3 + w_len }
@@ -133,8 +139,7 @@ fn run_fc<D: Device>(
     // The fc backward kernels take the gradient masked by the layer's ReLU (heads_backward's
     // dhidden): dy masked by this forward's y.
     let y = download(dev, &y_dev);
-    let g: Vec<f32> = dy.iter().zip(&y).map(|(&d, &v)| if v > 0.0 { d } else { 0.0 }).collect();
-    let g_dev = upload(dev, &g);
+    let g_dev = upload(dev, &masked_by_relu(dy, &y));
     let mut grads_dev = poisoned(dev, agents * lp.param_count);
     launch::fc_backward_filter(dev, s, shape, &x_dev, &g_dev, &mut grads_dev, agents, n, lp).unwrap();
     let mut part = poisoned(dev, launch::fc_partials_len(agents, n, o, i));
@@ -164,8 +169,7 @@ fn run_layer<D: Device, In: TestInput>(
     // The gradient masked by the layer's own ReLU, as the backend hands it to both backward
     // kernels: dy masked by this forward's y.
     let y = download(dev, &y_dev);
-    let g: Vec<f32> = dy.iter().zip(&y).map(|(&d, &v)| if v > 0.0 { d } else { 0.0 }).collect();
-    let g_dev = upload(dev, &g);
+    let g_dev = upload(dev, &masked_by_relu(dy, &y));
     let mut grads_dev = poisoned(dev, agents * lp.param_count);
     if direct_filter {
         launch::conv_backward_filter(dev, s, shape, &x_dev, &g_dev, &mut grads_dev, agents, n, n, FilterTarget::Grads(lp)).unwrap();
@@ -231,11 +235,7 @@ fn check_layer<D: Device, In: TestInput>(dev: &D, name: &str, shape: ConvShape, 
             let outside = g[..lp.w_off].iter().chain(&g[lp.b_off + b.len()..]).filter(|v| !v.is_nan()).count();
             assert_eq!(outside, 0, "{ctx}: agent {a}: {outside} gradient elements outside the layer were written");
             if let Some(b) = below {
-                for (d, &m) in dx.iter_mut().zip(&b[a * xs.len()..(a + 1) * xs.len()]) {
-                    if !(m > 0.0) {
-                        *d = 0.0;
-                    }
-                }
+                dx = masked_by_relu(&dx, &b[a * xs.len()..(a + 1) * xs.len()]);
             }
             if let Some(gdx) = &got.dx {
                 assert_close(&format!("{ctx} agent {a} dx"), &gdx[a * dx.len()..(a + 1) * dx.len()], &dx);
@@ -389,7 +389,8 @@ fn check_heads<D: Device>(dev: &D, exact_loss: bool) {
             let mut dvc = dv[rng_a.clone()].to_vec();
             linear_backward(ha, cw, &v, &mut dvc, false, &mut gcw, &mut gcb, Some(&mut dh_c));
             // Masked by the fc layer's ReLU (hidden > 0), as the kernel writes it.
-            let want_dh: Vec<f32> = dh_a.iter().zip(&dh_c).zip(ha).map(|((x, y), &h)| if h > 0.0 { x + y } else { 0.0 }).collect();
+            let sum: Vec<f32> = dh_a.iter().zip(&dh_c).map(|(x, y)| x + y).collect();
+            let want_dh = masked_by_relu(&sum, ha);
             let g = &grads[a * p..(a + 1) * p];
             assert_close(&format!("{ctx} agent {a} d actor.weight"), &g[hp.actor_w..hp.actor_b], &gaw);
             assert_close(&format!("{ctx} agent {a} d actor.bias"), &g[hp.actor_b..hp.critic_w], &gab);

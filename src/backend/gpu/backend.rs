@@ -20,7 +20,8 @@
 //! dimension in its grid): returns 1, forward 5 (conv1-3, fc GEMM + its split-K sum), heads 2
 //! (forward+loss, backward), fc backward 3 (filter, data GEMM + split-K sum), conv3 and conv2
 //! backward 4 each (filter, chunk sum, weights regrouped per tap, data GEMM straight into the
-//! input gradient), conv1 backward 2 (no input gradient), the device-side loss guard 1, clip + RMSprop 2; nothing waits for the host until
+//! input gradient), conv1 backward 2 (no input gradient), the device-side loss guard 1, clip +
+//! RMSprop 2; nothing waits for the host until
 //! the loss sums and norms come down after the last launch. `act` is 8 launches (forward 5,
 //! heads, sampling, packing its outputs for one download into pinned memory), 9 when it builds
 //! the stacks from the newest frames (`frame_stack_push`). The split-K sums
@@ -230,17 +231,16 @@ const UPDATE_GRAPHS_KEPT: usize = 4;
 
 /// The update's recorded CUDA graphs (see `GpuBackend::run_update`).
 struct UpdateGraphs {
-    /// Record and replay (the device records graphs, `GALA_CUDA_GRAPHS` is not `0`, and no
-    /// recording has failed).
+    /// Try to record and replay: wanted, and neither refused by the device (the simulator's
+    /// `begin_capture` says it records none) nor failed so far.
     enabled: bool,
     /// (frames buffer address or None for the uploaded frames, behaviour ratio on) -> graph.
     recorded: Vec<((Option<u64>, bool), Graph)>,
 }
 
 impl UpdateGraphs {
-    fn new(device_kind: &str) -> Self {
-        let wanted = std::env::var("GALA_CUDA_GRAPHS").map_or(true, |v| v != "0");
-        UpdateGraphs { enabled: wanted && device_kind == "cuda", recorded: Vec::new() }
+    fn new(wanted: bool) -> Self {
+        UpdateGraphs { enabled: wanted, recorded: Vec::new() }
     }
 }
 
@@ -363,7 +363,7 @@ impl<D: Device> GpuBackend<D> {
             act_obs_valid: false,
             learn_fwd,
             learn,
-            update_graphs: UpdateGraphs::new(dev.kind()),
+            update_graphs: UpdateGraphs::new(std::env::var("GALA_CUDA_GRAPHS").map_or(true, |v| v != "0")),
             arena,
             layout,
             spec,
@@ -390,7 +390,7 @@ impl<D: Device> GpuBackend<D> {
     /// Turns the update's CUDA graphs off (or back on, where the device records graphs): for
     /// comparing the two paths. `GALA_CUDA_GRAPHS=0` turns them off for a whole run.
     pub fn set_update_graphs(&mut self, on: bool) {
-        self.update_graphs = UpdateGraphs { enabled: on && self.arena.device().kind() == "cuda", recorded: Vec::new() };
+        self.update_graphs = UpdateGraphs::new(on);
     }
 
     /// How many update graphs this backend has recorded and keeps (0 where it records none).

@@ -490,6 +490,17 @@ pub fn conv_forward<D: Device, In: ConvInput>(
     dev.launch(stream, k, config, &args)
 }
 
+/// The kernel arguments (buffer, flag) of an optional ReLU mask `below` [agents][n][..] (the
+/// output of the layer underneath, `len` elements) that a backward kernel applies to its output.
+/// A kernel never reads the buffer when the flag is 0, so any valid buffer (`stand_in`) takes its
+/// place then.
+fn mask_args(kernel: &str, below: Option<&DeviceBuffer<f32>>, len: usize, stand_in: &DeviceBuffer<f32>) -> Result<(KernelArg, KernelArg)> {
+    if let Some(b) = below {
+        ensure_len(kernel, "below", b, len)?;
+    }
+    Ok((KernelArg::buf(below.unwrap_or(stand_in)), KernelArg::U32(below.is_some() as u32)))
+}
+
 /// Elements of the per-tap weight copy `conv_backward_data` needs for `agents` agents of a layer
 /// (a larger buffer will do: the layers of a network can share one).
 pub fn weight_taps_len(shape: &ConvShape, agents: usize) -> usize {
@@ -500,8 +511,8 @@ pub fn weight_taps_len(shape: &ConvShape, agents: usize) -> usize {
 /// dx = below ⊙ (the sum over every (tap, o) reaching a pixel of w·g), with `g` [agents][n][Cout]
 /// [Ho][Ho] the gradient ALREADY masked by the layer's own ReLU, and `below` the layer
 /// underneath's output (dx is 0 where it is not > 0; None: no mask). Two launches: the weights
-/// regrouped per tap into `taps` (at least `weight_taps_len` elements; `conv_weight_taps`), then the GEMM,
-/// one block column per sub-pixel phase (`conv_backward_data`).
+/// regrouped per tap into `taps` (at least `weight_taps_len` elements; `conv_weight_taps`), then
+/// the GEMM, one block column per sub-pixel phase (`conv_backward_data`).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward_data<D: Device>(
     dev: &D, stream: Stream, shape: &ConvShape, g: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>,
@@ -516,9 +527,7 @@ pub fn conv_backward_data<D: Device>(
     // Scratch: one buffer may serve several layers, so at least this layer's length.
     let want = weight_taps_len(shape, agents);
     ensure(taps.len() >= want, || format!("{K}: `taps` holds {} elements, needs at least {want}", taps.len()))?;
-    if let Some(b) = below {
-        ensure_len(K, "below", b, agents * n * shape.in_len())?;
-    }
+    let (below_buf, has_below) = mask_args(K, below, agents * n * shape.in_len(), params)?;
     let phase_taps = shape.kernel.div_ceil(shape.stride).pow(2);
     ensure(phase_taps <= CONV_MAX_TAPS, || {
         format!("{K}: {phase_taps} taps per sub-pixel phase (kernel {} / stride {}); at most {CONV_MAX_TAPS} supported", shape.kernel, shape.stride)
@@ -533,10 +542,9 @@ pub fn conv_backward_data<D: Device>(
         grid_dim(K, "agents*phases", agents * shape.stride * shape.stride)?,
     );
     let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
-    // Without a mask the kernel never reads `below`; any valid buffer stands in for it.
-    let mut args = vec![KernelArg::buf(g), KernelArg::buf(taps), KernelArg::buf(below.unwrap_or(params)), KernelArg::buf(dx)];
+    let mut args = vec![KernelArg::buf(g), KernelArg::buf(taps), below_buf, KernelArg::buf(dx)];
     args.extend(geom);
-    args.extend([KernelArg::U32(n as u32), KernelArg::U32(below.is_some() as u32)]);
+    args.extend([KernelArg::U32(n as u32), has_below]);
     dev.launch(stream, K, config, &args)
 }
 
@@ -719,6 +727,7 @@ fn fc_sum_splits<D: Device>(
         shared_mem_bytes: 0,
     };
     let (pc, b_off) = bias.map(|lp| (lp.param_count, lp.b_off)).unwrap_or((0, 0));
+    let (below_buf, has_below) = mask_args(K, below, agents * len, params)?;
     dev.launch(
         stream,
         K,
@@ -726,7 +735,7 @@ fn fc_sum_splits<D: Device>(
         &[
             KernelArg::buf(partials),
             KernelArg::buf(params),
-            KernelArg::buf(below.unwrap_or(params)),
+            below_buf,
             KernelArg::buf(out),
             KernelArg::U32(u32_of(K, "len", len)?),
             KernelArg::U32(width as u32),
@@ -735,7 +744,7 @@ fn fc_sum_splits<D: Device>(
             KernelArg::U32(b_off as u32),
             KernelArg::U32(bias.is_some() as u32),
             KernelArg::U32(relu as u32),
-            KernelArg::U32(below.is_some() as u32),
+            has_below,
         ],
     )
 }
@@ -810,17 +819,15 @@ pub fn fc_backward_data<D: Device>(
     check_layer_params(K, shape, &lp, params, agents)?;
     ensure_len(K, "g", g, agents * n * shape.out_len())?;
     ensure_len(K, "dx", dx, agents * n * shape.in_len())?;
-    if let Some(b) = below {
-        ensure_len(K, "below", b, agents * n * shape.in_len())?;
-    }
-    let head = [KernelArg::buf(g), KernelArg::buf(params), KernelArg::buf(below.unwrap_or(params))];
+    let (below_buf, has_below) = mask_args(K, below, agents * n * shape.in_len(), params)?;
+    let head = [KernelArg::buf(g), KernelArg::buf(params), below_buf];
     let tail = [
         KernelArg::U32(in_f),
         KernelArg::U32(out_f),
         KernelArg::U32(n as u32),
         KernelArg::U32(lp.param_count as u32),
         KernelArg::U32(lp.w_off as u32),
-        KernelArg::U32(below.is_some() as u32),
+        has_below,
     ];
     fc_split_launch(dev, stream, K, &head, &tail, params, partials, dx, agents, n, (out_f as usize, in_f as usize), None, false, below)
 }
