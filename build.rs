@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// One parameter of a kernel, as the Rust side checks it.
+#[derive(Clone)]
 enum Param {
     /// Pointer to the named C element type ("float", "double", "unsigned int", ...).
     Pointer(String),
@@ -24,7 +25,40 @@ struct Kernel {
     file: String,
     /// (C type as written without `__restrict__`, parsed kind)
     params: Vec<(String, Param)>,
+    /// "" for the plain build of `file`, else the `Variant` suffix this entry belongs to.
+    variant: &'static str,
 }
+
+/// A second build of one kernel file with a macro defined and every kernel of the file renamed
+/// `<name>_<suffix>` (so both builds link into one simulator and load into one CUDA module
+/// store). Only `kernels` (the ones the engine launches in that form) get table entries:
+/// signature, simulator shim, CUDA function.
+struct Variant {
+    suffix: &'static str,
+    file: &'static str,
+    define: &'static str,
+    kernels: &'static [&'static str],
+}
+
+/// kernels/conv.cu's GEMM kernels with TF32 tensor-core tile products (`precision = "tf32"`; see
+/// "Precision" in conv.cu).
+const VARIANTS: &[Variant] = &[Variant {
+    suffix: "tf32",
+    file: "conv.cu",
+    define: "GALA_TF32",
+    kernels: &[
+        "conv_forward_u8",
+        "conv_forward_u8_words",
+        "conv_forward_f32",
+        "conv_backward_data",
+        "conv_backward_filter_u8",
+        "conv_backward_filter_u8_words",
+        "conv_backward_filter_f32",
+        "fc_forward",
+        "fc_backward_data",
+        "fc_backward_filter",
+    ],
+}];
 
 #[path = "build/prereqs.rs"]
 mod prereqs;
@@ -131,18 +165,42 @@ fn build_cuda_simulator_and_kernel_tables() {
         // Only loads and stores are wanted: no function entry/exit calls.
         .flag("--param=tsan-instrument-func-entry-exit=0")
         .flag("--param=tsan-distinguish-volatile=0");
+    // The sources NVRTC compiles: (file, text path, variant suffix, -D definitions).
+    let mut sources: Vec<(String, PathBuf, &'static str, Vec<String>)> = Vec::new();
     for (rel, path) in &files {
         let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         let found = parse_kernels(&strip_comments(&text), rel);
         let stem = rel.replace(['/', '.'], "_");
-        let shim_path = shim_dir.join(format!("{stem}.cpp"));
-        write_if_changed(&shim_path, &sim_shim(rel, path, &found, false));
-        build.file(&shim_path);
-        let pshim_path = shim_dir.join(format!("{stem}.profiled.cpp"));
-        write_if_changed(&pshim_path, &sim_shim(rel, path, &found, true));
-        profiled.file(&pshim_path);
+        for profiled_build in [false, true] {
+            let shim = sim_shim(rel, path, &found, None, profiled_build);
+            let shim_path = shim_dir.join(format!("{stem}{}.cpp", if profiled_build { ".profiled" } else { "" }));
+            write_if_changed(&shim_path, &shim);
+            if profiled_build { profiled.file(&shim_path) } else { build.file(&shim_path) };
+        }
+        sources.push((rel.clone(), path.clone(), "", Vec::new()));
+        for v in VARIANTS.iter().filter(|v| v.file == rel) {
+            for name in v.kernels {
+                assert!(found.iter().any(|k| k.name == *name), "build.rs VARIANTS: kernels/{rel} has no kernel `{name}`");
+            }
+            for profiled_build in [false, true] {
+                let shim = sim_shim(rel, path, &found, Some(v), profiled_build);
+                let shim_path = shim_dir.join(format!("{stem}.{}{}.cpp", v.suffix, if profiled_build { ".profiled" } else { "" }));
+                write_if_changed(&shim_path, &shim);
+                if profiled_build { profiled.file(&shim_path) } else { build.file(&shim_path) };
+            }
+            let mut defines = vec![format!("{}=1", v.define)];
+            defines.extend(found.iter().map(|k| format!("{}={}_{}", k.name, k.name, v.suffix)));
+            sources.push((rel.clone(), path.clone(), v.suffix, defines));
+            kernels.extend(found.iter().filter(|k| v.kernels.contains(&k.name.as_str())).map(|k| Kernel {
+                name: format!("{}_{}", k.name, v.suffix),
+                file: k.file.clone(),
+                params: k.params.iter().map(|(ty, p)| (ty.clone(), p.clone())).collect(),
+                variant: v.suffix,
+            }));
+        }
         kernels.extend(found);
     }
+    assert!(VARIANTS.iter().all(|v| files.iter().any(|(rel, _)| rel == v.file)), "build.rs VARIANTS names a missing kernel file");
     for (i, a) in kernels.iter().enumerate() {
         if let Some(b) = kernels[..i].iter().find(|b| b.name == a.name) {
             panic!("kernel `{}` is defined in both kernels/{} and kernels/{}; kernel names must be unique", a.name, b.file, a.file);
@@ -156,14 +214,20 @@ fn build_cuda_simulator_and_kernel_tables() {
     let mut gen = String::new();
     writeln!(gen, "// Generated by build.rs from kernels/**/*.cu; do not edit.").unwrap();
     writeln!(gen, "pub static KERNEL_SOURCES: &[KernelSource] = &[").unwrap();
-    for (rel, path) in &files {
-        writeln!(gen, "    KernelSource {{ file: {rel:?}, text: include_str!({:?}) }},", path.display().to_string()).unwrap();
+    for (rel, path, variant, defines) in &sources {
+        writeln!(
+            gen,
+            "    KernelSource {{ file: {rel:?}, text: include_str!({:?}), variant: {variant:?}, defines: &{defines:?} }},",
+            path.display().to_string()
+        )
+        .unwrap();
     }
     writeln!(gen, "];").unwrap();
     writeln!(gen, "pub static KERNEL_HEADERS: &[KernelSource] = &[").unwrap();
     for h in &headers {
         let name = h.file_name().unwrap().to_string_lossy();
-        writeln!(gen, "    KernelSource {{ file: {name:?}, text: include_str!({:?}) }},", h.display().to_string()).unwrap();
+        writeln!(gen, "    KernelSource {{ file: {name:?}, text: include_str!({:?}), variant: \"\", defines: &[] }},", h.display().to_string())
+            .unwrap();
     }
     writeln!(gen, "];").unwrap();
     writeln!(gen, "pub static KERNEL_SIGNATURES: &[KernelSignature] = &[").unwrap();
@@ -176,7 +240,15 @@ fn build_cuda_simulator_and_kernel_tables() {
                 Param::Scalar(s) => format!("ParamKind::{}", s.to_uppercase()),
             })
             .collect();
-        writeln!(gen, "    KernelSignature {{ name: {:?}, file: {:?}, params: &[{}] }},", k.name, k.file, params.join(", ")).unwrap();
+        writeln!(
+            gen,
+            "    KernelSignature {{ name: {:?}, file: {:?}, variant: {:?}, params: &[{}] }},",
+            k.name,
+            k.file,
+            k.variant,
+            params.join(", ")
+        )
+        .unwrap();
     }
     writeln!(gen, "];").unwrap();
     writeln!(gen, "extern \"C\" {{").unwrap();
@@ -198,25 +270,36 @@ fn build_cuda_simulator_and_kernel_tables() {
     write_if_changed(&out.join("kernels_generated.rs"), &gen);
 }
 
-/// The C++ file that builds kernels/`rel` for the simulator, with one
-/// `extern "C" void <prefix><kernel>(void** args)` per kernel that unpacks cuLaunchKernel-style
-/// arguments. The profiled variant (`profiled`) renames every kernel (its plain twin keeps the C
-/// name), gets static helpers from cuda_sim.h's GALA_SIM_PROFILE_BUILD (set by its cc::Build)
-/// and names its shims gala_sim_pshim_<kernel>.
-fn sim_shim(rel: &str, path: &Path, found: &[Kernel], profiled: bool) -> String {
+/// The C++ file that builds kernels/`rel` (its `variant` build, if any) for the simulator, with
+/// one `extern "C" void <prefix><kernel>(void** args)` per kernel that unpacks cuLaunchKernel-style
+/// arguments. A variant defines its macro and renames every kernel `<kernel>_<suffix>` (shims
+/// only for the variant's own list). The profiled build (`profiled`) renames every kernel again
+/// (its plain twin keeps the C name), gets static helpers from cuda_sim.h's
+/// GALA_SIM_PROFILE_BUILD (set by its cc::Build) and names its shims gala_sim_pshim_<kernel>.
+fn sim_shim(rel: &str, path: &Path, found: &[Kernel], variant: Option<&Variant>, profiled: bool) -> String {
     let mut shim = String::new();
-    let (what, prefix) = if profiled { (" (profiled variant)", "gala_sim_pshim_") } else { ("", "gala_sim_shim_") };
-    writeln!(shim, "// Generated by build.rs from kernels/{rel}{what}; do not edit.").unwrap();
-    writeln!(shim, "#include \"cuda_sim.h\"").unwrap();
-    if profiled {
-        for k in found {
-            writeln!(shim, "#define {} gala_sim_profiled_{}", k.name, k.name).unwrap();
+    let (what, prefix) = if profiled { (" (profiled build)", "gala_sim_pshim_") } else { ("", "gala_sim_shim_") };
+    let suffix = variant.map(|v| format!("_{}", v.suffix)).unwrap_or_default();
+    let variant_note = variant.map(|v| format!(", variant {}", v.suffix)).unwrap_or_default();
+    writeln!(shim, "// Generated by build.rs from kernels/{rel}{what}{variant_note}; do not edit.").unwrap();
+    if let Some(v) = variant {
+        // Internal linkage for its helpers (see cuda_sim.h), then the variant's macro.
+        writeln!(shim, "#define GALA_SIM_VARIANT_BUILD 1").unwrap();
+        writeln!(shim, "#include \"cuda_sim.h\"").unwrap();
+        writeln!(shim, "#define {} 1", v.define).unwrap();
+    } else {
+        writeln!(shim, "#include \"cuda_sim.h\"").unwrap();
+    }
+    for k in found {
+        let c_name = if profiled { format!("gala_sim_profiled_{}{suffix}", k.name) } else { format!("{}{suffix}", k.name) };
+        if c_name != k.name {
+            writeln!(shim, "#define {} {c_name}", k.name).unwrap();
         }
     }
     writeln!(shim, "#include \"{}\"", path.display()).unwrap();
-    for k in found {
+    for k in found.iter().filter(|k| variant.is_none_or(|v| v.kernels.contains(&k.name.as_str()))) {
         let args: Vec<String> = k.params.iter().enumerate().map(|(i, (ty, _))| format!("*({ty}*)args[{i}]")).collect();
-        writeln!(shim, "extern \"C\" void {prefix}{}(void** args) {{ {}({}); }}", k.name, k.name, args.join(", ")).unwrap();
+        writeln!(shim, "extern \"C\" void {prefix}{}{suffix}(void** args) {{ {}({}); }}", k.name, k.name, args.join(", ")).unwrap();
     }
     shim
 }
@@ -309,7 +392,7 @@ fn parse_kernels(src: &str, file: &str) -> Vec<Kernel> {
                 params.push((ty, kind));
             }
         }
-        kernels.push(Kernel { name, file: file.to_string(), params });
+        kernels.push(Kernel { name, file: file.to_string(), params, variant: "" });
         rest = &after_global[close..];
     }
     kernels

@@ -10,7 +10,7 @@
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput};
 use gala_gpu::backend::cpu::CpuBackend;
-use gala_gpu::backend::{ActOutput, Backend, BackendSpec, Segment};
+use gala_gpu::backend::{ActOutput, Backend, BackendSpec, Precision, Segment};
 use gala_gpu::config::Config;
 use gala_gpu::model::{init_params, NetPreset, NetSpec, OBS_BYTES};
 use gala_gpu::rng::{PhiloxStream, Purpose};
@@ -54,7 +54,7 @@ impl Measurement for CpuTime {
 fn bench_shape<M: Measurement>(c: &mut Criterion<M>, agents: usize) {
     let (envs, steps, actions) = (16usize, 5usize, 6usize);
     let net = NetSpec::new(NetPreset::Gala, actions);
-    let spec = BackendSpec { net: net.clone(), agents, agent_offset: 0, envs_per_agent: envs, n_steps: steps, seed: 1, hyper: Config::default().hyper() };
+    let spec = BackendSpec { net: net.clone(), agents, agent_offset: 0, envs_per_agent: envs, n_steps: steps, seed: 1, hyper: Config::default().hyper(), precision: Precision::Fp32 };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut backend = CpuBackend::new(spec, &init_params(&net, 1), threads).unwrap();
     let n = agents * envs * steps;

@@ -56,14 +56,36 @@
 // conv_grad_sum_chunks adds the chunks in chunk order. With one chunk the launcher points `out`
 // straight at the gradient arena. So a gradient depends on the samples and the chunk size only,
 // never on the grid, the number of agents or the GPU.
+//
+// Precision. This file is compiled twice. The plain build (the kernels' own names) computes every
+// GEMM in FP32 FMAs as above. With GALA_TF32 defined (build.rs and the CUDA module store compile
+// it again so, every kernel renamed <name>_tf32; opt-in `precision = "tf32"`), the tile product
+// runs on tensor cores: mma.sync m16n8k8 with TF32 operands (each tile element rounded to TF32,
+// 10 mantissa bits, round-to-nearest ties away (cvt.rna), as the fragment is read) and FP32
+// accumulators, the way PyTorch runs a conv with TF32 allowed. The contract becomes: each output
+// element sums its reduction in ascending groups of 8 (one mma each, the 8 products and the
+// running sum combined inside the instruction in the hardware's fixed way), everything else as
+// above (split-K slices, chunks, no atomics). So TF32 results are deterministic run to run and
+// independent of the grid; they are not bit-equal between the simulator (which emulates an mma
+// as the running sum plus the exact products in ascending k, each step rounded to FP32) and a
+// GPU. Bias gradients (summed from the unrounded A tile) and every non-GEMM kernel stay FP32.
+
+#include "prelude.cuh"
 
 #define CONV_TILE_M 32
 #define CONV_TILE_N 64
 #define CONV_TILE_K 32
 #define CONV_THREADS 128
 #define CONV_REDUCE_BLOCK 256
-#define CONV_AS_STRIDE (CONV_TILE_M + 4)
-#define CONV_BS_STRIDE (CONV_TILE_N + 4)
+// Row padding of the shared tiles (floats): 4 for the FP32 FMA loop (see the layout notes
+// above), 8 for the TF32 tensor-core loop (see "Precision" below).
+#ifdef GALA_TF32
+#define CONV_TILE_PAD 8
+#else
+#define CONV_TILE_PAD 4
+#endif
+#define CONV_AS_STRIDE (CONV_TILE_M + CONV_TILE_PAD)
+#define CONV_BS_STRIDE (CONV_TILE_N + CONV_TILE_PAD)
 // K-lane loads: rows per thread of an A (TILE_M) and a B (TILE_N) tile; M-lane loads: elements
 // per thread of an A and a B tile.
 #define CONV_KLANE_A (CONV_TILE_M * CONV_TILE_K / CONV_THREADS)
@@ -153,6 +175,7 @@ __device__ __forceinline__ unsigned int patch_cursor_offset(const ConvGeom& g, c
     return (pc.c * g.in_hw + pc.ky) * g.in_hw + pc.kx;
 }
 
+#ifndef GALA_TF32
 // acc[i][j] += sum_kk As[kk][4ty+i] * Bs[kk][4tx+j]
 __device__ __forceinline__ void conv_tile_fma(float (*As)[CONV_AS_STRIDE], float (*Bs)[CONV_BS_STRIDE],
                                               float acc[4][4], unsigned int tx, unsigned int ty) {
@@ -168,6 +191,39 @@ __device__ __forceinline__ void conv_tile_fma(float (*As)[CONV_AS_STRIDE], float
             for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
     }
 }
+#define CONV_TF32 0
+#else
+#define CONV_TF32 1
+// TF32 (see "Precision" at the top): warp w computes rows 16*(w % 2) .. +15 and columns
+// 32*(w / 2) .. +31 of the tile as four m16n8 tensor-core tiles t = 0..3 (columns +8t), K-step
+// by K-step, 8 reduction indices per mma. acc[t][0..3] is tile t's accumulator fragment: lane
+// l = 4*grp + tig holds (row grp, column 2*tig), (grp, 2*tig + 1), (grp + 8, 2*tig),
+// (grp + 8, 2*tig + 1) of it (PTX ISA, mma.m16n8k8 .f32 accumulators). Operand fragments come
+// straight from the K-major tiles: A(row, k) = As[k][row] at (grp | grp + 8, tig | tig + 4),
+// B(k, col) = Bs[k][col] at (tig | tig + 4, grp), each rounded to TF32 (cvt.rna) as it is read.
+// With rows padded by 8 floats a fragment read hits bank 8*tig + grp (+ a constant): the 32
+// lanes, 32 banks, no conflict.
+__device__ __forceinline__ void conv_tile_fma(float (*As)[CONV_AS_STRIDE], float (*Bs)[CONV_BS_STRIDE],
+                                              float acc[4][4], unsigned int, unsigned int) {
+    const unsigned int lane = threadIdx.x % 32u, warp = threadIdx.x / 32u;
+    const unsigned int grp = lane / 4u, tig = lane % 4u;
+    const unsigned int m0 = 16u * (warp % 2u) + grp, n0 = 32u * (warp / 2u) + grp;
+    GALA_UNROLL
+    for (unsigned int k8 = 0; k8 < CONV_TILE_K; k8 += 8) {
+        const float* a_lo = As[k8 + tig];
+        const float* a_hi = As[k8 + tig + 4];
+        const unsigned int a[4] = {gala_tf32_round(a_lo[m0]), gala_tf32_round(a_lo[m0 + 8]), gala_tf32_round(a_hi[m0]),
+                                   gala_tf32_round(a_hi[m0 + 8])};
+        unsigned int b[4][2];
+        GALA_UNROLL
+        for (unsigned int t = 0; t < 4; ++t) {
+            b[t][0] = gala_tf32_round(Bs[k8 + tig][n0 + 8 * t]);
+            b[t][1] = gala_tf32_round(Bs[k8 + tig + 4][n0 + 8 * t]);
+        }
+        gala_mma_m16n8k8_tf32_x4(acc, a, b);
+    }
+}
+#endif
 
 // Row (of a TILE_M or TILE_N tile) of K-lane load q = 4*quad + t of thread `tid`: quads of four
 // adjacent rows, warp w owning rows 16*quad + 4w .. +3 (see the layout notes at the top).
@@ -192,12 +248,37 @@ __device__ __forceinline__ void klane_store(float (*T)[STRIDE], const float* v, 
 // over 16 columns and 2 rows (16-31 sectors per store request on the simulator profile). Values
 // are unchanged: only where they are stored from.
 #define CONV_STAGE_ROWS (CONV_TILE_M * CONV_TILE_N / CONV_THREADS)
+// TF32: the thread's accumulators are mma fragments (see conv_tile_fma), parked at their own
+// tile elements; the staged tile is the same.
 static_assert(CONV_TILE_M <= CONV_TILE_K, "the epilogue stages a TILE_M x TILE_N tile in the TILE_K-row B tile");
 __device__ __forceinline__ void conv_stage_tile(float (*Cs)[CONV_BS_STRIDE], const float acc[4][4], unsigned int tx,
                                                 unsigned int ty) {
+#if CONV_TF32
+    const unsigned int lane = threadIdx.x % 32u, warp = threadIdx.x / 32u;
+    const unsigned int grp = lane / 4u, tig = lane % 4u;
+    const unsigned int m0 = 16u * (warp % 2u) + grp, n0 = 32u * (warp / 2u) + 2u * tig;
+    for (unsigned int t = 0; t < 4; ++t)
+        for (unsigned int r = 0; r < 4; ++r) Cs[m0 + 8u * (r / 2u)][n0 + 8u * t + r % 2u] = acc[t][r];
+#else
     for (int i = 0; i < 4; ++i)
         for (int j = 0; j < 4; ++j) Cs[ty * 4 + i][tx * 4 + j] = acc[i][j];
+#endif
     __syncthreads();
+}
+
+// For the epilogues that store from registers (backward-filter, fc): after the K-loop (its last
+// barrier passed: the B tile is free), acc in the 4x4 layout (acc[i][j] = tile element
+// (4ty + i, 4tx + j)). The FMA loop accumulates so already; TF32 fragments are regrouped through
+// the B tile. Values are unchanged.
+__device__ __forceinline__ void conv_tile_result(float (*Cs)[CONV_BS_STRIDE], float acc[4][4], unsigned int tx,
+                                                 unsigned int ty) {
+#if CONV_TF32
+    conv_stage_tile(Cs, acc, tx, ty);
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = Cs[ty * 4 + i][tx * 4 + j];
+    // Nobody writes the tile again before everyone has read it back.
+    __syncthreads();
+#endif
 }
 
 // ---- forward -------------------------------------------------------------------------------
@@ -384,7 +465,9 @@ __device__ __forceinline__ void conv_forward_body(float (*As)[CONV_AS_STRIDE], f
         conv_tile_fma(As, Bs, acc, tx, ty);
         __syncthreads();
     }
-    if (WORDS) conv_forward_store(y + (unsigned long long)agent * n * g.out_len, b, g, cols, row0, col0, tx, ty, acc, relu);
+    // Staged (conv2, conv3; and every layer in TF32, whose fragments go through the tile anyway:
+    // the direct uint8 store spills there), else direct.
+    if (WORDS && !CONV_TF32) conv_forward_store(y + (unsigned long long)agent * n * g.out_len, b, g, cols, row0, col0, tx, ty, acc, relu);
     else conv_forward_store_staged(y, params, g, n, param_count, b_off, relu, acc, Bs);
 }
 
@@ -437,7 +520,8 @@ __device__ __forceinline__ void conv_forward_body_cursor(float (*As)[CONV_AS_STR
         conv_tile_fma(As, Bs, acc, tx, ty);
         __syncthreads();
     }
-    conv_forward_store(y + (unsigned long long)agent * n * g.out_len, b, g, cols, row0, col0, tx, ty, acc, relu);
+    if (CONV_TF32) conv_forward_store_staged(y, params, g, n, param_count, b_off, relu, acc, Bs);
+    else conv_forward_store(y + (unsigned long long)agent * n * g.out_len, b, g, cols, row0, col0, tx, ty, acc, relu);
 }
 
 // The kernels own the shared memory (static __shared__ in a template would be one copy per instantiation).
@@ -741,6 +825,7 @@ __device__ __forceinline__ void conv_backward_filter_body(
         conv_tile_fma(As, Bs, acc, tx, ty);
         __syncthreads();
     }
+    conv_tile_result(Bs, acc, tx, ty);
     float* o_base = out + (unsigned long long)agent * agent_stride + (unsigned long long)chunk * chunk_stride + out_off;
     for (int i = 0; i < 4; ++i) {
         const unsigned int o = row0 + ty * 4 + i;
@@ -882,6 +967,7 @@ __device__ __forceinline__ void fc_gemm(const float* __restrict__ a, unsigned in
         conv_tile_fma(As, Bs, acc, tx, ty);
         __syncthreads();
     }
+    conv_tile_result(Bs, acc, tx, ty);
 }
 
 // Writes this thread's 4x4 of C(m, n) to c[m*c_ms + n*c_ns] (+ bias[m], then the ReLU when

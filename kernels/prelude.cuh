@@ -52,3 +52,28 @@ __device__ __forceinline__ T gala_block_reduce(T v, T* warp_partials, T identity
     }
     return v;
 }
+
+// ---- TF32 tensor-core instructions (sm_80 and later), for the GALA_TF32 build of conv.cu ----
+// gala_tf32_round(x): x rounded to TF32 (10 mantissa bits, to nearest, ties away from zero), as
+// the bits of an f32 with the low 13 mantissa bits zero: PTX cvt.rna.tf32.f32.
+// gala_mma_m16n8k8_tf32_x4(d, a, b): d[t] += A * B_t for t = 0..3, four 16x8x8 tiles of the warp
+// sharing the A fragment (every lane of a full warp calls it together): four PTX
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, fragments in the PTX ISA's layout (see
+// conv.cu's conv_tile_fma). The simulator has its own (cuda_sim.h), which exchanges the four
+// tiles' fragments between the lanes in one go.
+#if defined(GALA_TF32) && !defined(__CUDA_SIM__)
+__device__ __forceinline__ unsigned int gala_tf32_round(float x) {
+    unsigned int r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ void gala_mma_m16n8k8_tf32_x4(float d[4][4], const unsigned int a[4], const unsigned int b[4][2]) {
+    GALA_UNROLL
+    for (int t = 0; t < 4; ++t)
+        asm volatile(
+            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};"
+            : "+f"(d[t][0]), "+f"(d[t][1]), "+f"(d[t][2]), "+f"(d[t][3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[t][0]), "r"(b[t][1]));
+}
+#endif

@@ -3,7 +3,7 @@
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::GpuBackend;
-use crate::backend::{Backend, BackendKind, BackendSpec, Segment};
+use crate::backend::{Backend, BackendKind, BackendSpec, Precision, Segment};
 use crate::config::Config;
 use crate::device::sim_profile::{format_table, profile_memory, LaunchMemoryProfile};
 use crate::device::{cuda::CudaDevice, sim::SimDevice};
@@ -37,6 +37,8 @@ pub struct LearnerBenchOptions {
     /// before issue 12, and still the fallback of `learn`) instead of reading the device rollout
     /// `act` filled, as training does.
     pub host_frames: bool,
+    /// The conv/fc GEMMs' arithmetic (GPU backends; `tf32`: tensor cores).
+    pub precision: Precision,
 }
 
 /// The measurement. Raw frames count agent steps × 4 (the Atari frame skip).
@@ -45,6 +47,8 @@ pub struct LearnerBenchReport {
     pub backend: String,
     pub device: String,
     pub net: String,
+    /// "fp32" or "tf32": the conv/fc GEMMs' arithmetic.
+    pub precision: String,
     pub agents: usize,
     pub envs_per_agent: usize,
     pub n_steps: usize,
@@ -70,7 +74,7 @@ pub struct LearnerBenchReport {
 
 impl std::fmt::Display for LearnerBenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "bench learner: {} ({})", self.backend, self.device)?;
+        writeln!(f, "bench learner: {} ({}), {} GEMMs", self.backend, self.device, self.precision)?;
         writeln!(
             f,
             "  net {} | {} agents x {} envs x {} steps = {} samples per update",
@@ -146,6 +150,7 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         n_steps: opts.n_steps,
         seed: 1,
         hyper: Config::default().hyper(),
+        precision: opts.precision,
     };
     if spec.agents == 0 || spec.envs_per_agent == 0 || spec.n_steps == 0 {
         return Err(Error::Config("bench learner: --agents, --envs-per-agent and --n-steps must be at least 1".into()));
@@ -239,6 +244,7 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         backend,
         device,
         net: format!("{:?}", opts.net).to_lowercase(),
+        precision: format!("{:?}", opts.precision).to_lowercase(),
         agents: spec.agents,
         envs_per_agent: spec.envs_per_agent,
         n_steps: spec.n_steps,

@@ -3,7 +3,7 @@
 //! as config.toml and loads back unchanged.
 
 use crate::algo::topology::Topology;
-use crate::backend::{BackendKind, LearnerHyper};
+use crate::backend::{BackendKind, LearnerHyper, Precision};
 use crate::env::{EnvPreset, GameId};
 use crate::error::{Error, Result};
 use crate::model::NetPreset;
@@ -63,6 +63,10 @@ pub struct Config {
     pub game: String,
     pub rom: Option<PathBuf>,
     pub backend: BackendKind,
+    /// The conv/fc GEMMs' arithmetic: `fp32` (default) or `tf32` (tensor cores; cuda on sm_80+
+    /// and sim only). A file without the key is a run from before the key existed: fp32.
+    #[serde(default)]
+    pub precision: Precision,
     /// Budget in raw emulator frames (agent steps × 4 on Atari, agent steps on catch);
     /// 0 = not set: the game's default (`resolve_game_defaults`). A file that writes
     /// `frames = 0` is refused (`nonzero_frames`), as `--frames 0` is.
@@ -108,6 +112,7 @@ impl Default for Config {
             game: "pong".into(),
             rom: None,
             backend: BackendKind::Auto,
+            precision: Precision::Fp32,
             frames: 0,
             seed: 1,
             threads: 0,
@@ -321,6 +326,9 @@ impl Config {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(key, format!("must be a finite number ≥ 0, got {v}"));
             }
+        }
+        if self.precision == Precision::Tf32 && self.backend == BackendKind::Cpu {
+            return bad("precision", format!("tf32 runs the tensor-core kernels of the cuda and sim backends; the cpu backend computes fp32 only: use `precision = \"fp32\"` (--precision fp32) or `backend = \"sim\"`/`\"cuda\"`"));
         }
         for (key, v) in [("agents", self.agents), ("envs_per_agent", self.envs_per_agent), ("n_steps", self.n_steps)] {
             if v == 0 {

@@ -104,7 +104,7 @@ impl Engine {
             "an engine of {agents} agent(s) × {envs} environments × {} steps with {actions} actions",
             config.n_steps
         ))?;
-        let spec = BackendSpec { net: net.clone(), agents, agent_offset, envs_per_agent: envs, n_steps: config.n_steps, seed: config.seed, hyper: config.hyper() };
+        let spec = BackendSpec { net: net.clone(), agents, agent_offset, envs_per_agent: envs, n_steps: config.n_steps, seed: config.seed, hyper: config.hyper(), precision: config.precision };
         let initial = init_params(&net, config.seed);
         let (backend, backend_choice) = match device {
             Some(device) => (backend::create_on(device, spec, &initial, threads)?, device.choice.clone()),

@@ -8,7 +8,7 @@
 //! (quotas summing to `episodes`), so short games are not over-represented the way "first N
 //! games to finish" would over-represent them.
 
-use crate::backend::{self, ActOutput, BackendKind, BackendSpec};
+use crate::backend::{self, ActOutput, BackendKind, BackendSpec, Precision};
 use crate::checkpoint::Checkpoint;
 use crate::env::{self, EnvSettings, GameId, FRAME_BYTES};
 use crate::error::{Error, Result};
@@ -216,6 +216,11 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
     if venv.num_actions() != ck.actions {
         return Err(Error::Config(format!("the checkpoint's policy has {} actions but {} has {}", ck.actions, ck.config.game, venv.num_actions())));
     }
+    // The CPU backend plays evaluation games: one forward per step for a handful of games.
+    let kind = match ck.config.backend {
+        BackendKind::Auto | BackendKind::Cpu => BackendKind::Cpu,
+        other => other,
+    };
     let spec = BackendSpec {
         net: NetSpec::new(ck.config.net, ck.actions),
         agents: 1,
@@ -224,11 +229,8 @@ pub fn evaluate(opts: &EvalOptions) -> Result<EvalReport> {
         n_steps: 1,
         seed,
         hyper: ck.config.hyper(),
-    };
-    // The CPU backend plays evaluation games: one forward per step for a handful of games.
-    let kind = match ck.config.backend {
-        BackendKind::Auto | BackendKind::Cpu => BackendKind::Cpu,
-        other => other,
+        // The run's GEMM arithmetic on its own GPU backend; the cpu backend has FP32 only.
+        precision: if kind == BackendKind::Cpu { Precision::Fp32 } else { ck.config.precision },
     };
     let (mut backend, _) = backend::create(kind, spec, params, threads)?;
     let quota: Vec<usize> = (0..envs).map(|i| opts.episodes / envs + usize::from(i < opts.episodes % envs)).collect();

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gala_gpu::algo::{ProgressSink, Topology, Trainer};
-use gala_gpu::backend::BackendKind;
+use gala_gpu::backend::{BackendKind, Precision};
 use gala_gpu::config::{Algo, Config};
 use gala_gpu::env::EnvPreset;
 use gala_gpu::model::NetPreset;
@@ -170,6 +170,9 @@ struct LearnerBenchArgs {
     /// 12 every update did) instead of reading the device rollout `act` filled, as training does.
     #[arg(long)]
     host_frames: bool,
+    /// The conv/fc GEMMs' arithmetic on the GPU backends: fp32, or tf32 (tensor cores, sm_80+).
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    precision: Precision,
 }
 
 fn bench_learner(a: LearnerBenchArgs) -> Result<()> {
@@ -199,6 +202,7 @@ fn bench_learner(a: LearnerBenchArgs) -> Result<()> {
                 threads,
                 profile: a.profile,
                 host_frames: a.host_frames,
+                precision: a.precision,
             };
             let report = gala_gpu::bench::bench_learner(&opts)?;
             if a.json {
@@ -299,6 +303,10 @@ struct TrainArgs {
     /// Where the network runs: auto picks cuda when a GPU is present, else cpu [default: auto].
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
+    /// The conv/fc GEMMs' arithmetic: fp32, or tf32 (tensor cores as PyTorch with TF32 allowed;
+    /// cuda on sm_80+ and sim only) [default: fp32].
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// Budget in raw emulator frames (the total to train to; at least 1).
     #[arg(long, value_parser = frame_budget)]
     frames: Option<u64>,
@@ -339,7 +347,7 @@ impl TrainArgs {
             )*};
         }
         fixed!(config, preset, game, rom, algo, agents, envs_per_agent, n_steps, gamma,
-               rms_alpha, rms_eps, rms_form, topology, peers, sync_freq, net, backend, seed, out);
+               rms_alpha, rms_eps, rms_form, topology, peers, sync_freq, net, backend, precision, seed, out);
         // Switches cannot be turned off on the command line: repeating the saved setting is fine.
         if self.pipeline && !saved.pipeline {
             fixed.push("pipeline");
@@ -389,7 +397,7 @@ impl TrainArgs {
             )*};
         }
         set!(preset, game, algo, agents, envs_per_agent, n_steps, lr, gamma, entropy_coef, value_coef,
-             max_grad_norm, rms_alpha, rms_eps, rms_form, topology, peers, sync_freq, net, backend, frames, seed,
+             max_grad_norm, rms_alpha, rms_eps, rms_form, topology, peers, sync_freq, net, backend, precision, frames, seed,
              threads, out, save_every, metrics_every, gossip_timeout);
         if self.agent_threads {
             c.agent_threads = true;

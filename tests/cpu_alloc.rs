@@ -4,7 +4,7 @@
 //! of its own (one test, so no other test allocates while it counts).
 
 use gala_gpu::backend::cpu::CpuBackend;
-use gala_gpu::backend::{ActOutput, Backend, BackendSpec, Segment};
+use gala_gpu::backend::{ActOutput, Backend, BackendSpec, Precision, Segment};
 use gala_gpu::config::Config;
 use gala_gpu::model::{init_params, NetPreset, NetSpec, OBS_BYTES};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -54,7 +54,7 @@ fn count(f: impl FnOnce()) -> (usize, usize) {
 fn steady_state_act_and_learn_allocate_nothing_per_sample() {
     let net = NetSpec::new(NetPreset::Gala, 6);
     let (agents, envs, steps) = (2, 8, 5);
-    let spec = BackendSpec { net: net.clone(), agents, agent_offset: 0, envs_per_agent: envs, n_steps: steps, seed: 3, hyper: Config::default().hyper() };
+    let spec = BackendSpec { net: net.clone(), agents, agent_offset: 0, envs_per_agent: envs, n_steps: steps, seed: 3, hyper: Config::default().hyper(), precision: Precision::Fp32 };
     let mut b = CpuBackend::new(spec, &init_params(&net, 1), 2).unwrap();
     let n = agents * envs * steps;
     let obs: Vec<u8> = (0..n * OBS_BYTES).map(|i| (i * 7 % 251) as u8).collect();

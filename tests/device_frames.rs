@@ -10,7 +10,7 @@
 
 use gala_gpu::algo::{NoProgress, Trainer};
 use gala_gpu::backend::gpu::GpuBackend;
-use gala_gpu::backend::{ActOutput, Backend, BackendKind, BackendSpec, ObsChange, Segment};
+use gala_gpu::backend::{ActOutput, Backend, BackendKind, BackendSpec, ObsChange, Precision, Segment};
 use gala_gpu::bench::{bench_learner, LearnerBenchOptions};
 use gala_gpu::config::Config;
 use gala_gpu::device::sim::SimDevice;
@@ -160,7 +160,7 @@ fn a_resumed_pipelined_run_uploads_its_restored_segment_and_stays_bit_exact() {
 // --- the backend's rules -------------------------------------------------------------------
 
 fn spec(agents: usize, envs: usize, n_steps: usize) -> BackendSpec {
-    BackendSpec { net: NetSpec::new(NetPreset::Gala, 5), agents, agent_offset: 0, envs_per_agent: envs, n_steps, seed: 9, hyper: Config::default().hyper() }
+    BackendSpec { net: NetSpec::new(NetPreset::Gala, 5), agents, agent_offset: 0, envs_per_agent: envs, n_steps, seed: 9, hyper: Config::default().hyper(), precision: Precision::Fp32 }
 }
 
 struct Data {
@@ -331,6 +331,7 @@ fn bench_learner_reads_the_frames_from_the_device_as_training_does() {
         threads: 1,
         profile: false,
         host_frames: false,
+        precision: Precision::Fp32,
     };
     let dev = bench_learner(&opts).unwrap();
     let host = bench_learner(&LearnerBenchOptions { host_frames: true, ..opts.clone() }).unwrap();

@@ -13,7 +13,7 @@
 
 use gala_gpu::backend::cpu::CpuBackend;
 use gala_gpu::backend::gpu::GpuBackend;
-use gala_gpu::backend::{ActOutput, Backend, BackendSpec, Segment};
+use gala_gpu::backend::{ActOutput, Backend, BackendSpec, Precision, Segment};
 use gala_gpu::config::Config;
 use gala_gpu::device::cuda::CudaDevice;
 use gala_gpu::device::sim::SimDevice;
@@ -87,6 +87,7 @@ fn spec(preset: NetPreset, actions: usize, agents: usize, envs: usize, steps: us
         n_steps: steps,
         seed: 17,
         hyper: Config::default().hyper(),
+        precision: Precision::Fp32,
     }
 }
 

@@ -156,7 +156,7 @@ fn every_kernel_has_no_spills_no_local_memory_and_gemm_occupancy_at_least_the_fl
     for source in KERNEL_SOURCES {
         let compiled = nvrtc::compile(source, "compute_90").unwrap_or_else(|e| panic!("{e}"));
         let ptx = compiled.ptx.expect("compute_90 gives PTX");
-        let stem = source.file.replace(['/', '.'], "_");
+        let stem = format!("{}{}", source.file.replace(['/', '.'], "_"), source.variant);
         let ptx_path = dir.join(format!("{stem}.ptx"));
         std::fs::write(&ptx_path, &ptx).unwrap();
         let run = Command::new(&ptxas)
@@ -167,12 +167,12 @@ fn every_kernel_has_no_spills_no_local_memory_and_gemm_occupancy_at_least_the_fl
             .output()
             .expect("ptxas runs");
         let log = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
-        assert!(run.status.success(), "ptxas failed on kernels/{}:\n{log}", source.file);
+        assert!(run.status.success(), "ptxas failed on {}:\n{log}", source.describe());
         for line in log.lines().filter(|l| l.contains("warning")) {
-            failures.push(format!("kernels/{}: ptxas: {line}", source.file));
+            failures.push(format!("{}: ptxas: {line}", source.describe()));
         }
         let found = parse_ptxas(&log);
-        for k in KERNEL_SIGNATURES.iter().filter(|k| k.file == source.file) {
+        for k in KERNEL_SIGNATURES.iter().filter(|k| source.builds(k)) {
             let Some((_, r)) = found.iter().find(|(n, _)| n == k.name) else {
                 failures.push(format!("{}: ptxas reported no resources for it", k.name));
                 continue;

@@ -11,12 +11,19 @@
 //!
 //! Tolerances (fp32, summation order differs from the CPU's GEMM):
 //!   relative error ‖out − ref‖/‖ref‖ ≤ 1e-5 and max |out − ref| ≤ 1e-5 · max |ref|, per tensor;
+//!   the TF32 GEMMs (`Precision::Tf32`, tensor cores) meet the same bound against the CPU reference
+//!   run on the operands rounded to TF32 as the kernels round them (`tf32_round`: the products are
+//!   then exact, only the summation order differs), and ‖out − ref‖/‖ref‖ ≤ TF32_REL against the
+//!   plain FP32 reference (the price of 10-bit operands). On a GPU the TF32 bound is 1e-4 instead
+//!   of 1e-5: how a tensor core rounds inside an mma is the hardware's (the simulator rounds each
+//!   step to nearest);
 //!   the fused loss part of the heads is compared on identical logits/values: bit-exact under the
 //!   simulator (same libm, same operation order, no FMA contraction), 1e-5 relative on a GPU.
 
 use gala_gpu::backend::cpu::heads::{a2c_loss_backward, LossCoefs};
 use gala_gpu::backend::cpu::layers::{conv2d_backward, conv2d_forward, linear_backward, linear_forward};
 use gala_gpu::backend::gpu::launch::{self, ConvInput, FilterTarget, HeadsLossBuffers, HeadsParams, LayerParams};
+use gala_gpu::backend::{tf32_round, Precision};
 use gala_gpu::device::cuda::CudaDevice;
 use gala_gpu::device::sim::SimDevice;
 use gala_gpu::device::{Device, DeviceBuffer, DeviceElem};
@@ -51,7 +58,18 @@ fn download<D: Device, T: DeviceElem + Default>(dev: &D, b: &DeviceBuffer<T>) ->
 
 #[track_caller]
 fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_close_within(what, got, want, 1e-5, 1e-5);
+}
+
+/// The TF32 GEMMs against the plain FP32 reference: ‖out − ref‖/‖ref‖ at most this (measured on
+/// these layers: 6.3e-4 at worst (the sim test prints it); a TF32 rounding is at most 2^-11 = 4.9e-4).
+const TF32_REL: f64 = 2e-3;
+
+/// ‖got − want‖/‖want‖ ≤ `rel` and max |got − want| ≤ `max_rel` · max |want|.
+#[track_caller]
+fn assert_close_within(what: &str, got: &[f32], want: &[f32], rel_tol: f64, max_rel: f64) -> f64 {
     assert_eq!(got.len(), want.len(), "{what}: length");
+
     let (mut d2, mut r2, mut max_abs, mut max_ref) = (0f64, 0f64, 0f64, 0f64);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         assert!(g.is_finite(), "{what}[{i}] = {g} (not written, or non-finite)");
@@ -62,8 +80,9 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
         max_ref = max_ref.max((w as f64).abs());
     }
     let rel = if r2 > 0.0 { (d2 / r2).sqrt() } else { d2.sqrt() };
-    assert!(rel <= 1e-5, "{what}: relative error {rel:.3e} > 1e-5 (max abs {max_abs:.3e})");
-    assert!(max_abs <= 1e-5 * max_ref.max(1e-30), "{what}: max abs error {max_abs:.3e} > 1e-5 * {max_ref:.3e}");
+    assert!(rel <= rel_tol, "{what}: relative error {rel:.3e} > {rel_tol:e} (max abs {max_abs:.3e})");
+    assert!(max_abs <= max_rel * max_ref.max(1e-30), "{what}: max abs error {max_abs:.3e} > {max_rel:e} * {max_ref:.3e}");
+    rel
 }
 
 /// A layer's place in a synthetic parameter arena: padding before, between and after, so a
@@ -127,7 +146,7 @@ enum Path {
 #[allow(clippy::too_many_arguments)]
 fn run_fc<D: Device>(
     dev: &D, shape: &ConvShape, lp: LayerParams, x: &[f32], params: &[f32], dy: &[f32], below: Option<&[f32]>,
-    agents: usize, n: usize,
+    agents: usize, n: usize, precision: Precision,
 ) -> LayerRun {
     let s = dev.default_stream();
     let (i, o) = (shape.in_channels, shape.out_channels);
@@ -135,17 +154,17 @@ fn run_fc<D: Device>(
     let params_dev = upload(dev, params);
     let mut y_dev = poisoned(dev, agents * n * o);
     let mut part = poisoned(dev, launch::fc_partials_len(agents, n, i, o));
-    launch::fc_forward(dev, s, shape, &x_dev, &params_dev, &mut part, &mut y_dev, agents, n, lp, true).unwrap();
+    launch::fc_forward(dev, s, shape, &x_dev, &params_dev, &mut part, &mut y_dev, agents, n, lp, true, precision).unwrap();
     // The fc backward kernels take the gradient masked by the layer's ReLU (heads_backward's
     // dhidden): dy masked by this forward's y.
     let y = download(dev, &y_dev);
     let g_dev = upload(dev, &masked_by_relu(dy, &y));
     let mut grads_dev = poisoned(dev, agents * lp.param_count);
-    launch::fc_backward_filter(dev, s, shape, &x_dev, &g_dev, &mut grads_dev, agents, n, lp).unwrap();
+    launch::fc_backward_filter(dev, s, shape, &x_dev, &g_dev, &mut grads_dev, agents, n, lp, precision).unwrap();
     let mut part = poisoned(dev, launch::fc_partials_len(agents, n, o, i));
     let mut dx_dev = poisoned(dev, agents * n * i);
     let below_dev = below.map(|b| upload(dev, b));
-    launch::fc_backward_data(dev, s, shape, &g_dev, &params_dev, &mut part, below_dev.as_ref(), &mut dx_dev, agents, n, lp).unwrap();
+    launch::fc_backward_data(dev, s, shape, &g_dev, &params_dev, &mut part, below_dev.as_ref(), &mut dx_dev, agents, n, lp, precision).unwrap();
     LayerRun { y, grads: download(dev, &grads_dev), dx: Some(download(dev, &dx_dev)) }
 }
 
@@ -154,40 +173,67 @@ fn run_fc<D: Device>(
 #[allow(clippy::too_many_arguments)]
 fn run_layer<D: Device, In: TestInput>(
     dev: &D, shape: &ConvShape, lp: LayerParams, x: &[In], params: &[f32], dy: &[f32], below: Option<&[f32]>,
-    agents: usize, n: usize, path: Path,
+    agents: usize, n: usize, path: Path, precision: Precision,
 ) -> LayerRun {
     if path == Path::Fc {
         let xf = In::to_f32(x);
-        return run_fc(dev, shape, lp, &xf, params, dy, below, agents, n);
+        return run_fc(dev, shape, lp, &xf, params, dy, below, agents, n, precision);
     }
     let direct_filter = path == Path::ConvDirect;
     let s = dev.default_stream();
     let x_dev = upload(dev, x);
     let params_dev = upload(dev, params);
     let mut y_dev = poisoned(dev, agents * n * shape.out_len());
-    launch::conv_forward(dev, s, shape, &x_dev, &params_dev, &mut y_dev, agents, n, lp, true).unwrap();
+    launch::conv_forward(dev, s, shape, &x_dev, &params_dev, &mut y_dev, agents, n, lp, true, precision).unwrap();
     // The gradient masked by the layer's own ReLU, as the backend hands it to both backward
     // kernels: dy masked by this forward's y.
     let y = download(dev, &y_dev);
     let g_dev = upload(dev, &masked_by_relu(dy, &y));
     let mut grads_dev = poisoned(dev, agents * lp.param_count);
     if direct_filter {
-        launch::conv_backward_filter(dev, s, shape, &x_dev, &g_dev, &mut grads_dev, agents, n, n, FilterTarget::Grads(lp)).unwrap();
+        launch::conv_backward_filter(dev, s, shape, &x_dev, &g_dev, &mut grads_dev, agents, n, n, FilterTarget::Grads(lp), precision).unwrap();
     } else {
         let per = launch::CONV_FILTER_SAMPLES_PER_CHUNK;
         let chunks = launch::filter_chunks(n, per);
         let mut partials = poisoned(dev, agents * chunks * launch::filter_grad_len(shape));
-        launch::conv_backward_filter(dev, s, shape, &x_dev, &g_dev, &mut partials, agents, n, per, FilterTarget::Partials).unwrap();
+        launch::conv_backward_filter(dev, s, shape, &x_dev, &g_dev, &mut partials, agents, n, per, FilterTarget::Partials, precision).unwrap();
         launch::conv_grad_sum_chunks(dev, s, shape, &partials, &mut grads_dev, agents, chunks, lp).unwrap();
     }
     let mut taps = poisoned(dev, launch::weight_taps_len(shape, agents));
     let below_dev = below.map(|b| upload(dev, b));
     let mut dx_dev = poisoned(dev, agents * n * shape.in_len());
-    launch::conv_backward_data(dev, s, shape, &g_dev, &params_dev, &mut taps, below_dev.as_ref(), &mut dx_dev, agents, n, lp).unwrap();
+    launch::conv_backward_data(dev, s, shape, &g_dev, &params_dev, &mut taps, below_dev.as_ref(), &mut dx_dev, agents, n, lp, precision)
+        .unwrap();
     LayerRun { y, grads: download(dev, &grads_dev), dx: Some(download(dev, &dx_dev)) }
 }
 
-fn check_layer<D: Device, In: TestInput>(dev: &D, name: &str, shape: ConvShape, agents: usize, n: usize, seed: u64) {
+/// The CPU reference of one agent's layer: (y, dw, db, dx) for input xs, weight w, bias b and
+/// output gradient dy, masked inside by the ReLU of `mask_y` (default: this y).
+fn reference(
+    shape: &ConvShape, xs: &[f32], w: &[f32], b: &[f32], dy: &[f32], mask_y: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut y = vec![0f32; dy.len()];
+    let mut dya = dy.to_vec();
+    let (mut dw, mut db, mut dx) = (vec![0f32; w.len()], vec![0f32; b.len()], vec![0f32; xs.len()]);
+    if is_linear(shape) {
+        linear_forward(xs, w, b, &mut y, true);
+        linear_backward(xs, w, mask_y.unwrap_or(&y), &mut dya, true, &mut dw, &mut db, Some(&mut dx));
+    } else {
+        conv2d_forward(shape, xs, w, b, &mut y, true);
+        conv2d_backward(shape, xs, w, mask_y.unwrap_or(&y), &mut dya, true, &mut dw, &mut db, Some(&mut dx));
+    }
+    (y, dw, db, dx)
+}
+
+fn tf32_rounded(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| tf32_round(x)).collect()
+}
+
+/// The worst ‖out − ref‖/‖ref‖ of the TF32 kernels against the plain FP32 reference.
+fn check_layer<D: Device, In: TestInput>(
+    dev: &D, name: &str, shape: ConvShape, agents: usize, n: usize, seed: u64, precision: Precision,
+) -> f64 {
+    let mut worst_vs_fp32 = 0f64;
     let lp = layer_params(&shape);
     let p = lp.param_count;
     let x: Vec<In> = In::random(agents * n * shape.in_len(), seed);
@@ -207,27 +253,50 @@ fn check_layer<D: Device, In: TestInput>(dev: &D, name: &str, shape: ConvShape, 
     for path in if linear { vec![Path::ConvChunks, Path::ConvDirect, Path::Fc] } else { vec![Path::ConvChunks, Path::ConvDirect] } {
         // Backward-data with the mask on the chunked and fc paths, without it on the direct one.
         let below = (path != Path::ConvDirect).then_some(&below_all[..]);
-        let got = run_layer(dev, &shape, lp, &x, &params, &dy, below, agents, n, path);
+        let got = run_layer(dev, &shape, lp, &x, &params, &dy, below, agents, n, path, precision);
         let xf = In::to_f32(&x);
-        let ctx = format!("{name} {shape:?} agents={agents} n={n} path={path:?} on {}", dev.kind());
+        let ctx = format!("{name} {shape:?} agents={agents} n={n} path={path:?} {precision:?} on {}", dev.kind());
         for a in 0..agents {
             let th = &params[a * p..(a + 1) * p];
             let (w, b) = (&th[lp.w_off..lp.b_off], &th[lp.b_off..lp.b_off + shape.out_channels]);
             let xs = &xf[a * n * shape.in_len()..(a + 1) * n * shape.in_len()];
-            let mut y = vec![0f32; n * shape.out_len()];
-            let mut dya = dy[a * n * shape.out_len()..(a + 1) * n * shape.out_len()].to_vec();
-            let mut dw = vec![0f32; w.len()];
-            let mut db = vec![0f32; b.len()];
-            let mut dx = vec![0f32; xs.len()];
-            if linear {
-                linear_forward(xs, w, b, &mut y, true);
-                linear_backward(xs, w, &y, &mut dya, true, &mut dw, &mut db, Some(&mut dx));
-            } else {
-                conv2d_forward(&shape, xs, w, b, &mut y, true);
-                conv2d_backward(&shape, xs, w, &y, &mut dya, true, &mut dw, &mut db, Some(&mut dx));
-            }
+            let dya = &dy[a * n * shape.out_len()..(a + 1) * n * shape.out_len()];
+            let (y, dw, db, mut dx) = match precision {
+                Precision::Fp32 => reference(&shape, xs, w, b, dya, None),
+                Precision::Tf32 => {
+                    // The operands as the tensor cores read them: x, w and the masked gradient
+                    // rounded to TF32; the bias gradient is summed from the unrounded gradient.
+                    let (xr, wr) = (tf32_rounded(xs), tf32_rounded(w));
+                    let (y, _, db, _) = reference(&shape, &xr, &wr, b, dya, None);
+                    let g = tf32_rounded(&masked_by_relu(dya, &y));
+                    let (_, dw, _, dx) = reference(&shape, &xr, &wr, b, &g, None);
+                    // And against plain FP32: the forward, and the backward through the same ReLU
+                    // mask (an output within TF32 noise of 0 may switch its ReLU: that changes a
+                    // gradient by whole terms, not by the rounding this bounds).
+                    let y32 = reference(&shape, xs, w, b, dya, None).0;
+                    let (_, dw32, db32, mut dx32) = reference(&shape, xs, w, b, dya, Some(&y));
+                    if let Some(bl) = below {
+                        dx32 = masked_by_relu(&dx32, &bl[a * xs.len()..(a + 1) * xs.len()]);
+                    }
+                    let g = &got.grads[a * p..(a + 1) * p];
+                    for (what, out, want) in [
+                        ("y", &got.y[a * y32.len()..(a + 1) * y32.len()], &y32),
+                        ("dw", &g[lp.w_off..lp.b_off], &dw32),
+                        ("db", &g[lp.b_off..lp.b_off + b.len()], &db32),
+                        ("dx", &got.dx.as_ref().unwrap()[a * dx32.len()..(a + 1) * dx32.len()], &dx32),
+                    ] {
+                        let rel = assert_close_within(&format!("{ctx} agent {a} {what} vs fp32"), out, want, TF32_REL, f64::INFINITY);
+                        worst_vs_fp32 = worst_vs_fp32.max(rel);
+                    }
+                    (y, dw, db, dx)
+                }
+            };
             let on = y.iter().filter(|&&v| v > 0.0).count();
             assert!(on > 0 && on < y.len(), "{ctx}: the test needs both active and inactive ReLUs");
+            let tol = if precision == Precision::Tf32 && dev.kind() == "cuda" { 1e-4 } else { 1e-5 };
+            let assert_close = |what: &str, got: &[f32], want: &[f32]| {
+                assert_close_within(what, got, want, tol, tol);
+            };
             assert_close(&format!("{ctx} agent {a} y"), &got.y[a * y.len()..(a + 1) * y.len()], &y);
             let g = &got.grads[a * p..(a + 1) * p];
             assert_close(&format!("{ctx} agent {a} dw"), &g[lp.w_off..lp.b_off], &dw);
@@ -244,7 +313,8 @@ fn check_layer<D: Device, In: TestInput>(dev: &D, name: &str, shape: ConvShape, 
         // Batch composition: agent 0 alone gives bit-identical results to agent 0 in the batch.
         if agents > 1 {
             let below0 = below.map(|b| &b[..n * shape.in_len()]);
-            let alone = run_layer(dev, &shape, lp, &x[..n * shape.in_len()], &params[..p], &dy[..n * shape.out_len()], below0, 1, n, path);
+            let alone =
+                run_layer(dev, &shape, lp, &x[..n * shape.in_len()], &params[..p], &dy[..n * shape.out_len()], below0, 1, n, path, precision);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&alone.y), bits(&got.y[..alone.y.len()]), "{ctx}: forward depends on the other agents");
             assert_eq!(bits(&alone.grads), bits(&got.grads[..p]), "{ctx}: gradients depend on the other agents");
@@ -252,37 +322,41 @@ fn check_layer<D: Device, In: TestInput>(dev: &D, name: &str, shape: ConvShape, 
             assert_eq!(bits(adx), bits(&gdx[..adx.len()]), "{ctx}: dx depends on the other agents");
         }
     }
+    worst_vs_fp32
 }
 
-fn check_all_layers<D: Device>(dev: &D) {
+/// Every layer shape in `precision`; returns the worst TF32-vs-FP32 relative error seen.
+fn check_all_layers<D: Device>(dev: &D, precision: Precision) -> f64 {
+    let mut worst = 0f64;
     let lin = launch::linear_shape;
     // Both presets' layers (conv1 reads uint8 frames).
-    check_layer::<D, u8>(dev, "conv1", ConvShape::new(4, 32, 8, 4, 84), 2, 3, 1);
-    check_layer::<D, f32>(dev, "conv2", ConvShape::new(32, 64, 4, 2, 20), 2, 5, 2);
-    check_layer::<D, f32>(dev, "gala conv3", ConvShape::new(64, 32, 3, 1, 9), 3, 2, 3);
-    check_layer::<D, f32>(dev, "nature conv3", ConvShape::new(64, 64, 3, 1, 9), 1, 6, 4);
-    check_layer::<D, f32>(dev, "gala fc", lin(32 * 49, 512), 2, 5, 5);
-    check_layer::<D, f32>(dev, "nature fc", lin(64 * 49, 512), 1, 3, 6);
+    worst = worst.max(check_layer::<D, u8>(dev, "conv1", ConvShape::new(4, 32, 8, 4, 84), 2, 3, 1, precision));
+    worst = worst.max(check_layer::<D, f32>(dev, "conv2", ConvShape::new(32, 64, 4, 2, 20), 2, 5, 2, precision));
+    worst = worst.max(check_layer::<D, f32>(dev, "gala conv3", ConvShape::new(64, 32, 3, 1, 9), 3, 2, 3, precision));
+    worst = worst.max(check_layer::<D, f32>(dev, "nature conv3", ConvShape::new(64, 64, 3, 1, 9), 1, 6, 4, precision));
+    worst = worst.max(check_layer::<D, f32>(dev, "gala fc", lin(32 * 49, 512), 2, 5, 5, precision));
+    worst = worst.max(check_layer::<D, f32>(dev, "nature fc", lin(64 * 49, 512), 1, 3, 6, precision));
     // Ragged: nothing a multiple of the tiles or of the 4-sample chunk.
-    check_layer::<D, f32>(dev, "ragged conv", ConvShape::new(3, 5, 3, 2, 11), 3, 7, 7);
-    check_layer::<D, f32>(dev, "ragged conv", ConvShape::new(7, 33, 2, 1, 6), 2, 1, 8);
-    check_layer::<D, u8>(dev, "ragged u8 conv", ConvShape::new(2, 9, 5, 3, 17), 2, 9, 9);
+    worst = worst.max(check_layer::<D, f32>(dev, "ragged conv", ConvShape::new(3, 5, 3, 2, 11), 3, 7, 7, precision));
+    worst = worst.max(check_layer::<D, f32>(dev, "ragged conv", ConvShape::new(7, 33, 2, 1, 6), 2, 1, 8, precision));
+    worst = worst.max(check_layer::<D, u8>(dev, "ragged u8 conv", ConvShape::new(2, 9, 5, 3, 17), 2, 9, 9, precision));
     // Kernel narrower than the stride: backward-data's phase py = 2 has no tap (dx exactly 0
     // there), and 11 = 3*3 + 2 leaves ragged phases.
-    check_layer::<D, f32>(dev, "gapped conv", ConvShape::new(3, 4, 2, 3, 11), 2, 3, 16);
+    worst = worst.max(check_layer::<D, f32>(dev, "gapped conv", ConvShape::new(3, 4, 2, 3, 11), 2, 3, 16, precision));
     // R = 43*49 = 2107 > CONV_PTAB (2048): the forward kernel's patch-offset table is refilled
     // once, and the last K-step is ragged.
-    check_layer::<D, f32>(dev, "wide-patch conv", ConvShape::new(43, 6, 7, 3, 13), 2, 3, 13);
+    worst = worst.max(check_layer::<D, f32>(dev, "wide-patch conv", ConvShape::new(43, 6, 7, 3, 13), 2, 3, 13, precision));
     // uint8 layers with K, stride and H multiples of 4 (like conv1) run conv_forward_u8_words:
     // R = 48 ends in half a K-step, Cout and the columns (5 x 16) are ragged; then R = 8256 >
     // 4 x CONV_PTAB, so its table of 4-row groups is refilled.
-    check_layer::<D, u8>(dev, "ragged u8 words conv", ConvShape::new(3, 5, 4, 4, 16), 2, 5, 14);
-    check_layer::<D, u8>(dev, "wide-patch u8 words conv", ConvShape::new(129, 3, 8, 4, 8), 2, 6, 15);
-    check_layer::<D, f32>(dev, "ragged fc", lin(37, 45), 3, 9, 10);
-    check_layer::<D, f32>(dev, "ragged fc", lin(65, 97), 1, 70, 11);
+    worst = worst.max(check_layer::<D, u8>(dev, "ragged u8 words conv", ConvShape::new(3, 5, 4, 4, 16), 2, 5, 14, precision));
+    worst = worst.max(check_layer::<D, u8>(dev, "wide-patch u8 words conv", ConvShape::new(129, 3, 8, 4, 8), 2, 6, 15, precision));
+    worst = worst.max(check_layer::<D, f32>(dev, "ragged fc", lin(37, 45), 3, 9, 10, precision));
+    worst = worst.max(check_layer::<D, f32>(dev, "ragged fc", lin(65, 97), 1, 70, 11, precision));
     // fc split-K: In = 601 → 3 forward slices (the last ragged), Out = 300 → 2 backward-data
     // slices; batch 67 is two column tiles, one of them ragged.
-    check_layer::<D, f32>(dev, "ragged split-K fc", lin(601, 300), 2, 67, 12);
+    worst = worst.max(check_layer::<D, f32>(dev, "ragged split-K fc", lin(601, 300), 2, 67, 12, precision));
+    worst
 }
 
 /// The fused heads: forward + loss, then backward, against linear_forward, a2c_loss_backward and
@@ -404,7 +478,14 @@ fn check_heads<D: Device>(dev: &D, exact_loss: bool) {
 
 #[test]
 fn sim_conv_and_fc_kernels_match_cpu() {
-    check_all_layers(&SimDevice::new());
+    check_all_layers(&SimDevice::new(), Precision::Fp32);
+}
+
+/// The `_tf32` tensor-core GEMMs (kernels/conv.cu built with GALA_TF32) on every layer shape.
+#[test]
+fn sim_tf32_conv_and_fc_kernels_match_cpu_on_tf32_operands() {
+    let worst = check_all_layers(&SimDevice::new(), Precision::Tf32);
+    println!("tf32 kernels vs the plain fp32 reference: worst relative error {worst:.3e} (bound {TF32_REL:e})");
 }
 
 #[test]
@@ -421,13 +502,13 @@ fn launchers_reject_bad_sizes() {
     let x = dev.alloc_zeros::<f32>(2 * shape.in_len()).unwrap();
     let params = dev.alloc_zeros::<f32>(lp.param_count).unwrap();
     let mut y = dev.alloc_zeros::<f32>(2 * shape.out_len() - 1).unwrap();
-    let err = launch::conv_forward(&dev, s, &shape, &x, &params, &mut y, 1, 2, lp, true).unwrap_err();
+    let err = launch::conv_forward(&dev, s, &shape, &x, &params, &mut y, 1, 2, lp, true, Precision::Fp32).unwrap_err();
     assert!(err.to_string().contains("`y`"), "{err}");
     // Writing straight into the gradients needs a single chunk.
     let dy = dev.alloc_zeros::<f32>(4 * shape.out_len()).unwrap();
     let x4 = dev.alloc_zeros::<f32>(4 * shape.in_len()).unwrap();
     let mut grads = dev.alloc_zeros::<f32>(lp.param_count).unwrap();
-    let err = launch::conv_backward_filter(&dev, s, &shape, &x4, &dy, &mut grads, 1, 4, 2, FilterTarget::Grads(lp)).unwrap_err();
+    let err = launch::conv_backward_filter(&dev, s, &shape, &x4, &dy, &mut grads, 1, 4, 2, FilterTarget::Grads(lp), Precision::Fp32).unwrap_err();
     assert!(err.to_string().contains("one chunk"), "{err}");
     // Backward-data's tap table: a 17x17 kernel at stride 1 has 289 taps in its one phase.
     let wide = ConvShape::new(1, 1, 17, 1, 17);
@@ -435,7 +516,7 @@ fn launchers_reject_bad_sizes() {
     let (g, pw) = (dev.alloc_zeros::<f32>(1).unwrap(), dev.alloc_zeros::<f32>(lpw.param_count).unwrap());
     let mut taps = dev.alloc_zeros::<f32>(launch::weight_taps_len(&wide, 1)).unwrap();
     let mut dx = dev.alloc_zeros::<f32>(wide.in_len()).unwrap();
-    let err = launch::conv_backward_data(&dev, s, &wide, &g, &pw, &mut taps, None, &mut dx, 1, 1, lpw).unwrap_err();
+    let err = launch::conv_backward_data(&dev, s, &wide, &g, &pw, &mut taps, None, &mut dx, 1, 1, lpw, Precision::Tf32).unwrap_err();
     assert!(err.to_string().contains("289 taps"), "{err}");
 }
 
@@ -452,6 +533,12 @@ fn cuda_network_kernels_match_cpu_when_a_gpu_is_present() {
         }
     };
     println!("running the network kernel comparisons on {}", dev.describe());
-    check_all_layers(&dev);
+    check_all_layers(&dev, Precision::Fp32);
+    if dev.has_kernel("conv_forward_f32_tf32") {
+        let worst = check_all_layers(&dev, Precision::Tf32);
+        println!("tf32 kernels vs the plain fp32 reference: worst relative error {worst:.3e} (bound {TF32_REL:e})");
+    } else {
+        println!("SKIPPED the tf32 kernels: {} is older than sm_80", dev.describe());
+    }
     check_heads(&dev, false);
 }

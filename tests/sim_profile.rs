@@ -136,7 +136,7 @@ fn divergent_lanes_form_masked_requests() {
 #[test]
 fn learner_update_profile_covers_every_launch_and_changes_nothing() {
     use gala_gpu::backend::gpu::GpuBackend;
-    use gala_gpu::backend::{Backend, BackendSpec, Segment};
+    use gala_gpu::backend::{Backend, BackendSpec, Precision, Segment};
     use gala_gpu::config::Config;
     use gala_gpu::model::{init_params, NetPreset, NetSpec, OBS_BYTES};
     let spec = BackendSpec {
@@ -147,6 +147,7 @@ fn learner_update_profile_covers_every_launch_and_changes_nothing() {
         n_steps: 2,
         seed: 3,
         hyper: Config::default().hyper(),
+        precision: Precision::Fp32,
     };
     let n = spec.agents * spec.segment_samples();
     let obs: Vec<u8> = (0..n * OBS_BYTES).map(|i| ((i * 7919) % 251) as u8).collect();

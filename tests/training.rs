@@ -2,7 +2,7 @@
 
 use gala_gpu::algo::{NoProgress, Topology, Trainer};
 use gala_gpu::backend::cpu::CpuBackend;
-use gala_gpu::backend::{Backend, BackendKind, BackendSpec};
+use gala_gpu::backend::{Backend, BackendKind, BackendSpec, Precision};
 use gala_gpu::config::{Algo, Config};
 use gala_gpu::model::{NetPreset, NetSpec};
 use gala_gpu::rng::{PhiloxStream, Purpose};
@@ -53,7 +53,7 @@ fn a2c_is_one_learner_holding_all_simulators() {
 fn agents_with_distinct_params(agents: usize) -> (CpuBackend, usize) {
     let net = NetSpec::new(NetPreset::Gala, 3);
     let p = net.layout().total;
-    let spec = BackendSpec { net, agents, agent_offset: 0, envs_per_agent: 1, n_steps: 1, seed: 0, hyper: Config::default().hyper() };
+    let spec = BackendSpec { net, agents, agent_offset: 0, envs_per_agent: 1, n_steps: 1, seed: 0, hyper: Config::default().hyper(), precision: Precision::Fp32 };
     let mut rng = PhiloxStream::new(5, 0, Purpose::Init);
     let arena: Vec<f32> = (0..agents * p).map(|_| rng.next_normal() as f32).collect();
     (CpuBackend::new(spec, &arena, 2).unwrap(), p)

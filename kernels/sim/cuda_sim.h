@@ -27,9 +27,11 @@
 #define __CUDA_SIM__ 1
 
 // The profiled kernel variant (sim_profile.h) is a second copy of every kernel in the same
-// binary, built with -fsanitize=thread: its helpers and __device__ functions get internal
-// linkage there, so the linker never merges an instrumented copy with a plain one.
-#ifdef GALA_SIM_PROFILE_BUILD
+// binary, built with -fsanitize=thread, and a build.rs variant (conv.cu's TF32 build) is another
+// copy of one file's kernels with different code: their helpers and __device__ functions get
+// internal linkage there, so the linker never merges one copy's inline function (or the one
+// `__shared__` array a function-local static is program-wide) with another's.
+#if defined(GALA_SIM_PROFILE_BUILD) || defined(GALA_SIM_VARIANT_BUILD)
 #define GALA_SIM_INLINE static inline
 #else
 #define GALA_SIM_INLINE inline
@@ -239,6 +241,26 @@ inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned int)x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 template <class T>
 GALA_SIM_INLINE T __ldg(const T* p) { return *p; }
+
+// ---- TF32 tensor-core instructions (prelude.cuh's gala_tf32_round / gala_mma_m16n8k8_tf32) ----
+// cvt.rna.tf32.f32: round to 10 mantissa bits, to nearest, ties away from zero (add half a TF32
+// ulp to the magnitude, drop the 13 low bits); infinities and NaNs pass unchanged.
+GALA_SIM_INLINE unsigned int gala_tf32_round(float x) {
+    unsigned int u = (unsigned int)gala_sim::to_bits(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u;
+    return (u + 0x1000u) & 0xffffe000u;
+}
+namespace gala_sim {
+// Four mma.sync m16n8k8 .tf32 (f32 accumulators) sharing the A fragment, for the calling lane's
+// warp (sim_runtime.cpp: the lanes publish their fragments, meet at a warp barrier, and each
+// computes its 16 outputs as d + the 8 products in ascending k, every step rounded to FP32; a
+// product of two TF32 values is exact in FP32). Like the hardware it reads only the TF32 bits of
+// the operands. Every lane of a full warp must call it; in a partial warp the outputs are NaN.
+void mma_m16n8k8_tf32_x4(float d[4][4], const unsigned int a[4], const unsigned int b[4][2]);
+}  // namespace gala_sim
+GALA_SIM_INLINE void gala_mma_m16n8k8_tf32_x4(float d[4][4], const unsigned int a[4], const unsigned int b[4][2]) {
+    gala_sim::mma_m16n8k8_tf32_x4(d, a, b);
+}
 
 // CUDA's device-side min/max overloads (host C++ has only std::min/std::max).
 #define GALA_SIM_MINMAX(T)                                  \

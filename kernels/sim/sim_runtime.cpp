@@ -40,6 +40,8 @@ typedef void (*KernelShim)(void** args);
 // overflow into a crash at the faulting fiber instead of silent corruption of its neighbour.
 static const size_t kStackBytes = 64 * 1024;
 static const unsigned kMaxThreadsPerBlock = 1024;
+// Fragment registers a lane publishes per mma_m16n8k8_tf32_x4: A (4), then B of tiles 0..3 (2 each).
+static const unsigned kMmaSlots = 12;
 
 enum class FiberState : unsigned char { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
 
@@ -57,6 +59,8 @@ struct Fiber {
 struct Worker {
     std::vector<Fiber> fibers;
     std::vector<unsigned long long> warp_slots;
+    // Twelve fragment registers per thread for the tensor-core emulation (mma_m16n8k8_tf32_x4).
+    std::vector<unsigned> mma_slots;
     std::vector<unsigned> order;
     char* stacks = nullptr;
     void* scheduler_sp = nullptr;
@@ -66,7 +70,9 @@ struct Worker {
     KernelShim shim = nullptr;
     void** args = nullptr;
 
-    Worker() : fibers(kMaxThreadsPerBlock), warp_slots(kMaxThreadsPerBlock), order(kMaxThreadsPerBlock) {}
+    Worker()
+        : fibers(kMaxThreadsPerBlock), warp_slots(kMaxThreadsPerBlock), mma_slots(kMmaSlots * kMaxThreadsPerBlock),
+          order(kMaxThreadsPerBlock) {}
     bool map_stacks() {
         size_t per = kStackBytes + (size_t)getpagesize();
         size_t total = per * kMaxThreadsPerBlock;
@@ -203,6 +209,40 @@ void warp_barrier() {
     Fiber& f = current_fiber();
     f.state = FiberState::AtWarpBarrier;
     switch_to_scheduler(*current_worker, f);
+}
+
+// Here, not in cuda_sim.h, so that the profiled kernel build does not see the fragment traffic
+// (it would count as shared-memory accesses: the slots are no kernel's memory).
+void mma_m16n8k8_tf32_x4(float d[4][4], const unsigned int a[4], const unsigned int b[4][2]) {
+    ThreadState* t = current_thread;
+    unsigned* slots = &current_worker->mma_slots[kMmaSlots * (t->warp * 32)];
+    unsigned* mine = slots + kMmaSlots * t->lane;
+    for (int i = 0; i < 4; ++i) mine[i] = a[i];
+    for (int tile = 0; tile < 4; ++tile) {
+        mine[4 + 2 * tile] = b[tile][0];
+        mine[5 + 2 * tile] = b[tile][1];
+    }
+    warp_barrier();
+    const unsigned grp = t->lane / 4, tig = t->lane % 4;
+    float out[4][4];
+    for (unsigned tile = 0; tile < 4; ++tile)
+        for (unsigned r = 0; r < 4; ++r) {
+            // Accumulator r: row grp (+8 for r >= 2), column 2*tig + r % 2.
+            const unsigned row = grp + 8 * (r / 2), col = 2 * tig + r % 2;
+            float acc = d[tile][r];
+            for (unsigned k = 0; k < 8; ++k) {
+                // A(row, k): lane 4*(row % 8) + k % 4, register (row >= 8) + 2*(k >= 4);
+                // B(k, col): lane 4*col + k % 4, register (k >= 4) of the tile's pair.
+                const unsigned a_bits = slots[kMmaSlots * (4 * (row % 8) + k % 4) + (row / 8) + 2 * (k / 4)];
+                const unsigned b_bits = slots[kMmaSlots * (4 * col + k % 4) + 4 + 2 * tile + k / 4];
+                acc += from_bits<float>(a_bits & 0xffffe000u) * from_bits<float>(b_bits & 0xffffe000u);
+            }
+            out[tile][r] = t->lanes_in_warp == 32 ? acc : NAN;
+        }
+    // Nobody republishes before every lane has read.
+    warp_barrier();
+    for (int tile = 0; tile < 4; ++tile)
+        for (int r = 0; r < 4; ++r) d[tile][r] = out[tile][r];
 }
 
 static inline unsigned long long mix64(unsigned long long x) {

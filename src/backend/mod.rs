@@ -33,6 +33,41 @@ pub enum BackendKind {
     Cuda,
 }
 
+/// The arithmetic of the network's matrix products (the conv and fc GEMMs, forward and backward).
+/// Everything else (heads, loss, optimizer, gossip) is FP32 in both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// FP32 FMAs: the CPU reference's arithmetic up to summation order.
+    #[default]
+    Fp32,
+    /// TF32 tensor cores (cuda on sm_80 and later, and sim): operands rounded to TF32 (10
+    /// mantissa bits, `tf32_round`), products accumulated in FP32, as PyTorch computes a conv with
+    /// TF32 allowed (its default for convolutions). Opt-in; not on the cpu backend.
+    Tf32,
+}
+
+impl Precision {
+    /// The GEMM kernel that computes `kernel` (a kernels/conv.cu GEMM's plain name) in this precision.
+    pub fn kernel(self, kernel: &str) -> std::borrow::Cow<'_, str> {
+        match self {
+            Precision::Fp32 => std::borrow::Cow::Borrowed(kernel),
+            Precision::Tf32 => std::borrow::Cow::Owned(format!("{kernel}_tf32")),
+        }
+    }
+}
+
+/// `x` rounded to TF32 as the tensor-core kernels read their operands (PTX cvt.rna.tf32.f32: 10
+/// mantissa bits, to nearest, ties away from zero; infinities and NaNs unchanged): the CPU
+/// statement of what `precision = "tf32"` does to a GEMM operand.
+pub fn tf32_round(x: f32) -> f32 {
+    let u = x.to_bits();
+    if u & 0x7f80_0000 == 0x7f80_0000 {
+        return x;
+    }
+    f32::from_bits(u.wrapping_add(0x1000) & 0xffff_e000)
+}
+
 /// The learner's hyper-parameters (DESIGN.md defaults in `Config`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LearnerHyper {
@@ -60,6 +95,8 @@ pub struct BackendSpec {
     /// Keys the action sampler (and nothing else inside the backend).
     pub seed: u64,
     pub hyper: LearnerHyper,
+    /// The GEMMs' arithmetic (the cpu backend computes FP32 only).
+    pub precision: Precision,
 }
 
 impl BackendSpec {

@@ -92,12 +92,17 @@ impl CudaDevice {
         let arch = format!("compute_{major}{minor}");
         let mut functions = HashMap::new();
         for source in KERNEL_SOURCES {
+            // The TF32 build needs tensor cores with TF32 (sm_80+); without it its kernels are
+            // absent and the backend refuses `precision = "tf32"` (GpuBackend::new).
+            if source.variant == "tf32" && major < 8 {
+                continue;
+            }
             let compiled = nvrtc::compile(source, &arch)?;
-            let ptx = compiled.ptx.ok_or_else(|| Error::Backend(format!("NVRTC returned no PTX for kernels/{}", source.file)))?;
+            let ptx = compiled.ptx.ok_or_else(|| Error::Backend(format!("NVRTC returned no PTX for {}", source.describe())))?;
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                .map_err(|e| driver_err(&format!("loading the PTX of kernels/{}", source.file), e))?;
-            for sig in super::KERNEL_SIGNATURES.iter().filter(|k| k.file == source.file) {
+                .map_err(|e| driver_err(&format!("loading the PTX of {}", source.describe()), e))?;
+            for sig in super::KERNEL_SIGNATURES.iter().filter(|k| source.builds(k)) {
                 let f = module.load_function(sig.name).map_err(|e| driver_err(&format!("cuModuleGetFunction({})", sig.name), e))?;
                 functions.insert(sig.name, f);
             }
@@ -327,6 +332,9 @@ impl super::Device for CudaDevice {
     fn launch_graph(&self, graph: &Graph) -> Result<()> {
         let g: &SendGraph = graph.native(self.id)?;
         g.0.launch().map_err(|e| driver_err("graph launch", e))
+    }
+    fn has_kernel(&self, name: &str) -> bool {
+        self.functions.contains_key(name)
     }
 }
 

@@ -25,6 +25,27 @@ pub struct KernelSource {
     /// Path relative to kernels/ ("optim.cu", "test/selftest.cu").
     pub file: &'static str,
     pub text: &'static str,
+    /// "" for a file's plain build; else the suffix of a second build of the same text (build.rs
+    /// `VARIANTS`: "tf32" for conv.cu's tensor-core GEMMs), whose kernels are named `<name>_<suffix>`.
+    pub variant: &'static str,
+    /// Preprocessor definitions ("NAME=value") the compile passes (`-D`): a variant's macro and
+    /// its kernel renames.
+    pub defines: &'static [&'static str],
+}
+
+impl KernelSource {
+    /// Whether `kernel` comes out of this build (the same file and variant).
+    pub fn builds(&self, kernel: &KernelSignature) -> bool {
+        kernel.file == self.file && kernel.variant == self.variant
+    }
+    /// "kernels/conv.cu", or "kernels/conv.cu (tf32 build)" for a variant: for messages.
+    pub fn describe(&self) -> String {
+        if self.variant.is_empty() {
+            format!("kernels/{}", self.file)
+        } else {
+            format!("kernels/{} ({} build)", self.file, self.variant)
+        }
+    }
 }
 
 /// How a kernel parameter is declared in CUDA C.
@@ -44,6 +65,8 @@ pub enum ParamKind {
 pub struct KernelSignature {
     pub name: &'static str,
     pub file: &'static str,
+    /// The build of `file` it comes from ("" plain; see `KernelSource::variant`).
+    pub variant: &'static str,
     pub params: &'static [ParamKind],
 }
 
@@ -354,6 +377,11 @@ pub trait Device: Send + Sync + 'static {
     fn launch_graph(&self, _graph: &Graph) -> Result<()> {
         Err(Error::Unsupported(format!("{}: no graph capture", self.kind())))
     }
+    /// Whether kernel `name` can run here (a table kernel the device did not build, such as the
+    /// TF32 GEMMs on a GPU older than sm_80, cannot).
+    fn has_kernel(&self, name: &str) -> bool {
+        kernel_signature(name).is_ok()
+    }
 }
 
 impl Graph {
@@ -435,6 +463,9 @@ pub(crate) fn check_range(what: &str, offset: usize, len: usize, buffer_len: usi
 impl<D: Device> Device for std::sync::Arc<D> {
     fn kind(&self) -> &'static str {
         (**self).kind()
+    }
+    fn has_kernel(&self, name: &str) -> bool {
+        (**self).has_kernel(name)
     }
     fn describe(&self) -> String {
         (**self).describe()

@@ -64,7 +64,7 @@ pub fn options(arch: &str) -> Vec<String> {
 pub fn compile(source: &KernelSource, arch: &str) -> Result<Compiled> {
     require()?;
     let src = CString::new(source.text)
-        .map_err(|_| Error::Backend(format!("kernels/{} contains a NUL byte", source.file)))?;
+        .map_err(|_| Error::Backend(format!("{} contains a NUL byte", source.describe())))?;
     let name = CString::new(source.file).expect("kernel file names have no NUL");
     // Every kernels/*.cuh goes in as an in-memory header under its file name, so
     // `#include "prelude.cuh"` resolves with no file system (the CUDA device has none to offer).
@@ -89,10 +89,11 @@ pub fn compile(source: &KernelSource, arch: &str) -> Result<Compiled> {
         )
     }
     .result()
-    .map_err(|e| Error::Backend(format!("nvrtcCreateProgram for kernels/{}: {e:?}", source.file)))?;
+    .map_err(|e| Error::Backend(format!("nvrtcCreateProgram for {}: {e:?}", source.describe())))?;
     // SAFETY: nvrtcCreateProgram succeeded, so it wrote the program handle.
     let prog = unsafe { prog.assume_init() };
-    let opts = options(arch);
+    let mut opts = options(arch);
+    opts.extend(source.defines.iter().map(|d| format!("-D{d}")));
     // SAFETY: `prog` is a live program created above; destroyed below on every path.
     let compiled = unsafe { result::compile_program(prog, &opts) };
     // SAFETY: as above; the log is a NUL-terminated C string.
@@ -101,8 +102,8 @@ pub fn compile(source: &KernelSource, arch: &str) -> Result<Compiled> {
         .unwrap_or_default();
     let outcome = match compiled {
         Err(e) => Err(Error::Backend(format!(
-            "NVRTC failed to compile kernels/{} for {arch} ({e:?}) with options {opts:?}:\n{log}",
-            source.file
+            "NVRTC failed to compile {} for {arch} ({e:?}) with options {opts:?}:\n{log}",
+            source.describe()
         ))),
         Ok(()) if !arch.starts_with("compute_") => Ok(Compiled { ptx: None, log }),
         // SAFETY: the program compiled; get_ptx copies the NUL-terminated PTX out.
@@ -111,7 +112,7 @@ pub fn compile(source: &KernelSource, arch: &str) -> Result<Compiled> {
                 let bytes: Vec<u8> = ptx.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
                 Compiled { ptx: Some(String::from_utf8_lossy(&bytes).into_owned()), log }
             })
-            .map_err(|e| Error::Backend(format!("nvrtcGetPTX for kernels/{}: {e:?}", source.file))),
+            .map_err(|e| Error::Backend(format!("nvrtcGetPTX for {}: {e:?}", source.describe()))),
     };
     // SAFETY: `prog` is live and not used afterwards.
     let _ = unsafe { result::destroy_program(prog) };

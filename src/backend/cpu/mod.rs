@@ -10,7 +10,7 @@ pub mod net;
 pub mod optim;
 pub mod real;
 
-use super::{ActOutput, AgentLearnStats, Backend, BackendSpec, Segment};
+use super::{ActOutput, AgentLearnStats, Backend, BackendSpec, Precision, Segment};
 use crate::error::{Error, Result};
 use crate::model::{NetSpec, ParamLayout, OBS_BYTES};
 use heads::{a2c_loss_backward, nstep_returns, sample_action, LossCoefs};
@@ -73,6 +73,11 @@ pub struct CpuBackend {
 impl CpuBackend {
     /// `initial` is one agent's parameters (copied to every agent) or the whole arena.
     pub fn new(spec: BackendSpec, initial: &[f32], threads: usize) -> Result<Self> {
+        if spec.precision != Precision::Fp32 {
+            return Err(Error::Config(
+                "precision tf32 runs the tensor-core kernels of the cuda and sim backends; the cpu backend computes fp32 only (use --precision fp32, or --backend sim/cuda)".into(),
+            ));
+        }
         let layout = spec.net.layout();
         let p = layout.total;
         let params = spec.initial_arena(initial)?;
@@ -321,7 +326,7 @@ mod tests {
     /// The gala net (4 actions) on `agents` × `envs` × `steps` with the default hyper-parameters.
     fn gala_spec(agents: usize, envs: usize, steps: usize, seed: u64) -> BackendSpec {
         let net = NetSpec::new(NetPreset::Gala, 4);
-        BackendSpec { net, agents, agent_offset: 0, envs_per_agent: envs, n_steps: steps, seed, hyper: Config::default().hyper() }
+        BackendSpec { net, agents, agent_offset: 0, envs_per_agent: envs, n_steps: steps, seed, hyper: Config::default().hyper(), precision: Precision::Fp32 }
     }
 
     /// Two updates and an act through the fast path and through the reference network agree to

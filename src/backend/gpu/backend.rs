@@ -91,6 +91,9 @@ impl<D: Device> Device for CountingDevice<D> {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
+    fn has_kernel(&self, name: &str) -> bool {
+        self.inner.has_kernel(name)
+    }
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -292,6 +295,13 @@ impl<D: Device> GpuBackend<D> {
         let layout = spec.net.layout();
         let p = layout.total;
         let arena_init = spec.initial_arena(initial)?;
+        if !device.has_kernel(&spec.precision.kernel("conv_forward_f32")) {
+            return Err(Error::Config(format!(
+                "precision {:?}: {} has no tensor-core (TF32) kernels; TF32 needs an sm_80 or newer GPU: use --precision fp32",
+                spec.precision,
+                device.describe()
+            )));
+        }
         if spec.agents == 0 || spec.envs_per_agent == 0 || spec.n_steps == 0 {
             return Err(Error::Shape(format!(
                 "GPU backend: {} agents x {} envs x {} steps; all must be at least 1",
@@ -562,9 +572,10 @@ impl<D: Device> GpuBackend<D> {
             // the arena; the input gradient is split-K over the 512 outputs (fixed slices).
             // dhidden is masked by the fc ReLU already (heads_backward), dconv3 comes out masked by
             // conv3's.
-            launch::fc_backward_filter(dev, s, &self.fc_shape, &f.conv[2], &sc.dhidden, grads, agents, n, self.fc)?;
+            let precision = self.spec.precision;
+            launch::fc_backward_filter(dev, s, &self.fc_shape, &f.conv[2], &sc.dhidden, grads, agents, n, self.fc, precision)?;
             let below = Some(&f.conv[2]);
-            launch::fc_backward_data(dev, s, &self.fc_shape, &sc.dhidden, params, &mut sc.fc_data_partials, below, dconv3, agents, n, self.fc)?;
+            launch::fc_backward_data(dev, s, &self.fc_shape, &sc.dhidden, params, &mut sc.fc_data_partials, below, dconv3, agents, n, self.fc, precision)?;
         }
         for l in (0..3).rev() {
             self.conv_backward(l, frames)?;
@@ -607,10 +618,11 @@ impl<D: Device> GpuBackend<D> {
         let (a, n, net) = (spec.agents, fwd.n, &spec.net);
         let obs = frames.unwrap_or(&fwd.obs);
         let [c1, c2, c3] = &mut fwd.conv;
-        launch::conv_forward(dev, s, &net.convs[0], obs, params, c1, a, n, convs[0], true)?;
-        launch::conv_forward(dev, s, &net.convs[1], c1, params, c2, a, n, convs[1], true)?;
-        launch::conv_forward(dev, s, &net.convs[2], c2, params, c3, a, n, convs[2], true)?;
-        launch::fc_forward(dev, s, fc_shape, c3, params, &mut fwd.fc_partials, &mut fwd.hidden, a, n, fc, true)?;
+        let p = spec.precision;
+        launch::conv_forward(dev, s, &net.convs[0], obs, params, c1, a, n, convs[0], true, p)?;
+        launch::conv_forward(dev, s, &net.convs[1], c1, params, c2, a, n, convs[1], true, p)?;
+        launch::conv_forward(dev, s, &net.convs[2], c2, params, c3, a, n, convs[2], true, p)?;
+        launch::fc_forward(dev, s, fc_shape, c3, params, &mut fwd.fc_partials, &mut fwd.hidden, a, n, fc, true, p)?;
         if let Some(hp) = heads {
             launch::heads_forward(dev, s, &fwd.hidden, params, &mut fwd.logits, &mut fwd.values, a, n, hp)?;
         }
@@ -814,18 +826,19 @@ impl<D: Device> GpuBackend<D> {
         let per_chunk = launch::CONV_FILTER_SAMPLES_PER_CHUNK;
         let chunks = launch::filter_chunks(n, per_chunk);
         let partials = &mut sc.partials[l];
+        let p = self.spec.precision;
         // dy is masked already (see `dconv`).
         if l == 0 {
             let obs = frames.unwrap_or(&fwd.obs);
-            launch::conv_backward_filter(dev, s, &shape, obs, dy, partials, a, n, per_chunk, FilterTarget::Partials)?;
+            launch::conv_backward_filter(dev, s, &shape, obs, dy, partials, a, n, per_chunk, FilterTarget::Partials, p)?;
         } else {
-            launch::conv_backward_filter(dev, s, &shape, &fwd.conv[l - 1], dy, partials, a, n, per_chunk, FilterTarget::Partials)?;
+            launch::conv_backward_filter(dev, s, &shape, &fwd.conv[l - 1], dy, partials, a, n, per_chunk, FilterTarget::Partials, p)?;
         }
         launch::conv_grad_sum_chunks(dev, s, &shape, partials, grads, a, chunks, lp)?;
         if l > 0 {
             let dx = lower[l - 1].as_mut().expect("dconv of every layer exists");
             let below = Some(&fwd.conv[l - 1]);
-            launch::conv_backward_data(dev, s, &shape, dy, params, &mut sc.weight_taps, below, dx, a, n, lp)?;
+            launch::conv_backward_data(dev, s, &shape, dy, params, &mut sc.weight_taps, below, dx, a, n, lp, p)?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! wrong size is an error naming the buffer rather than an out-of-bounds access on the device.
 
 use crate::backend::cpu::optim::RmsProp;
+use crate::backend::Precision;
 use crate::device::{Device, DeviceBuffer, DeviceElem, KernelArg, LaunchConfig, Stream};
 use crate::error::{Error, Result};
 use crate::model::ConvShape;
@@ -463,7 +464,7 @@ fn loads_frame_words<In: ConvInput>(shape: &ConvShape, x: &DeviceBuffer<In>) -> 
 #[allow(clippy::too_many_arguments)]
 pub fn conv_forward<D: Device, In: ConvInput>(
     dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<In>, params: &DeviceBuffer<f32>,
-    y: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
+    y: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool, precision: Precision,
 ) -> Result<()> {
     let k = if In::FORWARD == "conv_forward_u8" && loads_frame_words(shape, x) { "conv_forward_u8_words" } else { In::FORWARD };
     let geom = conv_shape_args(k, shape, n)?;
@@ -487,7 +488,7 @@ pub fn conv_forward<D: Device, In: ConvInput>(
         KernelArg::U32(lp.b_off as u32),
         KernelArg::U32(relu as u32),
     ]);
-    dev.launch(stream, k, config, &args)
+    dev.launch(stream, &precision.kernel(k), config, &args)
 }
 
 /// The kernel arguments (buffer, flag) of an optional ReLU mask `below` [agents][n][..] (the
@@ -517,7 +518,7 @@ pub fn weight_taps_len(shape: &ConvShape, agents: usize) -> usize {
 pub fn conv_backward_data<D: Device>(
     dev: &D, stream: Stream, shape: &ConvShape, g: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>,
     taps: &mut DeviceBuffer<f32>, below: Option<&DeviceBuffer<f32>>, dx: &mut DeviceBuffer<f32>, agents: usize, n: usize,
-    lp: LayerParams,
+    lp: LayerParams, precision: Precision,
 ) -> Result<()> {
     const K: &str = "conv_backward_data";
     let geom = conv_shape_args(K, shape, n)?;
@@ -545,7 +546,7 @@ pub fn conv_backward_data<D: Device>(
     let mut args = vec![KernelArg::buf(g), KernelArg::buf(taps), below_buf, KernelArg::buf(dx)];
     args.extend(geom);
     args.extend([KernelArg::U32(n as u32), has_below]);
-    dev.launch(stream, K, config, &args)
+    dev.launch(stream, &precision.kernel(K), config, &args)
 }
 
 /// taps [agents][K*K][Cout][Cin] = the layer's weights [Cout][Cin][K][K] regrouped per tap.
@@ -601,7 +602,7 @@ pub enum FilterTarget {
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward_filter<D: Device, In: ConvInput>(
     dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<In>, g: &DeviceBuffer<f32>, out: &mut DeviceBuffer<f32>,
-    agents: usize, n: usize, samples_per_chunk: usize, target: FilterTarget,
+    agents: usize, n: usize, samples_per_chunk: usize, target: FilterTarget, precision: Precision,
 ) -> Result<()> {
     let k = if In::BACKWARD_FILTER == "conv_backward_filter_u8" && loads_frame_words(shape, x) {
         "conv_backward_filter_u8_words"
@@ -646,7 +647,7 @@ pub fn conv_backward_filter<D: Device, In: ConvInput>(
         KernelArg::U32(chunk_stride),
         KernelArg::U32(out_off),
     ]);
-    dev.launch(stream, k, config, &args)
+    dev.launch(stream, &precision.kernel(k), config, &args)
 }
 
 /// Second pass of backward-filter: grads[a][lp.w_off ..][i] = Σ_c partials[a][c][i] in chunk order.
@@ -756,6 +757,7 @@ fn fc_sum_splits<D: Device>(
 pub fn fc_forward<D: Device>(
     dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>,
     partials: &mut DeviceBuffer<f32>, y: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, relu: bool,
+    precision: Precision,
 ) -> Result<()> {
     const K: &str = "fc_forward";
     let (in_f, out_f) = fc_check(K, shape, n)?;
@@ -772,7 +774,7 @@ pub fn fc_forward<D: Device>(
         KernelArg::U32(lp.b_off as u32),
         KernelArg::U32(relu as u32),
     ];
-    fc_split_launch(dev, stream, K, &head, &tail, params, partials, y, agents, n, (in_f as usize, out_f as usize), Some(&lp), relu, None)
+    fc_split_launch(dev, stream, &precision.kernel(K), &head, &tail, params, partials, y, agents, n, (in_f as usize, out_f as usize), Some(&lp), relu, None)
 }
 
 /// The split-K launch shared by `fc_forward` and `fc_backward_data`: `k_width` = (reduction
@@ -812,7 +814,7 @@ fn fc_split_launch<D: Device>(
 pub fn fc_backward_data<D: Device>(
     dev: &D, stream: Stream, shape: &ConvShape, g: &DeviceBuffer<f32>, params: &DeviceBuffer<f32>,
     partials: &mut DeviceBuffer<f32>, below: Option<&DeviceBuffer<f32>>, dx: &mut DeviceBuffer<f32>, agents: usize,
-    n: usize, lp: LayerParams,
+    n: usize, lp: LayerParams, precision: Precision,
 ) -> Result<()> {
     const K: &str = "fc_backward_data";
     let (in_f, out_f) = fc_check(K, shape, n)?;
@@ -829,7 +831,7 @@ pub fn fc_backward_data<D: Device>(
         KernelArg::U32(lp.w_off as u32),
         has_below,
     ];
-    fc_split_launch(dev, stream, K, &head, &tail, params, partials, dx, agents, n, (out_f as usize, in_f as usize), None, false, below)
+    fc_split_launch(dev, stream, &precision.kernel(K), &head, &tail, params, partials, dx, agents, n, (out_f as usize, in_f as usize), None, false, below)
 }
 
 /// Fully connected backward-filter: dw [Out][In] = gᵀ·x and db = Σ g over the batch (`g` masked
@@ -838,7 +840,7 @@ pub fn fc_backward_data<D: Device>(
 #[allow(clippy::too_many_arguments)]
 pub fn fc_backward_filter<D: Device>(
     dev: &D, stream: Stream, shape: &ConvShape, x: &DeviceBuffer<f32>, g: &DeviceBuffer<f32>,
-    grads: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams,
+    grads: &mut DeviceBuffer<f32>, agents: usize, n: usize, lp: LayerParams, precision: Precision,
 ) -> Result<()> {
     const K: &str = "fc_backward_filter";
     let (in_f, out_f) = fc_check(K, shape, n)?;
@@ -859,7 +861,7 @@ pub fn fc_backward_filter<D: Device>(
     let config = LaunchConfig { grid, block: (CONV_THREADS, 1, 1), shared_mem_bytes: 0 };
     dev.launch(
         stream,
-        K,
+        &precision.kernel(K),
         config,
         &[
             KernelArg::buf(x),
