@@ -424,4 +424,35 @@ mod tests {
         assert!(Config { algo: Algo::A2c, agents: 1, ..Config::default() }.validate().is_ok());
         assert!(Config::default().validate().is_ok());
     }
+
+    #[test]
+    fn precision_defaults_to_fp32_and_tf32_needs_a_kernel_backend() {
+        // A config.toml from before the key existed is an fp32 run.
+        let old = Config::from_toml_str("agents = 2\n", Path::new("c.toml")).unwrap();
+        assert_eq!(old.precision, Precision::Fp32);
+        let tf32 = Config::from_toml_str("precision = \"tf32\"\nbackend = \"sim\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!(tf32.precision, Precision::Tf32);
+        assert!(tf32.validate().is_ok());
+        let back = Config::from_toml_str(&tf32.to_toml(), Path::new("t.toml")).unwrap();
+        assert_eq!(back, tf32);
+        let e = Config { backend: BackendKind::Cpu, ..tf32 }.validate().unwrap_err().to_string();
+        assert!(e.contains("`precision`") && e.contains("cpu"), "{e}");
+        let e = Config::from_toml_str("precision = \"bf16\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("bf16") && e.contains("fp32") && e.contains("tf32"), "{e}");
+    }
+
+    #[test]
+    fn tf32_rounding_is_cvt_rna() {
+        use crate::backend::tf32_round;
+        // 10 mantissa bits kept: 1 + 2^-10 is exact, 1 + 2^-11 is the tie (away from zero).
+        assert_eq!(tf32_round(1.0 + 2f32.powi(-10)), 1.0 + 2f32.powi(-10));
+        assert_eq!(tf32_round(1.0 + 2f32.powi(-11)), 1.0 + 2f32.powi(-10));
+        assert_eq!(tf32_round(-(1.0 + 2f32.powi(-11))), -(1.0 + 2f32.powi(-10)));
+        assert_eq!(tf32_round(1.0 + 2f32.powi(-11) - 2f32.powi(-23)), 1.0);
+        assert_eq!(tf32_round(f32::MAX), f32::INFINITY);
+        assert_eq!(tf32_round(f32::NEG_INFINITY), f32::NEG_INFINITY);
+        assert!(tf32_round(f32::NAN).is_nan());
+        assert_eq!(tf32_round(0.0).to_bits(), 0);
+        assert_eq!(tf32_round(-0.0).to_bits(), (-0.0f32).to_bits());
+    }
 }

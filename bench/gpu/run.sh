@@ -72,6 +72,9 @@ if want learner; then
     # Issue 12 item 3: the update replayed from a CUDA graph (the default) against launch by
     # launch, same shape.
     bench learner_cuda_8_no_graphs env GALA_CUDA_GRAPHS=0 "$G/gala-gpu" bench learner --backend cuda --agents 8 --updates 50 --json
+    # The opt-in TF32 tensor-core GEMMs (precision = "tf32"), same shape: against learner_cuda_8
+    # and against PyTorch with TF32 convolutions (its default).
+    bench learner_cuda_8_tf32 "$G/gala-gpu" bench learner --backend cuda --agents 8 --updates 50 --precision tf32 --json
 fi
 if want pytorch; then
     j="$(cd "$G" && box 120 python3 pytorch_gpu_update.py --agents 8 --json)" && {
