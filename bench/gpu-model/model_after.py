@@ -49,7 +49,23 @@ the kernels changed, each edit with where its number comes from:
   * the update's mid-way stats download is gone (heads_loss_guard on the device, one launch);
     the stats and norms come down together at the end: one host sync instead of two.
 
+  * --precision tf32 (session 13): the `_tf32` GEMMs (conv.cu built with GALA_TF32; give the
+    resources.json of that build). Per warp per K-step, from its SASS (sass_loops.py, the tile
+    product fully unrolled into the K-step body; the patch-table refill loops subtracted as
+    above): conv_forward_u8_words 825 - 224 = 601, conv_forward_f32 531 - 54 = 477,
+    conv_backward_data 490, conv_backward_filter_f32 554, _u8_words 522, fc_forward 430,
+    fc_backward_data 449, fc_backward_filter 513 issued instructions (16 HMMA.1688.F32.TF32, 48
+    LDS of fragments, 48 FSETP + up to 48 predicated IADD for the cvt.rna rounding: ptxas drops
+    the mask, the tensor core ignores the low bits). Shared wavefronts: the 96 of the FMA loop's
+    LDS.128 become 48 conflict-free fragment LDS (rows padded by 8: bank 8*tig + grp), and the
+    K-lane 16-byte tile stores conflict 2-way with that padding (+8 per K-lane A tile, +16 per
+    K-lane B tile). The tensor pipe is not a bound: 16 mma x 8 cycles (assumed: mma.sync at 512
+    TF32 FMA/clk/SM, A100's rate per SM; wgmma's H100 peak is twice that) = 128 cycles per warp
+    per K-step, under every kernel's issue count. The fragment regrouping of the epilogues (one
+    more shared-memory pass per block) is inside the model's epilogue allowance.
+
 usage: [GPU_MODEL_DIR=...] python3 model_after.py RESOURCES.json [--agents A --envs E --steps T --net gala|nature]
+       [--precision fp32|tf32]
 """
 import os, sys
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -67,6 +83,21 @@ M.KN["FIX_LOADS"] = False   # instructions measured below; the chain division ap
 I_MEASURED = {"conv_forward_u8": 1391, "conv_forward_f32": 903, "conv_forward_u8_words": 830, "conv_backward_data": 1212,
               "conv_backward_filter_f32": 996, "conv_backward_filter_u8": 1177, "conv_backward_filter_u8_words": 974,
               "fc_forward": 873, "fc_backward_data": 890, "fc_backward_filter": 963}
+I_MEASURED_TF32 = {"conv_forward_u8_words": 601, "conv_forward_f32": 477, "conv_backward_data": 490,
+                   "conv_backward_filter_f32": 554, "conv_backward_filter_u8_words": 522,
+                   "fc_forward": 430, "fc_backward_data": 449, "fc_backward_filter": 513}
+# Extra store wavefronts per warp per K-step of the 2-way conflicting K-lane tiles (TF32 padding).
+KLANE_STORE_EXTRA_TF32 = {"conv_forward_u8_words": 8, "conv_forward_f32": 8, "conv_backward_data": 0,
+                          "conv_backward_filter_f32": 24, "conv_backward_filter_u8_words": 24,
+                          "fc_forward": 24, "fc_backward_data": 16, "fc_backward_filter": 0}
+TF32_FRAGMENT_LDS = 48
+PRECISION = "fp32"
+if "--precision" in sys.argv:
+    _i = sys.argv.index("--precision")
+    PRECISION = sys.argv[_i + 1]
+    del sys.argv[_i:_i + 2]
+    if PRECISION not in ("fp32", "tf32"):
+        sys.exit("model_after.py: --precision fp32|tf32")
 FC_SPLIT_K = 256
 C2I_TAP, C2I_KY = 12.5, 27
 
@@ -152,7 +183,8 @@ def bwd_t_launch(name, g, n, agents):
     gl = sum(samples) / len(samples)
     chain = (2 * 60 + 16 * M.LAT["l2"]) / 8
     return dict(name=name, kernel="conv_backward_data", grid=grid, block=128, flops=flops, bytes=byts,
-                model=dict(type="gemm", ksteps=ks, I=I_BWD_T, smem=24 + M.fma_lds_wavefronts(), gl=gl, chain=chain))
+                model=dict(type="gemm", ksteps=ks, I=I_MEASURED_TF32["conv_backward_data"] if PRECISION == "tf32" else I_BWD_T,
+                           smem=24 + (TF32_FRAGMENT_LDS if PRECISION == "tf32" else M.fma_lds_wavefronts()), gl=gl, chain=chain))
 
 
 def build(res, net="gala", agents=8, envs=16, steps=5, act=False):
@@ -201,6 +233,9 @@ def build(res, net="gala", agents=8, envs=16, steps=5, act=False):
                     l["grid"] = (M.ceil_div(c3 * 49, 64), M.ceil_div(512, 32), agents)
                 m["ksteps"] = M.ceil_div(min(k, FC_SPLIT_K) if splits > 1 else k, 32)
             m["I"] = I_MEASURED[l["kernel"]]
+            if PRECISION == "tf32":
+                m["I"] = I_MEASURED_TF32[l["kernel"]]
+                m["smem"] += TF32_FRAGMENT_LDS - M.fma_lds_wavefronts() + KLANE_STORE_EXTRA_TF32[l["kernel"]]
             if not fc:   # FIX_FC already set the fc chain to one coalesced batch
                 m["chain"] /= 8
             out.append(l)
