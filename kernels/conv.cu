@@ -240,7 +240,8 @@ __device__ __forceinline__ void klane_store(float (*T)[STRIDE], const float* v, 
 }
 
 // Epilogue staging (backward-data and conv_forward_f32; the uint8 forward kernels store their 4x4
-// directly: staging there costs conv_forward_u8_words a spill at the 64-register cap): after a GEMM's last K-step (its
+// directly in FP32: staging there costs conv_forward_u8_words a spill at the 64-register cap, while
+// in TF32 it is the direct store that spills, so there they stage too): after a GEMM's last K-step (its
 // final barrier passed, so the B tile is free) each thread parks its 4x4 outputs at
 // Cs[4ty+i][4tx+j] and the block meets at a barrier; the stores then go out row by row: thread tid takes column jj = tid % TILE_N and rows
 // tid / TILE_N + 2k, so a warp writes 32 adjacent columns of one output row (a row segment of
@@ -360,8 +361,9 @@ __device__ __forceinline__ void conv_forward_store(float* __restrict__ ya, const
 // The same, staged through the free B tile (see conv_stage_tile) so that a warp stores 32
 // adjacent columns of one output row; everything is rederived from the block's coordinates and
 // the kernel's arguments, so nothing but the accumulators stays live across the K-loop for it.
-// conv_forward_f32 (conv2, conv3) stores this way; the uint8 kernels keep the direct stores
-// (staged, conv_forward_u8_words spills 4 bytes at the 64-register cap).
+// conv_forward_f32 (conv2, conv3) stores this way, and every forward kernel in TF32; the FP32
+// uint8 kernels keep the direct stores (staged, conv_forward_u8_words spills 4 bytes at the
+// 64-register cap).
 __device__ __forceinline__ void conv_forward_store_staged(float* __restrict__ y, const float* __restrict__ params,
                                                           const ConvGeom& g, unsigned int n, unsigned int param_count,
                                                           unsigned int b_off, unsigned int relu, const float acc[4][4],

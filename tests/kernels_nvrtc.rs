@@ -32,8 +32,15 @@ fn every_kernel_compiles_under_nvrtc_for_sm90_without_warnings() {
                     if let Some(ptx) = &c.ptx {
                         // Every kernel build.rs found must be an entry point of the PTX.
                         for k in KERNEL_SIGNATURES.iter().filter(|k| source.builds(k)) {
-                            if !ptx.contains(&format!(".entry {}(", k.name)) {
+                            let Some(at) = ptx.find(&format!(".entry {}(", k.name)) else {
                                 failures.push(format!("{}: no PTX entry for `{}`", source.describe(), k.name));
+                                continue;
+                            };
+                            // The TF32 build's GEMMs run on tensor cores; the plain build has no mma.
+                            let body = &ptx[at..ptx[at + 1..].find(".entry ").map_or(ptx.len(), |e| at + 1 + e)];
+                            let tensor_core = body.contains("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32");
+                            if tensor_core != (k.variant == "tf32") {
+                                failures.push(format!("{}: `{}` {} tensor-core mma", source.describe(), k.name, if tensor_core { "has" } else { "lacks" }));
                             }
                         }
                     }
