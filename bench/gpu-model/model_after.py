@@ -51,8 +51,9 @@ the kernels changed, each edit with where its number comes from:
 
   * --precision tf32 (session 13): the `_tf32` GEMMs (conv.cu built with GALA_TF32; give the
     resources.json of that build). Per warp per K-step, from its SASS (sass_loops.py, the tile
-    product fully unrolled into the K-step body; the patch-table refill loops subtracted as
-    above): conv_forward_u8_words 825 - 224 = 601, conv_forward_f32 531 - 54 = 477,
+    product fully unrolled into the K-step body; the patch-table refill subtracted as above:
+    for conv1 the whole region the refill's branch skips, BSSY..BSYNC, 505 instructions with its
+    peeled iterations): conv_forward_u8_words 825 - 505 = 320, conv_forward_f32 531 - 54 = 477,
     conv_backward_data 490, conv_backward_filter_f32 554, _u8_words 522, fc_forward 430,
     fc_backward_data 449, fc_backward_filter 513 issued instructions (16 HMMA.1688.F32.TF32, 48
     LDS of fragments, 48 FSETP + up to 48 predicated IADD for the cvt.rna rounding: ptxas drops
@@ -83,7 +84,7 @@ M.KN["FIX_LOADS"] = False   # instructions measured below; the chain division ap
 I_MEASURED = {"conv_forward_u8": 1391, "conv_forward_f32": 903, "conv_forward_u8_words": 830, "conv_backward_data": 1212,
               "conv_backward_filter_f32": 996, "conv_backward_filter_u8": 1177, "conv_backward_filter_u8_words": 974,
               "fc_forward": 873, "fc_backward_data": 890, "fc_backward_filter": 963}
-I_MEASURED_TF32 = {"conv_forward_u8_words": 601, "conv_forward_f32": 477, "conv_backward_data": 490,
+I_MEASURED_TF32 = {"conv_forward_u8_words": 320, "conv_forward_f32": 477, "conv_backward_data": 490,
                    "conv_backward_filter_f32": 554, "conv_backward_filter_u8_words": 522,
                    "fc_forward": 430, "fc_backward_data": 449, "fc_backward_filter": 513}
 # Extra store wavefronts per warp per K-step of the 2-way conflicting K-lane tiles (TF32 padding).
