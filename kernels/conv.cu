@@ -33,7 +33,8 @@
 // Shared-memory layout and load schedule (sm_90: 32 banks of 4 bytes):
 //   * The tiles are stored K-major, As[k][m] and Bs[k][n], with rows padded to CONV_AS_STRIDE =
 //     TILE_M + 4 and CONV_BS_STRIDE = TILE_N + 4 floats. The padding keeps every row 16-byte
-//     aligned (the FMA loop's 4-wide reads stay LDS.128) and shifts row k by 4k banks.
+//     aligned (the FMA loop's 4-wide reads stay LDS.128) and shifts row k by 4k banks. (The TF32
+//     build pads by 8 and swaps 16-byte segments in half the rows of K-lane tiles: conv_klane_col.)
 //   * An operand whose global layout is contiguous along the REDUCTION (the weights in forward,
 //     g and the im2col gather in backward-filter, along j) is loaded "K-lane": lane l of a warp
 //     takes reduction index k = l and four adjacent rows m..m+3 (four coalesced warp loads), and
@@ -80,8 +81,10 @@
 // Row padding of the shared tiles (floats): 4 for the FP32 FMA loop (see the layout notes
 // above), 8 for the TF32 tensor-core loop (see "Precision" below).
 #ifdef GALA_TF32
+#define CONV_TF32 1
 #define CONV_TILE_PAD 8
 #else
+#define CONV_TF32 0
 #define CONV_TILE_PAD 4
 #endif
 #define CONV_AS_STRIDE (CONV_TILE_M + CONV_TILE_PAD)
@@ -175,8 +178,21 @@ __device__ __forceinline__ unsigned int patch_cursor_offset(const ConvGeom& g, c
     return (pc.c * g.in_hw + pc.ky) * g.in_hw + pc.kx;
 }
 
+// Where element (k, m) (reduction index k, row m) of a K-LANE-stored tile sits in its shared row
+// k: column m in FP32. In TF32 the 16-byte segments of rows with (k / 4) odd swap in pairs
+// (column m ^ 4): with rows padded by 8 floats (bank 8k + m), the 16-byte stores of eight
+// consecutive rows then fill the 32 banks once (2-way without the swap: rows k and k + 4 shared
+// banks), while the fragment reads (rows tig | tig + 4 of a group of 8, columns grp | grp + 8)
+// stay one bank per lane. M-lane tiles (a warp's scalar stores run along one row) are
+// conflict-free unswapped and stay so; conv_tile_fma is told which tiles are swapped. The
+// epilogue's staging of the output tile (conv_stage_tile) is a layout of its own.
+__device__ __forceinline__ unsigned int conv_klane_col(unsigned int k, unsigned int m) {
+    return CONV_TF32 ? m ^ (((k >> 2) & 1u) << 2) : m;
+}
+
 #ifndef GALA_TF32
-// acc[i][j] += sum_kk As[kk][4ty+i] * Bs[kk][4tx+j]
+// acc[i][j] += sum_kk As[kk][4ty+i] * Bs[kk][4tx+j]  (KLANE_A / KLANE_B: TF32's segment swap)
+template <bool KLANE_A, bool KLANE_B>
 __device__ __forceinline__ void conv_tile_fma(float (*As)[CONV_AS_STRIDE], float (*Bs)[CONV_BS_STRIDE],
                                               float acc[4][4], unsigned int tx, unsigned int ty) {
     // Unrolled 8x as before the 64-register cap (ptxas then chose 2x: 25% loop overhead).
@@ -191,9 +207,7 @@ __device__ __forceinline__ void conv_tile_fma(float (*As)[CONV_AS_STRIDE], float
             for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
     }
 }
-#define CONV_TF32 0
 #else
-#define CONV_TF32 1
 // TF32 (see "Precision" at the top): warp w computes rows 16*(w % 2) .. +15 and columns
 // 32*(w / 2) .. +31 of the tile as four m16n8 tensor-core tiles t = 0..3 (columns +8t), K-step
 // by K-step, 8 reduction indices per mma. acc[t][0..3] is tile t's accumulator fragment: lane
@@ -202,23 +216,30 @@ __device__ __forceinline__ void conv_tile_fma(float (*As)[CONV_AS_STRIDE], float
 // straight from the K-major tiles: A(row, k) = As[k][row] at (grp | grp + 8, tig | tig + 4),
 // B(k, col) = Bs[k][col] at (tig | tig + 4, grp), each rounded to TF32 (cvt.rna) as it is read.
 // With rows padded by 8 floats a fragment read hits bank 8*tig + grp (+ a constant): the 32
-// lanes, 32 banks, no conflict.
+// lanes, 32 banks, no conflict. KLANE_A / KLANE_B: the tile was stored K-lane, with the segment
+// swap of conv_klane_col.
+template <bool KLANE_A, bool KLANE_B>
 __device__ __forceinline__ void conv_tile_fma(float (*As)[CONV_AS_STRIDE], float (*Bs)[CONV_BS_STRIDE],
                                               float acc[4][4], unsigned int, unsigned int) {
     const unsigned int lane = threadIdx.x % 32u, warp = threadIdx.x / 32u;
     const unsigned int grp = lane / 4u, tig = lane % 4u;
     const unsigned int m0 = 16u * (warp % 2u) + grp, n0 = 32u * (warp / 2u) + grp;
+    // In a K-lane tile rows k8 + tig keep their columns and rows k8 + tig + 4 have them swapped
+    // (conv_klane_col): the swap flips bit 2, which is grp's, so column c + 8t of a swapped row
+    // is (c ^ 4) + 8t and every read of the loop stays a constant offset from four addresses.
+    const float* a_lo = &As[tig][m0];
+    const float* a_hi = &As[tig + 4][KLANE_A ? m0 ^ 4u : m0];
+    const float* b_lo = &Bs[tig][n0];
+    const float* b_hi = &Bs[tig + 4][KLANE_B ? n0 ^ 4u : n0];
     GALA_UNROLL
     for (unsigned int k8 = 0; k8 < CONV_TILE_K; k8 += 8) {
-        const float* a_lo = As[k8 + tig];
-        const float* a_hi = As[k8 + tig + 4];
-        const unsigned int a[4] = {gala_tf32_round(a_lo[m0]), gala_tf32_round(a_lo[m0 + 8]), gala_tf32_round(a_hi[m0]),
-                                   gala_tf32_round(a_hi[m0 + 8])};
+        const unsigned int a[4] = {gala_tf32_round(a_lo[k8 * CONV_AS_STRIDE]), gala_tf32_round(a_lo[k8 * CONV_AS_STRIDE + 8]),
+                                   gala_tf32_round(a_hi[k8 * CONV_AS_STRIDE]), gala_tf32_round(a_hi[k8 * CONV_AS_STRIDE + 8])};
         unsigned int b[4][2];
         GALA_UNROLL
         for (unsigned int t = 0; t < 4; ++t) {
-            b[t][0] = gala_tf32_round(Bs[k8 + tig][n0 + 8 * t]);
-            b[t][1] = gala_tf32_round(Bs[k8 + tig + 4][n0 + 8 * t]);
+            b[t][0] = gala_tf32_round(b_lo[k8 * CONV_BS_STRIDE + 8 * t]);
+            b[t][1] = gala_tf32_round(b_hi[k8 * CONV_BS_STRIDE + 8 * t]);
         }
         gala_mma_m16n8k8_tf32_x4(acc, a, b);
     }
@@ -232,11 +253,14 @@ __device__ __forceinline__ unsigned int klane_row(unsigned int tid, unsigned int
 }
 
 // Stores a thread's K-lane registers `v` (n of them) into row k = tid % 32 of a K-major tile;
-// four adjacent columns per quad, which the compiler merges into one 16-byte store.
+// four adjacent columns per quad, which the compiler merges into one 16-byte store. (The TF32
+// segment swap, conv_klane_col, flips bit 2 of the column: the warp's 4-column group, the same
+// for every quad of the thread, so one base address serves them all.)
 template <unsigned int STRIDE, unsigned int NREG>
 __device__ __forceinline__ void klane_store(float (*T)[STRIDE], const float* v, unsigned int tid) {
     const unsigned int kk = tid % 32u;
-    for (unsigned int q = 0; q < NREG; ++q) T[kk][klane_row(tid, q)] = v[q];
+    float* row = &T[kk][conv_klane_col(kk, klane_row(tid, 0))];
+    for (unsigned int q = 0; q < NREG; ++q) row[klane_row(tid, q) - klane_row(tid, 0)] = v[q];
 }
 
 // Epilogue staging (backward-data and conv_forward_f32; the uint8 forward kernels store their 4x4
@@ -464,7 +488,7 @@ __device__ __forceinline__ void conv_forward_body(float (*As)[CONV_AS_STRIDE], f
         if ((k0 + CONV_TILE_K) % (CONV_PTAB * UNIT) == 0 && k0 + CONV_TILE_K < g.patch) fill((k0 + CONV_TILE_K) / UNIT);
         __syncthreads();
         if (k0 + CONV_TILE_K < g.patch) prefetch(k0 + CONV_TILE_K);
-        conv_tile_fma(As, Bs, acc, tx, ty);
+        conv_tile_fma<true, false>(As, Bs, acc, tx, ty);
         __syncthreads();
     }
     // Staged (conv2, conv3; and every layer in TF32, whose fragments go through the tile anyway:
@@ -519,7 +543,7 @@ __device__ __forceinline__ void conv_forward_body_cursor(float (*As)[CONV_AS_STR
         for (unsigned int i = 0; i < B_LOADS; ++i) Bs[tid / CONV_TILE_N + i * ROW_STEP][my_jj] = b_reg[i];
         __syncthreads();
         if (k0 + CONV_TILE_K < g.patch) prefetch(k0 + CONV_TILE_K);
-        conv_tile_fma(As, Bs, acc, tx, ty);
+        conv_tile_fma<true, false>(As, Bs, acc, tx, ty);
         __syncthreads();
     }
     if (CONV_TF32) conv_forward_store_staged(y, params, g, n, param_count, b_off, relu, acc, Bs);
@@ -696,7 +720,7 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS) conv
         for (unsigned int i = 0; i < B_LOADS; ++i) Bs[b_o + i * B_STEP][my_jj] = b_reg[i];
         __syncthreads();
         if (step + 1 < steps) prefetch();
-        conv_tile_fma(As, Bs, acc, tx, ty);
+        conv_tile_fma<false, false>(As, Bs, acc, tx, ty);
         __syncthreads();
     }
     // Staged through the free B tile: a warp stores 32 adjacent phase columns of one channel.
@@ -817,14 +841,14 @@ __device__ __forceinline__ void conv_backward_filter_body(
             for (unsigned int m = 0; m < CONV_KLANE_B / 4; ++m) {
                 float v[4];
                 for (unsigned int t = 0; t < 4; ++t) v[t] = x_at(col_ok, in_origin, 4 * m + t);
-                for (unsigned int t = 0; t < 4; ++t) Bs[tid % 32u][klane_row(tid, 4 * m + t)] = v[t];
+                for (unsigned int t = 0; t < 4; ++t) Bs[tid % 32u][conv_klane_col(tid % 32u, klane_row(tid, 4 * m + t))] = v[t];
             }
         }
         __syncthreads();
         if (j0 + CONV_TILE_K < j_end) prefetch(j0 + CONV_TILE_K);
         if (bias_block && tid < CONV_TILE_M)
-            for (unsigned int jj = 0; jj < CONV_TILE_K; ++jj) bias_acc += As[jj][tid];
-        conv_tile_fma(As, Bs, acc, tx, ty);
+            for (unsigned int jj = 0; jj < CONV_TILE_K; ++jj) bias_acc += As[jj][conv_klane_col(jj, tid)];
+        conv_tile_fma<true, true>(As, Bs, acc, tx, ty);
         __syncthreads();
     }
     conv_tile_result(Bs, acc, tx, ty);
@@ -958,15 +982,22 @@ __device__ __forceinline__ void fc_gemm(const float* __restrict__ a, unsigned in
     };
     if (k_begin < k_end) prefetch(k_begin);
     for (unsigned int k0 = k_begin; k0 < k_end; k0 += CONV_TILE_K) {
-        for (unsigned int q = 0; q < CONV_KLANE_A; ++q)
-            As[fc_k<CONV_TILE_M, AK>(tid, q)][fc_row<CONV_TILE_M, AK>(tid, q)] = av[q];
-        for (unsigned int q = 0; q < CONV_KLANE_B; ++q)
-            Bs[fc_k<CONV_TILE_N, BK>(tid, q)][fc_row<CONV_TILE_N, BK>(tid, q)] = bv[q];
+        // K-lane operands through klane_store (TF32's segment swap included), M-lane ones as is.
+        if (AK) {
+            klane_store<CONV_AS_STRIDE, CONV_KLANE_A>(As, av, tid);
+        } else {
+            for (unsigned int q = 0; q < CONV_KLANE_A; ++q) As[fc_k<CONV_TILE_M, false>(tid, q)][fc_row<CONV_TILE_M, false>(tid, q)] = av[q];
+        }
+        if (BK) {
+            klane_store<CONV_BS_STRIDE, CONV_KLANE_B>(Bs, bv, tid);
+        } else {
+            for (unsigned int q = 0; q < CONV_KLANE_B; ++q) Bs[fc_k<CONV_TILE_N, false>(tid, q)][fc_row<CONV_TILE_N, false>(tid, q)] = bv[q];
+        }
         __syncthreads();
         if (k0 + CONV_TILE_K < k_end) prefetch(k0 + CONV_TILE_K);
         if (bias_rows && tid < CONV_TILE_M)
-            for (unsigned int kk = 0; kk < CONV_TILE_K; ++kk) bias_acc += As[kk][tid];
-        conv_tile_fma(As, Bs, acc, tx, ty);
+            for (unsigned int kk = 0; kk < CONV_TILE_K; ++kk) bias_acc += As[kk][AK ? conv_klane_col(kk, tid) : tid];
+        conv_tile_fma<AK, BK>(As, Bs, acc, tx, ty);
         __syncthreads();
     }
     conv_tile_result(Bs, acc, tx, ty);

@@ -162,8 +162,15 @@ fn bench_learner_profile_prints_the_memory_access_table_on_sim_only() {
     // In this binary (not only in a test binary, whose thread-local layout differs) the GEMM
     // kernels' tiles are conflict-free: every shared request takes the fewest wavefronts its
     // bytes allow. Before the simulator aligned __shared__ arrays to 16 bytes, the tiles sat off
-    // a 16-byte boundary here and every 128-bit access was profiled as four scalar ones.
-    for l in launches.iter().filter(|l| common::is_gemm_kernel(l["kernel"].as_str().unwrap())) {
+    // a 16-byte boundary here and every 128-bit access was profiled as four scalar ones. The TF32
+    // build's too (its fragment reads and its K-lane tiles' swapped segments, kernels/conv.cu).
+    let tf32_args: Vec<&str> = args.iter().copied().chain(["--precision", "tf32"]).collect();
+    let tf32 = gala(&tf32_args);
+    assert!(tf32.status.success(), "{}", String::from_utf8_lossy(&tf32.stderr));
+    let tf32: serde_json::Value = serde_json::from_slice(&tf32.stdout).unwrap();
+    let tf32_launches = tf32["memory_profile"].as_array().unwrap();
+    assert!(tf32_launches.iter().any(|l| l["kernel"] == "conv_forward_u8_words_tf32"), "--precision tf32 runs the tf32 kernels");
+    for l in launches.iter().chain(tf32_launches).filter(|l| common::is_gemm_kernel(l["kernel"].as_str().unwrap())) {
         for class in ["shared_load", "shared_store"] {
             let (units, ideal) = (l[class]["units"].as_u64().unwrap(), l[class]["ideal_units"].as_u64().unwrap());
             assert!(ideal > 0 && units == ideal, "{} {class}: {units} wavefronts for an ideal {ideal}", l["kernel"]);

@@ -53,14 +53,14 @@ the kernels changed, each edit with where its number comes from:
     resources.json of that build). Per warp per K-step, from its SASS (sass_loops.py, the tile
     product fully unrolled into the K-step body; the patch-table refill subtracted as above:
     for conv1 the whole region the refill's branch skips, BSSY..BSYNC, 505 instructions with its
-    peeled iterations): conv_forward_u8_words 825 - 505 = 320, conv_forward_f32 531 - 54 = 477,
-    conv_backward_data 490, conv_backward_filter_f32 554, _u8_words 522, fc_forward 430,
-    fc_backward_data 449, fc_backward_filter 513 issued instructions (16 HMMA.1688.F32.TF32, 48
+    peeled iterations): conv_forward_u8_words 833 - 508 = 325, conv_forward_f32 537 - 54 = 483,
+    conv_backward_data 490, conv_backward_filter_f32 554, _u8_words 514, fc_forward 430,
+    fc_backward_data 447, fc_backward_filter 513 issued instructions (16 HMMA.1688.F32.TF32, 48
     LDS of fragments, 48 FSETP + up to 48 predicated IADD for the cvt.rna rounding: ptxas drops
     the mask, the tensor core ignores the low bits). Shared wavefronts: the 96 of the FMA loop's
-    LDS.128 become 48 conflict-free fragment LDS (rows padded by 8: bank 8*tig + grp), and the
-    K-lane 16-byte tile stores conflict 2-way with that padding (+8 per K-lane A tile, +16 per
-    K-lane B tile). The tensor pipe is not a bound: 16 mma x 8 cycles (assumed: mma.sync at 512
+    LDS.128 become 48 conflict-free fragment LDS (rows padded by 8: bank 8*tig + grp); the tile
+    stores stay at the model's conflict-free 24 (K-lane tiles swap 16-byte segments in half their
+    rows, conv_klane_col; the simulator profile measures every tf32 GEMM at its ideal). The tensor pipe is not a bound: 16 mma x 8 cycles (assumed: mma.sync at 512
     TF32 FMA/clk/SM, A100's rate per SM; wgmma's H100 peak is twice that) = 128 cycles per warp
     per K-step, under every kernel's issue count. The fragment regrouping of the epilogues (one
     more shared-memory pass per block) is inside the model's epilogue allowance.
@@ -84,13 +84,9 @@ M.KN["FIX_LOADS"] = False   # instructions measured below; the chain division ap
 I_MEASURED = {"conv_forward_u8": 1391, "conv_forward_f32": 903, "conv_forward_u8_words": 830, "conv_backward_data": 1212,
               "conv_backward_filter_f32": 996, "conv_backward_filter_u8": 1177, "conv_backward_filter_u8_words": 974,
               "fc_forward": 873, "fc_backward_data": 890, "fc_backward_filter": 963}
-I_MEASURED_TF32 = {"conv_forward_u8_words": 320, "conv_forward_f32": 477, "conv_backward_data": 490,
-                   "conv_backward_filter_f32": 554, "conv_backward_filter_u8_words": 522,
-                   "fc_forward": 430, "fc_backward_data": 449, "fc_backward_filter": 513}
-# Extra store wavefronts per warp per K-step of the 2-way conflicting K-lane tiles (TF32 padding).
-KLANE_STORE_EXTRA_TF32 = {"conv_forward_u8_words": 8, "conv_forward_f32": 8, "conv_backward_data": 0,
-                          "conv_backward_filter_f32": 24, "conv_backward_filter_u8_words": 24,
-                          "fc_forward": 24, "fc_backward_data": 16, "fc_backward_filter": 0}
+I_MEASURED_TF32 = {"conv_forward_u8_words": 325, "conv_forward_f32": 483, "conv_backward_data": 490,
+                   "conv_backward_filter_f32": 554, "conv_backward_filter_u8_words": 514,
+                   "fc_forward": 430, "fc_backward_data": 447, "fc_backward_filter": 513}
 TF32_FRAGMENT_LDS = 48
 PRECISION = "fp32"
 if "--precision" in sys.argv:
@@ -236,7 +232,7 @@ def build(res, net="gala", agents=8, envs=16, steps=5, act=False):
             m["I"] = I_MEASURED[l["kernel"]]
             if PRECISION == "tf32":
                 m["I"] = I_MEASURED_TF32[l["kernel"]]
-                m["smem"] += TF32_FRAGMENT_LDS - M.fma_lds_wavefronts() + KLANE_STORE_EXTRA_TF32[l["kernel"]]
+                m["smem"] += TF32_FRAGMENT_LDS - M.fma_lds_wavefronts()
             if not fc:   # FIX_FC already set the fc chain to one coalesced batch
                 m["chain"] /= 8
             out.append(l)
