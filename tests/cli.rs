@@ -183,6 +183,19 @@ fn bench_learner_profile_prints_the_memory_access_table_on_sim_only() {
 }
 
 #[test]
+fn tf32_on_the_cpu_backend_is_one_clear_line_and_leaves_no_run_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    fails_with(&["train", "-q", "--game", "catch", "--backend", "cpu", "--precision", "tf32", "--out", out], "`precision`");
+    if gala_gpu::gpu_probe().is_err() {
+        // `auto` falls back to the cpu backend without a GPU: the message says so.
+        fails_with(&["train", "-q", "--game", "catch", "--precision", "tf32", "--out", out], "no usable GPU");
+    }
+    fails_with(&["train", "-q", "--game", "catch", "--precision", "bf16", "--out", out], "bf16");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a refused run leaves no run folder");
+}
+
+#[test]
 fn cuda_without_a_gpu_is_one_clear_line_and_leaves_no_run_folder() {
     if let Ok(name) = gala_gpu::gpu_probe() {
         eprintln!("SKIPPED: a GPU is present ({name}); this test is about machines without one");

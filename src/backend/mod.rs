@@ -589,6 +589,13 @@ impl SharedDevice {
 /// Builds a backend on `device` (for the GPU kinds: its own stream on the shared device).
 /// `threads` sizes the CPU backend's worker pool.
 pub fn create_on(device: &SharedDevice, spec: BackendSpec, initial: &[f32], threads: usize) -> Result<Box<dyn Backend>> {
+    if matches!(device.handle, DeviceHandle::Cpu) && spec.precision != Precision::Fp32 {
+        // Say why the backend is the cpu one (`auto` without a GPU, typically).
+        return Err(crate::error::Error::Config(format!(
+            "precision tf32 runs the tensor-core kernels of the cuda (sm_80 and later) and sim backends, but the backend is {}; use --precision fp32, or --backend sim",
+            device.choice
+        )));
+    }
     Ok(match &device.handle {
         DeviceHandle::Cpu => Box::new(cpu::CpuBackend::new(spec, initial, threads)?),
         DeviceHandle::Sim(dev) => Box::new(gpu::GpuBackend::new(dev.clone(), spec, initial)?),
