@@ -5,6 +5,8 @@
 //!   2. `$OUT_DIR/kernels_generated.rs`: the kernel sources (for NVRTC at run time), every
 //!      kernel's parameter list (so launches are checked before they reach a device), and the
 //!      table kernel name -> simulator shim.
+//! A file listed in `VARIANTS` is built a second time with a macro defined and its kernels
+//! renamed (`<name>_tf32`: kernels/conv.cu's TF32 tensor-core GEMMs), for both targets.
 //!
 //! Adding a kernel therefore needs no hand-written glue: write it in a .cu file and rebuild.
 
@@ -194,7 +196,7 @@ fn build_cuda_simulator_and_kernel_tables() {
             kernels.extend(found.iter().filter(|k| v.kernels.contains(&k.name.as_str())).map(|k| Kernel {
                 name: format!("{}_{}", k.name, v.suffix),
                 file: k.file.clone(),
-                params: k.params.iter().map(|(ty, p)| (ty.clone(), p.clone())).collect(),
+                params: k.params.clone(),
                 variant: v.suffix,
             }));
         }
