@@ -218,12 +218,27 @@ __device__ __forceinline__ void conv_tile_fma(float (*As)[CONV_AS_STRIDE], float
 // With rows padded by 8 floats a fragment read hits bank 8*tig + grp (+ a constant): the 32
 // lanes, 32 banks, no conflict. KLANE_A / KLANE_B: the tile was stored K-lane, with the segment
 // swap of conv_klane_col.
+//
+// This thread's share of that: its warp's 16 x 32 quarter of the tile (rows row0 .., columns
+// col0 ..) and its place in the fragments (grp = lane / 4, tig = lane % 4). (A function, not a
+// constructor: the simulator's __device__ is `static inline`.)
+struct ConvMmaLane {
+    unsigned int row0, col0, grp, tig;
+};
+__device__ __forceinline__ ConvMmaLane conv_mma_lane() {
+    const unsigned int lane = threadIdx.x % 32u, warp = threadIdx.x / 32u;
+    ConvMmaLane q;
+    q.row0 = 16u * (warp % 2u);
+    q.col0 = 32u * (warp / 2u);
+    q.grp = lane / 4u;
+    q.tig = lane % 4u;
+    return q;
+}
 template <bool KLANE_A, bool KLANE_B>
 __device__ __forceinline__ void conv_tile_fma(float (*As)[CONV_AS_STRIDE], float (*Bs)[CONV_BS_STRIDE],
                                               float acc[4][4], unsigned int, unsigned int) {
-    const unsigned int lane = threadIdx.x % 32u, warp = threadIdx.x / 32u;
-    const unsigned int grp = lane / 4u, tig = lane % 4u;
-    const unsigned int m0 = 16u * (warp % 2u) + grp, n0 = 32u * (warp / 2u) + grp;
+    const ConvMmaLane q = conv_mma_lane();
+    const unsigned int tig = q.tig, m0 = q.row0 + q.grp, n0 = q.col0 + q.grp;
     // In a K-lane tile rows k8 + tig keep their columns and rows k8 + tig + 4 have them swapped
     // (conv_klane_col): the swap flips bit 2, which is grp's, so column c + 8t of a swapped row
     // is (c ^ 4) + 8t and every read of the loop stays a constant offset from four addresses.
@@ -279,9 +294,8 @@ static_assert(CONV_TILE_M <= CONV_TILE_K, "the epilogue stages a TILE_M x TILE_N
 __device__ __forceinline__ void conv_stage_tile(float (*Cs)[CONV_BS_STRIDE], const float acc[4][4], unsigned int tx,
                                                 unsigned int ty) {
 #if CONV_TF32
-    const unsigned int lane = threadIdx.x % 32u, warp = threadIdx.x / 32u;
-    const unsigned int grp = lane / 4u, tig = lane % 4u;
-    const unsigned int m0 = 16u * (warp % 2u) + grp, n0 = 32u * (warp / 2u) + 2u * tig;
+    const ConvMmaLane q = conv_mma_lane();
+    const unsigned int m0 = q.row0 + q.grp, n0 = q.col0 + 2u * q.tig;
     for (unsigned int t = 0; t < 4; ++t)
         for (unsigned int r = 0; r < 4; ++r) Cs[m0 + 8u * (r / 2u)][n0 + 8u * t + r % 2u] = acc[t][r];
 #else

@@ -67,6 +67,7 @@ fn nvrtc_log_reports_warnings() {
                __global__ void g(int* y) { y[0] = f(y[1]); }\n",
         variant: "",
         defines: &[],
+        min_arch: 0,
     };
     // The probe compiles (a warning is not an error for NVRTC), so only the log shows it.
     let compiled = nvrtc::compile(&bad, "compute_90").expect("the probe is valid CUDA");

@@ -242,7 +242,7 @@ inline int __ffs(int x) { return __builtin_ffs(x); }
 template <class T>
 GALA_SIM_INLINE T __ldg(const T* p) { return *p; }
 
-// ---- TF32 tensor-core instructions (prelude.cuh's gala_tf32_round / gala_mma_m16n8k8_tf32) ----
+// ---- TF32 tensor-core instructions (prelude.cuh's gala_tf32_round / gala_mma_m16n8k8_tf32_x4) ----
 // cvt.rna.tf32.f32: round to 10 mantissa bits, to nearest, ties away from zero (add half a TF32
 // ulp to the magnitude, drop the 13 low bits); infinities and NaNs pass unchanged.
 GALA_SIM_INLINE unsigned int gala_tf32_round(float x) {

@@ -92,9 +92,9 @@ impl CudaDevice {
         let arch = format!("compute_{major}{minor}");
         let mut functions = HashMap::new();
         for source in KERNEL_SOURCES {
-            // The TF32 build needs tensor cores with TF32 (sm_80+); without it its kernels are
-            // absent and the backend refuses `precision = "tf32"` (GpuBackend::new).
-            if source.variant == "tf32" && major < 8 {
+            // A build for newer GPUs (the TF32 one: sm_80) is skipped; the backend then refuses
+            // what needs its kernels (`precision = "tf32"`, GpuBackend::new).
+            if (major * 10 + minor) < source.min_arch as i32 {
                 continue;
             }
             let compiled = nvrtc::compile(source, &arch)?;

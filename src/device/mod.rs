@@ -31,6 +31,9 @@ pub struct KernelSource {
     /// Preprocessor definitions ("NAME=value") the compile passes (`-D`): a variant's macro and
     /// its kernel renames.
     pub defines: &'static [&'static str],
+    /// The oldest GPU architecture (major * 10 + minor) this build compiles for; 0: any. A CUDA
+    /// device below it skips the build (its kernels are then absent: `Device::has_kernel`).
+    pub min_arch: u32,
 }
 
 impl KernelSource {
