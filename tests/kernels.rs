@@ -98,21 +98,41 @@ fn check_optimizer<D: Device>(dev: D) -> D {
     dev.unwrap()
 }
 
+/// A row long enough that pass 1 and `optim_find_nonfinite` run whole groups of
+/// OPTIM_LOADS_IN_FLIGHT (8) strided loads per thread and then a tail (≈ 18.3 strides of 64 × 256).
+const P_LOAD_GROUPS: usize = 300_007;
+
 /// The optimizer launchers directly, with NaN-poisoned partials and norms, and a precondition.
 fn check_optimizer_launchers<D: Device>(dev: &D) {
-    let (agents, p) = (3usize, 4099usize);
     let s = dev.default_stream();
+    // Pass 1 on rows with and without whole load groups.
+    for &p in &[4099usize, P_LOAD_GROUPS] {
+        let agents = 3usize;
+        let g = normals(agents * p, 5, 0.01);
+        let grads = upload(dev, &g);
+        let chunks = launch::optim_chunks(p) as usize;
+        let mut partials = poisoned(dev, agents * chunks, f64::NAN);
+        launch::optim_sumsq_partials(dev, s, &grads, &mut partials, agents, p).unwrap();
+        let got = download(dev, &partials);
+        assert!(got.iter().all(|x| x.is_finite()), "every partial must be written (P {p})");
+        for r in 0..agents {
+            // Each partial is its block's elements exactly: f32 squares are exact in f64, so
+            // only the summation order separates it from this plain sum.
+            let stride = chunks * launch::OPTIM_BLOCK as usize;
+            for c in 0..chunks {
+                let want: f64 = (0..p).filter(|i| i % stride / launch::OPTIM_BLOCK as usize == c).map(|i| (g[r * p + i] as f64).powi(2)).sum();
+                assert_rel_f64(&format!("P {p} agent {r} partial {c}"), got[r * chunks + c], want, 1e-12);
+            }
+            let sum: f64 = got[r * chunks..(r + 1) * chunks].iter().sum();
+            assert_rel_f64("sum of partials", sum.sqrt(), optim::grad_norm(&g[r * p..(r + 1) * p]), 1e-9);
+        }
+    }
+    let (agents, p) = (3usize, 4099usize);
     let g = normals(agents * p, 5, 0.01);
     let grads = upload(dev, &g);
     let chunks = launch::optim_chunks(p) as usize;
     let mut partials = poisoned(dev, agents * chunks, f64::NAN);
     launch::optim_sumsq_partials(dev, s, &grads, &mut partials, agents, p).unwrap();
-    let got = download(dev, &partials);
-    assert!(got.iter().all(|x| x.is_finite()), "every partial must be written");
-    for r in 0..agents {
-        let sum: f64 = got[r * chunks..(r + 1) * chunks].iter().sum();
-        assert_rel_f64("sum of partials", sum.sqrt(), optim::grad_norm(&g[r * p..(r + 1) * p]), 1e-9);
-    }
     let mut params = poisoned(dev, agents * p, 0f32);
     let mut grads = grads;
     let mut v = poisoned(dev, agents * p, 0f32);
@@ -162,16 +182,23 @@ fn check_loss_guard<D: Device>(dev: &D) {
 /// non-finite values (NaN, ±inf) planted at the ends of chunks and in the middle; and none.
 fn check_find_nonfinite<D: Device>(dev: &D) {
     let s = dev.default_stream();
-    for &p in &[1usize, 255, 257, 4099, 100_003] {
+    for &p in &[1usize, 255, 257, 4099, 100_003, P_LOAD_GROUPS] {
         let agents = 3usize;
         let chunks = launch::optim_chunks(p) as usize;
         let stride = chunks * launch::OPTIM_BLOCK as usize;
-        let plants: Vec<Vec<(usize, usize, f32)>> = vec![
+        let mut plants: Vec<Vec<(usize, usize, f32)>> = vec![
             vec![],
             vec![(1, p - 1, f32::NAN)],
             vec![(0, p / 2, f32::INFINITY), (0, p - 1, f32::NAN), (2, 0, f32::NEG_INFINITY)],
             vec![(2, (stride + 3).min(p - 1), f32::NAN), (2, (stride - 1).min(p - 1), f32::INFINITY)],
         ];
+        if p == P_LOAD_GROUPS {
+            // One thread's loads: two hits in one group of 8 (the smaller index must win), a hit
+            // in the second group, one in the tail after the groups.
+            plants.push(vec![(1, 5 * stride + 7, f32::NAN), (1, 2 * stride + 7, f32::INFINITY)]);
+            plants.push(vec![(0, 17 * stride + 1, f32::NAN), (0, 11 * stride + 1, f32::NAN)]);
+            plants.push(vec![(2, 17 * stride + 1, f32::NEG_INFINITY)]);
+        }
         for plant in plants {
             let mut host = normals(agents * p, p as u64, 1.0);
             for &(r, i, v) in &plant {

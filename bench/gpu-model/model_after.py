@@ -65,6 +65,10 @@ the kernels changed, each edit with where its number comes from:
     per K-step, under every kernel's issue count. The fragment regrouping of the epilogues (one
     more shared-memory pass per block) is inside the model's epilogue allowance.
 
+  * optim_sumsq_partials (session 14) issues its strided loads in groups of 8 (kernels/optim.cu
+    OPTIM_LOADS_IN_FLIGHT; same order, same bits): its serial round trips per thread drop from
+    ceil(P / (64 x 256)) = 53 to 53 // 8 + 53 % 8 = 11 for the gala net, so it is DRAM-bound.
+
 usage: [GPU_MODEL_DIR=...] python3 model_after.py RESOURCES.json [--agents A --envs E --steps T --net gala|nature]
        [--precision fp32|tf32]
 """
@@ -210,6 +214,10 @@ def build(res, net="gala", agents=8, envs=16, steps=5, act=False):
             out.append(dict(name="loss guard", kernel="heads_loss_guard", grid=(1, 1, 1), block=1, flops=0,
                             bytes=agents * 24, model=dict(type="latency", cycles=M.LAT["l2"] + 40 * agents)))
             continue
+        if kernel == "optim_sumsq_partials":
+            # session 14: the loads go in groups of OPTIM_LOADS_IN_FLIGHT = 8 (SASS: 8 LDG before
+            # the first DFMA), then the tail one at a time: per//8 + per%8 round trips, not per.
+            m["serial"] = m["serial"] // 8 + m["serial"] % 8
         if m["type"] == "gemm":
             fc = l["name"].startswith("fc ")
             if l["kernel"] in ("conv_forward_u8", "conv_backward_filter_u8") and (net in ("gala", "nature")):
