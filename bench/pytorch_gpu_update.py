@@ -9,9 +9,12 @@ alpha 0.99, eps 1e-5). Two implementations of the batch over agents:
   * vmap:  torch.func.vmap(grad(loss)) over stacked parameters (one batched kernel per layer, as
            gala-gpu does), clipping and RMSprop as whole-arena tensor ops;
   * loop:  one nn.Module + torch.optim.RMSprop per agent, updated one after another.
-Each is timed eagerly and captured in a CUDA graph (torch.cuda.graphs) and replayed, in plain
-FP32 (what gala-gpu computes) and with TF32 convolutions and matmuls (PyTorch's cuDNN default,
-what users run): `precision` "fp32" or "tf32" in each result.
+Each is timed eagerly and captured in a CUDA graph (torch.cuda.graphs) and replayed, in each of
+gala-gpu's `--precision` modes (`precision` in each result):
+  * "fp32":      no TF32 anywhere (gala-gpu's default arithmetic);
+  * "tf32-conv": TF32 convolutions, FP32 matmuls (torch.backends.cudnn.allow_tf32 = True,
+                 torch.backends.cuda.matmul.allow_tf32 = False): PyTorch's default, what users run;
+  * "tf32":      TF32 convolutions and matmuls.
 
     python3 bench/pytorch_gpu_update.py [--agents 8] [--envs-per-agent 16] [--n-steps 5]
                                         [--net gala|nature] [--iters 100] [--json]
@@ -147,9 +150,9 @@ def main():
     data = synthetic(a.agents, a.envs_per_agent, a.n_steps, 6, dev)
     steps = a.agents * a.envs_per_agent * a.n_steps
     results = []
-    for precision in ["fp32", "tf32"]:
+    for precision in ["fp32", "tf32-conv", "tf32"]:
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision != "fp32"
         for name, make in [("vmap", make_vmap_update), ("loop", make_loop_update)]:
             models = [Policy(6, c3).to(dev) for _ in range(a.agents)]
             for m in models[1:]:
@@ -172,9 +175,9 @@ def main():
         print(f"{out['device']}, torch {out['torch']}: {a.agents} agents x {a.envs_per_agent} envs x {a.n_steps} steps, net {a.net}")
         for r in results:
             if "error" in r:
-                print(f"  {r['precision']} {r['impl']:5s} {r['mode']:10s} failed: {r['error']}")
+                print(f"  {r['precision']:9s} {r['impl']:5s} {r['mode']:10s} failed: {r['error']}")
             else:
-                print(f"  {r['precision']} {r['impl']:5s} {r['mode']:10s} {r['updates_per_s']:8.1f} updates/s  {r['raw_frames_per_s']:10.0f} raw frames/s")
+                print(f"  {r['precision']:9s} {r['impl']:5s} {r['mode']:10s} {r['updates_per_s']:8.1f} updates/s  {r['raw_frames_per_s']:10.0f} raw frames/s")
 
 
 if __name__ == "__main__":

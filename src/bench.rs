@@ -244,7 +244,7 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         backend,
         device,
         net: format!("{:?}", opts.net).to_lowercase(),
-        precision: format!("{:?}", opts.precision).to_lowercase(),
+        precision: opts.precision.name().to_string(),
         agents: spec.agents,
         envs_per_agent: spec.envs_per_agent,
         n_steps: spec.n_steps,

@@ -327,8 +327,8 @@ impl Config {
                 return bad(key, format!("must be a finite number ≥ 0, got {v}"));
             }
         }
-        if self.precision == Precision::Tf32 && self.backend == BackendKind::Cpu {
-            return bad("precision", format!("tf32 runs the tensor-core kernels of the cuda and sim backends; the cpu backend computes fp32 only: use `precision = \"fp32\"` (--precision fp32) or `backend = \"sim\"`/`\"cuda\"`"));
+        if self.precision != Precision::Fp32 && self.backend == BackendKind::Cpu {
+            return bad("precision", format!("{} runs the tensor-core kernels of the cuda and sim backends; the cpu backend computes fp32 only: use `precision = \"fp32\"` (--precision fp32) or `backend = \"sim\"`/`\"cuda\"`", self.precision.name()));
         }
         for (key, v) in [("agents", self.agents), ("envs_per_agent", self.envs_per_agent), ("n_steps", self.n_steps)] {
             if v == 0 {
@@ -438,7 +438,29 @@ mod tests {
         let e = Config { backend: BackendKind::Cpu, ..tf32 }.validate().unwrap_err().to_string();
         assert!(e.contains("`precision`") && e.contains("cpu"), "{e}");
         let e = Config::from_toml_str("precision = \"bf16\"\n", Path::new("c.toml")).unwrap_err().to_string();
-        assert!(e.contains("bf16") && e.contains("fp32") && e.contains("tf32"), "{e}");
+        assert!(e.contains("bf16") && e.contains("fp32") && e.contains("tf32") && e.contains("tf32-conv"), "{e}");
+        // PyTorch's default: TF32 convolutions, FP32 fc; written and read back under its own name.
+        let conv = Config::from_toml_str("precision = \"tf32-conv\"\nbackend = \"sim\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!(conv.precision, Precision::Tf32Conv);
+        assert!(conv.to_toml().contains("precision = \"tf32-conv\""), "{}", conv.to_toml());
+        assert_eq!(Config::from_toml_str(&conv.to_toml(), Path::new("t.toml")).unwrap(), conv);
+        let e = Config { backend: BackendKind::Cpu, ..conv }.validate().unwrap_err().to_string();
+        assert!(e.contains("tf32-conv") && e.contains("cpu"), "{e}");
+    }
+
+    #[test]
+    fn tf32_conv_runs_the_conv_gemms_in_tf32_and_the_fc_gemms_in_fp32() {
+        for k in ["conv_forward_u8_words", "conv_forward_f32", "conv_backward_data", "conv_backward_filter_f32"] {
+            assert_eq!(Precision::Tf32Conv.kernel(k), format!("{k}_tf32"));
+            assert_eq!(Precision::Tf32.kernel(k), format!("{k}_tf32"));
+            assert_eq!(Precision::Fp32.kernel(k), k);
+        }
+        for k in ["fc_forward", "fc_backward_data", "fc_backward_filter"] {
+            assert_eq!(Precision::Tf32Conv.kernel(k), k);
+            assert_eq!(Precision::Tf32.kernel(k), format!("{k}_tf32"));
+        }
+        assert_eq!(Precision::Tf32Conv.of_layer(true), Precision::Fp32);
+        assert_eq!(Precision::Tf32Conv.of_layer(false), Precision::Tf32);
     }
 
     #[test]

@@ -170,7 +170,8 @@ struct LearnerBenchArgs {
     /// 12 every update did) instead of reading the device rollout `act` filled, as training does.
     #[arg(long)]
     host_frames: bool,
-    /// The conv/fc GEMMs' arithmetic on the GPU backends: fp32, or tf32 (tensor cores, sm_80+).
+    /// The conv/fc GEMMs' arithmetic on the GPU backends: fp32, tf32 (tensor cores, sm_80+), or
+    /// tf32-conv (TF32 convs, FP32 fc: PyTorch's default).
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
     precision: Precision,
 }
@@ -303,8 +304,9 @@ struct TrainArgs {
     /// Where the network runs: auto picks cuda when a GPU is present, else cpu [default: auto].
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
-    /// The conv/fc GEMMs' arithmetic: fp32, or tf32 (tensor cores as PyTorch with TF32 allowed;
-    /// cuda on sm_80+ and sim only) [default: fp32].
+    /// The conv/fc GEMMs' arithmetic: fp32; tf32 (tensor cores, as PyTorch with TF32 allowed for
+    /// convs and matmuls); tf32-conv (TF32 convs, FP32 fc: PyTorch's default). The tf32 modes run
+    /// on cuda (sm_80+) and sim only [default: fp32].
     #[arg(long, value_enum)]
     precision: Option<Precision>,
     /// Budget in raw emulator frames (the total to train to; at least 1).

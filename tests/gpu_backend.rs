@@ -275,7 +275,7 @@ fn sim_non_finite_loss_skips_the_step_on_the_device() {
 /// precision = "tf32" on the simulator: the same start gives bit-identical parameters after two
 /// updates (deterministic run to run), the arithmetic really differs from fp32, and the first
 /// update's losses and gradient norm agree with fp32's to TF32 accuracy (10-bit operands: a few
-/// 1e-4 relative). The cpu backend refuses tf32.
+/// 1e-4 relative). Likewise "tf32-conv". The cpu backend refuses both.
 #[test]
 fn sim_tf32_updates_are_deterministic_and_near_fp32() {
     let s32 = spec(NetPreset::Gala, 4, 2, 2, 2);
@@ -300,6 +300,21 @@ fn sim_tf32_updates_are_deterministic_and_near_fp32() {
     }
     let err = CpuBackend::new(s, &initial, 1).err().expect("the cpu backend refuses tf32").to_string();
     assert!(err.contains("tf32") && err.contains("fp32"), "{err}");
+    // tf32-conv (PyTorch's default: TF32 convs, FP32 fc) is a third arithmetic, deterministic,
+    // and as close to fp32 as tf32 is.
+    let sc = BackendSpec { precision: Precision::Tf32Conv, ..s32.clone() };
+    let (conv, conv_stats) = run(&sc);
+    assert!(conv == run(&sc).0, "two tf32-conv runs from the same start differ");
+    assert!(conv != fp32 && conv != tf32, "precision tf32-conv ran the arithmetic of fp32 or of tf32");
+    for (r, (t, f)) in conv_stats[0].iter().zip(&fp32_stats[0]).enumerate() {
+        println!("agent {r}: tf32-conv {t:?}");
+        close(&format!("agent {r} value loss, tf32-conv vs fp32"), t.value_loss, f.value_loss, 2e-3);
+        close(&format!("agent {r} policy loss, tf32-conv vs fp32"), t.policy_loss, f.policy_loss, 2e-3);
+        close(&format!("agent {r} entropy, tf32-conv vs fp32"), t.entropy, f.entropy, 1e-4);
+        close(&format!("agent {r} grad norm, tf32-conv vs fp32"), t.grad_norm, f.grad_norm, 5e-3);
+    }
+    let err = CpuBackend::new(sc, &initial, 1).err().expect("the cpu backend refuses tf32-conv").to_string();
+    assert!(err.contains("tf32-conv") && err.contains("fp32"), "{err}");
 }
 
 fn run_catch(backend: &str, dir: &std::path::Path) -> serde_json::Value {

@@ -261,9 +261,9 @@ fn check_layer<D: Device, In: TestInput>(
             let (w, b) = (&th[lp.w_off..lp.b_off], &th[lp.b_off..lp.b_off + shape.out_channels]);
             let xs = &xf[a * n * shape.in_len()..(a + 1) * n * shape.in_len()];
             let dya = &dy[a * n * shape.out_len()..(a + 1) * n * shape.out_len()];
-            let (y, dw, db, mut dx) = match precision {
+            let (y, dw, db, mut dx) = match precision.of_layer(path == Path::Fc) {
                 Precision::Fp32 => reference(&shape, xs, w, b, dya, None),
-                Precision::Tf32 => {
+                _ => {
                     // The operands as the tensor cores read them: x, w and the masked gradient
                     // rounded to TF32; the bias gradient is summed from the unrounded gradient.
                     let (xr, wr) = (tf32_rounded(xs), tf32_rounded(w));
@@ -293,7 +293,7 @@ fn check_layer<D: Device, In: TestInput>(
             };
             let on = y.iter().filter(|&&v| v > 0.0).count();
             assert!(on > 0 && on < y.len(), "{ctx}: the test needs both active and inactive ReLUs");
-            let tol = if precision == Precision::Tf32 && dev.kind() == "cuda" { 1e-4 } else { 1e-5 };
+            let tol = if precision.of_layer(path == Path::Fc) == Precision::Tf32 && dev.kind() == "cuda" { 1e-4 } else { 1e-5 };
             let assert_close = |what: &str, got: &[f32], want: &[f32]| {
                 assert_close_within(what, got, want, tol, tol);
             };

@@ -1,6 +1,6 @@
 """The model's update time corrected by what a GPU measured: a forecast, not a measurement.
 
-usage: python3 forecast.py MODEL.json CALIBRATION.json
+usage: python3 forecast.py MODEL.json CALIBRATION.json [NCU.csv]
   MODEL.json        model_after.py ... --json MODEL.json (the kernels of this tree; give the same
                     --hbm as the calibrating card)
   CALIBRATION.json  per launch name: [measured us, the model's us of that day] for the same
@@ -18,20 +18,65 @@ Rules, per launch of the learner update (the act rows are not forecast):
     measured small kernels show; the optimizer passes: model x the median GEMM ratio.
 The band: every GEMM at the best and at the worst measured/model ratio of the calibration.
 Launch overheads: 24 launches x 1 us (a CUDA graph replay; measured 2% of the update on the H200).
-"""
-import json, statistics, sys
 
-def main(model_path, cal_path):
-    rows = json.load(open(model_path))["learn"]["rows"]
+With NCU.csv (bench/gpu/run.sh's `ncu --csv --page raw` of `bench learner --updates 1`), a column
+of what the card measured per launch: the update's launches are those from the last
+`nstep_returns` on, matched to the model's rows in order by kernel name (a `_tf32` suffix
+ignored); a model row with no such launch is shown as "-", a launch no row matched is listed.
+"""
+import csv, json, statistics, sys
+
+
+def measured_update(ncu_path):
+    """[(kernel, grid, us)] of the last update in an Nsight Compute raw CSV."""
+    rows = list(csv.reader(line for line in open(ncu_path) if line.startswith('"')))
+    head, data = rows[0], rows[2:]   # rows[1] holds the units
+    k, g, t = head.index("Kernel Name"), head.index("Grid Size"), head.index("gpu__time_duration.sum")
+    if rows[1][t] != "ns":
+        sys.exit(f"forecast.py: {ncu_path}: gpu__time_duration.sum in {rows[1][t]!r}, expected ns")
+    launches = [(r[k], r[g], float(r[t].replace(",", "")) / 1000) for r in data]
+    starts = [i for i, l in enumerate(launches) if l[0] == "nstep_returns"]
+    if not starts:
+        sys.exit(f"forecast.py: {ncu_path}: no nstep_returns launch (not a learner update?)")
+    return launches[starts[-1]:]
+
+
+def match(rows, launches):
+    """measured us per model row (None where the update had no such launch), and the leftovers."""
+    out, i = [], 0
+    for r in rows:
+        found = None
+        for j in range(i, len(launches)):
+            if launches[j][0].removesuffix("_tf32") == r["kernel"]:
+                found = j
+                break
+        if found is None:
+            out.append(None)
+        else:
+            out.append(launches[found][2])
+            i = found + 1
+    used = set()
+    i = 0
+    for r, m in zip(rows, out):
+        if m is not None:
+            while launches[i][0].removesuffix("_tf32") != r["kernel"]:
+                i += 1
+            used.add(i)
+            i += 1
+    return out, [l for j, l in enumerate(launches) if j not in used]
+
+def main(model_path, cal_path, ncu_path=None):
+    rows = [r for r in json.load(open(model_path))["learn"]["rows"] if r["kernel"] is not None]
+    measured, leftover = match(rows, measured_update(ncu_path)) if ncu_path else ([None] * len(rows), [])
     cal = json.load(open(cal_path))
     meas, changed = cal["launches"], set(cal["changed_since"])
     gemm = [m / p for n, (m, p) in meas.items() if p > 20 and n not in changed]
     med, lo, hi = statistics.median(gemm), min(gemm), max(gemm)
     total = {"model": 0.0, "forecast": 0.0, "best": 0.0, "worst": 0.0}
-    print(f"{'launch':22s} {'model us':>9s} {'forecast us':>12s}  rule")
-    for r in rows:
-        if r["kernel"] is None:   # the host-sync row: not a kernel
-            continue
+    ncu_col = f" {'measured us':>12s}" if ncu_path else ""
+    print(f"{'launch':22s} {'model us':>9s} {'forecast us':>12s}{ncu_col}  rule")
+    measured_total = 0.0
+    for r, got in zip(rows, measured):
         name, t = r["name"], r["time_us"]
         then = meas.get(name)
         if then and then[1] < 1 and name not in changed:
@@ -46,13 +91,20 @@ def main(model_path, cal_path):
             f = b = w = max(t, 4.0); rule = "max(model, 4 us)"
         for key, v in zip(total, (t, f, b, w)):
             total[key] += v
-        print(f"{name:22s} {t:9.1f} {f:12.1f}  {rule}")
+        cell = "" if not ncu_path else f" {got:12.1f}" if got is not None else f" {'-':>12s}"
+        measured_total += got or 0.0
+        print(f"{name:22s} {t:9.1f} {f:12.1f}{cell}  {rule}")
     print(f"GEMM measured/model in the calibration: median {med:.2f}, best {lo:.2f}, worst {hi:.2f}")
+    frames = json.load(open(model_path))["learn"]["samples"] * 4
     for key, v in total.items():
-        frames = json.load(open(model_path))["learn"]["samples"] * 4
         print(f"{key:9s} {v:7.0f} us + 24 us launches -> {frames / (v + 24):.2f} M learner frames/s")
+    if ncu_path:
+        print(f"measured  {measured_total:7.0f} us of the matched launches (Nsight Compute: serialised, caches flushed)")
+        for kernel, grid, us in leftover:
+            print(f"  launch with no model row: {kernel} {grid} {us:.1f} us")
+
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

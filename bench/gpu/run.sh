@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (see prepare.sh): the GPU tests, then the benchmarks, then one
-# Nsight Compute pass over one learner update. Output: $OUT/gpu-session.txt (the log),
-# $OUT/benches.jsonl (one JSON object per benchmark, tagged) and $OUT/ncu.csv — few files,
-# because the device tool brings back at most 8. Never changes the card's clocks or settings
-# (ncu runs with --clock-control none).
+# Nsight Compute pass over one learner update (fp32, then tf32). Output: $OUT/gpu-session.txt (the
+# log), $OUT/benches.jsonl (one JSON object per benchmark, tagged), $OUT/ncu.csv and
+# $OUT/ncu_tf32.csv — few files, because the device tool brings back at most 8. Never changes the
+# card's clocks or settings (ncu runs with --clock-control none).
 #
 # The whole lease is 15 minutes of device time, start-up included, so every step has its own
 # time box and the script keeps to an overall budget (GALA_GPU_BUDGET_S, default 450 s): a step
@@ -75,6 +75,8 @@ if want learner; then
     # The opt-in TF32 tensor-core GEMMs (precision = "tf32"), same shape: against learner_cuda_8
     # and against PyTorch with TF32 convolutions (its default).
     bench learner_cuda_8_tf32 "$G/gala-gpu" bench learner --backend cuda --agents 8 --updates 50 --precision tf32 --json
+    # TF32 convs, FP32 fc: PyTorch's default arithmetic (the peer's "tf32-conv" rows).
+    bench learner_cuda_8_tf32_conv "$G/gala-gpu" bench learner --backend cuda --agents 8 --updates 50 --precision tf32-conv --json
 fi
 if want pytorch; then
     j="$(cd "$G" && box 120 python3 pytorch_gpu_update.py --agents 8 --json)" && {
@@ -94,17 +96,23 @@ fi
 if want ncu; then
     # Per-kernel device time and memory behaviour of one learner update (8 agents x 16 envs x 5
     # steps), hardware counters, clocks left alone: the measurement the static model predicts.
+    # Then the same for the TF32 GEMMs (ncu_tf32.csv). Compare either with the model's forecast:
+    # python3 bench/gpu-model/forecast.py MODEL.json CALIBRATION.json ncu.csv (BENCHMARKS.md).
     ncu_bin="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
     if [ -n "$ncu_bin" ]; then
-        box 120 "$ncu_bin" --clock-control none --csv --page raw --metrics \
+        for precision in fp32 tf32; do
+            csv="$OUT/ncu.csv"; [ "$precision" = fp32 ] || csv="$OUT/ncu_$precision.csv"
+            box 120 "$ncu_bin" --clock-control none --csv --page raw --metrics \
 gpu__time_duration.sum,launch__registers_per_thread,launch__grid_size,launch__block_size,\
 sm__warps_active.avg.pct_of_peak_sustained_active,dram__bytes_read.sum,dram__bytes_write.sum,\
 l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,\
 l1tex__t_requests_pipe_lsu_mem_global_op_st.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum,\
 l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,smsp__inst_executed_op_shared_ld.sum,\
 l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,smsp__inst_executed_op_shared_st.sum \
-            "$G/gala-gpu" bench learner --backend cuda --agents 8 --updates 1 >"$OUT/ncu.csv" 2>"/tmp/ncu.err"
-        echo "ncu rc=$? lines=$(wc -l <"$OUT/ncu.csv")"; tail -5 /tmp/ncu.err
+                "$G/gala-gpu" bench learner --backend cuda --agents 8 --updates 1 --precision "$precision" \
+                >"$csv" 2>"/tmp/ncu.err"
+            echo "ncu $precision rc=$? lines=$(wc -l <"$csv")"; tail -5 /tmp/ncu.err
+        done
     else
         echo "no ncu on this machine"
     fi

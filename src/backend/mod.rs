@@ -41,18 +41,44 @@ pub enum Precision {
     /// FP32 FMAs: the CPU reference's arithmetic up to summation order.
     #[default]
     Fp32,
-    /// TF32 tensor cores (cuda on sm_80 and later, and sim): operands rounded to TF32 (10
-    /// mantissa bits, `tf32_round`), products accumulated in FP32, as PyTorch computes a conv with
-    /// TF32 allowed (its default for convolutions). Opt-in; not on the cpu backend.
+    /// TF32 tensor cores (cuda on sm_80 and later, and sim) for the conv and the fc GEMMs:
+    /// operands rounded to TF32 (10 mantissa bits, `tf32_round`), products accumulated in FP32,
+    /// as PyTorch computes a conv with TF32 allowed (its default for convolutions) and a matmul
+    /// with `torch.backends.cuda.matmul.allow_tf32 = True`. Opt-in; not on the cpu backend.
     Tf32,
+    /// TF32 for the conv layers only, FP32 for the fc layer: PyTorch's default arithmetic on a GPU
+    /// (`torch.backends.cudnn.allow_tf32 = True`, `torch.backends.cuda.matmul.allow_tf32 =
+    /// False`), for comparisons with PyTorch as users run it. Opt-in; not on the cpu backend.
+    #[serde(rename = "tf32-conv")]
+    #[value(name = "tf32-conv")]
+    Tf32Conv,
 }
 
 impl Precision {
-    /// The GEMM kernel that computes `kernel` (a kernels/conv.cu GEMM's plain name) in this precision.
-    pub fn kernel(self, kernel: &str) -> std::borrow::Cow<'_, str> {
+    /// The arithmetic of one GEMM layer, `Fp32` or `Tf32`: the fc layer's when `fc`, else a conv's.
+    pub fn of_layer(self, fc: bool) -> Precision {
         match self {
+            Precision::Tf32Conv if fc => Precision::Fp32,
+            Precision::Tf32Conv => Precision::Tf32,
+            p => p,
+        }
+    }
+
+    /// The GEMM kernel that computes `kernel` (a kernels/conv.cu GEMM's plain name: `fc_*` for
+    /// the fc layer, `conv_*` for the conv layers) in this precision.
+    pub fn kernel(self, kernel: &str) -> std::borrow::Cow<'_, str> {
+        match self.of_layer(kernel.starts_with("fc_")) {
             Precision::Fp32 => std::borrow::Cow::Borrowed(kernel),
-            Precision::Tf32 => std::borrow::Cow::Owned(format!("{kernel}_tf32")),
+            _ => std::borrow::Cow::Owned(format!("{kernel}_tf32")),
+        }
+    }
+
+    /// The name users write (`--precision`, the config's `precision`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Tf32Conv => "tf32-conv",
         }
     }
 }
@@ -592,7 +618,8 @@ pub fn create_on(device: &SharedDevice, spec: BackendSpec, initial: &[f32], thre
     if matches!(device.handle, DeviceHandle::Cpu) && spec.precision != Precision::Fp32 {
         // Say why the backend is the cpu one (`auto` without a GPU, typically).
         return Err(crate::error::Error::Config(format!(
-            "precision tf32 runs the tensor-core kernels of the cuda (sm_80 and later) and sim backends, but the backend is {}; use --precision fp32, or --backend sim",
+            "precision {} runs the tensor-core kernels of the cuda (sm_80 and later) and sim backends, but the backend is {}; use --precision fp32, or --backend sim",
+            spec.precision.name(),
             device.choice
         )));
     }

@@ -74,9 +74,10 @@ impl CpuBackend {
     /// `initial` is one agent's parameters (copied to every agent) or the whole arena.
     pub fn new(spec: BackendSpec, initial: &[f32], threads: usize) -> Result<Self> {
         if spec.precision != Precision::Fp32 {
-            return Err(Error::Config(
-                "precision tf32 runs the tensor-core kernels of the cuda and sim backends; the cpu backend computes fp32 only (use --precision fp32, or --backend sim/cuda)".into(),
-            ));
+            return Err(Error::Config(format!(
+                "precision {} runs the tensor-core kernels of the cuda and sim backends; the cpu backend computes fp32 only (use --precision fp32, or --backend sim/cuda)",
+                spec.precision.name()
+            )));
         }
         let layout = spec.net.layout();
         let p = layout.total;

@@ -297,8 +297,8 @@ impl<D: Device> GpuBackend<D> {
         let arena_init = spec.initial_arena(initial)?;
         if !device.has_kernel(&spec.precision.kernel("conv_forward_f32")) {
             return Err(Error::Config(format!(
-                "precision {:?}: {} has no tensor-core (TF32) kernels; TF32 needs an sm_80 or newer GPU: use --precision fp32",
-                spec.precision,
+                "precision {}: {} has no tensor-core (TF32) kernels; TF32 needs an sm_80 or newer GPU: use --precision fp32",
+                spec.precision.name(),
                 device.describe()
             )));
         }
