@@ -279,42 +279,34 @@ fn sim_non_finite_loss_skips_the_step_on_the_device() {
 #[test]
 fn sim_tf32_updates_are_deterministic_and_near_fp32() {
     let s32 = spec(NetPreset::Gala, 4, 2, 2, 2);
-    let s = BackendSpec { precision: Precision::Tf32, ..s32.clone() };
-    let initial = init_params(&s.net, 1);
+    let initial = init_params(&s32.net, 1);
     let run = |spec: &BackendSpec| {
         let mut b = GpuBackend::new(SimDevice::new(), spec.clone(), &initial).unwrap();
         let stats: Vec<_> = (0..2).map(|u| b.learn(&segment(&rollout(spec, 40 + u), false)).unwrap()).collect();
         (b.read_params().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>(), stats)
     };
-    let (tf32, tf32_stats) = run(&s);
-    assert!(tf32 == run(&s).0, "two tf32 runs from the same start differ");
     let (fp32, fp32_stats) = run(&s32);
-    assert!(tf32 != fp32, "precision tf32 ran the fp32 arithmetic");
-    for (r, (t, f)) in tf32_stats[0].iter().zip(&fp32_stats[0]).enumerate() {
-        // Seen: value loss 2e-4, policy loss 2e-4, grad norm 5e-4, entropy 3e-8 apart.
-        println!("agent {r}: tf32 {t:?}\n         fp32 {f:?}");
-        close(&format!("agent {r} value loss, tf32 vs fp32"), t.value_loss, f.value_loss, 2e-3);
-        close(&format!("agent {r} policy loss, tf32 vs fp32"), t.policy_loss, f.policy_loss, 2e-3);
-        close(&format!("agent {r} entropy, tf32 vs fp32"), t.entropy, f.entropy, 1e-4);
-        close(&format!("agent {r} grad norm, tf32 vs fp32"), t.grad_norm, f.grad_norm, 5e-3);
+    let mut seen = vec![fp32];
+    // tf32, then tf32-conv (PyTorch's default: TF32 convs, FP32 fc): each deterministic, an
+    // arithmetic of its own, its first update within TF32 accuracy of fp32's, refused by cpu.
+    for precision in [Precision::Tf32, Precision::Tf32Conv] {
+        let name = precision.name();
+        let sp = BackendSpec { precision, ..s32.clone() };
+        let (bits, stats) = run(&sp);
+        assert!(bits == run(&sp).0, "two {name} runs from the same start differ");
+        assert!(!seen.contains(&bits), "precision {name} ran the arithmetic of an earlier precision");
+        seen.push(bits);
+        for (r, (t, f)) in stats[0].iter().zip(&fp32_stats[0]).enumerate() {
+            // Seen (tf32): value loss 2e-4, policy loss 2e-4, grad norm 5e-4, entropy 3e-8 apart.
+            println!("agent {r}: {name} {t:?}\n         fp32 {f:?}");
+            close(&format!("agent {r} value loss, {name} vs fp32"), t.value_loss, f.value_loss, 2e-3);
+            close(&format!("agent {r} policy loss, {name} vs fp32"), t.policy_loss, f.policy_loss, 2e-3);
+            close(&format!("agent {r} entropy, {name} vs fp32"), t.entropy, f.entropy, 1e-4);
+            close(&format!("agent {r} grad norm, {name} vs fp32"), t.grad_norm, f.grad_norm, 5e-3);
+        }
+        let err = CpuBackend::new(sp, &initial, 1).err().expect("the cpu backend refuses the tf32 modes").to_string();
+        assert!(err.contains(name) && err.contains("fp32"), "{err}");
     }
-    let err = CpuBackend::new(s, &initial, 1).err().expect("the cpu backend refuses tf32").to_string();
-    assert!(err.contains("tf32") && err.contains("fp32"), "{err}");
-    // tf32-conv (PyTorch's default: TF32 convs, FP32 fc) is a third arithmetic, deterministic,
-    // and as close to fp32 as tf32 is.
-    let sc = BackendSpec { precision: Precision::Tf32Conv, ..s32.clone() };
-    let (conv, conv_stats) = run(&sc);
-    assert!(conv == run(&sc).0, "two tf32-conv runs from the same start differ");
-    assert!(conv != fp32 && conv != tf32, "precision tf32-conv ran the arithmetic of fp32 or of tf32");
-    for (r, (t, f)) in conv_stats[0].iter().zip(&fp32_stats[0]).enumerate() {
-        println!("agent {r}: tf32-conv {t:?}");
-        close(&format!("agent {r} value loss, tf32-conv vs fp32"), t.value_loss, f.value_loss, 2e-3);
-        close(&format!("agent {r} policy loss, tf32-conv vs fp32"), t.policy_loss, f.policy_loss, 2e-3);
-        close(&format!("agent {r} entropy, tf32-conv vs fp32"), t.entropy, f.entropy, 1e-4);
-        close(&format!("agent {r} grad norm, tf32-conv vs fp32"), t.grad_norm, f.grad_norm, 5e-3);
-    }
-    let err = CpuBackend::new(sc, &initial, 1).err().expect("the cpu backend refuses tf32-conv").to_string();
-    assert!(err.contains("tf32-conv") && err.contains("fp32"), "{err}");
 }
 
 fn run_catch(backend: &str, dir: &std::path::Path) -> serde_json::Value {
