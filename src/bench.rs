@@ -1,9 +1,10 @@
 //! `gala-gpu bench learner`: the learner alone (n-step returns, forward + backward over the
-//! segment, clipping, RMSprop, for every agent) on synthetic frames, timed on any backend.
+//! segment, clipping, RMSprop, for every agent) on synthetic frames, timed on any backend; and
+//! the act step of the same engine (every env's action from its newest frame).
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::GpuBackend;
-use crate::backend::{Backend, BackendKind, BackendSpec, Precision, Segment};
+use crate::backend::{ActOutput, Backend, BackendKind, BackendSpec, ObsChange, Precision, Segment};
 use crate::config::Config;
 use crate::device::sim_profile::{format_table, profile_memory, LaunchMemoryProfile};
 use crate::device::{cuda::CudaDevice, sim::SimDevice};
@@ -67,6 +68,12 @@ pub struct LearnerBenchReport {
     /// Where the learner's frames came from: "device rollout" (filled by `act`, as in
     /// training), "pinned upload" (`--host-frames`) or "host" (CPU backend).
     pub frames: String,
+    /// Mean µs per act call in training's steady state (`time_acts`: one env step after the
+    /// last, the newest frames from pinned memory on the GPU backends), over `updates` calls.
+    pub act_us: f64,
+    /// Kernel launches per act call (GPU backends: those replayed in act's CUDA graph counted
+    /// one by one; None on the CPU).
+    pub launches_per_act: Option<u64>,
     /// `--profile`: the memory-access profile of one update, per launch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_profile: Option<Vec<LaunchMemoryProfile>>,
@@ -92,9 +99,16 @@ impl std::fmt::Display for LearnerBenchReport {
             (None, _) => writeln!(f, "  kernel launches per update: - (cpu backend)")?,
         }
         match self.uploaded_bytes_per_update {
-            Some(b) => write!(f, "  bytes uploaded per update: {b} ({:.2} MB; frames from the {})", b as f64 / 1e6, self.frames)?,
-            None => write!(f, "  bytes uploaded per update: - (cpu backend)")?,
+            Some(b) => writeln!(f, "  bytes uploaded per update: {b} ({:.2} MB; frames from the {})", b as f64 / 1e6, self.frames)?,
+            None => writeln!(f, "  bytes uploaded per update: - (cpu backend)")?,
         }
+        let launches = self.launches_per_act.map_or(String::new(), |n| format!(", {n} kernel launches"));
+        write!(
+            f,
+            "  act ({} observations, one env step after the last): {:.1} us per call{launches}",
+            self.agents * self.envs_per_agent,
+            self.act_us
+        )?;
         if let Some(p) = &self.memory_profile {
             write!(
                 f,
@@ -137,6 +151,46 @@ fn time_updates(backend: &mut dyn Backend, spec: &BackendSpec, updates: usize, l
     Ok((seconds, per_update))
 }
 
+/// Mean seconds per act call over `acts` calls in training's steady state, after two untimed
+/// ones (the whole stacks go up once, then a warm-up step that records act's CUDA graph): each
+/// call is one env step after the last (`ObsChange::Stepped`: every env's newest frame goes up
+/// and the stacks are built on the device; one env in 16 ends its episode), with the host's
+/// observations kept in step by `push_frame` outside the timing. The frames sit in the
+/// backend's pinned host memory where it has some (GPU backends), as the trainer's do; only the
+/// act calls are timed. Returns (seconds per act, kernel launches per act on a GPU backend).
+fn time_acts(b: &mut dyn Backend, spec: &BackendSpec, acts: usize) -> Result<(f64, Option<u64>)> {
+    use crate::env::{vec_env::push_frame, FRAME_BYTES};
+    let rows = spec.act_batch();
+    let (mut obs, _, _, _, _) = synthetic_segment(&BackendSpec { n_steps: 1, ..spec.clone() }, 2);
+    let mut out = ActOutput::default();
+    b.act_training(&obs, ObsChange::Unknown, 0, &mut out, None)?;
+    let mut rng = PhiloxStream::new(3, 0, Purpose::EnvStep);
+    let fresh: Vec<u8> = (0..rows * FRAME_BYTES).map(|_| if rng.below(8) == 0 { rng.below(256) as u8 } else { 0 }).collect();
+    let mut frames: Box<dyn std::ops::DerefMut<Target = [u8]>> = match b.alloc_pinned_bytes(fresh.len())? {
+        Some(mut h) => {
+            h.copy_from_slice(&fresh);
+            Box::new(h)
+        }
+        None => Box::new(fresh),
+    };
+    let resets: Vec<f32> = (0..rows).map(|r| if r % 16 == 5 { 1.0 } else { 0.0 }).collect();
+    let (mut seconds, mut launches) = (0.0, None);
+    for step in 1..=acts as u64 + 1 {
+        // A new frame per step: rotate the bytes by one row of pixels.
+        frames.rotate_left(crate::model::FRAME_HW);
+        for (r, stack) in obs.chunks_mut(OBS_BYTES).enumerate() {
+            push_frame(stack, &frames[r * FRAME_BYTES..(r + 1) * FRAME_BYTES], resets[r] != 0.0);
+        }
+        let (t, before) = (Instant::now(), b.kernel_launches());
+        b.act_training(&obs, ObsChange::Stepped { frames: &frames, resets: &resets }, step, &mut out, None)?;
+        if step > 1 {
+            seconds += t.elapsed().as_secs_f64();
+            launches = before.zip(b.kernel_launches()).map(|(a, z)| z - a);
+        }
+    }
+    Ok((seconds / acts as f64, launches))
+}
+
 /// Times `updates` learner updates on synthetic frames (see `LearnerBenchOptions`).
 pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
     if opts.updates == 0 {
@@ -171,6 +225,8 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         uploaded: u64,
         graph: bool,
         profile: Option<Vec<LaunchMemoryProfile>>,
+        act_seconds: f64,
+        act_launches: Option<u64>,
     }
     fn gpu_run<D: crate::device::Device>(dev: D, spec: &BackendSpec, initial: &[f32], opts: &LearnerBenchOptions) -> Result<GpuRun> {
         let mut b = GpuBackend::new(dev, spec.clone(), initial)?;
@@ -224,17 +280,19 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
             None
         };
         let graph = b.update_graphs_recorded() > 0;
-        Ok(GpuRun { name, device, seconds, launches, uploaded, graph, profile })
+        let (act_seconds, act_launches) = time_acts(&mut b, spec, opts.updates)?;
+        Ok(GpuRun { name, device, seconds, launches, uploaded, graph, profile, act_seconds, act_launches })
     }
     let gpu = |r: GpuRun| {
         let frames = if opts.host_frames { "pinned upload" } else { "device rollout" };
-        (r.name, r.device, r.seconds, Some(r.launches), Some(r.uploaded), Some(r.graph), frames, r.profile)
+        (r.name, r.device, r.seconds, Some(r.launches), Some(r.uploaded), Some(r.graph), frames, r.profile, r.act_seconds, r.act_launches)
     };
-    let (backend, device, seconds, launches_per_update, uploaded_bytes_per_update, cuda_graph, frames, memory_profile) = match kind {
+    let (backend, device, seconds, launches_per_update, uploaded_bytes_per_update, cuda_graph, frames, memory_profile, act_seconds, launches_per_act) = match kind {
         BackendKind::Cpu => {
             let mut b = CpuBackend::new(spec.clone(), &initial, opts.threads.max(1))?;
             let (s, l) = time_updates(&mut b, &spec, opts.updates, &|_| None)?;
-            ("cpu".to_string(), format!("{} host threads", opts.threads.max(1)), s, l, None, None, "host", None)
+            let (act, _) = time_acts(&mut b, &spec, opts.updates)?;
+            ("cpu".to_string(), format!("{} host threads", opts.threads.max(1)), s, l, None, None, "host", None, act, None)
         }
         BackendKind::Sim => gpu(gpu_run(SimDevice::new(), &spec, &initial, opts)?),
         BackendKind::Cuda | BackendKind::Auto => gpu(gpu_run(CudaDevice::new(0)?, &spec, &initial, &LearnerBenchOptions { profile: false, ..opts.clone() })?),
@@ -257,6 +315,8 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         uploaded_bytes_per_update,
         cuda_graph,
         frames: frames.to_string(),
+        act_us: act_seconds * 1e6,
+        launches_per_act,
         memory_profile,
     })
 }

@@ -340,6 +340,10 @@ fn bench_learner_reads_the_frames_from_the_device_as_training_does() {
     assert_eq!(host.uploaded_bytes_per_update, Some(scalars + (2 * 2 * 2 * OBS_BYTES) as u64));
     assert_eq!((dev.frames.as_str(), host.frames.as_str()), ("device rollout", "pinned upload"));
     assert_eq!(dev.launches_per_update, host.launches_per_update, "the same 24 launches either way");
+    // Its act step in the steady state: the frames' device stacking, the forward pass (3 convs,
+    // fc and its split sum, heads), sampling and the output packing.
+    assert_eq!(dev.launches_per_act, Some(9));
+    assert!(dev.act_us > 0.0);
 }
 
 // --- stage two: only the newest frame per env step goes up -----------------------------------

@@ -384,15 +384,29 @@ fn sim_pipelined_handoff_copies_parameters_on_the_device() {
     check_params_handoff(std::sync::Arc::new(SimDevice::new()), std::sync::Arc::new(SimDevice::new()));
 }
 
-/// The update replayed from its CUDA graph against the same update launched kernel by kernel:
-/// bit-identical parameters, RMSprop state and losses after every update, the same launches.
+/// The update and act's forward pass replayed from their CUDA graphs against the same work
+/// launched kernel by kernel: bit-identical parameters, RMSprop state and losses after every
+/// update, bit-identical act outputs before and after each (the replayed forward reads the
+/// parameters the last update left), the same launches.
 fn check_update_graphs<D: Device + Clone>(dev: D, expect_graphs: bool) {
     let spec = spec(NetPreset::Gala, 6, 2, 4, 5);
     let initial = init_params(&spec.net, 5);
     let mut graphed = GpuBackend::new(dev.clone(), spec.clone(), &initial).unwrap();
     let mut eager = GpuBackend::new(dev, spec.clone(), &initial).unwrap();
-    eager.set_update_graphs(false);
+    eager.set_graphs(false);
     let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    let act_both = |graphed: &mut GpuBackend<D>, eager: &mut GpuBackend<D>, step: u64| {
+        let obs = frames(spec.act_batch(), 900 + step);
+        let (mut g, mut e) = (ActOutput::default(), ActOutput::default());
+        let (l0, e0) = (graphed.launch_count(), eager.launch_count());
+        graphed.act(&obs, step, step % 2 == 1, &mut g).unwrap();
+        eager.act(&obs, step, step % 2 == 1, &mut e).unwrap();
+        assert_eq!(graphed.launch_count() - l0, eager.launch_count() - e0, "act {step}: launches differ");
+        assert_eq!(g.actions, e.actions, "act {step}: actions differ");
+        assert_eq!(bits(g.values), bits(e.values), "act {step}: values differ");
+        assert_eq!(bits(g.log_probs), bits(e.log_probs), "act {step}: log-probs differ");
+    };
+    act_both(&mut graphed, &mut eager, 0);
     for u in 0..4 {
         // Updates 2 and 3 with the behaviour ratio: a second graph.
         let r = rollout(&spec, 500 + u);
@@ -408,25 +422,27 @@ fn check_update_graphs<D: Device + Clone>(dev: D, expect_graphs: bool) {
             bits(eager.read_optimizer_state().unwrap()),
             "update {u}: RMSprop state differs"
         );
+        act_both(&mut graphed, &mut eager, 1 + u);
     }
     assert_eq!(graphed.update_graphs_recorded(), if expect_graphs { 2 } else { 0 });
-    assert_eq!(eager.update_graphs_recorded(), 0);
+    assert_eq!(graphed.act_graphs_recorded(), if expect_graphs { 1 } else { 0 });
+    assert_eq!((eager.update_graphs_recorded(), eager.act_graphs_recorded()), (0, 0));
 }
 
 #[test]
-fn sim_records_no_update_graphs_and_runs_the_same_launches() {
+fn sim_records_no_graphs_and_runs_the_same_launches() {
     check_update_graphs(std::sync::Arc::new(SimDevice::new()), false);
 }
 
 #[test]
-fn cuda_update_graphs_replay_the_launches_bit_for_bit_when_a_gpu_is_present() {
+fn cuda_update_and_act_graphs_replay_the_launches_bit_for_bit_when_a_gpu_is_present() {
     match CudaDevice::new(0) {
         Ok(d) => check_update_graphs(std::sync::Arc::new(d), true),
         Err(e) => {
             if std::env::var_os("GALA_REQUIRE_GPU").is_some() {
                 panic!("GALA_REQUIRE_GPU is set but no CUDA device could be opened: {e}");
             }
-            println!("SKIPPED cuda_update_graphs_replay_the_launches_bit_for_bit_when_a_gpu_is_present: {e}");
+            println!("SKIPPED cuda_update_and_act_graphs_replay_the_launches_bit_for_bit_when_a_gpu_is_present: {e}");
         }
     }
 }

@@ -491,6 +491,11 @@ pub trait Backend: Send {
     fn transfer_bytes(&self) -> Option<TransferBytes> {
         None
     }
+    /// Kernel launches so far (None without a device; a replayed CUDA graph counts its
+    /// launches), for benchmarks.
+    fn kernel_launches(&self) -> Option<u64> {
+        None
+    }
     /// `len` zero bytes of page-locked host memory from this backend's device, for buffers the
     /// caller fills and then hands to `learn` (uploads from it are asynchronous DMA); None when
     /// the backend has no device (the CPU backend).

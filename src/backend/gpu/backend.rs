@@ -229,22 +229,42 @@ struct LearnScratch {
     partials: [DeviceBuffer<f32>; 3],
 }
 
-/// Graphs kept per backend (one per rollout buffer the update reads and behaviour-ratio mode).
+/// Update graphs kept per backend (one per rollout buffer the update reads and behaviour-ratio
+/// mode); act's forward pass has one.
 const UPDATE_GRAPHS_KEPT: usize = 4;
+const ACT_GRAPHS_KEPT: usize = 1;
 
-/// The update's recorded CUDA graphs (see `GpuBackend::run_update`).
-struct UpdateGraphs {
+/// What a recording depends on beyond the backend's fixed buffers and shapes: for the update,
+/// the frames buffer it reads (its address, or None for the uploaded frames) and whether the
+/// behaviour ratio is on; act's forward pass depends on nothing else ((None, false)).
+type GraphKey = (Option<u64>, bool);
+
+/// One sequence's recorded CUDA graphs (see `GpuBackend::run_recorded`).
+struct RecordedGraphs {
+    /// What the warning of a failed recording calls the sequence.
+    what: &'static str,
     /// Try to record and replay: wanted, and neither refused by the device (the simulator's
     /// `begin_capture` says it records none) nor failed so far.
     enabled: bool,
-    /// (frames buffer address or None for the uploaded frames, behaviour ratio on) -> graph.
-    recorded: Vec<((Option<u64>, bool), Graph)>,
+    kept: usize,
+    recorded: Vec<(GraphKey, Graph)>,
 }
 
-impl UpdateGraphs {
-    fn new(wanted: bool) -> Self {
-        UpdateGraphs { enabled: wanted, recorded: Vec::new() }
+impl RecordedGraphs {
+    fn new(what: &'static str, wanted: bool, kept: usize) -> Self {
+        RecordedGraphs { what, enabled: wanted, kept, recorded: Vec::new() }
     }
+}
+
+/// Which of the backend's recorded sequences.
+#[derive(Clone, Copy)]
+enum Recorded {
+    /// The learner update's kernels (`enqueue_update`).
+    Update,
+    /// act's forward pass (`forward` on `act_fwd`): the launches whose arguments are the same at
+    /// every step; the frames' upload, the sampling (its step and greedy flag change) and the
+    /// packed download stay outside.
+    ActForward,
 }
 
 /// The GPU backend over device `D`.
@@ -273,7 +293,8 @@ pub struct GpuBackend<D: Device> {
     act_obs_valid: bool,
     learn_fwd: Forward,
     learn: LearnScratch,
-    update_graphs: UpdateGraphs,
+    update_graphs: RecordedGraphs,
+    act_graphs: RecordedGraphs,
     /// The stream the learning segment goes up on (its copies overlap other streams' kernels).
     upload_stream: Stream,
     /// Device seconds between the first and the last operation of every act/learn/mix so far
@@ -358,6 +379,7 @@ impl<D: Device> GpuBackend<D> {
         let act_frames = dev.alloc_zeros(a * spec.envs_per_agent * FRAME_BYTES)?;
         let act_resets = dev.alloc_zeros(a * spec.envs_per_agent)?;
         let upload_stream = dev.new_stream()?;
+        let graphs_wanted = std::env::var("GALA_CUDA_GRAPHS").map_or(true, |v| v != "0");
         Ok(GpuBackend {
             convs: [0, 1, 2].map(|l| LayerParams::of(&layout, tensor::CONV_W[l], tensor::CONV_B[l])),
             fc: LayerParams::of(&layout, tensor::FC_W, tensor::FC_B),
@@ -373,7 +395,8 @@ impl<D: Device> GpuBackend<D> {
             act_obs_valid: false,
             learn_fwd,
             learn,
-            update_graphs: UpdateGraphs::new(std::env::var("GALA_CUDA_GRAPHS").map_or(true, |v| v != "0")),
+            update_graphs: RecordedGraphs::new("the update", graphs_wanted, UPDATE_GRAPHS_KEPT),
+            act_graphs: RecordedGraphs::new("act's forward pass", graphs_wanted, ACT_GRAPHS_KEPT),
             arena,
             layout,
             spec,
@@ -397,15 +420,22 @@ impl<D: Device> GpuBackend<D> {
         self.check_device_frames = on;
     }
 
-    /// Turns the update's CUDA graphs off (or back on, where the device records graphs): for
-    /// comparing the two paths. `GALA_CUDA_GRAPHS=0` turns them off for a whole run.
-    pub fn set_update_graphs(&mut self, on: bool) {
-        self.update_graphs = UpdateGraphs::new(on);
+    /// Turns the CUDA graphs of the update and of act's forward pass off (or back on, where the
+    /// device records graphs): for comparing the two paths. `GALA_CUDA_GRAPHS=0` turns them off
+    /// for a whole run.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.update_graphs = RecordedGraphs::new(self.update_graphs.what, on, UPDATE_GRAPHS_KEPT);
+        self.act_graphs = RecordedGraphs::new(self.act_graphs.what, on, ACT_GRAPHS_KEPT);
     }
 
     /// How many update graphs this backend has recorded and keeps (0 where it records none).
     pub fn update_graphs_recorded(&self) -> usize {
         self.update_graphs.recorded.len()
+    }
+
+    /// How many graphs of act's forward pass this backend keeps (0 or 1).
+    pub fn act_graphs_recorded(&self) -> usize {
+        self.act_graphs.recorded.len()
     }
 
     /// Marks the start of a timed section on the backend's stream (see `device_seconds`).
@@ -475,51 +505,74 @@ impl<D: Device> GpuBackend<D> {
         crate::backend::learn_stats(&terms, &norms)
     }
 
-    /// The update's kernels: replayed from a CUDA graph where the device records graphs
-    /// (`cuda`; one graph per frames buffer and behaviour-ratio mode, recorded on first use),
-    /// enqueued one by one otherwise (`sim`, `GALA_CUDA_GRAPHS=0`, or after a failed recording).
-    /// Every argument of every launch is fixed for a backend — the buffers, the shapes, the
-    /// hyperparameters — but for those two keys, so a replay is the same work as the launches.
+    /// The update's kernels (`run_recorded`): one graph per frames buffer and behaviour-ratio
+    /// mode. Every argument of every launch is fixed for a backend — the buffers, the shapes,
+    /// the hyperparameters — but for those two keys, so a replay is the same work as the launches.
     fn run_update(&mut self, seg: &Segment, frames: Option<&DeviceBuffer<u8>>) -> Result<()> {
-        if !self.update_graphs.enabled {
-            return self.enqueue_update(seg, frames);
-        }
         let key = (frames.map(|f| f.device_ptr()), seg.behaviour_log_probs.is_some());
-        if let Some((_, graph)) = self.update_graphs.recorded.iter().find(|(k, _)| *k == key) {
+        self.run_recorded(Recorded::Update, key, &mut |b| b.enqueue_update(seg, frames))
+    }
+
+    fn recorded(&self, which: Recorded) -> &RecordedGraphs {
+        match which {
+            Recorded::Update => &self.update_graphs,
+            Recorded::ActForward => &self.act_graphs,
+        }
+    }
+
+    fn recorded_mut(&mut self, which: Recorded) -> &mut RecordedGraphs {
+        match which {
+            Recorded::Update => &mut self.update_graphs,
+            Recorded::ActForward => &mut self.act_graphs,
+        }
+    }
+
+    /// Runs `enqueue`'s launches on the arena stream: replayed from the CUDA graph recorded for
+    /// `key` where the device records graphs (`cuda`; recorded by stream capture on first use),
+    /// enqueued one by one otherwise (`sim`, `GALA_CUDA_GRAPHS=0`, or after a failed recording:
+    /// a warning, once, and that sequence runs launch by launch from then on — the same kernels,
+    /// the same results).
+    fn run_recorded(&mut self, which: Recorded, key: GraphKey, enqueue: &mut dyn FnMut(&mut Self) -> Result<()>) -> Result<()> {
+        if !self.recorded(which).enabled {
+            return enqueue(self);
+        }
+        if let Some((_, graph)) = self.recorded(which).recorded.iter().find(|(k, _)| *k == key) {
             return self.arena.device().launch_graph(graph);
         }
         let s = self.arena.stream();
         match self.arena.device().begin_capture(s) {
             Ok(true) => {}
             Ok(false) => {
-                self.update_graphs.enabled = false;
-                return self.enqueue_update(seg, frames);
+                self.recorded_mut(which).enabled = false;
+                return enqueue(self);
             }
-            Err(e) => return self.graphs_failed(e, seg, frames),
+            Err(e) => return self.recording_failed(which, e, enqueue),
         }
-        let enqueued = self.enqueue_update(seg, frames);
+        let enqueued = enqueue(self);
         // Always end the recording, also after a failed enqueue: the stream leaves capture mode.
         let recorded = self.arena.device().end_capture(s);
         let graph = match (enqueued, recorded) {
             (Ok(()), Ok(graph)) => graph,
-            (Err(e), _) | (Ok(()), Err(e)) => return self.graphs_failed(e, seg, frames),
+            (Err(e), _) | (Ok(()), Err(e)) => return self.recording_failed(which, e, enqueue),
         };
         self.arena.device().launch_graph(&graph)?;
         // A bounded cache: a caller cycling through more rollout buffers than this re-records.
-        if self.update_graphs.recorded.len() == UPDATE_GRAPHS_KEPT {
-            self.update_graphs.recorded.remove(0);
+        let graphs = self.recorded_mut(which);
+        if graphs.recorded.len() == graphs.kept {
+            graphs.recorded.remove(0);
         }
-        self.update_graphs.recorded.push((key, graph));
+        graphs.recorded.push((key, graph));
         Ok(())
     }
 
-    /// A graph could not be recorded: say so once, run this and every later update launch by
-    /// launch (the same kernels, the same results).
-    fn graphs_failed(&mut self, e: Error, seg: &Segment, frames: Option<&DeviceBuffer<u8>>) -> Result<()> {
-        eprintln!("warning: recording the update as a CUDA graph failed ({e}); updates run launch by launch from now on");
-        self.update_graphs.enabled = false;
-        self.update_graphs.recorded.clear();
-        self.enqueue_update(seg, frames)
+    /// A graph could not be recorded: say so once, run this and every later time launch by
+    /// launch.
+    fn recording_failed(&mut self, which: Recorded, e: Error, enqueue: &mut dyn FnMut(&mut Self) -> Result<()>) -> Result<()> {
+        let graphs = self.recorded_mut(which);
+        eprintln!("warning: recording {} as a CUDA graph failed ({e}); it runs launch by launch from now on", graphs.what);
+        graphs.enabled = false;
+        graphs.recorded.clear();
+        enqueue(self)
     }
 
     /// Enqueues the update's kernels on the compute stream (no host transfer, no wait: the
@@ -634,7 +687,9 @@ impl<D: Device> GpuBackend<D> {
     fn act_enqueued(&mut self, step: u64, greedy: bool, out: &mut ActOutput) -> Result<()> {
         let (agents, envs) = (self.spec.agents, self.spec.envs_per_agent);
         let s = self.arena.stream();
-        Self::forward(&mut self.arena, &self.spec, &self.convs, self.fc, &self.fc_shape, Some(self.heads), &mut self.act_fwd, None)?;
+        self.run_recorded(Recorded::ActForward, (None, false), &mut |b| {
+            Self::forward(&mut b.arena, &b.spec, &b.convs, b.fc, &b.fc_shape, Some(b.heads), &mut b.act_fwd, None)
+        })?;
         let dev = self.arena.device();
         let f = &self.act_fwd;
         launch::sample_actions(
@@ -884,6 +939,10 @@ impl<D: Device> Backend for GpuBackend<D> {
 
     fn transfer_bytes(&self) -> Option<TransferBytes> {
         Some(self.arena.device().transfer_bytes())
+    }
+
+    fn kernel_launches(&self) -> Option<u64> {
+        Some(self.launch_count())
     }
 
     fn mix(&mut self, in_peers: &[Vec<usize>]) -> Result<()> {
