@@ -43,27 +43,15 @@ def measured_update(ncu_path):
 
 def match(rows, launches):
     """measured us per model row (None where the update had no such launch), and the leftovers."""
-    out, i = [], 0
+    out, used, i = [], set(), 0
     for r in rows:
-        found = None
-        for j in range(i, len(launches)):
-            if launches[j][0].removesuffix("_tf32") == r["kernel"]:
-                found = j
-                break
-        if found is None:
-            out.append(None)
-        else:
-            out.append(launches[found][2])
+        found = next((j for j in range(i, len(launches)) if launches[j][0].removesuffix("_tf32") == r["kernel"]), None)
+        out.append(None if found is None else launches[found][2])
+        if found is not None:
+            used.add(found)
             i = found + 1
-    used = set()
-    i = 0
-    for r, m in zip(rows, out):
-        if m is not None:
-            while launches[i][0].removesuffix("_tf32") != r["kernel"]:
-                i += 1
-            used.add(i)
-            i += 1
     return out, [l for j, l in enumerate(launches) if j not in used]
+
 
 def main(model_path, cal_path, ncu_path=None):
     rows = [r for r in json.load(open(model_path))["learn"]["rows"] if r["kernel"] is not None]
