@@ -15,6 +15,7 @@ pub const OPTIM_BLOCK: u32 = 256;
 pub const OPTIM_MAX_CHUNKS: u32 = 64;
 /// Elements per thread of the optimizer's step (pass 2), which sets its grid: elementwise, so
 /// the result does not depend on it; small enough that every SM is full of loads in flight.
+/// kernels/optim.cu's OPTIM_STEP_ELEMS_PER_THREAD, the group a thread loads before it stores.
 pub const OPTIM_STEP_ELEMS_PER_THREAD: usize = 4;
 /// Threads per block of the gossip kernels (GOSSIP_BLOCK).
 pub const GOSSIP_BLOCK: u32 = 256;
