@@ -8,24 +8,48 @@
 //                     stacks[r][depth-1] = frames[r]                         (the newest frame last)
 //
 // Shapes: stacks [rows][depth][frame_len] u8 (rows = agents * envs); frames [rows][frame_len] u8;
-// resets [rows] f32 (1.0 where the env's episode ended with the step, as VecEnv::dones).
-// Grid: (ceil(frame_len / FRAME_PUSH_THREADS), rows), FRAME_PUSH_THREADS threads. Each thread
-// owns one pixel of one stack in every channel (it reads all its old values before writing), so
-// the in-place shift has no race. A warp touches 32 consecutive bytes per channel: one sector.
+// resets [rows] f32 (1.0 where the env's episode ended with the step, as VecEnv::dones);
+// depth <= FRAME_MAX_DEPTH.
+// Grid: (ceil(units / FRAME_PUSH_THREADS), rows), FRAME_PUSH_THREADS threads, a unit being one
+// 4-byte word of pixels when `words` (the launcher's choice where frame_len % 4 == 0: every row
+// and channel then starts on a word) and one pixel otherwise. Each thread owns one unit of one
+// stack in every channel and loads all its old values and the new frame's before it stores any:
+// the in-place shift has no race, and the loads go out together (shifting channel by channel, a
+// store waited for each load: depth - 1 serial round trips). A warp's access per channel is 128
+// consecutive bytes (words) or 32 (pixels).
+
+#include "prelude.cuh"
 
 #define FRAME_PUSH_THREADS 256
+#define FRAME_MAX_DEPTH 8
+
+template <class Unit>
+__device__ __forceinline__ void frame_push_unit(Unit* __restrict__ stack, const Unit* __restrict__ frame, bool reset,
+                                                unsigned int p, unsigned int len, unsigned int depth) {
+    Unit old[FRAME_MAX_DEPTH - 1];
+    const Unit fresh = frame[p];
+    GALA_UNROLL
+    for (unsigned int c = 0; c + 1 < FRAME_MAX_DEPTH; ++c)
+        old[c] = (c + 1 < depth && !reset) ? stack[(c + 1) * len + p] : (Unit)0;
+    GALA_UNROLL
+    for (unsigned int c = 0; c + 1 < FRAME_MAX_DEPTH; ++c)
+        if (c + 1 < depth) stack[c * len + p] = old[c];
+    stack[(depth - 1) * len + p] = fresh;
+}
 
 extern "C" __global__ void __launch_bounds__(FRAME_PUSH_THREADS) frame_stack_push(
     unsigned char* __restrict__ stacks, const unsigned char* __restrict__ frames, const float* __restrict__ resets,
-    unsigned int frame_len, unsigned int depth) {
+    unsigned int frame_len, unsigned int depth, unsigned int words) {
     const unsigned int p = blockIdx.x * blockDim.x + threadIdx.x;
-    if (p >= frame_len) return;
     const unsigned long long r = blockIdx.y;
-    unsigned char* stack = stacks + r * depth * frame_len;
-    if (resets[r] != 0.0f) {
-        for (unsigned int c = 0; c + 1 < depth; ++c) stack[c * frame_len + p] = 0;
+    const bool reset = resets[r] != 0.0f;
+    if (words) {
+        const unsigned int len = frame_len / 4;
+        if (p >= len) return;
+        frame_push_unit<unsigned int>((unsigned int*)(stacks + r * depth * frame_len),
+                                      (const unsigned int*)(frames + r * frame_len), reset, p, len, depth);
     } else {
-        for (unsigned int c = 0; c + 1 < depth; ++c) stack[c * frame_len + p] = stack[(c + 1) * frame_len + p];
+        if (p >= frame_len) return;
+        frame_push_unit<unsigned char>(stacks + r * depth * frame_len, frames + r * frame_len, reset, p, frame_len, depth);
     }
-    stack[(depth - 1) * frame_len + p] = frames[r * frame_len + p];
 }

@@ -354,7 +354,10 @@ fn sim_frame_stack_push_equals_the_host_stacking_on_ragged_shapes() {
     // place over several steps, on shapes that fit no block evenly; resets every few steps.
     let dev = SimDevice::new();
     let st = dev.default_stream();
-    for (rows, frame_len, depth) in [(1usize, 1usize, 1usize), (7, 13, 4), (3, 300, 3), (5, 257, 2), (2, FRAME_BYTES, FRAME_STACK)] {
+    // Pixel by pixel where frame_len % 4 != 0, else by words; depths 1 to the kernel's 8.
+    for (rows, frame_len, depth) in
+        [(1usize, 1usize, 1usize), (7, 13, 4), (3, 300, 3), (5, 257, 2), (2, FRAME_BYTES, FRAME_STACK), (3, 4, 1), (2, 1028, 8), (4, 36, 5), (3, 7, 8)]
+    {
         let mut rng = PhiloxStream::new(rows as u64, frame_len as u64, Purpose::EnvStep);
         let mut host: Vec<u8> = (0..rows * depth * frame_len).map(|_| rng.below(256) as u8).collect();
         let mut stacks = dev.alloc_zeros::<u8>(host.len()).unwrap();
@@ -379,6 +382,10 @@ fn sim_frame_stack_push_equals_the_host_stacking_on_ragged_shapes() {
         let e = launch::frame_stack_push(&dev, st, &mut stacks, &frames_dev, &resets_dev, rows + 1, frame_len, depth).unwrap_err().to_string();
         assert!(e.contains("stacks"), "{e}");
     }
+    let mut deep = dev.alloc_zeros::<u8>(9 * 4).unwrap();
+    let (frame, reset) = (dev.alloc_zeros::<u8>(4).unwrap(), dev.alloc_zeros::<f32>(1).unwrap());
+    let e = launch::frame_stack_push(&dev, st, &mut deep, &frame, &reset, 1, 4, 9).unwrap_err().to_string();
+    assert!(e.contains("at most 8"), "{e}");
 }
 
 #[test]

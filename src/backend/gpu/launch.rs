@@ -1110,6 +1110,8 @@ pub fn act_pack_outputs<D: Device>(
 
 /// Threads per block of `frame_stack_push` (FRAME_PUSH_THREADS in kernels/frames.cu).
 pub const FRAME_PUSH_THREADS: u32 = 256;
+/// The deepest stack `frame_stack_push` shifts (FRAME_MAX_DEPTH: its register array).
+pub const FRAME_MAX_DEPTH: usize = 8;
 
 /// One environment step of `rows` frame stacks of `depth` frames of `frame_len` bytes, in place
 /// on the device (kernels/frames.cu; CPU twin `env::vec_env::push_frame`): each stack drops its
@@ -1122,14 +1124,18 @@ pub fn frame_stack_push<D: Device>(
 ) -> Result<()> {
     const K: &str = "frame_stack_push";
     ensure(rows >= 1 && frame_len >= 1 && depth >= 1, || format!("{K}: {rows} stacks of {depth} frames of {frame_len} bytes; all must be at least 1"))?;
+    ensure(depth <= FRAME_MAX_DEPTH, || format!("{K}: stacks of {depth} frames; at most {FRAME_MAX_DEPTH}"))?;
     ensure(rows <= MAX_GRID_Y, || format!("{K}: {rows} stacks; at most {MAX_GRID_Y} per launch"))?;
     // 64-bit across stacks in the kernel; within one stack the index is 32-bit.
     ensure_u32_index(K, depth * frame_len, FRAME_PUSH_THREADS)?;
     ensure_len(K, "stacks", stacks, rows * depth * frame_len)?;
     ensure_len(K, "frames", frames, rows * frame_len)?;
     ensure_len(K, "resets", resets, rows)?;
+    // Whole words where every row and channel starts on one (allocations are aligned).
+    let words = frame_len % 4 == 0;
+    let units = if words { frame_len / 4 } else { frame_len };
     let config = LaunchConfig {
-        grid: (frame_len.div_ceil(FRAME_PUSH_THREADS as usize) as u32, rows as u32, 1),
+        grid: (units.div_ceil(FRAME_PUSH_THREADS as usize) as u32, rows as u32, 1),
         block: (FRAME_PUSH_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -1137,6 +1143,13 @@ pub fn frame_stack_push<D: Device>(
         stream,
         K,
         config,
-        &[KernelArg::buf(stacks), KernelArg::buf(frames), KernelArg::buf(resets), KernelArg::U32(frame_len as u32), KernelArg::U32(depth as u32)],
+        &[
+            KernelArg::buf(stacks),
+            KernelArg::buf(frames),
+            KernelArg::buf(resets),
+            KernelArg::U32(frame_len as u32),
+            KernelArg::U32(depth as u32),
+            KernelArg::U32(words as u32),
+        ],
     )
 }
