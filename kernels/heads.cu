@@ -45,6 +45,8 @@
 #define HEADS_THREADS 128
 #define HEADS_MAX_OUT 32
 #define HEADS_KTILE 128
+// Tile elements a thread loads before it stores them (the staging's loads in flight).
+#define HEADS_STAGE 8
 #define HEADS_PAIRS ((HEADS_ROWS * HEADS_MAX_OUT + HEADS_THREADS - 1) / HEADS_THREADS)
 
 // The body shared by heads_forward (mode 0, the loss pointers unused) and heads_forward_loss.
@@ -67,14 +69,34 @@ GALA_UNROLL
     for (unsigned int q = 0; q < HEADS_PAIRS; ++q) acc[q] = 0.0f;
     for (unsigned int k0 = 0; k0 < hidden_dim; k0 += HEADS_KTILE) {
         const unsigned int kt = hidden_dim - k0 < HEADS_KTILE ? hidden_dim - k0 : HEADS_KTILE;
-        for (unsigned int e = threadIdx.x; e < HEADS_ROWS * HEADS_KTILE; e += blockDim.x) {
-            const unsigned int row = e / HEADS_KTILE, kk = e % HEADS_KTILE, i = row0 + row;
-            h_tile[row][kk] = i < n && kk < kt ? hidden[(base + i) * hidden_dim + k0 + kk] : 0.0f;
+        // HEADS_STAGE loads per thread go out before their shared stores (element by element,
+        // each store waited for its load: ~15 serial round trips per tile).
+        for (unsigned int e0 = threadIdx.x; e0 < HEADS_ROWS * HEADS_KTILE; e0 += HEADS_STAGE * blockDim.x) {
+            float v[HEADS_STAGE];
+GALA_UNROLL
+            for (unsigned int q = 0; q < HEADS_STAGE; ++q) {
+                const unsigned int e = e0 + q * blockDim.x, row = e / HEADS_KTILE, kk = e % HEADS_KTILE, i = row0 + row;
+                v[q] = e < HEADS_ROWS * HEADS_KTILE && i < n && kk < kt ? hidden[(base + i) * hidden_dim + k0 + kk] : 0.0f;
+            }
+GALA_UNROLL
+            for (unsigned int q = 0; q < HEADS_STAGE; ++q) {
+                const unsigned int e = e0 + q * blockDim.x;
+                if (e < HEADS_ROWS * HEADS_KTILE) h_tile[e / HEADS_KTILE][e % HEADS_KTILE] = v[q];
+            }
         }
-        for (unsigned int e = threadIdx.x; e < outs * HEADS_KTILE; e += blockDim.x) {
-            const unsigned int j = e / HEADS_KTILE, kk = e % HEADS_KTILE;
-            const float* w = j < num_actions ? th + actor_w + j * hidden_dim : th + critic_w;
-            w_tile[j][kk] = kk < kt ? w[k0 + kk] : 0.0f;
+        for (unsigned int e0 = threadIdx.x; e0 < outs * HEADS_KTILE; e0 += HEADS_STAGE * blockDim.x) {
+            float v[HEADS_STAGE];
+GALA_UNROLL
+            for (unsigned int q = 0; q < HEADS_STAGE; ++q) {
+                const unsigned int e = e0 + q * blockDim.x, j = e / HEADS_KTILE, kk = e % HEADS_KTILE;
+                const float* w = j < num_actions ? th + actor_w + j * hidden_dim : th + critic_w;
+                v[q] = e < outs * HEADS_KTILE && kk < kt ? w[k0 + kk] : 0.0f;
+            }
+GALA_UNROLL
+            for (unsigned int q = 0; q < HEADS_STAGE; ++q) {
+                const unsigned int e = e0 + q * blockDim.x;
+                if (e < outs * HEADS_KTILE) w_tile[e / HEADS_KTILE][e % HEADS_KTILE] = v[q];
+            }
         }
         __syncthreads();
 GALA_UNROLL
