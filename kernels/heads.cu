@@ -49,6 +49,26 @@
 #define HEADS_STAGE 8
 #define HEADS_PAIRS ((HEADS_ROWS * HEADS_MAX_OUT + HEADS_THREADS - 1) / HEADS_THREADS)
 
+// tile[e / KTILE][e % KTILE] = load(e / KTILE, e % KTILE) for e < count, the block's threads
+// striding over e with HEADS_STAGE loads each before their shared stores (element by element,
+// every store waited for its load: ~15 serial round trips per tile of the heads' forward).
+template <class Load>
+__device__ __forceinline__ void heads_stage_tile(float (*tile)[HEADS_KTILE + 1], unsigned int count, Load load) {
+    for (unsigned int e0 = threadIdx.x; e0 < count; e0 += HEADS_STAGE * blockDim.x) {
+        float v[HEADS_STAGE];
+GALA_UNROLL
+        for (unsigned int q = 0; q < HEADS_STAGE; ++q) {
+            const unsigned int e = e0 + q * blockDim.x;
+            v[q] = e < count ? load(e / HEADS_KTILE, e % HEADS_KTILE) : 0.0f;
+        }
+GALA_UNROLL
+        for (unsigned int q = 0; q < HEADS_STAGE; ++q) {
+            const unsigned int e = e0 + q * blockDim.x;
+            if (e < count) tile[e / HEADS_KTILE][e % HEADS_KTILE] = v[q];
+        }
+    }
+}
+
 // The body shared by heads_forward (mode 0, the loss pointers unused) and heads_forward_loss.
 __device__ __forceinline__ void heads_body(
     const float* __restrict__ hidden, const float* __restrict__ params, float* __restrict__ logits,
@@ -69,35 +89,14 @@ GALA_UNROLL
     for (unsigned int q = 0; q < HEADS_PAIRS; ++q) acc[q] = 0.0f;
     for (unsigned int k0 = 0; k0 < hidden_dim; k0 += HEADS_KTILE) {
         const unsigned int kt = hidden_dim - k0 < HEADS_KTILE ? hidden_dim - k0 : HEADS_KTILE;
-        // HEADS_STAGE loads per thread go out before their shared stores (element by element,
-        // each store waited for its load: ~15 serial round trips per tile).
-        for (unsigned int e0 = threadIdx.x; e0 < HEADS_ROWS * HEADS_KTILE; e0 += HEADS_STAGE * blockDim.x) {
-            float v[HEADS_STAGE];
-GALA_UNROLL
-            for (unsigned int q = 0; q < HEADS_STAGE; ++q) {
-                const unsigned int e = e0 + q * blockDim.x, row = e / HEADS_KTILE, kk = e % HEADS_KTILE, i = row0 + row;
-                v[q] = e < HEADS_ROWS * HEADS_KTILE && i < n && kk < kt ? hidden[(base + i) * hidden_dim + k0 + kk] : 0.0f;
-            }
-GALA_UNROLL
-            for (unsigned int q = 0; q < HEADS_STAGE; ++q) {
-                const unsigned int e = e0 + q * blockDim.x;
-                if (e < HEADS_ROWS * HEADS_KTILE) h_tile[e / HEADS_KTILE][e % HEADS_KTILE] = v[q];
-            }
-        }
-        for (unsigned int e0 = threadIdx.x; e0 < outs * HEADS_KTILE; e0 += HEADS_STAGE * blockDim.x) {
-            float v[HEADS_STAGE];
-GALA_UNROLL
-            for (unsigned int q = 0; q < HEADS_STAGE; ++q) {
-                const unsigned int e = e0 + q * blockDim.x, j = e / HEADS_KTILE, kk = e % HEADS_KTILE;
-                const float* w = j < num_actions ? th + actor_w + j * hidden_dim : th + critic_w;
-                v[q] = e < outs * HEADS_KTILE && kk < kt ? w[k0 + kk] : 0.0f;
-            }
-GALA_UNROLL
-            for (unsigned int q = 0; q < HEADS_STAGE; ++q) {
-                const unsigned int e = e0 + q * blockDim.x;
-                if (e < outs * HEADS_KTILE) w_tile[e / HEADS_KTILE][e % HEADS_KTILE] = v[q];
-            }
-        }
+        heads_stage_tile(h_tile, HEADS_ROWS * HEADS_KTILE, [&](unsigned int row, unsigned int kk) {
+            const unsigned int i = row0 + row;
+            return i < n && kk < kt ? hidden[(base + i) * hidden_dim + k0 + kk] : 0.0f;
+        });
+        heads_stage_tile(w_tile, outs * HEADS_KTILE, [&](unsigned int j, unsigned int kk) {
+            const float* w = j < num_actions ? th + actor_w + j * hidden_dim : th + critic_w;
+            return kk < kt ? w[k0 + kk] : 0.0f;
+        });
         __syncthreads();
 GALA_UNROLL
         for (unsigned int q = 0; q < HEADS_PAIRS; ++q) {
