@@ -38,7 +38,7 @@ pub struct LearnerBenchOptions {
     /// before issue 12, and still the fallback of `learn`) instead of reading the device rollout
     /// `act` filled, as training does.
     pub host_frames: bool,
-    /// The conv/fc GEMMs' arithmetic (GPU backends; `tf32`: tensor cores).
+    /// The conv/fc GEMMs' arithmetic (GPU backends; the tf32 modes: tensor cores).
     pub precision: Precision,
 }
 
@@ -48,7 +48,7 @@ pub struct LearnerBenchReport {
     pub backend: String,
     pub device: String,
     pub net: String,
-    /// "fp32" or "tf32": the conv/fc GEMMs' arithmetic.
+    /// The conv/fc GEMMs' arithmetic: `Precision::name` ("fp32", "tf32", "tf32-conv").
     pub precision: String,
     pub agents: usize,
     pub envs_per_agent: usize,
@@ -121,12 +121,17 @@ impl std::fmt::Display for LearnerBenchReport {
     }
 }
 
+/// `len` synthetic frame bytes: sparse bright pixels (one in 8 non-zero).
+fn sparse_frame_bytes(rng: &mut PhiloxStream, len: usize) -> Vec<u8> {
+    (0..len).map(|_| if rng.below(8) == 0 { rng.below(256) as u8 } else { 0 }).collect()
+}
+
 /// One synthetic segment for every agent (frames with sparse bright pixels, random actions,
 /// rewards and episode ends), fixed by `seed`.
 fn synthetic_segment(spec: &BackendSpec, seed: u64) -> (Vec<u8>, Vec<u32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = spec.agents * spec.segment_samples();
     let mut rng = PhiloxStream::new(seed, 0, Purpose::EnvStep);
-    let obs = (0..n * OBS_BYTES).map(|_| if rng.below(8) == 0 { rng.below(256) as u8 } else { 0 }).collect();
+    let obs = sparse_frame_bytes(&mut rng, n * OBS_BYTES);
     let actions = (0..n).map(|_| rng.below(spec.net.actions as u32)).collect();
     let rewards = (0..n).map(|_| [0.0, 0.0, 1.0, -1.0][rng.below(4) as usize]).collect();
     let dones = (0..n).map(|_| if rng.below(50) == 0 { 1.0 } else { 0.0 }).collect();
@@ -134,17 +139,17 @@ fn synthetic_segment(spec: &BackendSpec, seed: u64) -> (Vec<u8>, Vec<u32>, Vec<f
     (obs, actions, rewards, dones, bootstrap)
 }
 
-fn time_updates(backend: &mut dyn Backend, spec: &BackendSpec, updates: usize, launches: &dyn Fn(&dyn Backend) -> Option<u64>) -> Result<(f64, Option<u64>)> {
+fn time_updates(backend: &mut dyn Backend, spec: &BackendSpec, updates: usize) -> Result<(f64, Option<u64>)> {
     let (obs, actions, rewards, dones, bootstrap) = synthetic_segment(spec, 1);
     let seg = Segment { obs: &obs, actions: &actions, rewards: &rewards, dones: &dones, bootstrap_values: &bootstrap, behaviour_log_probs: None };
     backend.learn(&seg)?; // warm-up: first-touch allocations, module loading
-    let before = launches(backend);
+    let before = backend.kernel_launches();
     let t = Instant::now();
     for _ in 0..updates {
         backend.learn(&seg)?;
     }
     let seconds = t.elapsed().as_secs_f64();
-    let per_update = match (before, launches(backend)) {
+    let per_update = match (before, backend.kernel_launches()) {
         (Some(a), Some(b)) => Some((b - a) / updates as u64),
         _ => None,
     };
@@ -161,11 +166,11 @@ fn time_updates(backend: &mut dyn Backend, spec: &BackendSpec, updates: usize, l
 fn time_acts(b: &mut dyn Backend, spec: &BackendSpec, acts: usize) -> Result<(f64, Option<u64>)> {
     use crate::env::{vec_env::push_frame, FRAME_BYTES};
     let rows = spec.act_batch();
-    let (mut obs, _, _, _, _) = synthetic_segment(&BackendSpec { n_steps: 1, ..spec.clone() }, 2);
+    let mut rng = PhiloxStream::new(2, 0, Purpose::EnvStep);
+    let mut obs = sparse_frame_bytes(&mut rng, rows * OBS_BYTES);
     let mut out = ActOutput::default();
     b.act_training(&obs, ObsChange::Unknown, 0, &mut out, None)?;
-    let mut rng = PhiloxStream::new(3, 0, Purpose::EnvStep);
-    let fresh: Vec<u8> = (0..rows * FRAME_BYTES).map(|_| if rng.below(8) == 0 { rng.below(256) as u8 } else { 0 }).collect();
+    let fresh = sparse_frame_bytes(&mut rng, rows * FRAME_BYTES);
     let mut frames: Box<dyn std::ops::DerefMut<Target = [u8]>> = match b.alloc_pinned_bytes(fresh.len())? {
         Some(mut h) => {
             h.copy_from_slice(&fresh);
@@ -232,7 +237,8 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
         let mut b = GpuBackend::new(dev, spec.clone(), initial)?;
         let device = b.device_description();
         let name = b.name().to_string();
-        // Launch counts need the concrete type: count around the timed loop by hand.
+        // Its own timed loop (not `time_updates`): the update reads the device rollout that
+        // `act_training` fills (`learn_recorded`), or pinned frames with `--host-frames`.
         let (heap_obs, actions, rewards, dones, bootstrap) = synthetic_segment(spec, 1);
         // The frames sit in pinned host memory, as the trainer's rollout buffers do on a device
         // backend, so the fallback path uploads them as training would (not a pageable copy).
@@ -290,7 +296,7 @@ pub fn bench_learner(opts: &LearnerBenchOptions) -> Result<LearnerBenchReport> {
     let (backend, device, seconds, launches_per_update, uploaded_bytes_per_update, cuda_graph, frames, memory_profile, act_seconds, launches_per_act) = match kind {
         BackendKind::Cpu => {
             let mut b = CpuBackend::new(spec.clone(), &initial, opts.threads.max(1))?;
-            let (s, l) = time_updates(&mut b, &spec, opts.updates, &|_| None)?;
+            let (s, l) = time_updates(&mut b, &spec, opts.updates)?;
             let (act, _) = time_acts(&mut b, &spec, opts.updates)?;
             ("cpu".to_string(), format!("{} host threads", opts.threads.max(1)), s, l, None, None, "host", None, act, None)
         }

@@ -63,8 +63,8 @@ pub struct Config {
     pub game: String,
     pub rom: Option<PathBuf>,
     pub backend: BackendKind,
-    /// The conv/fc GEMMs' arithmetic: `fp32` (default) or `tf32` (tensor cores; cuda on sm_80+
-    /// and sim only). A file without the key is a run from before the key existed: fp32.
+    /// The conv/fc GEMMs' arithmetic: `fp32` (default), `tf32` or `tf32-conv` (tensor cores;
+    /// cuda on sm_80+ and sim only). A file without the key is a run from before the key existed: fp32.
     #[serde(default)]
     pub precision: Precision,
     /// Budget in raw emulator frames (agent steps × 4 on Atari, agent steps on catch);

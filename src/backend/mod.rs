@@ -34,7 +34,7 @@ pub enum BackendKind {
 }
 
 /// The arithmetic of the network's matrix products (the conv and fc GEMMs, forward and backward).
-/// Everything else (heads, loss, optimizer, gossip) is FP32 in both.
+/// Everything else (heads, loss, optimizer, gossip) is FP32 in every precision.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
